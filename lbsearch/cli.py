@@ -1,0 +1,201 @@
+"""``lbsearch`` command line. Heavy imports happen inside the commands, so ``--help`` is instant."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+from lbsearch.config import SpecError
+
+EPILOG = """examples:
+  lbsearch run studies/quickstart.yaml             create or resume a study
+  lbsearch status quickstart                       table of trials
+  lbsearch best quickstart                         best params, metric, MLflow run, reproduce command
+  lbsearch reproduce quickstart [--trial N]        re-run a trial from its resolved config; compare
+  lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
+  lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
+state lives under --mlruns (default ./mlruns, or $LBSEARCH_MLRUNS)."""
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlruns", default=os.environ.get("LBSEARCH_MLRUNS", "mlruns"), help="state folder (default: ./mlruns)")
+    p.add_argument("--storage", default=None, help="Optuna storage URL (default: a journal file under --mlruns)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<mlruns>/mlflow.db)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="lbsearch", description="Large-batch hyperparameter search: Optuna studies of "
+                                 "accelerate-launched trials, tracked in MLflow.", epilog=EPILOG,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("run", help="create or resume a study and run its trials")
+    p.add_argument("study", type=Path, help="study YAML (studies/*.yaml)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. n_trials=20 or experiment.train.budget_samples=4000")
+    p.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process, then stop")
+    _common(p)
+
+    p = sub.add_parser("status", help="table of a study's trials")
+    p.add_argument("study", help="study name")
+    p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    _common(p)
+
+    p = sub.add_parser("best", help="best trial: params, metric, MLflow run, reproduce command")
+    p.add_argument("study", help="study name")
+    _common(p)
+
+    p = sub.add_parser("reproduce", help="re-run a trial from its saved resolved config and compare metrics")
+    p.add_argument("study", help="study name")
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    p.add_argument("--tolerance", type=float, default=None, help="allowed |difference| (default: 0 on CPU, 0.01 on GPU)")
+    _common(p)
+
+    p = sub.add_parser("train", help="one training run of an experiment, no search")
+    p.add_argument("experiment", type=Path, help="experiment YAML (experiments/*.yaml) or a trial's config.json")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.batch_size=256")
+    _common(p)
+
+    p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; anything else exposes the UI)")
+    p.add_argument("--port", type=int, default=5000)
+    _common(p)
+    return ap
+
+
+def _session(args):
+    from lbsearch.study import Session
+
+    return Session(root=Path(args.mlruns), storage=args.storage, tracking_uri=args.tracking_uri)
+
+
+def _sigterm_as_interrupt() -> None:
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, handler)
+
+
+class _named:
+    """Errors found while loading data or models name the spec file they came from."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if isinstance(err, SpecError) and err.file is None:
+            raise SpecError(self.path, err.field, err.message) from None
+        return False
+
+
+def cmd_run(args) -> int:
+    from lbsearch.config import load_study, parse_set
+
+    cfg, exp_raw = load_study(args.study, parse_set(args.set))
+    from lbsearch.study import run_study
+
+    with _named(args.study):
+        return run_study(_session(args), cfg, exp_raw, spec_file=args.study.resolve(), max_trials=args.max_trials)
+
+
+def cmd_train(args) -> int:
+    from lbsearch.config import load_experiment, parse_set
+
+    exp = load_experiment(args.experiment, parse_set(args.set))
+    from lbsearch.study import train_once
+
+    with _named(args.experiment):
+        return train_once(_session(args), exp, spec_file=args.experiment.resolve())
+
+
+def cmd_status(args) -> int:
+    from lbsearch.study import best_trial, load_existing_study, trial_rows
+
+    study = load_existing_study(_session(args), args.study)
+    rows = trial_rows(study)
+    if args.json:
+        print(json.dumps(rows, indent=1, default=str))
+        return 0
+    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "test", "samples", "seconds", "mlflow_run_id"})
+    cols = ["trial", "state", "value", "test", "samples", "seconds", *params, "reason"]
+    best = best_trial(study)
+
+    def fmt(v):
+        if v is None:
+            return "-"
+        return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = [[fmt(r.get(c)) + ("*" if c == "value" and best and r["trial"] == best.number else "") for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
+    print(" · ".join(f"{k} {v}" for k, v in counts.items() if v) + (f" · best trial {best.number} (*)" if best else ""))
+    return 0
+
+
+def cmd_best(args) -> int:
+    from lbsearch.study import best_trial, load_existing_study
+
+    study = load_existing_study(_session(args), args.study)
+    best = best_trial(study)
+    if best is None:
+        print(f"study {args.study}: no complete trial yet", file=sys.stderr)
+        return 1
+    metric = study.user_attrs.get("metric", "value")
+    print(f"study      {args.study}")
+    print(f"trial      {best.number}")
+    print(f"validation {metric} {best.value:.4f}")
+    if f"test_{metric}" in best.user_attrs:
+        print(f"test       {metric} {best.user_attrs[f'test_{metric}']:.4f}")
+    for k, v in best.params.items():
+        print(f"param      {k} = {v}")
+    print(f"mlflow run {best.user_attrs.get('mlflow_run_id', '-')}")
+    print(f"reproduce  lbsearch reproduce {args.study} --trial {best.number}")
+    return 0
+
+
+def cmd_reproduce(args) -> int:
+    from lbsearch.study import reproduce
+
+    return reproduce(_session(args), args.study, number=args.trial, tolerance=args.tolerance)
+
+
+def cmd_ui(args) -> int:
+    from lbsearch.tracking import default_tracking_uri
+
+    root = Path(args.mlruns)
+    uri = args.tracking_uri or default_tracking_uri(root)
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    if uri.startswith("sqlite"):
+        cmd += ["--default-artifact-root", (root / "artifacts").resolve().as_uri()]
+    print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", flush=True)
+    os.execv(sys.executable, cmd)
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "train": cmd_train, "ui": cmd_ui}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _sigterm_as_interrupt()
+    try:
+        return COMMANDS[args.command](args)
+    except SpecError as err:
+        print(f"lbsearch: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("lbsearch: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

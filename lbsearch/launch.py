@@ -1,0 +1,115 @@
+"""Start one trial as ``accelerate launch ... -m lbsearch.worker spec.json`` and collect its result.
+
+The trial runs in its own session (process group), so Ctrl-C or SIGTERM to the orchestrator stops
+every rank of it at once, and a crash of the trial never takes the orchestrator with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = ["free_port", "launch_command", "run_trial_process"]
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def launch_command(exp: dict[str, Any], spec_file: Path) -> list[str]:
+    launcher = exp["launcher"]
+    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    if launcher.get("accelerate_config"):
+        cmd += ["--config_file", launcher["accelerate_config"]]
+    procs = int(launcher["processes"])
+    cmd += ["--num_processes", str(procs), "--num_machines", "1", "--mixed_precision", launcher["precision"]]
+    cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), "--dynamo_backend", "no"]
+    on_cpu = bool(launcher.get("cpu")) or not _has_gpu()
+    if procs > 1:
+        # torchrun via Accelerate's multi-process launcher; without CUDA the ranks use gloo.
+        # (`--cpu` would select the single-process launcher.)
+        cmd += ["--multi_gpu"]
+    elif on_cpu:
+        cmd += ["--cpu"]
+    if on_cpu:
+        cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // procs))]
+    return cmd + ["-m", "lbsearch.worker", str(spec_file)]
+
+
+def _has_gpu() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:
+        return False
+
+
+def run_trial_process(
+    spec: dict[str, Any],
+    workdir: Path,
+    *,
+    on_line: Callable[[str], None] = lambda line: None,
+    on_start: Callable[[int], None] = lambda pid: None,
+) -> dict[str, Any]:
+    """Run the trial; return the worker's result dict (``state`` complete / pruned / failed).
+
+    A worker that dies without a result (killed, crashed in the launcher) gives ``failed`` with
+    the last lines of its output as the reason. KeyboardInterrupt (SIGINT, and SIGTERM which the
+    CLI turns into it) stops the trial's process group within seconds and is re-raised.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    spec = dict(spec, result=str(workdir / "result.json"), watch_pid=os.getpid())
+    spec_file = workdir / "spec.json"
+    spec_file.write_text(json.dumps(spec, indent=1))
+    result_file = Path(spec["result"])
+    result_file.unlink(missing_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "0"))
+    cmd = launch_command(spec["experiment"], spec_file)
+    tail: deque[str] = deque(maxlen=30)
+    with open(workdir / "stdout.log", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        on_start(proc.pid)
+        try:
+            for line in proc.stdout:  # type: ignore[union-attr]
+                log.write(line)
+                log.flush()
+                line = line.rstrip("\n")
+                tail.append(line)
+                on_line(line)
+            proc.wait()
+        except BaseException:
+            stop_group(proc)
+            raise
+    if result_file.is_file():
+        return json.loads(result_file.read_text())
+    lines = [l for l in tail if l.strip()]
+    reason = next((l for l in reversed(lines) if "Error" in l or "error" in l), lines[-1] if lines else "")
+    return {"state": "failed", "reason": f"worker exited with code {proc.returncode} without a result: {reason.strip()[:400]}"}
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+    """SIGTERM the trial's process group, then SIGKILL what is left after ``grace`` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + grace
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                try:
+                    os.killpg(proc.pid, 0)
+                except ProcessLookupError:
+                    return
+            time.sleep(0.1)

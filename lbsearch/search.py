@@ -1,0 +1,75 @@
+"""Optuna pieces: storage, sampler, pruner and the search space, built from a StudyConfig."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from lbsearch.config import CategoricalParam, FloatParam, IntParam, PrunerConfig, SamplerConfig, StudyConfig
+
+__all__ = ["storage_url", "open_storage", "make_sampler", "make_pruner", "suggest", "OFF"]
+
+OFF = "off"
+"""Value of the ``<key>:on`` switch that turns an ``off: true`` float parameter into ``null``."""
+
+
+def storage_url(study: StudyConfig, root: Path, override: str | None = None) -> str:
+    """The study's storage: ``--storage``, then the spec's ``storage``, then a journal under root."""
+    url = override or study.storage
+    return url if url else f"journal://{(root / 'optuna.journal').resolve()}"
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 30, max_retries: int = 1):
+    """Journal file (``journal:///abs/path``), SQLite or any SQLAlchemy URL (RDB with heartbeat)."""
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = url.removeprefix("journal://")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+
+    return RDBStorage(
+        url,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
+        failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retries, inherit_intermediate_values=False),
+        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+    )
+
+
+def make_sampler(cfg: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
+    if cfg.name == "random":
+        return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if cfg.name == "grid":
+        grid = {k: list(p.choices) for k, p in space.items()}
+        return optuna.samplers.GridSampler(grid, seed=cfg.seed)
+    # Optuna 5 changed TPE's defaults: state the ones lbsearch relies on.
+    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True)
+
+
+def make_pruner(cfg: PrunerConfig, *, eval_every: int, budget: int) -> optuna.pruners.BasePruner:
+    """Pruners work on steps; lbsearch's steps are samples seen, so trials of any B line up."""
+    if cfg.name == "none":
+        return optuna.pruners.NopPruner()
+    if cfg.name == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=budget)
+    return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+    """Dotted experiment keys -> values for this trial. ``off: true`` floats may come back None."""
+    params: dict[str, Any] = {}
+    for key, p in space.items():
+        if isinstance(p, CategoricalParam):
+            params[key] = trial.suggest_categorical(key, p.choices)
+        elif isinstance(p, IntParam):
+            params[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatParam):
+            if p.off and trial.suggest_categorical(f"{key}:on", ["on", OFF]) == OFF:
+                params[key] = None
+            else:
+                params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+    return params

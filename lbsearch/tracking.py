@@ -1,0 +1,142 @@
+"""MLflow layout: an experiment per study, a parent run per study, a nested run per trial.
+
+lbsearch maps study -> run itself (optuna-integration's MLflowCallback is deprecated and logs only
+final values). Everything goes through ``MlflowClient`` with explicit run ids, so nothing depends
+on MLflow's process-global "active run".
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+__all__ = ["Tracker", "default_tracking_uri", "versions", "git_commit", "flatten"]
+
+STUDY_TAG, ROLE_TAG = "lbsearch.study", "lbsearch.role"
+PACKAGES = ("lbsearch", "torch", "transformers", "optuna", "mlflow", "accelerate", "datasets", "pydantic", "pytorch-optimizer", "numpy")
+
+
+def default_tracking_uri(root: Path) -> str:
+    return f"sqlite:///{(root / 'mlflow.db').resolve()}"
+
+
+def versions() -> dict[str, str]:
+    """An allow-list of package versions and settings; never the environment."""
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for pkg in PACKAGES:
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        out["torch.threads"] = str(torch.get_num_threads())
+        out["cuda"] = str(torch.version.cuda)
+        out["cuda.available"] = str(torch.cuda.is_available())
+    except ImportError:
+        pass
+    return out
+
+
+def git_commit(cwd: Path | None = None) -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=cwd, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return (sha + ("-dirty" if dirty else "")) if sha else "unknown"
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out |= flatten(v, key + ".")
+        else:
+            out[key] = v
+    return out
+
+
+def _retry(fn, *args, tries: int = 8, **kwargs):
+    """SQLite-backed MLflow can report a locked database under concurrent writers: retry briefly."""
+    for i in range(tries):
+        try:
+            return fn(*args, **kwargs)
+        except MlflowException as err:
+            if "locked" not in str(err).lower() or i == tries - 1:
+                raise
+            time.sleep(0.2 * (i + 1))
+
+
+class Tracker:
+    def __init__(self, tracking_uri: str, root: Path) -> None:
+        self.uri = tracking_uri
+        self.root = root
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def experiment(self, name: str) -> str:
+        exp = self.client.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = (self.root / "artifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") else None
+        try:
+            return self.client.create_experiment(name, artifact_location=location)
+        except MlflowException:  # created meanwhile by another worker
+            return self.client.get_experiment_by_name(name).experiment_id
+
+    def parent_run(self, experiment_id: str, study: str, params: dict[str, Any]) -> str:
+        """Find the study's parent run, or create it. Under a race the oldest one wins."""
+        query = f"tags.`{ROLE_TAG}` = 'parent' and tags.`{STUDY_TAG}` = '{study}'"
+        found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run = _retry(self.client.create_run, experiment_id, run_name=study, tags={ROLE_TAG: "parent", STUDY_TAG: study})
+            _retry(self.client.log_batch, run.info.run_id, params=_params(params))
+            found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
+            run_id = found[0].info.run_id
+            if run_id != run.info.run_id:
+                self.client.delete_run(run.info.run_id)
+        if self.client.get_run(run_id).info.status != "RUNNING":
+            _retry(self.client.update_run, run_id, status="RUNNING")
+        return run_id
+
+    def child_run(self, experiment_id: str, parent: str | None, name: str, tags: dict[str, Any], params: dict[str, Any]) -> str:
+        all_tags = dict(tags) | ({"mlflow.parentRunId": parent} if parent else {})
+        run = _retry(self.client.create_run, experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})
+        _retry(self.client.log_batch, run.info.run_id, params=_params(params))
+        return run.info.run_id
+
+    def artifacts(self, run_id: str, files: dict[str, str]) -> None:
+        for name, text in files.items():
+            _retry(self.client.log_text, run_id, text, name)
+
+    def tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        from mlflow.entities import RunTag
+
+        _retry(self.client.log_batch, run_id, tags=[RunTag(k, str(v)[:5000]) for k, v in tags.items()])
+
+    def metrics(self, run_id: str, values: dict[str, float], step: int = 0) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        _retry(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items() if v is not None])
+
+    def end(self, run_id: str, status: str) -> None:
+        _retry(self.client.set_terminated, run_id, status=status)
+
+
+def _params(params: dict[str, Any]):
+    from mlflow.entities import Param
+
+    return [Param(k[:250], json.dumps(v) if not isinstance(v, str) else v[:6000]) for k, v in params.items()]
