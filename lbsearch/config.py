@@ -8,10 +8,11 @@ error names the file and the field: ``studies/x.yaml: search_space.optimizer.lr.
 from __future__ import annotations
 
 import copy
+import difflib
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -83,8 +84,14 @@ class ModelConfig(_Strict):
     tokenizer: str | None = None
     """Tokenizer source; defaults to ``source`` (and to ``minilm-l6`` for ``random``)."""
     model_type: str = "bert"
+    pooling: Literal["cls", "mean"] = "cls"
+    """``cls``: the architecture's own classification head; ``mean``: a linear head on the masked mean of
+    the last hidden states (what sentence-embedding checkpoints such as MiniLM-L6 were trained for)."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Config fields: the whole architecture for ``random``, overrides (e.g. dropout) otherwise."""
+    freeze_embeddings: bool = False
+    """Keep the input (word) embeddings fixed: for short fine-tunes on CPU this skips the largest
+    gradient and optimizer update (11.7M of MiniLM's 22M parameters)."""
     trust_remote_code: bool = False
 
 
@@ -138,7 +145,9 @@ class TrainConfig(_Strict):
 
 class LauncherConfig(_Strict):
     processes: int = Field(1, ge=1, le=64)
-    precision: Literal["no", "bf16", "fp16"] = "bf16"
+    precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
+    """``auto``: bf16 where the device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16 / AMX),
+    fp16 on older GPUs, else fp32 (``no``). Resolved before a trial starts; the resolved value is logged."""
     max_micro_batch: int = Field(64, ge=1)
     """Per-device micro-batch limit; a larger per-process batch becomes gradient accumulation."""
     accelerate_config: str | None = None
@@ -195,7 +204,7 @@ class FloatParam(_Strict):
     low: float
     high: float
     log: bool = False
-    off: bool = False
+    optional: bool = False
     """Also try the value ``null`` (e.g. clipping off), as a categorical switch beside the range."""
 
     @model_validator(mode="after")
@@ -234,7 +243,7 @@ class CategoricalParam(_Strict):
         return self
 
 
-Param = Union[FloatParam, IntParam, CategoricalParam]
+Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
 
 class SamplerConfig(_Strict):
@@ -345,7 +354,9 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | No
 
 
 def _raise_validation(path: Path | None, model: type[BaseModel], err: ValidationError, prefix: str = "") -> None:
-    first = err.errors()[0]
+    errors = err.errors()
+    # an unknown key is usually a misspelt one, which then also shows up as "missing": report the typo
+    first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
     if prefix == "search_space" and len(loc) >= 2:  # drop pydantic's union-member tag
         loc = tuple(p for i, p in enumerate(loc) if not (i == 2 and p in ("float", "int", "categorical")))
@@ -355,7 +366,8 @@ def _raise_validation(path: Path | None, model: type[BaseModel], err: Validation
     kind = first["type"]
     if kind == "extra_forbidden":
         valid = _field_names(model, tuple(first["loc"])[:-1])
-        msg = "unknown key" + (f"; valid keys: {', '.join(valid)}" if valid else "")
+        close = difflib.get_close_matches(str(loc[-1]), valid or [], n=1)
+        msg = "unknown key" + (f" (did you mean `{close[0]}`?)" if close else "") + (f"; valid keys: {', '.join(valid)}" if valid else "")
     elif kind == "missing":
         msg = "required field is missing"
     else:
@@ -453,7 +465,7 @@ def _check_search_space(path: Path, study: StudyConfig, exp_raw: dict[str, Any])
         if isinstance(param, CategoricalParam):
             probes = list(param.choices)
         else:
-            probes = [param.low, param.high] + ([None] if isinstance(param, FloatParam) and param.off else [])
+            probes = [param.low, param.high] + ([None] if isinstance(param, FloatParam) and param.optional else [])
         for value in probes:
             try:
                 validate_experiment(apply_params(exp_raw, {key: value}), None)

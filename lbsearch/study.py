@@ -28,8 +28,9 @@ from optuna.trial import FrozenTrial, TrialState
 from lbsearch.batching import plan_batch
 from lbsearch.config import ExperimentConfig, SpecError, StudyConfig, apply_params, lr_for_batch, validate_experiment
 from lbsearch.data import prepare_data
-from lbsearch.launch import run_trial_process
+from lbsearch.launch import resolve_precision, run_trial_process
 from lbsearch.search import make_pruner, make_sampler, open_storage, storage_url, suggest
+from lbsearch.worker import METRICS_MARK
 from lbsearch.tracking import Tracker, default_tracking_uri, flatten, git_commit, versions
 
 __all__ = ["Session", "run_study", "open_study", "trial_rows", "best_trial", "reproduce", "train_once"]
@@ -186,19 +187,34 @@ def _derived(exp: ExperimentConfig) -> dict[str, Any]:
     }
 
 
+def _resolved(exp: ExperimentConfig) -> ExperimentConfig:
+    """Fill in what depends on the machine (``precision: auto``), so the saved config is exact."""
+    exp = exp.model_copy(deep=True)
+    exp.launcher.precision = resolve_precision(exp.launcher.precision, exp.launcher.cpu)
+    return exp
+
+
 def _worker_spec(exp: ExperimentConfig, data, tracking_uri: str | None, run_id: str | None, optuna_ref: dict | None) -> dict[str, Any]:
     return {
         "experiment": exp.model_dump(mode="json"),
         "data_path": str(data.path),
         "num_labels": data.num_labels,
+        "pad_id": data.pad_id,
+        "vocab_size": data.vocab_size,
         "optuna": optuna_ref,
         "mlflow": {"tracking_uri": tracking_uri, "run_id": run_id} if run_id else None,
     }
 
 
-def _line_printer(session: Session, prefix: str) -> Callable[[str], None]:
+def _line_printer(session: Session, prefix: str, tracker: Tracker | None = None, run_id: str | None = None) -> Callable[[str], None]:
+    """Show the trial's output; forward its metric lines to its MLflow run."""
+
     def on_line(line: str) -> None:
-        if not line.strip() or "LOAD REPORT" in line:
+        if line.startswith(METRICS_MARK):
+            if tracker is not None and run_id:
+                tracker.metric_rows(run_id, json.loads(line[len(METRICS_MARK) :]))
+            return
+        if not line.strip() or line.startswith(("Loading weights", "The following values were not passed", "To avoid this warning")):
             return
         session.out(f"{prefix} {line}")
 
@@ -314,7 +330,7 @@ def _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data,
     prefix = f"[trial {trial.number}]"
     try:
         params = suggest(trial, cfg.search_space)
-        exp = validate_experiment(apply_params(exp_raw, params), None)
+        exp = _resolved(validate_experiment(apply_params(exp_raw, params), None))
     except SpecError as err:  # a combination the spec allows but the experiment refuses
         trial.set_user_attr("reason", f"invalid params: {err}")
         study.tell(trial, state=TrialState.FAIL)
@@ -336,7 +352,7 @@ def _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data,
     })
     t0 = time.time()
     try:
-        result = run_trial_process(spec, workdir, on_line=_line_printer(session, prefix))
+        result = run_trial_process(spec, workdir, on_line=_line_printer(session, prefix, tracker, run_id))
     except KeyboardInterrupt:
         _finish(study, trial, {"state": "failed", "reason": "interrupted"}, tracker, run_id)
         _log_stdout(tracker, run_id, workdir)
@@ -392,7 +408,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     session.out(f"{prefix} re-running trial {target.number} of {name} from its saved config (MLflow run {run_id})")
     workdir = session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}"
     try:
-        result = run_trial_process(_worker_spec(exp, data, tracker.uri, run_id, None), workdir, on_line=_line_printer(session, prefix))
+        result = run_trial_process(_worker_spec(exp, data, tracker.uri, run_id, None), workdir, on_line=_line_printer(session, prefix, tracker, run_id))
     except KeyboardInterrupt:
         tracker.end(run_id, "KILLED")
         raise
@@ -422,6 +438,7 @@ def _cuda() -> bool:
 
 def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | None = None) -> int:
     """One training run of an experiment, no search: an MLflow run in the experiment's own MLflow experiment."""
+    exp = _resolved(exp)
     data = prepare_data(exp, session.root / "cache")
     tracker = session.tracker()
     exp_id = tracker.experiment(f"train-{exp.name}")
@@ -432,7 +449,7 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
     tracker.artifacts(run_id, _trial_files(session, resolved, None, None, spec_file))
     workdir = session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8]
     try:
-        result = run_trial_process(_worker_spec(exp, data, tracker.uri, run_id, None), workdir, on_line=_line_printer(session, "[train]"))
+        result = run_trial_process(_worker_spec(exp, data, tracker.uri, run_id, None), workdir, on_line=_line_printer(session, "[train]", tracker, run_id))
     except KeyboardInterrupt:
         tracker.tags(run_id, {"lbsearch.state": "failed", "lbsearch.reason": "interrupted"})
         tracker.end(run_id, "KILLED")

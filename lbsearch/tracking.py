@@ -132,6 +132,14 @@ class Tracker:
         now = int(time.time() * 1000)
         _retry(self.client.log_batch, run_id, metrics=[Metric(k, float(v), now, step) for k, v in values.items() if v is not None])
 
+    def metric_rows(self, run_id: str, rows: list[list[Any]]) -> None:
+        """Rows of [key, value, timestamp_ms, step], as sent by the trial process."""
+        from mlflow.entities import Metric
+
+        metrics = [Metric(k, v, ts, step) for k, v, ts, step in rows]
+        for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
+            _retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900])
+
     def end(self, run_id: str, status: str) -> None:
         _retry(self.client.set_terminated, run_id, status=status)
 

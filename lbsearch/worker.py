@@ -27,6 +27,7 @@ from lbsearch.batching import eval_points, plan_batch, sample_stream
 from lbsearch.config import ExperimentConfig, lr_for_batch
 
 CONTINUE, DIVERGED, PRUNED = 0, 1, 2
+METRICS_MARK = "@@lbsearch-metrics "
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned"}
 
 
@@ -40,9 +41,8 @@ class Reporter:
 
     def __init__(self, spec: dict[str, Any], is_main: bool) -> None:
         self.trial = None
-        self.client = None
-        self.run_id = None
-        self._buffer: list[Any] = []
+        self.tracking = bool(spec.get("mlflow")) and is_main
+        self._buffer: list[list[Any]] = []
         if not is_main:
             return
         if spec.get("optuna"):
@@ -57,25 +57,18 @@ class Reporter:
             pruner = make_pruner(PrunerConfig(**o["pruner"]), eval_every=exp["eval_every_samples"], budget=exp["budget_samples"])
             study = optuna.load_study(study_name=o["study_name"], storage=open_storage(o["storage"]), pruner=pruner)
             self.trial = optuna.trial.Trial(study, o["trial_id"])
-        if spec.get("mlflow"):
-            from mlflow.tracking import MlflowClient
-
-            self.client = MlflowClient(tracking_uri=spec["mlflow"]["tracking_uri"])
-            self.run_id = spec["mlflow"]["run_id"]
-
     def metrics(self, values: dict[str, float], step: int) -> None:
-        if self.client is None:
+        if not self.tracking:
             return
-        from mlflow.entities import Metric
-
         now = int(time.time() * 1000)
-        self._buffer += [Metric(k, float(v), now, step) for k, v in values.items() if v is not None and math.isfinite(v)]
+        self._buffer += [[k, float(v), now, step] for k, v in values.items() if v is not None and math.isfinite(v)]
 
     def flush(self) -> None:
-        if self.client is None or not self._buffer:
+        """Metrics travel to the orchestrator as one stdout line; it owns the MLflow client, so the
+        trial process never imports MLflow and the tracking store has a single writer per trial."""
+        if not self.tracking or not self._buffer:
             return
-        for i in range(0, len(self._buffer), 900):  # MLflow takes at most 1000 metrics per batch
-            self.client.log_batch(self.run_id, metrics=self._buffer[i : i + 900])
+        print(METRICS_MARK + json.dumps(self._buffer), flush=True)
         self._buffer.clear()
 
     def report(self, value: float, samples: int) -> bool:
@@ -106,7 +99,7 @@ def _watch(pid: int) -> None:
 # Training
 
 
-def _pad(seqs: list[list[int]], pad_id: int, device) -> dict[str, torch.Tensor]:
+def _pad(seqs: list[np.ndarray], pad_id: int, device) -> dict[str, torch.Tensor]:
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
@@ -141,10 +134,10 @@ class Evaluator:
     and per-class counts and loss sums are summed, so the metric equals the 1-process value."""
 
     def __init__(self, split, num_labels: int, micro_batch: int, rank: int, world: int) -> None:
-        ids = split["input_ids"]
+        ids = split.ids
         order = np.argsort([len(s) for s in ids], kind="stable")[rank::world]
         self.ids = [ids[i] for i in order]
-        self.labels = np.asarray(split["label"])[order]
+        self.labels = split.labels[order]
         self.k = num_labels
         self.mb = micro_batch
 
@@ -182,8 +175,8 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     from accelerate.utils import set_seed
     from transformers import get_scheduler
 
-    from lbsearch.data import load_prepared
-    from lbsearch.model import build_model, load_tokenizer
+    from lbsearch.data import load_arrays
+    from lbsearch.model import build_model
 
     exp = ExperimentConfig.model_validate(spec["experiment"])
     t_start = time.time()
@@ -197,10 +190,9 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     rep = Reporter(spec, main)
 
     set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
-    data = load_prepared(spec["data_path"])
-    tok = load_tokenizer(exp.model)
-    pad_id = tok.pad_token_id if tok.pad_token_id is not None else 0
-    model = build_model(exp.model, spec["num_labels"], len(tok))
+    data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}
+    pad_id = spec["pad_id"]
+    model = build_model(exp.model, spec["num_labels"], spec["vocab_size"])
     lr = lr_for_batch(exp.optimizer, tr.batch_size)
     optimizer = make_optimizer(exp, model, lr)
     steps = tr.budget_samples // tr.batch_size
@@ -209,13 +201,13 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(warmup / tr.batch_size), num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    train_ids, train_labels = data["train"]["input_ids"], np.asarray(data["train"]["label"])
+    train_ids, train_labels = data["train"].ids, data["train"].labels
+    train_len = np.fromiter((len(x) for x in train_ids), dtype=np.int64, count=len(train_ids))
     stream = sample_stream(len(train_ids), tr.batch_size, steps, exp.seed)
     evals = dict(eval_points(tr.budget_samples, tr.eval_every_samples, tr.batch_size))
     mb = plan.micro_batch
     evaluate_val = Evaluator(data["validation"], spec["num_labels"], 2 * mb, accelerator.process_index, accelerator.num_processes)
     rank = accelerator.process_index
-    per_rank = tr.batch_size // accelerator.num_processes
     target = exp.metric.target
     sign = 1 if exp.metric.direction == "maximize" else -1
 
@@ -224,7 +216,12 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     t_first_step = None
     model.train()
     for step in range(1, steps + 1):
-        mine = stream[step - 1, rank * per_rank : (rank + 1) * per_rank]
+        # The step's B samples, sorted by length and dealt out to ranks, then cut into micro-batches:
+        # micro-batches of similar lengths waste little on padding (~1.4x faster on CPU), and the
+        # optimizer step still averages the gradient over exactly the same B samples.
+        batch_ids = stream[step - 1]
+        batch_ids = batch_ids[np.argsort(train_len[batch_ids], kind="stable")]
+        mine = batch_ids[rank :: accelerator.num_processes]
         loss_sum = 0.0
         for j in range(plan.accumulation):
             idx = mine[j * mb : (j + 1) * mb]
@@ -272,7 +269,7 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
                 rep.metrics({"samples_to_target": seen, "steps_to_target": step}, step)
             say(f"samples {seen}/{steps * tr.batch_size} loss {step_loss:.4f} eval {exp.metric.name} {value:.4f} "
                 f"lr {scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s")
-            if step < steps and main and rep.report(value, nominal):
+            if main and rep.report(value, nominal) and step < steps:
                 code = PRUNED
             code = _stop_code(accelerator, code)
             t_mark, samples_mark = time.time(), seen

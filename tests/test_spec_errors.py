@@ -1,0 +1,122 @@
+"""Bad input: one line naming file and field, exit code 2, nothing written under mlruns/."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import run_cli, tree
+from lbsearch.cli import main
+
+# (id, file to edit, text replacements or extra YAML appended, --set items, expected "file: field" part, expected message part)
+E, S = "tiny.yaml", "tiny_study.yaml"
+CASES = [
+    ("malformed-yaml", S, [("n_trials: 3", "n_trials: [3")], [], "tiny_study.yaml", "malformed YAML (line"),
+    ("top-level-list", S, "REPLACE:- a\n- b\n", [], "tiny_study.yaml", "expected a mapping"),
+    ("unknown-study-key", S, [("n_trials: 3", "n_trails: 3")], [], "tiny_study.yaml: n_trails", "unknown key (did you mean `n_trials`?); valid keys: name, experiment, n_trials"),
+    ("unknown-experiment-key", E, [("batch_size: 32", "batchsize: 32")], [], "tiny.yaml: train.batchsize", "unknown key (did you mean `batch_size`?); valid keys: batch_size"),
+    ("wrong-type", E, [("batch_size: 32", "batch_size: big")], [], "tiny.yaml: train.batch_size", "integer"),
+    ("negative-lr", E, [("lr: 1.0e-3", "lr: -0.1")], [], "tiny.yaml: optimizer.lr", "greater than 0"),
+    ("B-not-divisible", E, [("processes: 1", "processes: 3")], [], "tiny.yaml", "divisible by `launcher.processes`, got 32 and 3"),
+    ("budget-below-B", E, [("budget_samples: 960", "budget_samples: 16")], [], "tiny.yaml: train", "budget_samples` must be >= `batch_size`"),
+    ("zero-eval-every", E, [("eval_every_samples: 320", "eval_every_samples: 0")], [], "tiny.yaml: train.eval_every_samples", "greater than or equal to 1"),
+    ("negative-clip", E, [("clip_norm: 1.0", "clip_norm: -1")], [], "tiny.yaml: train.clip_norm", "greater than 0"),
+    ("both-warmups", E, [("warmup_fraction: 0.1", "warmup_fraction: 0.1, warmup_samples: 64")], [], "tiny.yaml: schedule", "only one of"),
+    ("bad-precision", E, [('precision: "no"', "precision: fp8")], [], "tiny.yaml: launcher.precision", "'auto', 'no', 'bf16' or 'fp16'"),
+    ("unreachable-target", E, [("name: accuracy", "name: accuracy\n  target: 1.5")], [], "tiny.yaml: metric", "`target` for accuracy must lie in (0, 1]"),
+    ("wrong-direction", E, [("name: accuracy", "name: loss\n  direction: maximize")], [], "tiny.yaml: metric", "`loss` must be minimized"),
+    ("max-length-too-small", E, [("max_length: 48", "max_length: 4")], [], "tiny.yaml: data.max_length", "greater than or equal to 8"),
+    ("random-without-config", E, [("  config: {hidden_size", "  cfg: {hidden_size")], [], "tiny.yaml: model.cfg", "unknown key"),
+    ("missing-data-file", E, [("source: rotten_tomatoes", "source: ./nope.csv")], [], "tiny.yaml: data.source", "file not found"),
+    ("missing-model-folder", E, [("source: random", "source: ./no_model_here/")], [], "tiny.yaml: model.source", "model folder not found"),
+    ("zero-trials", S, [("n_trials: 3", "n_trials: 0")], [], "tiny_study.yaml: n_trials", "greater than or equal to 1"),
+    ("no-experiment", S, [("experiment: tiny.yaml", "")], [], "tiny_study.yaml: experiment", "required"),
+    ("experiment-not-found", S, [("experiment: tiny.yaml", "experiment: nope.yaml")], [], "tiny_study.yaml: experiment", "experiment file not found"),
+    ("empty-range", S, [("low: 1.0e-4, high: 3.0e-3", "low: 1.0e-3, high: 1.0e-3")], [], "tiny_study.yaml: search_space.optimizer.lr", "`low < high` must hold"),
+    ("inverted-range", S, [("low: 1.0e-4, high: 3.0e-3", "low: 1.0e-2, high: 1.0e-3")], [], "tiny_study.yaml: search_space.optimizer.lr", "`low < high` must hold, got low=0.01, high=0.001"),
+    ("log-range-at-zero", S, [("low: 1.0e-4, high: 3.0e-3", "low: 0.0, high: 3.0e-3")], [], "tiny_study.yaml: search_space.optimizer.lr", "log range needs `low > 0`"),
+    ("not-a-field", S, [("optimizer.lr:", "optimizer.lrr:")], [], "tiny_study.yaml: search_space.optimizer.lrr", "not a field of the experiment"),
+    ("bad-choice", S, [("choices: [16, 32, 64]", "choices: [0, 32]")], [], "tiny_study.yaml: search_space.train.batch_size", "value 0 gives an invalid experiment"),
+    ("choice-not-divisible", S, [("choices: [16, 32, 64]", "choices: [16, 33]"), ("n_trials: 3", "n_trials: 3\nlauncher: {processes: 2}")], [], "tiny_study.yaml: search_space.train.batch_size", "value 33 gives an invalid experiment"),
+    ("duplicate-choices", S, [("choices: [16, 32, 64]", "choices: [16, 16]")], [], "tiny_study.yaml: search_space.train.batch_size", "must be unique"),
+    ("unknown-param-type", S, [("{type: float,", "{type: uniform,")], [], "tiny_study.yaml: search_space.optimizer.lr", "type"),
+    ("unknown-sampler", S, [("name: tpe", "name: cmaes")], [], "tiny_study.yaml: sampler.name", "'tpe', 'random' or 'grid'"),
+    ("unknown-pruner", S, [("name: median", "name: asha")], [], "tiny_study.yaml: pruner.name", "'median', 'hyperband' or 'none'"),
+    ("grid-needs-categorical", S, [("name: tpe", "name: grid")], [], "tiny_study.yaml: search_space.optimizer.lr", "grid sampler needs `type: categorical`"),
+    ("bad-study-name", S, [("name: tiny-study", "name: tiny study/x")], [], "tiny_study.yaml: name", "pattern"),
+    ("bad-set-syntax", S, [], ["n_trials"], "--set", "expected key=value"),
+    ("set-unknown-field", S, [], ["experiment.train.bogus=1"], "tiny.yaml: train.bogus", "unknown key"),
+    ("set-wrong-type", S, [], ["n_trials=many"], "tiny_study.yaml: n_trials", "integer"),
+    ("missing-text-column", E, [("source: rotten_tomatoes", "source: reviews.csv\n  text_column: review")], [], "data.text_column", "column 'review' not in"),
+    ("labels-out-of-range", E, [("source: rotten_tomatoes", "files: {train: reviews.csv, validation: bad_labels.csv}")], [], "data.label_column", "validation labels must lie in 0..1"),
+    ("unknown-builtin-model", E, [("source: random", "source: minilm-l12")], [], "model.source", "offline choices: `source: minilm-l6`"),
+    ("unknown-builtin-dataset", E, [("source: rotten_tomatoes", "source: rotten_tomatos")], [], "data.source", "offline choices: `source: rotten_tomatoes`"),
+]
+
+
+def _prepare(specs: Path, file: str, edit) -> None:
+    (specs / "reviews.csv").write_text("text,label\n" + "".join(f"review number {i},{i % 2}\n" for i in range(40)))
+    (specs / "bad_labels.csv").write_text("text,label\nfine,1\nodd,5\n")
+    path = specs / file
+    text = path.read_text()
+    if isinstance(edit, str):
+        text = edit.removeprefix("REPLACE:")
+    else:
+        for old, new in edit:
+            assert old in text, f"test case edit {old!r} not found in {file}"
+            text = text.replace(old, new)
+    path.write_text(text)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
+def test_bad_spec_one_line_exit_2_nothing_written(case, specs, tmp_path, capsys, monkeypatch):
+    name, file, edit, sets, where, message = case
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    _prepare(specs, file, edit)
+    mlruns = tmp_path / "mlruns"
+    argv = ["run", str(specs / S), "--mlruns", str(mlruns)] + [f"--set={s}" for s in sets]
+    if name in ("missing-text-column", "labels-out-of-range", "unknown-builtin-model", "unknown-builtin-dataset"):
+        argv = ["train", str(specs / E), "--mlruns", str(mlruns)]
+    code = main(argv)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("lbsearch: error: "), err
+    assert where in err, err
+    assert message in err, err
+    assert tree(mlruns) == {}, "nothing may be written under mlruns/ for a bad spec"
+
+
+def test_table_has_at_least_30_cases():
+    assert len(CASES) >= 30
+
+
+def test_cli_subprocess_reports_bad_spec(specs, tmp_path):
+    """The installed CLI (not just main()) exits 2 with one line on stderr."""
+    _prepare(specs, S, [("n_trials: 3", "n_trials: -1")])
+    proc = run_cli("run", str(specs / S), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "tiny_study.yaml: n_trials" in proc.stderr
+    assert not (tmp_path / "mlruns").exists()
+
+
+def test_set_overrides_reach_the_experiment(specs):
+    from lbsearch.config import load_study, parse_set
+
+    cfg, _ = load_study(specs / S, parse_set(["experiment.train.budget_samples=640", "n_trials=5", "experiment.optimizer.lr=2e-3"]))
+    assert cfg.n_trials == 5
+    assert cfg.experiment.train.budget_samples == 640
+    assert cfg.experiment.optimizer.lr == 2e-3
+
+
+def test_lr_scaling_rule():
+    from lbsearch.config import OptimizerConfig, lr_for_batch
+
+    opt = OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="sqrt")
+    assert lr_for_batch(opt, 128) == pytest.approx(2e-3)
+    assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="linear"), 128) == pytest.approx(4e-3)
+    assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32), 128) == pytest.approx(1e-3)

@@ -1,0 +1,196 @@
+"""End to end through the CLI: a study with complete, pruned and failed trials; the MLflow run tree;
+reproduce; resume after Ctrl-C; recovery after the orchestrator is SIGKILLed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from mlflow.tracking import MlflowClient
+from optuna.trial import TrialState
+
+from conftest import LBSEARCH, SPECS, run_cli
+from lbsearch.config import load_study, parse_set
+from lbsearch.study import Session, open_study
+
+LOSS = ["--set", "experiment.metric.name=loss"]
+
+
+def _study(root: Path, name: str) -> optuna.Study:
+    storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def _client(root: Path) -> MlflowClient:
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """tiny-loss, 4 trials: enqueued (good lr) -> complete, (lr 1e-7) -> pruned, (3 heads) -> failed, then TPE."""
+    cwd = tmp_path_factory.mktemp("study")
+    root = cwd / "mlruns"
+    cfg, _ = load_study(SPECS / "tiny_study_loss.yaml", parse_set(["experiment.metric.name=loss"]))
+    study = open_study(Session(root=root), cfg)
+    study.enqueue_trial({"optimizer.lr": 3e-3, "model.config.num_attention_heads": 2})
+    study.enqueue_trial({"optimizer.lr": 1e-7, "model.config.num_attention_heads": 2})
+    study.enqueue_trial({"optimizer.lr": 1e-3, "model.config.num_attention_heads": 3})
+    proc = run_cli("run", str(SPECS / "tiny_study_loss.yaml"), *LOSS, cwd=cwd, check=True)
+    return cwd, root, proc
+
+
+def test_failing_trial_does_not_stop_the_study(finished):
+    cwd, root, proc = finished
+    trials = _study(root, "tiny-loss").get_trials()
+    assert len(trials) == 4
+    assert [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
+    assert "num_attention_heads" in trials[2].user_attrs["reason"] or "heads" in trials[2].user_attrs["reason"]
+    assert trials[1].user_attrs["reason"] == "pruned"
+    assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    # pruning compares at equal samples seen: the pruned trial stopped at the first evaluation
+    assert trials[1].user_attrs["samples"] == 320
+    assert list(trials[1].intermediate_values) == [320]
+    assert list(trials[0].intermediate_values) == [320, 640, 960]
+    assert "[trial 2] failed" in proc.stdout
+    assert "[study tiny-loss] done" in proc.stdout
+
+
+def test_mlflow_run_tree(finished):
+    cwd, root, _ = finished
+    client = _client(root)
+    exp = client.get_experiment_by_name("tiny-loss")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]
+    assert len(parents) == 1
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == [0, 1, 2, 3]
+    assert all(r.info.status != "RUNNING" for r in runs)
+    by_trial = {int(r.data.tags["lbsearch.trial"]): r for r in children}
+    states = {t.number: t.state.name.lower() for t in _study(root, "tiny-loss").get_trials()}
+    for n, run in by_trial.items():
+        assert run.data.tags["lbsearch.state"] == {"fail": "failed"}.get(states[n], states[n])
+    good = by_trial[0]
+    assert good.info.status == "FINISHED"
+    assert by_trial[2].info.status == "FAILED" and "lbsearch.reason" in by_trial[2].data.tags
+    assert by_trial[1].data.tags["lbsearch.reason"] == "pruned"
+    # params: every hyperparameter of the resolved config and the derived batch split
+    p = good.data.params
+    assert p["derived.micro_batch"] == "16" and p["derived.accumulation"] == "2" and p["derived.processes"] == "1"
+    assert p["derived.precision"] == "no" and p["optimizer.lr"] == "0.003" and p["train.batch_size"] == "32"
+    # per-evaluation histories against step, with samples seen
+    hist = client.get_metric_history(good.info.run_id, "eval/loss")
+    assert [m.step for m in hist] == [10, 20, 30]
+    assert len(client.get_metric_history(good.info.run_id, "train/loss")) == 30
+    samples = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "progress/samples")}
+    assert samples[10] == 320 and samples[30] == 960
+    for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/loss", "test/loss", "test/accuracy"):
+        assert client.get_metric_history(good.info.run_id, key), key
+    assert len(client.get_metric_history(by_trial[1].info.run_id, "eval/loss")) == 1
+    # artifacts: resolved config, reproduce command, versions, the trial's output
+    arts = {a.path for a in client.list_artifacts(good.info.run_id)}
+    assert {"config.json", "reproduce.sh", "versions.json", "stdout.log"} <= arts
+    local = client.download_artifacts(good.info.run_id, "config.json", str(cwd))
+    assert json.loads(Path(local).read_text())["optimizer"]["lr"] == 3e-3
+    assert "data.digest" in good.data.tags and "git.commit" in good.data.tags
+    # parent: best params and metric, trials table
+    assert parent.data.tags["best.trial"] in {"0", "3"}
+    assert "best.optimizer.lr" in parent.data.tags
+    table = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(cwd))).read_text().splitlines()
+    assert len(table) == 5 and table[0].startswith("trial,state")
+
+
+def test_status_and_best(finished):
+    cwd, _, _ = finished
+    status = run_cli("status", "tiny-loss", cwd=cwd, check=True).stdout
+    assert "complete" in status and "pruned" in status and "fail" in status
+    best = run_cli("best", "tiny-loss", cwd=cwd, check=True).stdout
+    assert "reproduce  lbsearch reproduce tiny-loss --trial" in best
+    unknown = run_cli("status", "nope", cwd=cwd)
+    assert unknown.returncode == 2 and "unknown study 'nope'" in unknown.stderr
+
+
+def test_reproduce_is_exact_on_cpu(finished):
+    cwd, root, _ = finished
+    proc = run_cli("reproduce", "tiny-loss", "--trial", "0", cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "reproduced: metrics identical" in proc.stdout
+    client = _client(root)
+    exp = client.get_experiment_by_name("tiny-loss")
+    rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "reproduce"]
+    assert rep and rep[-1].data.tags["lbsearch.reproduced"] == "yes"
+    orig = _study(root, "tiny-loss").trials[0]
+    assert rep[-1].data.tags["lbsearch.reproduces"] == orig.user_attrs["mlflow_run_id"]
+    assert client.get_metric_history(rep[-1].info.run_id, "val/loss")[0].value == orig.user_attrs["validation_loss"]
+
+
+def _start(cwd: Path, spec: Path, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([*LBSEARCH, "run", str(spec), *extra], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return seen
+    raise AssertionError(f"{text!r} not seen:\n{''.join(seen)}")
+
+
+def test_interrupt_then_resume(tmp_path, specs):
+    spec = specs / "tiny_study.yaml"
+    proc = _start(tmp_path, spec)
+    _wait_for(proc, "[trial 1] samples 320")
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130, rest
+    assert time.time() - t0 < 10
+    assert "interrupted; run the same command again to resume" in rest
+    root = tmp_path / "mlruns"
+    trials = _study(root, "tiny-study").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
+    assert trials[1].user_attrs["reason"] == "interrupted"
+    client = _client(root)
+    run = client.get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert run.info.status == "KILLED"
+    assert not any(p.poll() is None for p in [proc])
+    # the same command resumes: the interrupted params run again, and the study ends at n_trials
+    again = run_cli("run", str(spec), cwd=tmp_path, check=True)
+    trials = _study(root, "tiny-study").get_trials()
+    counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(counted) == 3, again.stdout
+    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    assert len(retry) == 1 and retry[0].params == trials[1].params
+    exp = client.get_experiment_by_name("tiny-study")
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
+
+
+def test_killed_orchestrator_trial_is_failed_and_retried(tmp_path, specs):
+    spec = specs / "tiny_study.yaml"
+    proc = _start(tmp_path, spec, "--set", "n_trials=2")
+    _wait_for(proc, "[trial 0] samples 320")
+    proc.kill()  # SIGKILL: no handler runs; the trial's own watchdog ends the worker
+    proc.wait(timeout=10)
+    root = tmp_path / "mlruns"
+    assert _study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
+    run_cli("run", str(spec), "--set", "n_trials=2", cwd=tmp_path, check=True)
+    trials = _study(root, "tiny-study").get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "worker died"
+    assert trials[1].user_attrs.get("retry_of") == 0 and trials[1].params == trials[0].params
+    assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
+    client = _client(root)
+    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    exp = client.get_experiment_by_name("tiny-study")
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
