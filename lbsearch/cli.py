@@ -187,6 +187,9 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce":
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _sigterm_as_interrupt()
+    import logging
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stdout
     try:
         return COMMANDS[args.command](args)
     except SpecError as err:

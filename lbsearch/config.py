@@ -313,16 +313,20 @@ def parse_set(items: list[str] | None) -> dict[str, Any]:
 
 
 def _set_path(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    """Set ``a.b.c``; keys that themselves contain dots (``search_space.optimizer.lr.high``) are
+    matched greedily against the keys present."""
     keys = dotted.split(".")
     node = raw
-    for key in keys[:-1]:
+    while len(keys) > 1:
+        n = next((n for n in range(len(keys) - 1, 1, -1) if ".".join(keys[:n]) in node), 1)
+        key, keys = ".".join(keys[:n]), keys[n:]
         nxt = node.get(key)
         if nxt is None:
             nxt = node[key] = {}
         if not isinstance(nxt, dict):
             raise SpecError(None, dotted, f"`{key}` is not a section")
         node = nxt
-    node[keys[-1]] = value
+    node[keys[0]] = value
 
 
 def apply_params(raw: dict[str, Any], params: dict[str, Any]) -> dict[str, Any]:

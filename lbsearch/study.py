@@ -8,6 +8,7 @@ and the result metrics (``test_*``, ``samples``, ``samples_to_target`` ...).
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
@@ -107,6 +108,20 @@ def _requeue(study: optuna.Study, cfg: StudyConfig, tracker: Tracker | None) -> 
             continue
         attempt = t.user_attrs.get("attempt", 0) + (reason == "worker died")
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt})
+
+
+@contextlib.contextmanager
+def _host_lock(root: Path, name: str):
+    """An exclusive lock shared by the workers of one study on this host (fcntl on a file under root)."""
+    import fcntl
+
+    (root / "locks").mkdir(parents=True, exist_ok=True)
+    with open(root / "locks" / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> optuna.Study:
@@ -299,15 +314,16 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     session.out(_summary(study, cfg.n_trials))
     try:
         while max_trials is None or ran < max_trials:
-            _requeue(study, cfg, tracker)
-            trials = study.get_trials(deepcopy=False)
-            busy = sum(t.state in (TrialState.RUNNING, TrialState.WAITING) for t in trials)
-            waiting = sum(t.state == TrialState.WAITING for t in trials)
-            if sum(_counted(t, cfg.max_retries) for t in trials) + busy - waiting >= cfg.n_trials and not waiting:
-                break
-            trial = study.ask()
-            trial.set_user_attr("host", host)
-            trial.set_user_attr("pid", pid)
+            with _host_lock(session.root, cfg.name):  # count-then-ask is atomic among this host's workers
+                _requeue(study, cfg, tracker)
+                trials = study.get_trials(deepcopy=False)
+                running = sum(t.state == TrialState.RUNNING for t in trials)
+                waiting = sum(t.state == TrialState.WAITING for t in trials)
+                if sum(_counted(t, cfg.max_retries) for t in trials) + running >= cfg.n_trials and not waiting:
+                    break
+                trial = study.ask()
+                trial.set_user_attr("host", host)
+                trial.set_user_attr("pid", pid)
             ran += 1
             _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data, spec_file)
             _update_parent(study, tracker, parent, trial.number)
@@ -352,16 +368,37 @@ def _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data,
     })
     t0 = time.time()
     try:
-        result = run_trial_process(spec, workdir, on_line=_line_printer(session, prefix, tracker, run_id))
+        result = _run_with_oom_retries(session, spec, exp, workdir, prefix, tracker, run_id)
     except KeyboardInterrupt:
         _finish(study, trial, {"state": "failed", "reason": "interrupted"}, tracker, run_id)
         _log_stdout(tracker, run_id, workdir)
         raise
+    if exp.model_dump(mode="json") != resolved:  # the config that ran (after OOM retries), for reproduce
+        trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
     state = _finish(study, trial, result, tracker, run_id)
     _log_stdout(tracker, run_id, workdir)
     detail = f" ({result['reason']})" if result.get("reason") and result["reason"] != "pruned" else ""
     value = f" {cfg.experiment.metric.name} {result['value']:.4f}" if result.get("value") is not None else ""
     session.out(f"{prefix} {state}{detail}{value} in {time.time() - t0:.1f}s")
+
+
+def _run_with_oom_retries(session, spec, exp: ExperimentConfig, workdir: Path, prefix: str, tracker: Tracker, run_id: str) -> dict[str, Any]:
+    """Run the trial; on out-of-memory halve the micro-batch limit (B unchanged: more accumulation) and retry.
+
+    ``exp`` is updated in place to the limit that finally ran, so the saved config reproduces it."""
+    while True:
+        result = run_trial_process(spec, workdir, on_line=_line_printer(session, prefix, tracker, run_id))
+        plan = plan_batch(exp.train.batch_size, exp.launcher.processes, exp.launcher.max_micro_batch)
+        if not result.get("oom") or plan.micro_batch == 1:
+            return result
+        smaller = plan_batch(exp.train.batch_size, exp.launcher.processes, max(1, plan.micro_batch // 2))
+        session.out(f"{prefix} out of memory at micro-batch {plan.micro_batch}: retrying with micro-batch "
+                    f"{smaller.micro_batch} x accumulation {smaller.accumulation} (B = {exp.train.batch_size} unchanged)")
+        exp.launcher.max_micro_batch = smaller.micro_batch
+        spec["experiment"] = exp.model_dump(mode="json")
+        retries = int(tracker.client.get_run(run_id).data.tags.get("lbsearch.oom_retries", 0)) + 1
+        tracker.tags(run_id, {"lbsearch.oom_retries": retries, "lbsearch.micro_batch": smaller.micro_batch,
+                              "lbsearch.accumulation": smaller.accumulation})
 
 
 def _log_stdout(tracker: Tracker, run_id: str, workdir: Path) -> None:

@@ -82,7 +82,17 @@ class Tracker:
     def __init__(self, tracking_uri: str, root: Path) -> None:
         self.uri = tracking_uri
         self.root = root
-        self.client = MlflowClient(tracking_uri=tracking_uri)
+        if tracking_uri.startswith("sqlite:"):
+            # the first use creates the tables (alembic migrations): concurrent workers would race
+            import fcntl
+
+            (root / "locks").mkdir(parents=True, exist_ok=True)
+            with open(root / "locks" / "mlflow-init.lock", "w") as fh:
+                fcntl.flock(fh, fcntl.LOCK_EX)
+                self.client = MlflowClient(tracking_uri=tracking_uri)
+                self.client.search_experiments(max_results=1)
+        else:
+            self.client = MlflowClient(tracking_uri=tracking_uri)
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)

@@ -214,6 +214,9 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     result: dict[str, Any] = {"state": "complete", "reason": None, "steps": 0, "samples": 0, "evals": []}
     first_loss, clipped, t_train, t_mark, samples_mark = None, 0, 0.0, time.time(), 0
     t_first_step = None
+    inject_oom = int(os.environ.get("LBSEARCH_INJECT_OOM_ABOVE", "0"))  # tests: exercise the OOM path on CPU
+    if inject_oom and plan.micro_batch > inject_oom:
+        raise torch.OutOfMemoryError(f"out of memory (injected: micro-batch {plan.micro_batch} > {inject_oom})")
     model.train()
     for step in range(1, steps + 1):
         # The step's B samples, sorted by length and dealt out to ranks, then cut into micro-batches:
@@ -313,7 +316,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
         traceback.print_exc()
-        result = {"state": "failed", "reason": reason, "oom": "out of memory" in str(err).lower()}
+        oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+        result = {"state": "failed", "reason": "out of memory" if oom else reason, "oom": oom, "error": reason}
         if rank == 0:
             _write(out, result)
         return 1

@@ -1,0 +1,78 @@
+"""Data: the builtin split, local files, label handling, the tokenized cache, offline hub errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from lbsearch.config import DataConfig, ExperimentConfig, SpecError
+from lbsearch.data import load_arrays, load_frames, prepare_data
+
+
+def test_rotten_tomatoes_split_is_deduped_disjoint_and_seeded():
+    frames, k = load_frames(DataConfig())
+    assert k == 2
+    sizes = {s: len(f) for s, f in frames.items()}
+    assert sum(sizes.values()) == 12752  # 12,808 reviews less 56 duplicate texts
+    assert sizes["validation"] == 1275 and sizes["test"] == 1913
+    texts = {s: set(f["text"]) for s, f in frames.items()}
+    assert not texts["train"] & texts["validation"] and not texts["train"] & texts["test"] and not texts["validation"] & texts["test"]
+    assert 0.55 < frames["train"]["label"].mean() < 0.61  # 57.8% fresh
+    again, _ = load_frames(DataConfig())
+    assert again["test"]["text"].tolist() == frames["test"]["text"].tolist()
+    other, _ = load_frames(DataConfig(split_seed=1))
+    assert other["test"]["text"].tolist() != frames["test"]["text"].tolist()
+
+
+@pytest.mark.parametrize("suffix", ["csv", "jsonl", "parquet"])
+def test_local_files_with_named_columns_and_string_labels(tmp_path, suffix):
+    df = pd.DataFrame({"review": [f"text {i}" for i in range(100)], "sentiment": ["pos" if i % 3 else "neg" for i in range(100)]})
+    path = tmp_path / f"data.{suffix}"
+    {"csv": lambda: df.to_csv(path, index=False), "jsonl": lambda: df.to_json(path, orient="records", lines=True),
+     "parquet": lambda: df.to_parquet(path)}[suffix]()
+    frames, k = load_frames(DataConfig(source=str(path), text_column="review", label_column="sentiment"))
+    assert k == 2
+    assert sum(len(f) for f in frames.values()) == 100
+    assert set(frames["train"]["label"]) == {0, 1}  # "neg" -> 0, "pos" -> 1 (sorted)
+    row = frames["train"].iloc[0]
+    assert (row["label"] == 1) == (int(row["text"].split()[1]) % 3 != 0)
+
+
+def test_presplit_files_and_labels_out_of_range(tmp_path):
+    (tmp_path / "train.csv").write_text("text,label\n" + "".join(f"t{i},{i % 2}\n" for i in range(20)))
+    (tmp_path / "validation.csv").write_text("text,label\nv1,0\nv2,1\n")
+    (tmp_path / "test.csv").write_text("text,label\nx1,1\nx2,2\n")
+    cfg = DataConfig(files={s: str(tmp_path / f"{s}.csv") for s in ("train", "validation", "test")})
+    with pytest.raises(SpecError, match="test labels must lie in 0..1"):
+        load_frames(cfg)
+
+
+def test_hub_id_offline_names_the_offline_choices(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(SpecError) as err:
+        load_frames(DataConfig(source="imdb"))
+    assert "offline choices: `source: rotten_tomatoes`" in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+def test_tokenized_once_then_cached(tmp_path):
+    exp = ExperimentConfig(name="t", data={"max_train_samples": 300, "max_eval_samples": 50},
+                           model={"source": "random", "config": {"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2, "intermediate_size": 32}})
+    first = prepare_data(exp, tmp_path)
+    stamp = (first.path / "train.npz").stat().st_mtime_ns
+    second = prepare_data(exp, tmp_path)
+    assert second.path == first.path and (first.path / "train.npz").stat().st_mtime_ns == stamp
+    assert first.sizes == {"train": 300, "validation": 50, "test": 50} and first.num_labels == 2
+    assert first.vocab_size == 30522 and first.pad_id == 0
+    train = load_arrays(first.path, "train")
+    assert len(train) == 300 and all(len(x) <= exp.data.max_length for x in train.ids)
+    assert all(x[0] == 101 and x[-1] == 102 for x in train.ids)  # [CLS] ... [SEP]
+    # a different tokenization setting is a different cache entry
+    longer = prepare_data(exp.model_copy(update={"data": exp.data.model_copy(update={"max_length": 16})}), tmp_path)
+    assert longer.path != first.path and longer.digest == first.digest
+    assert json.loads((first.path / "lbsearch_meta.json").read_text())["digest"] == first.digest
+    assert not list(tmp_path.glob(".tmp-*"))

@@ -1,0 +1,73 @@
+"""Nothing lost: divergence, out-of-memory retries, concurrent workers on one study."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+from optuna.trial import TrialState
+
+from conftest import LBSEARCH, SPECS, run_cli
+from lbsearch.config import load_study, parse_set
+from lbsearch.study import Session, open_study
+from test_study import _client, _study
+
+
+def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
+    sets = ["search_space.optimizer.lr.high=9", "n_trials=2"]
+    cfg, _ = load_study(SPECS / "tiny_study.yaml", parse_set(sets))
+    study = open_study(Session(root=tmp_path / "mlruns"), cfg)
+    study.enqueue_trial({"optimizer.lr": 1e-3, "train.batch_size": 32})
+    study.enqueue_trial({"optimizer.lr": 8.0, "train.batch_size": 32})
+    proc = run_cli("run", str(SPECS / "tiny_study.yaml"), *[f"--set={s}" for s in sets],
+                   "--set=experiment.train.clip_norm=null", cwd=tmp_path, check=True)
+    trials = _study(tmp_path / "mlruns", "tiny-study").get_trials()
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["reason"] == "diverged", proc.stdout
+    assert trials[1].user_attrs["samples"] < 960  # stopped at once, not at the next evaluation
+    assert "diverged at step" in proc.stdout
+    status = run_cli("status", "tiny-study", cwd=tmp_path, check=True).stdout
+    assert "diverged" in status
+    best = run_cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
+    assert "trial      0" in best
+    run = _client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert run.data.tags["lbsearch.reason"] == "diverged" and run.info.status == "FINISHED"
+
+
+def test_out_of_memory_halves_the_micro_batch_keeping_B(tmp_path):
+    env = dict(os.environ, LBSEARCH_INJECT_OOM_ABOVE="4")  # micro-batches above 4 "run out of memory"
+    proc = subprocess.run([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=1",
+                           "--set=search_space.train.batch_size.choices=[32]"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 4 (B = 32 unchanged)" in proc.stdout
+    assert "retrying with micro-batch 4 x accumulation 8" in proc.stdout
+    assert "effective batch 32 = micro-batch 4 x accumulation 8 x processes 1" in proc.stdout
+    trial = _study(tmp_path / "mlruns", "tiny-study").get_trials()[0]
+    assert trial.state == TrialState.COMPLETE
+    import json
+
+    assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
+    tags = _client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"]).data.tags
+    assert tags["lbsearch.oom_retries"] == "2" and tags["lbsearch.micro_batch"] == "4" and tags["lbsearch.accumulation"] == "8"
+
+
+def test_four_concurrent_workers_share_one_study(tmp_path):
+    sets = ["--set=n_trials=8", "--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
+    procs = [subprocess.Popen([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), *sets], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    outs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(outs)
+    joined = "\n".join(outs)
+    assert "Traceback" not in joined and "locked" not in joined
+    trials = _study(tmp_path / "mlruns", "tiny-study").get_trials()
+    assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert sum("start" in line and "[trial" in line for line in joined.splitlines()) == 8  # each trial ran once
+    client = _client(tmp_path / "mlruns")
+    exp = client.get_experiment_by_name("tiny-study")
+    runs = client.search_runs([exp.experiment_id])
+    children = [r for r in runs if r.data.tags.get("lbsearch.role") == "trial"]
+    assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == list(range(8))
+    assert len([r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]) == 1
+    assert all(r.info.status != "RUNNING" for r in runs)
