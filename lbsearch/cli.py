@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 def _session(args):
     from lbsearch.study import Session
 
-    return Session(root=Path(args.mlruns), storage=args.storage, tracking_uri=args.tracking_uri)
+    return Session(root=Path(args.mlruns).resolve(), storage=args.storage, tracking_uri=args.tracking_uri)
 
 
 def _sigterm_as_interrupt() -> None:

@@ -161,6 +161,14 @@ class Evaluator:
         return {"loss": loss_sum.item() / n, "accuracy": (tp.sum() / n).item(), "f1": f1}
 
 
+def _mean_over_ranks(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t)
+    return t.item() / accelerator.num_processes
+
+
 def _stop_code(accelerator, code: int) -> int:
     """The largest stop code over ranks: every rank stops at the same step, for the same reason."""
     if accelerator.num_processes == 1:
@@ -183,7 +191,9 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     launcher, tr = exp.launcher, exp.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
     plan = plan_batch(tr.batch_size, world, spec.get("max_micro_batch") or launcher.max_micro_batch)
-    accelerator = Accelerator(mixed_precision=launcher.precision, cpu=launcher.cpu, gradient_accumulation_steps=plan.accumulation)
+    # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
+    cpu = launcher.cpu or not torch.cuda.is_available()
+    accelerator = Accelerator(mixed_precision=launcher.precision, cpu=cpu, gradient_accumulation_steps=plan.accumulation)
     main = accelerator.is_main_process
     say = log if main else (lambda *a, **k: None)
     say(f"{plan}; precision {launcher.precision}; device {accelerator.device}")
@@ -239,13 +249,14 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item()
         scheduler.step()
-        step_loss = loss_sum / plan.accumulation
+        step_loss = _mean_over_ranks(accelerator, loss_sum / plan.accumulation)  # the loss of all B samples
         if t_first_step is None:
             t_first_step = time.time() - t_start
         first_loss = step_loss if first_loss is None else first_loss
         clipped += int(tr.clip_norm is not None and grad_norm > tr.clip_norm)
+        # loss and grad norm are global here, so every rank takes the same decision without a message
         bad = not (math.isfinite(step_loss) and math.isfinite(grad_norm)) or step_loss > tr.divergence_factor * first_loss
-        code = _stop_code(accelerator, DIVERGED if bad else CONTINUE)
+        code = DIVERGED if bad else CONTINUE
         seen = step * tr.batch_size
         now = time.time()
         rep.metrics(
