@@ -148,8 +148,9 @@ class LauncherConfig(_Strict):
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto``: bf16 where the device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16 / AMX),
     fp16 on older GPUs, else fp32 (``no``). Resolved before a trial starts; the resolved value is logged."""
-    max_micro_batch: int = Field(64, ge=1)
-    """Per-device micro-batch limit; a larger per-process batch becomes gradient accumulation."""
+    max_micro_batch: int | None = Field(64, ge=1)
+    """Per-device micro-batch limit; a larger per-process batch becomes gradient accumulation.
+    ``null``: probe it once per model, sequence length, precision and device (cached under mlruns/)."""
     accelerate_config: str | None = None
     """An Accelerate config file (DDP, FSDP, DeepSpeed); passed to ``accelerate launch`` as is."""
     cpu: bool = False

@@ -191,7 +191,11 @@ def _trial_files(session: Session, cfg: dict[str, Any], study_name: str | None, 
 
 
 def _derived(exp: ExperimentConfig) -> dict[str, Any]:
-    plan = plan_batch(exp.train.batch_size, exp.launcher.processes, exp.launcher.max_micro_batch)
+    limit = exp.launcher.max_micro_batch
+    plan = plan_batch(exp.train.batch_size, exp.launcher.processes, limit) if limit else None
+    if plan is None:  # probed by the trial: the tags lbsearch.micro_batch / lbsearch.accumulation say what ran
+        return {"derived.micro_batch": "probe", "derived.processes": exp.launcher.processes, "derived.precision": exp.launcher.precision,
+                "derived.lr": lr_for_batch(exp.optimizer, exp.train.batch_size), "derived.steps": exp.train.budget_samples // exp.train.batch_size}
     return {
         "derived.micro_batch": plan.micro_batch,
         "derived.accumulation": plan.accumulation,
@@ -388,8 +392,14 @@ def _run_with_oom_retries(session, spec, exp: ExperimentConfig, workdir: Path, p
     ``exp`` is updated in place to the limit that finally ran, so the saved config reproduces it."""
     while True:
         result = run_trial_process(spec, workdir, on_line=_line_printer(session, prefix, tracker, run_id))
+        ran = result.get("plan")
+        if ran and exp.launcher.max_micro_batch is None:  # probed: record the limit that ran
+            exp.launcher.max_micro_batch = ran["max_micro_batch"]
+            tracker.tags(run_id, {"lbsearch.micro_batch": ran["micro_batch"], "lbsearch.accumulation": ran["accumulation"]})
+        if not result.get("oom") or exp.launcher.max_micro_batch is None:
+            return result
         plan = plan_batch(exp.train.batch_size, exp.launcher.processes, exp.launcher.max_micro_batch)
-        if not result.get("oom") or plan.micro_batch == 1:
+        if plan.micro_batch == 1:
             return result
         smaller = plan_batch(exp.train.batch_size, exp.launcher.processes, max(1, plan.micro_batch // 2))
         session.out(f"{prefix} out of memory at micro-batch {plan.micro_batch}: retrying with micro-batch "

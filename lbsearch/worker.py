@@ -169,6 +169,58 @@ def _mean_over_ranks(accelerator, value: float) -> float:
     return t.item() / accelerator.num_processes
 
 
+def _maybe_inject_oom(micro_batch: int) -> None:
+    """Tests set LBSEARCH_INJECT_OOM_ABOVE=N to make micro-batches above N "run out of memory" on CPU."""
+    limit = int(os.environ.get("LBSEARCH_INJECT_OOM_ABOVE", "0"))
+    if limit and micro_batch > limit:
+        raise torch.OutOfMemoryError(f"out of memory (injected: micro-batch {micro_batch} > {limit})")
+
+
+def probe_micro_batch(accelerator, model, exp: ExperimentConfig, per_process: int, cache_dir: Path, say) -> int:
+    """The largest micro-batch (powers of two, up to the per-process batch) whose forward and backward
+    at full sequence length fit in memory; cached per model, length, precision and device. Every rank
+    probes its own device and all take the smallest result."""
+    import hashlib
+
+    device = torch.cuda.get_device_name(accelerator.device) if accelerator.device.type == "cuda" else "cpu"
+    key_src = json.dumps([exp.model.model_dump(mode="json"), exp.data.max_length, exp.launcher.precision, device, torch.__version__], sort_keys=True)
+    cache = cache_dir / f"probe-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}.json"
+    found = json.loads(cache.read_text()) if cache.is_file() else None
+    if found and (found["limit"] < found["upper"] or found["upper"] >= per_process):
+        limit, how = min(found["limit"], per_process), f"cached in {cache.name}"
+    else:
+        model.to(accelerator.device).train()
+        limit, size = 0, 1
+        ids = torch.full((per_process, exp.data.max_length), 100, dtype=torch.long, device=accelerator.device)
+        while size <= per_process:
+            try:
+                _maybe_inject_oom(size)
+                with accelerator.autocast():
+                    out = model(input_ids=ids[:size], attention_mask=torch.ones_like(ids[:size])).logits
+                out.float().sum().backward()
+                limit = size
+            except torch.OutOfMemoryError:
+                break
+            finally:
+                model.zero_grad(set_to_none=True)
+                if accelerator.device.type == "cuda":
+                    torch.cuda.empty_cache()
+            size *= 2
+        if limit == 0:
+            raise torch.OutOfMemoryError("out of memory at micro-batch 1 (probe)")
+        how = "probed"
+    if accelerator.num_processes > 1:
+        t = torch.tensor([limit], device=accelerator.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MIN)
+        limit = int(t.item())
+    if accelerator.is_main_process and how == "probed":
+        tmp = cache.with_suffix(f".tmp{os.getpid()}")
+        tmp.write_text(json.dumps({"limit": limit, "upper": per_process, "device": device}))
+        os.replace(tmp, cache)
+    say(f"micro-batch limit {limit} ({how})")
+    return limit
+
+
 def _stop_code(accelerator, code: int) -> int:
     """The largest stop code over ranks: every rank stops at the same step, for the same reason."""
     if accelerator.num_processes == 1:
@@ -190,19 +242,24 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     t_start = time.time()
     launcher, tr = exp.launcher, exp.train
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    plan = plan_batch(tr.batch_size, world, spec.get("max_micro_batch") or launcher.max_micro_batch)
     # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
     cpu = launcher.cpu or not torch.cuda.is_available()
-    accelerator = Accelerator(mixed_precision=launcher.precision, cpu=cpu, gradient_accumulation_steps=plan.accumulation)
+    accelerator = Accelerator(mixed_precision=launcher.precision, cpu=cpu)
     main = accelerator.is_main_process
     say = log if main else (lambda *a, **k: None)
-    say(f"{plan}; precision {launcher.precision}; device {accelerator.device}")
     rep = Reporter(spec, main)
 
     set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
     data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}
     pad_id = spec["pad_id"]
     model = build_model(exp.model, spec["num_labels"], spec["vocab_size"])
+    limit = launcher.max_micro_batch
+    if limit is None:
+        limit = probe_micro_batch(accelerator, model, exp, tr.batch_size // world, Path(spec["data_path"]).parent, say)
+        set_seed(exp.seed)  # the probe must not change what training sees
+    plan = plan_batch(tr.batch_size, world, limit)
+    accelerator.gradient_accumulation_steps = plan.accumulation
+    say(f"{plan}; precision {launcher.precision}; device {accelerator.device}")
     lr = lr_for_batch(exp.optimizer, tr.batch_size)
     optimizer = make_optimizer(exp, model, lr)
     steps = tr.budget_samples // tr.batch_size
@@ -224,9 +281,7 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     result: dict[str, Any] = {"state": "complete", "reason": None, "steps": 0, "samples": 0, "evals": []}
     first_loss, clipped, t_train, t_mark, samples_mark = None, 0, 0.0, time.time(), 0
     t_first_step = None
-    inject_oom = int(os.environ.get("LBSEARCH_INJECT_OOM_ABOVE", "0"))  # tests: exercise the OOM path on CPU
-    if inject_oom and plan.micro_batch > inject_oom:
-        raise torch.OutOfMemoryError(f"out of memory (injected: micro-batch {plan.micro_batch} > {inject_oom})")
+    _maybe_inject_oom(plan.micro_batch)
     model.train()
     for step in range(1, steps + 1):
         # The step's B samples, sorted by length and dealt out to ranks, then cut into micro-batches:
@@ -305,7 +360,7 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
         rep.metrics({f"val/{k}": v for k, v in result["validation"].items()} | {f"test/{k}": v for k, v in result["test"].items()}, steps)
     rep.metrics({"train/clip_frac": clipped / max(result["steps"], 1)}, result["steps"])
     rep.flush()
-    result["plan"] = {"micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "processes": plan.processes}
+    result["plan"] = {"micro_batch": plan.micro_batch, "accumulation": plan.accumulation, "processes": plan.processes, "max_micro_batch": limit}
     result["wall_s"] = time.time() - t_start
     accelerator.end_training()
     return result

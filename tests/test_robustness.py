@@ -71,3 +71,19 @@ def test_four_concurrent_workers_share_one_study(tmp_path):
     assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == list(range(8))
     assert len([r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]) == 1
     assert all(r.info.status != "RUNNING" for r in runs)
+
+
+def test_micro_batch_limit_is_probed_once_and_cached(tmp_path):
+    env = dict(os.environ, LBSEARCH_INJECT_OOM_ABOVE="8")  # the "device" holds 8 samples at full length
+    proc = subprocess.run([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=2", "--set=search_space.train.batch_size.choices=[32]",
+                           "--set=experiment.launcher.max_micro_batch=null"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "[trial 0] micro-batch limit 8 (probed)" in proc.stdout
+    assert "[trial 1] micro-batch limit 8 (cached in probe-" in proc.stdout
+    assert proc.stdout.count("effective batch 32 = micro-batch 8 x accumulation 4 x processes 1") == 2
+    assert len(list((tmp_path / "mlruns" / "cache").glob("probe-*.json"))) == 1
+    import json
+
+    for trial in _study(tmp_path / "mlruns", "tiny-study").get_trials():
+        assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
+        assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 8  # reproduce runs what ran
