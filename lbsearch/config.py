@@ -274,6 +274,10 @@ class StudyConfig(_Strict):
     """Optuna storage URL; default: a journal file under mlruns/."""
     tracking_uri: str | None = None
     """MLflow tracking URI; default: sqlite:///mlruns/mlflow.db."""
+    heartbeat_interval: int = Field(10, ge=1, le=3600)
+    """RDB storage: seconds between a running trial's heartbeats."""
+    grace_period: int | None = Field(None, ge=1)
+    """RDB storage: a running trial without a heartbeat for this long is failed and retried (default 3 intervals)."""
     max_retries: int = Field(1, ge=0, le=10)
     """How often a trial whose worker died is re-run with the same params."""
 

@@ -21,7 +21,7 @@ def storage_url(study: StudyConfig, root: Path, override: str | None = None) -> 
     return url if url else f"journal://{(root / 'optuna.journal').resolve()}"
 
 
-def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 30, max_retries: int = 1):
+def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None):
     """Journal file (``journal:///abs/path``), SQLite or any SQLAlchemy URL (RDB with heartbeat)."""
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
@@ -29,13 +29,14 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int = 
         path = url.removeprefix("journal://")
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         return JournalStorage(JournalFileBackend(path))
-    from optuna.storages import RDBStorage, RetryFailedTrialCallback
+    from optuna.storages import RDBStorage
 
+    # Stale trials (no heartbeat for grace_period) are failed by optuna.storages.fail_stale_trials;
+    # lbsearch re-enqueues them itself, with the same bookkeeping as for the embedded storage.
     return RDBStorage(
         url,
         heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period,
-        failed_trial_callback=RetryFailedTrialCallback(max_retry=max_retries, inherit_intermediate_values=False),
+        grace_period=grace_period or 3 * heartbeat_interval,
         engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
     )
 

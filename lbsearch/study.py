@@ -17,6 +17,7 @@ import os
 import shlex
 import socket
 import sys
+import threading
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -69,12 +70,22 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _host() -> str:
+    return os.environ.get("LBSEARCH_HOST") or socket.gethostname()
+
+
+def _reason(t: FrozenTrial) -> str:
+    """lbsearch sets a reason before it fails a trial; a failed trial without one was failed by
+    Optuna's heartbeat check (RDB storage): its worker died on some machine."""
+    return t.user_attrs.get("reason", "worker died" if t.state == TrialState.FAIL else "")
+
+
 def _counted(t: FrozenTrial, max_retries: int) -> bool:
     """Does this finished trial count toward n_trials? Not when a re-run of it takes its place."""
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if t.state == TrialState.FAIL:
-        reason = t.user_attrs.get("reason", "")
+        reason = _reason(t)
         if reason == "interrupted":
             return False
         if reason == "worker died" and t.user_attrs.get("attempt", 0) < max_retries:
@@ -84,8 +95,15 @@ def _counted(t: FrozenTrial, max_retries: int) -> bool:
 
 
 def _requeue(study: optuna.Study, cfg: StudyConfig, tracker: Tracker | None) -> None:
-    """Fail trials whose orchestrator died on this host; re-enqueue retryable trials once."""
-    host = socket.gethostname()
+    """Fail trials whose orchestrator died (this host: by pid; elsewhere: by Optuna's heartbeat on
+    RDB storage); close their MLflow runs; re-enqueue retryable trials once."""
+    host = _host()
+    if _heartbeats(study):
+        for number in _fail_stale(study):
+            t = study.trials[number]
+            if tracker is not None and t.user_attrs.get("mlflow_run_id"):
+                tracker.tags(t.user_attrs["mlflow_run_id"], {"lbsearch.state": "failed", "lbsearch.reason": "worker died"})
+                tracker.end(t.user_attrs["mlflow_run_id"], "KILLED")
     trials = study.get_trials(deepcopy=False)
     for t in trials:
         if t.state == TrialState.RUNNING and t.user_attrs.get("host") == host and not _alive(int(t.user_attrs.get("pid", 0))):
@@ -103,11 +121,50 @@ def _requeue(study: optuna.Study, cfg: StudyConfig, tracker: Tracker | None) -> 
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried or _counted(t, cfg.max_retries):
             continue
-        reason = t.user_attrs.get("reason")
+        reason = _reason(t)
         if reason not in RETRYABLE:
             continue
         attempt = t.user_attrs.get("attempt", 0) + (reason == "worker died")
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt})
+
+
+def _heartbeats(study: optuna.Study) -> bool:
+    """RDB storage with a heartbeat interval (Optuna wraps it in a cache, hence no isinstance)."""
+    storage = study._storage
+    return hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval() is not None
+
+
+def _fail_stale(study: optuna.Study) -> list[int]:
+    """Optuna's heartbeat check: RUNNING trials whose heartbeat is older than the grace period -> FAIL."""
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    return sorted(t.number for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.number in before)
+
+
+@contextlib.contextmanager
+def _heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Record the trial's heartbeat while it runs (RDB storage), so other machines can tell it is alive."""
+    storage = study._storage
+    if not _heartbeats(study):
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(storage.get_heartbeat_interval()):
+            try:
+                storage.record_heartbeat(trial._trial_id)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+                pass
+
+    storage.record_heartbeat(trial._trial_id)
+    thread = threading.Thread(target=beat, daemon=True, name="lbsearch-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
 
 
 @contextlib.contextmanager
@@ -126,7 +183,7 @@ def _host_lock(root: Path, name: str):
 
 def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(session.storage_for(cfg), max_retries=cfg.max_retries)
+    storage = open_storage(session.storage_for(cfg), heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     tr = cfg.experiment.train
     kwargs = dict(
         study_name=cfg.name,
@@ -248,7 +305,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             {
                 "trial": t.number,
                 "state": t.state.name.lower(),
-                "reason": t.user_attrs.get("reason", ""),
+                "reason": _reason(t),
                 "value": t.value,
                 "test": t.user_attrs.get(f"test_{study.user_attrs.get('metric', 'accuracy')}"),
                 "samples": t.user_attrs.get("samples"),
@@ -313,7 +370,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
         "metric": exp0.metric.name, "search_space": json.dumps({k: v.model_dump() for k, v in cfg.search_space.items()}),
     })
     tracker.tags(parent, {"optuna.version": optuna.__version__, "data.digest": data.digest, "git.commit": git_commit(spec_file.parent if spec_file else None)})
-    host, pid = socket.gethostname(), os.getpid()
+    host, pid = _host(), os.getpid()
     ran = 0
     session.out(_summary(study, cfg.n_trials))
     try:
@@ -329,7 +386,8 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
                 trial.set_user_attr("host", host)
                 trial.set_user_attr("pid", pid)
             ran += 1
-            _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data, spec_file)
+            with _heartbeat(study, trial):
+                _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data, spec_file)
             _update_parent(study, tracker, parent, trial.number)
             session.out(_summary(study, cfg.n_trials))
     except KeyboardInterrupt:
