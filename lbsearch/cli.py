@@ -190,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
     import logging
 
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # no "creating tables" chatter on stdout
+    import warnings
+
+    # lbsearch drives heartbeats itself (ask/tell, not Study.optimize): Optuna's notes about it are noise
+    warnings.filterwarnings("ignore", message=".*Heartbeat of storage is supposed to be used.*")
+    warnings.filterwarnings("ignore", message=".*heartbeat_interval.*experimental.*")
     try:
         return COMMANDS[args.command](args)
     except SpecError as err:

@@ -367,7 +367,7 @@ def _raise_validation(path: Path | None, model: type[BaseModel], err: Validation
     # an unknown key is usually a misspelt one, which then also shows up as "missing": report the typo
     first = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(first["loc"])
-    if prefix == "search_space" and len(loc) >= 2:  # drop pydantic's union-member tag
+    if loc and loc[0] == "search_space":  # drop pydantic's union-member tag
         loc = tuple(p for i, p in enumerate(loc) if not (i == 2 and p in ("float", "int", "categorical")))
     field = ".".join(str(p) for p in loc)
     if prefix:

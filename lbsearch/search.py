@@ -33,12 +33,29 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
 
     # Stale trials (no heartbeat for grace_period) are failed by optuna.storages.fail_stale_trials;
     # lbsearch re-enqueues them itself, with the same bookkeeping as for the embedded storage.
-    return RDBStorage(
-        url,
-        heartbeat_interval=heartbeat_interval,
-        grace_period=grace_period or 3 * heartbeat_interval,
-        engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-    )
+    def make() -> RDBStorage:
+        return RDBStorage(
+            url,
+            heartbeat_interval=heartbeat_interval,
+            grace_period=grace_period or 3 * heartbeat_interval,
+            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
+        )
+
+    if not url.startswith("postgresql"):
+        return make()
+    # Workers starting together on a fresh database would race to create Optuna's tables.
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727274)"))
+            try:
+                return make()
+            finally:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727274)"))
+    finally:
+        engine.dispose()
 
 
 def make_sampler(cfg: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.BaseSampler:

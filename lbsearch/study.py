@@ -167,6 +167,32 @@ def _heartbeat(study: optuna.Study, trial: optuna.Trial):
         thread.join(timeout=5)
 
 
+_ENGINES: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _study_lock(session: Session, cfg: StudyConfig):
+    """Workers on many machines share a PostgreSQL study: a session advisory lock there; otherwise
+    (journal, SQLite: one machine) a file lock."""
+    url = session.storage_for(cfg)
+    if not url.startswith("postgresql"):
+        with _host_lock(session.root, cfg.name):
+            yield
+        return
+    import zlib
+
+    import sqlalchemy
+
+    engine = _ENGINES.get(url) or _ENGINES.setdefault(url, sqlalchemy.create_engine(url, pool_pre_ping=True))
+    key = zlib.crc32(f"lbsearch:{cfg.name}".encode())
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
 @contextlib.contextmanager
 def _host_lock(root: Path, name: str):
     """An exclusive lock shared by the workers of one study on this host (fcntl on a file under root)."""
@@ -375,16 +401,22 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     session.out(_summary(study, cfg.n_trials))
     try:
         while max_trials is None or ran < max_trials:
-            with _host_lock(session.root, cfg.name):  # count-then-ask is atomic among this host's workers
+            trial = None
+            with _study_lock(session, cfg):  # count-then-ask is atomic among all the study's workers
                 _requeue(study, cfg, tracker)
                 trials = study.get_trials(deepcopy=False)
                 running = sum(t.state == TrialState.RUNNING for t in trials)
                 waiting = sum(t.state == TrialState.WAITING for t in trials)
-                if sum(_counted(t, cfg.max_retries) for t in trials) + running >= cfg.n_trials and not waiting:
+                counted = sum(_counted(t, cfg.max_retries) for t in trials)
+                if counted + running < cfg.n_trials or waiting:
+                    trial = study.ask()
+                    trial.set_user_attr("host", host)
+                    trial.set_user_attr("pid", pid)
+                elif counted >= cfg.n_trials or not _heartbeats(study):
                     break
-                trial = study.ask()
-                trial.set_user_attr("host", host)
-                trial.set_user_attr("pid", pid)
+            if trial is None:  # other machines' trials may yet die: stay until their heartbeats settle it
+                time.sleep(study._storage.get_heartbeat_interval())
+                continue
             ran += 1
             with _heartbeat(study, trial):
                 _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data, spec_file)

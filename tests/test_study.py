@@ -148,12 +148,13 @@ def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[s
     raise AssertionError(f"{text!r} not seen:\n{''.join(seen)}")
 
 
-def test_interrupt_then_resume(tmp_path, specs):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_then_resume(tmp_path, specs, sig):
     spec = specs / "tiny_study.yaml"
     proc = _start(tmp_path, spec)
     _wait_for(proc, "[trial 1] samples 320")
     t0 = time.time()
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 130, rest
     assert time.time() - t0 < 10
