@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import difflib
 import math
-import re
 from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
@@ -535,6 +534,3 @@ def lr_for_batch(opt: OptimizerConfig, batch_size: int) -> float:
     alpha = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[opt.lr_scaling]
     return opt.lr * math.pow(batch_size / opt.reference_batch_size, alpha)
 
-
-def study_name_ok(name: str) -> bool:
-    return re.fullmatch(r"[A-Za-z0-9_.-]+", name) is not None

@@ -113,7 +113,7 @@ def run_trial_process(
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
-    """SIGTERM the trial's process group, then SIGKILL what is left after ``grace`` seconds."""
+    """SIGTERM a process group (a trial, a server started with start_new_session), then SIGKILL what is left after ``grace`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
             os.killpg(proc.pid, sig)

@@ -16,7 +16,6 @@ import math
 import os
 import shlex
 import socket
-import sys
 import threading
 import time
 import uuid

@@ -63,10 +63,9 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1, backed by its own PostgreSQL database, artifacts in a temp folder."""
-    import signal
     import urllib.request
 
-    from lbsearch.launch import free_port
+    from lbsearch.launch import free_port, stop_group
 
     name = f"lbsearch_mlflow_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)
@@ -90,11 +89,7 @@ def mlflow_server(tmp_path):
                 time.sleep(1)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
         admin.cursor().execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.close()
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
-from pathlib import Path
 
 from optuna.trial import TrialState
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import os
-import signal
 import socket
 import subprocess
 import time
@@ -12,10 +10,10 @@ import urllib.request
 
 import pytest
 
-from conftest import LBSEARCH, SPECS, run_cli
+from conftest import LBSEARCH, SPECS
 from lbsearch.cli import build_parser
 from lbsearch.config import ModelConfig, SpecError, load_study
-from lbsearch.launch import free_port
+from lbsearch.launch import free_port, stop_group
 from lbsearch.tracking import versions
 
 
@@ -44,11 +42,7 @@ def test_ui_binds_loopback_only(tmp_path):
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=30) as resp:
             assert resp.status == 200
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
 
 def test_yaml_is_loaded_safely(tmp_path):
