@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbsearch.batching import eval_points, plan_batch, sample_stream
+from lbsearch.batching import eval_points, plan_batch, sample_stream, step_micro_batches
 from lbsearch.config import ExperimentConfig, lr_for_batch
+from lbsearch.diagnostics import GradientNoiseMonitor
 
 CONTINUE, DIVERGED, PRUNED = 0, 1, 2
 METRICS_MARK = "@@lbsearch-metrics "
@@ -267,6 +268,9 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     name = {"constant": "constant_with_warmup"}.get(exp.schedule.name, exp.schedule.name)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(warmup / tr.batch_size), num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    gns = GradientNoiseMonitor(accelerator, model, tr.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema) if tr.noise_scale else None
+    if gns is not None and not gns.active:
+        say("gradient noise scale: not measured (one process without accumulation sees one batch size)")
 
     train_ids, train_labels = data["train"].ids, data["train"].labels
     train_len = np.fromiter((len(x) for x in train_ids), dtype=np.int64, count=len(train_ids))
@@ -284,26 +288,24 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     _maybe_inject_oom(plan.micro_batch)
     model.train()
     for step in range(1, steps + 1):
-        # The step's B samples, sorted by length and dealt out to ranks, then cut into micro-batches:
-        # micro-batches of similar lengths waste little on padding (~1.4x faster on CPU), and the
-        # optimizer step still averages the gradient over exactly the same B samples.
-        batch_ids = stream[step - 1]
-        batch_ids = batch_ids[np.argsort(train_len[batch_ids], kind="stable")]
-        mine = batch_ids[rank :: accelerator.num_processes]
+        micro = step_micro_batches(stream[step - 1], train_len, plan, rank, gns.head if gns is not None and gns.active else 0)
         loss_sum = 0.0
-        for j in range(plan.accumulation):
-            idx = mine[j * mb : (j + 1) * mb]
+        for idx in micro:
             batch = _pad([train_ids[i] for i in idx], pad_id, accelerator.device)
             labels = torch.as_tensor(train_labels[idx], device=accelerator.device)
             with accelerator.accumulate(model):
                 loss = torch.nn.functional.cross_entropy(model(**batch).logits.float(), labels)
                 accelerator.backward(loss)
+                if gns is not None:
+                    gns.after_backward()
                 if accelerator.sync_gradients:
                     grad_norm = accelerator.clip_grad_norm_(model.parameters(), tr.clip_norm or math.inf).item()
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             loss_sum += loss.item()
         scheduler.step()
+        if gns is not None:
+            gns.step(grad_norm)
         step_loss = _mean_over_ranks(accelerator, loss_sum / plan.accumulation)  # the loss of all B samples
         if t_first_step is None:
             t_first_step = time.time() - t_start
@@ -330,9 +332,12 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
             nominal = evals[step]
             m = evaluate_val(accelerator, model, pad_id)
             value = m[exp.metric.name]
-            rep.metrics({"train/samples_per_s": sps} | {f"eval/{k}": v for k, v in m.items()}, step)
+            noise = gns.metrics() if gns is not None else {}
+            rep.metrics({"train/samples_per_s": sps} | {f"eval/{k}": v for k, v in m.items()} | noise, step)
             rep.flush()
-            result["evals"].append({"step": step, "samples": seen, "nominal_samples": nominal, **m})
+            result["evals"].append({"step": step, "samples": seen, "nominal_samples": nominal, **m, **noise})
+            if noise.get("gns/b_simple") is not None:
+                result["b_simple"] = noise["gns/b_simple"]
             if target is not None and "samples_to_target" not in result and sign * (value - target) >= 0:
                 result["samples_to_target"], result["steps_to_target"] = seen, step
                 rep.metrics({"samples_to_target": seen, "steps_to_target": step}, step)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from lbsearch.batching import eval_points, plan_batch, sample_stream
+from lbsearch.batching import eval_points, plan_batch, sample_stream, step_micro_batches
 
 
 @pytest.mark.parametrize(
@@ -43,3 +43,20 @@ def test_eval_points_line_up_in_samples():
     assert eval_points(1000, 300, 64)[-1] == (15, 1000)
     # a budget that B does not divide: the last evaluation is at the budget, after the last full step
     assert eval_points(100, 1000, 64) == [(1, 100)]
+
+
+@pytest.mark.parametrize("procs, limit, head", [(1, 16, 0), (1, 16, 2), (1, 24, 1), (2, 16, 0), (4, 8, 0)])
+def test_step_micro_batches_cover_the_step_once_sorted_within_random_parts(procs, limit, head):
+    lengths = np.random.default_rng(0).integers(1, 64, size=500)
+    step = sample_stream(500, 96, 1, seed=2)[0]
+    plan = plan_batch(96, procs, limit)
+    per_rank = [step_micro_batches(step, lengths, plan, r, head) for r in range(procs)]
+    assert sorted(np.concatenate([np.concatenate(m) for m in per_rank])) == sorted(step)  # every sample once
+    for rank, micro in enumerate(per_rank):
+        assert len(micro) == plan.accumulation and all(len(m) == plan.micro_batch for m in micro)
+        share = step[rank * 96 // procs : (rank + 1) * 96 // procs]  # a contiguous, hence random, share
+        assert sorted(np.concatenate(micro)) == sorted(share)
+        cut = head * plan.micro_batch
+        parts = [np.concatenate(micro)[:cut], np.concatenate(micro)[cut:]]
+        assert sorted(parts[0]) == sorted(share[:cut])  # the head: the share's first samples, a random subset
+        assert all(np.all(np.diff(lengths[p]) >= 0) for p in parts if len(p))  # each part sorted by length

@@ -1,0 +1,136 @@
+"""The gradient noise scale B_simple = tr(Σ) / |G|² (McCandlish et al. 2018, appendix A.1).
+
+Every optimizer step sees the gradient at two batch sizes for free: the small gradients of size b
+(under accumulation on one process: the gradient of the step's first ``head`` micro-batches, a
+random subset of the step that ``batching.step_micro_batches`` keeps apart, read before the next
+micro-batch adds to it; with P > 1: each rank's gradient, a random share, before the all-reduce) and the averaged gradient of size B (its norm is the pre-clip norm that
+clipping computes anyway). With s the mean squared norm of the small gradients and l the squared
+norm of the large one, unbiased per-step estimates are
+
+    |G|² ≈ (B·l − b·s) / (B − b),        tr(Σ) ≈ (s − l) / (1/b − 1/B).
+
+Each is noisy, so lbsearch keeps bias-corrected exponential moving averages of both and reports the
+ratio of the averages. One process without accumulation sees a single batch size: nothing to measure.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["NoiseScale", "GradientNoiseMonitor"]
+
+
+class NoiseScale:
+    """EMAs of the unbiased |G|² and tr(Σ) estimates, and their ratio B_simple."""
+
+    def __init__(self, beta: float = 0.9) -> None:
+        self.beta = beta
+        self.n = 0
+        self._g2 = self._trace = 0.0
+
+    @staticmethod
+    def estimates(s: float, l: float, b: float, big: float) -> tuple[float, float]:
+        """(|G|², tr(Σ)) from one step: s, l the squared norms at batch sizes b < big."""
+        return (big * l - b * s) / (big - b), (s - l) / (1.0 / b - 1.0 / big)
+
+    def update(self, s: float, l: float, b: float, big: float) -> None:
+        g2, trace = self.estimates(s, l, b, big)
+        self.n += 1
+        self._g2 = self.beta * self._g2 + (1 - self.beta) * g2
+        self._trace = self.beta * self._trace + (1 - self.beta) * trace
+
+    def _corrected(self, v: float) -> float | None:
+        return v / (1 - self.beta**self.n) if self.n else None
+
+    @property
+    def grad_sq(self) -> float | None:
+        return self._corrected(self._g2)
+
+    @property
+    def trace(self) -> float | None:
+        return self._corrected(self._trace)
+
+    @property
+    def b_simple(self) -> float | None:
+        g2, trace = self.grad_sq, self.trace
+        return trace / g2 if g2 is not None and g2 > 0 else None
+
+
+class GradientNoiseMonitor:
+    """Collects s and l around an Accelerate training step and feeds a NoiseScale.
+
+    Call ``after_backward()`` after each micro-batch's ``accelerator.backward`` and
+    ``step(pre_clip_norm)`` once per optimizer step. With P > 1 the model must be the prepared
+    (DDP-wrapped) model: a communication hook reads each rank's gradient before the all-reduce.
+    """
+
+    def __init__(self, accelerator, model: torch.nn.Module, batch_size: int, micro_batch: int, accumulation: int, beta: float = 0.9) -> None:
+        self.acc = accelerator
+        self.big = batch_size
+        self.noise = NoiseScale(beta)
+        self.accumulation = accumulation
+        self._s: torch.Tensor | None = None
+        self._seen = 0
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        processes = accelerator.num_processes
+        if processes > 1:
+            self.mode, self.b = "rank", batch_size // processes
+            self._rank_sq = torch.zeros((), dtype=torch.float64, device=accelerator.device)
+            model.register_comm_hook(state=self, hook=_norm_then_allreduce)
+        elif accumulation > 1:
+            self.mode, self.b = "micro", micro_batch * self.head
+        else:
+            self.mode, self.b = None, None
+
+    @property
+    def active(self) -> bool:
+        return self.mode is not None
+
+    @property
+    def head(self) -> int:
+        """Micro-batches (of one process under accumulation) whose summed gradient is the small one."""
+        return self.accumulation // 2 if self.acc.num_processes == 1 and self.accumulation > 1 else 0
+
+    @torch.no_grad()
+    def after_backward(self) -> None:
+        """After the first ``head`` micro-batches of a step, .grad = (head / accumulation) x their
+        gradient: one read of the gradients per step, no copy."""
+        if self.mode != "micro":
+            return
+        self._seen += 1
+        if self._seen == self.head:
+            grads = [p.grad for p in self.params if p.grad is not None]
+            self._s = _sum_sq(grads) * (self.accumulation / self.head) ** 2
+
+    def step(self, pre_clip_norm: float) -> None:
+        if self.mode is None:
+            return
+        if self.mode == "micro":
+            s = self._s.item()
+            self._s, self._seen = None, 0
+        else:
+            t = self._rank_sq.clone()
+            torch.distributed.all_reduce(t)
+            s = t.item() / self.acc.num_processes
+            self._rank_sq.zero_()
+        if math.isfinite(pre_clip_norm) and math.isfinite(s):
+            self.noise.update(s, pre_clip_norm**2, self.b, self.big)
+
+    def metrics(self) -> dict[str, float | None]:
+        n = self.noise
+        return {"gns/b_simple": n.b_simple, "gns/grad_sq": n.grad_sq, "gns/trace_sigma": n.trace} if self.active else {}
+
+
+def _sum_sq(tensors: list[torch.Tensor]) -> torch.Tensor:
+    return torch.stack(torch._foreach_norm(tensors)).double().pow(2).sum()
+
+
+def _norm_then_allreduce(state: GradientNoiseMonitor, bucket):
+    """DDP communication hook: add this rank's squared gradient norm, then the default all-reduce
+    (which averages over ranks, as DDP does without a hook)."""
+    from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
+
+    state._rank_sq += torch.linalg.vector_norm(bucket.buffer(), dtype=torch.float64) ** 2
+    return allreduce_hook(None, bucket)
