@@ -16,6 +16,7 @@ EPILOG = """examples:
   lbsearch status quickstart                       table of trials
   lbsearch best quickstart                         best params, metric, MLflow run, reproduce command
   lbsearch reproduce quickstart [--trial N]        re-run a trial from its resolved config; compare
+  lbsearch report batch_scaling                    batch-scaling report: B_crit, lr exponent, noise scale
   lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
   lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
 state lives under --mlruns (default ./mlruns, or $LBSEARCH_MLRUNS)."""
@@ -52,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", help="study name")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     p.add_argument("--tolerance", type=float, default=None, help="allowed |difference| (default: 0 on CPU, 0.01 on GPU)")
+    _common(p)
+
+    p = sub.add_parser("report", help="batch-scaling report (HTML + PNGs, also logged to the study's parent MLflow run)")
+    p.add_argument("study", help="study name")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <mlruns>/reports/STUDY)")
     _common(p)
 
     p = sub.add_parser("train", help="one training run of an experiment, no search")
@@ -168,6 +174,12 @@ def cmd_reproduce(args) -> int:
     return reproduce(_session(args), args.study, number=args.trial, tolerance=args.tolerance)
 
 
+def cmd_report(args) -> int:
+    from lbsearch.study import report
+
+    return report(_session(args), args.study, args.out)
+
+
 def cmd_ui(args) -> int:
     from lbsearch.tracking import default_tracking_uri
 
@@ -181,7 +193,7 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "train": cmd_train, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "report": cmd_report, "train": cmd_train, "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -132,6 +132,10 @@ class TrainConfig(_Strict):
     """Global gradient-norm clipping threshold; ``null`` turns clipping off."""
     divergence_factor: float = Field(4.0, gt=1)
     """A training loss above this multiple of its first value stops the trial as diverged."""
+    noise_scale: bool = True
+    """Measure the gradient noise scale B_simple (logged at each evaluation as ``gns/b_simple``)."""
+    noise_scale_ema: float = Field(0.9, ge=0, lt=1)
+    """Decay of the moving averages of the |G|² and tr(Σ) estimates."""
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
@@ -246,8 +250,12 @@ class CategoricalParam(_Strict):
 Param = Annotated[Union[FloatParam, IntParam, CategoricalParam], Field(discriminator="type")]
 
 
+BATCH_KEY = "train.batch_size"
+
+
 class SamplerConfig(_Strict):
-    name: Literal["tpe", "random", "grid"] = "tpe"
+    name: Literal["tpe", "random", "grid", "qmc"] = "tpe"
+    """``qmc``: scrambled Sobol points (quasi-random search, as in Shallue et al. 2018)."""
     seed: int = 0
     n_startup_trials: int = Field(5, ge=0)
     """TPE only: random trials before the model takes over."""
@@ -258,6 +266,9 @@ class PrunerConfig(_Strict):
     n_startup_trials: int = Field(3, ge=0)
     n_warmup_samples: int = Field(0, ge=0)
     """Median only: no pruning before this many samples have been seen."""
+    group_by: str | None = None
+    """Median only: compare a trial only with trials that have the same value of this parameter
+    (``train.batch_size``: each batch size tuned on its own). Default with ``batch_ladder``: the batch size."""
 
 
 class StudyConfig(_Strict):
@@ -279,6 +290,28 @@ class StudyConfig(_Strict):
     """RDB storage: a running trial without a heartbeat for this long is failed and retried (default 3 intervals)."""
     max_retries: int = Field(1, ge=0, le=10)
     """How often a trial whose worker died is re-run with the same params."""
+    batch_ladder: list[int] | None = Field(None, min_length=2)
+    """Batch sizes tuned one by one (the Shallue et al. protocol): trial i runs B = ladder[i mod n] and
+    samples the other parameters; pruning compares trials of the same B only."""
+
+    @model_validator(mode="after")
+    def _ladder(self) -> "StudyConfig":
+        if self.batch_ladder is None:
+            return self
+        if len(set(self.batch_ladder)) != len(self.batch_ladder) or min(self.batch_ladder) < 1:
+            raise ValueError(f"`batch_ladder` must hold distinct positive batch sizes, got {self.batch_ladder}")
+        if BATCH_KEY in self.search_space:
+            raise ValueError(f"set the batch size either by `batch_ladder` or by `search_space.{BATCH_KEY}`, not both")
+        if self.pruner.group_by is None:
+            self.pruner.group_by = BATCH_KEY
+        return self
+
+    @property
+    def space(self) -> dict[str, Param]:
+        """The parameters each trial suggests: the search space, plus the batch size of a ladder."""
+        if self.batch_ladder is None:
+            return self.search_space
+        return {BATCH_KEY: CategoricalParam(type="categorical", choices=list(self.batch_ladder))} | self.search_space
 
 
 # ----------------------------------------------------------------------------------------------
@@ -489,7 +522,8 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     """Load a study spec and its experiment.
 
     Args:
-        path: The study YAML. Its ``experiment`` is a path relative to it.
+        path: The study YAML. Its ``experiment`` is a path relative to it; its optional
+            ``experiment_overrides`` (dotted fields) change that experiment for this study.
         overrides: Dotted ``--set`` keys; ``experiment.*`` keys go to the experiment.
 
     Returns:
@@ -500,6 +534,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     raw = _read_yaml(path)
     exp_over, study_over = _split_overrides(overrides or {}, "experiment")
     raw = apply_params(raw, study_over)
+    spec_over = raw.pop("experiment_overrides", None) or {}
+    if not isinstance(spec_over, dict) or not all(isinstance(k, str) for k in spec_over):
+        raise SpecError(path, "experiment_overrides", "expected a mapping of dotted experiment fields to values, e.g. {train.budget_samples: 8000}")
+    exp_over = spec_over | exp_over  # --set experiment.* wins over the spec's own overrides
     exp_ref = raw.get("experiment")
     if isinstance(exp_ref, str):
         exp_path = (path.parent / exp_ref).resolve()

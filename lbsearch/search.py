@@ -61,6 +61,8 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
 def make_sampler(cfg: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=cfg.seed)
+    if cfg.name == "qmc":
+        return optuna.samplers.QMCSampler(scramble=True, seed=cfg.seed, warn_independent_sampling=False)
     if cfg.name == "grid":
         grid = {k: list(p.choices) for k, p in space.items()}
         return optuna.samplers.GridSampler(grid, seed=cfg.seed)
@@ -74,7 +76,36 @@ def make_pruner(cfg: PrunerConfig, *, eval_every: int, budget: int) -> optuna.pr
         return optuna.pruners.NopPruner()
     if cfg.name == "hyperband":
         return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=budget)
-    return optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
+    median = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
+    return GroupedPruner(median, cfg.group_by) if cfg.group_by else median
+
+
+class GroupedPruner(optuna.pruners.BasePruner):
+    """Runs a pruner as if the study held only the trials whose ``key`` param equals this trial's."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, key: str) -> None:
+        self.inner, self.key = inner, key
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        return self.inner.prune(_SameParam(study, self.key, trial.params.get(self.key)), trial)
+
+
+class _SameParam:
+    """A read-only view of a study that lists only the trials with ``params[key] == value``."""
+
+    def __init__(self, study: optuna.Study, key: str, value: Any) -> None:
+        self._study, self._key, self._value = study, key, value
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def get_trials(self, deepcopy: bool = True, states=None) -> list[optuna.trial.FrozenTrial]:
+        trials = self._study.get_trials(deepcopy=deepcopy, states=states)
+        return [t for t in trials if t.params.get(self._key) == self._value]
+
+    @property
+    def trials(self) -> list[optuna.trial.FrozenTrial]:
+        return self.get_trials()
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:

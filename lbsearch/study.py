@@ -27,7 +27,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from lbsearch.batching import plan_batch
-from lbsearch.config import ExperimentConfig, SpecError, StudyConfig, apply_params, lr_for_batch, validate_experiment
+from lbsearch.config import BATCH_KEY, ExperimentConfig, SpecError, StudyConfig, apply_params, lr_for_batch, validate_experiment
 from lbsearch.data import prepare_data
 from lbsearch.launch import resolve_precision, run_trial_process
 from lbsearch.search import make_pruner, make_sampler, open_storage, storage_url, suggest
@@ -213,7 +213,7 @@ def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> op
     kwargs = dict(
         study_name=cfg.name,
         storage=storage,
-        sampler=make_sampler(cfg.sampler, cfg.search_space),
+        sampler=make_sampler(cfg.sampler, cfg.space),
         pruner=make_pruner(cfg.pruner, eval_every=tr.eval_every_samples, budget=tr.budget_samples),
     )
     if not create:
@@ -238,7 +238,7 @@ def _finish(study: optuna.Study, trial: optuna.Trial, result: dict[str, Any], tr
     state = result["state"]
     reason = result.get("reason")
     attrs = {"reason": reason} if reason else {}
-    for key in ("samples", "steps", "samples_to_target", "steps_to_target", "samples_per_s", "wall_s", "first_step_s"):
+    for key in ("samples", "steps", "samples_to_target", "steps_to_target", "samples_per_s", "wall_s", "first_step_s", "b_simple"):
         if result.get(key) is not None:
             attrs[key] = result[key]
     for split in ("validation", "test"):
@@ -408,6 +408,9 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
                 waiting = sum(t.state == TrialState.WAITING for t in trials)
                 counted = sum(_counted(t, cfg.max_retries) for t in trials)
                 if counted + running < cfg.n_trials or waiting:
+                    if cfg.batch_ladder and not waiting:  # the next rung; retries keep theirs
+                        rung = cfg.batch_ladder[(counted + running) % len(cfg.batch_ladder)]
+                        study.enqueue_trial({BATCH_KEY: rung}, skip_if_exists=False)
                     trial = study.ask()
                     trial.set_user_attr("host", host)
                     trial.set_user_attr("pid", pid)
@@ -438,7 +441,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
 def _run_one(session, cfg, exp_raw, study, trial, tracker, exp_id, parent, data, spec_file) -> None:
     prefix = f"[trial {trial.number}]"
     try:
-        params = suggest(trial, cfg.search_space)
+        params = suggest(trial, cfg.space)
         exp = _resolved(validate_experiment(apply_params(exp_raw, params), None))
     except SpecError as err:  # a combination the spec allows but the experiment refuses
         trial.set_user_attr("reason", f"invalid params: {err}")
@@ -564,6 +567,39 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     tracker.end(run_id, "FINISHED" if ok_state else "FAILED")
     session.out(f"{prefix} {'reproduced: metrics identical' if same and tolerance == 0 else 'reproduced within tolerance ' + str(tolerance) if same else 'MISMATCH'}")
     return 0 if same else 1
+
+
+def report(session: Session, name: str, out: Path | None = None) -> int:
+    """Write the batch-scaling report of a study and log it to the study's parent MLflow run."""
+    from lbsearch.report import write_report
+
+    study = load_existing_study(session, name)
+    out = out or session.root / "reports" / name
+    summary = write_report(study, out)
+    tracker = session.tracker(_stored_study(study))
+    parent = tracker.find_parent(name)
+    if parent is not None:
+        tracker.artifact_dir(parent, out, "report")
+        sf, lf = summary["steps_fit"], summary["lr_fit"]
+        tracker.metrics(parent, {"report/b_crit": sf.get("b_crit"), "report/s_min": sf.get("s_min"), "report/lr_alpha": lf.get("alpha"),
+                                 "report/lr_alpha_ci_low": lf.get("ci_low"), "report/lr_alpha_ci_high": lf.get("ci_high")})
+    sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
+    session.out(f"[report {name}] {summary['trials']} trials over batch sizes {[r['batch_size'] for r in summary['per_batch_size']]}")
+    session.out(f"[report {name}] B_crit {sf['b_crit']:.0f}, S_min {sf['s_min']:.0f} steps" if "b_crit" in sf else f"[report {name}] B_crit: {sf['error']}")
+    session.out(f"[report {name}] lr exponent {lf['alpha']:.2f} ({int(100 * lf['confidence'])}% CI {lf['ci_low']:.2f} .. {lf['ci_high']:.2f})" if "alpha" in lf
+                else f"[report {name}] lr exponent: {lf['error']}")
+    session.out(f"[report {name}] B_simple {rng[0]:.0f} .. {rng[1]:.0f}" if rng else f"[report {name}] B_simple: not measured")
+    session.out(f"[report {name}] {out / 'index.html'}" + (f" (also in MLflow run {parent}, artifacts report/)" if parent else ""))
+    return 0
+
+
+def _stored_study(study: optuna.Study) -> StudyConfig | None:
+    """The study's own config as stored at creation (for its tracking URI), or None."""
+    try:
+        stored = json.loads(study.user_attrs["spec"])
+        return StudyConfig.model_validate(stored["study"] | {"experiment": stored["experiment"]})
+    except (KeyError, ValueError):
+        return None
 
 
 def _cuda() -> bool:

@@ -121,6 +121,17 @@ class Tracker:
             _retry(self.client.update_run, run_id, status="RUNNING")
         return run_id
 
+    def find_parent(self, study: str) -> str | None:
+        exp = self.client.get_experiment_by_name(study)
+        if exp is None:
+            return None
+        query = f"tags.`{ROLE_TAG}` = 'parent' and tags.`{STUDY_TAG}` = '{study}'"
+        found = self.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
+        return found[0].info.run_id if found else None
+
+    def artifact_dir(self, run_id: str, folder: Path, artifact_path: str) -> None:
+        _retry(self.client.log_artifacts, run_id, str(folder), artifact_path)
+
     def child_run(self, experiment_id: str, parent: str | None, name: str, tags: dict[str, Any], params: dict[str, Any]) -> str:
         all_tags = dict(tags) | ({"mlflow.parentRunId": parent} if parent else {})
         run = _retry(self.client.create_run, experiment_id, run_name=name, tags={k: str(v) for k, v in all_tags.items()})

@@ -1,0 +1,213 @@
+"""``lbsearch report STUDY``: the batch-scaling report of a finished (or running) study.
+
+One HTML page with PNGs, also logged to the study's parent MLflow run (under ``report/``):
+
+- best metric vs B;
+- the best learning rate vs B, with the fitted exponent α of lr* ∝ B^α and its confidence interval;
+- steps-to-target vs B (the fewest over each B's trials) with the fit S = S_min (1 + B_crit / B);
+- the gradient noise scale B_simple of the trials beside the fitted B_crit;
+- Optuna's parameter importances and parallel coordinates.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lbsearch.config import ExperimentConfig, lr_for_batch
+from lbsearch.scaling import fit_power, fit_steps
+
+__all__ = ["TrialPoint", "collect", "summarize", "write_report"]
+
+
+@dataclass(frozen=True)
+class TrialPoint:
+    number: int
+    state: str
+    batch_size: int
+    lr: float
+    value: float | None
+    steps_to_target: int | None
+    b_simple: float | None
+
+
+def collect(study: optuna.Study) -> list[TrialPoint]:
+    """Complete and pruned trials with what the report needs (B and lr from the config that ran)."""
+    points = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+        if "config" not in t.user_attrs:
+            continue
+        exp = ExperimentConfig.model_validate(json.loads(t.user_attrs["config"]))
+        points.append(TrialPoint(
+            number=t.number, state=t.state.name.lower(), batch_size=exp.train.batch_size, lr=lr_for_batch(exp.optimizer, exp.train.batch_size),
+            value=t.value if t.state == TrialState.COMPLETE else None, steps_to_target=t.user_attrs.get("steps_to_target"),
+            b_simple=t.user_attrs.get("b_simple"),
+        ))
+    return points
+
+
+def summarize(points: list[TrialPoint], maximize: bool) -> dict[str, Any]:
+    """Per-B table and the fits; a fit that the data cannot support is reported as its reason."""
+    by_b: dict[int, list[TrialPoint]] = defaultdict(list)
+    for p in points:
+        by_b[p.batch_size].append(p)
+    sign = 1 if maximize else -1
+    rows = []
+    for b in sorted(by_b):
+        done = [p for p in by_b[b] if p.value is not None]
+        best = max(done, key=lambda p: sign * p.value) if done else None
+        hit = [p.steps_to_target for p in by_b[b] if p.steps_to_target is not None]
+        noise = [p.b_simple for p in by_b[b] if p.b_simple is not None]
+        rows.append({"batch_size": b, "trials": len(by_b[b]), "complete": len(done), "best_value": best.value if best else None,
+                     "best_lr": best.lr if best else None, "best_trial": best.number if best else None,
+                     "steps_to_target": min(hit) if hit else None, "samples_to_target": min(hit) * b if hit else None,
+                     "b_simple_median": sorted(noise)[len(noise) // 2] if noise else None})
+    out: dict[str, Any] = {"per_batch_size": rows}
+    reached = [(r["batch_size"], r["steps_to_target"]) for r in rows if r["steps_to_target"] is not None]
+    try:
+        f = fit_steps(*zip(*reached)) if reached else fit_steps([], [])
+        out["steps_fit"] = {"s_min": f.s_min, "b_crit": f.b_crit, "e_min": f.e_min, "n": f.n}
+    except ValueError as err:
+        out["steps_fit"] = {"error": str(err)}
+    tuned = [(r["batch_size"], r["best_lr"]) for r in rows if r["best_lr"] is not None]
+    try:
+        f = fit_power(*zip(*tuned)) if tuned else fit_power([], [])
+        out["lr_fit"] = {"alpha": f.alpha, "ci_low": f.alpha_low, "ci_high": f.alpha_high, "confidence": f.confidence, "coef": f.coef, "n": f.n}
+    except ValueError as err:
+        out["lr_fit"] = {"error": str(err)}
+    noise = [p.b_simple for p in points if p.b_simple is not None]
+    out["b_simple_range"] = [min(noise), max(noise)] if noise else None
+    return out
+
+
+def _figures(study: optuna.Study, points: list[TrialPoint], summary: dict[str, Any], metric: str, target: float | None, out: Path) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    figs: list[tuple[str, str]] = []
+    rows = summary["per_batch_size"]
+
+    def save(fig, name: str, caption: str) -> None:
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=110)
+        plt.close(fig)
+        figs.append((name, caption))
+
+    done = [p for p in points if p.value is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter([p.batch_size for p in done], [p.value for p in done], s=14, alpha=0.5, label="complete trials")
+    best = [r for r in rows if r["best_value"] is not None]
+    ax.plot([r["batch_size"] for r in best], [r["best_value"] for r in best], "o-", color="C3", label="best per B")
+    if target is not None:
+        ax.axhline(target, ls=":", color="gray", label=f"target {target:g}")
+    ax.set(xscale="log", xlabel="effective batch size B", ylabel=f"validation {metric}", title=f"Best {metric} vs B")
+    ax.legend(fontsize=8)
+    save(fig, "best_metric_vs_batch.png", f"Best validation {metric} at each batch size (dots: every complete trial).")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter([p.batch_size for p in done], [p.lr for p in done], c=[p.value for p in done], s=16, cmap="viridis", alpha=0.8)
+    ax.plot([r["batch_size"] for r in best], [r["best_lr"] for r in best], "o", color="C3", ms=8, mfc="none", label="best lr per B")
+    lf = summary["lr_fit"]
+    if "alpha" in lf:
+        xs = np.geomspace(min(r["batch_size"] for r in best), max(r["batch_size"] for r in best), 50)
+        ax.plot(xs, lf["coef"] * xs ** lf["alpha"], color="C3", label=f"lr ∝ B^{lf['alpha']:.2f} [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}]")
+    ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="learning rate", title="Best learning rate vs B")
+    ax.legend(fontsize=8)
+    save(fig, "lr_vs_batch.png", "Learning rate of every complete trial (colour: metric); circles: the best per B; line: the power-law fit "
+         f"with its {int(100 * lf.get('confidence', 0.95))}% interval on the exponent.")
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    hit = [r for r in rows if r["steps_to_target"] is not None]
+    ax.plot([r["batch_size"] for r in hit], [r["steps_to_target"] for r in hit], "o", color="C0", label="fewest steps to target")
+    sf = summary["steps_fit"]
+    if "b_crit" in sf:
+        xs = np.geomspace(min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows), 80)
+        ax.plot(xs, sf["s_min"] * (1 + sf["b_crit"] / xs), color="C1", label=f"S_min(1+B_crit/B): S_min {sf['s_min']:.0f}, B_crit {sf['b_crit']:.0f}")
+        ax.plot(xs, sf["s_min"] * sf["b_crit"] / xs, ls=":", color="gray", label="perfect scaling")
+        ax.axvline(sf["b_crit"], ls="--", color="C1", lw=0.8)
+        ax.set_ylim(max(1, 0.5 * min(r["steps_to_target"] for r in hit)), 2 * max(r["steps_to_target"] for r in hit))
+    ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="steps to target", title="Steps to target vs B")
+    ax.legend(fontsize=8)
+    save(fig, "steps_to_target.png", "Optimizer steps to first reach the target (the best trial of each B) and the fit S = S_min (1 + B_crit/B).")
+
+    noisy = [p for p in points if p.b_simple is not None]
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    ax.scatter([p.batch_size for p in noisy], [p.b_simple for p in noisy], s=16, label="B_simple (trial's last evaluation)")
+    if "b_crit" in sf:
+        ax.axhline(sf["b_crit"], color="C1", ls="--", label=f"fitted B_crit {sf['b_crit']:.0f}")
+    ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="B_simple", title="Gradient noise scale vs fitted B_crit")
+    ax.legend(fontsize=8)
+    save(fig, "noise_scale.png", "The gradient noise scale B_simple = tr(Σ)/|G|² measured in each trial, beside the B_crit of the steps fit.")
+
+    from optuna.visualization import matplotlib as ovm
+
+    for name, plot, caption in (("importances.png", ovm.plot_param_importances, "Optuna's parameter importances (fANOVA)."),
+                                ("parallel_coordinates.png", ovm.plot_parallel_coordinate, "Optuna's parallel coordinates of the complete trials.")):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "experimental" notes and fANOVA remarks
+                ax = plot(study)
+        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. fewer than 2 complete trials
+            figs.append((None, f"{caption} Not available: {err}"))
+            continue
+        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+        fig.set_size_inches(7, 4)
+        save(fig, name, caption)
+    return figs
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "–"
+    if isinstance(v, float):
+        return f"{v:.3g}" if abs(v) < 1e-2 or abs(v) >= 1e4 else f"{v:.4g}"
+    return str(v)
+
+
+def _html(name: str, metric: str, target: float | None, summary: dict[str, Any], figs: list[tuple[str | None, str]]) -> str:
+    sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
+    facts = [
+        ("critical batch size B_crit", f"{sf['b_crit']:.0f} (S_min {sf['s_min']:.0f} steps, E_min {sf['e_min']:.0f} samples, {sf['n']} batch sizes)" if "b_crit" in sf else sf["error"]),
+        ("lr exponent α (lr* ∝ B^α)", f"{lf['alpha']:.2f}, {int(100 * lf['confidence'])}% CI [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}] ({lf['n']} batch sizes)" if "alpha" in lf else lf["error"]),
+        ("B_simple range", f"{rng[0]:.0f} – {rng[1]:.0f}" if rng else "not measured"),
+        ("target", f"validation {metric} {target:g}" if target is not None else "none set (metric.target)"),
+    ]
+    cols = ["batch_size", "trials", "complete", "best_value", "best_lr", "best_trial", "steps_to_target", "samples_to_target", "b_simple_median"]
+    head = "".join(f"<th>{c}</th>" for c in cols)
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in summary["per_batch_size"])
+    imgs = "".join(f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>' if f
+                   else f"<p><em>{html.escape(c)}</em></p>" for f, c in figs)
+    dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lbsearch report: {html.escape(name)}</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}dt{{font-weight:bold}}figure{{display:inline-block;margin:1em}}
+img{{max-width:520px}}</style></head><body><h1>Batch-scaling report: {html.escape(name)}</h1><dl>{dl}</dl>
+<h2>Per batch size</h2><table><tr>{head}</tr>{body}</table><h2>Figures</h2>{imgs}</body></html>
+"""
+
+
+def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
+    """Write index.html, the PNGs and summary.json under ``out``; return the summary."""
+    configs = [json.loads(t.user_attrs["config"]) for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
+    metric = study.user_attrs.get("metric", "accuracy")
+    target = configs[-1]["metric"].get("target") if configs else None
+    points = collect(study)
+    summary = summarize(points, study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    summary |= {"study": study.study_name, "metric": metric, "target": target, "trials": len(points)}
+    out.mkdir(parents=True, exist_ok=True)
+    figs = _figures(study, points, summary, metric, target, out)
+    (out / "index.html").write_text(_html(study.study_name, metric, target, summary, figs))
+    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n")
+    return summary

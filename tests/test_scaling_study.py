@@ -1,0 +1,86 @@
+"""The batch-scaling path end to end: a batch ladder study, the noise scale in MLflow, the report."""
+
+from __future__ import annotations
+
+import json
+
+import optuna
+import pytest
+from optuna.distributions import CategoricalDistribution
+from optuna.trial import TrialState, create_trial
+
+from conftest import SPECS, run_cli, tree
+from lbsearch.search import GroupedPruner
+from test_study import _client, _study
+
+
+def test_ladder_study_logs_noise_scale_and_writes_the_report(tmp_path):
+    run_cli("run", str(SPECS / "tiny_ladder.yaml"), cwd=tmp_path, check=True)
+    root = tmp_path / "mlruns"
+    trials = _study(root, "tiny-ladder").get_trials()
+    assert [t.params["train.batch_size"] for t in trials] == [16, 32, 64]  # trial i runs ladder[i mod 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    client = _client(root)
+    for t in trials:
+        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], f"gns/{k}") for k in ("b_simple", "grad_sq", "trace_sigma")}
+        if t.params["train.batch_size"] == 16:  # micro-batch limit 16: one batch size per step, nothing to measure
+            assert not any(hist.values()) and "b_simple" not in t.user_attrs
+            continue
+        # accumulation 2 and 4: one value per evaluation. The unbiased |G|² estimate may be negative
+        # while noise dominates (random init); B_simple is logged only where it is positive.
+        assert len(hist["grad_sq"]) == len(hist["trace_sigma"]) == 3
+        assert all(m.value > 0 for m in hist["trace_sigma"])
+        positive = [g.value > 0 for g in hist["grad_sq"]]
+        assert [m.step for m in hist["b_simple"]] == [g.step for g, ok in zip(hist["grad_sq"], positive) if ok]
+        if hist["b_simple"]:
+            assert t.user_attrs["b_simple"] == pytest.approx(hist["b_simple"][-1].value) > 0
+
+    out = run_cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout
+    assert "lr exponent" in out and "B_simple" in out
+    report = root / "reports" / "tiny-ladder"
+    summary = json.loads((report / "summary.json").read_text())
+    assert [r["batch_size"] for r in summary["per_batch_size"]] == [16, 32, 64]
+    assert all(r["steps_to_target"] == 320 // r["batch_size"] for r in summary["per_batch_size"])  # first evaluation
+    # 320 samples to target at every B is perfect scaling: the fit says B_crit lies beyond the ladder
+    assert "above this range" in summary["steps_fit"]["error"]
+    assert summary["lr_fit"]["ci_low"] <= summary["lr_fit"]["alpha"] <= summary["lr_fit"]["ci_high"]
+    pngs = {p.name for p in report.glob("*.png")}
+    assert {"best_metric_vs_batch.png", "lr_vs_batch.png", "steps_to_target.png", "noise_scale.png"} <= pngs
+    assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    page = (report / "index.html").read_text()
+    assert all(f'src="{p}"' in page for p in pngs) and "critical batch size" in page
+    parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], "tags.`lbsearch.role` = 'parent'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{p}" for p in pngs | {"index.html", "summary.json"}} <= logged
+    assert parent.data.metrics["report/lr_alpha"] == pytest.approx(summary["lr_fit"]["alpha"])
+
+
+def test_ladder_and_a_batch_size_search_dimension_conflict(tmp_path, specs):
+    spec = specs / "tiny_ladder.yaml"
+    spec.write_text(spec.read_text() + "  train.batch_size: {type: categorical, choices: [16, 32]}\n")
+    before = tree(tmp_path / "mlruns")
+    proc = run_cli("run", str(spec), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines()[-1].startswith(f"lbsearch: error: {spec}: batch_ladder: set the batch size either by")
+    assert tree(tmp_path / "mlruns") == before
+
+
+def test_grouped_pruner_compares_only_trials_with_the_same_batch_size():
+    """Median pruning within a batch size: a B=512 trial is judged against B=512 trials only."""
+    study = optuna.create_study(direction="maximize", pruner=GroupedPruner(optuna.pruners.MedianPruner(n_startup_trials=1), "train.batch_size"))
+    dist = {"train.batch_size": CategoricalDistribution([16, 512])}
+    study.add_trial(create_trial(params={"train.batch_size": 16}, distributions=dist, value=0.8, intermediate_values={800: 0.75}))
+    study.add_trial(create_trial(params={"train.batch_size": 512}, distributions=dist, value=0.7, intermediate_values={800: 0.55}))
+
+    def judged(batch_size: int, value: float) -> bool:
+        study.enqueue_trial({"train.batch_size": batch_size})
+        trial = study.ask()
+        assert trial.suggest_categorical("train.batch_size", [16, 512]) == batch_size
+        trial.report(value, 800)
+        verdict = trial.should_prune()
+        study.tell(trial, state=TrialState.PRUNED)
+        return verdict
+
+    assert judged(512, 0.60) is False  # better than the B=512 median (0.55), though far below B=16's
+    assert judged(512, 0.50) is True
+    assert judged(16, 0.70) is True    # worse than the B=16 median (0.75)
