@@ -55,7 +55,8 @@ class NoiseScale:
     @property
     def b_simple(self) -> float | None:
         g2, trace = self.grad_sq, self.trace
-        return trace / g2 if g2 is not None and g2 > 0 else None
+        # either estimate can come out <= 0 while noise dominates it: then there is no ratio to report
+        return trace / g2 if g2 is not None and trace is not None and g2 > 0 and trace > 0 else None
 
 
 class GradientNoiseMonitor:

@@ -65,9 +65,17 @@ def make_sampler(cfg: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.B
         return optuna.samplers.QMCSampler(scramble=True, seed=cfg.seed, warn_independent_sampling=False)
     if cfg.name == "grid":
         grid = {k: list(p.choices) for k, p in space.items()}
-        return optuna.samplers.GridSampler(grid, seed=cfg.seed)
+        return _GridSampler(grid, seed=cfg.seed)
     # Optuna 5 changed TPE's defaults: state the ones lbsearch relies on.
     return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls ``study.stop()`` once the grid is used up, which only works inside
+    ``Study.optimize``; lbsearch drives trials with ask/tell and counts ``n_trials`` itself."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_pruner(cfg: PrunerConfig, *, eval_every: int, budget: int) -> optuna.pruners.BasePruner:

@@ -84,3 +84,17 @@ def test_grouped_pruner_compares_only_trials_with_the_same_batch_size():
     assert judged(512, 0.60) is False  # better than the B=512 median (0.55), though far below B=16's
     assert judged(512, 0.50) is True
     assert judged(16, 0.70) is True    # worse than the B=16 median (0.75)
+
+
+def test_grid_study_runs_its_whole_grid(tmp_path, specs):
+    """Optuna's GridSampler stops Study.optimize when its grid is used up; under lbsearch's ask/tell
+    the last trial must still be told and the study end cleanly."""
+    spec = specs / "grid.yaml"
+    spec.write_text("name: tiny-grid\nexperiment: tiny.yaml\nn_trials: 2\n"
+                    "search_space:\n  optimizer.lr: {type: categorical, choices: [1.0e-3, 3.0e-3]}\n"
+                    "sampler: {name: grid, seed: 0}\npruner: {name: none}\n"
+                    "experiment_overrides: {train.budget_samples: 320, train.eval_every_samples: 320}\n")
+    run_cli("run", str(spec), cwd=tmp_path, check=True)
+    trials = _study(tmp_path / "mlruns", "tiny-grid").get_trials()
+    assert sorted(t.params["optimizer.lr"] for t in trials) == [1e-3, 3e-3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
