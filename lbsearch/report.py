@@ -94,12 +94,19 @@ def _figures(study: optuna.Study, points: list[TrialPoint], summary: dict[str, A
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
     import numpy as np
 
     figs: list[tuple[str, str]] = []
     rows = summary["per_batch_size"]
 
+    sizes = [r["batch_size"] for r in rows]
+
     def save(fig, name: str, caption: str) -> None:
+        for ax in fig.axes:  # the batch sizes themselves as ticks, no crowded minor labels
+            if ax.get_xscale() == "log" and sizes:
+                ax.set_xticks(sizes, [str(b) for b in sizes])
+                ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         fig.tight_layout()
         fig.savefig(out / name, dpi=110)
         plt.close(fig)
