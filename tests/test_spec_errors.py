@@ -41,7 +41,7 @@ CASES = [
     ("choice-not-divisible", S, [("choices: [16, 32, 64]", "choices: [16, 33]"), ("n_trials: 3", "n_trials: 3\nlauncher: {processes: 2}")], [], "tiny_study.yaml: search_space.train.batch_size", "value 33 gives an invalid experiment"),
     ("duplicate-choices", S, [("choices: [16, 32, 64]", "choices: [16, 16]")], [], "tiny_study.yaml: search_space.train.batch_size", "must be unique"),
     ("unknown-param-type", S, [("{type: float,", "{type: uniform,")], [], "tiny_study.yaml: search_space.optimizer.lr", "type"),
-    ("unknown-sampler", S, [("name: tpe", "name: cmaes")], [], "tiny_study.yaml: sampler.name", "'tpe', 'random' or 'grid'"),
+    ("unknown-sampler", S, [("name: tpe", "name: cmaes")], [], "tiny_study.yaml: sampler.name", "'tpe', 'random', 'grid' or 'qmc'"),
     ("unknown-pruner", S, [("name: median", "name: asha")], [], "tiny_study.yaml: pruner.name", "'median', 'hyperband' or 'none'"),
     ("grid-needs-categorical", S, [("name: tpe", "name: grid")], [], "tiny_study.yaml: search_space.optimizer.lr", "grid sampler needs `type: categorical`"),
     ("bad-study-name", S, [("name: tiny-study", "name: tiny study/x")], [], "tiny_study.yaml: name", "pattern"),
