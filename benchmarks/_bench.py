@@ -1,0 +1,265 @@
+"""Shared pieces of the speed benchmarks (throughput, precision, overhead, tracking).
+
+Two ways to run the same training on the same model, data, B, micro-batches and precision:
+
+- ``lbsearch_loop``: ``lbsearch.worker.train`` (the trial loop) in this process, reporting as in a
+  study (its metric lines are captured here instead of going to the orchestrator);
+- ``bare_loop``: the same steps in plain PyTorch: no Accelerate, no reporting, no evaluation.
+
+Both measure steady-state samples/s over the steps after the first evaluation point (the first
+steps warm up the allocator and the kernels), evaluation excluded, two ways: over the whole window
+(``samples_per_s``, as the worker logs ``train/samples_per_s``) and from the median step time
+(``samples_per_s_median_step``), which a stall caused by another job on a shared machine does not move.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import io
+import json
+import math
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbsearch.batching import eval_points, plan_batch, sample_stream, step_micro_batches
+from lbsearch.config import ExperimentConfig, load_experiment, lr_for_batch, parse_set
+from lbsearch.data import PreparedData, Split, load_arrays, prepare_data
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+SPEC = ROOT / "experiments" / "rt_minilm.yaml"
+
+MicroBatches = list[tuple[dict[str, torch.Tensor], torch.Tensor]]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def quiet_transformers() -> None:
+    """No "Loading weights" progress bars or load reports in the benchmark output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def experiment(spec: Path, overrides: dict[str, Any], sets: list[str] | None = None) -> ExperimentConfig:
+    """The experiment spec with dotted overrides, then the user's ``--set KEY=VALUE`` items; ``precision: auto`` resolved."""
+    from lbsearch.launch import resolve_precision
+
+    quiet_transformers()
+    exp = load_experiment(spec, overrides | parse_set(sets))
+    exp.launcher.precision = resolve_precision(exp.launcher.precision, exp.launcher.cpu)
+    return exp
+
+
+def prepared(exp: ExperimentConfig, work: Path) -> PreparedData:
+    return prepare_data(exp, work / "cache")
+
+
+def device_of(exp: ExperimentConfig) -> torch.device:
+    """The device a trial of ``exp`` trains on (the worker's rule: CUDA unless absent or ``launcher.cpu``)."""
+    return torch.device("cuda" if torch.cuda.is_available() and not exp.launcher.cpu else "cpu")
+
+
+def use_all_cores() -> int:
+    """The threads a 1-process trial gets (``accelerate launch --num_cpu_threads_per_process``)."""
+    n = max(1, os.cpu_count() or 1)
+    torch.set_num_threads(n)
+    return n
+
+
+def _cpu_name() -> str:
+    info = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")] if info.is_file() else []
+    return names[0] if names else platform.processor()
+
+
+def machine() -> dict[str, Any]:
+    """Where the figures come from: package versions (``lbsearch.tracking.versions``), CPU, load, date."""
+    from lbsearch.tracking import versions
+
+    return versions() | {
+        "cpu": _cpu_name(),
+        "cpus": os.cpu_count(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu_fast_bf16": bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()),
+        "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+        "load_average_at_start": list(os.getloadavg()),
+        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def summary(values: list[float]) -> dict[str, Any]:
+    return {"runs": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def table(header: list[str], rows: list[list[Any]]) -> str:
+    def cell(v: Any) -> str:
+        return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+    body = [[cell(v) for v in r] for r in rows]
+    widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths)), "  ".join("-" * w for w in widths)]
+    return "\n".join(lines + ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body])
+
+
+def write(out: dict[str, Any], path: Path) -> None:
+    if "machine" in out:
+        out["machine"]["load_average_at_end"] = list(os.getloadavg())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=1) + "\n")
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+
+
+def warmup_steps(exp: ExperimentConfig) -> int:
+    """Steps before the first evaluation point: left out of steady-state samples/s."""
+    points = eval_points(exp.train.budget_samples, exp.train.eval_every_samples, exp.train.batch_size)
+    if len(points) < 2 or exp.train.eval_every_samples < 2 * exp.train.batch_size:
+        raise SystemExit("need 2 x batch_size <= eval_every_samples < budget_samples: the timing starts after the first "
+                         "evaluation and leaves out each step that follows one")
+    return points[0][0]
+
+
+def steady_rates(step_ends: list[float], batch_size: int, skip: int) -> dict[str, float]:
+    """Samples/s over steps skip+1..n, from the end times of steps 0..n (``step_ends[0]`` = start)."""
+    durations = [b - a for a, b in zip(step_ends[skip:], step_ends[skip + 1:])]
+    return {"samples_per_s": batch_size * len(durations) / sum(durations),
+            "samples_per_s_median_step": batch_size / statistics.median(durations)}
+
+
+def fresh_accelerate() -> None:
+    """Accelerate keeps process-wide singletons; each run here gets a fresh state, as a trial process does."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+    gc.collect()
+
+
+# ----------------------------------------------------------------------------------------------
+# The lbsearch trial loop, in this process
+
+
+def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
+    """Run ``lbsearch.worker.train``; steady samples/s from its ``train/samples_per_s`` metrics.
+
+    Reporting is on, as in a study: the worker buffers its metrics and prints them as lines, which
+    land in a buffer here instead of the orchestrator's pipe (no MLflow in either case)."""
+    from lbsearch.study import _worker_spec
+    from lbsearch.worker import METRICS_MARK, train
+
+    warmup_steps(exp)  # checks the evaluation cadence
+    fresh_accelerate()
+    spec = _worker_spec(exp, data, None, "benchmark", None)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        result = train(spec, log=lambda *a: None)
+    if result["state"] != "complete":
+        raise SystemExit(f"lbsearch loop stopped: {result['state']} ({result.get('reason')})")
+    rows = [r for line in out.getvalue().splitlines() if line.startswith(METRICS_MARK) for r in json.loads(line[len(METRICS_MARK):])]
+    rate = {step: v for key, v, _, step in rows if key == "train/samples_per_s"}  # per evaluation interval
+    losses = {step: v for key, v, _, step in rows if key == "train/loss"}
+    stamps = {step: ts / 1000 for key, _, ts, step in rows if key == "train/loss"}  # ms, taken after each step
+    ends = sorted(rate)
+    samples = [exp.train.batch_size * (b - a) for a, b in zip(ends, ends[1:])]
+    seconds = [n / rate[s] for n, s in zip(samples, ends[1:])]
+    # step durations after the first evaluation, leaving out each step that follows an evaluation
+    durations = [stamps[s] - stamps[s - 1] for s in range(ends[0] + 1, ends[-1] + 1) if s - 1 not in rate]
+    return {"samples_per_s": sum(samples) / sum(seconds), "samples_per_s_median_step": exp.train.batch_size / statistics.median(durations),
+            "losses": [losses[s] for s in sorted(losses)], "result": result}
+
+
+# ----------------------------------------------------------------------------------------------
+# The bare PyTorch loop: the same steps, nothing else
+
+
+def micro_batch(exp: ExperimentConfig) -> int:
+    return plan_batch(exp.train.batch_size, 1, exp.launcher.max_micro_batch or exp.train.batch_size).micro_batch
+
+
+def step_layout(exp: ExperimentConfig, train: Split) -> Iterator[list[np.ndarray]]:
+    """Each optimizer step's micro-batches of training-sample indices, laid out as the worker lays
+    them out (``step_micro_batches``: a random head kept apart when ``train.noise_scale`` is on)."""
+    plan = plan_batch(exp.train.batch_size, 1, micro_batch(exp))
+    head = plan.accumulation // 2 if exp.train.noise_scale else 0
+    lengths = np.array([len(x) for x in train.ids])
+    for ids in sample_stream(len(train.ids), exp.train.batch_size, exp.train.budget_samples // exp.train.batch_size, exp.seed):
+        yield step_micro_batches(ids, lengths, plan, 0, head)
+
+
+def step_batches(exp: ExperimentConfig, data: PreparedData) -> Iterator[MicroBatches]:
+    """Each optimizer step's micro-batches, padded as the worker pads them, when the step comes."""
+    from lbsearch.worker import _pad
+
+    train = load_arrays(data.path, "train")
+    dev = device_of(exp)
+    for cuts in step_layout(exp, train):
+        yield [(_pad([train.ids[i] for i in c], data.pad_id, dev), torch.as_tensor(train.labels[c], device=dev)) for c in cuts]
+
+
+def optimizer_and_schedule(exp: ExperimentConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
+    """The worker's optimizer (``make_optimizer``) and schedule (warmup in samples -> steps)."""
+    from transformers import get_scheduler
+
+    from lbsearch.worker import make_optimizer
+
+    tr = exp.train
+    optimizer = make_optimizer(exp, model, lr_for_batch(exp.optimizer, tr.batch_size))
+    steps = tr.budget_samples // tr.batch_size
+    s = exp.schedule
+    warmup = s.warmup_samples if s.warmup_fraction is None else s.warmup_fraction * steps * tr.batch_size
+    name = {"constant": "constant_with_warmup"}.get(s.name, s.name)
+    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=round(warmup / tr.batch_size), num_training_steps=steps)
+
+
+def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatches], float]:
+    """A fresh model (seeded as the worker seeds it) and a function doing one optimizer step; returns its loss."""
+    from accelerate.utils import set_seed
+
+    from lbsearch.model import build_model
+
+    set_seed(exp.seed)
+    dev = device_of(exp)
+    model = build_model(exp.model, data.num_labels, data.vocab_size).to(dev).train()
+    optimizer, scheduler = optimizer_and_schedule(exp, model)
+    clip = exp.train.clip_norm or math.inf
+    half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(exp.launcher.precision)
+    if half is torch.float16:
+        raise SystemExit("the bare loop has no fp16 loss scaling: use --precision no or bf16")
+
+    def step(micro: MicroBatches) -> float:
+        total = 0.0
+        for batch, labels in micro:
+            with torch.autocast(dev.type, dtype=half or torch.bfloat16, enabled=half is not None):
+                logits = model(**batch).logits
+            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            (loss / len(micro)).backward()
+            total += loss.item()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        return total / len(micro)
+
+    return step
+
+
+def bare_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
+    step = bare_step(exp, data)
+    ends, losses = [time.perf_counter()], []
+    for micro in step_batches(exp, data):
+        losses.append(step(micro))
+        ends.append(time.perf_counter())
+    return steady_rates(ends, exp.train.batch_size, warmup_steps(exp)) | {"losses": losses}

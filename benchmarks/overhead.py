@@ -1,0 +1,202 @@
+"""Per-trial overhead: from Optuna ask to the first optimizer step, and from the last step to tell.
+
+1. A real study (``lbsearch run``, short trials of fixed B) in a temporary folder. Per trial, the
+   timeline comes from what lbsearch already records: Optuna's ``datetime_start`` (ask) and
+   ``datetime_complete`` (tell), the MLflow run's start time, the trial's per-step metric
+   timestamps, and the worker's ``first_step_s`` and ``wall_s`` (counted from the start of
+   ``lbsearch.worker.train``, after its imports). Goal: ask -> first step <= 5 s.
+2. Where the start-up time goes, in fresh processes: interpreter start, each import, Accelerate's
+   launcher (``accelerate launch`` of an empty script), ``Accelerator()``, data from the cache, model
+   build, optimizer + prepare, the first step; and ``python -X importtime`` self time per package.
+
+    python benchmarks/overhead.py                   # 6 trials + 3 start-up breakdowns: ~3 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from _bench import RESULTS, SPEC, experiment, machine, prepared, summary, table, write
+
+STUDY = """name: overhead
+experiment: {spec}
+n_trials: {n}
+search_space:
+  optimizer.lr: {{type: float, low: 1.0e-4, high: 1.0e-3, log: true}}
+sampler: {{name: random, seed: 0}}
+pruner: {{name: none}}
+"""
+
+# What a trial process does before its first step, stage by stage (argv[1]: a worker spec JSON).
+STAGES = r"""
+import json, sys, time
+marks = [("interpreter start", time.time())]
+def mark(name): marks.append((name, time.time()))
+import numpy; mark("import numpy")
+import torch; mark("import torch")
+import transformers; mark("import transformers")
+import accelerate; mark("import accelerate")
+import lbsearch.worker; mark("import lbsearch.worker (pydantic, yaml, lbsearch)")
+from accelerate import Accelerator; from accelerate.utils import set_seed; from transformers import get_scheduler
+from lbsearch.data import load_arrays; from lbsearch.model import build_model; mark("import Accelerator, get_scheduler, lbsearch.model")
+import transformers.models.bert.modeling_bert; mark("import modeling_bert (lazy: at model build)")
+from lbsearch.config import ExperimentConfig
+spec = json.loads(open(sys.argv[1]).read()); exp = ExperimentConfig.model_validate(spec["experiment"])
+accelerator = Accelerator(mixed_precision=exp.launcher.precision, cpu=True); mark("Accelerator()")
+data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}; mark("data from cache")
+set_seed(exp.seed); model = build_model(exp.model, spec["num_labels"], spec["vocab_size"]); mark("model build (from_pretrained)")
+optimizer = lbsearch.worker.make_optimizer(exp, model, exp.optimizer.lr)
+model, optimizer = accelerator.prepare(model, optimizer); mark("optimizer + prepare")
+n = exp.train.batch_size; mb = exp.launcher.max_micro_batch or n
+for i in range(0, n, mb):
+    batch = lbsearch.worker._pad(data["train"].ids[i:i + mb], spec["pad_id"], "cpu")
+    loss = torch.nn.functional.cross_entropy(model(**batch).logits.float(), torch.as_tensor(data["train"].labels[i:i + mb]))
+    accelerator.backward(loss / (n // mb))
+optimizer.step(); optimizer.zero_grad(); mark("first step")
+print("@@marks " + json.dumps(marks), flush=True)
+"""
+
+
+def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str]) -> list[dict[str, float]]:
+    """Run a study; per trial, seconds between the events lbsearch records."""
+    from mlflow.tracking import MlflowClient
+
+    from lbsearch.study import Session, load_existing_study
+    from lbsearch.tracking import default_tracking_uri
+
+    (work / "study.yaml").write_text(STUDY.format(spec=spec.resolve(), n=n_trials))
+    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / "study.yaml"), "--mlruns", str(work / "mlruns"), *sets]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
+    study = load_existing_study(Session(root=work / "mlruns"), "overhead")
+    client = MlflowClient(tracking_uri=default_tracking_uri(work / "mlruns"))
+    rows = []
+    trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
+    for t, nxt in zip(trials, trials[1:] + [None]):
+        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        steps = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
+        test = client.get_metric_history(run.info.run_id, "test/accuracy")
+        ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
+        first, last = steps[0].timestamp / 1000, steps[-1].timestamp / 1000
+        start = first - t.user_attrs["first_step_s"]  # lbsearch.worker.train began (imports done)
+        end = start + t.user_attrs["wall_s"]  # train() returned (final validation and test done)
+        step_s = statistics.median(b.timestamp / 1000 - a.timestamp / 1000 for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 0.0
+        rows.append({
+            "ask_to_first_step_s": first - ask,
+            "ask_to_mlflow_run_s": run.info.start_time / 1000 - ask,
+            "mlflow_run_to_train_start_s": start - run.info.start_time / 1000,
+            "train_start_to_first_step_s": first - start,
+            "median_step_s": step_s,
+            "last_step_to_tell_s": tell - last,
+            "final_eval_s": (test[0].timestamp / 1000 if test else end) - last,
+            "train_end_to_tell_s": tell - end,
+            **({"tell_to_next_ask_s": nxt.datetime_start.timestamp() - tell} if nxt else {}),
+        })
+    return rows
+
+
+def stages(work: Path, spec_file: Path) -> list[tuple[str, float]]:
+    """Seconds per start-up stage of a trial process, in a fresh interpreter."""
+    t0 = time.time()
+    proc = subprocess.run([sys.executable, "-c", STAGES, str(spec_file)], cwd=work, capture_output=True, text=True)
+    t_exit = time.time()
+    line = next((l for l in proc.stdout.splitlines() if l.startswith("@@marks ")), None)
+    if proc.returncode or line is None:
+        raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
+    marks = json.loads(line[len("@@marks "):])
+    out = [("process start -> interpreter ready", marks[0][1] - t0)]
+    out += [(name, t - prev) for (_, prev), (name, t) in zip(marks, marks[1:])]
+    return out + [("exit", t_exit - marks[-1][1])]
+
+
+def launcher(work: Path, exp: dict[str, Any]) -> dict[str, float]:
+    """``accelerate launch`` (lbsearch's command line) of an empty script: start-up and tear-down."""
+    from lbsearch.launch import launch_command
+
+    noop = work / "noop.py"
+    noop.write_text("import time; print('@@t', time.time(), flush=True)\n")
+    cmd = launch_command(exp, work / "unused.json")[:-3] + [str(noop)]  # drop `-m lbsearch.worker spec.json`
+    t0 = time.time()
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    t_exit = time.time()
+    started = float(next(l for l in proc.stdout.splitlines() if l.startswith("@@t")).split()[1])
+    return {"launch_to_script_start_s": started - t0, "script_end_to_launcher_exit_s": t_exit - started}
+
+
+def import_profile(work: Path, top: int) -> list[dict[str, Any]]:
+    """``python -X importtime`` of the trial process's imports: self time summed per top-level package."""
+    code = ("import lbsearch.worker; from accelerate import Accelerator; from transformers import get_scheduler; "
+            "import lbsearch.model, lbsearch.data; import transformers.models.bert.modeling_bert")
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=work, capture_output=True, text=True)
+    per: dict[str, float] = defaultdict(float)
+    for line in proc.stderr.splitlines():
+        if line.startswith("import time:") and "|" in line and "self" not in line:
+            self_us, _, name = (p.strip() for p in line.removeprefix("import time:").split("|"))
+            per[name.split(".")[0]] += int(self_us) / 1e6
+    total = sum(per.values())
+    return [{"package": k, "self_s": v, "share": v / total} for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=SPEC)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment field, e.g. train.noise_scale=false")
+    ap.add_argument("--trials", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3, help="fresh-process start-up breakdowns")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--budget", type=int, default=320, help="samples per trial")
+    ap.add_argument("--eval-samples", type=int, default=256, help="data.max_eval_samples (validation and test)")
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    args = ap.parse_args()
+    overrides = {"train.batch_size": args.batch_size, "train.budget_samples": args.budget,
+                 "train.eval_every_samples": args.budget, "data.max_eval_samples": args.eval_samples}
+    exp = experiment(args.spec, overrides, args.set)  # checks the overrides before the study starts
+    work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
+    out: dict[str, Any] = {"machine": machine(), "overhead.experiment": exp.model_dump(mode="json")}
+    o = "overhead"
+
+    sets = [f"--set=experiment.{k}={v}" for k, v in overrides.items()] + [f"--set=experiment.{item}" for item in args.set or []]
+    rows = study_timelines(work, args.spec, args.trials, sets)
+    for key in rows[0] | rows[-1]:
+        out[f"{o}.{key}"] = summary([r[key] for r in rows if key in r])
+    out[f"{o}.goal_ask_to_first_step_s"] = 5.0
+    out[f"{o}.goal_met"] = out[f"{o}.ask_to_first_step_s"]["median"] <= 5.0
+    print(table(["per trial (median of %d)" % len(rows), "s"], [[k, out[f"{o}.{k}"]["median"]] for k in rows[0] | rows[-1]]), flush=True)
+
+    data = prepared(exp, work / "mlruns")  # the study's cache: already there
+    from lbsearch.study import _worker_spec
+
+    spec_file = work / "spec.json"
+    spec_file.write_text(json.dumps(_worker_spec(exp, data, None, None, None)))
+    per_stage: dict[str, list[float]] = defaultdict(list)
+    for _ in range(args.repeats):
+        for name, s in stages(work, spec_file):
+            per_stage[name].append(s)
+        for name, s in launcher(work, exp.model_dump(mode="json")).items():
+            per_stage[f"accelerate launch: {name}"].append(s)
+    out[f"{o}.startup_stages_s"] = {k: summary(v) for k, v in per_stage.items()}
+    out[f"{o}.import_self_s_by_package"] = import_profile(work, args.top)
+    print(table(["trial process start-up, fresh process (median)", "s"], [[k, statistics.median(v)] for k, v in per_stage.items()]))
+    print(table(["imports: self time by package", "s", "share"],
+                [[r["package"], r["self_s"], f"{100 * r['share']:.0f}%"] for r in out[f"{o}.import_self_s_by_package"]]))
+    print(f"ask -> first step: {out[f'{o}.ask_to_first_step_s']['median']:.2f} s (goal <= 5 s); "
+          f"last step -> tell: {out[f'{o}.last_step_to_tell_s']['median']:.2f} s, of which final evaluation {out[f'{o}.final_eval_s']['median']:.2f} s")
+    write(out, args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

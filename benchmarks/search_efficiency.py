@@ -1,0 +1,279 @@
+"""Search efficiency: compute (training samples processed, summed over trials) until a search first
+completes a trial within 0.5 points of the best known metric, for lbsearch's default search (TPE +
+median pruning at equal samples seen) vs random search without pruning vs a grid, over several seeds.
+Goal: TPE + pruning needs <= 0.3x the grid's and <= 0.6x random search's samples (medians over seeds).
+
+A tabular benchmark, as HPOBench and NAS-Bench-101/201 do it:
+
+1. The table: every configuration of a discrete space (train.batch_size x optimizer.lr, 4 x 4 by
+   default) of a fixed offline task (MiniLM 2-layer on Rotten Tomatoes, ``experiments/rt_minilm.yaml``
+   with a small budget) is trained once, for real, by lbsearch's own trial loop
+   (``lbsearch.worker.train``, in this process), which records its learning curve: the validation
+   metric at each evaluation, at the nominal sample count it reports to Optuna (multiples of
+   ``eval_every``, so trials of any B line up), with the samples actually seen by then, and the
+   final value (or the point of divergence). Cached in ``benchmarks/results/search_table.json``
+   with the task settings, reused while they match (``--rebuild`` forces a rebuild).
+2. The replays: each method runs N trials (default: the grid size) per seed with Optuna's real
+   samplers and pruners over the categorical space, built by lbsearch's own ``make_sampler`` /
+   ``make_pruner`` / ``suggest`` (TPE and median pruner with the settings of
+   ``studies/quickstart.yaml``). A trial reports the table's values step by step and asks
+   ``should_prune()`` as the worker does (never at the last evaluation); its compute is the
+   samples it saw up to where it stopped (the whole budget when not pruned). A repeated
+   configuration is paid for again, as a study would retrain it. A diverged configuration ends
+   pruned where it diverged, as the worker reports it. For a given seed, TPE's random start-up
+   trials are random search's first trials (common random numbers).
+
+Why it is honest: on the CPU lbsearch's training is deterministic (``lbsearch reproduce`` checks that
+a re-run gives the same metrics), so the table is exactly what a live study would observe, and the
+samplers and pruners are the real ones: only the training is looked up instead of re-run. Compute
+is counted in samples, not seconds, so the machine's load does not enter the result.
+
+Per run, samples-to-best counts every trial's samples up to and including the first COMPLETE trial
+whose final value is >= best_known - 0.005 (best_known: the best final value in the table); a run
+that gets there within N trials is a success, otherwise its compute for all N trials is reported
+(``samples_spent_when_missed``) and it counts as infinitely late in the median.
+
+    python benchmarks/search_efficiency.py      # builds the table (16 configs x ~20 s on 2 cores: ~5-6 min), then replays (seconds)
+    python benchmarks/search_efficiency.py --rebuild                 # retrain the table
+    python benchmarks/search_efficiency.py --seeds 20 --trials 24   # replays only, once the table exists
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, write
+from lbsearch.config import CategoricalParam, ExperimentConfig, PrunerConfig, SamplerConfig, load_study, parse_set
+from lbsearch.search import make_pruner, make_sampler, suggest
+
+METHODS = ("tpe_pruned", "random", "grid")
+GOALS = {"grid": 0.3, "random": 0.6}
+Space = dict[str, CategoricalParam]
+Row = dict[str, Any]
+
+
+def key(params: dict[str, Any], space: Space) -> str:
+    return " ".join(f"{k}={params[k]!r}" for k in space)
+
+
+# ----------------------------------------------------------------------------------------------
+# The table: every configuration trained once by lbsearch's trial loop
+
+
+def train_config(exp: ExperimentConfig, data) -> Row:
+    """One configuration's learning curve, from ``lbsearch.worker.train`` as a study's worker runs it.
+    (Not ``_bench.lbsearch_loop``: that stops on a diverged run, which a search must see as the
+    worker reports it: pruned at the step where it diverged.)"""
+    from lbsearch.study import _worker_spec
+    from lbsearch.worker import train
+
+    fresh_accelerate()
+    t0 = time.perf_counter()
+    result = train(_worker_spec(exp, data, None, None, None), log=lambda *a: None)
+    name = exp.metric.name
+    return {
+        "state": result["state"], "reason": result["reason"], "samples": result["samples"],
+        "value": result.get("value"), "wall_s": time.perf_counter() - t0,
+        "evals": [{"nominal_samples": e["nominal_samples"], "samples": e["samples"], "value": e[name]} for e in result["evals"]],
+    }
+
+
+def build_table(spec: Path, overrides: dict[str, Any], space: Space, data) -> dict[str, Row]:
+    rows: dict[str, Row] = {}
+    for values in itertools.product(*(p.choices for p in space.values())):
+        params = dict(zip(space, values))
+        row = train_config(experiment(spec, overrides | params), data) | {"params": params}
+        rows[key(params, space)] = row
+        curve = " ".join(f"{e['value']:.4f}" for e in row["evals"])
+        print(f"  {key(params, space)}: {row['reason'] or row['state']}, curve {curve}, {row['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def load_or_build(path: Path, settings: dict[str, Any], rebuild: bool, spec: Path, overrides: dict[str, Any], space: Space) -> dict[str, Any]:
+    settings = json.loads(json.dumps(settings))  # as it reads back from the file
+    if path.is_file() and not rebuild:
+        cached = json.loads(path.read_text())
+        if cached.get("settings") == settings:
+            print(f"table: reusing {path} ({len(cached['configs'])} configurations)")
+            return cached
+        print(f"table: {path} was built for other settings: rebuilding")
+    base = experiment(spec, overrides)
+    work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
+    try:
+        data = prepared(base, work)
+        print(f"table: training {math.prod(len(p.choices) for p in space.values())} configurations", flush=True)
+        t0 = time.perf_counter()
+        configs = build_table(spec, overrides, space, data)
+        built = {"settings": settings, "build_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), "configs": configs}
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write(built, path)
+    return built
+
+
+# ----------------------------------------------------------------------------------------------
+# The replays: Optuna's samplers and pruners, lbsearch's builders, the table's curves
+
+
+def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
+    """The worker's side of a trial, from the table: report each evaluation at its nominal samples and
+    stop when pruned (never at the last evaluation) or diverged; the samples seen go to ``spent``."""
+    complete = row["state"] == "complete"
+    for i, e in enumerate(row["evals"]):
+        trial.report(e["value"], step=e["nominal_samples"])
+        if not (complete and i == len(row["evals"]) - 1) and trial.should_prune():
+            spent.append(e["samples"])
+            raise optuna.TrialPruned()
+    spent.append(row["samples"])
+    if not complete:  # diverged: the worker's trial ends pruned
+        raise optuna.TrialPruned()
+    return row["value"]
+
+
+def replay(method: str, seed: int, configs: dict[str, Row], space: Space, base: ExperimentConfig,
+           quickstart: tuple[SamplerConfig, PrunerConfig], n_trials: int, target: float) -> dict[str, Any]:
+    """One search of ``n_trials`` trials (the grid sampler stops once its grid is done)."""
+    sampler, pruner = {
+        "tpe_pruned": (quickstart[0].model_copy(update={"seed": seed}), quickstart[1]),
+        "random": (SamplerConfig(name="random", seed=seed), PrunerConfig(name="none")),
+        "grid": (SamplerConfig(name="grid", seed=seed), PrunerConfig(name="none")),
+    }[method]
+    study = optuna.create_study(direction=base.metric.direction, sampler=make_sampler(sampler, space),
+                                pruner=make_pruner(pruner, eval_every=base.train.eval_every_samples, budget=base.train.budget_samples))
+    spent: list[int] = []
+    study.optimize(lambda trial: observe(trial, configs[key(suggest(trial, space), space)], spent), n_trials=n_trials)
+    sign = 1 if base.metric.direction == "maximize" else -1
+    trials = [{"params": t.params, "state": t.state.name.lower(), "samples": n} for t, n in zip(study.trials, spent)]
+    first = next((i for i, t in enumerate(study.trials) if t.state == optuna.trial.TrialState.COMPLETE and sign * (t.value - target) >= 0), None)
+    return {"seed": seed, "samples_to_best": None if first is None else sum(spent[: first + 1]),
+            "trials_to_best": None if first is None else first + 1, "samples_total": sum(spent),
+            "pruned": sum(t["state"] != "complete" for t in trials), "trials": trials}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians count a miss as infinitely late (null when the median run missed)."""
+    found = [r["samples_to_best"] for r in runs if r["samples_to_best"] is not None]
+    med = statistics.median([math.inf if r["samples_to_best"] is None else r["samples_to_best"] for r in runs])
+    return {
+        "samples_to_best_median": None if math.isinf(med) else med,
+        "samples_to_best_mean_of_successes": statistics.mean(found) if found else None,
+        "samples_to_best_runs": [r["samples_to_best"] for r in runs],
+        "trials_to_best_runs": [r["trials_to_best"] for r in runs],
+        "success_rate": len(found) / len(runs),
+        "samples_spent_when_missed": [r["samples_total"] for r in runs if r["samples_to_best"] is None],
+        "samples_total_median": statistics.median(r["samples_total"] for r in runs),
+        "pruned_trials_mean": statistics.mean(r["pruned"] for r in runs),
+    }
+
+
+def ratio(tpe: float | None, other: float | None, goal: float) -> tuple[float | None, bool]:
+    """tpe / other and whether it meets the goal; a baseline whose median run missed is beaten by any finite tpe."""
+    if tpe is None:
+        return None, False
+    return (None, True) if other is None else (tpe / other, tpe / other <= goal)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=SPEC)
+    ap.add_argument("--study", type=Path, default=ROOT / "studies" / "quickstart.yaml", help="TPE and median-pruner settings come from here")
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment field")
+    ap.add_argument("--batch-sizes", type=int, nargs="+", default=[16, 32, 64, 128])
+    ap.add_argument("--lrs", type=float, nargs="+", default=[1e-4, 3e-4, 1e-3, 3e-3])
+    ap.add_argument("--budget", type=int, default=1600, help="train.budget_samples")
+    ap.add_argument("--eval-every", type=int, default=400, help="train.eval_every_samples")
+    ap.add_argument("--eval-samples", type=int, default=400, help="data.max_eval_samples (validation and test)")
+    ap.add_argument("--seeds", type=int, default=5, help="seeds 0..S-1 per method")
+    ap.add_argument("--trials", type=int, default=0, help="trials per run (default: the grid size)")
+    ap.add_argument("--tolerance", type=float, default=0.005, help="within this of the best known final value")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for the table (default: all cores)")
+    ap.add_argument("--rebuild", action="store_true", help="retrain the table even if the cached one matches")
+    ap.add_argument("--table", type=Path, default=RESULTS / "search_table.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / "search_efficiency.json")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = args.threads or use_all_cores()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+
+    space: Space = {"train.batch_size": CategoricalParam(type="categorical", choices=args.batch_sizes),
+                    "optimizer.lr": CategoricalParam(type="categorical", choices=args.lrs)}
+    overrides = {"train.budget_samples": args.budget, "train.eval_every_samples": args.eval_every,
+                 "data.max_eval_samples": args.eval_samples} | parse_set(args.set)
+    base = experiment(args.spec, overrides)
+    quick, _ = load_study(args.study)
+    settings = {"experiment": base.model_dump(mode="json"), "space": {k: p.choices for k, p in space.items()}}
+    built = load_or_build(args.table, settings, args.rebuild, args.spec, overrides, space)
+    configs: dict[str, Row] = built["configs"]
+    sign = 1 if base.metric.direction == "maximize" else -1
+    finals = [r["value"] for r in configs.values() if r["state"] == "complete"]
+    if not finals:
+        raise SystemExit(f"no configuration in {args.table} completed: nothing to search for")
+    best = max(finals, key=lambda v: sign * v)
+    target = best - sign * args.tolerance
+    n_trials = args.trials or len(configs)
+    print(table(["config", "state", f"final {base.metric.name}", "curve (per evaluation)", "samples", "wall s"],
+                [[k, r["reason"] or r["state"], r["value"] if r["value"] is not None else "-",
+                  " ".join(f"{e['value']:.3f}" for e in r["evals"]), r["samples"], r["wall_s"]] for k, r in configs.items()]))
+    hits = [k for k, r in configs.items() if r["state"] == "complete" and sign * (r["value"] - target) >= 0]
+    print(f"best known {base.metric.name} {best:.4f}; target {target:.4f} reached by {len(hits)} of {len(configs)} configurations; "
+          f"{n_trials} trials per run, seeds 0..{args.seeds - 1}")
+
+    runs = {m: [replay(m, s, configs, space, base, (quick.sampler, quick.pruner), n_trials, target) for s in range(args.seeds)] for m in METHODS}
+    sums = {m: summarize(r) for m, r in runs.items()}
+    t = "search"
+    out: dict[str, Any] = {
+        "machine": machine() | {"threads": threads},
+        f"{t}.spec": str(args.spec.relative_to(ROOT)) if args.spec.is_relative_to(ROOT) else str(args.spec),
+        f"{t}.experiment": base.model_dump(mode="json"),
+        f"{t}.space": settings["space"], f"{t}.grid_size": len(configs),
+        f"{t}.budget_samples": args.budget, f"{t}.eval_every_samples": args.eval_every, f"{t}.max_eval_samples": args.eval_samples,
+        f"{t}.metric": base.metric.name, f"{t}.best_known": best, f"{t}.tolerance": args.tolerance, f"{t}.target": target,
+        f"{t}.configs_reaching_target": hits, f"{t}.trials_per_run": n_trials, f"{t}.seeds": list(range(args.seeds)),
+        f"{t}.tpe_sampler": quick.sampler.model_dump(), f"{t}.tpe_pruner": quick.pruner.model_dump(),
+        f"{t}.table_file": str(args.table.relative_to(ROOT)) if args.table.is_relative_to(ROOT) else str(args.table),
+        f"{t}.table_build_s": built["build_s"], f"{t}.table_threads": built["threads"],
+        f"{t}.table": {k: {"params": r["params"], "state": r["state"], "reason": r["reason"], "final": r["value"], "samples": r["samples"],
+                           "curve": {e["nominal_samples"]: e["value"] for e in r["evals"]}} for k, r in configs.items()},
+    }
+    for m in METHODS:
+        out |= {f"{t}.{m}.{k}": v for k, v in sums[m].items()}
+        out[f"{t}.{m}.runs"] = runs[m]
+    met = []
+    for other, goal in GOALS.items():
+        r, ok = ratio(sums["tpe_pruned"]["samples_to_best_median"], sums[other]["samples_to_best_median"], goal)
+        out |= {f"{t}.ratio_tpe_over_{other}": r, f"{t}.goal_ratio_tpe_over_{other}": goal, f"{t}.goal_tpe_over_{other}_met": ok}
+        met.append(ok)
+    out[f"{t}.goal_met"] = all(met)
+
+    def cell(v: float | None) -> str:
+        return "miss" if v is None else f"{v:.0f}"
+
+    print(table(["method", "samples to best (median)", "mean of successes", "success", "per seed", "trials to best", "pruned / run"],
+                [[m, cell(s["samples_to_best_median"]), cell(s["samples_to_best_mean_of_successes"]), f"{s['success_rate']:.0%}",
+                  " ".join(cell(v) for v in s["samples_to_best_runs"]), " ".join(cell(v) for v in s["trials_to_best_runs"]),
+                  f"{s['pruned_trials_mean']:.1f}"] for m, s in sums.items()]))
+    for other, goal in GOALS.items():
+        r = out[f"{t}.ratio_tpe_over_{other}"]
+        print(f"tpe_pruned / {other}: {'n/a' if r is None else f'{r:.2f}'} (goal <= {goal}): {'met' if out[f'{t}.goal_tpe_over_{other}_met'] else 'not met'}")
+    write(out, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

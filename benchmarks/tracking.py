@@ -1,0 +1,127 @@
+"""Tracking cost: a trial's wall time with MLflow logging on vs off, alternating on, off, on, ...
+
+- on:  ``lbsearch.study.train_once``, i.e. ``lbsearch train``: an MLflow run with every config field
+       as a param, artifacts, per-step metrics forwarded from the trial process, tags, stdout.log;
+- off: the same trial process (``lbsearch.launch.run_trial_process``, same worker spec) with no
+       MLflow run: the worker's reporter is off (``mlflow: null``) and nothing is logged.
+
+Both run from this process against one SQLite tracking store created beforehand (a study creates
+it once). The time spent inside the Tracker's MLflow calls during the "on" runs is also summed per
+call, a direct figure that the machine's noise does not blur. Goal: on / off <= 1.02.
+
+    python benchmarks/tracking.py                   # 5 pairs of ~30 s trials: ~6 min on 2 cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import logging
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from _bench import RESULTS, SPEC, experiment, machine, summary, table, write
+
+
+def time_tracker_calls() -> dict[str, float]:
+    """Wrap the Tracker's methods (and the git lookup for its tags): seconds spent, summed per name."""
+    import lbsearch.study
+    from lbsearch.tracking import Tracker
+
+    spent: dict[str, float] = defaultdict(float)
+
+    def timed(fn, name):
+        @functools.wraps(fn)
+        def wrapper(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                spent[name] += time.perf_counter() - t0
+
+        return wrapper
+
+    for name in ("__init__", "experiment", "child_run", "artifacts", "tags", "metric_rows", "end"):
+        setattr(Tracker, name, timed(getattr(Tracker, name), f"Tracker.{name}"))
+    lbsearch.study.git_commit = timed(lbsearch.study.git_commit, "git_commit")
+    return spent
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=SPEC)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment field, e.g. train.noise_scale=false")
+    ap.add_argument("--repeats", type=int, default=5, help="on/off pairs")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--budget", type=int, default=1600, help="samples per trial")
+    ap.add_argument("--evals", type=int, default=4, help="evaluations per trial")
+    ap.add_argument("--eval-samples", type=int, default=256, help="data.max_eval_samples (validation and test)")
+    ap.add_argument("--out", type=Path, default=RESULTS / "tracking.json")
+    args = ap.parse_args()
+    from lbsearch.data import prepare_data
+    from lbsearch.launch import run_trial_process
+    from lbsearch.study import Session, _resolved, _worker_spec, train_once
+
+    exp = experiment(args.spec, {"train.batch_size": args.batch_size, "train.budget_samples": args.budget,
+                                 "train.eval_every_samples": args.budget // args.evals, "data.max_eval_samples": args.eval_samples}, args.set)
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # as the CLI does: no "creating tables" lines
+    work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
+    session = Session(root=work / "mlruns", out=lambda line: None)
+    session.tracker().experiment(f"train-{exp.name}")  # the store exists before the first timed trial, as in a study
+    data = prepare_data(_resolved(exp), session.root / "cache")
+    spent = time_tracker_calls()
+
+    def on() -> None:
+        if train_once(session, exp) != 0:
+            raise SystemExit("tracked trial failed")
+
+    def off() -> None:
+        result = run_trial_process(_worker_spec(_resolved(exp), data, None, None, None), session.root / "trials" / "off" / uuid.uuid4().hex[:8])
+        if result["state"] != "complete":
+            raise SystemExit(f"untracked trial failed: {result.get('reason')}")
+
+    walls: dict[str, list[float]] = {"on": [], "off": []}
+    calls: list[dict[str, float]] = []
+    for r in range(args.repeats):
+        for name, run in (("on", on), ("off", off)):  # alternate on, off, on, off
+            before = dict(spent)
+            t0 = time.perf_counter()
+            run()
+            walls[name].append(time.perf_counter() - t0)
+            if name == "on":
+                calls.append({k: v - before.get(k, 0.0) for k, v in spent.items()})
+            print(f"repeat {r} tracking {name:3s}: {walls[name][-1]:.2f} s", flush=True)
+    t = "tracking"
+    on_s, off_s = statistics.median(walls["on"]), statistics.median(walls["off"])
+    in_calls = [sum(c.values()) for c in calls]
+    out: dict[str, Any] = {
+        "machine": machine(),
+        f"{t}.batch_size": args.batch_size, f"{t}.budget_samples": args.budget, f"{t}.evals": args.evals,
+        f"{t}.experiment": exp.model_dump(mode="json"),
+        f"{t}.on_wall_s": summary(walls["on"]), f"{t}.off_wall_s": summary(walls["off"]),
+        f"{t}.on_over_off": on_s / off_s,
+        f"{t}.on_over_off_pairwise_median": statistics.median(a / b for a, b in zip(walls["on"], walls["off"])),
+        f"{t}.mlflow_calls_s": summary(in_calls),
+        f"{t}.mlflow_calls_s_by_call": {k: statistics.median(c.get(k, 0.0) for c in calls) for k in calls[0]},
+        f"{t}.mlflow_calls_share_of_on_wall": statistics.median(c / w for c, w in zip(in_calls, walls["on"])),
+        f"{t}.goal_on_over_off": 1.02,
+    }
+    out[f"{t}.goal_met"] = out[f"{t}.on_over_off"] <= 1.02
+    print(table(["tracking", "trial wall s (median)", "runs"], [[k, statistics.median(v), " ".join(f"{x:.1f}" for x in v)] for k, v in walls.items()]))
+    print(table(["MLflow call (on runs, median per trial)", "s"], [[k, v] for k, v in out[f"{t}.mlflow_calls_s_by_call"].items()]))
+    print(f"on / off: {on_s / off_s:.3f} (goal <= 1.02); time inside MLflow calls: {statistics.median(in_calls):.2f} s per trial "
+          f"= {100 * out[f'{t}.mlflow_calls_share_of_on_wall']:.1f}% of its wall time")
+    write(out, args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
