@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
+import sys
 
 import torch
 from accelerate import Accelerator
@@ -64,10 +66,13 @@ def main() -> None:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         monitor.step(norm)
+    acc.wait_for_everyone()  # no rank tears down the process group while another still uses it
     if acc.is_main_process:
         print(json.dumps({"mode": monitor.mode, "b": monitor.b, "B": args.batch_size, "b_simple": monitor.noise.b_simple,
                           "analytic": analytic(args.dim, delta_sq, args.sigma), "grad_sq": monitor.noise.grad_sq, "delta_sq": delta_sq}))
     acc.end_training()
+    sys.stdout.flush()
+    os._exit(0)  # skip the interpreter's teardown: a gloo rank aborted in it once, under heavy load
 
 
 if __name__ == "__main__":
