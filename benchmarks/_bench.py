@@ -101,6 +101,21 @@ def machine() -> dict[str, Any]:
     }
 
 
+def timed(fn: Callable, name: str, spent: dict[str, float]) -> Callable:
+    """``fn`` wrapped to add the seconds of each call to ``spent[name]``."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        t0 = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            spent[name] += time.perf_counter() - t0
+
+    return wrapper
+
+
 def summary(values: list[float]) -> dict[str, Any]:
     return {"runs": values, "median": statistics.median(values), "min": min(values), "max": max(values)}
 

@@ -12,14 +12,13 @@ machine's noise does not blur. Goal: <= 5% of step time.
 from __future__ import annotations
 
 import argparse
-import functools
 import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, summary, table, use_all_cores, write
+from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, summary, table, timed, use_all_cores, write
 
 
 def time_monitor_calls() -> dict[str, float]:
@@ -27,19 +26,8 @@ def time_monitor_calls() -> dict[str, float]:
 
     spent = {"after_backward": 0.0, "step": 0.0}
 
-    def timed(fn, name):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] += time.perf_counter() - t0
-
-        return wrapper
-
     for name in spent:
-        setattr(GradientNoiseMonitor, name, timed(getattr(GradientNoiseMonitor, name), name))
+        setattr(GradientNoiseMonitor, name, timed(getattr(GradientNoiseMonitor, name), name, spent))
     return spent
 
 

@@ -15,7 +15,6 @@ call, a direct figure that the machine's noise does not blur. Goal: on / off <= 
 from __future__ import annotations
 
 import argparse
-import functools
 import logging
 import shutil
 import statistics
@@ -27,7 +26,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _bench import RESULTS, SPEC, experiment, machine, summary, table, write
+from _bench import RESULTS, SPEC, experiment, machine, summary, table, timed, write
 
 
 def time_tracker_calls() -> dict[str, float]:
@@ -37,20 +36,9 @@ def time_tracker_calls() -> dict[str, float]:
 
     spent: dict[str, float] = defaultdict(float)
 
-    def timed(fn, name):
-        @functools.wraps(fn)
-        def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
-            try:
-                return fn(*args, **kwargs)
-            finally:
-                spent[name] += time.perf_counter() - t0
-
-        return wrapper
-
     for name in ("__init__", "experiment", "child_run", "artifacts", "tags", "metric_rows", "end"):
-        setattr(Tracker, name, timed(getattr(Tracker, name), f"Tracker.{name}"))
-    lbsearch.study.git_commit = timed(lbsearch.study.git_commit, "git_commit")
+        setattr(Tracker, name, timed(getattr(Tracker, name), f"Tracker.{name}", spent))
+    lbsearch.study.git_commit = timed(lbsearch.study.git_commit, "git_commit", spent)
     return spent
 
 
