@@ -15,7 +15,6 @@ import argparse
 import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, summary, table, timed, use_all_cores, write
