@@ -34,6 +34,7 @@ import torch
 from lbsearch.batching import eval_points, plan_batch, sample_stream, step_micro_batches
 from lbsearch.config import ExperimentConfig, load_experiment, lr_for_batch, parse_set
 from lbsearch.data import PreparedData, Split, load_arrays, prepare_data
+from lbsearch.diagnostics import head_for_step
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -206,11 +207,13 @@ def micro_batch(exp: ExperimentConfig) -> int:
 
 def step_layout(exp: ExperimentConfig, train: Split) -> Iterator[list[np.ndarray]]:
     """Each optimizer step's micro-batches of training-sample indices, laid out as the worker lays
-    them out (``step_micro_batches``: a random head kept apart when ``train.noise_scale`` is on)."""
-    plan = plan_batch(exp.train.batch_size, 1, micro_batch(exp))
-    head = plan.accumulation // 2 if exp.train.noise_scale else 0
+    them out (``step_micro_batches``: a random head kept apart on the steps where ``train.noise_scale``
+    measures)."""
+    tr = exp.train
+    plan = plan_batch(tr.batch_size, 1, micro_batch(exp))
     lengths = np.array([len(x) for x in train.ids])
-    for ids in sample_stream(len(train.ids), exp.train.batch_size, exp.train.budget_samples // exp.train.batch_size, exp.seed):
+    for step, ids in enumerate(sample_stream(len(train.ids), tr.batch_size, tr.budget_samples // tr.batch_size, exp.seed), 1):
+        head = head_for_step(step, 1, plan.accumulation, tr.noise_scale_every) if tr.noise_scale else 0
         yield step_micro_batches(ids, lengths, plan, 0, head)
 
 

@@ -135,7 +135,10 @@ class TrainConfig(_Strict):
     noise_scale: bool = True
     """Measure the gradient noise scale B_simple (logged at each evaluation as ``gns/b_simple``)."""
     noise_scale_ema: float = Field(0.9, ge=0, lt=1)
-    """Decay of the moving averages of the |G|² and tr(Σ) estimates."""
+    """Decay of the moving averages of the |G|² and tr(Σ) estimates (per measured step)."""
+    noise_scale_every: int = Field(4, ge=1)
+    """Measure the noise scale every this many optimizer steps. Under accumulation a measured step
+    lays its micro-batches out with more padding (see ``lbsearch.diagnostics``); 1 measures every step."""
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":

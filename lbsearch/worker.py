@@ -268,7 +268,7 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     name = {"constant": "constant_with_warmup"}.get(exp.schedule.name, exp.schedule.name)
     scheduler = get_scheduler(name, optimizer, num_warmup_steps=round(warmup / tr.batch_size), num_training_steps=steps)
     model, optimizer = accelerator.prepare(model, optimizer)
-    gns = GradientNoiseMonitor(accelerator, model, tr.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema) if tr.noise_scale else None
+    gns = GradientNoiseMonitor(accelerator, model, tr.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema, tr.noise_scale_every) if tr.noise_scale else None
     if gns is not None and not gns.active:
         say("gradient noise scale: not measured (one process without accumulation sees one batch size)")
 
@@ -288,7 +288,7 @@ def train(spec: dict[str, Any], *, log=print) -> dict[str, Any]:
     _maybe_inject_oom(plan.micro_batch)
     model.train()
     for step in range(1, steps + 1):
-        micro = step_micro_batches(stream[step - 1], train_len, plan, rank, gns.head if gns is not None and gns.active else 0)
+        micro = step_micro_batches(stream[step - 1], train_len, plan, rank, gns.begin(step) if gns is not None else 0)
         loss_sum = 0.0
         for idx in micro:
             batch = _pad([train_ids[i] for i in idx], pad_id, accelerator.device)

@@ -34,7 +34,14 @@ def test_estimates_are_unbiased_for_exact_norms():
 def test_noise_scale_under_accumulation_recovers_least_squares_b_simple():
     """1 process, micro-batch 16 x accumulation 4: the small gradient is that of the first 2 micro-batches (b = 32), B = 64."""
     out = _run([sys.executable, str(LSQ), *ARGS])
-    assert (out["mode"], out["b"], out["B"]) == ("micro", 32, 64)
+    assert (out["mode"], out["b"], out["B"], out["measured"]) == ("micro", 32, 64, 4000)
+    assert out["b_simple"] == pytest.approx(out["analytic"], rel=0.10)
+
+
+def test_noise_scale_measured_every_third_step_still_recovers_b_simple():
+    """``every=3`` (the worker's ``train.noise_scale_every``): one step in three feeds the averages."""
+    out = _run([sys.executable, str(LSQ), "--batch-size", "64", "--micro-batch", "16", "--steps", "9000", "--beta", "0.998", "--every", "3"])
+    assert out["measured"] == 3000
     assert out["b_simple"] == pytest.approx(out["analytic"], rel=0.10)
 
 

@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=2000)
     ap.add_argument("--beta", type=float, default=0.995)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--every", type=int, default=1, help="measure every this many steps")
     args = ap.parse_args()
 
     probe = Accelerator(cpu=True)
@@ -51,9 +52,10 @@ def main() -> None:
     delta_sq = model.weight.pow(2).sum().item()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # w stays at w* + δ
     model, optimizer = acc.prepare(model, optimizer)
-    monitor = GradientNoiseMonitor(acc, model, args.batch_size, args.micro_batch, accumulation, beta=args.beta)
+    monitor = GradientNoiseMonitor(acc, model, args.batch_size, args.micro_batch, accumulation, beta=args.beta, every=args.every)
     gen = torch.Generator().manual_seed(1000 + acc.process_index)
-    for _ in range(args.steps):
+    for step in range(1, args.steps + 1):
+        monitor.begin(step)  # the layout head is moot here: every micro-batch is a fresh random draw
         for _ in range(accumulation):
             x = torch.randn(args.micro_batch, args.dim, generator=gen)
             y = args.sigma * torch.randn(args.micro_batch, generator=gen)
@@ -68,7 +70,7 @@ def main() -> None:
         monitor.step(norm)
     acc.wait_for_everyone()  # no rank tears down the process group while another still uses it
     if acc.is_main_process:
-        print(json.dumps({"mode": monitor.mode, "b": monitor.b, "B": args.batch_size, "b_simple": monitor.noise.b_simple,
+        print(json.dumps({"mode": monitor.mode, "b": monitor.b, "B": args.batch_size, "b_simple": monitor.noise.b_simple, "measured": monitor.noise.n,
                           "analytic": analytic(args.dim, delta_sq, args.sigma), "grad_sq": monitor.noise.grad_sq, "delta_sq": delta_sq}))
     acc.end_training()
     sys.stdout.flush()
