@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -121,17 +122,24 @@ def stages(work: Path, spec_file: Path) -> list[tuple[str, float]]:
 
 
 def launcher(work: Path, exp: dict[str, Any]) -> dict[str, float]:
-    """``accelerate launch`` (lbsearch's command line) of an empty script: start-up and tear-down."""
-    from lbsearch.launch import launch_command
+    """Starting an empty script the way a trial starts: ``accelerate launch`` (the CLI) and lbsearch's
+    trial command (for one process: Accelerate's simple launcher prepared in the orchestrator)."""
+    from lbsearch.launch import launch_command, trial_command
 
     noop = work / "noop.py"
     noop.write_text("import time; print('@@t', time.time(), flush=True)\n")
-    cmd = launch_command(exp, work / "unused.json")[:-3] + [str(noop)]  # drop `-m lbsearch.worker spec.json`
-    t0 = time.time()
-    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
-    t_exit = time.time()
-    started = float(next(l for l in proc.stdout.splitlines() if l.startswith("@@t")).split()[1])
-    return {"launch_to_script_start_s": started - t0, "script_end_to_launcher_exit_s": t_exit - started}
+    spec = work / "unused.json"
+    trial, env = trial_command(exp, spec, dict(os.environ))
+    out = {}
+    # both end in `-m lbsearch.worker spec.json`: run the empty script instead
+    for name, cmd, e in (("accelerate launch CLI", launch_command(exp, spec), None), ("lbsearch trial command", trial, env)):
+        t0 = time.time()
+        proc = subprocess.run(cmd[:-3] + [str(noop)], cwd=work, capture_output=True, text=True, env=e)
+        t_exit = time.time()
+        started = float(next(l for l in proc.stdout.splitlines() if l.startswith("@@t")).split()[1])
+        out[f"{name}: start to script start_s"] = started - t0
+        out[f"{name}: script end to exit_s"] = t_exit - started
+    return out
 
 
 def import_profile(work: Path, top: int) -> list[dict[str, Any]]:
@@ -185,7 +193,7 @@ def main() -> int:
         for name, s in stages(work, spec_file):
             per_stage[name].append(s)
         for name, s in launcher(work, exp.model_dump(mode="json")).items():
-            per_stage[f"accelerate launch: {name}"].append(s)
+            per_stage[name].append(s)
     out[f"{o}.startup_stages_s"] = {k: summary(v) for k, v in per_stage.items()}
     out[f"{o}.import_self_s_by_package"] = import_profile(work, args.top)
     print(table(["trial process start-up, fresh process (median)", "s"], [[k, statistics.median(v)] for k, v in per_stage.items()]))

@@ -1,5 +1,11 @@
 """Start one trial as ``accelerate launch ... -m lbsearch.worker spec.json`` and collect its result.
 
+A one-process trial goes through Accelerate's simple launcher prepared here, in the orchestrator:
+the same arguments, config-file resolution and environment that ``accelerate launch`` would give,
+then the worker is started directly. That saves the launcher's own interpreter and torch import,
+~1.4 s per trial (``benchmarks/overhead.py``). Several processes go through ``accelerate launch``
+(torchrun).
+
 The trial runs in its own session (process group), so Ctrl-C or SIGTERM to the orchestrator stops
 every rank of it at once, and a crash of the trial never takes the orchestrator with it.
 """
@@ -18,7 +24,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["free_port", "launch_command", "run_trial_process"]
+__all__ = ["free_port", "launch_command", "trial_command", "run_trial_process"]
 
 
 def free_port() -> int:
@@ -28,8 +34,43 @@ def free_port() -> int:
 
 
 def launch_command(exp: dict[str, Any], spec_file: Path) -> list[str]:
+    """The ``accelerate launch`` command line of a trial."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *_launch_args(exp, spec_file)]
+
+
+def trial_command(exp: dict[str, Any], spec_file: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+    """The command and environment that start a trial: for one process, what Accelerate's simple
+    launcher would run (prepared in this process); otherwise ``accelerate launch`` itself."""
+    if int(exp["launcher"]["processes"]) == 1:
+        try:
+            prepared = _simple_launch(_launch_args(exp, spec_file))
+        except (ImportError, AttributeError, TypeError, ValueError):  # an Accelerate whose private helpers moved
+            prepared = None
+        if prepared is not None:
+            cmd, launch_env = prepared
+            return cmd, env | {k: v for k, v in launch_env.items() if os.environ.get(k) != v}
+    return launch_command(exp, spec_file), env
+
+
+def _simple_launch(args: list[str]) -> tuple[list[str], dict[str, str]] | None:
+    """``accelerate launch ARGS``'s command and environment when it would pick the simple launcher
+    (the branch order of ``accelerate.commands.launch.launch_command``), else None."""
+    from accelerate.commands.launch import _validate_launch_command, launch_command_parser
+    from accelerate.utils import ComputeEnvironment
+    from accelerate.utils.launch import prepare_simple_launcher_cmd_env
+
+    parsed, defaults, _ = _validate_launch_command(launch_command_parser().parse_args(args))
+    special = ("use_deepspeed", "use_fsdp", "use_megatron_lm", "multi_gpu", "tpu")
+    if (not parsed.cpu and any(getattr(parsed, k, False) for k in special)) or (
+        defaults is not None and defaults.compute_environment == ComputeEnvironment.AMAZON_SAGEMAKER
+    ):
+        return None
+    return prepare_simple_launcher_cmd_env(parsed)
+
+
+def _launch_args(exp: dict[str, Any], spec_file: Path) -> list[str]:
     launcher = exp["launcher"]
-    cmd = [sys.executable, "-m", "accelerate.commands.launch"]
+    cmd: list[str] = []
     if launcher.get("accelerate_config"):
         cmd += ["--config_file", launcher["accelerate_config"]]
     procs = int(launcher["processes"])
@@ -89,7 +130,7 @@ def run_trial_process(
     result_file = Path(spec["result"])
     result_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "0"))
-    cmd = launch_command(spec["experiment"], spec_file)
+    cmd, env = trial_command(spec["experiment"], spec_file, env)
     tail: deque[str] = deque(maxlen=30)
     with open(workdir / "stdout.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)

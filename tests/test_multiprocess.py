@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -109,3 +111,23 @@ def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
     client = _client(tmp_path / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("tiny-study").experiment_id])
     assert sorted(int(r.data.tags["lbsearch.trial"]) for r in runs if r.data.tags.get("lbsearch.role") == "trial") == [0, 1, 2, 3]
+
+
+def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(tmp_path):
+    """One process: the worker itself, with the environment `accelerate launch` would give it (run
+    here as Accelerate's own launcher prints it); several processes: `accelerate launch` (torchrun)."""
+    from lbsearch.launch import launch_command, trial_command
+
+    spec = tmp_path / "spec.json"
+    one = {"launcher": {"processes": 1, "precision": "no", "cpu": True}}
+    cmd, env = trial_command(one, spec, {"KEEP": "1"})
+    assert cmd == [sys.executable, "-m", "lbsearch.worker", str(spec)]
+    probe = tmp_path / "env.py"
+    probe.write_text("import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(('ACCELERATE_', 'OMP_'))}))\n")
+    cli = launch_command(one, spec)[:-3] + [str(probe)]
+    via_cli = subprocess.run(cli, capture_output=True, text=True, timeout=120, check=True).stdout.strip().splitlines()[-1]
+    assert {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "OMP_"))} == json.loads(via_cli)
+    assert env["KEEP"] == "1" and env["ACCELERATE_MIXED_PRECISION"] == "no" and env["ACCELERATE_USE_CPU"] == "True"
+    two = {"launcher": {"processes": 2, "precision": "no", "cpu": True}}
+    cmd, _ = trial_command(two, spec, {})
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
