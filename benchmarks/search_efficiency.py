@@ -15,14 +15,17 @@ A tabular benchmark, as HPOBench and NAS-Bench-101/201 do it:
    final value (or the point of divergence). Cached in ``benchmarks/results/search_table.json``
    with the task settings, reused while they match (``--rebuild`` forces a rebuild).
 2. The replays: each method runs N trials (default: the grid size) per seed with Optuna's real
-   samplers and pruners over the categorical space, built by lbsearch's own ``make_sampler`` /
+   samplers and pruners, built by lbsearch's own ``make_sampler`` /
    ``make_pruner`` / ``suggest`` (TPE and median pruner with the settings of
    ``studies/quickstart.yaml``). A trial reports the table's values step by step and asks
    ``should_prune()`` as the worker does (never at the last evaluation); its compute is the
    samples it saw up to where it stopped (the whole budget when not pruned). A repeated
    configuration is paid for again, as a study would retrain it. A diverged configuration ends
    pruned where it diverged, as the worker reports it. For a given seed, TPE's random start-up
-   trials are random search's first trials (common random numbers).
+   trials are random search's first trials (common random numbers). TPE and random search draw
+   the lr and warmup from ranges, as ``studies/quickstart.yaml`` declares them, snapped to the
+   nearest tabulated value (``RANGES``); ``tpe_pruned_categorical`` shows TPE given the same
+   values as bare categories, which hides their order from it.
 
 Why it is honest: on the CPU lbsearch's training is deterministic (``lbsearch reproduce`` checks that
 a re-run gives the same metrics), so the table is exactly what a live study would observe, and the
@@ -59,14 +62,19 @@ import torch
 import yaml
 
 from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, write
-from lbsearch.config import CategoricalParam, ExperimentConfig, PrunerConfig, SamplerConfig, load_study, parse_set
+from lbsearch.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig, load_study, parse_set
 from lbsearch.search import make_pruner, make_sampler, suggest
 
-METHODS = ("tpe_pruned", "random", "grid")
+METHODS = ("tpe_pruned", "random", "grid", "tpe_pruned_categorical")
 SPACE = {"train.batch_size": [16, 32, 64, 128], "optimizer.lr": [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3],
          "schedule.warmup_fraction": [0.0, 0.3]}
 GOALS = {"grid": 0.3, "random": 0.6}
 Space = dict[str, CategoricalParam]
+# How a user declares these dimensions (``studies/quickstart.yaml``): ranges, log for the lr. TPE and
+# random search draw from the ranges; the draw is snapped to the nearest tabulated value (in log
+# space for a log range). Each tabulated value owns an equal share of the range, so random search
+# still picks them uniformly; TPE sees the order (a good lr has good neighbours).
+RANGES = {"optimizer.lr": True, "schedule.warmup_fraction": False}  # key -> log
 Row = dict[str, Any]
 
 
@@ -148,18 +156,45 @@ def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
     return row["value"]
 
 
+def as_ranges(space: Space) -> dict[str, Any]:
+    """The space as a user declares it: numeric dimensions of RANGES as float ranges whose snapping
+    bins are equal (half a step beyond the outer values), the rest categorical."""
+    out: dict[str, Any] = {}
+    for k, p in space.items():
+        v = sorted(p.choices)
+        if k not in RANGES or len(v) < 2:
+            out[k] = p
+            continue
+        if RANGES[k]:  # log-spaced values: half a step beyond each outer value
+            half = math.sqrt(v[1] / v[0])
+            out[k] = FloatParam(type="float", low=v[0] / half, high=v[-1] * half, log=True)
+        else:  # a linear range stays inside [min, max] (warmup 0 must stay valid): equal bins for 2 values
+            out[k] = FloatParam(type="float", low=v[0], high=v[-1])
+    return out
+
+
+def snap(params: dict[str, Any], space: Space) -> dict[str, Any]:
+    """Each drawn value -> the nearest tabulated choice (log distance for log ranges)."""
+    def dist(k: str, c: float, x: float) -> float:
+        return abs(math.log(c) - math.log(x)) if RANGES.get(k) else abs(c - x)
+
+    return {k: min(space[k].choices, key=lambda c: dist(k, c, v)) if k in RANGES and isinstance(v, float) else v for k, v in params.items()}
+
+
 def replay(method: str, seed: int, configs: dict[str, Row], space: Space, base: ExperimentConfig,
            quickstart: tuple[SamplerConfig, PrunerConfig], n_trials: int, target: float) -> dict[str, Any]:
     """One search of ``n_trials`` trials (the grid sampler stops once its grid is done)."""
     sampler, pruner = {
         "tpe_pruned": (quickstart[0].model_copy(update={"seed": seed}), quickstart[1]),
+        "tpe_pruned_categorical": (quickstart[0].model_copy(update={"seed": seed}), quickstart[1]),
         "random": (SamplerConfig(name="random", seed=seed), PrunerConfig(name="none")),
         "grid": (SamplerConfig(name="grid", seed=seed), PrunerConfig(name="none")),
     }[method]
-    study = optuna.create_study(direction=base.metric.direction, sampler=make_sampler(sampler, space),
+    searched = space if method in ("grid", "tpe_pruned_categorical") else as_ranges(space)
+    study = optuna.create_study(direction=base.metric.direction, sampler=make_sampler(sampler, searched),
                                 pruner=make_pruner(pruner, eval_every=base.train.eval_every_samples, budget=base.train.budget_samples))
     spent: list[int] = []
-    study.optimize(lambda trial: observe(trial, configs[key(suggest(trial, space), space)], spent), n_trials=n_trials)
+    study.optimize(lambda trial: observe(trial, configs[key(snap(suggest(trial, searched), space), space)], spent), n_trials=n_trials)
     sign = 1 if base.metric.direction == "maximize" else -1
     trials = [{"params": t.params, "state": t.state.name.lower(), "samples": n} for t, n in zip(study.trials, spent)]
     first = next((i for i, t in enumerate(study.trials) if t.state == optuna.trial.TrialState.COMPLETE and sign * (t.value - target) >= 0), None)
