@@ -157,19 +157,20 @@ def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
 
 
 def as_ranges(space: Space) -> dict[str, Any]:
-    """The space as a user declares it: numeric dimensions of RANGES as float ranges whose snapping
-    bins are equal (half a step beyond the outer values), the rest categorical."""
+    """The space as a user declares it: numeric dimensions of RANGES as float ranges in which each
+    tabulated value owns an equal share (log: evenly log-spaced values, the range half a step beyond
+    the outer ones; linear: two values, the range between them); any other dimension stays categorical."""
     out: dict[str, Any] = {}
     for k, p in space.items():
         v = sorted(p.choices)
-        if k not in RANGES or len(v) < 2:
-            out[k] = p
-            continue
-        if RANGES[k]:  # log-spaced values: half a step beyond each outer value
-            half = math.sqrt(v[1] / v[0])
+        ratios = [b / a for a, b in zip(v, v[1:])] if len(v) > 1 and v[0] > 0 else []
+        if k in RANGES and RANGES[k] and ratios and max(ratios) - min(ratios) < 1e-6 * max(ratios):
+            half = math.sqrt(ratios[0])
             out[k] = FloatParam(type="float", low=v[0] / half, high=v[-1] * half, log=True)
-        else:  # a linear range stays inside [min, max] (warmup 0 must stay valid): equal bins for 2 values
+        elif k in RANGES and not RANGES[k] and len(v) == 2:
             out[k] = FloatParam(type="float", low=v[0], high=v[-1])
+        else:
+            out[k] = p
     return out
 
 

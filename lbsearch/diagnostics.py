@@ -84,6 +84,7 @@ class GradientNoiseMonitor:
         self.acc = accelerator
         self.every = every
         self._measure = False
+        self._unscale = 1.0
         self.big = batch_size
         self.noise = NoiseScale(beta)
         self.accumulation = accumulation
@@ -112,6 +113,13 @@ class GradientNoiseMonitor:
     def begin(self, step: int) -> int:
         """Start optimizer step ``step`` (1-based); returns the head for ``step_micro_batches``."""
         self._measure = self.active and (step - 1) % self.every == 0
+        if self._measure:
+            # fp16: backward ran on the loss times the GradScaler's scale, so the gradients read
+            # here are scaled (clip_grad_norm_ unscales before the pre-clip norm); the scale only
+            # changes at the optimizer step
+            scaler = getattr(self.acc, "scaler", None)
+            scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
+            self._unscale = 1.0 / scale**2
         return head_for_step(step, self.acc.num_processes, self.accumulation, self.every)
 
     @torch.no_grad()
@@ -123,7 +131,7 @@ class GradientNoiseMonitor:
         self._seen += 1
         if self._seen == self.head:
             grads = [p.grad for p in self.params if p.grad is not None]
-            self._s = _sum_sq(grads) * (self.accumulation / self.head) ** 2
+            self._s = _sum_sq(grads) * (self.accumulation / self.head) ** 2 * self._unscale
 
     def step(self, pre_clip_norm: float) -> None:
         if self.mode is None:
@@ -139,7 +147,7 @@ class GradientNoiseMonitor:
         else:
             t = self._rank_sq.clone()
             torch.distributed.all_reduce(t)
-            s = t.item() / self.acc.num_processes
+            s = t.item() / self.acc.num_processes * self._unscale
             self._rank_sq.zero_()
         if math.isfinite(pre_clip_norm) and math.isfinite(s):
             self.noise.update(s, pre_clip_norm**2, self.b, self.big)

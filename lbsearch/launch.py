@@ -44,8 +44,8 @@ def trial_command(exp: dict[str, Any], spec_file: Path, env: dict[str, str]) -> 
     if int(exp["launcher"]["processes"]) == 1:
         try:
             prepared = _simple_launch(_launch_args(exp, spec_file))
-        except (ImportError, AttributeError, TypeError, ValueError):  # an Accelerate whose private helpers moved
-            prepared = None
+        except (Exception, SystemExit):  # noqa: BLE001 - a bad config file, moved private helpers, an argparse exit:
+            prepared = None  # `accelerate launch` itself then fails the trial, with its error in the trial's log
         if prepared is not None:
             cmd, launch_env = prepared
             return cmd, env | {k: v for k, v in launch_env.items() if os.environ.get(k) != v}

@@ -120,7 +120,7 @@ def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(t
 
     spec = tmp_path / "spec.json"
     one = {"launcher": {"processes": 1, "precision": "no", "cpu": True}}
-    cmd, env = trial_command(one, spec, {"KEEP": "1"})
+    cmd, env = trial_command(one, spec, dict(os.environ, KEEP="1"))
     assert cmd == [sys.executable, "-m", "lbsearch.worker", str(spec)]
     probe = tmp_path / "env.py"
     probe.write_text("import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(('ACCELERATE_', 'OMP_'))}))\n")
@@ -129,5 +129,8 @@ def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(t
     assert {k: v for k, v in env.items() if k.startswith(("ACCELERATE_", "OMP_"))} == json.loads(via_cli)
     assert env["KEEP"] == "1" and env["ACCELERATE_MIXED_PRECISION"] == "no" and env["ACCELERATE_USE_CPU"] == "True"
     two = {"launcher": {"processes": 2, "precision": "no", "cpu": True}}
-    cmd, _ = trial_command(two, spec, {})
+    cmd, _ = trial_command(two, spec, dict(os.environ))
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"] and "--multi_gpu" in cmd
+    broken = {"launcher": {"processes": 1, "precision": "no", "cpu": True, "accelerate_config": str(tmp_path / "missing.yaml")}}
+    cmd, _ = trial_command(broken, spec, dict(os.environ))  # the trial, not the study, fails on it
+    assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
