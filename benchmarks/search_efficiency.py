@@ -239,6 +239,8 @@ def main() -> int:
     ap.add_argument("--eval-samples", type=int, default=400, help="data.max_eval_samples (validation and test)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..S-1 per method")
     ap.add_argument("--trials", type=int, default=0, help="trials per run (default: the grid size)")
+    ap.add_argument("--pruner-warmup", type=int, default=None, metavar="SAMPLES",
+                    help="the median pruner's n_warmup_samples for TPE (default: the study's)")
     ap.add_argument("--tolerance", type=float, default=0.005, help="within this of the best known final value")
     ap.add_argument("--threads", type=int, default=0, help="torch threads for the table (default: all cores)")
     ap.add_argument("--rebuild", action="store_true", help="retrain the table even if the cached one matches")
@@ -257,6 +259,8 @@ def main() -> int:
                  "data.max_eval_samples": args.eval_samples} | parse_set(args.set)
     base = experiment(args.spec, overrides)
     quick, _ = load_study(args.study)
+    if args.pruner_warmup is not None:
+        quick = quick.model_copy(update={"pruner": quick.pruner.model_copy(update={"n_warmup_samples": args.pruner_warmup})})
     settings = {"experiment": base.model_dump(mode="json"), "space": {k: p.choices for k, p in space.items()}}
     built = load_or_build(args.table, settings, args.rebuild, args.spec, overrides, space)
     configs: dict[str, Row] = built["configs"]
