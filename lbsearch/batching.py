@@ -1,4 +1,4 @@
-"""Effective batch arithmetic and the sample stream.
+"""The sample stream and each step's micro-batch layout (the batch arithmetic is in ``lbsearch.plan``).
 
 B (``train.batch_size``) is the effective batch: micro-batch x accumulation x processes. The order
 in which samples are seen depends only on the seed and B, never on how B is split, so a trial with
@@ -7,37 +7,11 @@ in which samples are seen depends only on the seed and B, never on how B is spli
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
-
 import numpy as np
 
-__all__ = ["BatchPlan", "plan_batch", "sample_stream", "step_micro_batches", "eval_points"]
+from lbsearch.plan import BatchPlan
 
-
-@dataclass(frozen=True)
-class BatchPlan:
-    batch_size: int
-    processes: int
-    micro_batch: int
-    accumulation: int
-
-    def __str__(self) -> str:
-        return (
-            f"effective batch {self.batch_size} = micro-batch {self.micro_batch} x accumulation "
-            f"{self.accumulation} x processes {self.processes}"
-        )
-
-
-def plan_batch(batch_size: int, processes: int, max_micro_batch: int) -> BatchPlan:
-    """The largest micro-batch <= ``max_micro_batch`` that splits the per-process batch evenly."""
-    if batch_size % processes:
-        raise ValueError(f"batch size {batch_size} cannot be split over {processes} processes")
-    per_process = batch_size // processes
-    accumulation = max(1, math.ceil(per_process / max_micro_batch))
-    while per_process % accumulation:
-        accumulation += 1
-    return BatchPlan(batch_size, processes, per_process // accumulation, accumulation)
+__all__ = ["sample_stream", "step_micro_batches"]
 
 
 def sample_stream(n_train: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
@@ -70,19 +44,3 @@ def step_micro_batches(step_ids: np.ndarray, lengths: np.ndarray, plan: BatchPla
     cut = head * plan.micro_batch
     ordered = np.concatenate([p[np.argsort(lengths[p], kind="stable")] for p in (mine[:cut], mine[cut:]) if len(p)])
     return [ordered[i : i + plan.micro_batch] for i in range(0, len(ordered), plan.micro_batch)]
-
-
-def eval_points(budget_samples: int, eval_every: int, batch_size: int) -> list[tuple[int, int]]:
-    """(optimizer step, nominal samples) pairs at which to evaluate, the last at the budget.
-
-    An evaluation happens after the first step whose samples seen reach the nominal point
-    k * eval_every; it is reported at the nominal point, so trials of different B line up for
-    pruning.
-    """
-    steps = budget_samples // batch_size
-    points: dict[int, int] = {}
-    for nominal in range(eval_every, budget_samples, eval_every):
-        step = min(steps, math.ceil(nominal / batch_size))
-        points.setdefault(step, nominal)
-    points[steps] = budget_samples
-    return sorted(points.items())

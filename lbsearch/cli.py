@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _session(args):
-    from lbsearch.study import Session
+    from lbsearch.storage import Session
 
     return Session(root=Path(args.mlruns).resolve(), storage=args.storage, tracking_uri=args.tracking_uri)
 
@@ -101,7 +101,7 @@ class _named:
 
 
 def cmd_run(args) -> int:
-    from lbsearch.config import load_study, parse_set
+    from lbsearch.spec import load_study, parse_set
 
     cfg, exp_raw = load_study(args.study, parse_set(args.set))
     from lbsearch.study import run_study
@@ -111,17 +111,18 @@ def cmd_run(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from lbsearch.config import load_experiment, parse_set
+    from lbsearch.spec import load_experiment, parse_set
 
     exp = load_experiment(args.experiment, parse_set(args.set))
-    from lbsearch.study import train_once
+    from lbsearch.commands import train_once
 
     with _named(args.experiment):
         return train_once(_session(args), exp, spec_file=args.experiment.resolve())
 
 
 def cmd_status(args) -> int:
-    from lbsearch.study import best_trial, load_existing_study, trial_rows
+    from lbsearch.storage import load_existing_study
+    from lbsearch.views import best_trial, trial_rows
 
     study = load_existing_study(_session(args), args.study)
     rows = trial_rows(study)
@@ -148,7 +149,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_best(args) -> int:
-    from lbsearch.study import best_trial, load_existing_study
+    from lbsearch.storage import load_existing_study
+    from lbsearch.views import best_trial
 
     study = load_existing_study(_session(args), args.study)
     best = best_trial(study)
@@ -169,13 +171,13 @@ def cmd_best(args) -> int:
 
 
 def cmd_reproduce(args) -> int:
-    from lbsearch.study import reproduce
+    from lbsearch.commands import reproduce
 
     return reproduce(_session(args), args.study, number=args.trial, tolerance=args.tolerance)
 
 
 def cmd_report(args) -> int:
-    from lbsearch.study import report
+    from lbsearch.commands import report
 
     return report(_session(args), args.study, args.out)
 

@@ -78,9 +78,11 @@ class GradientNoiseMonitor:
     layout), ``after_backward()`` after each micro-batch's ``accelerator.backward`` and
     ``step(pre_clip_norm)`` once per optimizer step; steps are measured every ``every``-th. With P > 1 the model must be the prepared
     (DDP-wrapped) model: a communication hook reads each rank's gradient before the all-reduce.
+    A monitor built with ``enabled=False`` (or that has nothing to measure) does nothing.
     """
 
-    def __init__(self, accelerator, model: torch.nn.Module, batch_size: int, micro_batch: int, accumulation: int, beta: float = 0.9, every: int = 1) -> None:
+    def __init__(self, accelerator, model: torch.nn.Module, batch_size: int, micro_batch: int, accumulation: int, beta: float = 0.9,
+                 every: int = 1, enabled: bool = True) -> None:
         self.acc = accelerator
         self.every = every
         self._measure = False
@@ -92,7 +94,9 @@ class GradientNoiseMonitor:
         self._seen = 0
         self.params = [p for p in model.parameters() if p.requires_grad]
         processes = accelerator.num_processes
-        if processes > 1:
+        if not enabled:  # off: every method does nothing, and steps keep the whole-sorted layout
+            self.mode, self.b = None, None
+        elif processes > 1:
             self.mode, self.b = "rank", batch_size // processes
             self._rank_sq = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             model.register_comm_hook(state=self, hook=_norm_then_allreduce)
@@ -120,7 +124,7 @@ class GradientNoiseMonitor:
             scaler = getattr(self.acc, "scaler", None)
             scale = float(scaler.get_scale()) if scaler is not None and scaler.is_enabled() else 1.0
             self._unscale = 1.0 / scale**2
-        return head_for_step(step, self.acc.num_processes, self.accumulation, self.every)
+        return head_for_step(step, self.acc.num_processes, self.accumulation, self.every) if self.active else 0
 
     @torch.no_grad()
     def after_backward(self) -> None:

@@ -13,7 +13,6 @@ every rank of it at once, and a crash of the trial never takes the orchestrator 
 from __future__ import annotations
 
 import functools
-import json
 import os
 import signal
 import socket
@@ -22,7 +21,10 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    from lbsearch.protocol import TrialResult, WorkerSpec
 
 __all__ = ["free_port", "launch_command", "trial_command", "run_trial_process"]
 
@@ -111,26 +113,28 @@ def _has_gpu() -> bool:
 
 
 def run_trial_process(
-    spec: dict[str, Any],
+    spec: "WorkerSpec",
     workdir: Path,
     *,
     on_line: Callable[[str], None] = lambda line: None,
     on_start: Callable[[int], None] = lambda pid: None,
-) -> dict[str, Any]:
-    """Run the trial; return the worker's result dict (``state`` complete / pruned / failed).
+) -> "TrialResult":
+    """Run the trial; return the worker's result (``state`` complete / pruned / failed).
 
     A worker that dies without a result (killed, crashed in the launcher) gives ``failed`` with
     the last lines of its output as the reason. KeyboardInterrupt (SIGINT, and SIGTERM which the
     CLI turns into it) stops the trial's process group within seconds and is re-raised.
     """
+    from lbsearch.protocol import TrialResult, read_result
+
     workdir.mkdir(parents=True, exist_ok=True)
-    spec = dict(spec, result=str(workdir / "result.json"), watch_pid=os.getpid())
+    result_file = workdir / "result.json"
+    spec = spec.model_copy(update={"result": str(result_file), "watch_pid": os.getpid()})
     spec_file = workdir / "spec.json"
-    spec_file.write_text(json.dumps(spec, indent=1))
-    result_file = Path(spec["result"])
+    spec_file.write_text(spec.model_dump_json(indent=1))
     result_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "0"))
-    cmd, env = trial_command(spec["experiment"], spec_file, env)
+    cmd, env = trial_command(spec.experiment, spec_file, env)
     tail: deque[str] = deque(maxlen=30)
     with open(workdir / "stdout.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
@@ -147,10 +151,10 @@ def run_trial_process(
             stop_group(proc)
             raise
     if result_file.is_file():
-        return json.loads(result_file.read_text())
+        return read_result(result_file)
     lines = [l for l in tail if l.strip()]
     reason = next((l for l in reversed(lines) if "Error" in l or "error" in l), lines[-1] if lines else "")
-    return {"state": "failed", "reason": f"worker exited with code {proc.returncode} without a result: {reason.strip()[:400]}"}
+    return TrialResult(state="failed", reason=f"worker exited with code {proc.returncode} without a result: {reason.strip()[:400]}")
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -23,7 +23,8 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.config import ExperimentConfig, lr_for_batch
+from lbsearch.config import ExperimentConfig
+from lbsearch.plan import make_plan
 from lbsearch.scaling import fit_power, fit_steps
 
 __all__ = ["TrialPoint", "collect", "summarize", "write_report"]
@@ -46,9 +47,9 @@ def collect(study: optuna.Study) -> list[TrialPoint]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if "config" not in t.user_attrs:
             continue
-        exp = ExperimentConfig.model_validate(json.loads(t.user_attrs["config"]))
+        plan = make_plan(ExperimentConfig.model_validate(json.loads(t.user_attrs["config"])))
         points.append(TrialPoint(
-            number=t.number, state=t.state.name.lower(), batch_size=exp.train.batch_size, lr=lr_for_batch(exp.optimizer, exp.train.batch_size),
+            number=t.number, state=t.state.name.lower(), batch_size=plan.batch_size, lr=plan.lr,
             value=t.value if t.state == TrialState.COMPLETE else None, steps_to_target=t.user_attrs.get("steps_to_target"),
             b_simple=t.user_attrs.get("b_simple"),
         ))
@@ -89,90 +90,106 @@ def summarize(points: list[TrialPoint], maximize: bool) -> dict[str, Any]:
     return out
 
 
-def _figures(study: optuna.Study, points: list[TrialPoint], summary: dict[str, Any], metric: str, target: float | None, out: Path) -> list[tuple[str, str]]:
-    import matplotlib
+class _Figures:
+    """The report's PNGs under ``out``: each ``plot_*`` draws one and records (file, caption)."""
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.ticker
-    import numpy as np
+    def __init__(self, points: list[TrialPoint], summary: dict[str, Any], metric: str, target: float | None, out: Path) -> None:
+        import matplotlib
 
-    figs: list[tuple[str, str]] = []
-    rows = summary["per_batch_size"]
+        matplotlib.use("Agg")
+        self.points, self.summary, self.metric, self.target, self.out = points, summary, metric, target, out
+        self.rows = summary["per_batch_size"]
+        self.best = [r for r in self.rows if r["best_value"] is not None]
+        self.done = [p for p in points if p.value is not None]
+        self.made: list[tuple[str | None, str]] = []
 
-    sizes = [r["batch_size"] for r in rows]
+    def _axes(self):
+        import matplotlib.pyplot as plt
 
-    def save(fig, name: str, caption: str) -> None:
+        return plt.subplots(figsize=(5.5, 3.8))
+
+    def save(self, fig, name: str, caption: str) -> None:
+        import matplotlib.pyplot as plt
+        import matplotlib.ticker
+
+        sizes = [r["batch_size"] for r in self.rows]
         for ax in fig.axes:  # the batch sizes themselves as ticks, no crowded minor labels
             if ax.get_xscale() == "log" and sizes:
                 ax.set_xticks(sizes, [str(b) for b in sizes])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         fig.tight_layout()
-        fig.savefig(out / name, dpi=110)
+        fig.savefig(self.out / name, dpi=110)
         plt.close(fig)
-        figs.append((name, caption))
+        self.made.append((name, caption))
 
-    done = [p for p in points if p.value is not None]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.scatter([p.batch_size for p in done], [p.value for p in done], s=14, alpha=0.5, label="complete trials")
-    best = [r for r in rows if r["best_value"] is not None]
-    ax.plot([r["batch_size"] for r in best], [r["best_value"] for r in best], "o-", color="C3", label="best per B")
-    if target is not None:
-        ax.axhline(target, ls=":", color="gray", label=f"target {target:g}")
-    ax.set(xscale="log", xlabel="effective batch size B", ylabel=f"validation {metric}", title=f"Best {metric} vs B")
-    ax.legend(fontsize=8)
-    save(fig, "best_metric_vs_batch.png", f"Best validation {metric} at each batch size (dots: every complete trial).")
+    def plot_metric(self) -> None:
+        fig, ax = self._axes()
+        ax.scatter([p.batch_size for p in self.done], [p.value for p in self.done], s=14, alpha=0.5, label="complete trials")
+        ax.plot([r["batch_size"] for r in self.best], [r["best_value"] for r in self.best], "o-", color="C3", label="best per B")
+        if self.target is not None:
+            ax.axhline(self.target, ls=":", color="gray", label=f"target {self.target:g}")
+        ax.set(xscale="log", xlabel="effective batch size B", ylabel=f"validation {self.metric}", title=f"Best {self.metric} vs B")
+        ax.legend(fontsize=8)
+        self.save(fig, "best_metric_vs_batch.png", f"Best validation {self.metric} at each batch size (dots: every complete trial).")
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.scatter([p.batch_size for p in done], [p.lr for p in done], c=[p.value for p in done], s=16, cmap="viridis", alpha=0.8)
-    ax.plot([r["batch_size"] for r in best], [r["best_lr"] for r in best], "o", color="C3", ms=8, mfc="none", label="best lr per B")
-    lf = summary["lr_fit"]
-    if "alpha" in lf:
-        xs = np.geomspace(min(r["batch_size"] for r in best), max(r["batch_size"] for r in best), 50)
-        ax.plot(xs, lf["coef"] * xs ** lf["alpha"], color="C3", label=f"lr ∝ B^{lf['alpha']:.2f} [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}]")
-    ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="learning rate", title="Best learning rate vs B")
-    ax.legend(fontsize=8)
-    save(fig, "lr_vs_batch.png", "Learning rate of every complete trial (colour: metric); circles: the best per B; line: the power-law fit "
-         f"with its {int(100 * lf.get('confidence', 0.95))}% interval on the exponent.")
+    def plot_lr(self) -> None:
+        import numpy as np
 
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    hit = [r for r in rows if r["steps_to_target"] is not None]
-    ax.plot([r["batch_size"] for r in hit], [r["steps_to_target"] for r in hit], "o", color="C0", label="fewest steps to target")
-    sf = summary["steps_fit"]
-    if "b_crit" in sf:
-        xs = np.geomspace(min(r["batch_size"] for r in rows), max(r["batch_size"] for r in rows), 80)
-        ax.plot(xs, sf["s_min"] * (1 + sf["b_crit"] / xs), color="C1", label=f"S_min(1+B_crit/B): S_min {sf['s_min']:.0f}, B_crit {sf['b_crit']:.0f}")
-        ax.plot(xs, sf["s_min"] * sf["b_crit"] / xs, ls=":", color="gray", label="perfect scaling")
-        ax.axvline(sf["b_crit"], ls="--", color="C1", lw=0.8)
-        ax.set_ylim(max(1, 0.5 * min(r["steps_to_target"] for r in hit)), 2 * max(r["steps_to_target"] for r in hit))
-    ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="steps to target", title="Steps to target vs B")
-    ax.legend(fontsize=8)
-    save(fig, "steps_to_target.png", "Optimizer steps to first reach the target (the best trial of each B) and the fit S = S_min (1 + B_crit/B).")
+        fig, ax = self._axes()
+        ax.scatter([p.batch_size for p in self.done], [p.lr for p in self.done], c=[p.value for p in self.done], s=16, cmap="viridis", alpha=0.8)
+        ax.plot([r["batch_size"] for r in self.best], [r["best_lr"] for r in self.best], "o", color="C3", ms=8, mfc="none", label="best lr per B")
+        lf = self.summary["lr_fit"]
+        if "alpha" in lf:
+            xs = np.geomspace(min(r["batch_size"] for r in self.best), max(r["batch_size"] for r in self.best), 50)
+            ax.plot(xs, lf["coef"] * xs ** lf["alpha"], color="C3", label=f"lr ∝ B^{lf['alpha']:.2f} [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}]")
+        ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="learning rate", title="Best learning rate vs B")
+        ax.legend(fontsize=8)
+        self.save(fig, "lr_vs_batch.png", "Learning rate of every complete trial (colour: metric); circles: the best per B; line: the power-law fit "
+                  f"with its {int(100 * lf.get('confidence', 0.95))}% interval on the exponent.")
 
-    noisy = [p for p in points if p.b_simple is not None]
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    ax.scatter([p.batch_size for p in noisy], [p.b_simple for p in noisy], s=16, label="B_simple (trial's last evaluation)")
-    if "b_crit" in sf:
-        ax.axhline(sf["b_crit"], color="C1", ls="--", label=f"fitted B_crit {sf['b_crit']:.0f}")
-    ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="B_simple", title="Gradient noise scale vs fitted B_crit")
-    ax.legend(fontsize=8)
-    save(fig, "noise_scale.png", "The gradient noise scale B_simple = tr(Σ)/|G|² measured in each trial, beside the B_crit of the steps fit.")
+    def plot_steps(self) -> None:
+        import numpy as np
 
-    from optuna.visualization import matplotlib as ovm
+        fig, ax = self._axes()
+        hit = [r for r in self.rows if r["steps_to_target"] is not None]
+        ax.plot([r["batch_size"] for r in hit], [r["steps_to_target"] for r in hit], "o", color="C0", label="fewest steps to target")
+        sf = self.summary["steps_fit"]
+        if "b_crit" in sf:
+            xs = np.geomspace(min(r["batch_size"] for r in self.rows), max(r["batch_size"] for r in self.rows), 80)
+            ax.plot(xs, sf["s_min"] * (1 + sf["b_crit"] / xs), color="C1", label=f"S_min(1+B_crit/B): S_min {sf['s_min']:.0f}, B_crit {sf['b_crit']:.0f}")
+            ax.plot(xs, sf["s_min"] * sf["b_crit"] / xs, ls=":", color="gray", label="perfect scaling")
+            ax.axvline(sf["b_crit"], ls="--", color="C1", lw=0.8)
+            ax.set_ylim(max(1, 0.5 * min(r["steps_to_target"] for r in hit)), 2 * max(r["steps_to_target"] for r in hit))
+        ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="steps to target", title="Steps to target vs B")
+        ax.legend(fontsize=8)
+        self.save(fig, "steps_to_target.png", "Optimizer steps to first reach the target (the best trial of each B) and the fit S = S_min (1 + B_crit/B).")
 
-    for name, plot, caption in (("importances.png", ovm.plot_param_importances, "Optuna's parameter importances (fANOVA)."),
-                                ("parallel_coordinates.png", ovm.plot_parallel_coordinate, "Optuna's parallel coordinates of the complete trials.")):
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "experimental" notes and fANOVA remarks
-                ax = plot(study)
-        except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. fewer than 2 complete trials
-            figs.append((None, f"{caption} Not available: {err}"))
-            continue
-        fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-        fig.set_size_inches(7, 4)
-        save(fig, name, caption)
-    return figs
+    def plot_noise(self) -> None:
+        noisy = [p for p in self.points if p.b_simple is not None]
+        sf = self.summary["steps_fit"]
+        fig, ax = self._axes()
+        ax.scatter([p.batch_size for p in noisy], [p.b_simple for p in noisy], s=16, label="B_simple (trial's last evaluation)")
+        if "b_crit" in sf:
+            ax.axhline(sf["b_crit"], color="C1", ls="--", label=f"fitted B_crit {sf['b_crit']:.0f}")
+        ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="B_simple", title="Gradient noise scale vs fitted B_crit")
+        ax.legend(fontsize=8)
+        self.save(fig, "noise_scale.png", "The gradient noise scale B_simple = tr(Σ)/|G|² measured in each trial, beside the B_crit of the steps fit.")
+
+    def plot_optuna(self, study: optuna.Study) -> None:
+        from optuna.visualization import matplotlib as ovm
+
+        for name, plot, caption in (("importances.png", ovm.plot_param_importances, "Optuna's parameter importances (fANOVA)."),
+                                    ("parallel_coordinates.png", ovm.plot_parallel_coordinate, "Optuna's parallel coordinates of the complete trials.")):
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "experimental" notes and fANOVA remarks
+                    ax = plot(study)
+            except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. fewer than 2 complete trials
+                self.made.append((None, f"{caption} Not available: {err}"))
+                continue
+            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
+            fig.set_size_inches(7, 4)
+            self.save(fig, name, caption)
 
 
 def _fmt(v: Any) -> str:
@@ -214,7 +231,10 @@ def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     summary = summarize(points, study.direction == optuna.study.StudyDirection.MAXIMIZE)
     summary |= {"study": study.study_name, "metric": metric, "target": target, "trials": len(points)}
     out.mkdir(parents=True, exist_ok=True)
-    figs = _figures(study, points, summary, metric, target, out)
-    (out / "index.html").write_text(_html(study.study_name, metric, target, summary, figs))
+    figs = _Figures(points, summary, metric, target, out)
+    for plot in (figs.plot_metric, figs.plot_lr, figs.plot_steps, figs.plot_noise):
+        plot()
+    figs.plot_optuna(study)
+    (out / "index.html").write_text(_html(study.study_name, metric, target, summary, figs.made))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n")
     return summary

@@ -1,61 +1,17 @@
-"""Optuna pieces: storage, sampler, pruner and the search space, built from a StudyConfig."""
+"""Optuna pieces built from a StudyConfig: the sampler, the pruner and the search space."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import optuna
 
-from lbsearch.config import CategoricalParam, FloatParam, IntParam, PrunerConfig, SamplerConfig, StudyConfig
+from lbsearch.config import CategoricalParam, FloatParam, IntParam, PrunerConfig, SamplerConfig, TrainConfig
 
-__all__ = ["storage_url", "open_storage", "make_sampler", "make_pruner", "suggest", "OFF"]
+__all__ = ["make_sampler", "make_pruner", "GroupedPruner", "suggest", "OFF"]
 
 OFF = "off"
 """Value of the ``<key>:on`` switch that turns an ``optional: true`` float parameter into ``null``."""
-
-
-def storage_url(study: StudyConfig, root: Path, override: str | None = None) -> str:
-    """The study's storage: ``--storage``, then the spec's ``storage``, then a journal under root."""
-    url = override or study.storage
-    return url if url else f"journal://{(root / 'optuna.journal').resolve()}"
-
-
-def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None):
-    """Journal file (``journal:///abs/path``), SQLite or any SQLAlchemy URL (RDB with heartbeat)."""
-    if url.startswith("journal://"):
-        from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-        path = url.removeprefix("journal://")
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        return JournalStorage(JournalFileBackend(path))
-    from optuna.storages import RDBStorage
-
-    # Stale trials (no heartbeat for grace_period) are failed by optuna.storages.fail_stale_trials;
-    # lbsearch re-enqueues them itself, with the same bookkeeping as for the embedded storage.
-    def make() -> RDBStorage:
-        return RDBStorage(
-            url,
-            heartbeat_interval=heartbeat_interval,
-            grace_period=grace_period or 3 * heartbeat_interval,
-            engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None,
-        )
-
-    if not url.startswith("postgresql"):
-        return make()
-    # Workers starting together on a fresh database would race to create Optuna's tables.
-    import sqlalchemy
-
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.connect() as conn:
-            conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(727274)"))
-            try:
-                return make()
-            finally:
-                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(727274)"))
-    finally:
-        engine.dispose()
 
 
 def make_sampler(cfg: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
@@ -78,12 +34,13 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_pruner(cfg: PrunerConfig, *, eval_every: int, budget: int) -> optuna.pruners.BasePruner:
-    """Pruners work on steps; lbsearch's steps are samples seen, so trials of any B line up."""
+def make_pruner(cfg: PrunerConfig, train: TrainConfig) -> optuna.pruners.BasePruner:
+    """Pruners work on steps; lbsearch's steps are samples seen, so trials of any B line up. The
+    orchestrator (``open_study``) and the trial process (``attach_trial``) both build it here."""
     if cfg.name == "none":
         return optuna.pruners.NopPruner()
     if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=eval_every, max_resource=budget)
+        return optuna.pruners.HyperbandPruner(min_resource=train.eval_every_samples, max_resource=train.budget_samples)
     median = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
     return GroupedPruner(median, cfg.group_by) if cfg.group_by else median
 

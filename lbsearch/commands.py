@@ -1,0 +1,118 @@
+"""The commands besides the search: ``reproduce`` a trial, ``train`` one experiment, ``report`` a study.
+Reproduce and train run through the same tracked trial as the search (``runner.run_tracked``)."""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from pathlib import Path
+
+from optuna.trial import FrozenTrial
+
+from lbsearch.config import ExperimentConfig, SpecError
+from lbsearch.data import prepare_data
+from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
+from lbsearch.storage import Session, load_existing_study, stored_study
+from lbsearch.tracking import git_commit
+from lbsearch.views import best_trial
+
+__all__ = ["reproduce", "train_once", "report"]
+
+
+def _target(study, name: str, number: int | None) -> FrozenTrial:
+    if number is None:
+        target = best_trial(study)
+        if target is None:
+            raise SpecError(None, "study", f"study {name!r} has no complete trial to reproduce")
+        return target
+    matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
+    if not matches or "config" not in matches[0].user_attrs:
+        raise SpecError(None, "--trial", f"study {name!r} has no trial {number} with a saved config")
+    return matches[0]
+
+
+def _same(a: float | None, b: float | None, tol: float) -> bool:
+    return a is not None and b is not None and math.isfinite(a) and abs(a - b) <= tol
+
+
+def reproduce(session: Session, name: str, *, number: int | None = None, tolerance: float | None = None) -> int:
+    """Re-run a trial from its saved resolved config as a new MLflow run; 0 when metrics agree."""
+    study = load_existing_study(session, name)
+    target = _target(study, name, number)
+    exp = ExperimentConfig.model_validate(json.loads(target.user_attrs["config"]))
+    data = prepare_data(exp, session.root / "cache")
+    tracker = session.tracker(stored_study(study))
+    orig_run = target.user_attrs.get("mlflow_run_id", "")
+    parent = tracker.client.get_run(orig_run).data.tags.get("mlflow.parentRunId") if orig_run else None
+    prefix = f"[reproduce {target.number}]"
+    run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
+                   prefix=prefix, experiment_id=tracker.experiment(name), run_name=f"reproduce-trial-{target.number}", parent=parent,
+                   tags={"lbsearch.study": name, "lbsearch.role": "reproduce", "lbsearch.reproduces": orig_run,
+                         "lbsearch.reproduces_trial": target.number, "data.digest": data.digest, "git.commit": git_commit()},
+                   files=trial_files(session, exp.model_dump(mode="json"), name, target.number))
+    session.out(f"{prefix} re-running trial {target.number} of {name} from its saved config")
+    out = run_tracked(session, tracker, run)
+    r = out.result
+    if tolerance is None:
+        tolerance = 0.0 if exp.launcher.cpu or not _cuda() else 0.01
+    m, ua = exp.metric.name, target.user_attrs
+    rows = [("validation", m, ua.get(f"validation_{m}", target.value), (r.validation or {}).get(m)),
+            ("test", m, ua.get(f"test_{m}"), (r.test or {}).get(m)),
+            ("validation", "loss", ua.get("validation_loss"), (r.validation or {}).get("loss"))]
+    same = r.state == "complete" and all(_same(new, old, tolerance) for _, _, old, new in rows if old is not None)
+    for split, metric, old, new in rows:
+        session.out(f"{prefix} {split} {metric}: original {old!r} reproduced {new!r}")
+    tracker.tags(out.run_id, {"lbsearch.reproduced": "yes" if same else "no", "lbsearch.tolerance": tolerance})
+    verdict = "reproduced: metrics identical" if same and tolerance == 0 else f"reproduced within tolerance {tolerance}" if same else "MISMATCH"
+    session.out(f"{prefix} {verdict} (MLflow run {out.run_id})")
+    return 0 if same else 1
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | None = None) -> int:
+    """One training run of an experiment, no search: a run in the MLflow experiment ``train-<name>``."""
+    exp = resolved(exp)
+    data = prepare_data(exp, session.root / "cache")
+    tracker = session.tracker()
+    run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8], prefix="[train]",
+                   experiment_id=tracker.experiment(f"train-{exp.name}"), run_name=exp.name,
+                   tags={"lbsearch.role": "train", "data.digest": data.digest, "git.commit": git_commit(spec_file.parent if spec_file else None)},
+                   files=trial_files(session, exp.model_dump(mode="json"), None, None))
+    out = run_tracked(session, tracker, run)
+    r = out.result
+    if r.state != "complete":
+        session.out(f"[train] {r.state}: {r.reason}")
+        return 1
+    m = exp.metric.name
+    session.out(f"[train] validation {m} {r.validation[m]:.4f} · test {m} {r.test[m]:.4f} · MLflow run {out.run_id}")
+    return 0
+
+
+def report(session: Session, name: str, out: Path | None = None) -> int:
+    """Write the batch-scaling report of a study and log it to the study's parent MLflow run."""
+    from lbsearch.report import write_report
+
+    study = load_existing_study(session, name)
+    out = out or session.root / "reports" / name
+    summary = write_report(study, out)
+    tracker = session.tracker(stored_study(study))
+    parent = tracker.find_parent(name)
+    sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
+    if parent is not None:
+        tracker.artifact_dir(parent, out, "report")
+        tracker.metrics(parent, {"report/b_crit": sf.get("b_crit"), "report/s_min": sf.get("s_min"), "report/lr_alpha": lf.get("alpha"),
+                                 "report/lr_alpha_ci_low": lf.get("ci_low"), "report/lr_alpha_ci_high": lf.get("ci_high")})
+    say = lambda text: session.out(f"[report {name}] {text}")  # noqa: E731
+    say(f"{summary['trials']} trials over batch sizes {[r['batch_size'] for r in summary['per_batch_size']]}")
+    say(f"B_crit {sf['b_crit']:.0f}, S_min {sf['s_min']:.0f} steps" if "b_crit" in sf else f"B_crit: {sf['error']}")
+    say(f"lr exponent {lf['alpha']:.2f} ({int(100 * lf['confidence'])}% CI {lf['ci_low']:.2f} .. {lf['ci_high']:.2f})" if "alpha" in lf
+        else f"lr exponent: {lf['error']}")
+    say(f"B_simple {rng[0]:.0f} .. {rng[1]:.0f}" if rng else "B_simple: not measured")
+    say(f"{out / 'index.html'}" + (f" (also in MLflow run {parent}, artifacts report/)" if parent else ""))
+    return 0

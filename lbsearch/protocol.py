@@ -1,0 +1,135 @@
+"""What the orchestrator and a trial process exchange. Torch-free and MLflow-free.
+
+- in: ``spec.json`` (a ``WorkerSpec``): the resolved experiment, the tokenized-data cache, the
+  Optuna trial to report to (or none), where to write the result;
+- during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, and rows of
+  metrics that the orchestrator writes to the trial's MLflow run (the trial never imports MLflow,
+  so each run has a single writer);
+- out: ``result.json`` (a ``TrialResult``), written atomically by rank 0. The process exit code
+  only says whether that file was written.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "parse_message", "write_result", "read_result", "Reporter"]
+
+MARK = "@@lbsearch "
+
+
+class OptunaRef(BaseModel):
+    """The Optuna trial a trial process reports to (rank 0 only)."""
+
+    storage: str
+    study_name: str
+    trial_id: int
+    pruner: dict[str, Any]
+
+
+class WorkerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: dict[str, Any]
+    """The fully resolved experiment (``ExperimentConfig.model_dump(mode="json")``)."""
+    data_path: str
+    num_labels: int
+    pad_id: int
+    vocab_size: int
+    optuna: OptunaRef | None = None
+    tracking: bool = False
+    """Send metric rows on stdout (the orchestrator logs them to the trial's MLflow run)."""
+    result: str | None = None
+    watch_pid: int | None = None
+    """Exit when this process (the orchestrator) is gone."""
+
+
+class TrialResult(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    state: Literal["complete", "pruned", "failed"]
+    reason: str | None = None
+    """pruned: ``pruned`` or ``diverged``; failed: the error, ``out of memory`` or ``interrupted``."""
+    oom: bool = False
+    steps: int = 0
+    samples: int = 0
+    evals: list[dict[str, Any]] = []
+    validation: dict[str, float] | None = None
+    test: dict[str, float] | None = None
+    value: float | None = None
+    samples_to_target: int | None = None
+    steps_to_target: int | None = None
+    b_simple: float | None = None
+    first_step_s: float | None = None
+    train_s: float | None = None
+    samples_per_s: float | None = None
+    wall_s: float | None = None
+    plan: dict[str, Any] | None = None
+    """``TrialPlan.to_dict()`` of what ran (micro-batch limit known)."""
+
+
+def message(kind: Literal["metrics", "plan"], payload: Any) -> str:
+    return MARK + json.dumps({kind: payload})
+
+
+def parse_message(line: str) -> tuple[str, Any] | None:
+    """``(kind, payload)`` for a marked line, else None."""
+    if not line.startswith(MARK):
+        return None
+    ((kind, payload),) = json.loads(line[len(MARK) :]).items()
+    return kind, payload
+
+
+def write_result(path: str | Path, result: TrialResult) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(result.model_dump_json(indent=1))
+    os.replace(tmp, path)
+
+
+def read_result(path: str | Path) -> TrialResult:
+    return TrialResult.model_validate_json(Path(path).read_text())
+
+
+class Reporter:
+    """Rank 0's link to the Optuna trial and to the metric stream. Every method is safe to call on a
+    reporter with neither (other ranks, reproduce and train runs): the loop never asks."""
+
+    def __init__(self, spec: WorkerSpec, is_main: bool, train: dict[str, Any] | None = None) -> None:
+        self.trial = None
+        self.tracking = spec.tracking and is_main
+        self.is_main = is_main
+        self._buffer: list[list[Any]] = []
+        if is_main and spec.optuna is not None:
+            from lbsearch.storage import attach_trial
+
+            self.trial = attach_trial(spec.optuna, train or spec.experiment["train"])
+
+    def plan(self, plan: dict[str, Any]) -> None:
+        if self.is_main:
+            print(message("plan", plan), flush=True)
+
+    def metrics(self, values: dict[str, float | None], step: int) -> None:
+        if not self.tracking:
+            return
+        now = int(time.time() * 1000)
+        self._buffer += [[k, float(v), now, step] for k, v in values.items() if v is not None and math.isfinite(v)]
+
+    def flush(self) -> None:
+        if self.tracking and self._buffer:
+            print(message("metrics", self._buffer), flush=True)
+            self._buffer.clear()
+
+    def should_prune(self, value: float, samples: int) -> bool:
+        """Report an intermediate value at ``samples`` seen; True when the trial should be pruned."""
+        if self.trial is None:
+            return False
+        self.trial.report(value, step=samples)
+        return self.trial.should_prune()

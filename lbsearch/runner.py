@@ -1,0 +1,142 @@
+"""One tracked trial, for every caller (search, reproduce, train): create the MLflow run, log the
+resolved config and the plan, run the trial process (halving the micro-batch after an
+out-of-memory failure, B unchanged), record state and reason, attach ``stdout.log``, end the run.
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lbsearch.config import ExperimentConfig
+from lbsearch.launch import resolve_precision, run_trial_process
+from lbsearch.plan import TrialPlan, make_plan
+from lbsearch.protocol import OptunaRef, TrialResult, WorkerSpec, parse_message
+from lbsearch.storage import Session
+from lbsearch.tracking import Tracker, flatten, versions
+
+__all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
+
+MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+"""MLflow run status by trial state (an interrupted trial is a failed one whose run was killed)."""
+
+_NOISE = ("Loading weights", "The following values were not passed", "To avoid this warning")
+
+
+def resolved(exp: ExperimentConfig) -> ExperimentConfig:
+    """Fill in what depends on the machine (``precision: auto``), so the saved config is exact."""
+    exp = exp.model_copy(deep=True)
+    exp.launcher.precision = resolve_precision(exp.launcher.precision, exp.launcher.cpu)
+    return exp
+
+
+def trial_files(session: Session, cfg: dict[str, Any], study: str | None, number: int | None) -> dict[str, str]:
+    """The artifacts that make a run re-runnable: its resolved config, the command, the versions."""
+    cmd = f"lbsearch reproduce {study} --trial {number}" if study else "lbsearch train config.json"
+    if session.root.resolve() != (Path.cwd() / "mlruns").resolve():
+        cmd += f" --mlruns {shlex.quote(str(session.root))}"
+    if session.storage:
+        cmd += f" --storage {shlex.quote(session.storage)}"
+    return {
+        "config.json": json.dumps(cfg, indent=1),
+        "reproduce.sh": f"# re-run this trial from its resolved config and compare metrics\n{cmd}\n"
+        f"# or train the config alone: lbsearch train config.json\n",
+        "versions.json": json.dumps(versions(), indent=1),
+    }
+
+
+@dataclass
+class TrialRun:
+    """What to run and where its MLflow run goes."""
+
+    exp: ExperimentConfig
+    """Resolved (``resolved()``); after an out-of-memory retry it holds the micro-batch limit that ran."""
+    data: Any
+    """``lbsearch.data.PreparedData``."""
+    workdir: Path
+    prefix: str
+    """Shown before each line of the trial's output, e.g. ``[trial 3]``."""
+    experiment_id: str
+    run_name: str
+    parent: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    optuna: OptunaRef | None = None
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    result: TrialResult
+    plan: TrialPlan
+    """The plan that ran (micro-batch limit known), or the planned one if the process never started training."""
+
+
+def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Callable[[str], None] = lambda run_id: None) -> Outcome:
+    """Run ``run`` as a tracked trial. ``on_run(run_id)`` is called as soon as the MLflow run exists.
+    KeyboardInterrupt stops the trial process, ends the run as KILLED (``interrupted``) and is re-raised."""
+    plan = make_plan(run.exp)
+    config = run.exp.model_dump(mode="json")
+    tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
+    run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
+    on_run(run_id)
+    tracker.artifacts(run_id, run.files)
+    try:
+        result, plan = _run_with_oom_retries(session, tracker, run, run_id, plan)
+    except KeyboardInterrupt:
+        _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
+        raise
+    if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
+        tracker.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
+    _end(tracker, run_id, run.workdir, result)
+    return Outcome(run_id, result, plan)
+
+
+def _end(tracker: Tracker, run_id: str, workdir: Path, result: TrialResult) -> None:
+    tracker.tags(run_id, {"lbsearch.state": result.state, **({"lbsearch.reason": result.reason} if result.reason else {})})
+    log = workdir / "stdout.log"
+    if log.is_file():
+        tracker.artifacts(run_id, {"stdout.log": log.read_text()[-200_000:]})
+    tracker.end(run_id, MLFLOW_STATUS["interrupted" if result.reason == "interrupted" else result.state])
+
+
+def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run_id: str, plan: TrialPlan) -> tuple[TrialResult, TrialPlan]:
+    """Run the trial; on out-of-memory halve the micro-batch limit (B unchanged: more accumulation)
+    and retry. ``run.exp`` is updated to the limit that finally ran."""
+    retries = 0
+    while True:
+        spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
+                          pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, optuna=run.optuna, tracking=True)
+        result = run_trial_process(spec, run.workdir, on_line=_line_handler(session, tracker, run_id, run.prefix))
+        if result.plan is not None:
+            plan = TrialPlan.from_dict(result.plan)
+            run.exp.launcher.max_micro_batch = plan.max_micro_batch  # a probed limit becomes part of the config
+        if not result.oom or plan.micro_batch is None or plan.micro_batch == 1:
+            return result, plan
+        smaller = plan.with_limit(max(1, plan.micro_batch // 2))
+        session.out(f"{run.prefix} out of memory at micro-batch {plan.micro_batch}: retrying with micro-batch "
+                    f"{smaller.micro_batch} x accumulation {smaller.accumulation} (B = {plan.batch_size} unchanged)")
+        run.exp.launcher.max_micro_batch = smaller.max_micro_batch
+        retries += 1
+        tracker.tags(run_id, {"lbsearch.oom_retries": retries} | smaller.split())
+        plan = smaller
+
+
+def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) -> Callable[[str], None]:
+    """Show the trial's output; metric rows go to its MLflow run, the plan that runs to its tags."""
+
+    def on_line(line: str) -> None:
+        msg = parse_message(line)
+        if msg is None:
+            if line.strip() and not line.startswith(_NOISE):
+                session.out(f"{prefix} {line}")
+        elif msg[0] == "metrics":
+            tracker.metric_rows(run_id, msg[1])
+        elif msg[0] == "plan":
+            tracker.tags(run_id, TrialPlan.from_dict(msg[1]).split())
+
+    return on_line

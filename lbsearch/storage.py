@@ -1,0 +1,251 @@
+"""Where a study lives and how its workers share it: storage URLs, opening studies, locks,
+heartbeats, and recovering trials whose worker died.
+
+Embedded storage (a journal file under mlruns/, or SQLite) serves the workers of one machine, which
+share a file lock; PostgreSQL serves many machines, which share an advisory lock and Optuna's
+heartbeats. Optuna keeps a study's storage and a trial's id private; the three helpers that reach
+them (``_storage_of``, ``trial_id``, ``attach_trial``) are the only such places in lbsearch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import threading
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from lbsearch.config import SpecError, StudyConfig, TrainConfig
+from lbsearch.search import make_pruner, make_sampler
+from lbsearch.views import RETRYABLE, counted, reason
+
+if TYPE_CHECKING:
+    from lbsearch.protocol import OptunaRef
+    from lbsearch.tracking import Tracker
+
+__all__ = ["Session", "open_storage", "open_study", "load_existing_study", "stored_study", "attach_trial", "trial_id",
+           "study_lock", "heartbeat", "uses_heartbeats", "recover", "host"]
+
+
+@dataclass
+class Session:
+    """Where state lives: the mlruns root, the Optuna storage URL and the MLflow tracking URI."""
+
+    root: Path
+    storage: str | None = None
+    tracking_uri: str | None = None
+    out: Callable[[str], None] = field(default=lambda s: print(s, flush=True))
+
+    def storage_for(self, study: StudyConfig | None) -> str:
+        """``--storage``, then the study spec's ``storage``, then a journal file under root."""
+        url = self.storage or (study.storage if study is not None else None)
+        return url or f"journal://{(self.root / 'optuna.journal').resolve()}"
+
+    def tracker(self, study: StudyConfig | None = None) -> "Tracker":
+        from lbsearch.tracking import Tracker, default_tracking_uri
+
+        uri = self.tracking_uri or (study.tracking_uri if study else None) or default_tracking_uri(self.root)
+        return Tracker(uri, self.root)
+
+
+def host() -> str:
+    return os.environ.get("LBSEARCH_HOST") or socket.gethostname()
+
+
+def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None):
+    """Journal file (``journal:///abs/path``), SQLite or any SQLAlchemy URL (RDB with heartbeat)."""
+    if url.startswith("journal://"):
+        from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+        path = url.removeprefix("journal://")
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    from optuna.storages import RDBStorage
+
+    # Stale trials (no heartbeat for grace_period) are failed by optuna.storages.fail_stale_trials;
+    # lbsearch re-enqueues them itself, with the same bookkeeping as for the embedded storage.
+    def make() -> RDBStorage:
+        return RDBStorage(url, heartbeat_interval=heartbeat_interval, grace_period=grace_period or 3 * heartbeat_interval,
+                          engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else None)
+
+    if not url.startswith("postgresql"):
+        return make()
+    with _advisory_lock(url, 727274):  # workers starting together on a fresh database race to create Optuna's tables
+        return make()
+
+
+def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> optuna.Study:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(session.storage_for(cfg), heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
+    kwargs = dict(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg.sampler, cfg.space),
+                  pruner=make_pruner(cfg.pruner, cfg.experiment.train))
+    if not create:
+        return optuna.load_study(**kwargs)
+    return optuna.create_study(direction=cfg.experiment.metric.direction, load_if_exists=True, **kwargs)
+
+
+def load_existing_study(session: Session, name: str) -> optuna.Study:
+    """A study by name, for status / best / reproduce / report; its spec is stored in the study itself."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    url = session.storage_for(None)
+    if url.startswith("journal://") and not Path(url.removeprefix("journal://")).is_file():
+        raise SpecError(None, "study", f"no studies under {session.root} (run `lbsearch run STUDY.yaml` first)")
+    storage = open_storage(url)
+    names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    if name not in names:
+        raise SpecError(None, "study", f"unknown study {name!r}; known: {', '.join(sorted(names)) or 'none'}")
+    return optuna.load_study(study_name=name, storage=storage)
+
+
+def stored_study(study: optuna.Study) -> StudyConfig | None:
+    """The study's own config as stored at creation (for its tracking URI), or None."""
+    try:
+        stored = json.loads(study.user_attrs["spec"])
+        return StudyConfig.model_validate(stored["study"] | {"experiment": stored["experiment"]})
+    except (KeyError, ValueError):
+        return None
+
+
+def _storage_of(study: optuna.Study):
+    return study._storage
+
+
+def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
+    return trial._trial_id
+
+
+def attach_trial(ref: "OptunaRef", train: dict[str, Any]) -> optuna.Trial:
+    """The trial process's handle on its Optuna trial, with the study's pruner (for should_prune)."""
+    from lbsearch.config import PrunerConfig
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    pruner = make_pruner(PrunerConfig(**ref.pruner), TrainConfig.model_validate(train))
+    study = optuna.load_study(study_name=ref.study_name, storage=open_storage(ref.storage), pruner=pruner)
+    return optuna.trial.Trial(study, ref.trial_id)
+
+
+# ----------------------------------------------------------------------------------------------
+# Locks and heartbeats
+
+_ENGINES: dict[str, Any] = {}
+
+
+@contextlib.contextmanager
+def _advisory_lock(url: str, key: int):
+    import sqlalchemy
+
+    engine = _ENGINES.get(url) or _ENGINES.setdefault(url, sqlalchemy.create_engine(url, pool_pre_ping=True))
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("SELECT pg_advisory_lock(:k)"), {"k": key})
+        try:
+            yield
+        finally:
+            conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": key})
+
+
+@contextlib.contextmanager
+def _file_lock(root: Path, name: str):
+    """An exclusive lock shared by the workers of one study on this host (fcntl on a file under root)."""
+    import fcntl
+
+    (root / "locks").mkdir(parents=True, exist_ok=True)
+    with open(root / "locks" / f"{name}.lock", "w") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def study_lock(session: Session, cfg: StudyConfig):
+    """Held while a worker counts trials and asks for the next: a PostgreSQL advisory lock for a
+    shared database (workers on many machines), a file lock otherwise (one machine)."""
+    url = session.storage_for(cfg)
+    if url.startswith("postgresql"):
+        return _advisory_lock(url, zlib.crc32(f"lbsearch:{cfg.name}".encode()))
+    return _file_lock(session.root, cfg.name)
+
+
+def uses_heartbeats(study: optuna.Study) -> bool:
+    """RDB storage with a heartbeat interval (Optuna wraps it in a cache, hence no isinstance)."""
+    storage = _storage_of(study)
+    return hasattr(storage, "record_heartbeat") and storage.get_heartbeat_interval() is not None
+
+
+def heartbeat_interval(study: optuna.Study) -> float:
+    return _storage_of(study).get_heartbeat_interval()
+
+
+@contextlib.contextmanager
+def heartbeat(study: optuna.Study, trial: optuna.Trial):
+    """Record the trial's heartbeat while it runs (RDB storage), so other machines can tell it is alive."""
+    if not uses_heartbeats(study):
+        yield
+        return
+    storage, tid, stop = _storage_of(study), trial_id(trial), threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(storage.get_heartbeat_interval()):
+            try:
+                storage.record_heartbeat(tid)
+            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
+                pass
+
+    storage.record_heartbeat(tid)
+    thread = threading.Thread(target=beat, daemon=True, name="lbsearch-heartbeat")
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+
+
+# ----------------------------------------------------------------------------------------------
+# Recovery
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def recover(study: optuna.Study, max_retries: int, on_dead: Callable[[FrozenTrial], None]) -> None:
+    """Fail the running trials whose worker died (this host: by pid; other machines: by Optuna's
+    heartbeat check on RDB storage), call ``on_dead`` for each, and enqueue one re-run of each
+    retryable failed trial with the same params."""
+    if uses_heartbeats(study):
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number in before:
+                on_dead(t)
+    me = host()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if t.user_attrs.get("host") != me or _alive(int(t.user_attrs.get("pid", 0))):
+            continue
+        _storage_of(study).set_trial_user_attr(trial_id(t), "reason", "worker died")
+        try:
+            study.tell(t.number, state=TrialState.FAIL)
+        except (RuntimeError, ValueError):
+            continue  # finished meanwhile by another worker
+        on_dead(t)
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.user_attrs.get("retry_of") for t in trials if "retry_of" in t.user_attrs}
+    for t in trials:
+        if t.state != TrialState.FAIL or t.number in retried or counted(t, max_retries) or reason(t) not in RETRYABLE:
+            continue
+        attempt = t.user_attrs.get("attempt", 0) + (reason(t) == "worker died")
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt})

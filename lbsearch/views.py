@@ -1,0 +1,87 @@
+"""Read-only views of a study: trial rows, the best trial, a CSV table, a one-line summary.
+
+Trial bookkeeping lives in Optuna user attributes, so every worker sees it: ``config`` (the fully
+resolved experiment that ran), ``mlflow_run_id``, ``host`` / ``pid`` of the orchestrator running
+it, ``reason`` (why pruned or failed), ``retry_of`` / ``attempt`` for re-runs, and the result
+metrics (``test_*``, ``samples``, ``samples_to_target`` ...). Torch-free and MLflow-free.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+__all__ = ["RETRYABLE", "reason", "counted", "trial_rows", "best_trial", "to_csv", "summary"]
+
+RETRYABLE = ("interrupted", "worker died")
+
+
+def reason(t: FrozenTrial) -> str:
+    """lbsearch sets a reason before it fails a trial; a failed trial without one was failed by
+    Optuna's heartbeat check (RDB storage): its worker died on some machine."""
+    return t.user_attrs.get("reason", "worker died" if t.state == TrialState.FAIL else "")
+
+
+def counted(t: FrozenTrial, max_retries: int) -> bool:
+    """Does this finished trial count toward n_trials? Not when a re-run of it takes its place."""
+    if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        return True
+    if t.state != TrialState.FAIL:
+        return False
+    why = reason(t)
+    if why == "interrupted":
+        return False
+    return not (why == "worker died" and t.user_attrs.get("attempt", 0) < max_retries)
+
+
+def _metric(study: optuna.Study) -> str:
+    return study.user_attrs.get("metric", "accuracy")
+
+
+def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
+    rows = []
+    for t in study.get_trials(deepcopy=False):
+        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
+        rows.append({
+            "trial": t.number,
+            "state": t.state.name.lower(),
+            "reason": reason(t),
+            "value": t.value,
+            "test": t.user_attrs.get(f"test_{_metric(study)}"),
+            "samples": t.user_attrs.get("samples"),
+            "seconds": round(dur, 1) if dur is not None else None,
+            **dict(t.params),
+            "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
+        })
+    return rows
+
+
+def to_csv(rows: list[dict[str, Any]]) -> str:
+    cols: list[str] = []
+    for r in rows:
+        cols += [k for k in r if k not in cols]
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
+    if not done:
+        return None
+    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
+    return max(done, key=lambda t: (sign * t.value, -t.number))
+
+
+def summary(study: optuna.Study, n_trials: int) -> str:
+    trials = study.get_trials(deepcopy=False)
+    c = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    best = best_trial(study)
+    b = f"best {best.value:.4f} (trial {best.number})" if best else "best -"
+    return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED]} · failed {c[TrialState.FAIL]} of {n_trials} · {b}"
