@@ -1,23 +1,10 @@
+"""The sample stream and each step's micro-batch layout."""
+
 import numpy as np
 import pytest
 
-from lbsearch.batching import eval_points, plan_batch, sample_stream, step_micro_batches
-
-
-@pytest.mark.parametrize(
-    "B, procs, limit, micro, accum",
-    [(32, 1, 64, 32, 1), (256, 1, 64, 64, 4), (96, 1, 64, 48, 2), (64, 2, 16, 16, 2), (48, 1, 20, 16, 3), (7, 1, 4, 1, 7)],
-)
-def test_plan_batch_keeps_B(B, procs, limit, micro, accum):
-    plan = plan_batch(B, procs, limit)
-    assert (plan.micro_batch, plan.accumulation) == (micro, accum)
-    assert plan.micro_batch * plan.accumulation * plan.processes == B
-    assert plan.micro_batch <= limit
-
-
-def test_plan_batch_rejects_uneven_split():
-    with pytest.raises(ValueError, match="cannot be split"):
-        plan_batch(30, 4, 64)
+from lbsearch.batching import sample_stream, step_micro_batches
+from lbsearch.plan import plan_batch
 
 
 def test_sample_stream_is_epochs_of_permutations():
@@ -34,15 +21,6 @@ def test_sample_stream_order_does_not_depend_on_the_split():
     # the stream depends on (seed, B) only: micro-batching and ranks slice it later
     a = sample_stream(100, 32, 3, seed=3)
     assert np.array_equal(a[:, :16], sample_stream(100, 32, 3, seed=3)[:, :16])
-
-
-def test_eval_points_line_up_in_samples():
-    assert eval_points(1000, 300, 100) == [(3, 300), (6, 600), (9, 900), (10, 1000)]
-    # B=64: the first step past 300 samples is step 5 (320 seen), reported at nominal 300
-    assert eval_points(1000, 300, 64)[0] == (5, 300)
-    assert eval_points(1000, 300, 64)[-1] == (15, 1000)
-    # a budget that B does not divide: the last evaluation is at the budget, after the last full step
-    assert eval_points(100, 1000, 64) == [(1, 100)]
 
 
 @pytest.mark.parametrize("procs, limit, head", [(1, 16, 0), (1, 16, 2), (1, 24, 1), (2, 16, 0), (4, 8, 0)])

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
+from pathlib import Path
 
 from optuna.trial import TrialState
 
-from conftest import LBSEARCH, SPECS, run_cli
-from lbsearch.config import load_study, parse_set
-from lbsearch.study import Session, open_study
-from test_study import _client, _study
+from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, runs_of
+from lbsearch.spec import load_study, parse_set
+from lbsearch.storage import Session, open_study
 
 
 def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
@@ -21,7 +22,7 @@ def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
     study.enqueue_trial({"optimizer.lr": 8.0, "train.batch_size": 32})
     proc = run_cli("run", str(SPECS / "tiny_study.yaml"), *[f"--set={s}" for s in sets],
                    "--set=experiment.train.clip_norm=null", cwd=tmp_path, check=True)
-    trials = _study(tmp_path / "mlruns", "tiny-study").get_trials()
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["reason"] == "diverged", proc.stdout
     assert trials[1].user_attrs["samples"] < 960  # stopped at once, not at the next evaluation
     assert "diverged at step" in proc.stdout
@@ -29,7 +30,7 @@ def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
     assert "diverged" in status
     best = run_cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
     assert "trial      0" in best
-    run = _client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
     assert run.data.tags["lbsearch.reason"] == "diverged" and run.info.status == "FINISHED"
 
 
@@ -42,13 +43,28 @@ def test_out_of_memory_halves_the_micro_batch_keeping_B(tmp_path):
     assert "out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 4 (B = 32 unchanged)" in proc.stdout
     assert "retrying with micro-batch 4 x accumulation 8" in proc.stdout
     assert "effective batch 32 = micro-batch 4 x accumulation 8 x processes 1" in proc.stdout
-    trial = _study(tmp_path / "mlruns", "tiny-study").get_trials()[0]
+    trial = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()[0]
     assert trial.state == TrialState.COMPLETE
-    import json
-
     assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
-    tags = _client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"]).data.tags
-    assert tags["lbsearch.oom_retries"] == "2" and tags["lbsearch.micro_batch"] == "4" and tags["lbsearch.accumulation"] == "8"
+    run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
+    # the MLflow run says what ran, not what was planned before the retries
+    assert run.data.tags["lbsearch.oom_retries"] == "2"
+    assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags["plan.max_micro_batch"]) == ("4", "8", "4")
+    assert run.data.params["plan.batch_size"] == "32" and "probe" not in run.data.params.values()
+
+
+def test_train_gets_the_out_of_memory_retry_too(tmp_path):
+    """``lbsearch train`` (and ``reproduce``) run through the same tracked trial as the search."""
+    env = dict(os.environ, LBSEARCH_INJECT_OOM_ABOVE="8")
+    proc = run_cli("train", str(SPECS / "tiny.yaml"), "--set=train.budget_samples=320", "--set=train.eval_every_samples=320",
+                   cwd=tmp_path, env=env, check=True)
+    assert "[train] out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 4 (B = 32 unchanged)" in proc.stdout
+    assert "effective batch 32 = micro-batch 8 x accumulation 4 x processes 1" in proc.stdout
+    (run,) = runs_of(tmp_path / "mlruns", "train-tiny")
+    assert run.info.status == "FINISHED" and run.data.tags["lbsearch.state"] == "complete"
+    assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags["lbsearch.oom_retries"]) == ("8", "4", "1")
+    config = mlflow_client(tmp_path / "mlruns").download_artifacts(run.info.run_id, "config.json", str(tmp_path))
+    assert json.loads(Path(config).read_text())["launcher"]["max_micro_batch"] == 8  # `lbsearch train config.json` runs what ran
 
 
 def test_four_concurrent_workers_share_one_study(tmp_path):
@@ -59,10 +75,10 @@ def test_four_concurrent_workers_share_one_study(tmp_path):
     assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(outs)
     joined = "\n".join(outs)
     assert "Traceback" not in joined and "locked" not in joined
-    trials = _study(tmp_path / "mlruns", "tiny-study").get_trials()
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     assert sum("start" in line and "[trial" in line for line in joined.splitlines()) == 8  # each trial ran once
-    client = _client(tmp_path / "mlruns")
+    client = mlflow_client(tmp_path / "mlruns")
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get("lbsearch.role") == "trial"]
@@ -80,8 +96,10 @@ def test_micro_batch_limit_is_probed_once_and_cached(tmp_path):
     assert "[trial 1] micro-batch limit 8 (cached in probe-" in proc.stdout
     assert proc.stdout.count("effective batch 32 = micro-batch 8 x accumulation 4 x processes 1") == 2
     assert len(list((tmp_path / "mlruns" / "cache").glob("probe-*.json"))) == 1
-    import json
-
-    for trial in _study(tmp_path / "mlruns", "tiny-study").get_trials():
+    client = mlflow_client(tmp_path / "mlruns")
+    for trial in journal_study(tmp_path / "mlruns", "tiny-study").get_trials():
         assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
         assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 8  # reproduce runs what ran
+        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"]) == ("8", "4")
+        assert "probe" not in run.data.params.values() and "plan.micro_batch" not in run.data.params

@@ -8,14 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from optuna.trial import TrialState
 
-from conftest import LBSEARCH, SPECS, run_cli
-from lbsearch.config import load_study, parse_set
-from lbsearch.study import Session, open_study
-from test_study import _client, _start, _study, _wait_for
+from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
+from lbsearch.spec import load_study, parse_set
+from lbsearch.storage import Session, open_study
 
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
 
@@ -27,10 +25,10 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
         out = run_cli("train", str(SPECS / "tiny.yaml"), f"--set=launcher.processes={procs}", *NO_DROPOUT, cwd=tmp_path, check=True).stdout
         accum = 3 - procs
         assert f"effective batch 32 = micro-batch 16 x accumulation {accum} x processes {procs}" in out
-    client = _client(tmp_path / "mlruns")
+    client = mlflow_client(tmp_path / "mlruns")
     exp = client.get_experiment_by_name("train-tiny")
     runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
-    assert [r.data.params["derived.processes"] for r in runs] == ["2", "1"]
+    assert [r.data.params["plan.processes"] for r in runs] == ["2", "1"]
     curves = [{m.step: m.value for m in client.get_metric_history(r.info.run_id, "train/loss")} for r in runs]
     assert len(curves[0]) == len(curves[1]) == 30
     assert max(abs(curves[0][s] - curves[1][s]) for s in range(1, 21)) <= 1e-4
@@ -50,51 +48,35 @@ def test_two_process_study_prunes_and_logs_one_run_per_trial(tmp_path):
     t0 = time.time()
     proc = run_cli("run", str(SPECS / "tiny_study_loss.yaml"), *[f"--set={s}" for s in sets], cwd=tmp_path, check=True)
     assert "x processes 2" in proc.stdout
-    trials = _study(tmp_path / "mlruns", "tiny-loss").get_trials()
+    trials = journal_study(tmp_path / "mlruns", "tiny-loss").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert trials[1].user_attrs["samples"] == 320  # every rank stopped at the pruning evaluation
-    runs = _client(tmp_path / "mlruns").search_runs([_client(tmp_path / "mlruns").get_experiment_by_name("tiny-loss").experiment_id])
+    runs = mlflow_client(tmp_path / "mlruns").search_runs([mlflow_client(tmp_path / "mlruns").get_experiment_by_name("tiny-loss").experiment_id])
     assert sorted(r.data.tags.get("lbsearch.trial") for r in runs if r.data.tags.get("lbsearch.role") == "trial") == ["0", "1"]
-    assert not _worker_pids(tmp_path)  # no rank left behind
+    assert not worker_pids(tmp_path)  # no rank left behind
     assert time.time() - t0 < 300
-
-
-def _worker_pids(under: Path, rank: int | None = None) -> list[int]:
-    """Trial processes whose spec lies under ``under`` (so parallel test runs do not interfere)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes().split(b"\0")
-            env = (proc / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"lbsearch.worker" in cmd and any(str(under).encode() in c for c in cmd) and (rank is None or f"RANK={rank}".encode() in env):
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_killing_one_rank_fails_the_trial_fast_and_the_study_goes_on(tmp_path, specs):
     spec = specs / "tiny_study.yaml"
-    proc = _start(tmp_path, spec, "--set=launcher.processes=2", "--set=n_trials=2", "--set=experiment.train.budget_samples=6400")
-    _wait_for(proc, "[trial 0] samples 320")
-    victims = _worker_pids(tmp_path, rank=1)
+    proc = start_cli(tmp_path, "run", str(spec), "--set=launcher.processes=2", "--set=n_trials=2", "--set=experiment.train.budget_samples=6400")
+    wait_for(proc, "[trial 0] samples 320")
+    victims = worker_pids(tmp_path, rank=1)
     assert victims
     os.kill(victims[0], signal.SIGKILL)
     t_kill = time.time()
-    _wait_for(proc, "[trial 0] failed", timeout=60)
+    wait_for(proc, "[trial 0] failed", timeout=60)
     assert time.time() - t_kill <= 60
     rest = proc.communicate(timeout=600)[0]
     assert proc.returncode == 0, rest
-    trials = _study(tmp_path / "mlruns", "tiny-study").get_trials()
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     reason = trials[0].user_attrs["reason"]
     # either rank 0 saw its peer vanish (gloo read error) or torchrun stopped it first
     assert trials[0].state == TrialState.FAIL and any(s in reason for s in ("exited with code", "Read error", "Connection")), reason
     assert trials[1].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    run = _client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags["lbsearch.reason"] == reason
-    assert not _worker_pids(tmp_path)
+    assert not worker_pids(tmp_path)
 
 
 def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
@@ -105,10 +87,10 @@ def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
     assert "address already in use" not in "\n".join(outs).lower()
-    trials = _study(tmp_path / "mlruns", "tiny-study").get_trials()
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
-    client = _client(tmp_path / "mlruns")
+    client = mlflow_client(tmp_path / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("tiny-study").experiment_id])
     assert sorted(int(r.data.tags["lbsearch.trial"]) for r in runs if r.data.tags.get("lbsearch.role") == "trial") == [0, 1, 2, 3]
 

@@ -101,21 +101,3 @@ def test_cli_subprocess_reports_bad_spec(specs, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert "tiny_study.yaml: n_trials" in proc.stderr
     assert not (tmp_path / "mlruns").exists()
-
-
-def test_set_overrides_reach_the_experiment(specs):
-    from lbsearch.config import load_study, parse_set
-
-    cfg, _ = load_study(specs / S, parse_set(["experiment.train.budget_samples=640", "n_trials=5", "experiment.optimizer.lr=2e-3"]))
-    assert cfg.n_trials == 5
-    assert cfg.experiment.train.budget_samples == 640
-    assert cfg.experiment.optimizer.lr == 2e-3
-
-
-def test_lr_scaling_rule():
-    from lbsearch.config import OptimizerConfig, lr_for_batch
-
-    opt = OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="sqrt")
-    assert lr_for_batch(opt, 128) == pytest.approx(2e-3)
-    assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="linear"), 128) == pytest.approx(4e-3)
-    assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32), 128) == pytest.approx(1e-3)

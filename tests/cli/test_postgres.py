@@ -17,8 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import LBSEARCH, SPECS, run_cli
-from test_study import _client, _wait_for
+from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, wait_for
 
 psycopg2 = pytest.importorskip("psycopg2")
 
@@ -41,7 +40,7 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     args = [str(SPECS / "tiny_study.yaml"), "--storage", pg_url, "--set=n_trials=2", "--set=heartbeat_interval=1", "--set=grace_period=4"]
     env = dict(os.environ, LBSEARCH_HOST="machine-a", PYTHONUNBUFFERED="1")
     a = subprocess.Popen([*LBSEARCH, "run", *args], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    _wait_for(a, "[trial 0] samples 320")
+    wait_for(a, "[trial 0] samples 320")
     a.kill()
     a.wait(timeout=10)
     storage = optuna.storages.RDBStorage(pg_url)
@@ -55,7 +54,7 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     status = run_cli("status", "tiny-study", "--storage", pg_url, cwd=tmp_path, check=True).stdout
     assert "worker died" in status
-    client = _client(tmp_path / "mlruns")
+    client = mlflow_client(tmp_path / "mlruns")
     run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED" and run.data.tags["lbsearch.reason"] == "worker died"
 

@@ -4,31 +4,20 @@ reproduce; resume after Ctrl-C; recovery after the orchestrator is SIGKILLed."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
+import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
-from mlflow.tracking import MlflowClient
 from optuna.trial import TrialState
 
-from conftest import LBSEARCH, SPECS, run_cli
-from lbsearch.config import load_study, parse_set
-from lbsearch.study import Session, open_study
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
+from lbsearch.spec import load_study, parse_set
+from lbsearch.storage import Session, open_study
 
 LOSS = ["--set", "experiment.metric.name=loss"]
-
-
-def _study(root: Path, name: str) -> optuna.Study:
-    storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(root / "optuna.journal")))
-    return optuna.load_study(study_name=name, storage=storage)
-
-
-def _client(root: Path) -> MlflowClient:
-    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
 
 
 @pytest.fixture(scope="module")
@@ -47,7 +36,7 @@ def finished(tmp_path_factory):
 
 def test_failing_trial_does_not_stop_the_study(finished):
     cwd, root, proc = finished
-    trials = _study(root, "tiny-loss").get_trials()
+    trials = journal_study(root, "tiny-loss").get_trials()
     assert len(trials) == 4
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert "num_attention_heads" in trials[2].user_attrs["reason"] or "heads" in trials[2].user_attrs["reason"]
@@ -63,7 +52,7 @@ def test_failing_trial_does_not_stop_the_study(finished):
 
 def test_mlflow_run_tree(finished):
     cwd, root, _ = finished
-    client = _client(root)
+    client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-loss")
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]
@@ -73,7 +62,7 @@ def test_mlflow_run_tree(finished):
     assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == [0, 1, 2, 3]
     assert all(r.info.status != "RUNNING" for r in runs)
     by_trial = {int(r.data.tags["lbsearch.trial"]): r for r in children}
-    states = {t.number: t.state.name.lower() for t in _study(root, "tiny-loss").get_trials()}
+    states = {t.number: t.state.name.lower() for t in journal_study(root, "tiny-loss").get_trials()}
     for n, run in by_trial.items():
         assert run.data.tags["lbsearch.state"] == {"fail": "failed"}.get(states[n], states[n])
     good = by_trial[0]
@@ -81,9 +70,11 @@ def test_mlflow_run_tree(finished):
     assert by_trial[2].info.status == "FAILED" and "lbsearch.reason" in by_trial[2].data.tags
     assert by_trial[1].data.tags["lbsearch.reason"] == "pruned"
     # params: every hyperparameter of the resolved config and the derived batch split
-    p = good.data.params
-    assert p["derived.micro_batch"] == "16" and p["derived.accumulation"] == "2" and p["derived.processes"] == "1"
-    assert p["derived.precision"] == "no" and p["optimizer.lr"] == "0.003" and p["train.batch_size"] == "32"
+    p, tags = good.data.params, good.data.tags
+    assert p["plan.batch_size"] == "32" and p["plan.processes"] == "1" and p["plan.steps"] == "30" and p["plan.warmup_steps"] == "3"
+    assert p["plan.precision"] == "no" and p["plan.lr"] == "0.003" and p["plan.evals"] == "[320, 640, 960]"
+    assert tags["plan.micro_batch"] == "16" and tags["plan.accumulation"] == "2" and tags["plan.max_micro_batch"] == "16"
+    assert p["optimizer.lr"] == "0.003" and p["train.batch_size"] == "32"
     # per-evaluation histories against step, with samples seen
     hist = client.get_metric_history(good.info.run_id, "eval/loss")
     assert [m.step for m in hist] == [10, 20, 30]
@@ -116,42 +107,37 @@ def test_status_and_best(finished):
     assert unknown.returncode == 2 and "unknown study 'nope'" in unknown.stderr
 
 
+def test_status_and_best_do_not_import_torch(finished):
+    """A table of trials costs no torch import (nor MLflow's)."""
+    cwd, _, _ = finished
+    code = ("import sys; from lbsearch.cli import main; "
+            "assert main(['status', 'tiny-loss']) == 0 and main(['best', 'tiny-loss']) == 0 and main(['status', 'tiny-loss', '--json']) == 0; "
+            "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'mlflow') if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "reproduce  lbsearch reproduce tiny-loss" in proc.stdout
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+
+
 def test_reproduce_is_exact_on_cpu(finished):
     cwd, root, _ = finished
     proc = run_cli("reproduce", "tiny-loss", "--trial", "0", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduced: metrics identical" in proc.stdout
-    client = _client(root)
+    client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-loss")
     rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "reproduce"]
     assert rep and rep[-1].data.tags["lbsearch.reproduced"] == "yes"
-    orig = _study(root, "tiny-loss").trials[0]
+    orig = journal_study(root, "tiny-loss").trials[0]
     assert rep[-1].data.tags["lbsearch.reproduces"] == orig.user_attrs["mlflow_run_id"]
     assert client.get_metric_history(rep[-1].info.run_id, "val/loss")[0].value == orig.user_attrs["validation_loss"]
-
-
-def _start(cwd: Path, spec: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen([*LBSEARCH, "run", str(spec), *extra], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-
-
-def _wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
-    seen, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return seen
-    raise AssertionError(f"{text!r} not seen:\n{''.join(seen)}")
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_interrupt_then_resume(tmp_path, specs, sig):
     spec = specs / "tiny_study.yaml"
-    proc = _start(tmp_path, spec)
-    _wait_for(proc, "[trial 1] samples 320")
+    proc = start_cli(tmp_path, "run", str(spec))
+    wait_for(proc, "[trial 1] samples 320")
     t0 = time.time()
     proc.send_signal(sig)
     rest = proc.communicate(timeout=30)[0]
@@ -159,16 +145,16 @@ def test_interrupt_then_resume(tmp_path, specs, sig):
     assert time.time() - t0 < 10
     assert "interrupted; run the same command again to resume" in rest
     root = tmp_path / "mlruns"
-    trials = _study(root, "tiny-study").get_trials()
+    trials = journal_study(root, "tiny-study").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs["reason"] == "interrupted"
-    client = _client(root)
+    client = mlflow_client(root)
     run = client.get_run(trials[1].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
     assert not any(p.poll() is None for p in [proc])
     # the same command resumes: the interrupted params run again, and the study ends at n_trials
     again = run_cli("run", str(spec), cwd=tmp_path, check=True)
-    trials = _study(root, "tiny-study").get_trials()
+    trials = journal_study(root, "tiny-study").get_trials()
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(counted) == 3, again.stdout
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
@@ -179,18 +165,18 @@ def test_interrupt_then_resume(tmp_path, specs, sig):
 
 def test_killed_orchestrator_trial_is_failed_and_retried(tmp_path, specs):
     spec = specs / "tiny_study.yaml"
-    proc = _start(tmp_path, spec, "--set", "n_trials=2")
-    _wait_for(proc, "[trial 0] samples 320")
+    proc = start_cli(tmp_path, "run", str(spec), "--set", "n_trials=2")
+    wait_for(proc, "[trial 0] samples 320")
     proc.kill()  # SIGKILL: no handler runs; the trial's own watchdog ends the worker
     proc.wait(timeout=10)
     root = tmp_path / "mlruns"
-    assert _study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
+    assert journal_study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
     run_cli("run", str(spec), "--set", "n_trials=2", cwd=tmp_path, check=True)
-    trials = _study(root, "tiny-study").get_trials()
+    trials = journal_study(root, "tiny-study").get_trials()
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "worker died"
     assert trials[1].user_attrs.get("retry_of") == 0 and trials[1].params == trials[0].params
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
-    client = _client(root)
+    client = mlflow_client(root)
     assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
     exp = client.get_experiment_by_name("tiny-study")
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))

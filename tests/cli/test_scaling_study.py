@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import json
 
-import optuna
 import pytest
-from optuna.distributions import CategoricalDistribution
-from optuna.trial import TrialState, create_trial
+from optuna.trial import TrialState
 
-from conftest import SPECS, run_cli, tree
-from lbsearch.search import GroupedPruner
-from test_study import _client, _study
+from conftest import SPECS, journal_study, mlflow_client, run_cli, tree
 
 
 def test_ladder_study_logs_noise_scale_and_writes_the_report(tmp_path):
     run_cli("run", str(SPECS / "tiny_ladder.yaml"), cwd=tmp_path, check=True)
     root = tmp_path / "mlruns"
-    trials = _study(root, "tiny-ladder").get_trials()
+    trials = journal_study(root, "tiny-ladder").get_trials()
     assert [t.params["train.batch_size"] for t in trials] == [16, 32, 64]  # trial i runs ladder[i mod 3]
     assert all(t.state == TrialState.COMPLETE for t in trials)
-    client = _client(root)
+    client = mlflow_client(root)
     for t in trials:
         hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], f"gns/{k}") for k in ("b_simple", "grad_sq", "trace_sigma")}
         if t.params["train.batch_size"] == 16:  # micro-batch limit 16: one batch size per step, nothing to measure
@@ -66,27 +62,6 @@ def test_ladder_and_a_batch_size_search_dimension_conflict(tmp_path, specs):
     assert tree(tmp_path / "mlruns") == before
 
 
-def test_grouped_pruner_compares_only_trials_with_the_same_batch_size():
-    """Median pruning within a batch size: a B=512 trial is judged against B=512 trials only."""
-    study = optuna.create_study(direction="maximize", pruner=GroupedPruner(optuna.pruners.MedianPruner(n_startup_trials=1), "train.batch_size"))
-    dist = {"train.batch_size": CategoricalDistribution([16, 512])}
-    study.add_trial(create_trial(params={"train.batch_size": 16}, distributions=dist, value=0.8, intermediate_values={800: 0.75}))
-    study.add_trial(create_trial(params={"train.batch_size": 512}, distributions=dist, value=0.7, intermediate_values={800: 0.55}))
-
-    def judged(batch_size: int, value: float) -> bool:
-        study.enqueue_trial({"train.batch_size": batch_size})
-        trial = study.ask()
-        assert trial.suggest_categorical("train.batch_size", [16, 512]) == batch_size
-        trial.report(value, 800)
-        verdict = trial.should_prune()
-        study.tell(trial, state=TrialState.PRUNED)
-        return verdict
-
-    assert not judged(512, 0.60)  # better than the B=512 median (0.55), though far below B=16's
-    assert judged(512, 0.50)
-    assert judged(16, 0.70)    # worse than the B=16 median (0.75)
-
-
 def test_grid_study_runs_its_whole_grid(tmp_path, specs):
     """Optuna's GridSampler stops Study.optimize when its grid is used up; under lbsearch's ask/tell
     the last trial must still be told and the study end cleanly."""
@@ -96,6 +71,6 @@ def test_grid_study_runs_its_whole_grid(tmp_path, specs):
                     "sampler: {name: grid, seed: 0}\npruner: {name: none}\n"
                     "experiment_overrides: {train.budget_samples: 320, train.eval_every_samples: 320}\n")
     run_cli("run", str(spec), cwd=tmp_path, check=True)
-    trials = _study(tmp_path / "mlruns", "tiny-grid").get_trials()
+    trials = journal_study(tmp_path / "mlruns", "tiny-grid").get_trials()
     assert sorted(t.params["optimizer.lr"] for t in trials) == [1e-3, 3e-3]
     assert all(t.state == TrialState.COMPLETE for t in trials)

@@ -1,0 +1,33 @@
+"""The config models: defaults and the rules that tie fields together."""
+
+import pytest
+from pydantic import ValidationError
+
+from lbsearch.config import ExperimentConfig, MetricConfig, ModelConfig, ScheduleConfig, StudyConfig
+
+
+def test_remote_code_is_off_unless_asked():
+    assert ModelConfig().trust_remote_code is False
+
+
+def test_metric_direction_follows_the_metric():
+    assert MetricConfig(name="loss").direction == "minimize" and MetricConfig(name="f1").direction == "maximize"
+    with pytest.raises(ValidationError, match="must be minimized"):
+        MetricConfig(name="loss", direction="maximize")
+
+
+def test_one_warmup_only():
+    with pytest.raises(ValidationError, match="only one of"):
+        ScheduleConfig(warmup_fraction=0.1, warmup_samples=100)
+
+
+def test_batch_must_split_over_processes():
+    with pytest.raises(ValidationError, match="divisible by `launcher.processes`"):
+        ExperimentConfig.model_validate({"name": "x", "train": {"batch_size": 30}, "launcher": {"processes": 4}})
+
+
+def test_a_ladder_searches_batch_size_and_groups_pruning_by_it():
+    study = StudyConfig.model_validate({"name": "s", "experiment": {"name": "x"}, "n_trials": 4, "batch_ladder": [16, 64],
+                                        "search_space": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
+    assert list(study.space) == ["train.batch_size", "optimizer.lr"]
+    assert study.space["train.batch_size"].choices == [16, 64] and study.pruner.group_by == "train.batch_size"
