@@ -31,8 +31,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbsearch.batching import eval_points, plan_batch, sample_stream, step_micro_batches
-from lbsearch.config import ExperimentConfig, load_experiment, lr_for_batch, parse_set
+from lbsearch.batching import sample_stream, step_micro_batches
+from lbsearch.config import ExperimentConfig
+from lbsearch.plan import make_plan
+from lbsearch.spec import load_experiment, parse_set
 from lbsearch.data import PreparedData, Split, load_arrays, prepare_data
 from lbsearch.diagnostics import head_for_step
 
@@ -141,7 +143,7 @@ def write(out: dict[str, Any], path: Path) -> None:
 
 def warmup_steps(exp: ExperimentConfig) -> int:
     """Steps before the first evaluation point: left out of steady-state samples/s."""
-    points = eval_points(exp.train.budget_samples, exp.train.eval_every_samples, exp.train.batch_size)
+    points = make_plan(exp).evals
     if len(points) < 2 or exp.train.eval_every_samples < 2 * exp.train.batch_size:
         raise SystemExit("need 2 x batch_size <= eval_every_samples < budget_samples: the timing starts after the first "
                          "evaluation and leaves out each step that follows one")
@@ -168,23 +170,32 @@ def fresh_accelerate() -> None:
 # The lbsearch trial loop, in this process
 
 
+def worker_spec(exp: ExperimentConfig, data: PreparedData, tracking: bool = False):
+    """The spec the orchestrator would hand the trial process (no Optuna trial)."""
+    from lbsearch.protocol import WorkerSpec
+
+    return WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(data.path), num_labels=data.num_labels,
+                      pad_id=data.pad_id, vocab_size=data.vocab_size, tracking=tracking)
+
+
 def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
     """Run ``lbsearch.worker.train``; steady samples/s from its ``train/samples_per_s`` metrics.
 
     Reporting is on, as in a study: the worker buffers its metrics and prints them as lines, which
     land in a buffer here instead of the orchestrator's pipe (no MLflow in either case)."""
-    from lbsearch.study import _worker_spec
-    from lbsearch.worker import METRICS_MARK, train
+    from lbsearch.protocol import parse_message
+    from lbsearch.worker import train
 
     warmup_steps(exp)  # checks the evaluation cadence
     fresh_accelerate()
-    spec = _worker_spec(exp, data, None, "benchmark", None)
+    spec = worker_spec(exp, data, tracking=True)
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         result = train(spec, log=lambda *a: None)
-    if result["state"] != "complete":
-        raise SystemExit(f"lbsearch loop stopped: {result['state']} ({result.get('reason')})")
-    rows = [r for line in out.getvalue().splitlines() if line.startswith(METRICS_MARK) for r in json.loads(line[len(METRICS_MARK):])]
+    if result.state != "complete":
+        raise SystemExit(f"lbsearch loop stopped: {result.state} ({result.reason})")
+    messages = [parse_message(line) for line in out.getvalue().splitlines()]
+    rows = [r for m in messages if m is not None and m[0] == "metrics" for r in m[1]]
     rate = {step: v for key, v, _, step in rows if key == "train/samples_per_s"}  # per evaluation interval
     losses = {step: v for key, v, _, step in rows if key == "train/loss"}
     stamps = {step: ts / 1000 for key, _, ts, step in rows if key == "train/loss"}  # ms, taken after each step
@@ -202,7 +213,7 @@ def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
 
 
 def micro_batch(exp: ExperimentConfig) -> int:
-    return plan_batch(exp.train.batch_size, 1, exp.launcher.max_micro_batch or exp.train.batch_size).micro_batch
+    return make_plan(exp, processes=1).with_limit(exp.launcher.max_micro_batch or exp.train.batch_size).micro_batch
 
 
 def step_layout(exp: ExperimentConfig, train: Split) -> Iterator[list[np.ndarray]]:
@@ -210,36 +221,33 @@ def step_layout(exp: ExperimentConfig, train: Split) -> Iterator[list[np.ndarray
     them out (``step_micro_batches``: a random head kept apart on the steps where ``train.noise_scale``
     measures)."""
     tr = exp.train
-    plan = plan_batch(tr.batch_size, 1, micro_batch(exp))
+    plan = make_plan(exp, processes=1).with_limit(micro_batch(exp))
     lengths = np.array([len(x) for x in train.ids])
-    for step, ids in enumerate(sample_stream(len(train.ids), tr.batch_size, tr.budget_samples // tr.batch_size, exp.seed), 1):
+    for step, ids in enumerate(sample_stream(len(train.ids), tr.batch_size, plan.steps, exp.seed), 1):
         head = head_for_step(step, 1, plan.accumulation, tr.noise_scale_every) if tr.noise_scale else 0
-        yield step_micro_batches(ids, lengths, plan, 0, head)
+        yield step_micro_batches(ids, lengths, plan.batch, 0, head)
 
 
 def step_batches(exp: ExperimentConfig, data: PreparedData) -> Iterator[MicroBatches]:
     """Each optimizer step's micro-batches, padded as the worker pads them, when the step comes."""
-    from lbsearch.worker import _pad
+    from lbsearch.training import pad
 
     train = load_arrays(data.path, "train")
     dev = device_of(exp)
     for cuts in step_layout(exp, train):
-        yield [(_pad([train.ids[i] for i in c], data.pad_id, dev), torch.as_tensor(train.labels[c], device=dev)) for c in cuts]
+        yield [(pad([train.ids[i] for i in c], data.pad_id, dev), torch.as_tensor(train.labels[c], device=dev)) for c in cuts]
 
 
 def optimizer_and_schedule(exp: ExperimentConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    """The worker's optimizer (``make_optimizer``) and schedule (warmup in samples -> steps)."""
+    """The worker's optimizer (``make_optimizer``) and schedule, from the trial plan."""
     from transformers import get_scheduler
 
-    from lbsearch.worker import make_optimizer
+    from lbsearch.training import make_optimizer
 
-    tr = exp.train
-    optimizer = make_optimizer(exp, model, lr_for_batch(exp.optimizer, tr.batch_size))
-    steps = tr.budget_samples // tr.batch_size
-    s = exp.schedule
-    warmup = s.warmup_samples if s.warmup_fraction is None else s.warmup_fraction * steps * tr.batch_size
-    name = {"constant": "constant_with_warmup"}.get(s.name, s.name)
-    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=round(warmup / tr.batch_size), num_training_steps=steps)
+    plan = make_plan(exp)
+    optimizer = make_optimizer(exp, model, plan.lr)
+    name = {"constant": "constant_with_warmup"}.get(exp.schedule.name, exp.schedule.name)
+    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.steps)
 
 
 def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatches], float]:

@@ -23,7 +23,7 @@ from _bench import RESULTS, SPEC, experiment, machine, prepared, table, use_all_
 from lbsearch.data import load_arrays
 from lbsearch.diagnostics import NoiseScale
 from lbsearch.model import build_model
-from lbsearch.worker import _pad
+from lbsearch.training import pad
 
 
 def main() -> int:
@@ -50,7 +50,7 @@ def main() -> int:
 
     def grad(idx: np.ndarray) -> torch.Tensor:
         model.zero_grad()
-        batch = _pad([train.ids[i] for i in idx], data.pad_id, "cpu")
+        batch = pad([train.ids[i] for i in idx], data.pad_id, "cpu")
         torch.nn.functional.cross_entropy(model(**batch).logits, torch.as_tensor(train.labels[idx])).backward()
         return torch.cat([p.grad.flatten() for p in params]).clone()
 

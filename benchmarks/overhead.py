@@ -27,7 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _bench import RESULTS, SPEC, experiment, machine, prepared, summary, table, write
+from _bench import RESULTS, SPEC, experiment, machine, prepared, summary, table, worker_spec, write
 
 STUDY = """name: overhead
 experiment: {spec}
@@ -47,7 +47,7 @@ import numpy; mark("import numpy")
 import torch; mark("import torch")
 import transformers; mark("import transformers")
 import accelerate; mark("import accelerate")
-import lbsearch.worker; mark("import lbsearch.worker (pydantic, yaml, lbsearch)")
+import lbsearch.worker, lbsearch.training; mark("import lbsearch.worker (pydantic, yaml, lbsearch)")
 from accelerate import Accelerator; from accelerate.utils import set_seed; from transformers import get_scheduler
 from lbsearch.data import load_arrays; from lbsearch.model import build_model; mark("import Accelerator, get_scheduler, lbsearch.model")
 import transformers.models.bert.modeling_bert; mark("import modeling_bert (lazy: at model build)")
@@ -56,11 +56,11 @@ spec = json.loads(open(sys.argv[1]).read()); exp = ExperimentConfig.model_valida
 accelerator = Accelerator(mixed_precision=exp.launcher.precision, cpu=True); mark("Accelerator()")
 data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}; mark("data from cache")
 set_seed(exp.seed); model = build_model(exp.model, spec["num_labels"], spec["vocab_size"]); mark("model build (from_pretrained)")
-optimizer = lbsearch.worker.make_optimizer(exp, model, exp.optimizer.lr)
+optimizer = lbsearch.training.make_optimizer(exp, model, exp.optimizer.lr)
 model, optimizer = accelerator.prepare(model, optimizer); mark("optimizer + prepare")
 n = exp.train.batch_size; mb = exp.launcher.max_micro_batch or n
 for i in range(0, n, mb):
-    batch = lbsearch.worker._pad(data["train"].ids[i:i + mb], spec["pad_id"], "cpu")
+    batch = lbsearch.training.pad(data["train"].ids[i:i + mb], spec["pad_id"], "cpu")
     loss = torch.nn.functional.cross_entropy(model(**batch).logits.float(), torch.as_tensor(data["train"].labels[i:i + mb]))
     accelerator.backward(loss / (n // mb))
 optimizer.step(); optimizer.zero_grad(); mark("first step")
@@ -72,7 +72,7 @@ def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str]) -> l
     """Run a study; per trial, seconds between the events lbsearch records."""
     from mlflow.tracking import MlflowClient
 
-    from lbsearch.study import Session, load_existing_study
+    from lbsearch.storage import Session, load_existing_study
     from lbsearch.tracking import default_tracking_uri
 
     (work / "study.yaml").write_text(STUDY.format(spec=spec.resolve(), n=n_trials))
@@ -184,10 +184,8 @@ def main() -> int:
     print(table(["per trial (median of %d)" % len(rows), "s"], [[k, out[f"{o}.{k}"]["median"]] for k in rows[0] | rows[-1]]), flush=True)
 
     data = prepared(exp, work / "mlruns")  # the study's cache: already there
-    from lbsearch.study import _worker_spec
-
     spec_file = work / "spec.json"
-    spec_file.write_text(json.dumps(_worker_spec(exp, data, None, None, None)))
+    spec_file.write_text(worker_spec(exp, data).model_dump_json())
     per_stage: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeats):
         for name, s in stages(work, spec_file):

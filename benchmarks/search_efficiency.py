@@ -61,8 +61,9 @@ import optuna
 import torch
 import yaml
 
-from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, write
-from lbsearch.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig, load_study, parse_set
+from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, worker_spec, write
+from lbsearch.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
+from lbsearch.spec import load_study, parse_set
 from lbsearch.search import make_pruner, make_sampler, suggest
 
 METHODS = ("tpe_pruned", "random", "grid", "tpe_pruned_categorical")
@@ -90,17 +91,16 @@ def train_config(exp: ExperimentConfig, data) -> Row:
     """One configuration's learning curve, from ``lbsearch.worker.train`` as a study's worker runs it.
     (Not ``_bench.lbsearch_loop``: that stops on a diverged run, which a search must see as the
     worker reports it: pruned at the step where it diverged.)"""
-    from lbsearch.study import _worker_spec
     from lbsearch.worker import train
 
     fresh_accelerate()
     t0 = time.perf_counter()
-    result = train(_worker_spec(exp, data, None, None, None), log=lambda *a: None)
+    result = train(worker_spec(exp, data), log=lambda *a: None)
     name = exp.metric.name
     return {
-        "state": result["state"], "reason": result["reason"], "samples": result["samples"],
-        "value": result.get("value"), "wall_s": time.perf_counter() - t0,
-        "evals": [{"nominal_samples": e["nominal_samples"], "samples": e["samples"], "value": e[name]} for e in result["evals"]],
+        "state": result.state, "reason": result.reason, "samples": result.samples,
+        "value": result.value, "wall_s": time.perf_counter() - t0,
+        "evals": [{"nominal_samples": e["nominal_samples"], "samples": e["samples"], "value": e[name]} for e in result.evals],
     }
 
 

@@ -43,7 +43,7 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
     from lbsearch.model import build_model
-    from lbsearch.worker import _pad
+    from lbsearch.training import pad
 
     tr = exp.train
     train = load_arrays(data.path, "train")
@@ -51,7 +51,7 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
     mb = micro_batch(exp)
 
     def collate(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
-        return _pad([x["ids"] for x in items], data.pad_id, "cpu") | {"labels": torch.tensor([x["label"] for x in items])}
+        return pad([x["ids"] for x in items], data.pad_id, "cpu") | {"labels": torch.tensor([x["label"] for x in items])}
 
     class SequentialTrainer(Trainer):
         def _get_train_sampler(self, train_dataset=None):

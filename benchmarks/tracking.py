@@ -1,6 +1,6 @@
 """Tracking cost: a trial's wall time with MLflow logging on vs off, alternating on, off, on, ...
 
-- on:  ``lbsearch.study.train_once``, i.e. ``lbsearch train``: an MLflow run with every config field
+- on:  ``lbsearch.commands.train_once``, i.e. ``lbsearch train``: an MLflow run with every config field
        as a param, artifacts, per-step metrics forwarded from the trial process, tags, stdout.log;
 - off: the same trial process (``lbsearch.launch.run_trial_process``, same worker spec) with no
        MLflow run: the worker's reporter is off (``mlflow: null``) and nothing is logged.
@@ -26,19 +26,19 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _bench import RESULTS, SPEC, experiment, machine, summary, table, timed, write
+from _bench import RESULTS, SPEC, experiment, machine, summary, table, timed, worker_spec, write
 
 
 def time_tracker_calls() -> dict[str, float]:
     """Wrap the Tracker's methods (and the git lookup for its tags): seconds spent, summed per name."""
-    import lbsearch.study
+    import lbsearch.commands
     from lbsearch.tracking import Tracker
 
     spent: dict[str, float] = defaultdict(float)
 
     for name in ("__init__", "experiment", "child_run", "artifacts", "tags", "metric_rows", "end"):
         setattr(Tracker, name, timed(getattr(Tracker, name), f"Tracker.{name}", spent))
-    lbsearch.study.git_commit = timed(lbsearch.study.git_commit, "git_commit", spent)
+    lbsearch.commands.git_commit = timed(lbsearch.commands.git_commit, "git_commit", spent)
     return spent
 
 
@@ -55,7 +55,9 @@ def main() -> int:
     args = ap.parse_args()
     from lbsearch.data import prepare_data
     from lbsearch.launch import run_trial_process
-    from lbsearch.study import Session, _resolved, _worker_spec, train_once
+    from lbsearch.commands import train_once
+    from lbsearch.runner import resolved
+    from lbsearch.storage import Session
 
     exp = experiment(args.spec, {"train.batch_size": args.batch_size, "train.budget_samples": args.budget,
                                  "train.eval_every_samples": args.budget // args.evals, "data.max_eval_samples": args.eval_samples}, args.set)
@@ -63,7 +65,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     session = Session(root=work / "mlruns", out=lambda line: None)
     session.tracker().experiment(f"train-{exp.name}")  # the store exists before the first timed trial, as in a study
-    data = prepare_data(_resolved(exp), session.root / "cache")
+    data = prepare_data(resolved(exp), session.root / "cache")
     spent = time_tracker_calls()
 
     def on() -> None:
@@ -71,9 +73,9 @@ def main() -> int:
             raise SystemExit("tracked trial failed")
 
     def off() -> None:
-        result = run_trial_process(_worker_spec(_resolved(exp), data, None, None, None), session.root / "trials" / "off" / uuid.uuid4().hex[:8])
-        if result["state"] != "complete":
-            raise SystemExit(f"untracked trial failed: {result.get('reason')}")
+        result = run_trial_process(worker_spec(resolved(exp), data), session.root / "trials" / "off" / uuid.uuid4().hex[:8])
+        if result.state != "complete":
+            raise SystemExit(f"untracked trial failed: {result.reason}")
 
     walls: dict[str, list[float]] = {"on": [], "off": []}
     calls: list[dict[str, float]] = []
