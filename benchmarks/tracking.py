@@ -1,7 +1,8 @@
 """Tracking cost: a trial's wall time with MLflow logging on vs off, alternating on, off, on, ...
 
 - on:  ``lbsearch.commands.train_once``, i.e. ``lbsearch train``: an MLflow run with every config field
-       as a param, artifacts, per-step metrics forwarded from the trial process, tags, stdout.log;
+       as a param, artifacts, the datasets, per-step metrics forwarded from the trial process, tags,
+       stdout.log, and MLflow's system-metrics monitor sampling every 10 s (``--no-system-metrics``: without it);
 - off: the same trial process (``lbsearch.launch.run_trial_process``, same worker spec) with no
        MLflow run: the worker's reporter is off (``mlflow: null``) and nothing is logged.
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import shutil
 import statistics
 import sys
@@ -36,7 +38,7 @@ def time_tracker_calls() -> dict[str, float]:
 
     spent: dict[str, float] = defaultdict(float)
 
-    for name in ("__init__", "experiment", "child_run", "artifacts", "tags", "metric_rows", "end"):
+    for name in ("__init__", "experiment", "child_run", "artifacts", "datasets", "tags", "metric_rows", "end"):
         setattr(Tracker, name, timed(getattr(Tracker, name), f"Tracker.{name}", spent))
     lbsearch.commands.git_commit = timed(lbsearch.commands.git_commit, "git_commit", spent)
     return spent
@@ -52,12 +54,16 @@ def main() -> int:
     ap.add_argument("--evals", type=int, default=4, help="evaluations per trial")
     ap.add_argument("--eval-samples", type=int, default=256, help="data.max_eval_samples (validation and test)")
     ap.add_argument("--out", type=Path, default=RESULTS / "tracking.json")
+    ap.add_argument("--no-system-metrics", action="store_true", help="tracked runs without MLflow's system-metrics monitor")
     args = ap.parse_args()
+    if args.no_system_metrics:
+        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"  # lbsearch.tracking honours MLflow's switch
     from lbsearch.data import prepare_data
     from lbsearch.launch import run_trial_process
     from lbsearch.commands import train_once
     from lbsearch.runner import resolved
     from lbsearch.storage import Session
+    from lbsearch.tracking import SYSTEM_METRICS_INTERVAL
 
     exp = experiment(args.spec, {"train.batch_size": args.batch_size, "train.budget_samples": args.budget,
                                  "train.eval_every_samples": args.budget // args.evals, "data.max_eval_samples": args.eval_samples}, args.set)
@@ -95,6 +101,8 @@ def main() -> int:
         "machine": machine(),
         f"{t}.batch_size": args.batch_size, f"{t}.budget_samples": args.budget, f"{t}.evals": args.evals,
         f"{t}.experiment": exp.model_dump(mode="json"),
+        f"{t}.system_metrics": not args.no_system_metrics,
+        f"{t}.system_metrics_interval_s": float(os.environ.get("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL") or SYSTEM_METRICS_INTERVAL),
         f"{t}.on_wall_s": summary(walls["on"]), f"{t}.off_wall_s": summary(walls["off"]),
         f"{t}.on_over_off": on_s / off_s,
         f"{t}.on_over_off_pairwise_median": statistics.median(a / b for a, b in zip(walls["on"], walls["off"])),

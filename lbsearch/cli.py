@@ -68,6 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; anything else exposes the UI)")
     p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--workers", type=int, default=1, help="server processes (default 1: one person's viewer starts fastest)")
     _common(p)
     return ap
 
@@ -121,6 +122,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
+    from lbsearch.console import print_table
     from lbsearch.storage import load_existing_study
     from lbsearch.views import best_trial, trial_rows
 
@@ -129,22 +131,15 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
-    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "test", "samples", "seconds", "mlflow_run_id"})
-    cols = ["trial", "state", "value", "test", "samples", "seconds", *params, "reason"]
+    params = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
+    known = {"trial", "state", "test", "samples", "seconds", "reason", "mlflow_run_id", *params}
+    values = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in known]  # "value", or one column per objective
+    cols = ["trial", "state", *values, "test", "samples", "seconds", *params, "reason"]
     best = best_trial(study)
-
-    def fmt(v):
-        if v is None:
-            return "-"
-        return f"{v:.4g}" if isinstance(v, float) else str(v)
-
-    table = [[fmt(r.get(c)) + ("*" if c == "value" and best and r["trial"] == best.number else "") for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in table)) if table else len(c) for i, c in enumerate(cols)]
-    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
-    for row in table:
-        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+    mark = lambda r, c: f"{r[c]:.4g}*" if best and r["trial"] == best.number and values and c == values[0] else r.get(c)  # noqa: E731
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
-    print(" · ".join(f"{k} {v}" for k, v in counts.items() if v) + (f" · best trial {best.number} (*)" if best else ""))
+    caption = " · ".join(f"{k} {v}" for k, v in counts.items() if v) + (f" · best trial {best.number} (*)" if best else "")
+    print_table(cols, [[mark(r, c) for c in cols] for r in rows], title=f"study {args.study}", caption=caption)
     return 0
 
 
@@ -182,15 +177,35 @@ def cmd_report(args) -> int:
     return report(_session(args), args.study, args.out)
 
 
+def _study_links(uri: str, base: str) -> list[str]:
+    """One line per experiment (lbsearch's: one per study): its runs, in MLflow's model-training view."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        exps = MlflowClient(tracking_uri=uri).search_experiments(max_results=100, order_by=["last_update_time DESC"])
+    except Exception as err:  # noqa: BLE001 - no store yet, a server that is down: the UI itself will say more
+        return [f"  (no experiments listed: {str(err).splitlines()[0][:120]})"]
+    return [f"  {e.name:<24} {base}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning" for e in exps if e.name != "Default"]
+
+
 def cmd_ui(args) -> int:
+    import logging
+
     from lbsearch.tracking import default_tracking_uri
 
     root = Path(args.mlruns)
     uri = args.tracking_uri or default_tracking_uri(root)
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port)]
+    base = f"http://{args.host}:{args.port}"
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", args.host, "--port", str(args.port), "--workers", str(args.workers)]
     if uri.startswith("sqlite"):
         cmd += ["--default-artifact-root", (root / "artifacts").resolve().as_uri()]
-    print(f"MLflow UI on http://{args.host}:{args.port} over {uri}", flush=True)
+    # MLflow's GenAI job runner is a process lbsearch never uses; the user's setting wins
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    print(f"MLflow UI on {base} over {uri}", flush=True)
+    print("studies, each opening in the model-training view (in the UI, the GenAI / Model training switch at the top left "
+          "picks the view; the browser remembers it):", flush=True)
+    print("\n".join(_study_links(uri, base)), flush=True)
     os.execv(sys.executable, cmd)
     return 0
 

@@ -128,7 +128,7 @@ class _Figures:
         ax.plot([r["batch_size"] for r in self.best], [r["best_value"] for r in self.best], "o-", color="C3", label="best per B")
         if self.target is not None:
             ax.axhline(self.target, ls=":", color="gray", label=f"target {self.target:g}")
-        ax.set(xscale="log", xlabel="effective batch size B", ylabel=f"validation {self.metric}", title=f"Best {self.metric} vs B")
+        ax.set(xscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel=f"validation {self.metric}", title=f"Best validation {self.metric} at each batch size")
         ax.legend(fontsize=8)
         self.save(fig, "best_metric_vs_batch.png", f"Best validation {self.metric} at each batch size (dots: every complete trial).")
 
@@ -142,7 +142,7 @@ class _Figures:
         if "alpha" in lf:
             xs = np.geomspace(min(r["batch_size"] for r in self.best), max(r["batch_size"] for r in self.best), 50)
             ax.plot(xs, lf["coef"] * xs ** lf["alpha"], color="C3", label=f"lr ∝ B^{lf['alpha']:.2f} [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}]")
-        ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="learning rate", title="Best learning rate vs B")
+        ax.set(xscale="log", yscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel="peak learning rate (after scaling)", title="Best learning rate at each batch size")
         ax.legend(fontsize=8)
         self.save(fig, "lr_vs_batch.png", "Learning rate of every complete trial (colour: metric); circles: the best per B; line: the power-law fit "
                   f"with its {int(100 * lf.get('confidence', 0.95))}% interval on the exponent.")
@@ -160,7 +160,7 @@ class _Figures:
             ax.plot(xs, sf["s_min"] * sf["b_crit"] / xs, ls=":", color="gray", label="perfect scaling")
             ax.axvline(sf["b_crit"], ls="--", color="C1", lw=0.8)
             ax.set_ylim(max(1, 0.5 * min(r["steps_to_target"] for r in hit)), 2 * max(r["steps_to_target"] for r in hit))
-        ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="steps to target", title="Steps to target vs B")
+        ax.set(xscale="log", yscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel="optimizer steps to reach the target", title="Steps to reach the target vs batch size")
         ax.legend(fontsize=8)
         self.save(fig, "steps_to_target.png", "Optimizer steps to first reach the target (the best trial of each B) and the fit S = S_min (1 + B_crit/B).")
 
@@ -171,15 +171,17 @@ class _Figures:
         ax.scatter([p.batch_size for p in noisy], [p.b_simple for p in noisy], s=16, label="B_simple (trial's last evaluation)")
         if "b_crit" in sf:
             ax.axhline(sf["b_crit"], color="C1", ls="--", label=f"fitted B_crit {sf['b_crit']:.0f}")
-        ax.set(xscale="log", yscale="log", xlabel="effective batch size B", ylabel="B_simple", title="Gradient noise scale vs fitted B_crit")
+        ax.set(xscale="log", yscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel="B_simple (samples)", title="Gradient noise scale B_simple vs fitted B_crit")
         ax.legend(fontsize=8)
         self.save(fig, "noise_scale.png", "The gradient noise scale B_simple = tr(Σ)/|G|² measured in each trial, beside the B_crit of the steps fit.")
 
     def plot_optuna(self, study: optuna.Study) -> None:
         from optuna.visualization import matplotlib as ovm
 
-        for name, plot, caption in (("importances.png", ovm.plot_param_importances, "Optuna's parameter importances (fANOVA)."),
-                                    ("parallel_coordinates.png", ovm.plot_parallel_coordinate, "Optuna's parallel coordinates of the complete trials.")):
+        for name, plot, title, caption in (
+            ("importances.png", ovm.plot_param_importances, "Parameter importances", "Optuna's parameter importances (fANOVA)."),
+            ("parallel_coordinates.png", ovm.plot_parallel_coordinate, "Parallel coordinates", "Optuna's parallel coordinates of the complete trials."),
+        ):
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")  # "experimental" notes and fANOVA remarks
@@ -187,9 +189,11 @@ class _Figures:
             except (ValueError, RuntimeError, ZeroDivisionError) as err:  # e.g. fewer than 2 complete trials
                 self.made.append((None, f"{caption} Not available: {err}"))
                 continue
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.set_size_inches(7, 4)
-            self.save(fig, name, caption)
+            ax = ax.flat[0] if hasattr(ax, "flat") else ax
+            ax.set_title("", loc="left")  # Optuna's own title, left-aligned on the importances
+            ax.set_title(f"{title}: validation {self.metric}", y=1.03)
+            ax.figure.set_size_inches(7, 4)
+            self.save(ax.figure, name, caption)
 
 
 def _fmt(v: Any) -> str:
@@ -200,24 +204,69 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _readings(summary: dict[str, Any], metric: str, target: float | None) -> dict[str, str]:
+    """One paragraph per figure that says what it shows for this study, from the summary's numbers."""
+    rows, sf, lf, rng = summary["per_batch_size"], summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
+    best = [r for r in rows if r["best_value"] is not None]
+    out = {}
+    if best:
+        lo, hi = min(best, key=lambda r: r["best_value"]), max(best, key=lambda r: r["best_value"])
+        hit = sum(r["steps_to_target"] is not None for r in rows)
+        out["best_metric_vs_batch.png"] = (
+            f"Over {len(rows)} batch sizes ({rows[0]['batch_size']} to {rows[-1]['batch_size']}), the best validation {metric} lies between "
+            f"{lo['best_value']:.4g} (B = {lo['batch_size']}) and {hi['best_value']:.4g} (B = {hi['batch_size']})"
+            + (f"; {hit} of {len(rows)} batch sizes reached the target {target:g}" if target is not None else "") + ". "
+            "A flat curve says large batches cost no quality at this budget; a fall at large B says their fewer steps did not converge "
+            "in the budget of samples, or their learning rate is not yet tuned.")
+    out["lr_vs_batch.png"] = (
+        f"The best learning rate scales as B^α with α = {lf['alpha']:.2f} ({int(100 * lf['confidence'])}% interval {lf['ci_low']:.2f} to "
+        f"{lf['ci_high']:.2f}, from {lf['n']} batch sizes). α near 0.5 is the square-root rule, near 1 the linear rule; an interval "
+        "that holds both means this study cannot tell them apart: more trials per batch size narrow it."
+        if "alpha" in lf else f"No learning-rate fit: {lf['error']}.")
+    out["steps_to_target.png"] = (
+        f"The fit S = S_min (1 + B_crit / B) gives S_min ≈ {sf['s_min']:.0f} steps and B_crit ≈ {sf['b_crit']:.0f}. Below B_crit, doubling B "
+        "nearly halves the steps to the target (the dotted line is perfect scaling); above it, each doubling saves less and costs "
+        "more samples (McCandlish et al., 2018). B_crit is the largest batch that still uses its samples well."
+        if "b_crit" in sf else f"No steps-to-target fit: {sf['error']}.")
+    out["noise_scale.png"] = (
+        f"The gradient noise scale B_simple, measured from gradient statistics alone, ranges from {rng[0]:.0f} to {rng[1]:.0f} samples; "
+        "it predicts the critical batch size within a small factor and grows as training proceeds. Close agreement with the fitted "
+        "B_crit is evidence that the fit is right." if rng else "B_simple was not measured (train.noise_scale off, or no accumulation).")
+    out["importances.png"] = (f"How much of the spread in validation {metric} each searched parameter explains (fANOVA over the "
+                              "complete trials). A parameter near zero can be fixed in the next study.")
+    out["parallel_coordinates.png"] = (f"Each line is one complete trial, through its parameter values, coloured by validation {metric}: "
+                                       "bundles of good lines show the ranges worth keeping.")
+    return out
+
+
+COLUMNS = {"batch_size": "B (samples / step)", "trials": "trials", "complete": "complete", "best_value": "best value",
+           "best_lr": "best lr", "best_trial": "best trial", "steps_to_target": "steps to target", "samples_to_target": "samples to target",
+           "b_simple_median": "B_simple (median, samples)"}
+
+
 def _html(name: str, metric: str, target: float | None, summary: dict[str, Any], figs: list[tuple[str | None, str]]) -> str:
     sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
     facts = [
         ("critical batch size B_crit", f"{sf['b_crit']:.0f} (S_min {sf['s_min']:.0f} steps, E_min {sf['e_min']:.0f} samples, {sf['n']} batch sizes)" if "b_crit" in sf else sf["error"]),
         ("lr exponent α (lr* ∝ B^α)", f"{lf['alpha']:.2f}, {int(100 * lf['confidence'])}% CI [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}] ({lf['n']} batch sizes)" if "alpha" in lf else lf["error"]),
-        ("B_simple range", f"{rng[0]:.0f} – {rng[1]:.0f}" if rng else "not measured"),
+        ("B_simple range", f"{rng[0]:.0f} – {rng[1]:.0f} samples" if rng else "not measured"),
         ("target", f"validation {metric} {target:g}" if target is not None else "none set (metric.target)"),
     ]
-    cols = ["batch_size", "trials", "complete", "best_value", "best_lr", "best_trial", "steps_to_target", "samples_to_target", "b_simple_median"]
-    head = "".join(f"<th>{c}</th>" for c in cols)
-    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in cols) + "</tr>" for r in summary["per_batch_size"])
-    imgs = "".join(f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>' if f
-                   else f"<p><em>{html.escape(c)}</em></p>" for f, c in figs)
+    head = "".join(f"<th>{html.escape(v)}</th>" for v in COLUMNS.values())
+    body = "".join("<tr>" + "".join(f"<td>{_fmt(r[c])}</td>" for c in COLUMNS) + "</tr>" for r in summary["per_batch_size"])
+    read = _readings(summary, metric, target)
+    imgs = "".join(f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption><b>{html.escape(c)}</b> {html.escape(read.get(f, ""))}'
+                   "</figcaption></figure>" if f else f"<p><em>{html.escape(c)}</em></p>" for f, c in figs)
     dl = "".join(f"<dt>{html.escape(k)}</dt><dd>{html.escape(v)}</dd>" for k, v in facts)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8"><title>lbsearch report: {html.escape(name)}</title>
-<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto;padding:0 1em}}table{{border-collapse:collapse}}
-td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}dt{{font-weight:bold}}figure{{display:inline-block;margin:1em}}
-img{{max-width:520px}}</style></head><body><h1>Batch-scaling report: {html.escape(name)}</h1><dl>{dl}</dl>
+<style>body{{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;line-height:1.45;color:#222}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:3px 8px;text-align:right}}th{{background:#f3f3f3}}
+dt{{font-weight:bold;margin-top:.4em}}figure{{display:inline-block;vertical-align:top;width:520px;margin:1em 1em 1em 0}}
+img{{max-width:520px;border:1px solid #eee}}figcaption{{font-size:.92em}}</style></head><body>
+<h1>Batch-scaling report: {html.escape(name)}</h1>
+<p>Each batch size B (the effective batch: samples per optimizer step) was tuned on its own, and every trial saw the same number
+of samples, so the batch sizes are compared at equal data. The figures below read the study's complete trials; the numbers are
+in <code>summary.json</code> beside this page.</p><dl>{dl}</dl>
 <h2>Per batch size</h2><table><tr>{head}</tr>{body}</table><h2>Figures</h2>{imgs}</body></html>
 """
 

@@ -1,6 +1,7 @@
 """One tracked trial, for every caller (search, reproduce, train): create the MLflow run, log the
-resolved config and the plan, run the trial process (halving the micro-batch after an
-out-of-memory failure, B unchanged), record state and reason, attach ``stdout.log``, end the run.
+resolved config, the plan and the datasets, run the trial process under MLflow's system-metrics
+monitor (halving the micro-batch after an out-of-memory failure, B unchanged), record state and
+reason, attach ``stdout.log``, end the run. The live progress display (``console``) hears of it.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from lbsearch import console
 from lbsearch.config import ExperimentConfig
 from lbsearch.launch import resolve_precision, run_trial_process
 from lbsearch.plan import TrialPlan, make_plan
 from lbsearch.protocol import OptunaRef, TrialResult, WorkerSpec, parse_message
 from lbsearch.storage import Session
+from lbsearch.story import dataset_inputs
 from lbsearch.tracking import Tracker, flatten, versions
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
@@ -85,11 +88,17 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
     on_run(run_id)
     tracker.artifacts(run_id, run.files)
+    tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
+    shown = console.active()
+    shown.trial_start(run.prefix, plan.budget_samples, run.exp.metric.name)
     try:
-        result, plan = _run_with_oom_retries(session, tracker, run, run_id, plan)
+        with tracker.system_metrics(run_id):
+            result, plan = _run_with_oom_retries(session, tracker, run, run_id, plan)
     except KeyboardInterrupt:
         _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
         raise
+    finally:
+        shown.trial_end()
     if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
         tracker.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
     _end(tracker, run_id, run.workdir, result)
@@ -136,6 +145,7 @@ def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) 
                 session.out(f"{prefix} {line}")
         elif msg[0] == "metrics":
             tracker.metric_rows(run_id, msg[1])
+            console.active().trial_metrics(msg[1])
         elif msg[0] == "plan":
             tracker.tags(run_id, TrialPlan.from_dict(msg[1]).split())
 

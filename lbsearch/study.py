@@ -14,6 +14,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from lbsearch.console import Progress, study_progress
 from lbsearch.config import BATCH_KEY, SpecError, StudyConfig
 from lbsearch.data import prepare_data
 from lbsearch.protocol import OptunaRef, TrialResult
@@ -21,6 +22,7 @@ from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.search import suggest
 from lbsearch.spec import apply_params, validate_experiment
 from lbsearch.storage import Session, heartbeat, heartbeat_interval, host, open_study, recover, study_lock, trial_id, uses_heartbeats
+from lbsearch.story import KIND, description, finish_study, mark_best
 from lbsearch.tracking import Tracker, git_commit
 from lbsearch.views import best_trial, counted, summary, to_csv, trial_rows
 
@@ -40,6 +42,7 @@ class _Search:
         self.study.set_user_attr("spec", json.dumps({"study": cfg.model_dump(mode="json", exclude={"experiment"}), "experiment": exp_raw}))
         self.tracker: Tracker = session.tracker(cfg)
         self.exp_id = self.tracker.experiment(cfg.name)
+        self.tracker.experiment_tags(self.exp_id, KIND | {"mlflow.note.content": description(cfg, exp_raw)})
         self.parent = self.tracker.parent_run(self.exp_id, cfg.name, {
             "n_trials": cfg.n_trials, "sampler": cfg.sampler.name, "sampler.seed": cfg.sampler.seed, "pruner": cfg.pruner.name,
             "metric": cfg.experiment.metric.name, "search_space": json.dumps({k: v.model_dump() for k, v in cfg.search_space.items()}),
@@ -80,6 +83,8 @@ class _Search:
             self.tracker.metrics(self.parent, {"best/value": best.value, "best/test": best.user_attrs.get(f"test_{metric}")}, step)
             self.tracker.tags(self.parent, {"best.trial": best.number, "best.value": best.value, "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")}
                               | {f"best.{k}": v for k, v in best.params.items()})
+            if best.user_attrs.get("mlflow_run_id"):
+                mark_best(self.tracker, self.exp_id, self.cfg.name, best.user_attrs["mlflow_run_id"])
 
     def run_one(self, trial: optuna.Trial) -> None:
         cfg, prefix = self.cfg, f"[trial {trial.number}]"
@@ -136,28 +141,33 @@ def _fmt(v: Any) -> str:
 
 
 def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, spec_file: Path | None = None, max_trials: int | None = None) -> int:
-    """Create or resume the study and run trials until ``n_trials`` count (0: done, 130: interrupted)."""
+    """Create or resume the study and run trials until ``n_trials`` count (0: done, 130: interrupted).
+    On a terminal the study and the running trial are drawn as live bars above which the lines scroll."""
     s = _Search(session, cfg, exp_raw, spec_file)
     ran = 0
     session.out(summary(s.study, cfg.n_trials))
     try:
-        while max_trials is None or ran < max_trials:
-            trial = s.ask()
-            if trial == DONE:
-                break
-            if trial == WAIT:  # other machines' trials may yet die: stay until their heartbeats settle it
-                time.sleep(heartbeat_interval(s.study))
-                continue
-            ran += 1
-            with heartbeat(s.study, trial):
-                s.run_one(trial)
-            s.update_parent(trial.number)
-            session.out(summary(s.study, cfg.n_trials))
+        with study_progress(cfg.name, cfg.n_trials) as shown:
+            _show(s, shown)
+            while max_trials is None or ran < max_trials:
+                trial = s.ask()
+                if trial == DONE:
+                    break
+                if trial == WAIT:  # other machines' trials may yet die: stay until their heartbeats settle it
+                    time.sleep(heartbeat_interval(s.study))
+                    continue
+                ran += 1
+                with heartbeat(s.study, trial):
+                    s.run_one(trial)
+                s.update_parent(trial.number)
+                _show(s, shown)
+                session.out(summary(s.study, cfg.n_trials))
     except KeyboardInterrupt:
         session.out(f"[study {cfg.name}] interrupted; run the same command again to resume")
         s.update_parent(len(s.study.trials))
         s.tracker.end(s.parent, "KILLED")
         return 130
+    finish_study(session, s.tracker, s.parent, s.study, cfg)
     trials = s.study.get_trials(deepcopy=False)
     if sum(counted(t, cfg.max_retries) for t in trials) >= cfg.n_trials and not any(t.state == TrialState.RUNNING for t in trials):
         s.tracker.end(s.parent, "FINISHED")
@@ -166,3 +176,11 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
         m = cfg.experiment.metric.name
         session.out(f"[study {cfg.name}] best trial {best.number}: {m} {best.value:.4f} (test {best.user_attrs.get('test_' + m, float('nan')):.4f}) params {best.params}")
     return 0
+
+
+def _show(s: _Search, shown: Progress) -> None:
+    trials = s.study.get_trials(deepcopy=False)
+    n = {state: sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    best = best_trial(s.study)
+    shown.study(counted=sum(counted(t, s.cfg.max_retries) for t in trials), complete=n[TrialState.COMPLETE], pruned=n[TrialState.PRUNED],
+                failed=n[TrialState.FAIL], best=f"{best.values[0]:.4f} (trial {best.number})" if best else None)

@@ -7,11 +7,15 @@ on MLflow's process-global "active run".
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
+import os
 import platform
 import subprocess
 import time
 from importlib import metadata
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +25,10 @@ from mlflow.tracking import MlflowClient
 __all__ = ["Tracker", "default_tracking_uri", "versions", "git_commit", "flatten"]
 
 STUDY_TAG, ROLE_TAG = "lbsearch.study", "lbsearch.role"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+"""MLflow's mark of a model-training experiment (``genai_development`` marks a GenAI one)."""
+SYSTEM_METRICS_INTERVAL = 10.0
+"""Seconds between system-metric samples: a point every 10 s costs nothing next to a trial (see benchmarks/tracking.py)."""
 PACKAGES = ("lbsearch", "torch", "transformers", "optuna", "mlflow", "accelerate", "datasets", "pydantic", "pytorch-optimizer", "numpy")
 
 
@@ -93,6 +101,9 @@ class Tracker:
                 self.client.search_experiments(max_results=1)
         else:
             self.client = MlflowClient(tracking_uri=tracking_uri)
+        import psutil
+
+        psutil.cpu_percent()  # psutil's first CPU reading in a process is 0.0: the system metrics' first sample starts from here
 
     def experiment(self, name: str) -> str:
         exp = self.client.get_experiment_by_name(name)
@@ -100,7 +111,7 @@ class Tracker:
             return exp.experiment_id
         location = (self.root / "artifacts" / name).resolve().as_uri() if self.uri.startswith("sqlite") else None
         try:
-            return self.client.create_experiment(name, artifact_location=location)
+            return self.client.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
         except MlflowException:  # created meanwhile by another worker
             return self.client.get_experiment_by_name(name).experiment_id
 
@@ -163,6 +174,43 @@ class Tracker:
 
     def end(self, run_id: str, status: str) -> None:
         _retry(self.client.set_terminated, run_id, status=status)
+
+    def experiment_tags(self, experiment_id: str, tags: dict[str, str]) -> None:
+        for k, v in tags.items():
+            _retry(self.client.set_experiment_tag, experiment_id, k, v)
+
+    def datasets(self, run_id: str, inputs: list) -> None:
+        """``mlflow.entities.DatasetInput`` items: the run's Datasets column and lineage."""
+        _retry(self.client.log_inputs, run_id, datasets=inputs)
+
+    def untag(self, run_id: str, key: str) -> None:
+        _retry(self.client.delete_tag, run_id, key)
+
+    def run_ids(self, experiment_id: str, query: str) -> list[str]:
+        return [r.info.run_id for r in self.client.search_runs([experiment_id], query)]
+
+    @contextlib.contextmanager
+    def system_metrics(self, run_id: str, interval: float = SYSTEM_METRICS_INTERVAL) -> Iterator[None]:
+        """MLflow's own system-metrics monitor (CPU, memory, disk, network; GPU with ``nvidia-ml-py``)
+        on ``run_id`` while the block runs, every ``interval`` seconds (``MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL``
+        overrides it), plus one last sample for the tail so that a short run has one too. Off when
+        ``MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING`` is false."""
+        if os.environ.get("MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING", "true").strip().lower() in ("false", "0", "no"):
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # no "started monitoring" lines per trial
+        monitor = SystemMetricsMonitor(run_id, sampling_interval=interval, tracking_uri=self.uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()  # stops the thread at once (it waits on an event), flushes what it logged
+            monitor.collect_metrics()
+            with contextlib.suppress(MlflowException):
+                monitor.publish_metrics(monitor.aggregate_metrics())
+                monitor.mlflow_logger.flush()
 
 
 def _params(params: dict[str, Any]):

@@ -1,0 +1,112 @@
+"""A study read back through MLflow's API alone, as someone without lbsearch would: the experiment's
+kind and description, each trial's datasets and system metrics, the best trial's tag, the parent
+run's Optuna plots and (a batch ladder) its batch-scaling report. The study runs on a terminal (a
+pseudo-terminal, as ``script`` gives), so the live bars are checked on the same run."""
+
+from __future__ import annotations
+
+import os
+import pty
+import subprocess
+import time
+
+import pytest
+
+from conftest import LBSEARCH, SPECS, mlflow_client
+
+
+def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([*LBSEARCH, *args], cwd=cwd, stdout=slave, stderr=slave,
+                            env=dict(os.environ, COLUMNS="200", TERM="xterm", PYTHONUNBUFFERED="1"))
+    os.close(slave)
+    out, deadline = b"", time.time() + timeout
+    try:
+        while time.time() < deadline:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the CLI exited and closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+        proc.wait(timeout=max(1.0, deadline - time.time()))
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        os.close(master)
+    return proc.returncode, out.decode(errors="replace")
+
+
+@pytest.fixture(scope="module")
+def ladder(tmp_path_factory):
+    """tiny-ladder (B = 16, 32, 64, 960 samples each), with MLflow's default system-metrics interval."""
+    cwd = tmp_path_factory.mktemp("story")
+    code, screen = _run_on_a_terminal(cwd, "run", str(SPECS / "tiny_ladder.yaml"))
+    assert code == 0, screen[-4000:]
+    client = mlflow_client(cwd / "mlruns")
+    exp = client.get_experiment_by_name("tiny-ladder")
+    runs = client.search_runs([exp.experiment_id])
+    parent = next(r for r in runs if r.data.tags.get("lbsearch.role") == "parent")
+    trials = {int(r.data.tags["lbsearch.trial"]): r for r in runs if r.data.tags.get("lbsearch.role") == "trial"}
+    return cwd, screen, client, exp, parent, trials
+
+
+def test_the_terminal_shows_live_study_and_trial_bars(ladder):
+    _, screen, *_ = ladder
+    assert "\x1b[" in screen  # drawn, not plain
+    for shown in ("study tiny-ladder", "/3", "trials", "trial 2", "960/960", "samples", "samples/s", "complete 3 · pruned 0 · failed 0"):
+        assert shown in screen, shown
+    assert "[trial 0] samples 320/960" in screen  # the event lines still scroll above the bars
+
+
+def test_experiment_kind_and_description(ladder):
+    _, _, _, exp, _, _ = ladder
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    note = exp.tags["mlflow.note.content"]
+    assert note.startswith("**lbsearch study `tiny-ladder`**: 3 trials of `tiny`") and "validation **accuracy** (maximize)" in note
+    assert "batch ladder [16, 32, 64]" in note and "| `optimizer.lr` | float 0.001 .. 0.01 (log) |" in note
+
+
+def test_each_trial_logs_its_datasets(ladder):
+    _, _, client, _, parent, trials = ladder
+    digest = parent.data.tags["data.digest"]  # the prepared data's digest
+    for run in trials.values():
+        inputs = {i.tags[0].value: i.dataset for i in client.get_run(run.info.run_id).inputs.dataset_inputs}
+        assert set(inputs) == {"training", "validation", "test"}
+        assert {d.name for d in inputs.values()} == {"rotten_tomatoes.train", "rotten_tomatoes.validation", "rotten_tomatoes.test"}
+        assert {d.digest for d in inputs.values()} == {digest}
+        assert inputs["training"].source_type == "local" and "rotten_tomatoes_corpus_full.csv.bz2" in inputs["training"].source
+        assert '"num_rows": 200' in inputs["validation"].profile  # data.max_eval_samples of tiny.yaml
+
+
+def test_each_trial_has_system_metrics(ladder):
+    _, _, client, _, _, trials = ladder
+    for run in trials.values():
+        cpu = client.get_metric_history(run.info.run_id, "system/cpu_utilization_percentage")
+        memory = client.get_metric_history(run.info.run_id, "system/system_memory_usage_megabytes")
+        assert cpu and memory, run.info.run_name  # a trial shorter than the 10 s interval still has its tail sample
+        assert all(0 <= m.value <= 100 for m in cpu) and all(m.value > 0 for m in memory)
+        assert max(m.timestamp for m in cpu) <= run.info.end_time + 1000  # the monitor stopped with the trial
+
+
+def test_the_best_trial_is_tagged_and_only_it(ladder):
+    _, _, _, _, parent, trials = ladder
+    best = int(parent.data.tags["best.trial"])
+    assert [n for n, r in trials.items() if r.data.tags.get("lbsearch.best") == "true"] == [best]
+    assert trials[best].info.run_id == parent.data.tags["best.mlflow_run_id"]
+
+
+def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
+    cwd, screen, client, _, parent, _ = ladder
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"trials.csv", "plots", "report"} <= arts
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"plots/optimization_history.png", "plots/parallel_coordinates.png", "plots/intermediate_values.png", "plots/README.md"} <= plots
+    readme = client.download_artifacts(parent.info.run_id, "plots/README.md", str(cwd))
+    # the tiny model's accuracy is the same in every trial: fANOVA has no variance to share out, and says so
+    assert "plots/param_importances.png" in plots or "`param_importances.png`: not drawn: " in open(readme).read()
+    report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {"report/index.html", "report/summary.json", "report/steps_to_target.png"} <= report  # written without `lbsearch report`
+    assert "[report tiny-ladder]" in screen and "report/lr_alpha" in client.get_run(parent.info.run_id).data.metrics
