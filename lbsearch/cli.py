@@ -45,8 +45,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     _common(p)
 
-    p = sub.add_parser("best", help="best trial: params, metric, MLflow run, reproduce command")
+    p = sub.add_parser("best", help="best trial: params, metric, MLflow run, reproduce command (multi-objective: the Pareto front)")
     p.add_argument("study", help="study name")
+    p.add_argument("--pick", default=None, metavar="OBJECTIVE",
+                   help="multi-objective: the front trial that is best on this objective (default: the first), e.g. samples_to_target")
+    p.add_argument("--json", action="store_true", help="print JSON (the picked trial and, multi-objective, the front)")
     _common(p)
 
     p = sub.add_parser("reproduce", help="re-run a trial from its saved resolved config and compare metrics")
@@ -145,17 +148,30 @@ def cmd_status(args) -> int:
 
 def cmd_best(args) -> int:
     from lbsearch.storage import load_existing_study
-    from lbsearch.views import best_trial
+    from lbsearch.views import best_value, is_multi, objectives, pareto, pick, trial_rows
 
     study = load_existing_study(_session(args), args.study)
-    best = best_trial(study)
+    try:
+        best = pick(study, args.pick)
+    except ValueError as err:
+        raise SpecError(None, "--pick", str(err)) from None
     if best is None:
         print(f"study {args.study}: no complete trial yet", file=sys.stderr)
         return 1
     metric = study.user_attrs.get("metric", "value")
+    front = {t.number for t in pareto(study)} if is_multi(study) else set()
+    if args.json:
+        rows = {r["trial"]: r for r in trial_rows(study)}
+        print(json.dumps({"picked": rows[best.number], "front": [rows[n] for n in sorted(front)]}, indent=1, default=str))
+        return 0
+    if front:
+        names = objectives(study)
+        print(f"study {args.study}: Pareto front of {len(front)} trials over {', '.join(names)}")
+        _print_rows([r for r in trial_rows(study) if r["trial"] in front], ["trial", *names, "test"], best.number)
+        print(f"picked (best {args.pick or names[0]} on the front):")
     print(f"study      {args.study}")
     print(f"trial      {best.number}")
-    print(f"validation {metric} {best.value:.4f}")
+    print(f"validation {metric} {best_value(study, best):.4f}")
     if f"test_{metric}" in best.user_attrs:
         print(f"test       {metric} {best.user_attrs[f'test_{metric}']:.4f}")
     for k, v in best.params.items():
@@ -163,6 +179,20 @@ def cmd_best(args) -> int:
     print(f"mlflow run {best.user_attrs.get('mlflow_run_id', '-')}")
     print(f"reproduce  lbsearch reproduce {args.study} --trial {best.number}")
     return 0
+
+
+def _print_rows(rows: list[dict], cols: list[str], mark: int | None = None) -> None:
+    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "test", "samples", "seconds", "mlflow_run_id", *cols})
+    cols = cols + params
+
+    def fmt(v) -> str:
+        return "-" if v is None else f"{v:.4g}" if isinstance(v, float) else str(v)
+
+    table = [[fmt(r.get(c)) + ("*" if c == "trial" and r["trial"] == mark else "") for c in cols] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in table]) for i, c in enumerate(cols)]
+    print("  ".join(c.ljust(w) for c, w in zip(cols, widths)))
+    for row in table:
+        print("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
 
 
 def cmd_reproduce(args) -> int:

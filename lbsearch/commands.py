@@ -57,7 +57,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     if tolerance is None:
         tolerance = 0.0 if exp.launcher.cpu or not _cuda() else 0.01
     m, ua = exp.metric.name, target.user_attrs
-    rows = [("validation", m, ua.get(f"validation_{m}", target.value), (r.validation or {}).get(m)),
+    rows = [("validation", m, ua.get(f"validation_{m}"), (r.validation or {}).get(m)),
             ("test", m, ua.get(f"test_{m}"), (r.test or {}).get(m)),
             ("validation", "loss", ua.get("validation_loss"), (r.validation or {}).get("loss"))]
     same = r.state == "complete" and all(_same(new, old, tolerance) for _, _, old, new in rows if old is not None)

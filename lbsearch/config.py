@@ -249,21 +249,59 @@ BATCH_KEY = "train.batch_size"
 
 
 class SamplerConfig(_Strict):
-    name: Literal["tpe", "random", "grid", "qmc"] = "tpe"
-    """``qmc``: scrambled Sobol points (quasi-random search, as in Shallue et al. 2018)."""
+    name: Literal["tpe", "random", "grid", "qmc", "gp", "nsga2"] = "tpe"
+    """``qmc``: scrambled Sobol points (quasi-random search, as in Shallue et al. 2018); ``gp``: Gaussian-process
+    Bayesian optimisation (small budgets of expensive trials); ``nsga2``: the genetic multi-objective sampler."""
     seed: int = 0
+    """The study's seed. Each trial's draws come from (seed, trial number): reproducible, and never the
+    same for two workers or for a resumed study (a Sobol sequence keeps one seed)."""
     n_startup_trials: int = Field(5, ge=0)
-    """TPE only: random trials before the model takes over."""
+    """TPE and GP: random trials before the model takes over."""
 
 
 class PrunerConfig(_Strict):
-    name: Literal["median", "hyperband", "none"] = "median"
+    name: Literal["median", "asha", "hyperband", "none"] = "median"
+    """``asha``: asynchronous successive halving (rungs at eval_every_samples x reduction_factor^k samples)."""
     n_startup_trials: int = Field(3, ge=0)
+    """Median only: trials that finish before pruning starts."""
     n_warmup_samples: int = Field(0, ge=0)
     """Median only: no pruning before this many samples have been seen."""
+    reduction_factor: int = Field(3, ge=2)
+    """ASHA and Hyperband: 1/reduction_factor of the trials go on at each rung."""
     group_by: str | None = None
-    """Median only: compare a trial only with trials that have the same value of this parameter
-    (``train.batch_size``: each batch size tuned on its own). Default with ``batch_ladder``: the batch size."""
+    """Median and ASHA: compare a trial only with trials that have the same value of this parameter
+    (``train.batch_size``: each batch size tuned on its own). Default with ``batch_ladder``: the batch size.
+    Hyperband cannot honour it (its brackets see the whole study)."""
+
+    @model_validator(mode="after")
+    def _grouping(self) -> "PrunerConfig":
+        if self.group_by is not None and self.name in ("hyperband", "none"):
+            raise ValueError(f"`group_by` works with the median and asha pruners, not `{self.name}`")
+        return self
+
+
+OBJECTIVES = ("metric", "samples_to_target", "steps_to_target", "wall_time", "samples")
+
+
+class ObjectiveConfig(_Strict):
+    name: Literal["metric", "samples_to_target", "steps_to_target", "wall_time", "samples"]
+    """``metric``: the experiment's metric on the validation split at the end of the budget; ``samples_to_target`` /
+    ``steps_to_target``: when the metric first reached ``metric.target`` (twice the budget when it never did);
+    ``wall_time``: the trial's seconds; ``samples``: samples seen."""
+    direction: Literal["maximize", "minimize"] | None = None
+    """Default: the metric's own direction for ``metric``, ``minimize`` for the costs."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class WarmStartConfig(_Strict):
+    study: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    """An earlier study in the same storage (or in ``storage``) whose best trials run first."""
+    top_k: int = Field(3, ge=1, le=1000)
+    storage: str | None = None
 
 
 class StudyConfig(_Strict):
@@ -274,7 +312,15 @@ class StudyConfig(_Strict):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     objective: Literal["validation"] = "validation"
-    """The experiment's metric on the validation split at the end of the budget."""
+    """The experiment's metric on the validation split at the end of the budget (see ``objectives``)."""
+    objectives: list[ObjectiveConfig] | None = None
+    """What the study optimises; two or more make a multi-objective study (a Pareto front), e.g.
+    ``[metric, samples_to_target]``. Default: ``[metric]``."""
+    constraints: list[str] = Field(default_factory=list)
+    """Expressions over the params that every trial must satisfy, e.g. ``train.batch_size < 512 or optimizer.lr <= 1e-3``;
+    a suggestion that violates one is told as pruned (reason ``constraint``) without training."""
+    warm_start: WarmStartConfig | None = None
+    """Run the best ``top_k`` configurations of an earlier study first."""
     storage: str | None = None
     """Optuna storage URL; default: a journal file under mlruns/."""
     tracking_uri: str | None = None
@@ -297,9 +343,37 @@ class StudyConfig(_Strict):
             raise ValueError(f"`batch_ladder` must hold distinct positive batch sizes, got {self.batch_ladder}")
         if BATCH_KEY in self.search_space:
             raise ValueError(f"set the batch size either by `batch_ladder` or by `search_space.{BATCH_KEY}`, not both")
-        if self.pruner.group_by is None:
+        if self.pruner.group_by is None and self.pruner.name in ("median", "asha"):
             self.pruner.group_by = BATCH_KEY
         return self
+
+    @model_validator(mode="after")
+    def _objectives(self) -> "StudyConfig":
+        objs = self.objectives or []
+        names = [o.name for o in objs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`objectives` must be distinct, got {names}")
+        needs_target = [n for n in names if n.endswith("_to_target")]
+        if needs_target and self.experiment.metric.target is None:
+            raise ValueError(f"objective `{needs_target[0]}` needs `metric.target` in the experiment")
+        for o in objs:
+            natural = self.experiment.metric.direction if o.name == "metric" else "minimize"
+            if o.direction is None:
+                o.direction = natural
+        if names not in ([], ["metric"]) and self.pruner.name != "none":
+            why = "several objectives" if len(names) > 1 else f"the objective `{names[0]}`"
+            raise ValueError(f"pruning compares validation {self.experiment.metric.name} along the way, which cannot "
+                             f"rank trials by {why} (Optuna prunes single-objective studies only): set `pruner: {{name: none}}`")
+        if self.sampler.name == "grid" and self.constraints:
+            raise ValueError("the grid sampler runs every grid point: express constraints by leaving points out of `choices`")
+        from lbsearch.constraints import parse
+
+        parse(self.constraints, set(self.space))
+        return self
+
+    @property
+    def objective_list(self) -> list[ObjectiveConfig]:
+        return self.objectives or [ObjectiveConfig(name="metric", direction=self.experiment.metric.direction)]
 
     @property
     def space(self) -> dict[str, Param]:

@@ -113,7 +113,7 @@ class Reporter:
             self.trial = attach_trial(spec.optuna, train or spec.experiment["train"])
 
     def plan(self, plan: dict[str, Any]) -> None:
-        if self.is_main:
+        if self.tracking:
             print(message("plan", plan), flush=True)
 
     def metrics(self, values: dict[str, float | None], step: int) -> None:

@@ -4,26 +4,39 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import optuna
 
 from lbsearch.config import CategoricalParam, FloatParam, IntParam, PrunerConfig, SamplerConfig, TrainConfig
 
-__all__ = ["make_sampler", "make_pruner", "GroupedPruner", "suggest", "OFF"]
+__all__ = ["trial_seed", "make_sampler", "make_pruner", "GroupedPruner", "suggest", "objective_values", "OFF"]
 
 OFF = "off"
 """Value of the ``<key>:on`` switch that turns an ``optional: true`` float parameter into ``null``."""
 
 
-def make_sampler(cfg: SamplerConfig, space: dict[str, Any]) -> optuna.samplers.BaseSampler:
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: a function of the study seed and the trial number only, so
+    a study repeats from its seed while N workers and a resumed study never draw the same points."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def make_sampler(cfg: SamplerConfig, space: dict[str, Any], *, number: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler that draws trial ``number`` (None: seeded by the study seed alone). A Sobol
+    sequence and a grid keep the study seed: their points are indexed by the trial, not drawn."""
+    seed = cfg.seed if number is None or cfg.name in ("qmc", "grid") else trial_seed(cfg.seed, number)
     if cfg.name == "random":
-        return optuna.samplers.RandomSampler(seed=cfg.seed)
+        return optuna.samplers.RandomSampler(seed=seed)
     if cfg.name == "qmc":
-        return optuna.samplers.QMCSampler(scramble=True, seed=cfg.seed, warn_independent_sampling=False)
+        return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
     if cfg.name == "grid":
-        grid = {k: list(p.choices) for k, p in space.items()}
-        return _GridSampler(grid, seed=cfg.seed)
+        return _GridSampler({k: list(p.choices) for k, p in space.items()}, seed=seed)
+    if cfg.name == "gp":
+        return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False)
+    if cfg.name == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed)
     # Optuna 5 changed TPE's defaults: state the ones lbsearch relies on.
-    return optuna.samplers.TPESampler(seed=cfg.seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True)
 
 
 class _GridSampler(optuna.samplers.GridSampler):
@@ -40,9 +53,14 @@ def make_pruner(cfg: PrunerConfig, train: TrainConfig) -> optuna.pruners.BasePru
     if cfg.name == "none":
         return optuna.pruners.NopPruner()
     if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=train.eval_every_samples, max_resource=train.budget_samples)
-    median = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
-    return GroupedPruner(median, cfg.group_by) if cfg.group_by else median
+        return optuna.pruners.HyperbandPruner(min_resource=train.eval_every_samples, max_resource=train.budget_samples,
+                                              reduction_factor=cfg.reduction_factor)
+    if cfg.name == "asha":
+        inner: optuna.pruners.BasePruner = optuna.pruners.SuccessiveHalvingPruner(
+            min_resource=train.eval_every_samples, reduction_factor=cfg.reduction_factor)
+    else:
+        inner = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
+    return GroupedPruner(inner, cfg.group_by) if cfg.group_by else inner
 
 
 class GroupedPruner(optuna.pruners.BasePruner):
@@ -87,3 +105,21 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
             else:
                 params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
     return params
+
+
+def objective_values(objectives: list, result: Any, budget_samples: int, steps: int) -> list[float]:
+    """The values a complete trial tells Optuna, in the order of the study's objectives. A target never
+    reached counts as twice the budget (in samples or steps): behind every trial that reached it."""
+    values = []
+    for o in objectives:
+        if o.name == "metric":
+            values.append(float(result.value))
+        elif o.name == "samples_to_target":
+            values.append(float(result.samples_to_target if result.samples_to_target is not None else 2 * budget_samples))
+        elif o.name == "steps_to_target":
+            values.append(float(result.steps_to_target if result.steps_to_target is not None else 2 * steps))
+        elif o.name == "wall_time":
+            values.append(float(result.wall_s))
+        else:
+            values.append(float(result.samples))
+    return values

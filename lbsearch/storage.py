@@ -88,7 +88,13 @@ def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> op
                   pruner=make_pruner(cfg.pruner, cfg.experiment.train))
     if not create:
         return optuna.load_study(**kwargs)
-    return optuna.create_study(direction=cfg.experiment.metric.direction, load_if_exists=True, **kwargs)
+    objectives = cfg.objective_list
+    study = optuna.create_study(directions=[o.direction for o in objectives], load_if_exists=True, **kwargs)
+    names = [o.name for o in objectives]
+    if study.user_attrs.get("objectives", names) != names:
+        raise SpecError(None, "objectives", f"study {cfg.name!r} exists with objectives {study.user_attrs['objectives']}, not {names}")
+    study.set_user_attr("objectives", names)
+    return study
 
 
 def load_existing_study(session: Session, name: str) -> optuna.Study:

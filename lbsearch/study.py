@@ -4,10 +4,12 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,14 @@ from lbsearch.config import BATCH_KEY, SpecError, StudyConfig
 from lbsearch.data import prepare_data
 from lbsearch.protocol import OptunaRef, TrialResult
 from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.search import suggest
+from lbsearch.constraints import Constraint, parse as parse_constraints
+from lbsearch.plan import TrialPlan
+from lbsearch.search import make_sampler, objective_values, suggest
 from lbsearch.spec import apply_params, validate_experiment
-from lbsearch.storage import Session, heartbeat, heartbeat_interval, host, open_study, recover, study_lock, trial_id, uses_heartbeats
+from lbsearch.storage import Session, heartbeat, heartbeat_interval, host, open_storage, open_study, recover, study_lock, trial_id, uses_heartbeats
 from lbsearch.story import KIND, description, finish_study, mark_best
 from lbsearch.tracking import Tracker, git_commit
-from lbsearch.views import best_trial, counted, summary, to_csv, trial_rows
+from lbsearch.views import best_trial, best_value, counted, is_multi, objectives, pareto, reason, summary, to_csv, trial_rows
 
 __all__ = ["run_study"]
 
@@ -61,14 +65,22 @@ class _Search:
         cfg, study = self.cfg, self.study
         with study_lock(self.session, cfg):
             recover(study, cfg.max_retries, self._close_dead)
+            if cfg.warm_start and not study.user_attrs.get("warm_started"):
+                self._warm_start()
             trials = study.get_trials(deepcopy=False)
             running = sum(t.state == TrialState.RUNNING for t in trials)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             done = sum(counted(t, cfg.max_retries) for t in trials)
             if done + running >= cfg.n_trials and not waiting:
                 return DONE if done >= cfg.n_trials or not uses_heartbeats(study) else WAIT
+            if sum(reason(t).startswith("constraint") for t in trials) >= 20 * cfg.n_trials:
+                self.session.out(f"[study {cfg.name}] stopped: the sampler keeps suggesting params that `constraints` rule out")
+                return DONE
             if cfg.batch_ladder and not waiting:  # the next rung; retries keep theirs
                 study.enqueue_trial({BATCH_KEY: cfg.batch_ladder[(done + running) % len(cfg.batch_ladder)]}, skip_if_exists=False)
+            # the next trial's number: the first waiting trial's, else a new one
+            number = min((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), default=len(trials))
+            study.sampler = make_sampler(cfg.sampler, cfg.space, number=number)
             trial = study.ask()
             trial.set_user_attr("host", host())
             trial.set_user_attr("pid", os.getpid())
@@ -80,8 +92,8 @@ class _Search:
         self.tracker.metrics(self.parent, {f"trials/{s}": sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}, step)
         if best is not None:
             metric = self.cfg.experiment.metric.name
-            self.tracker.metrics(self.parent, {"best/value": best.value, "best/test": best.user_attrs.get(f"test_{metric}")}, step)
-            self.tracker.tags(self.parent, {"best.trial": best.number, "best.value": best.value, "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")}
+            self.tracker.metrics(self.parent, {"best/value": best_value(self.study, best), "best/test": best.user_attrs.get(f"test_{metric}")}, step)
+            self.tracker.tags(self.parent, {"best.trial": best.number, "best.value": best_value(self.study, best), "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")}
                               | {f"best.{k}": v for k, v in best.params.items()})
             if best.user_attrs.get("mlflow_run_id"):
                 mark_best(self.tracker, self.exp_id, self.cfg.name, best.user_attrs["mlflow_run_id"])
@@ -96,6 +108,12 @@ class _Search:
             self.study.tell(trial, state=TrialState.FAIL)
             self.session.out(f"{prefix} failed: invalid params: {err}")
             return
+        broken = next((c.text for c in self.constraints if not c(params)), None)
+        if broken is not None:  # ruled out by the spec: told as pruned, never trained, not counted
+            trial.set_user_attr("reason", f"constraint: {broken}")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.session.out(f"{prefix} skipped: violates constraint `{broken}` ({', '.join(f'{k}={_fmt(v)}' for k, v in params.items())})")
+            return
         config = exp.model_dump(mode="json")
         trial.set_user_attr("config", json.dumps(config))
         tags = {"lbsearch.study": cfg.name, "lbsearch.role": "trial", "lbsearch.trial": trial.number, "optuna.trial_id": trial_id(trial),
@@ -105,7 +123,8 @@ class _Search:
         run = TrialRun(exp=exp, data=self.data, workdir=self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}",
                        prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags,
                        params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
-                       optuna=OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()))
+                       optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
+                       OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()))
         self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
         t0 = time.time()
         try:
@@ -115,13 +134,29 @@ class _Search:
             raise
         if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
             trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
-        self._tell(trial, out.result)
+        self._tell(trial, out.result, out.plan)
         r = out.result
         detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
         value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
         self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
 
-    def _tell(self, trial: optuna.Trial, r: TrialResult) -> None:
+    def _warm_start(self) -> None:
+        """Enqueue the best ``top_k`` params of an earlier study (those of this study's space)."""
+        ws = self.cfg.warm_start
+        url = ws.storage or self.session.storage_for(self.cfg)
+        try:
+            source = optuna.load_study(study_name=ws.study, storage=open_storage(url))
+        except KeyError:
+            raise SpecError(None, "warm_start.study", f"no study {ws.study!r} in {url}") from None
+        space = {p for k in self.cfg.space for p in (k, f"{k}:on")}
+        ranked = sorted(pareto(source) if is_multi(source) else [t for t in source.trials if t.state == TrialState.COMPLETE],
+                        key=lambda t: [(1 if d == optuna.study.StudyDirection.MINIMIZE else -1) * v for d, v in zip(source.directions, t.values)])
+        for t in ranked[: ws.top_k]:
+            self.study.enqueue_trial({k: v for k, v in t.params.items() if k in space}, user_attrs={"warm_start_of": f"{ws.study}#{t.number}"})
+        self.study.set_user_attr("warm_started", ws.study)
+        self.session.out(f"[study {self.cfg.name}] warm start: the best {min(ws.top_k, len(ranked))} trials of {ws.study} run first")
+
+    def _tell(self, trial: optuna.Trial, r: TrialResult, plan: TrialPlan | None = None) -> None:
         attrs: dict[str, Any] = {"reason": r.reason} if r.reason else {}
         for key in ("samples", "steps", "samples_to_target", "steps_to_target", "samples_per_s", "wall_s", "first_step_s", "b_simple"):
             if getattr(r, key) is not None:
@@ -131,9 +166,47 @@ class _Search:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)
         if r.state == "complete":
-            self.study.tell(trial, r.value)
+            budget, steps = (plan.budget_samples, plan.steps) if plan else (r.samples, r.steps)
+            self.study.tell(trial, objective_values(self.cfg.objective_list, r, budget, steps))
+            if is_multi(self.study):
+                self._update_front()
         else:
             self.study.tell(trial, state=TrialState.PRUNED if r.state == "pruned" else TrialState.FAIL)
+
+
+    def _update_front(self) -> None:
+        """The Pareto front on the parent run: a table and, from 2 front trials on, Optuna's plot."""
+        rows = [r for r in trial_rows(self.study) if r["trial"] in {t.number for t in pareto(self.study)}]
+        self.tracker.artifacts(self.parent, {"pareto_front.csv": to_csv(rows)})
+        self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
+        folder = self.session.root / "reports" / self.cfg.name / "pareto"
+        if _front_plot(self.study, folder / "pareto_front.png"):
+            self.tracker.artifact_dir(self.parent, folder, "pareto")
+
+    @functools.cached_property
+    def constraints(self) -> list[Constraint]:
+        return parse_constraints(self.cfg.constraints, set(self.cfg.space))
+
+
+def _front_plot(study: optuna.Study, path: Path) -> bool:
+    """Optuna's Pareto-front plot as a PNG; False while the front has fewer than 2 trials."""
+    if len(pareto(study)) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's "experimental" note
+        ax = ovm.plot_pareto_front(study, target_names=objectives(study))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.set_size_inches(6, 4.5)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return True
 
 
 def _fmt(v: Any) -> str:
@@ -174,7 +247,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     best = best_trial(s.study)
     if best is not None:
         m = cfg.experiment.metric.name
-        session.out(f"[study {cfg.name}] best trial {best.number}: {m} {best.value:.4f} (test {best.user_attrs.get('test_' + m, float('nan')):.4f}) params {best.params}")
+        session.out(f"[study {cfg.name}] best trial {best.number}: {m} {best_value(s.study, best):.4f} (test {best.user_attrs.get('test_' + m, float('nan')):.4f}) params {best.params}")
     return 0
 
 

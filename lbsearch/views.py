@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["RETRYABLE", "reason", "counted", "trial_rows", "best_trial", "to_csv", "summary"]
+__all__ = ["RETRYABLE", "reason", "counted", "objectives", "trial_rows", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
 
 RETRYABLE = ("interrupted", "worker died")
 
@@ -28,6 +28,8 @@ def reason(t: FrozenTrial) -> str:
 
 def counted(t: FrozenTrial, max_retries: int) -> bool:
     """Does this finished trial count toward n_trials? Not when a re-run of it takes its place."""
+    if t.state == TrialState.PRUNED and reason(t).startswith("constraint"):
+        return False  # never trained: a suggestion the spec rules out
     if t.state in (TrialState.COMPLETE, TrialState.PRUNED):
         return True
     if t.state != TrialState.FAIL:
@@ -42,6 +44,18 @@ def _metric(study: optuna.Study) -> str:
     return study.user_attrs.get("metric", "accuracy")
 
 
+def objectives(study: optuna.Study) -> list[str]:
+    """The study's objective names (``metric`` for a study made before objectives were named)."""
+    return study.user_attrs.get("objectives") or ["metric"]
+
+
+def _values(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
+    names = objectives(study)
+    if len(names) == 1:
+        return {"value": t.values[0] if t.values else None}
+    return {name: (t.values[i] if t.values else None) for i, name in enumerate(names)}
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
@@ -50,7 +64,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "trial": t.number,
             "state": t.state.name.lower(),
             "reason": reason(t),
-            "value": t.value,
+            **_values(study, t),
             "test": t.user_attrs.get(f"test_{_metric(study)}"),
             "samples": t.user_attrs.get("samples"),
             "seconds": round(dur, 1) if dur is not None else None,
@@ -71,17 +85,43 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.value is not None]
-    if not done:
+def is_multi(study: optuna.Study) -> bool:
+    return len(study.directions) > 1
+
+
+def pareto(study: optuna.Study) -> list[FrozenTrial]:
+    """The complete trials that no other complete trial beats on every objective, by trial number."""
+    return sorted(study.best_trials, key=lambda t: t.number)
+
+
+def pick(study: optuna.Study, rule: str | None = None) -> FrozenTrial | None:
+    """The best trial on objective ``rule`` (default: the first objective) among the Pareto front;
+    ties go to the other objectives in order, then to the earlier trial."""
+    names = objectives(study)
+    if rule is not None and rule not in names:
+        raise ValueError(f"--pick must be one of the study's objectives: {', '.join(names)}; got {rule!r}")
+    front = pareto(study) if is_multi(study) else [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.values]
+    if not front:
         return None
-    sign = 1 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1
-    return max(done, key=lambda t: (sign * t.value, -t.number))
+    first = names.index(rule) if rule else 0
+    order = [first] + [i for i in range(len(names)) if i != first]
+    signs = [1 if d == optuna.study.StudyDirection.MAXIMIZE else -1 for d in study.directions]
+    return max(front, key=lambda t: (*(signs[i] * t.values[i] for i in order), -t.number))
+
+
+def best_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best complete trial (multi-objective: ``pick`` by the first objective)."""
+    return pick(study)
+
+
+def best_value(study: optuna.Study, t: FrozenTrial) -> float:
+    """The validation metric of a trial (the objective of a single-objective study)."""
+    return t.user_attrs.get(f"validation_{_metric(study)}", t.values[0] if t.values else float("nan"))
 
 
 def summary(study: optuna.Study, n_trials: int) -> str:
     trials = study.get_trials(deepcopy=False)
     c = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     best = best_trial(study)
-    b = f"best {best.value:.4f} (trial {best.number})" if best else "best -"
+    b = f"best {best_value(study, best):.4f} (trial {best.number})" if best else "best -"
     return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED]} · failed {c[TrialState.FAIL]} of {n_trials} · {b}"

@@ -54,3 +54,51 @@ def test_seeded_tpe_repeats_its_draws_and_optional_floats_can_be_off():
     a = draws(0)
     assert a == draws(0) and a != draws(1)
     assert None in a and any(v is not None and 0.1 <= v <= 10 for v in a)  # "off" is a choice of its own beside the range
+
+
+def test_each_trial_number_gets_its_own_seed():
+    from lbsearch.search import trial_seed
+
+    seeds = {trial_seed(0, n) for n in range(1000)}
+    assert len(seeds) == 1000 and trial_seed(0, 7) == trial_seed(0, 7) != trial_seed(1, 7)
+
+
+def test_gp_and_nsga2_samplers_run_multi_objective():
+    space = {"optimizer.lr": FloatParam(type="float", low=1e-4, high=1e-2, log=True)}
+    for name in ("gp", "nsga2", "tpe"):
+        study = optuna.create_study(directions=["maximize", "minimize"])
+        for n in range(6):
+            study.sampler = make_sampler(SamplerConfig(name=name, seed=0, n_startup_trials=3), space, number=n)
+            trial = study.ask()
+            lr = suggest(trial, space)["optimizer.lr"]
+            study.tell(trial, [lr, lr * lr])
+        assert len(study.best_trials) >= 1, name
+
+
+def test_objective_values_follow_the_study_and_penalise_a_missed_target():
+    from lbsearch.config import ObjectiveConfig
+    from lbsearch.protocol import TrialResult
+    from lbsearch.search import objective_values
+
+    objs = [ObjectiveConfig(name=n) for n in ("metric", "samples_to_target", "steps_to_target", "wall_time", "samples")]
+    hit = TrialResult(state="complete", value=0.8, samples_to_target=640, steps_to_target=20, wall_s=12.5, samples=960, steps=30)
+    assert objective_values(objs, hit, 960, 30) == [0.8, 640.0, 20.0, 12.5, 960.0]
+    missed = hit.model_copy(update={"samples_to_target": None, "steps_to_target": None})
+    assert objective_values(objs[1:3], missed, 960, 30) == [1920.0, 60.0]
+
+
+def test_asha_prunes_in_samples_within_its_group():
+    train = TrainConfig(batch_size=32, budget_samples=960, eval_every_samples=320)
+    study = optuna.create_study(direction="minimize", pruner=make_pruner(PrunerConfig(name="asha", group_by="train.batch_size"), train))
+    def run(batch_size: int, loss: float) -> bool:
+        study.enqueue_trial({"train.batch_size": batch_size})
+        trial = study.ask()
+        trial.suggest_categorical("train.batch_size", [16, 32])
+        trial.report(loss, 320)
+        pruned = trial.should_prune()
+        study.tell(trial, state=TrialState.PRUNED) if pruned else study.tell(trial, loss)
+        return pruned
+
+    assert not run(32, 0.5)
+    assert run(32, 0.9)        # worse than the B=32 trial at the first rung (320 samples)
+    assert not run(16, 0.9)    # alone in the B=16 group: promoted
