@@ -17,15 +17,15 @@ A tabular benchmark, as HPOBench and NAS-Bench-101/201 do it:
 2. The replays: each method runs N trials (default: the grid size) per seed with Optuna's real
    samplers and pruners, built by lbsearch's own ``make_sampler`` /
    ``make_pruner`` / ``suggest`` (TPE and median pruner with the settings of
-   ``studies/quickstart.yaml``). A trial reports the table's values step by step and asks
+   ``studies/quickstart.yaml``; ASHA with lbsearch's defaults; GP with TPE's start-up count), each
+   trial's sampler seeded by (seed, trial number) as a study seeds it. A trial reports the table's values step by step and asks
    ``should_prune()`` as the worker does (never at the last evaluation); its compute is the
    samples it saw up to where it stopped (the whole budget when not pruned). A repeated
    configuration is paid for again, as a study would retrain it. A diverged configuration ends
    pruned where it diverged, as the worker reports it. For a given seed, TPE's random start-up
    trials are random search's first trials (common random numbers). TPE and random search draw
    the lr and warmup from ranges, as ``studies/quickstart.yaml`` declares them, snapped to the
-   nearest tabulated value (``RANGES``); ``tpe_pruned_categorical`` shows TPE given the same
-   values as bare categories, which hides their order from it.
+   nearest tabulated value (``RANGES``).
 
 Why it is honest: on the CPU lbsearch's training is deterministic (``lbsearch reproduce`` checks that
 a re-run gives the same metrics), so the table is exactly what a live study would observe, and the
@@ -40,6 +40,9 @@ that gets there within N trials is a success, otherwise its compute for all N tr
     python benchmarks/search_efficiency.py      # builds the table (48 configs x ~10 s on 2 cores: ~8 min), then replays (seconds)
     python benchmarks/search_efficiency.py --rebuild                 # retrain the table
     python benchmarks/search_efficiency.py --seeds 20 --trials 24   # replays only, once the table exists
+    # a second table: the tiny random-init BERT of the tests, scored by validation loss (~5 min to build)
+    python benchmarks/search_efficiency.py --spec tests/specs/tiny.yaml --set metric.name=loss \
+        --table benchmarks/results/search_table_tiny.json --out benchmarks/results/search_efficiency_tiny.json
 """
 
 from __future__ import annotations
@@ -66,7 +69,9 @@ from lbsearch.config import CategoricalParam, ExperimentConfig, FloatParam, Prun
 from lbsearch.spec import load_study, parse_set
 from lbsearch.search import make_pruner, make_sampler, suggest
 
-METHODS = ("tpe_pruned", "random", "grid", "tpe_pruned_categorical")
+METHODS = ("tpe_pruned", "tpe_asha", "gp", "random", "grid")
+"""tpe_pruned: lbsearch's default (TPE + median pruning at equal samples seen); tpe_asha: TPE + asynchronous
+successive halving; gp: Optuna's Gaussian-process sampler without pruning; random and grid: no pruning."""
 SPACE = {"train.batch_size": [16, 32, 64, 128], "optimizer.lr": [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3],
          "schedule.warmup_fraction": [0.0, 0.3]}
 GOALS = {"grid": 0.3, "random": 0.6}
@@ -185,17 +190,26 @@ def snap(params: dict[str, Any], space: Space) -> dict[str, Any]:
 def replay(method: str, seed: int, configs: dict[str, Row], space: Space, base: ExperimentConfig,
            quickstart: tuple[SamplerConfig, PrunerConfig], n_trials: int, target: float) -> dict[str, Any]:
     """One search of ``n_trials`` trials (the grid sampler stops once its grid is done)."""
+    tpe = quickstart[0].model_copy(update={"seed": seed})
     sampler, pruner = {
-        "tpe_pruned": (quickstart[0].model_copy(update={"seed": seed}), quickstart[1]),
-        "tpe_pruned_categorical": (quickstart[0].model_copy(update={"seed": seed}), quickstart[1]),
+        "tpe_pruned": (tpe, quickstart[1]),
+        "tpe_asha": (tpe, PrunerConfig(name="asha")),
+        "gp": (SamplerConfig(name="gp", seed=seed, n_startup_trials=tpe.n_startup_trials), PrunerConfig(name="none")),
         "random": (SamplerConfig(name="random", seed=seed), PrunerConfig(name="none")),
         "grid": (SamplerConfig(name="grid", seed=seed), PrunerConfig(name="none")),
     }[method]
-    searched = space if method in ("grid", "tpe_pruned_categorical") else as_ranges(space)
-    study = optuna.create_study(direction=base.metric.direction, sampler=make_sampler(sampler, searched),
-                                pruner=make_pruner(pruner, eval_every=base.train.eval_every_samples, budget=base.train.budget_samples))
+    searched = space if method == "grid" else as_ranges(space)
+    study = optuna.create_study(direction=base.metric.direction, pruner=make_pruner(pruner, base.train))
     spent: list[int] = []
-    study.optimize(lambda trial: observe(trial, configs[key(snap(suggest(trial, searched), space), space)], spent), n_trials=n_trials)
+    for number in range(n_trials):  # as lbsearch asks: each trial's sampler seeded by (seed, trial number)
+        if method == "grid" and number >= len(configs):
+            break
+        study.sampler = make_sampler(sampler, searched, number=number)
+        trial = study.ask()
+        try:
+            study.tell(trial, observe(trial, configs[key(snap(suggest(trial, searched), space), space)], spent))
+        except optuna.TrialPruned:
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
     sign = 1 if base.metric.direction == "maximize" else -1
     trials = [{"params": t.params, "state": t.state.name.lower(), "samples": n} for t, n in zip(study.trials, spent)]
     first = next((i for i, t in enumerate(study.trials) if t.state == optuna.trial.TrialState.COMPLETE and sign * (t.value - target) >= 0), None)
