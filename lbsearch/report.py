@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.config import ExperimentConfig
+from lbsearch.config import ExperimentConfig, MetricConfig
 from lbsearch.plan import make_plan
 from lbsearch.scaling import fit_power, fit_steps
 
@@ -43,14 +43,14 @@ class TrialPoint:
 
 def collect(study: optuna.Study) -> list[TrialPoint]:
     """Complete and pruned trials with what the report needs (B and lr from the config that ran)."""
-    points = []
+    points, metric = [], study.user_attrs.get("metric", "accuracy")
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if "config" not in t.user_attrs:
             continue
         plan = make_plan(ExperimentConfig.model_validate(json.loads(t.user_attrs["config"])))
         points.append(TrialPoint(
             number=t.number, state=t.state.name.lower(), batch_size=plan.batch_size, lr=plan.lr,
-            value=t.value if t.state == TrialState.COMPLETE else None, steps_to_target=t.user_attrs.get("steps_to_target"),
+            value=t.user_attrs.get(f"validation_{metric}", t.values[0]) if t.state == TrialState.COMPLETE else None, steps_to_target=t.user_attrs.get("steps_to_target"),
             b_simple=t.user_attrs.get("b_simple"),
         ))
     return points
@@ -277,7 +277,7 @@ def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     metric = study.user_attrs.get("metric", "accuracy")
     target = configs[-1]["metric"].get("target") if configs else None
     points = collect(study)
-    summary = summarize(points, study.direction == optuna.study.StudyDirection.MAXIMIZE)
+    summary = summarize(points, MetricConfig(name=study.user_attrs.get("metric", "accuracy")).direction == "maximize")
     summary |= {"study": study.study_name, "metric": metric, "target": target, "trials": len(points)}
     out.mkdir(parents=True, exist_ok=True)
     figs = _Figures(points, summary, metric, target, out)
