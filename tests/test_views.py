@@ -45,3 +45,14 @@ def test_single_objective_best_is_by_value():
     for v in (0.5, 0.3, 0.3):
         study.add_trial(create_trial(params={"optimizer.lr": 1e-3}, distributions=DIST, value=v))
     assert best_trial(study).number == 1 and trial_rows(study)[0]["value"] == 0.5
+
+
+def test_the_front_plot_is_drawn_from_two_front_trials(tmp_path):
+    from lbsearch.study import _front_plot
+
+    study = _two_objective_study()
+    assert _front_plot(study, tmp_path / "front.png")
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    single = optuna.create_study(directions=["maximize", "minimize"])
+    single.add_trial(create_trial(params={"optimizer.lr": 1e-3}, distributions=DIST, values=[0.8, 100]))
+    assert not _front_plot(single, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
