@@ -10,7 +10,7 @@ Three measurements, each alternating fp32, bf16, fp32, ...:
 On a CPU without AVX512-BF16 / AMX (``machine.cpu_fast_bf16`` false) bf16 matmuls take a slow path
 and the goal cannot be met: ``precision: auto`` picks fp32 there.
 
-    python benchmarks/precision.py                  # MiniLM cut to 2 layers, 3 repeats: ~5 min on the 2-core AVX2 EPYC
+    python benchmarks/precision.py                  # MiniLM cut to 2 layers, 3 repeats: ~5 min on 2 cores without bf16 units
     python benchmarks/precision.py --layers 6       # all 6 layers: ~15 min there
 """
 

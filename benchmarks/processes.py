@@ -1,7 +1,7 @@
 """Samples/s of one trial with 1 vs 2 processes (same B, same data), alternating A B A B.
 
-On the 2-core development machine the figure documents the overhead of a 2-rank (gloo) trial; no
-speed-up is expected there. On a GPU machine, run it with --gpu to compare 1 vs 2 GPUs.
+On a 2-core CPU the figure documents the overhead of a 2-rank (gloo) trial; no speed-up is
+expected there. On a GPU machine, run it with --gpu to compare 1 vs 2 GPUs.
 
     python benchmarks/processes.py --repeats 2
 """
