@@ -280,9 +280,6 @@ class PrunerConfig(_Strict):
         return self
 
 
-OBJECTIVES = ("metric", "samples_to_target", "steps_to_target", "wall_time", "samples")
-
-
 class ObjectiveConfig(_Strict):
     name: Literal["metric", "samples_to_target", "steps_to_target", "wall_time", "samples"]
     """``metric``: the experiment's metric on the validation split at the end of the budget; ``samples_to_target`` /

@@ -74,6 +74,7 @@ class Trial:
         from transformers import get_scheduler
 
         exp, plan, acc = self.exp, self.plan, self.acc
+        self.batch = plan.batch  # the split every step lays out (built once, not per step)
         acc.gradient_accumulation_steps = plan.accumulation
         optimizer = make_optimizer(exp, model, plan.lr)
         name = {"constant": "constant_with_warmup"}.get(exp.schedule.name, exp.schedule.name)
@@ -94,7 +95,7 @@ class Trial:
     def step(self, step: int) -> int:
         """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
         acc, train = self.acc, self.data["train"]
-        micro = step_micro_batches(self.stream[step - 1], self.lengths, self.plan.batch, acc.process_index, self.gns.begin(step))
+        micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, acc.process_index, self.gns.begin(step))
         loss_sum = 0.0
         for idx in micro:
             batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device)
