@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from mlflow.exceptions import MlflowException
+
 from lbsearch import console
 from lbsearch.config import ExperimentConfig
 from lbsearch.launch import resolve_precision, run_trial_process
@@ -88,7 +90,10 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
     on_run(run_id)
     tracker.artifacts(run_id, run.files)
-    tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
+    try:  # the Datasets column is a view: a tracking error here never costs the trial
+        tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
+    except MlflowException as err:
+        session.out(f"{run.prefix} datasets not logged to MLflow: {str(err).splitlines()[0][:200]}")
     shown = console.active()
     shown.trial_start(run.prefix, plan.budget_samples, run.exp.metric.name)
     try:

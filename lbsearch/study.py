@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -14,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from lbsearch.console import Progress, study_progress
@@ -132,6 +134,14 @@ class _Search:
         except KeyboardInterrupt:
             self._tell(trial, TrialResult(state="failed", reason="interrupted"))
             raise
+        except MlflowException as err:  # the tracking server failed this trial, not the study
+            why = f"tracking: {str(err).splitlines()[0][:200]}"
+            self._tell(trial, TrialResult(state="failed", reason=why))
+            if "mlflow_run_id" in trial.user_attrs:
+                with contextlib.suppress(MlflowException):
+                    self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED")
+            self.session.out(f"{prefix} failed ({why})")
+            return
         if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
             trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
         self._tell(trial, out.result, out.plan)

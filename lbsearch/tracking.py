@@ -75,13 +75,17 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Transient under concurrent writers: SQLite's locked database, and two workers inserting the same
+# row at once (e.g. one dataset logged by two trials): the retry finds the row the other one wrote.
+_TRANSIENT = ("locked", "unique constraint", "duplicate key")
+
+
 def _retry(fn, *args, tries: int = 8, **kwargs):
-    """SQLite-backed MLflow can report a locked database under concurrent writers: retry briefly."""
     for i in range(tries):
         try:
             return fn(*args, **kwargs)
         except MlflowException as err:
-            if "locked" not in str(err).lower() or i == tries - 1:
+            if not any(t in str(err).lower() for t in _TRANSIENT) or i == tries - 1:
                 raise
             time.sleep(0.2 * (i + 1))
 

@@ -33,3 +33,35 @@ def test_parent_is_found_again_and_children_nest_under_it(tmp_path):
     assert [(m.step, m.value) for m in tracker.client.get_metric_history(child, "eval/loss")] == [(10, 0.7), (20, 0.6)]
     assert [a.path for a in tracker.client.list_artifacts(child)] == ["config.json"]
     assert run.info.status == "FINISHED"
+
+
+def test_workers_logging_one_dataset_at_once_all_succeed(tmp_path):
+    """Trials on several machines log the same dataset (same name and digest) at once: the loser of
+    the insert race retries and links the row the winner wrote, instead of failing its trial."""
+    import threading
+
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, tmp_path)
+    exp = tracker.experiment("s")
+    parent = tracker.parent_run(exp, "s", {})
+    runs = [tracker.child_run(exp, parent, f"trial-{i}", {}, {}) for i in range(6)]
+    start, errors = threading.Barrier(len(runs)), []
+
+    def log(run_id):
+        ds = DatasetInput(Dataset(name="d.train", digest="abc", source_type="local", source="{}"), tags=[InputTag("mlflow.data.context", "training")])
+        worker = Tracker(uri, tmp_path)
+        start.wait(timeout=30)
+        try:
+            worker.datasets(run_id, [ds])
+        except Exception as err:  # noqa: BLE001 - collected and asserted below
+            errors.append(err)
+
+    threads = [threading.Thread(target=log, args=(r,)) for r in runs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert all(tracker.client.get_run(r).inputs.dataset_inputs[0].dataset.name == "d.train" for r in runs)
