@@ -204,8 +204,13 @@ def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
     seconds = [n / rate[s] for n, s in zip(samples, ends[1:])]
     # step durations after the first evaluation, leaving out each step that follows an evaluation
     durations = [stamps[s] - stamps[s - 1] for s in range(ends[0] + 1, ends[-1] + 1) if s - 1 not in rate]
+    # tokens/s and MFU over the same intervals (each interval weighted by its seconds)
+    tps = {step: v for key, v, _, step in rows if key == "train/tokens_per_s"}
+    mfu = {step: v for key, v, _, step in rows if key == "train/mfu"}
+    steady = {"tokens_per_s": sum(tps[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds),
+              "mfu": sum(mfu[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds) if mfu else None}
     return {"samples_per_s": sum(samples) / sum(seconds), "samples_per_s_median_step": exp.train.batch_size / statistics.median(durations),
-            "losses": [losses[s] for s in sorted(losses)], "result": result}
+            "losses": [losses[s] for s in sorted(losses)], "result": result} | steady
 
 
 # ----------------------------------------------------------------------------------------------

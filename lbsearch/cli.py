@@ -134,10 +134,12 @@ def cmd_status(args) -> int:
     if args.json:
         print(json.dumps(rows, indent=1, default=str))
         return 0
+    for r in rows:
+        r["mfu"] = None if r["mfu"] is None else f"{r['mfu']:.1%}"
     params = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
-    known = {"trial", "state", "test", "samples", "seconds", "reason", "mlflow_run_id", *params}
+    known = {"trial", "state", "test", "samples", "seconds", "mfu", "reason", "mlflow_run_id", *params}
     values = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in known]  # "value", or one column per objective
-    cols = ["trial", "state", *values, "test", "samples", "seconds", *params, "reason"]
+    cols = ["trial", "state", *values, "test", "samples", "seconds", "mfu", *params, "reason"]
     best = best_trial(study)
     mark = lambda r, c: f"{r[c]:.4g}*" if best and r["trial"] == best.number and values and c == values[0] else r.get(c)  # noqa: E731
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
@@ -182,7 +184,7 @@ def cmd_best(args) -> int:
 
 
 def _print_rows(rows: list[dict], cols: list[str], mark: int | None = None) -> None:
-    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "test", "samples", "seconds", "mlflow_run_id", *cols})
+    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "test", "samples", "seconds", "mfu", "mlflow_run_id", *cols})
     cols = cols + params
 
     def fmt(v) -> str:

@@ -153,6 +153,13 @@ class LauncherConfig(_Strict):
     """An Accelerate config file (DDP, FSDP, DeepSpeed); passed to ``accelerate launch`` as is."""
     cpu: bool = False
     """Force the CPU even where a GPU is present."""
+    compile: bool = False
+    """``torch.compile`` (inductor) through Accelerate, each repeated layer compiled once. The compile
+    time is paid in every trial's first steps: it repays only long trials (docs/how_a_trial_runs.md)."""
+    pad_to_multiple_of: int | None = Field(None, ge=1)
+    """Round each micro-batch's length up to a multiple of this (default 16 with ``compile``: few shapes, few compilations; else 1)."""
+    peak_tflops: float | None = Field(None, gt=0)
+    """One device's peak for MFU; default: the GPU table in ``lbsearch.flops``, or this CPU's matmul rate, measured once."""
 
 
 class MetricConfig(_Strict):

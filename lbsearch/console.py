@@ -172,7 +172,8 @@ class _LiveProgress(Progress):
         f = self.figures
         parts = [f"loss {f['train/loss']:.4f}" if "train/loss" in f else "starting",
                  f"{self.metric} {f['eval/' + self.metric]:.4f}" if "eval/" + self.metric in f else "",
-                 f"{f['train/samples_per_s']:.0f} samples/s" if f.get("train/samples_per_s") else ""]
+                 f"{f['train/samples_per_s']:.0f} samples/s" if f.get("train/samples_per_s") else "",
+                 f"MFU {f['train/mfu']:.1%}" if f.get("train/mfu") else ""]
         if f.get("train/samples_per_s"):  # at the last evaluation's speed, counted down since; none once overdue
             left = (self.budget - f.get("progress/samples", 0)) / f["train/samples_per_s"] - (time.monotonic() - f["at"])
             parts.append(f"~{_clock(left)} left" if left >= 1 else "")

@@ -70,6 +70,9 @@ class TrialResult(BaseModel):
     first_step_s: float | None = None
     train_s: float | None = None
     samples_per_s: float | None = None
+    tokens_per_s: float | None = None
+    mfu: float | None = None
+    """Model FLOPs utilisation over the training time (``lbsearch.flops``); None where no peak is known."""
     wall_s: float | None = None
     plan: dict[str, Any] | None = None
     """``TrialPlan.to_dict()`` of what ran (micro-batch limit known)."""

@@ -16,8 +16,9 @@ from lbsearch.config import ExperimentConfig
 __all__ = ["pad", "make_optimizer", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom", "probe_micro_batch"]
 
 
-def pad(seqs: list[np.ndarray], pad_id: int, device) -> dict[str, torch.Tensor]:
-    width = max(len(s) for s in seqs)
+def pad(seqs: list[np.ndarray], pad_id: int, device, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Right-padded ids and attention mask, as wide as the longest sequence rounded up to ``multiple``."""
+    width = -(-max(len(s) for s in seqs) // multiple) * multiple
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
@@ -84,6 +85,14 @@ def mean_over_ranks(accelerator, value: float) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
     torch.distributed.all_reduce(t)
     return t.item() / accelerator.num_processes
+
+
+def sum_over_ranks(accelerator, values: list[float]) -> list[float]:
+    if accelerator.num_processes == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
 
 
 def maybe_inject_oom(micro_batch: int) -> None:

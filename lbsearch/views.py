@@ -68,6 +68,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
             "test": t.user_attrs.get(f"test_{_metric(study)}"),
             "samples": t.user_attrs.get("samples"),
             "seconds": round(dur, 1) if dur is not None else None,
+            "mfu": t.user_attrs.get("mfu"),
             **dict(t.params),
             "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
         })

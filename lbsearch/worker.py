@@ -25,9 +25,10 @@ import torch
 from lbsearch.batching import sample_stream, step_micro_batches
 from lbsearch.config import ExperimentConfig
 from lbsearch.diagnostics import GradientNoiseMonitor
+from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, write_result
-from lbsearch.training import Evaluator, make_optimizer, maybe_inject_oom, mean_over_ranks, pad, probe_micro_batch, stop_code
+from lbsearch.training import Evaluator, make_optimizer, maybe_inject_oom, mean_over_ranks, pad, probe_micro_batch, stop_code, sum_over_ranks
 
 CONTINUE, DIVERGED, PRUNED = 0, 1, 2
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned"}
@@ -38,7 +39,7 @@ class Trial:
 
     def __init__(self, spec: WorkerSpec, log=print) -> None:
         from accelerate import Accelerator
-        from accelerate.utils import set_seed
+        from accelerate.utils import TorchDynamoPlugin, set_seed
 
         from lbsearch.data import load_arrays
         from lbsearch.model import build_model
@@ -47,7 +48,10 @@ class Trial:
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
-        self.acc = Accelerator(mixed_precision=exp.launcher.precision, cpu=exp.launcher.cpu or not torch.cuda.is_available())
+        launcher = exp.launcher
+        dynamo = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True) if launcher.compile else None
+        self.acc = Accelerator(mixed_precision=launcher.precision, cpu=launcher.cpu or not torch.cuda.is_available(), dynamo_plugin=dynamo)
+        self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
         self.rep = Reporter(spec, self.acc.is_main_process)
         set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
@@ -60,6 +64,12 @@ class Trial:
             set_seed(exp.seed)  # the probe must not change what training sees
         self.plan = make_plan(exp, world).with_limit(limit)
         self.say(f"{self.plan}; device {self.acc.device}")
+        self.count_flops = flop_count(model)
+        if launcher.peak_tflops:
+            self.peak, how = launcher.peak_tflops * 1e12, "launcher.peak_tflops"
+        else:
+            self.peak, how = peak_flops(self.acc.device, launcher.precision, Path(spec.data_path).parent)
+        self.say(f"MFU: {self.count_flops}; peak {self.peak / 1e12:.3g} TFLOP/s per process ({how})" if self.peak else f"MFU: {how}")
         self.rep.plan(self.plan.to_dict())
         self._build_optimization(model)
         self.evals = dict(self.plan.evals)
@@ -69,6 +79,7 @@ class Trial:
         self.loss = self.grad_norm = math.nan
         self.clipped, self.t_train, self.t_first_step = 0, 0.0, None
         self.t_mark, self.samples_mark = time.time(), 0
+        self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
 
     def _build_optimization(self, model: torch.nn.Module) -> None:
         from transformers import get_scheduler
@@ -96,9 +107,11 @@ class Trial:
         """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
         acc, train = self.acc, self.data["train"]
         micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, acc.process_index, self.gns.begin(step))
+        flops, tokens = step_flops(self.count_flops, self.lengths, micro)
+        self.work += (flops, tokens, flops, tokens)
         loss_sum = 0.0
         for idx in micro:
-            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device)
+            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device, self.pad_multiple)
             labels = torch.as_tensor(train.labels[idx], device=acc.device)
             with acc.accumulate(self.model):
                 loss = torch.nn.functional.cross_entropy(self.model(**batch).logits.float(), labels)
@@ -130,9 +143,11 @@ class Trial:
         now, seen, metric = time.time(), step * self.plan.batch_size, self.exp.metric
         self.t_train += now - self.t_mark
         sps = (seen - self.samples_mark) / max(now - self.t_mark, 1e-9)
+        speed = self._speed(self.work[:2], now - self.t_mark)
+        self.work[:2] = 0
         m = self.evaluate_val(self.acc, self.model, self.pad_id)
         self.last_eval, value, noise = m, m[metric.name], self.gns.metrics()
-        self.rep.metrics({"train/samples_per_s": sps} | {f"eval/{k}": v for k, v in m.items()} | noise, step)
+        self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise, step)
         self.rep.flush()
         self.result["evals"].append({"step": step, "samples": seen, "nominal_samples": self.evals[step], **m, **noise})
         if noise.get("gns/b_simple") is not None:
@@ -142,11 +157,21 @@ class Trial:
             self.result["samples_to_target"], self.result["steps_to_target"] = seen, step
             self.rep.metrics({"samples_to_target": seen, "steps_to_target": step}, step)
         self.say(f"samples {seen}/{self.plan.budget_samples} loss {self.loss:.4f} eval {metric.name} {value:.4f} "
-                 f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s")
+                 f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed['train/tokens_per_s']:.0f} tokens/s"
+                 + (f" MFU {speed['train/mfu']:.1%}" if "train/mfu" in speed else ""))
         code = PRUNED if self.rep.should_prune(value, self.evals[step]) and step < self.plan.steps else CONTINUE
         code = stop_code(self.acc, code)
         self.t_mark, self.samples_mark = time.time(), seen
         return code
+
+    def _speed(self, work: np.ndarray, seconds: float) -> dict[str, float]:
+        """Tokens/s of all ranks and MFU (their FLOPs over ``seconds`` x each rank's peak) for ``work``
+        = (FLOPs, tokens) of this rank. A collective: every rank calls it at the same point."""
+        flops, tokens = sum_over_ranks(self.acc, [float(work[0]), float(work[1])])
+        out = {"train/tokens_per_s": tokens / max(seconds, 1e-9)}
+        if self.peak:
+            out["train/mfu"] = flops / max(seconds, 1e-9) / (self.peak * self.acc.num_processes)
+        return out
 
     def stop(self, step: int, code: int) -> None:
         self.result["state"], self.result["reason"] = "pruned", REASONS[code]
@@ -156,6 +181,9 @@ class Trial:
     def finish(self) -> TrialResult:
         r, plan = self.result, self.plan
         r |= {"first_step_s": self.t_first_step, "train_s": self.t_train, "samples_per_s": r["samples"] / self.t_train if self.t_train else None}
+        if self.t_train:  # over the evaluation intervals, as samples/s (a stop between evaluations leaves its steps out)
+            speed = self._speed(self.work[2:] - self.work[:2], self.t_train)
+            r |= {"tokens_per_s": speed["train/tokens_per_s"], "mfu": speed.get("train/mfu")}
         if r["state"] == "complete":
             r["validation"] = self.last_eval or self.evaluate_val(self.acc, self.model, self.pad_id)
             evaluate_test = Evaluator(self.data["test"], self.num_labels, 2 * plan.micro_batch, self.acc.process_index, self.acc.num_processes)

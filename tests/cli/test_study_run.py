@@ -4,6 +4,7 @@ reproduce; resume after Ctrl-C; recovery after the orchestrator is SIGKILLed."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -84,6 +85,12 @@ def test_mlflow_run_tree(finished):
     for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/loss", "test/loss", "test/accuracy"):
         assert client.get_metric_history(good.info.run_id, key), key
     assert len(client.get_metric_history(by_trial[1].info.run_id, "eval/loss")) == 1
+    # speed against the hardware: tokens/s of real tokens and model FLOPs utilisation at each evaluation
+    mfu = [m.value for m in client.get_metric_history(good.info.run_id, "train/mfu")]
+    sps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "train/samples_per_s")}
+    tps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "train/tokens_per_s")}
+    assert len(mfu) == 3 and all(0 < v < 1 for v in mfu)
+    assert sps.keys() == tps.keys() and all(3 < tps[s] / sps[s] <= 48 for s in sps)  # reviews: a few to 48 tokens each
     # artifacts: resolved config, reproduce command, versions, the trial's output
     arts = {a.path for a in client.list_artifacts(good.info.run_id)}
     assert {"config.json", "reproduce.sh", "versions.json", "stdout.log"} <= arts
@@ -101,6 +108,8 @@ def test_status_and_best(finished):
     cwd, _, _ = finished
     status = run_cli("status", "tiny-loss", cwd=cwd, check=True).stdout
     assert "complete" in status and "pruned" in status and "fail" in status
+    header = next(line for line in status.splitlines() if line.lstrip().startswith("trial"))
+    assert "mfu" in header.split() and re.search(r"\d+\.\d%", status)  # MFU of the finished trials, in percent
     best = run_cli("best", "tiny-loss", cwd=cwd, check=True).stdout
     assert "reproduce  lbsearch reproduce tiny-loss --trial" in best
     unknown = run_cli("status", "nope", cwd=cwd)

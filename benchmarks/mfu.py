@@ -1,0 +1,130 @@
+"""Model FLOPs utilisation of lbsearch's training step, and what raises it.
+
+Runs the trial loop (``lbsearch.worker.train`` in this process, as a trial runs it) on the
+Rotten Tomatoes experiment at each ``--layers`` (2: the shipped experiment; 6: the whole MiniLM,
+as the quickstart study trains it), alternating the variants within each repeat:
+
+- ``fp32``, ``bf16``, ``bf16+compile`` (``launcher.compile``: inductor, lengths padded to 16);
+- with ``--levers``, single changes to bf16 measured one at a time: a larger micro-batch
+  (``launcher.max_micro_batch`` 32 and 64), lengths padded to 16 without compile, and dropout off
+  (a measurement of dropout's cost only: it changes the model's regularisation).
+
+For each: steady-state samples/s, tokens/s (real tokens, padding excluded) and MFU (``train/mfu``:
+analytic model FLOPs over time and this CPU's matmul peak, ``lbsearch.flops``) over the
+evaluation intervals after the first; the first step's time (where compilation is paid). The
+losses of eager and compiled bf16 runs are compared step by step (same seed, same batches). A
+profile of one bf16 step at the largest layer count lists where the non-matmul time goes.
+
+    python benchmarks/mfu.py                        # 2 and 6 layers, 2 repeats
+    python benchmarks/mfu.py --layers 6 --levers    # what each lever pays at 6 layers
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, table, use_all_cores, write
+from lbsearch.flops import cpu_matmul_flops
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": {"launcher.precision": "no"},
+    "bf16": {"launcher.precision": "bf16"},
+    "bf16+compile": {"launcher.precision": "bf16", "launcher.compile": True},
+}
+LEVERS: dict[str, dict[str, Any]] = {
+    "bf16 micro-batch 32": {"launcher.precision": "bf16", "launcher.max_micro_batch": 32},
+    "bf16 micro-batch 64": {"launcher.precision": "bf16", "launcher.max_micro_batch": 64},
+    "bf16 pad to 16": {"launcher.precision": "bf16", "launcher.pad_to_multiple_of": 16},
+    "bf16 no dropout": {"launcher.precision": "bf16", "model.config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}},
+}
+
+
+def run_variants(args, layers: int, variants: dict[str, dict[str, Any]], work: Path) -> dict[str, Any]:
+    base = {"model.num_layers": layers, "train.batch_size": args.batch_size, "train.budget_samples": args.steps * args.batch_size,
+            "train.eval_every_samples": args.eval_every_steps * args.batch_size, "data.max_eval_samples": 32}
+    exps = {name: experiment(args.spec, base | o, args.set) for name, o in variants.items()}
+    data = prepared(exps["bf16"] if "bf16" in exps else next(iter(exps.values())), work)
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in exps}
+    for r in range(args.repeats):
+        for name, exp in exps.items():
+            res = lbsearch_loop(exp, data)
+            res["first_step_s"] = res.pop("result").first_step_s
+            runs[name].append(res)
+            print(f"{layers} layers, repeat {r}, {name}: {res['samples_per_s']:.1f} samples/s, {res['tokens_per_s']:.0f} tokens/s, "
+                  f"MFU {res['mfu']:.1%}, first step {res['first_step_s']:.1f} s", flush=True)
+    out: dict[str, Any] = {"experiment": exps[next(iter(exps))].model_dump(mode="json")}
+    for name, rs in runs.items():
+        out[name] = {k: statistics.median(x[k] for x in rs) for k in ("samples_per_s", "tokens_per_s", "mfu", "first_step_s")}
+        out[name]["runs"] = [{k: v for k, v in x.items() if k != "losses"} for x in rs]
+        out[name]["losses"] = rs[0]["losses"]
+    return out
+
+
+def compare_losses(eager: list[float], compiled: list[float]) -> dict[str, Any]:
+    diff = [abs(a - b) / max(abs(a), 1e-6) for a, b in zip(eager, compiled)]
+    return {"steps": len(diff), "max_relative_diff": max(diff), "within_bf16_tolerance": max(diff) <= 2e-2}
+
+
+def profile(args, layers: int, work: Path) -> dict[str, Any]:
+    from precision import profile_step
+
+    exp = experiment(args.spec, {"model.num_layers": layers, "train.batch_size": args.batch_size, "launcher.precision": "bf16"}, args.set)
+    prof = profile_step(exp, prepared(exp, work), args.top)
+    print(f"\none bf16 step at {layers} layers: {prof['step_s']:.2f} s, {prof['matmul_share']:.0%} in matmuls; the rest, by operator:")
+    print(table(["operator", "calls", "self s", "share"], [[o["op"], o["calls"], o["self_s"], f"{o['share']:.1%}"] for o in prof["top_ops"]]))
+    return prof
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--spec", type=Path, default=SPEC)
+    ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment field")
+    ap.add_argument("--layers", type=int, nargs="+", default=[2, 6])
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=50, help="optimizer steps per run (the loss comparison covers them all)")
+    ap.add_argument("--eval-every-steps", type=int, default=10, help="timing starts after the first evaluation")
+    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--levers", action="store_true", help="also measure each single lever on bf16")
+    ap.add_argument("--no-compile", action="store_true", help="leave out bf16+compile")
+    ap.add_argument("--top", type=int, default=12)
+    ap.add_argument("--out", type=Path, default=RESULTS / "mfu.json")
+    args = ap.parse_args()
+    threads = use_all_cores()
+    out: dict[str, Any] = {"machine": machine() | {"torch.threads": threads}}
+    peaks = {"fp32": cpu_matmul_flops(torch.float32), "bf16": cpu_matmul_flops(torch.bfloat16)}
+    out["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
+    print(f"matmul peak (2048^3, {threads} threads): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s", flush=True)
+    variants = {k: v for k, v in VARIANTS.items() if not (args.no_compile and "compile" in k)} | (LEVERS if args.levers else {})
+    work = Path(tempfile.mkdtemp(prefix="lbsearch-mfu-"))
+    rows = []
+    for layers in args.layers:
+        res = out[f"layers_{layers}"] = run_variants(args, layers, variants, work)
+        res["bf16_over_fp32"] = res["bf16"]["samples_per_s"] / res["fp32"]["samples_per_s"]
+        if "bf16+compile" in res:
+            res["compiled_vs_eager_losses"] = compare_losses(res["bf16"]["losses"], res["bf16+compile"]["losses"])
+        for name in variants:
+            v = res[name]
+            rows.append([layers, name, v["samples_per_s"], v["samples_per_s"] / res["fp32"]["samples_per_s"], v["tokens_per_s"],
+                         f"{v['mfu']:.1%}", v["first_step_s"]])
+    print("\n" + table(["layers", "variant", "samples/s", "vs fp32", "tokens/s", "MFU", "first step s"], rows))
+    for layers in args.layers:
+        res = out[f"layers_{layers}"]
+        print(f"{layers} layers: bf16 / fp32 = {res['bf16_over_fp32']:.2f}"
+              + (f"; compiled vs eager losses over {res['compiled_vs_eager_losses']['steps']} steps: max relative difference "
+                 f"{res['compiled_vs_eager_losses']['max_relative_diff']:.2e}" if "compiled_vs_eager_losses" in res else ""))
+    out["profile_bf16"] = profile(args, max(args.layers), work)
+    write(out, args.out)
+    shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
