@@ -6,7 +6,8 @@ as the quickstart study trains it), alternating the variants within each repeat:
 
 - ``fp32``, ``bf16``, ``bf16+compile`` (``launcher.compile``: inductor, lengths padded to 16);
 - with ``--levers``, single changes to bf16 measured one at a time: a larger micro-batch
-  (``launcher.max_micro_batch`` 32 and 64), lengths padded to 16 without compile, and dropout off
+  (``launcher.max_micro_batch`` 32 and 64), lengths padded to 16 without compile, AdamW's
+  per-operation implementation instead of the fused kernel (``optimizer.fused``), and dropout off
   (a measurement of dropout's cost only: it changes the model's regularisation).
 
 For each: steady-state samples/s, tokens/s (real tokens, padding excluded) and MFU (``train/mfu``:
@@ -43,6 +44,7 @@ LEVERS: dict[str, dict[str, Any]] = {
     "bf16 micro-batch 32": {"launcher.precision": "bf16", "launcher.max_micro_batch": 32},
     "bf16 micro-batch 64": {"launcher.precision": "bf16", "launcher.max_micro_batch": 64},
     "bf16 pad to 16": {"launcher.precision": "bf16", "launcher.pad_to_multiple_of": 16},
+    "bf16 unfused AdamW": {"launcher.precision": "bf16", "optimizer.fused": False},
     "bf16 no dropout": {"launcher.precision": "bf16", "model.config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}},
 }
 

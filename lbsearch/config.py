@@ -96,6 +96,8 @@ class OptimizerConfig(_Strict):
     beta1: float = Field(0.9, ge=0, lt=1)
     beta2: float = Field(0.999, ge=0, lt=1)
     eps: float = Field(1e-8, gt=0)
+    fused: bool = True
+    """AdamW's fused kernel (CPU and CUDA): one pass over the parameters instead of one per operation."""
 
 
 class ScheduleConfig(_Strict):

@@ -38,7 +38,7 @@ def make_optimizer(exp: ExperimentConfig, model: torch.nn.Module, lr: float) -> 
     o = exp.optimizer
     groups = param_groups(model, o.weight_decay)
     if o.name == "adamw":
-        return torch.optim.AdamW(groups, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps)
+        return torch.optim.AdamW(groups, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=o.fused or None)
     import pytorch_optimizer
 
     if o.name == "lamb":
