@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 from lbsearch.config import BUILTIN_DATASETS, DataConfig, ExperimentConfig, SpecError
 
-__all__ = ["PreparedData", "Split", "load_frames", "prepare_data", "load_arrays", "OFFLINE_DATA_HINT"]
+__all__ = ["PreparedData", "Split", "load_frames", "prepare_data", "load_arrays", "label_names", "OFFLINE_DATA_HINT"]
 
 OFFLINE_DATA_HINT = (
     "offline choices: `source: rotten_tomatoes` (builtin) or a local .csv / .jsonl / .parquet file "
@@ -42,6 +42,8 @@ class PreparedData:
     sizes: dict[str, int]
     pad_id: int
     vocab_size: int
+    label_names: list[str] | None = None
+    """The class names in output order (label id i is ``label_names[i]``); see ``label_names()``."""
 
 
 @dataclass
@@ -112,10 +114,10 @@ def _split(df: "pd.DataFrame", cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
     return {k: df.iloc[v].reset_index(drop=True) for k, v in parts.items()}
 
 
-def _labels(frames: dict[str, "pd.DataFrame"]) -> tuple[dict[str, "pd.DataFrame"], int]:
+def _labels(frames: dict[str, "pd.DataFrame"]) -> tuple[dict[str, "pd.DataFrame"], list[str]]:
+    """Integer labels 0..K-1 and the class names; string labels are mapped in sorted order."""
     import pandas as pd
 
-    """Integer labels 0..K-1; string labels are mapped in sorted order."""
     train = frames["train"]["label"]
     if train.isna().any():
         raise SpecError(None, "data.label_column", "the label column has missing values")
@@ -126,6 +128,7 @@ def _labels(frames: dict[str, "pd.DataFrame"]) -> tuple[dict[str, "pd.DataFrame"
             if len(lab) and (lab.min() < 0 or lab.max() >= k):
                 raise SpecError(None, "data.label_column", f"{split} labels must lie in 0..{k - 1} (the train labels), got {lab.min()}..{lab.max()}")
             df["label"] = lab
+        names = [str(i) for i in range(k)]
     else:
         names = sorted(map(str, train.unique()))
         index = {n: i for i, n in enumerate(names)}
@@ -137,11 +140,16 @@ def _labels(frames: dict[str, "pd.DataFrame"]) -> tuple[dict[str, "pd.DataFrame"
             df["label"] = df["label"].astype(str).map(index)
     if k < 2:
         raise SpecError(None, "data.label_column", f"need at least 2 classes, got {k}")
-    return frames, k
+    return frames, names
 
 
 def load_frames(cfg: DataConfig) -> tuple[dict[str, "pd.DataFrame"], int]:
     """The three splits as (text, label) frames, and the number of classes."""
+    frames, names = _frames_and_names(cfg)
+    return frames, len(names)
+
+
+def _frames_and_names(cfg: DataConfig) -> tuple[dict[str, "pd.DataFrame"], list[str]]:
     if cfg.files:
         missing = [s for s in SPLITS if s not in cfg.files]
         if "train" in missing:
@@ -175,7 +183,16 @@ def load_frames(cfg: DataConfig) -> tuple[dict[str, "pd.DataFrame"], int]:
     for s in SPLITS:
         if len(frames[s]) == 0:
             raise SpecError(None, "data", f"the {s} split is empty")
-    return _labels(frames)
+    frames, names = _labels(frames)
+    if cfg.source in BUILTIN_DATASETS and not cfg.files:
+        names = ["rotten", "fresh"]  # the builtin's label is `category == "fresh"`
+    return frames, names
+
+
+def label_names(data: PreparedData) -> list[str]:
+    """The class names of prepared data, in output order: the model's ``id2label``. The one place
+    they are decided; data cached before names were kept gets ``"0"``, ``"1"``, ..."""
+    return list(data.label_names) if data.label_names else [str(i) for i in range(data.num_labels)]
 
 
 def _digest(frames: dict[str, "pd.DataFrame"]) -> str:
@@ -195,7 +212,7 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
     """
     from lbsearch.model import load_tokenizer, tokenizer_identity
 
-    key_src = json.dumps({"data": exp.data.model_dump(mode="json"), "tok": tokenizer_identity(exp.model)}, sort_keys=True)
+    key_src = json.dumps({"data": exp.data.model_dump(mode="json"), "tok": tokenizer_identity(exp.model), "names": 1}, sort_keys=True)
     key = hashlib.sha256(key_src.encode()).hexdigest()[:16]
     path = Path(cache_root) / f"data-{key}"
     meta_file = path / "lbsearch_meta.json"
@@ -205,7 +222,7 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
 
     import datasets
 
-    frames, num_labels = load_frames(exp.data)
+    frames, names = _frames_and_names(exp.data)
     tok = load_tokenizer(exp.model)
     datasets.disable_progress_bars()
     dd = datasets.DatasetDict({s: datasets.Dataset.from_pandas(frames[s], preserve_index=False) for s in SPLITS})
@@ -216,7 +233,8 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
     )
     meta = {
         "digest": _digest(frames),
-        "num_labels": num_labels,
+        "num_labels": len(names),
+        "label_names": names,
         "sizes": {s: len(dd[s]) for s in SPLITS},
         "pad_id": tok.pad_token_id if tok.pad_token_id is not None else 0,
         "vocab_size": len(tok),
