@@ -18,6 +18,7 @@ EPILOG = """examples:
   lbsearch reproduce quickstart [--trial N]        re-run a trial from its resolved config; compare
   lbsearch report batch_scaling                    batch-scaling report: B_crit, lr exponent, noise scale
   lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
+  lbsearch predict quickstart "a warm, funny film"   classify texts with the best trial's kept model
   lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
 state lives under --mlruns (default ./mlruns, or $LBSEARCH_MLRUNS)."""
 
@@ -66,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="one training run of an experiment, no search")
     p.add_argument("experiment", type=Path, help="experiment YAML (experiments/*.yaml) or a trial's config.json")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.batch_size=256")
+    _common(p)
+
+    p = sub.add_parser("predict", help="classify texts with a study's kept model (label names, probabilities)")
+    p.add_argument("study", help="study name")
+    p.add_argument("text", metavar="FILE_OR_TEXT", help="a text, or a file with one text a line")
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     _common(p)
 
     p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
@@ -203,6 +210,12 @@ def cmd_reproduce(args) -> int:
     return reproduce(_session(args), args.study, number=args.trial, tolerance=args.tolerance)
 
 
+def cmd_predict(args) -> int:
+    from lbsearch.commands import predict
+
+    return predict(_session(args), args.study, args.text, number=args.trial)
+
+
 def cmd_report(args) -> int:
     from lbsearch.commands import report
 
@@ -242,7 +255,8 @@ def cmd_ui(args) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "report": cmd_report, "train": cmd_train, "ui": cmd_ui}
+COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "report": cmd_report, "train": cmd_train, "predict": cmd_predict,
+            "ui": cmd_ui}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,12 +12,13 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.config import ExperimentConfig, SpecError
 from lbsearch.data import prepare_data
+from lbsearch.kept import keep_train_model, models_dir, trial_model_dir
 from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.storage import Session, load_existing_study, stored_study
 from lbsearch.tracking import git_commit
 from lbsearch.views import best_trial
 
-__all__ = ["reproduce", "train_once", "report"]
+__all__ = ["reproduce", "train_once", "report", "predict"]
 
 
 def _target(study, name: str, number: int | None) -> FrozenTrial:
@@ -83,14 +84,39 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8], prefix="[train]",
                    experiment_id=tracker.experiment(f"train-{exp.name}"), run_name=exp.name,
                    tags={"lbsearch.role": "train", "data.digest": data.digest, "git.commit": git_commit(spec_file.parent if spec_file else None)},
-                   files=trial_files(session, exp.model_dump(mode="json"), None, None))
+                   files=trial_files(session, exp.model_dump(mode="json"), None, None), save_model=True)
     out = run_tracked(session, tracker, run)
     r = out.result
     if r.state != "complete":
         session.out(f"[train] {r.state}: {r.reason}")
         return 1
+    if r.model_dir:
+        folder = keep_train_model(tracker, session.root, name=exp.name, experiment_id=run.experiment_id, run_id=out.run_id, saved=Path(r.model_dir))
+        session.out(f"[train] model kept in {folder} (and logged to MLflow run {out.run_id})")
     m = exp.metric.name
     session.out(f"[train] validation {m} {r.validation[m]:.4f} · test {m} {r.test[m]:.4f} · MLflow run {out.run_id}")
+    return 0
+
+
+def predict(session: Session, name: str, text_or_file: str, *, number: int | None = None) -> int:
+    """Classify texts with a kept model of study ``name`` (default: the best trial's): one line per
+    text, ``label<TAB>probability<TAB>text``. ``text_or_file``: a text, or a file with one text a line."""
+    from lbsearch.model import classify
+
+    if number is None:
+        target = best_trial(load_existing_study(session, name))
+        if target is None:
+            raise SpecError(None, "study", f"study {name!r} has no complete trial")
+        number = target.number
+    folder = trial_model_dir(session.root, name, number)
+    if not (folder / "config.json").is_file():
+        kept = sorted(p.name for p in models_dir(session.root, name).glob("trial-*"))
+        raise SpecError(None, "--trial", f"no kept model for trial {number} of study {name!r} (kept: {', '.join(kept) or 'none'}; "
+                        "see the study's `save_model`)")
+    path = Path(text_or_file)
+    texts = [t for t in path.read_text().splitlines() if t.strip()] if path.is_file() else [text_or_file]
+    for text, (label, p) in zip(texts, classify(folder, texts)):
+        session.out(f"{label}\t{p:.4f}\t{text}")
     return 0
 
 

@@ -126,6 +126,7 @@ class TrainConfig(_Strict):
     """Global gradient-norm clipping threshold; ``null`` turns clipping off."""
     divergence_factor: float = Field(4.0, gt=1)
     """A training loss above this multiple of its first value stops the trial as diverged."""
+    max_skipped_steps: int = Field(20, ge=1)  # fp16: more GradScaler-skipped steps in a row stop the trial (reason overflow)
     noise_scale: bool = True
     """Measure the gradient noise scale B_simple (logged at each evaluation as ``gns/b_simple``)."""
     noise_scale_ema: float = Field(0.9, ge=0, lt=1)
@@ -329,6 +330,8 @@ class StudyConfig(_Strict):
     """Run the best ``top_k`` configurations of an earlier study first."""
     storage: str | None = None
     """Optuna storage URL; default: a journal file under mlruns/."""
+    save_model: Literal["best", "all", "none"] = "best"
+    """Kept models (under mlruns/models/<study>/): the best complete trial's only, every complete trial's, or none."""
     tracking_uri: str | None = None
     """MLflow tracking URI; default: sqlite:///mlruns/mlflow.db."""
     heartbeat_interval: int = Field(10, ge=1, le=3600)

@@ -10,8 +10,12 @@ import torch
 
 from lbsearch.config import BUILTIN_MODELS, ModelConfig, SpecError
 
-__all__ = ["builtin_model_dir", "load_tokenizer", "build_model", "tokenizer_identity", "OFFLINE_MODEL_HINT"]
+__all__ = ["builtin_model_dir", "load_tokenizer", "build_model", "tokenizer_identity", "save_model", "load_model", "classify",
+           "OFFLINE_MODEL_HINT", "KEPT_FILE"]
 
+KEPT_FILE = "lbsearch.json"
+"""Beside a kept model's weights: how it was trained (max length, pooling, evaluation batch) and its source."""
+_HEAD_FILE = "mean_pool_head.safetensors"
 OFFLINE_MODEL_HINT = "offline choices: `source: minilm-l6` (builtin), a local model folder, or `source: random` with a `config`"
 
 
@@ -93,3 +97,62 @@ class MeanPoolClassifier(torch.nn.Module):
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
+
+
+def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg: ModelConfig, info: dict[str, Any]) -> None:
+    """Save a trained classifier in the Hugging Face layout: weights (safetensors) and config with
+    ``id2label`` / ``label2id``, the tokenizer, and ``lbsearch.json``. A mean-pooling head saves its
+    encoder that way and the head beside it (``mean_pool_head.safetensors``); ``load_model`` rebuilds both."""
+    import json
+
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    hf = model.encoder if isinstance(model, MeanPoolClassifier) else model
+    hf.config.id2label = dict(enumerate(label_names))
+    hf.config.label2id = {n: i for i, n in enumerate(label_names)}
+    hf.save_pretrained(folder, safe_serialization=True)
+    if isinstance(model, MeanPoolClassifier):
+        save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
+    load_tokenizer(cfg).save_pretrained(folder)
+    info = info | {"pooling": cfg.pooling, "label_names": label_names}
+    (folder / KEPT_FILE).write_text(json.dumps(info, indent=1))
+
+
+def load_model(folder: str | Path):
+    """A kept model, in eval mode: ``AutoModelForSequenceClassification.from_pretrained(folder)``, or
+    for a mean-pooling head (``model.pooling: mean``) the encoder with its head. The label names are
+    ``model.config.id2label``."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    folder = Path(folder)
+    hf_logging.set_verbosity_error()
+    if not (folder / _HEAD_FILE).is_file():
+        return AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    from safetensors.torch import load_file
+
+    encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)
+    model = MeanPoolClassifier(encoder, len(encoder.config.id2label))
+    model.classifier.load_state_dict(load_file(str(folder / _HEAD_FILE)))
+    return model.eval()
+
+
+@torch.no_grad()
+def classify(folder: str | Path, texts: list[str], batch_size: int = 32) -> list[tuple[str, float]]:
+    """(label name, probability) per text, from a kept model folder."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    info = json.loads((folder / KEPT_FILE).read_text()) if (folder / KEPT_FILE).is_file() else {}
+    tok, model = AutoTokenizer.from_pretrained(folder), load_model(folder)
+    names = model.config.id2label
+    out: list[tuple[str, float]] = []
+    for i in range(0, len(texts), batch_size):
+        batch = tok(texts[i : i + batch_size], truncation=True, max_length=info.get("max_length"), padding=True, return_tensors="pt")
+        probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().softmax(-1)
+        p, k = probs.max(-1)
+        out += [(names[int(j)], float(q)) for q, j in zip(p, k)]
+    return out

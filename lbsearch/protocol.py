@@ -49,6 +49,10 @@ class WorkerSpec(BaseModel):
     result: str | None = None
     watch_pid: int | None = None
     """Exit when this process (the orchestrator) is gone."""
+    label_names: list[str] | None = None
+    """The class names in output order (``lbsearch.data.label_names``): the saved model's ``id2label``."""
+    model_dir: str | None = None
+    """Where a complete trial saves its model (``lbsearch.model.save_model``); None: not saved."""
 
 
 class TrialResult(BaseModel):
@@ -71,6 +75,10 @@ class TrialResult(BaseModel):
     train_s: float | None = None
     samples_per_s: float | None = None
     tokens_per_s: float | None = None
+    skipped_steps: int | None = None
+    """fp16: optimizer steps the GradScaler skipped (an overflow in the gradients); None without a GradScaler."""
+    model_dir: str | None = None
+    """The saved model's folder, when the trial saved one."""
     mfu: float | None = None
     """Model FLOPs utilisation over the training time (``lbsearch.flops``); None where no peak is known."""
     wall_s: float | None = None

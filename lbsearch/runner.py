@@ -16,6 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from lbsearch import console
 from lbsearch.config import ExperimentConfig
+from lbsearch.data import label_names
 from lbsearch.launch import resolve_precision, run_trial_process
 from lbsearch.plan import TrialPlan, make_plan
 from lbsearch.protocol import OptunaRef, TrialResult, WorkerSpec, parse_message
@@ -71,6 +72,8 @@ class TrialRun:
     params: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     optuna: OptunaRef | None = None
+    save_model: bool = False
+    """A complete trial saves its model in ``workdir/model`` (``TrialResult.model_dir``)."""
 
 
 @dataclass
@@ -124,7 +127,8 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
     retries = 0
     while True:
         spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
-                          pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, optuna=run.optuna, tracking=True)
+                          pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, optuna=run.optuna, tracking=True,
+                          label_names=label_names(run.data), model_dir=str(run.workdir / "model") if run.save_model else None)
         result = run_trial_process(spec, run.workdir, on_line=_line_handler(session, tracker, run_id, run.prefix))
         if result.plan is not None:
             plan = TrialPlan.from_dict(result.plan)

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 from lbsearch.console import Progress, study_progress
 from lbsearch.config import BATCH_KEY, SpecError, StudyConfig
 from lbsearch.data import prepare_data
+from lbsearch.kept import keep_trial_model
 from lbsearch.protocol import OptunaRef, TrialResult
 from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.constraints import Constraint, parse as parse_constraints
@@ -126,7 +127,8 @@ class _Search:
                        prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags,
                        params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
                        optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
-                       OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()))
+                       OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()),
+                       save_model=cfg.save_model != "none")
         self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
         t0 = time.time()
         try:
@@ -146,6 +148,8 @@ class _Search:
             trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
         self._tell(trial, out.result, out.plan)
         r = out.result
+        if r.model_dir:
+            self._keep(trial.number, out.run_id, Path(r.model_dir))
         detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
         value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
         self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
@@ -168,7 +172,7 @@ class _Search:
 
     def _tell(self, trial: optuna.Trial, r: TrialResult, plan: TrialPlan | None = None) -> None:
         attrs: dict[str, Any] = {"reason": r.reason} if r.reason else {}
-        for key in ("samples", "steps", "samples_to_target", "steps_to_target", "samples_per_s", "tokens_per_s", "mfu", "wall_s", "first_step_s", "b_simple"):
+        for key in ("samples", "steps", "skipped_steps", "samples_to_target", "steps_to_target", "samples_per_s", "tokens_per_s", "mfu", "wall_s", "first_step_s", "b_simple"):
             if getattr(r, key) is not None:
                 attrs[key] = getattr(r, key)
         for split in ("validation", "test"):
@@ -183,6 +187,19 @@ class _Search:
         else:
             self.study.tell(trial, state=TrialState.PRUNED if r.state == "pruned" else TrialState.FAIL)
 
+
+    def _keep(self, number: int, run_id: str, saved: Path) -> None:
+        """Keep or delete the trial's saved model (``save_model``); the best one goes to MLflow's registry."""
+        with study_lock(self.session, self.cfg):
+            best = best_trial(self.study)
+            try:
+                folder = keep_trial_model(self.tracker, self.session.root, study=self.cfg.name, experiment_id=self.exp_id, number=number,
+                                          run_id=run_id, saved=saved, policy=self.cfg.save_model, best=best.number if best else None)
+            except (MlflowException, OSError) as err:  # the model is on disk; MLflow failed: the study goes on
+                self.session.out(f"[trial {number}] model not logged to MLflow: {str(err).splitlines()[0][:200]}")
+                return
+        if folder is not None:
+            self.session.out(f"[trial {number}] model kept in {folder}" + (" (the best so far; registered in MLflow)" if best and best.number == number else ""))
 
     def _update_front(self) -> None:
         """The Pareto front on the parent run: a table and, from 2 front trials on, Optuna's plot."""

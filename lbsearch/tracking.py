@@ -27,6 +27,8 @@ __all__ = ["Tracker", "default_tracking_uri", "versions", "git_commit", "flatten
 STUDY_TAG, ROLE_TAG = "lbsearch.study", "lbsearch.role"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 """MLflow's mark of a model-training experiment (``genai_development`` marks a GenAI one)."""
+MODEL_ID_TAG = "lbsearch.model_id"
+"""On a registered model version: its logged model (MLflow's SQL registry does not keep a version's ``model_id``)."""
 SYSTEM_METRICS_INTERVAL = 10.0
 """Seconds between system-metric samples: a point every 10 s costs nothing next to a trial (see benchmarks/tracking.py)."""
 PACKAGES = ("lbsearch", "torch", "transformers", "optuna", "mlflow", "accelerate", "datasets", "pydantic", "pytorch-optimizer", "numpy")
@@ -192,6 +194,42 @@ class Tracker:
 
     def run_ids(self, experiment_id: str, query: str) -> list[str]:
         return [r.info.run_id for r in self.client.search_runs([experiment_id], query)]
+
+    def log_model(self, experiment_id: str, run_id: str, name: str, folder: Path, tags: dict[str, str]) -> str:
+        """Log ``folder`` (a saved model) as an MLflow logged model of ``run_id``; returns its model id."""
+        from mlflow.entities import LoggedModelOutput
+
+        model = _retry(self.client.create_logged_model, experiment_id, name=name, source_run_id=run_id, tags=tags, model_type="text-classification")
+        _retry(self.client.log_model_artifacts, model.model_id, str(folder))
+        _retry(self.client.finalize_logged_model, model.model_id, "READY")
+        _retry(self.client.log_outputs, run_id, [LoggedModelOutput(model.model_id, 0)])
+        return model.model_id
+
+    def register_model(self, name: str, model_id: str, run_id: str, tags: dict[str, str], alias: str) -> str:
+        """A new version of the registered model ``name`` from a logged model, with ``alias`` on it."""
+        with contextlib.suppress(MlflowException):  # exists already
+            self.client.create_registered_model(name, description="lbsearch: the best trial's model of the study of this name")
+        # the model's own location as the source: MLflow 3.17 resolves a `models:/<id>` source through the
+        # process-global tracking URI, not this client's
+        source = self.client.get_logged_model(model_id).artifact_location
+        version = _retry(self.client.create_model_version, name, source, run_id=run_id, tags=tags | {MODEL_ID_TAG: model_id}, model_id=model_id,
+                         await_creation_for=0)
+        _retry(self.client.set_registered_model_alias, name, alias, version.version)
+        return str(version.version)
+
+    def drop_model_versions(self, name: str, keep: str) -> None:
+        """Delete every version of ``name`` but ``keep``, with its logged model and that model's files."""
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+        for v in self.client.search_model_versions(f"name = '{name}'"):
+            if str(v.version) == keep:
+                continue
+            model_id = v.model_id or v.tags.get(MODEL_ID_TAG)
+            if model_id:
+                with contextlib.suppress(MlflowException, OSError):
+                    get_artifact_repository(self.client.get_logged_model(model_id).artifact_location).delete_artifacts()
+                    self.client.delete_logged_model(model_id)
+            _retry(self.client.delete_model_version, name, str(v.version))
 
     @contextlib.contextmanager
     def system_metrics(self, run_id: str, interval: float = SYSTEM_METRICS_INTERVAL) -> Iterator[None]:

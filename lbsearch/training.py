@@ -13,7 +13,8 @@ import torch
 
 from lbsearch.config import ExperimentConfig
 
-__all__ = ["pad", "make_optimizer", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom", "probe_micro_batch"]
+__all__ = ["pad", "make_optimizer", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom", "maybe_inject_overflow", "probe_micro_batch",
+           "cpu_fp16"]
 
 
 def pad(seqs: list[np.ndarray], pad_id: int, device, multiple: int = 1) -> dict[str, torch.Tensor]:
@@ -100,6 +101,25 @@ def maybe_inject_oom(micro_batch: int) -> None:
     limit = int(os.environ.get("LBSEARCH_INJECT_OOM_ABOVE", "0"))
     if limit and micro_batch > limit:
         raise torch.OutOfMemoryError(f"out of memory (injected: micro-batch {micro_batch} > {limit})")
+
+
+def maybe_inject_overflow(model: torch.nn.Module, step: int) -> None:
+    """Tests set LBSEARCH_INJECT_OVERFLOW_AT=N[,M...] to make those steps' gradients infinite (one
+    element of the first parameter's gradient), as an fp16 overflow does."""
+    if str(step) in os.environ.get("LBSEARCH_INJECT_OVERFLOW_AT", "").split(","):
+        grad = next(p.grad for p in model.parameters() if p.grad is not None)
+        grad.view(-1)[0] = float("inf")
+
+
+def cpu_fp16(accelerator) -> None:
+    """fp16 as asked on a CPU. Accelerate 1.15 applies fp16 only off the CPU (its autocast and GradScaler
+    sit behind ``mixed_precision == "fp16" and self.device.type != "cpu"``) and otherwise trains in
+    fp32 without a word; this turns on both for the CPU: torch's CPU autocast in float16 and
+    ``torch.amp.GradScaler("cpu")``, set before ``prepare`` so that Accelerate wraps, scales and
+    unscales exactly as on a GPU."""
+    if accelerator.mixed_precision == "fp16" and accelerator.device.type == "cpu" and accelerator.scaler is None:
+        accelerator.native_amp = True
+        accelerator.scaler = torch.amp.GradScaler("cpu")
 
 
 def probe_micro_batch(accelerator, model, exp: ExperimentConfig, per_process: int, cache_dir: Path, say) -> int:

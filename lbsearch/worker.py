@@ -28,10 +28,11 @@ from lbsearch.diagnostics import GradientNoiseMonitor
 from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, write_result
-from lbsearch.training import Evaluator, make_optimizer, maybe_inject_oom, mean_over_ranks, pad, probe_micro_batch, stop_code, sum_over_ranks
+from lbsearch.training import (Evaluator, cpu_fp16, make_optimizer, maybe_inject_oom, maybe_inject_overflow, mean_over_ranks, pad,
+                               probe_micro_batch, stop_code, sum_over_ranks)
 
-CONTINUE, DIVERGED, PRUNED = 0, 1, 2
-REASONS = {DIVERGED: "diverged", PRUNED: "pruned"}
+CONTINUE, DIVERGED, PRUNED, OVERFLOW = 0, 1, 2, 3
+REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
 
 
 class Trial:
@@ -44,13 +45,14 @@ class Trial:
         from lbsearch.data import load_arrays
         from lbsearch.model import build_model
 
-        self.t_start = time.time()
+        self.t_start, self.spec = time.time(), spec
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
         launcher = exp.launcher
         dynamo = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True) if launcher.compile else None
         self.acc = Accelerator(mixed_precision=launcher.precision, cpu=launcher.cpu or not torch.cuda.is_available(), dynamo_plugin=dynamo)
+        cpu_fp16(self.acc)  # before prepare: the model's forward is wrapped in the autocast this turns on
         self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
         self.rep = Reporter(spec, self.acc.is_main_process)
@@ -78,6 +80,7 @@ class Trial:
         self.last_eval: dict[str, float] | None = None
         self.loss = self.grad_norm = math.nan
         self.clipped, self.t_train, self.t_first_step = 0, 0.0, None
+        self.skipped = self.skipped_in_row = 0  # optimizer steps the fp16 GradScaler skipped: in all, and the current run of them
         self.t_mark, self.samples_mark = time.time(), 0
         self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
 
@@ -118,25 +121,39 @@ class Trial:
                 acc.backward(loss)
                 self.gns.after_backward()
             loss_sum += loss.item()
+        maybe_inject_overflow(self.model, step)
         clip = self.exp.train.clip_norm
-        self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip or math.inf).item()  # the pre-clip norm
+        self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip or math.inf).item()  # the pre-clip norm (unscaled)
         self.gns.step(self.grad_norm)
         self.loss = mean_over_ranks(acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
         self.first_loss = self.loss if self.first_loss is None else self.first_loss
-        # loss and grad norm are global here, so every rank takes the same decision without a message
-        finite = math.isfinite(self.loss) and math.isfinite(self.grad_norm)
-        code = DIVERGED if not finite or self.loss > self.exp.train.divergence_factor * self.first_loss else CONTINUE
+        code = self._check(math.isfinite(self.loss) and math.isfinite(self.grad_norm))
         if code == CONTINUE:
-            self.optimizer.step()
-            self.scheduler.step()
+            self.optimizer.step()  # under a GradScaler an overflow step is skipped here, and the scale lowered
+            if self.skipped_in_row == 0:
+                self.scheduler.step()  # a skipped step does not advance the schedule
             self.optimizer.zero_grad(set_to_none=True)
         self.clipped += int(clip is not None and self.grad_norm > clip)
         self.t_first_step = self.t_first_step or time.time() - self.t_start
         seen = step * self.plan.batch_size
         self.result["steps"], self.result["samples"] = step, seen
         self.rep.metrics({"train/loss": self.loss, "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.grad_norm,
-                          "train/clip_frac": self.clipped / step, "progress/samples": seen}, step)
+                          "train/clip_frac": self.clipped / step, "progress/samples": seen}
+                         | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), step)
         return code
+
+    def _check(self, finite: bool) -> int:
+        """CONTINUE, DIVERGED or OVERFLOW. Loss and grad norm are global here, so every rank takes the
+        same decision without a message. Under fp16 a finite loss with a non-finite gradient norm is
+        an overflow the GradScaler skips (counted); more than ``train.max_skipped_steps`` in a row stop
+        the trial. Otherwise a non-finite value, or a loss above ``divergence_factor`` x the first, diverges."""
+        tr = self.exp.train
+        if self.acc.scaler is not None and math.isfinite(self.loss) and not finite:
+            self.skipped, self.skipped_in_row = self.skipped + 1, self.skipped_in_row + 1
+            self.say(f"fp16 overflow: step skipped by the GradScaler ({self.skipped_in_row} in a row, {self.skipped} in all)")
+            return OVERFLOW if self.skipped_in_row > tr.max_skipped_steps else CONTINUE
+        self.skipped_in_row = 0
+        return DIVERGED if not finite or self.loss > tr.divergence_factor * self.first_loss else CONTINUE
 
     def evaluate(self, step: int) -> int:
         """Validation at an evaluation point; returns CONTINUE or PRUNED (the same on every rank)."""
@@ -177,6 +194,9 @@ class Trial:
         self.result["state"], self.result["reason"] = "pruned", REASONS[code]
         if code == DIVERGED:
             self.say(f"diverged at step {step}: loss {self.loss:.4g} (first {self.first_loss:.4g}), grad norm {self.grad_norm:.4g}")
+        if code == OVERFLOW:
+            self.say(f"stopped at step {step}: the GradScaler skipped {self.skipped_in_row} steps in a row (train.max_skipped_steps "
+                     f"{self.exp.train.max_skipped_steps})")
 
     def finish(self) -> TrialResult:
         r, plan = self.result, self.plan
@@ -190,11 +210,27 @@ class Trial:
             r["test"] = evaluate_test(self.acc, self.model, self.pad_id)
             r["value"] = r["validation"][self.exp.metric.name]
             self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, plan.steps)
+            if self.spec.model_dir:
+                r["model_dir"] = self._save(Path(self.spec.model_dir), r)
+        r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
         self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["steps"])
         self.rep.flush()
         r["plan"], r["wall_s"] = plan.to_dict(), time.time() - self.t_start
         self.acc.end_training()
         return TrialResult.model_validate(r)
+
+    def _save(self, folder: Path, r: dict[str, Any]) -> str:
+        """Rank 0 saves the trained model (``lbsearch.model.save_model``) once every rank is done."""
+        from lbsearch.model import save_model
+
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            names = self.spec.label_names or [str(i) for i in range(self.num_labels)]
+            info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
+                    "validation": r["validation"], "test": r["test"]}
+            save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False), folder, names, self.exp.model, info)
+            self.say(f"model saved in {folder}")
+        return str(folder)
 
 
 def train(spec: WorkerSpec, *, log=print) -> TrialResult:
