@@ -106,7 +106,9 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
     import json
 
     from safetensors.torch import save_file
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the trial's output
     folder.mkdir(parents=True, exist_ok=True)
     hf = model.encoder if isinstance(model, MeanPoolClassifier) else model
     hf.config.id2label = dict(enumerate(label_names))
@@ -128,6 +130,7 @@ def load_model(folder: str | Path):
 
     folder = Path(folder)
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if not (folder / _HEAD_FILE).is_file():
         return AutoModelForSequenceClassification.from_pretrained(folder).eval()
     from safetensors.torch import load_file

@@ -228,7 +228,7 @@ class Trial:
             names = self.spec.label_names or [str(i) for i in range(self.num_labels)]
             info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
                     "validation": r["validation"], "test": r["test"]}
-            save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False), folder, names, self.exp.model, info)
+            save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info)
             self.say(f"model saved in {folder}")
         return str(folder)
 

@@ -69,6 +69,7 @@ def test_only_the_best_model_remains(study):
     trials = journal_study(root, STUDY).get_trials()
     assert [t.state.name for t in trials] == ["COMPLETE", "COMPLETE"]
     assert trials[1].value < trials[0].value  # the second trial is the better one ...
+    assert "Writing model shards" not in proc.stdout + proc.stderr
     assert proc.stdout.count("model kept in") == 2  # ... so the first one's model was kept, then deleted
     assert sorted(p.name for p in (root / "models" / STUDY).iterdir()) == ["trial-1"]
     weights = sorted(str(p.relative_to(root)) for p in root.rglob("model.safetensors"))
@@ -113,6 +114,7 @@ def test_model_registry_lists_the_best_trial(study, tmp_path):
 def test_predict_prints_label_names(study, tmp_path):
     cwd, _, _ = study
     proc = run_cli("predict", STUDY, "a warm and funny film", cwd=cwd, check=True)
+    assert "Loading weights" not in proc.stdout + proc.stderr
     label, prob, text = proc.stdout.strip().splitlines()[-1].split("\t")
     assert label in {"rotten", "fresh"} and 0.5 <= float(prob) <= 1 and text == "a warm and funny film"
     texts = tmp_path / "texts.txt"
