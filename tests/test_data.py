@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from lbsearch.config import DataConfig, ExperimentConfig, SpecError
-from lbsearch.data import load_arrays, load_frames, prepare_data
+from lbsearch.data import label_names, load_arrays, load_frames, prepare_data
 
 
 def test_rotten_tomatoes_split_is_deduped_disjoint_and_seeded():
@@ -75,3 +75,14 @@ def test_tokenized_once_then_cached(tmp_path):
     assert longer.path != first.path and longer.digest == first.digest
     assert json.loads((first.path / "lbsearch_meta.json").read_text())["digest"] == first.digest
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_label_names_in_output_order(tmp_path):
+    df = pd.DataFrame({"text": [f"text {i}" for i in range(60)], "label": ["pos" if i % 3 else "neg" for i in range(60)]})
+    df.to_csv(tmp_path / "s.csv", index=False)
+    df.assign(label=[i % 3 for i in range(60)]).to_csv(tmp_path / "i.csv", index=False)
+    cache = tmp_path / "cache"
+    names = lambda source: label_names(prepare_data(ExperimentConfig(name="x", data={"source": source}), cache))  # noqa: E731
+    assert names(str(tmp_path / "s.csv")) == ["neg", "pos"]  # sorted, as the ids were given
+    assert names(str(tmp_path / "i.csv")) == ["0", "1", "2"]
+    assert names("rotten_tomatoes") == ["rotten", "fresh"]  # label 1 = fresh
