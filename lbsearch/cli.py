@@ -157,6 +157,7 @@ def cmd_status(args) -> int:
 
 def cmd_best(args) -> int:
     from lbsearch.storage import load_existing_study
+    from lbsearch.kept import trial_model_dir
     from lbsearch.views import best_value, is_multi, objectives, pareto, pick, trial_rows
 
     study = load_existing_study(_session(args), args.study)
@@ -187,6 +188,9 @@ def cmd_best(args) -> int:
         print(f"param      {k} = {v}")
     print(f"mlflow run {best.user_attrs.get('mlflow_run_id', '-')}")
     print(f"reproduce  lbsearch reproduce {args.study} --trial {best.number}")
+    folder = trial_model_dir(Path(args.mlruns), args.study, best.number)
+    if folder.is_dir():
+        print(f"model      {folder} (lbsearch predict {args.study} TEXT)")
     return 0
 
 

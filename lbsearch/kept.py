@@ -3,7 +3,7 @@
 A complete trial saves its model in its working folder (``lbsearch.model.save_model``); here the
 orchestrator keeps it under ``<mlruns>/models/<study>/trial-<N>/`` or deletes it, and logs the best
 one to the study's MLflow experiment as a model (a *logged model* whose source run is the trial's
-run) registered in the Model Registry under the study's name, alias ``best``. Torch-free.
+run) registered in the Model Registry under the study's name, alias ``best``. Torch-free and, until it logs, MLflow-free.
 """
 
 from __future__ import annotations
@@ -12,8 +12,6 @@ import contextlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
-
-from mlflow.exceptions import MlflowException
 
 if TYPE_CHECKING:
     from lbsearch.tracking import Tracker
@@ -66,6 +64,8 @@ def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_i
 
 def keep_train_model(tracker: "Tracker", root: Path, *, name: str, experiment_id: str, run_id: str, saved: Path) -> Path:
     """``lbsearch train``'s model: kept under ``models/train-<name>/<run id>`` and logged to its run."""
+    from mlflow.exceptions import MlflowException
+
     folder = models_dir(root, f"train-{name}") / run_id
     _move(saved, folder)
     with contextlib.suppress(OSError, MlflowException):  # the model is kept on disk whatever MLflow says

@@ -143,3 +143,9 @@ def test_train_keeps_and_logs_a_mean_pooling_model(tmp_path):
     assert m["accuracy"] == run.data.metrics["test/accuracy"]
     (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert logged.source_run_id == run.info.run_id
+
+
+def test_best_names_the_kept_model(study):
+    cwd, root, _ = study
+    proc = run_cli("best", STUDY, cwd=cwd, check=True)
+    assert f"model      mlruns/models/{STUDY}/trial-1 (lbsearch predict {STUDY} TEXT)" in proc.stdout
