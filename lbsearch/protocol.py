@@ -43,6 +43,8 @@ class WorkerSpec(BaseModel):
     num_labels: int
     pad_id: int
     vocab_size: int
+    labels: dict[str, Any] = {}
+    """``lbsearch.labels.LabelInfo.to_dict()``: class names (the model's ``id2label``), regression scaling."""
     optuna: OptunaRef | None = None
     tracking: bool = False
     """Send metric rows on stdout (the orchestrator logs them to the trial's MLflow run)."""

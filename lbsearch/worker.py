@@ -27,7 +27,8 @@ from lbsearch.config import ExperimentConfig
 from lbsearch.diagnostics import GradientNoiseMonitor
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, write_result
-from lbsearch.training import Evaluator, make_optimizer, maybe_inject_oom, mean_over_ranks, pad, probe_micro_batch, stop_code
+from lbsearch.training import (Evaluator, make_optimizer, maybe_inject_oom, mean_over_ranks, pad, probe_micro_batch, stop_code, task_loss,
+                               training_targets)
 
 CONTINUE, DIVERGED, PRUNED = 0, 1, 2
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned"}
@@ -53,7 +54,8 @@ class Trial:
         set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
         self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
-        model = build_model(exp.model, spec.num_labels, spec.vocab_size)
+        self.labels = spec.labels or {"names": [str(i) for i in range(spec.num_labels)]}
+        model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
         limit = exp.launcher.max_micro_batch
         if limit is None:
             limit = probe_micro_batch(self.acc, model, exp, exp.train.batch_size // world, Path(spec.data_path).parent, self.say)
@@ -87,10 +89,16 @@ class Trial:
             self.say("gradient noise scale: not measured (one process without accumulation sees one batch size)")
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
+        self.targets = training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
         self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed)
-        self.evaluate_val = Evaluator(self.data["validation"], self.num_labels, 2 * plan.micro_batch, acc.process_index, acc.num_processes)
+        self.evaluate_val = self._evaluator("validation")
         maybe_inject_oom(plan.micro_batch)
         self.model.train()
+
+    def _evaluator(self, split: str) -> Evaluator:
+        acc = self.acc
+        return Evaluator(self.data[split], self.exp.task, self.labels, self.exp.metric.threshold, 2 * self.plan.micro_batch,
+                         acc.process_index, acc.num_processes)
 
     def step(self, step: int) -> int:
         """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
@@ -99,9 +107,9 @@ class Trial:
         loss_sum = 0.0
         for idx in micro:
             batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device)
-            labels = torch.as_tensor(train.labels[idx], device=acc.device)
+            targets = torch.as_tensor(self.targets[idx], device=acc.device)
             with acc.accumulate(self.model):
-                loss = torch.nn.functional.cross_entropy(self.model(**batch).logits.float(), labels)
+                loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
                 acc.backward(loss)
                 self.gns.after_backward()
             loss_sum += loss.item()
@@ -158,8 +166,7 @@ class Trial:
         r |= {"first_step_s": self.t_first_step, "train_s": self.t_train, "samples_per_s": r["samples"] / self.t_train if self.t_train else None}
         if r["state"] == "complete":
             r["validation"] = self.last_eval or self.evaluate_val(self.acc, self.model, self.pad_id)
-            evaluate_test = Evaluator(self.data["test"], self.num_labels, 2 * plan.micro_batch, self.acc.process_index, self.acc.num_processes)
-            r["test"] = evaluate_test(self.acc, self.model, self.pad_id)
+            r["test"] = self._evaluator("test")(self.acc, self.model, self.pad_id)
             r["value"] = r["validation"][self.exp.metric.name]
             self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, plan.steps)
         self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["steps"])

@@ -12,17 +12,17 @@ from lbsearch.data import load_arrays, load_frames, prepare_data
 
 
 def test_rotten_tomatoes_split_is_deduped_disjoint_and_seeded():
-    frames, k = load_frames(DataConfig())
-    assert k == 2
+    frames, labels, info = load_frames(DataConfig())
+    assert info.names == ["rotten", "fresh"] and info.num_outputs == 2
     sizes = {s: len(f) for s, f in frames.items()}
     assert sum(sizes.values()) == 12752  # 12,808 reviews less 56 duplicate texts
     assert sizes["validation"] == 1275 and sizes["test"] == 1913
     texts = {s: set(f["text"]) for s, f in frames.items()}
     assert not texts["train"] & texts["validation"] and not texts["train"] & texts["test"] and not texts["validation"] & texts["test"]
-    assert 0.55 < frames["train"]["label"].mean() < 0.61  # 57.8% fresh
-    again, _ = load_frames(DataConfig())
+    assert 0.55 < labels["train"].mean() < 0.61  # 57.8% fresh (label 1)
+    again, _, _ = load_frames(DataConfig())
     assert again["test"]["text"].tolist() == frames["test"]["text"].tolist()
-    other, _ = load_frames(DataConfig(split_seed=1))
+    other, _, _ = load_frames(DataConfig(split_seed=1))
     assert other["test"]["text"].tolist() != frames["test"]["text"].tolist()
 
 
@@ -32,12 +32,11 @@ def test_local_files_with_named_columns_and_string_labels(tmp_path, suffix):
     path = tmp_path / f"data.{suffix}"
     {"csv": lambda: df.to_csv(path, index=False), "jsonl": lambda: df.to_json(path, orient="records", lines=True),
      "parquet": lambda: df.to_parquet(path)}[suffix]()
-    frames, k = load_frames(DataConfig(source=str(path), text_column="review", label_column="sentiment"))
-    assert k == 2
+    frames, labels, info = load_frames(DataConfig(source=str(path), text_column="review", label_column="sentiment"))
+    assert info.names == ["neg", "pos"]  # sorted
     assert sum(len(f) for f in frames.values()) == 100
-    assert set(frames["train"]["label"]) == {0, 1}  # "neg" -> 0, "pos" -> 1 (sorted)
-    row = frames["train"].iloc[0]
-    assert (row["label"] == 1) == (int(row["text"].split()[1]) % 3 != 0)
+    assert set(labels["train"]) == {0, 1}
+    assert (labels["train"][0] == 1) == (int(frames["train"].iloc[0]["text"].split()[1]) % 3 != 0)
 
 
 def test_presplit_files_and_labels_out_of_range(tmp_path):
@@ -45,7 +44,7 @@ def test_presplit_files_and_labels_out_of_range(tmp_path):
     (tmp_path / "validation.csv").write_text("text,label\nv1,0\nv2,1\n")
     (tmp_path / "test.csv").write_text("text,label\nx1,1\nx2,2\n")
     cfg = DataConfig(files={s: str(tmp_path / f"{s}.csv") for s in ("train", "validation", "test")})
-    with pytest.raises(SpecError, match="test labels must lie in 0..1"):
+    with pytest.raises(SpecError, match=r"test has labels not in the train split: \['2'\]; list every class in `data.label_names`"):
         load_frames(cfg)
 
 
@@ -66,6 +65,7 @@ def test_tokenized_once_then_cached(tmp_path):
     second = prepare_data(exp, tmp_path)
     assert second.path == first.path and (first.path / "train.npz").stat().st_mtime_ns == stamp
     assert first.sizes == {"train": 300, "validation": 50, "test": 50} and first.num_labels == 2
+    assert first.labels["names"] == ["rotten", "fresh"] and first.labels["task"] == "single_label"
     assert first.vocab_size == 30522 and first.pad_id == 0
     train = load_arrays(first.path, "train")
     assert len(train) == 300 and all(len(x) <= exp.data.max_length for x in train.ids)
