@@ -136,7 +136,7 @@ def _split(df: "pd.DataFrame", cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
     return {k: df.iloc[v].reset_index(drop=True) for k, v in parts.items()}
 
 
-def _named_splits(found: dict[str, "pd.DataFrame"], cfg: DataConfig, where: str) -> dict[str, "pd.DataFrame"]:
+def _named_splits(found: dict[str, "pd.DataFrame"], cfg: DataConfig, where: str, files: dict[str, str] | None = None) -> dict[str, "pd.DataFrame"]:
     """The source's splits by their names in ``data.splits`` (default: train / validation / test);
     a split the source lacks is carved out of train."""
     names = {s: (cfg.splits or {}).get(s, s) for s in SPLITS}
@@ -144,7 +144,7 @@ def _named_splits(found: dict[str, "pd.DataFrame"], cfg: DataConfig, where: str)
         if name not in found and (split == "train" or split in (cfg.splits or {})):
             raise SpecError(None, f"data.splits.{split}" if cfg.splits and split in cfg.splits else "data.source",
                             f"{where} has no split {name!r} (splits: {', '.join(found)})")
-    frames = {s: _columns(found[n], cfg, f"{where}[{n}]") for s, n in names.items() if n in found}
+    frames = {s: _columns(found[n], cfg, (files or {}).get(n, f"{where}[{n}]")) for s, n in names.items() if n in found}
     if len(frames) < len(SPLITS):
         carved = _split(frames["train"], cfg)
         frames = {s: frames.get(s, carved[s]) if s != "train" else carved[s] for s in SPLITS}
@@ -155,8 +155,8 @@ def _load_splits(cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
     if cfg.files:
         if "train" not in cfg.files:
             raise SpecError(None, "data.files", "needs at least `train`")
-        frames = {s: _columns(_read_file(f, f"data.files.{s}"), cfg, f) for s, f in cfg.files.items()}
-        return _named_splits(frames, cfg.model_copy(update={"splits": None}), "data.files")
+        found = {s: _read_file(f, f"data.files.{s}") for s, f in cfg.files.items()}
+        return _named_splits(found, cfg.model_copy(update={"splits": None}), "data.files", dict(cfg.files))
     if cfg.source in BUILTIN_DATASETS:
         return _split(_rotten_tomatoes(), cfg)
     if Path(cfg.source).is_file():
