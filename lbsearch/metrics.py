@@ -46,9 +46,11 @@ def _auroc(y: np.ndarray, probs: np.ndarray, classes: list[int]) -> float:
     from sklearn.metrics import roc_auc_score
 
     try:
-        if len(classes) == 2:
-            return roc_auc_score(y, probs[:, 1])
-        return roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=classes)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the NaN says it
+            if len(classes) == 2:
+                return roc_auc_score(y, probs[:, 1])
+            return roc_auc_score(y, probs, multi_class="ovr", average="macro", labels=classes)
     except ValueError:
         return float("nan")
 
