@@ -96,7 +96,7 @@ def _single(frames: dict[str, "pd.DataFrame"], cfg: DataConfig) -> tuple[dict[st
         if col.map(lambda v: isinstance(v, (list, tuple, np.ndarray))).any():
             raise SpecError(None, _FIELD, f"{split} labels are lists: set `task: multi_label`")
         if pd.api.types.is_float_dtype(col) and not col.map(float.is_integer).all():
-            found = _examples(col[~col.map(float.is_integer)].round(4))
+            found = _examples(sorted(col[~col.map(float.is_integer)].round(4)))
             raise SpecError(None, _FIELD, f"labels look like floats ({found}): set `task: regression`")
     keys = {s: df["label"].map(_key) for s, df in frames.items()}
     index = _class_index(cfg, set(keys["train"]), "single_label")
@@ -122,7 +122,8 @@ def _label_set(value: Any, delimiter: str | None, split: str) -> list[str]:
 
 
 def _multi(frames: dict[str, "pd.DataFrame"], cfg: DataConfig) -> tuple[dict[str, np.ndarray], LabelInfo]:
-    sets = {s: [_label_set(v, cfg.label_delimiter, s) for v in df["label"]] for s, df in frames.items()}
+    order = sorted(frames, key=lambda s: s != "train")  # an error names train first
+    sets = {s: [_label_set(v, cfg.label_delimiter, s) for v in frames[s]["label"]] for s in order}
     index = _class_index(cfg, {k for row in sets["train"] for k in row}, "multi_label")
     out = {}
     for split, rows in sets.items():
