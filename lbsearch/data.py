@@ -127,11 +127,13 @@ def _columns(df: "pd.DataFrame", cfg: DataConfig, where: str) -> "pd.DataFrame":
     return pd.DataFrame(out | {"label": df[cfg.label_column]})
 
 
-def _split(df: "pd.DataFrame", cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
+def _split(df: "pd.DataFrame", cfg: DataConfig, carve: tuple[str, ...] = ("validation", "test")) -> dict[str, "pd.DataFrame"]:
+    """Train and the ``carve`` splits (their fractions of ``df``), seeded."""
     texts = ["text", "text_pair"] if "text_pair" in df.columns else ["text"]
     df = df.drop_duplicates(texts).reset_index(drop=True)  # no text (pair) in two splits
     order = np.random.default_rng(cfg.split_seed).permutation(len(df))
-    n_val, n_test = round(len(df) * cfg.validation_fraction), round(len(df) * cfg.test_fraction)
+    n_val = round(len(df) * cfg.validation_fraction) if "validation" in carve else 0
+    n_test = round(len(df) * cfg.test_fraction) if "test" in carve else 0
     parts = {"validation": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
     return {k: df.iloc[v].reset_index(drop=True) for k, v in parts.items()}
 
@@ -146,7 +148,7 @@ def _named_splits(found: dict[str, "pd.DataFrame"], cfg: DataConfig, where: str,
                             f"{where} has no split {name!r} (splits: {', '.join(found)})")
     frames = {s: _columns(found[n], cfg, (files or {}).get(n, f"{where}[{n}]")) for s, n in names.items() if n in found}
     if len(frames) < len(SPLITS):
-        carved = _split(frames["train"], cfg)
+        carved = _split(frames["train"], cfg, tuple(s for s in SPLITS if s not in frames))
         frames = {s: frames.get(s, carved[s]) if s != "train" else carved[s] for s in SPLITS}
     return frames
 

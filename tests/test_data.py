@@ -75,3 +75,43 @@ def test_tokenized_once_then_cached(tmp_path):
     assert longer.path != first.path and longer.digest == first.digest
     assert json.loads((first.path / "lbsearch_meta.json").read_text())["digest"] == first.digest
     assert not list(tmp_path.glob(".tmp-*"))
+
+
+def test_saved_dataset_folder_with_named_splits_and_a_relative_path(tmp_path):
+    """A `save_to_disk` folder, named relative to the spec file; its `dev` split serves as validation."""
+    import datasets
+
+    from lbsearch.spec import load_experiment
+
+    rows = {"premise": [f"p{i}" for i in range(60)], "hypothesis": [f"h{i}" for i in range(60)], "label": [i % 3 + 1 for i in range(60)]}
+    datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "dev": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "nli")
+    (tmp_path / "exp.yaml").write_text("name: nli\ndata:\n  source: nli\n  splits: {validation: dev}\n"
+                                       "  text_column: premise\n  text_pair_column: hypothesis\n")
+    exp = load_experiment(tmp_path / "exp.yaml")
+    assert exp.data.source == str(tmp_path / "nli")
+    frames, labels, info = load_frames(exp.data)
+    assert info.names == ["1", "2", "3"]
+    assert len(frames["validation"]) == 60 and frames["validation"]["text_pair"].tolist()[:2] == ["h0", "h1"]
+    assert len(frames["train"]) + len(frames["test"]) == 60  # test carved out of train
+    with pytest.raises(SpecError, match=r"has no split 'valid' \(splits: train, dev\)") as err:
+        load_frames(exp.data.model_copy(update={"splits": {"validation": "valid"}}))
+    assert err.value.field == "data.splits.validation"
+
+
+def test_text_pairs_are_tokenized_as_pairs_truncated_longest_first(tmp_path):
+    long = " ".join(["word"] * 40)
+    (tmp_path / "pairs.csv").write_text("a,b,label\n" + "".join(f"short {i},{long},{i % 2}\n" for i in range(40)))
+    exp = ExperimentConfig(name="p", data={"source": str(tmp_path / "pairs.csv"), "text_column": "a", "text_pair_column": "b", "max_length": 16},
+                           model={"source": "random", "config": {"hidden_size": 32}})
+    train = load_arrays(prepare_data(exp, tmp_path / "cache").path, "train")
+    ids = train.ids[0].tolist()
+    assert len(ids) == 16 and ids.count(102) == 2  # [CLS] a [SEP] b [SEP]
+    assert ids[1:4] != [2773] * 3 and ids[-2] == 2773  # the short text kept whole, the long one cut ("word" is 2773)
+
+
+def test_hub_subset_offline_keeps_the_clear_message(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    with pytest.raises(SpecError, match=r"cannot load hub dataset 'glue \(sst2\)'.*offline choices") as err:
+        load_frames(DataConfig(source="glue", subset="sst2", splits={"validation": "validation"}))
+    assert "\n" not in str(err.value)
