@@ -54,7 +54,8 @@ class WorkerSpec(BaseModel):
 
 
 class TrialResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # an undefined metric (AUROC without both classes, a correlation of constant predictions) is NaN, kept as NaN
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     state: Literal["complete", "pruned", "failed"]
     reason: str | None = None
