@@ -143,7 +143,7 @@ def _named_splits(found: dict[str, "pd.DataFrame"], cfg: DataConfig, where: str,
     a split the source lacks is carved out of train."""
     names = {s: (cfg.splits or {}).get(s, s) for s in SPLITS}
     for split, name in names.items():
-        if name not in found and (split == "train" or split in (cfg.splits or {})):
+        if name not in found and (split == "train" or (split in (cfg.splits or {}) and name is not None)):
             raise SpecError(None, f"data.splits.{split}" if cfg.splits and split in cfg.splits else "data.source",
                             f"{where} has no split {name!r} (splits: {', '.join(found)})")
     frames = {s: _columns(found[n], cfg, (files or {}).get(n, f"{where}[{n}]")) for s, n in names.items() if n in found}

@@ -85,7 +85,9 @@ def _check_known(split: str, keys: set[str], index: dict[str, int], cfg: DataCon
     unknown = _sorted(keys - set(index))
     if unknown:
         where = "`data.label_names`" if cfg.label_names is not None else "the train split"
-        raise SpecError(None, _FIELD, f"{split} has labels not in {where}: {unknown[:5]}; list every class in `data.label_names`")
+        fix = (f"-1 marks an unlabelled split: set `data.splits.{split}: null` to carve it out of train" if unknown == ["-1"]
+               else "list every class in `data.label_names`")
+        raise SpecError(None, _FIELD, f"{split} has labels not in {where}: {unknown[:5]}; {fix}")
 
 
 def _single(frames: dict[str, "pd.DataFrame"], cfg: DataConfig) -> tuple[dict[str, np.ndarray], LabelInfo]:

@@ -45,9 +45,9 @@ class DataConfig(_Strict):
     folder, or a hub id. Relative paths are read from the spec file's folder."""
     subset: str | None = None
     """Hub datasets: the configuration (``glue`` has ``sst2``, ``mnli``, ...)."""
-    splits: dict[Split, str] | None = None
-    """Hub datasets and saved folders: the source's name for each split, e.g. ``{validation: validation_matched}``.
-    A split that is not there is carved out of train."""
+    splits: dict[Split, str | None] | None = None
+    """Hub datasets and saved folders: the source's name for each split, e.g. ``{validation: validation_matched}``;
+    ``null`` (say for an unlabelled test split) or a split that is not there is carved out of train."""
     files: dict[Split, str] | None = None
     """Pre-split local files; when given, ``source`` is ignored for loading."""
     text_column: str = "text"

@@ -93,6 +93,8 @@ def test_saved_dataset_folder_with_named_splits_and_a_relative_path(tmp_path):
     assert info.names == ["1", "2", "3"]
     assert len(frames["validation"]) == 60 and frames["validation"]["text_pair"].tolist()[:2] == ["h0", "h1"]
     assert len(frames["train"]) + len(frames["test"]) == 60  # test carved out of train
+    carved, _, _ = load_frames(exp.data.model_copy(update={"splits": {"validation": None}}))  # null: carve it out of train
+    assert len(carved["validation"]) == 6 and len(carved["train"]) + len(carved["test"]) + 6 == 60
     with pytest.raises(SpecError, match=r"has no split 'valid' \(splits: train, dev\)") as err:
         load_frames(exp.data.model_copy(update={"splits": {"validation": "valid"}}))
     assert err.value.field == "data.splits.validation"

@@ -42,6 +42,8 @@ def test_unseen_class_and_float_and_list_labels_say_what_to_set():
     assert err.value.field == "data.label_column"
     with pytest.raises(SpecError, match="set `task: multi_label`"):
         encode_labels(_frames([["a"], ["b", "a"], ["b"]]), DataConfig(), "single_label")
+    with pytest.raises(SpecError, match=r"test has labels not in the train split: \['-1'\]; -1 marks an unlabelled split: set `data.splits.test: null`"):
+        encode_labels(_frames([0, 1, 0], [0, 1], [-1, -1]), DataConfig(), "single_label")  # GLUE's test splits
     out, info = encode_labels(_frames([1.0, 2.0, 1.0]), DataConfig(), "single_label")  # integral floats are classes
     assert info.names == ["1", "2"]
 
