@@ -55,6 +55,8 @@ class Split:
 
     ids: list[np.ndarray]
     labels: np.ndarray
+    types: list[np.ndarray] | None = None
+    """Text pairs: the segment id (0 or 1) of each token, where the tokenizer gives them."""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -196,8 +198,9 @@ def _digest(frames: dict[str, "pd.DataFrame"], labels: dict[str, np.ndarray]) ->
     return h.hexdigest()[:16]
 
 
-def _tokenize(frames: dict[str, "pd.DataFrame"], tok, max_length: int) -> dict[str, list[list[int]]]:
-    """Each split's token ids: one text, or a pair truncated longest-first (the longer text loses tokens first)."""
+def _tokenize(frames: dict[str, "pd.DataFrame"], tok, max_length: int) -> dict[str, dict[str, list | None]]:
+    """Each split's token ids: one text, or a pair truncated longest-first (the longer text loses tokens
+    first), with the segment ids of a pair where the tokenizer gives them (BERT-style models)."""
     import datasets
 
     datasets.disable_progress_bars()
@@ -207,7 +210,7 @@ def _tokenize(frames: dict[str, "pd.DataFrame"], tok, max_length: int) -> dict[s
         pair = "text_pair" in frames[s].columns
         ds = ds.map(lambda b: tok(b["text"], b["text_pair"] if pair else None, truncation="longest_first", max_length=max_length),
                     batched=True, remove_columns=ds.column_names)
-        out[s] = ds["input_ids"]
+        out[s] = {"ids": ds["input_ids"], "types": ds["token_type_ids"] if pair and "token_type_ids" in ds.column_names else None}
     return out
 
 
@@ -217,9 +220,11 @@ def _write(cache_root: Path, path: Path, ids: dict[str, list], labels: dict[str,
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-data-", dir=cache_root))
     try:
         for s in SPLITS:  # ragged ids as one flat array + offsets: trials load them in milliseconds
-            lengths = np.fromiter((len(x) for x in ids[s]), dtype=np.int64, count=len(ids[s]))
-            flat = np.fromiter((t for x in ids[s] for t in x), dtype=np.int32, count=int(lengths.sum()))
-            np.savez(tmp / f"{s}.npz", flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=labels[s])
+            seqs, types = ids[s]["ids"], ids[s]["types"]
+            lengths = np.fromiter((len(x) for x in seqs), dtype=np.int64, count=len(seqs))
+            flat = np.fromiter((t for x in seqs for t in x), dtype=np.int32, count=int(lengths.sum()))
+            extra = {"types": np.fromiter((t for x in types for t in x), dtype=np.int8, count=len(flat))} if types is not None else {}
+            np.savez(tmp / f"{s}.npz", flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=labels[s], **extra)
         (tmp / "lbsearch_meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, path)
@@ -247,7 +252,7 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
     tok = load_tokenizer(exp.model)
     pad_id = pad_token_id(tok, exp.model)
     ids = _tokenize(frames, tok, exp.data.max_length)
-    meta = {"digest": _digest(frames, labels), "num_labels": info.num_outputs, "sizes": {s: len(ids[s]) for s in SPLITS},
+    meta = {"digest": _digest(frames, labels), "num_labels": info.num_outputs, "sizes": {s: len(ids[s]["ids"]) for s in SPLITS},
             "pad_id": pad_id, "vocab_size": len(tok), "labels": info.to_dict()}
     _write(Path(cache_root), path, ids, labels, meta)
     return PreparedData(path, **meta)
@@ -257,4 +262,5 @@ def load_arrays(path: str | Path, split: str) -> Split:
     """One cached split (numpy only: no datasets / pandas import in the trial process)."""
     z = np.load(Path(path) / f"{split}.npz")
     flat, off = z["flat"], z["offsets"]
-    return Split([flat[off[i] : off[i + 1]] for i in range(len(off) - 1)], z["labels"])
+    cut = lambda a: [a[off[i] : off[i + 1]] for i in range(len(off) - 1)]  # noqa: E731
+    return Split(cut(flat), z["labels"], cut(z["types"]) if "types" in z.files else None)

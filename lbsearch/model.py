@@ -10,7 +10,7 @@ import torch
 
 from lbsearch.config import BUILTIN_MODELS, ModelConfig, SpecError
 
-__all__ = ["builtin_model_dir", "load_tokenizer", "pad_token_id", "build_model", "tokenizer_identity", "PooledClassifier", "OFFLINE_MODEL_HINT"]
+__all__ = ["builtin_model_dir", "load_tokenizer", "pad_token_id", "build_model", "tokenizer_identity", "uses_token_types", "PooledClassifier", "OFFLINE_MODEL_HINT"]
 
 OFFLINE_MODEL_HINT = "offline choices: `source: minilm-l6` (builtin), a local model folder, or `source: random` with a `config`"
 
@@ -112,6 +112,12 @@ def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size:
     return model
 
 
+def uses_token_types(model: torch.nn.Module) -> bool:
+    """Whether the model has segment embeddings for text pairs (``type_vocab_size`` 2: BERT, ELECTRA, ALBERT);
+    RoBERTa checkpoints (1), DeBERTa-v2 (0), DistilBERT, ModernBERT and decoders get no ``token_type_ids``."""
+    return int(getattr(model.config, "type_vocab_size", 0) or 0) >= 2
+
+
 class PooledClassifier(torch.nn.Module):
     """A linear head on the attention-masked mean (``mean``) or the last real token (``last``) of a bare
     model's last hidden states: the same for every family, encoder or decoder."""
@@ -130,10 +136,10 @@ class PooledClassifier(torch.nn.Module):
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.encoder.get_input_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **segments: torch.Tensor):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

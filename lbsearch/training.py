@@ -16,14 +16,21 @@ from lbsearch.config import ExperimentConfig
 __all__ = ["pad", "make_optimizer", "task_loss", "training_targets", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom", "probe_micro_batch"]
 
 
-def pad(seqs: list[np.ndarray], pad_id: int, device) -> dict[str, torch.Tensor]:
+def pad(seqs: list[np.ndarray], pad_id: int, device, types: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """A right-padded batch; ``types`` (the segment ids of text pairs) become ``token_type_ids``."""
     width = max(len(s) for s in seqs)
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
-    return {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    batch = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    if types is not None:
+        segments = np.zeros((len(seqs), width), dtype=np.int64)
+        for i, t in enumerate(types):
+            segments[i, : len(t)] = t
+        batch["token_type_ids"] = torch.from_numpy(segments).to(device)
+    return batch
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -68,10 +75,12 @@ class Evaluator:
     outputs of all ranks are gathered back into the split's order, and the metrics (``lbsearch.metrics``)
     are computed on the whole split, so they equal the 1-process value."""
 
-    def __init__(self, split, task: str, labels: dict[str, Any], threshold: float, micro_batch: int, rank: int, world: int) -> None:
+    def __init__(self, split, task: str, labels: dict[str, Any], threshold: float, micro_batch: int, rank: int, world: int,
+                 use_types: bool = False) -> None:
         ids = split.ids
         self.index = np.argsort([len(s) for s in ids], kind="stable")[rank::world]
         self.ids = [ids[i] for i in self.index]
+        self.types = [split.types[i] for i in self.index] if split.types is not None and use_types else None
         self.labels, self.n = split.labels, len(ids)
         self.task, self.threshold = task, threshold
         self.shift, self.scale = labels.get("shift", 0.0), labels.get("scale", 1.0)
@@ -83,7 +92,7 @@ class Evaluator:
         model.eval()
         outs = [np.zeros((0, self.k))]
         for i in range(0, len(self.ids), self.mb):
-            batch = pad(self.ids[i : i + self.mb], pad_id, accelerator.device)
+            batch = pad(self.ids[i : i + self.mb], pad_id, accelerator.device, self.types[i : i + self.mb] if self.types else None)
             outs.append(model(**batch).logits.float().reshape(-1, self.k).cpu().double().numpy())
         model.train()
         return self.metrics(accelerator.num_processes, self.index, np.concatenate(outs))

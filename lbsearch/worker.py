@@ -42,7 +42,7 @@ class Trial:
         from accelerate.utils import set_seed
 
         from lbsearch.data import load_arrays
-        from lbsearch.model import build_model
+        from lbsearch.model import build_model, uses_token_types
 
         self.t_start = time.time()
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
@@ -56,6 +56,7 @@ class Trial:
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
         self.labels = spec.labels or {"names": [str(i) for i in range(spec.num_labels)]}
         model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
+        self.use_types = uses_token_types(model) and self.data["train"].types is not None
         limit = exp.launcher.max_micro_batch
         if limit is None:
             limit = probe_micro_batch(self.acc, model, exp, exp.train.batch_size // world, Path(spec.data_path).parent, self.say)
@@ -98,7 +99,7 @@ class Trial:
     def _evaluator(self, split: str) -> Evaluator:
         acc = self.acc
         return Evaluator(self.data[split], self.exp.task, self.labels, self.exp.metric.threshold, 2 * self.plan.micro_batch,
-                         acc.process_index, acc.num_processes)
+                         acc.process_index, acc.num_processes, self.use_types)
 
     def step(self, step: int) -> int:
         """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
@@ -106,7 +107,7 @@ class Trial:
         micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, acc.process_index, self.gns.begin(step))
         loss_sum = 0.0
         for idx in micro:
-            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device)
+            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device, [train.types[i] for i in idx] if self.use_types else None)
             targets = torch.as_tensor(self.targets[idx], device=acc.device)
             with acc.accumulate(self.model):
                 loss = task_loss(self.exp.task, self.model(**batch).logits, targets)

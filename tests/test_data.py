@@ -103,12 +103,16 @@ def test_saved_dataset_folder_with_named_splits_and_a_relative_path(tmp_path):
 def test_text_pairs_are_tokenized_as_pairs_truncated_longest_first(tmp_path):
     long = " ".join(["word"] * 40)
     (tmp_path / "pairs.csv").write_text("a,b,label\n" + "".join(f"short {i},{long},{i % 2}\n" for i in range(40)))
-    exp = ExperimentConfig(name="p", data={"source": str(tmp_path / "pairs.csv"), "text_column": "a", "text_pair_column": "b", "max_length": 16},
+    exp = ExperimentConfig(name="p", data={"source": str(tmp_path / "pairs.csv"), "text_column": "a", "text_pair_column": "b", "max_length": 16,
+                                           "max_train_samples": 30, "max_eval_samples": 5},
                            model={"source": "random", "config": {"hidden_size": 32}})
     train = load_arrays(prepare_data(exp, tmp_path / "cache").path, "train")
     ids = train.ids[0].tolist()
     assert len(ids) == 16 and ids.count(102) == 2  # [CLS] a [SEP] b [SEP]
     assert ids[1:4] != [2773] * 3 and ids[-2] == 2773  # the short text kept whole, the long one cut ("word" is 2773)
+    first = ids.index(102) + 1
+    assert train.types[0].tolist() == [0] * first + [1] * (16 - first)  # segment ids: BERT's token_type_ids
+    assert load_arrays(prepare_data(ExperimentConfig(name="s", model=exp.model), tmp_path / "cache").path, "train").types is None
 
 
 def test_hub_subset_offline_keeps_the_clear_message(monkeypatch):

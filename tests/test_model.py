@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from lbsearch.config import ModelConfig, SpecError
-from lbsearch.model import PooledClassifier, build_model, load_tokenizer, pad_token_id
+from lbsearch.model import PooledClassifier, build_model, load_tokenizer, pad_token_id, uses_token_types
 from lbsearch.training import pad
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 3, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
@@ -72,3 +72,16 @@ def test_pad_token_from_the_tokenizer_its_eos_or_the_spec(tmp_path):
     assert pad_token_id(load_tokenizer(cfg), cfg) == 0
     with pytest.raises(SpecError, match="'<pad>' is not in the tokenizer's vocabulary"):
         pad_token_id(load_tokenizer(cfg), cfg.model_copy(update={"pad_token": "<pad>"}))
+
+
+@pytest.mark.parametrize("family,segments", [("bert", True), ("electra", True), ("roberta", True), ("deberta-v2", False), ("distilbert", False), ("gpt2", False)])
+def test_segment_ids_of_pairs_go_to_the_families_that_embed_them(family, segments):
+    torch.manual_seed(0)
+    ids = [torch.tensor([101, 7, 8, 102, 9, 102]).numpy(), torch.tensor([101, 7, 102, 9, 102]).numpy()]
+    types = [torch.tensor([0, 0, 0, 0, 1, 1]).numpy(), torch.tensor([0, 0, 0, 1, 1]).numpy()]
+    for pooling in ("cls", "mean"):
+        model = build_model(ModelConfig(source="random", model_type=family, pooling=pooling, config=TINY), "single_label", ["a", "b"], 30522, 0)
+        assert uses_token_types(model) is segments
+        batch = pad(ids, 0, "cpu", types if uses_token_types(model) else None)
+        assert ("token_type_ids" in batch) is segments and batch.get("token_type_ids", torch.zeros(1)).max() <= 1
+        assert model(**batch).logits.shape == (2, 2)

@@ -29,13 +29,13 @@ FAMILIES = {
 TASKS = {
     "labels_1_2": ("single_label", {"source": "reviews_1_2.csv"}, "f1_macro"),
     "pair": ("single_label", {"source": str(EXAMPLES / "rt_pairs.csv.bz2"), "text_column": "review_a",
-                              "text_pair_column": "review_b", "label_column": "verdicts"}, "mcc"),
+                              "text_pair_column": "review_b", "label_column": "fresh_count"}, "mcc"),
     "multi_label": ("multi_label", {"source": str(EXAMPLES / "rt_mixed.csv.bz2"), "label_column": "verdicts",
                                     "label_delimiter": "|"}, "f1_micro"),
     "regression": ("regression", {"files": {s: str(EXAMPLES / f"rt_tomatometer_{s}.csv.bz2") for s in ("train", "validation", "test")},
                                   "label_column": "tomatometer", "label_scaling": "standard"}, "spearman"),
 }
-LABELS = {"labels_1_2": ["1", "2"], "pair": ["different", "same"], "multi_label": ["fresh", "rotten"], "regression": ["tomatometer"]}
+LABELS = {"labels_1_2": ["1", "2"], "pair": ["0", "1", "2"], "multi_label": ["fresh", "rotten"], "regression": ["tomatometer"]}
 
 
 @pytest.fixture(scope="module")
