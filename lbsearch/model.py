@@ -100,7 +100,9 @@ def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size:
         if cfg.source == "random":
             model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
         else:
-            model = auto.from_pretrained(_resolve(cfg.source), config=config, trust_remote_code=cfg.trust_remote_code)
+            # a checkpoint fine-tuned for other labels gets a new head of the task's size
+            resize = {"ignore_mismatched_sizes": True} if cfg.pooling == "cls" else {}
+            model = auto.from_pretrained(_resolve(cfg.source), config=config, trust_remote_code=cfg.trust_remote_code, **resize)
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):
             raise

@@ -85,3 +85,15 @@ def test_segment_ids_of_pairs_go_to_the_families_that_embed_them(family, segment
         batch = pad(ids, 0, "cpu", types if uses_token_types(model) else None)
         assert ("token_type_ids" in batch) is segments and batch.get("token_type_ids", torch.zeros(1)).max() <= 1
         assert model(**batch).logits.shape == (2, 2)
+
+
+def test_a_saved_model_keeps_its_label_names_and_another_task_gets_a_new_head(tmp_path):
+    """What a kept model holds: the original label names as id2label / label2id in its config."""
+    from transformers import AutoConfig
+
+    model = build_model(ModelConfig(source="random", config=TINY), "single_label", ["1", "2"], 30522, 0)
+    model.save_pretrained(tmp_path / "kept")
+    saved = AutoConfig.from_pretrained(tmp_path / "kept")
+    assert saved.id2label == {0: "1", 1: "2"} and saved.label2id == {"1": 0, "2": 1}
+    again = build_model(ModelConfig(source=str(tmp_path / "kept")), "single_label", ["neg", "neu", "pos"], 30522, 0)
+    assert again.config.id2label == {0: "neg", 1: "neu", 2: "pos"} and again.classifier.weight.shape[0] == 3
