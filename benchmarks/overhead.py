@@ -55,7 +55,7 @@ from lbsearch.config import ExperimentConfig
 spec = json.loads(open(sys.argv[1]).read()); exp = ExperimentConfig.model_validate(spec["experiment"])
 accelerator = Accelerator(mixed_precision=exp.launcher.precision, cpu=True); mark("Accelerator()")
 data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}; mark("data from cache")
-set_seed(exp.seed); model = build_model(exp.model, spec["num_labels"], spec["vocab_size"]); mark("model build (from_pretrained)")
+set_seed(exp.seed); model = build_model(exp.model, exp.task, spec["labels"]["names"], spec["vocab_size"], spec["pad_id"]); mark("model build (from_pretrained)")
 optimizer = lbsearch.training.make_optimizer(exp, model, exp.optimizer.lr)
 model, optimizer = accelerator.prepare(model, optimizer); mark("optimizer + prepare")
 n = exp.train.batch_size; mb = exp.launcher.max_micro_batch or n

@@ -43,6 +43,8 @@ class WorkerSpec(BaseModel):
     num_labels: int
     pad_id: int
     vocab_size: int
+    labels: dict[str, Any] = {}
+    """``lbsearch.labels.LabelInfo.to_dict()``: class names (the model's ``id2label``), regression scaling."""
     optuna: OptunaRef | None = None
     tracking: bool = False
     """Send metric rows on stdout (the orchestrator logs them to the trial's MLflow run)."""
@@ -52,7 +54,8 @@ class WorkerSpec(BaseModel):
 
 
 class TrialResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # an undefined metric (AUROC without both classes, a correlation of constant predictions) is NaN, kept as NaN
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     state: Literal["complete", "pruned", "failed"]
     reason: str | None = None

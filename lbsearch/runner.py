@@ -89,7 +89,10 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
     on_run(run_id)
-    tracker.artifacts(run_id, run.files)
+    labels = getattr(run.data, "labels", None) or {}
+    tracker.artifacts(run_id, run.files | ({"labels.json": json.dumps(labels, indent=1)} if labels else {}))
+    if labels.get("names"):  # the label mapping, as the model's id2label has it
+        tracker.tags(run_id, {"data.task": labels["task"], "data.labels": json.dumps(labels["names"])[:5000]})
     try:  # the Datasets column is a view: a tracking error here never costs the trial
         tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
     except MlflowException as err:
@@ -124,7 +127,8 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
     retries = 0
     while True:
         spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
-                          pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, optuna=run.optuna, tracking=True)
+                          pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
+                          tracking=True)
         result = run_trial_process(spec, run.workdir, on_line=_line_handler(session, tracker, run_id, run.prefix))
         if result.plan is not None:
             plan = TrialPlan.from_dict(result.plan)
