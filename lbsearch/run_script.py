@@ -56,6 +56,8 @@ def main(argv: list[str] | None = None) -> int:
         spec = WorkerSpec.model_validate_json(Path(path).read_text())
         if spec.watch_pid:
             _watch(spec.watch_pid)
+    if os.environ.get("LBSEARCH_CPU") == "1":  # a plain `Accelerator()` then runs the ranks on CPUs (gloo)
+        os.environ["ACCELERATE_USE_CPU"] = "true"
     error: BaseException | None = None
     try:
         _run(argv)
@@ -67,7 +69,15 @@ def main(argv: list[str] | None = None) -> int:
         error, code = err, 1
     sys.stdout.flush()
     api._close(code, error)
+    _end_process_group()
     return code
+
+
+def _end_process_group() -> None:
+    """A process group left open (a script without ``accelerator.end_training()``) aborts the rank at exit."""
+    dist = sys.modules.get("torch.distributed")
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -187,10 +187,16 @@ def script_program(exp: ScriptExperimentConfig, plan: "TrialPlan", workdir: Path
     """For ``launch.run_trial_process``: each rank runs ``-m lbsearch.run_script <command> [flags]``
     with the trial's values as the experiment says (``params.json`` is written in any case)."""
 
+    from lbsearch.launch import _has_gpu
+
+    # several CPU ranks start through torchrun, which tells Accelerate nothing of the CPU: the entry does
+    cpu = {"LBSEARCH_CPU": "1"} if exp.launcher.cpu or not _has_gpu() else {}
+
     def program(spec_file: Path) -> tuple[list[str], dict[str, str]]:
         values = trial_values(exp, plan)
         params_file = workdir / "params.json"
         params_file.write_text(json.dumps(values, indent=1))
-        return ["-m", "lbsearch.run_script", *script_argv(exp, values, params_file)], script_env(exp, values, spec_file, params_file)
+        env = script_env(exp, values, spec_file, params_file) | cpu
+        return ["-m", "lbsearch.run_script", *script_argv(exp, values, params_file)], env
 
     return program

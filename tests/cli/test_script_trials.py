@@ -97,14 +97,15 @@ def test_reproduce_is_exact_for_both(twins, kind):
     assert rep and rep[-1].data.tags["lbsearch.reproduced"] == "yes"
 
 
-def _study(tmp_path: Path, script: str, *, params_as: str = "flags", extra: str = "", n_trials: int = 2) -> Path:
+def _study(tmp_path: Path, script: str, *, params_as: str = "flags", extra: str = "", n_trials: int = 2,
+           values: str = "lr, batch_size") -> Path:
     """A study over a small script that imports no torch (fast), searched over lr."""
     (tmp_path / "train.py").write_text(script)
     (tmp_path / "study.yaml").write_text(f"""name: s
 experiment:
   kind: script
   name: s
-  script: {{command: train.py, params_as: {params_as}, values: [lr, batch_size]{extra}}}
+  script: {{command: train.py, params_as: {params_as}, values: [{values}]{extra}}}
   train: {{batch_size: 16, budget_samples: 64, eval_every_samples: 16}}
   launcher: {{precision: "no", max_micro_batch: 16}}
   metric: {{name: score}}
@@ -178,3 +179,60 @@ def test_the_example_script_by_hand_behaves_as_without_lbsearch(tmp_path):
     assert final[0] == final[1] and set(final[0]) == {"accuracy", "loss", "test_accuracy"}
     assert [l.split(":")[0] for l in runs[0].stdout.splitlines() if l.startswith("samples ")] == ["samples 64", "samples 128"]
     assert tree(tmp_path) == {}
+
+
+RANKS = """import json
+from accelerate import Accelerator
+from lbsearch import api
+
+trial = api.current(defaults={"lr": 0.5, "batch_size": 16})
+acc = Accelerator()
+score = 1.0 if trial.get("lr") > 0.01 else 0.1
+for step in range(1, 5):
+    trial.report({"score": score}, samples=step * trial.get("batch_size"))
+    if trial.should_stop():  # rank 0 holds the Optuna trial; every rank must take its decision
+        print(f"rank {acc.process_index} stopped at step {step}: {trial.stop_reason}", flush=True)
+        break
+trial.finish()
+"""
+
+
+def test_every_rank_gets_the_same_stop_decision(tmp_path):
+    spec = _study(tmp_path, RANKS, params_as="json", n_trials=2)
+    spec.write_text(spec.read_text().replace("max_micro_batch: 16}", "max_micro_batch: 8, processes: 2}")
+                    .replace("n_startup_trials: 0", "n_startup_trials: 1"))
+    cfg, _ = load_study(spec)
+    study = open_study(Session(root=tmp_path / "mlruns"), cfg)
+    study.enqueue_trial({"optimizer.lr": 0.5})
+    study.enqueue_trial({"optimizer.lr": 0.001})
+    proc = run_cli("run", str(spec), cwd=tmp_path, check=True)
+    trials = journal_study(tmp_path / "mlruns", "s").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], proc.stdout
+    assert list(trials[1].intermediate_values) == [16]
+    assert "[trial 1] rank 0 stopped at step 1: pruned" in proc.stdout and "[trial 1] rank 1 stopped at step 1: pruned" in proc.stdout
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert run.data.params["plan.processes"] == "2" and run.data.tags["plan.micro_batch"] == "8"
+
+
+OOM = """import json, sys
+v = json.load(open('params.json'))
+
+class OutOfMemoryError(RuntimeError):  # what torch raises, without importing torch here
+    pass
+
+print(f"micro-batch {v['micro_batch']} x accumulation {v['accumulation']}")
+if v["micro_batch"] > 4:
+    raise OutOfMemoryError(f"CUDA out of memory at micro-batch {v['micro_batch']}")
+print(json.dumps({"score": v["micro_batch"] * v["accumulation"]}))
+"""
+
+
+def test_a_script_out_of_memory_is_retried_with_a_smaller_micro_batch(tmp_path):
+    spec = _study(tmp_path, OOM, params_as="json", n_trials=1, values="micro_batch, accumulation")
+    proc = run_cli("run", str(spec), cwd=tmp_path, check=True)
+    (trial,) = journal_study(tmp_path / "mlruns", "s").get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.value == 16, proc.stdout  # B unchanged: 4 x 4
+    assert "out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 2" in proc.stdout
+    run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
+    assert run.data.tags["lbsearch.oom_retries"] == "2" and run.data.tags["plan.micro_batch"] == "4"
+    assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
