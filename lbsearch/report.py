@@ -115,6 +115,8 @@ class _Figures:
 
         sizes = [r["batch_size"] for r in self.rows]
         for ax in fig.axes:  # the batch sizes themselves as ticks, no crowded minor labels
+            if ax.get_yscale() == "log" and not (math.isfinite(ax.dataLim.y0) and ax.dataLim.y1 > 0):
+                ax.set_yscale("linear")  # nothing measured (no target reached, no noise scale): an empty log axis cannot be laid out
             if ax.get_xscale() == "log" and sizes:
                 ax.set_xticks(sizes, [str(b) for b in sizes])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())

@@ -236,3 +236,32 @@ def test_a_script_out_of_memory_is_retried_with_a_smaller_micro_batch(tmp_path):
     run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
     assert run.data.tags["lbsearch.oom_retries"] == "2" and run.data.tags["plan.micro_batch"] == "4"
     assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
+
+
+LADDER = """from lbsearch import api
+trial = api.current()
+B = trial.get("batch_size")
+for step in range(1, trial.get("steps") + 1):
+    trial.log({"train/loss": 1.0 / step}, samples=step * B)
+    if step * B % 32 == 0:
+        trial.report({"score": step * B / 64 + trial.get("lr") / 10}, samples=step * B)
+        if trial.should_stop():
+            break
+trial.finish()
+"""
+
+
+def test_status_best_and_report_of_a_script_study(tmp_path):
+    spec = _study(tmp_path, LADDER, params_as="json", n_trials=4, values="lr, batch_size, steps")
+    spec.write_text(spec.read_text().replace("metric: {name: score}", "metric: {name: score, target: 0.5}")
+                    .replace("eval_every_samples: 16", "eval_every_samples: 32").replace("n_trials: 4", "n_trials: 4\nbatch_ladder: [16, 32]")
+                    .replace("pruner: {name: median, n_startup_trials: 0}", "pruner: {name: none}"))
+    run_cli("run", str(spec), cwd=tmp_path, check=True)
+    trials = journal_study(tmp_path / "mlruns", "s").get_trials()
+    assert [t.params["train.batch_size"] for t in trials] == [16, 32, 16, 32]
+    assert all(t.state == TrialState.COMPLETE and "samples_to_target" in t.user_attrs for t in trials)
+    status = run_cli("status", "s", cwd=tmp_path, check=True).stdout
+    assert status.count("complete") >= 4
+    assert "lbsearch reproduce s --trial" in run_cli("best", "s", cwd=tmp_path, check=True).stdout
+    report = run_cli("report", "s", cwd=tmp_path, check=True).stdout
+    assert "4 trials over batch sizes [16, 32]" in report and (tmp_path / "mlruns" / "reports" / "s" / "index.html").is_file()
