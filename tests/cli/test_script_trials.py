@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, tree
+from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
 from lbsearch.spec import load_study
 from lbsearch.storage import Session, open_study
 
@@ -265,3 +267,40 @@ def test_status_best_and_report_of_a_script_study(tmp_path):
     assert "lbsearch reproduce s --trial" in run_cli("best", "s", cwd=tmp_path, check=True).stdout
     report = run_cli("report", "s", cwd=tmp_path, check=True).stdout
     assert "4 trials over batch sizes [16, 32]" in report and (tmp_path / "mlruns" / "reports" / "s" / "index.html").is_file()
+
+
+SLOW = """import time
+from lbsearch import api
+trial = api.current()
+for step in range(1, 1000):
+    time.sleep(0.2)
+    trial.log({"train/loss": 1.0}, samples=step * 16)
+    print(f"step {step}", flush=True)
+    if trial.should_stop():
+        print(f"stopping: {trial.stop_reason}", flush=True)
+        break
+trial.finish()
+"""
+
+
+def test_ctrl_c_stops_a_script_trial_within_seconds(tmp_path):
+    spec = _study(tmp_path, SLOW, params_as="json", n_trials=1)
+    proc = start_cli(tmp_path, "run", str(spec))
+    wait_for(proc, "[trial 0] step 3")
+    t0 = time.time()
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=30)[0]
+    assert proc.returncode == 130 and time.time() - t0 < 10, rest
+    (left,) = (tmp_path / "mlruns" / "trials" / "s").glob("0000-*/result.json")  # the script heard SIGTERM through lbsearch.api
+    assert json.loads(left.read_text())["reason"] == "interrupted"
+    (trial,) = journal_study(tmp_path / "mlruns", "s").get_trials()
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
+    assert mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path / "train.py"))]
+
+
+def _cmdline_has(proc: Path, text: str) -> bool:
+    try:
+        return text.encode() in (proc / "cmdline").read_bytes()
+    except OSError:
+        return False
