@@ -109,8 +109,7 @@ class Trial:
             if not math.isfinite(loss) or loss > self._exp.train.divergence_factor * self._first_loss:
                 self._code = max(self._code, _DIVERGED)
         self._rep.metrics(dict(metrics) | {"progress/samples": samples}, step)
-        if len(self._rep._buffer) >= 200:
-            self._rep.flush()
+        self._rep.flush(at_least=200)  # one line per ~200 rows between evaluations
 
     def report(self, metrics: dict[str, float], *, samples: int, step: int | None = None) -> None:
         """Evaluation metrics at ``samples`` seen, logged as ``eval/<name>``. The study's metric goes to

@@ -124,8 +124,9 @@ class Reporter:
         now = int(time.time() * 1000)
         self._buffer += [[k, float(v), now, step] for k, v in values.items() if v is not None and math.isfinite(v)]
 
-    def flush(self) -> None:
-        if self.tracking and self._buffer:
+    def flush(self, at_least: int = 1) -> None:
+        """Send the buffered metric rows, when there are ``at_least`` of them."""
+        if self.tracking and len(self._buffer) >= max(1, at_least):
             print(message("metrics", self._buffer), flush=True)
             self._buffer.clear()
 
