@@ -81,7 +81,6 @@ class Trial:
         self.values |= trial_values(exp.model_copy(update={"script": exp.script.model_copy(update={"values": None})}), self.plan)
         self._rep = Reporter(spec, self.is_main)
         self._rep.plan(self.plan.to_dict())
-        self._nominal = [n for _, n in self.plan.evals]
         if self.is_main:
             print(f"lbsearch trial: {self.plan}", flush=True)
         if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
@@ -121,10 +120,11 @@ class Trial:
         step = self._at(samples, step)
         self._rep.metrics({(k if "/" in k else f"eval/{k}"): v for k, v in metrics.items()}, step)
         value, m = self.last_eval.get(self._exp.metric.name), self._exp.metric
-        reached = [n for n in self._nominal if n <= samples and n not in self._reported]
+        # the evaluation points whose optimizer step has been reached (the last one is the budget itself)
+        reached = [n for s, n in self.plan.evals if s * self.plan.batch_size <= samples and n not in self._reported]
         if value is not None and reached:
             self._reported.update(reached)
-            if self._rep.should_prune(value, reached[-1]) and samples < self.plan.budget_samples:
+            if self._rep.should_prune(value, reached[-1]) and samples < self.plan.steps * self.plan.batch_size:
                 self._code = max(self._code, _PRUNED)
         sign = 1 if m.direction == "maximize" else -1
         if value is not None and m.target is not None and "samples_to_target" not in self._result and sign * (value - m.target) >= 0:

@@ -121,3 +121,12 @@ def test_only_rank_0_writes(tmp_path, monkeypatch, capsys):
 def test_the_api_imports_no_torch():
     code = "import sys, lbsearch.api; t = lbsearch.api.current(); print(sorted(m for m in ('torch', 'mlflow', 'optuna') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip() == "[]"
+
+
+def test_a_budget_that_b_does_not_divide_is_reported_at_the_budget(tmp_path, monkeypatch):
+    exp = EXP | {"train": {"batch_size": 64, "budget_samples": 1000, "eval_every_samples": 320}}
+    trial, study = _live(tmp_path, monkeypatch, experiment=exp)
+    assert trial.plan.evals == ((5, 320), (10, 640), (15, 1000))
+    for step in (5, 10, 15):
+        trial.report({"loss": 1.0 / step}, samples=step * 64)
+    assert list(study.trials[0].intermediate_values) == [320, 640, 1000]  # the last step (960 samples) stands for the budget
