@@ -1,5 +1,5 @@
 """The Lightning adapter (``lbsearch.lightning``, the ``lightning`` extra): a 3-trial study of the
-Lightning example on the tiny model, one trial pruned and its reason in MLflow."""
+Lightning example on the tiny model, one trial pruned and its reason in MLflow; reproduce exact on CPU."""
 
 from __future__ import annotations
 
@@ -32,3 +32,5 @@ def test_a_lightning_study_with_one_pruned_trial(tmp_path):
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"
     assert [m.step for m in client.get_metric_history(good.info.run_id, "eval/loss")] == [10, 20, 30]
     assert {"val/loss", "test/loss", "train/loss"} <= set(good.data.metrics)
+    again = run_cli("reproduce", "tiny-lightning", "--trial", "0", cwd=tmp_path)  # the seeded script re-runs to the same numbers on CPU
+    assert again.returncode == 0 and "reproduced: metrics identical" in again.stdout, again.stdout

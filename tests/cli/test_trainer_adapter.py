@@ -1,5 +1,5 @@
 """The HF Trainer adapter (``lbsearch.hf``): a 3-trial study of the Trainer example on the tiny model,
-one trial pruned and its reason in MLflow; B reaches the Trainer as its own batch arguments."""
+one trial pruned and its reason in MLflow; B reaches the Trainer as its own batch arguments; reproduce exact on CPU."""
 
 from __future__ import annotations
 
@@ -30,3 +30,5 @@ def test_a_trainer_study_with_one_pruned_trial(tmp_path):
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"
     assert [m.value for m in client.get_metric_history(good.info.run_id, "progress/samples")][-1] == 960
     assert {"val/loss", "test/loss", "train/loss", "train/lr"} <= set(good.data.metrics)
+    again = run_cli("reproduce", "tiny-trainer", "--trial", "0", cwd=tmp_path)  # the seeded script re-runs to the same numbers on CPU
+    assert again.returncode == 0 and "reproduced: metrics identical" in again.stdout, again.stdout
