@@ -55,10 +55,14 @@ def description(cfg: "StudyConfig", exp_raw: dict[str, Any]) -> str:
     """The experiment's description (the ``mlflow.note.content`` tag, Markdown): what is searched,
     for which metric, and where to look."""
     exp, m = cfg.experiment, cfg.experiment.metric
-    data = exp.data.source if not exp.data.files else ", ".join(exp.data.files.values())
+    if getattr(exp, "script", None) is not None:  # a script trial (``kind: script``) trains the user's own code
+        what = f"script `{exp.script.command}`"
+    else:
+        data = exp.data.source if not exp.data.files else ", ".join(exp.data.files.values())
+        what = f"model `{exp.model.source}`, data `{data}`"
     objectives = getattr(cfg, "objectives", None)  # multi-objective studies name theirs
     lines = [
-        f"**lbsearch study `{cfg.name}`**: {cfg.n_trials} trials of `{exp.name}` (model `{exp.model.source}`, data `{data}`), "
+        f"**lbsearch study `{cfg.name}`**: {cfg.n_trials} trials of `{exp.name}` ({what}), "
         f"each {exp.train.budget_samples} samples, evaluated every {exp.train.eval_every_samples} samples. "
         f"Objective: validation **{m.name}** ({m.direction})" + (f"; objectives {', '.join(o.name for o in objectives)}" if objectives else "")
         + f". Sampler `{cfg.sampler.name}` (seed {cfg.sampler.seed}), pruner `{cfg.pruner.name}`"

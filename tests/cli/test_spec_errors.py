@@ -11,6 +11,7 @@ from lbsearch.cli import main
 
 # (id, file to edit, text replacements or extra YAML appended, --set items, expected "file: field" part, expected message part)
 E, S = "tiny.yaml", "tiny_study.yaml"
+_X, _SCRIPT = "experiment: tiny.yaml", "experiment: {{kind: script, name: x, script: {{{}}}, metric: {{name: loss}}{}}}"
 CASES = [
     ("malformed-yaml", S, [("n_trials: 3", "n_trials: [3")], [], "tiny_study.yaml", "malformed YAML (line"),
     ("top-level-list", S, "REPLACE:- a\n- b\n", [], "tiny_study.yaml", "expected a mapping"),
@@ -62,6 +63,13 @@ CASES = [
     ("delimiter-not-multi-label", E, [("max_length: 48", "max_length: 48\n  label_delimiter: '|'")], [], "tiny.yaml", "`data.label_delimiter` splits multi-label strings: set `task: multi_label`"),
     ("unknown-builtin-model", E, [("source: random", "source: minilm-l12")], [], "model.source", "offline choices: `source: minilm-l6`"),
     ("unknown-builtin-dataset", E, [("source: rotten_tomatoes", "source: rotten_tomatos")], [], "data.source", "offline choices: `source: rotten_tomatoes`"),
+    # script trials (kind: script), inline in the study
+    ("script-not-found", S, [(_X, _SCRIPT.format("command: nope.py", ""))], [], "tiny_study.yaml: experiment.script.command", "script not found"),
+    ("script-without-kind", S, [(_X, _SCRIPT.format("command: tiny.yaml", "").replace("kind: script, ", ""))], [], "tiny_study.yaml: experiment.kind", "needs `kind: script`"),
+    ("script-cannot-probe", S, [(_X, _SCRIPT.format("command: tiny.yaml", ", launcher: {max_micro_batch: null}"))], [], "tiny_study.yaml: experiment", "cannot probe its micro-batch: set `launcher.max_micro_batch`"),
+    ("script-params-redefine", S, [(_X, _SCRIPT.format("command: tiny.yaml", ", params: {lr: 0.1}"))], [], "tiny_study.yaml: experiment", "`params` must not redefine the values lbsearch derives, got ['lr']"),
+    ("script-unknown-value", S, [(_X, _SCRIPT.format("command: tiny.yaml, values: [sed]", ""))], [], "tiny_study.yaml: experiment", "`script.values` names ['sed']"),
+    ("script-bad-params-as", S, [(_X, _SCRIPT.format("command: tiny.yaml, params_as: argv", ""))], [], "tiny_study.yaml: experiment.script.params_as", "'flags', 'env' or 'json'"),
 ]
 
 
