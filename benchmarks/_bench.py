@@ -175,7 +175,15 @@ def worker_spec(exp: ExperimentConfig, data: PreparedData, tracking: bool = Fals
     from lbsearch.protocol import WorkerSpec
 
     return WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(data.path), num_labels=data.num_labels,
-                      pad_id=data.pad_id, vocab_size=data.vocab_size, tracking=tracking)
+                      pad_id=data.pad_id, vocab_size=data.vocab_size, labels=data.labels, tracking=tracking)
+
+
+def new_model(exp: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
+    """The model a trial of ``exp`` builds (seed the RNGs first)."""
+    from lbsearch.model import build_model
+
+    names = data.labels.get("names") or [str(i) for i in range(data.num_labels)]
+    return build_model(exp.model, exp.task, names, data.vocab_size, data.pad_id)
 
 
 def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
@@ -259,11 +267,9 @@ def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatch
     """A fresh model (seeded as the worker seeds it) and a function doing one optimizer step; returns its loss."""
     from accelerate.utils import set_seed
 
-    from lbsearch.model import build_model
-
     set_seed(exp.seed)
     dev = device_of(exp)
-    model = build_model(exp.model, data.num_labels, data.vocab_size).to(dev).train()
+    model = new_model(exp, data).to(dev).train()
     optimizer, scheduler = optimizer_and_schedule(exp, model)
     clip = exp.train.clip_norm or math.inf
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(exp.launcher.precision)

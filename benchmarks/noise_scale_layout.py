@@ -19,10 +19,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _bench import RESULTS, SPEC, experiment, machine, prepared, table, use_all_cores, write
+from _bench import RESULTS, SPEC, experiment, machine, new_model, prepared, table, use_all_cores, write
 from lbsearch.data import load_arrays
 from lbsearch.diagnostics import NoiseScale
-from lbsearch.model import build_model
 from lbsearch.training import pad
 
 
@@ -40,7 +39,7 @@ def main() -> int:
     data = prepared(exp, Path(tempfile.mkdtemp(prefix="lbsearch-bench-")))
     train = load_arrays(data.path, "train")
     torch.manual_seed(exp.seed)
-    model = build_model(exp.model, data.num_labels, data.vocab_size).train()
+    model = new_model(exp, data).train()
     for m in model.modules():  # dropout would add noise of its own to every gradient
         if isinstance(m, torch.nn.Dropout):
             m.p = 0.0

@@ -8,8 +8,14 @@
 2. Where the start-up time goes, in fresh processes: interpreter start, each import, Accelerate's
    launcher (``accelerate launch`` of an empty script), ``Accelerator()``, data from the cache, model
    build, optimizer + prepare, the first step; and ``python -X importtime`` self time per package.
+3. A script trial (``kind: script``) beside a built-in trial, in the same run: the same tiny search
+   (tiny random-init BERT, the same B, budget and evaluations) through lbsearch's own loop and through
+   ``examples/accelerate/train.py``; per trial ask -> first step, last step -> tell and ask -> tell,
+   from Optuna's and MLflow's timestamps. Then lbsearch's fixed cost of a script trial: a script that
+   only calls ``lbsearch.api`` (ask -> tell) against the same script run by hand.
 
-    python benchmarks/overhead.py                   # 6 trials + 3 start-up breakdowns: ~3 min on 2 cores
+    python benchmarks/overhead.py                   # 6 trials + 3 start-up breakdowns + part 3: ~6 min on 2 cores
+    python benchmarks/overhead.py --script-only     # part 3 only: ~3 min on 2 cores
 """
 
 from __future__ import annotations
@@ -27,7 +33,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from _bench import RESULTS, SPEC, experiment, machine, prepared, summary, table, worker_spec, write
+from _bench import RESULTS, ROOT, SPEC, experiment, machine, prepared, summary, table, worker_spec, write
 
 STUDY = """name: overhead
 experiment: {spec}
@@ -55,7 +61,7 @@ from lbsearch.config import ExperimentConfig
 spec = json.loads(open(sys.argv[1]).read()); exp = ExperimentConfig.model_validate(spec["experiment"])
 accelerator = Accelerator(mixed_precision=exp.launcher.precision, cpu=True); mark("Accelerator()")
 data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}; mark("data from cache")
-set_seed(exp.seed); model = build_model(exp.model, spec["num_labels"], spec["vocab_size"]); mark("model build (from_pretrained)")
+set_seed(exp.seed); model = build_model(exp.model, exp.task, spec["labels"]["names"], spec["vocab_size"], spec["pad_id"]); mark("model build (from_pretrained)")
 optimizer = lbsearch.training.make_optimizer(exp, model, exp.optimizer.lr)
 model, optimizer = accelerator.prepare(model, optimizer); mark("optimizer + prepare")
 n = exp.train.batch_size; mb = exp.launcher.max_micro_batch or n
@@ -156,6 +162,87 @@ def import_profile(work: Path, top: int) -> list[dict[str, Any]]:
     return [{"package": k, "self_s": v, "share": v / total} for k, v in sorted(per.items(), key=lambda kv: -kv[1])[:top]]
 
 
+TINY = ROOT / "tests" / "specs"
+KIND_STUDY = """name: {name}
+experiment: {spec}
+n_trials: {n}
+search_space:
+  optimizer.lr: {{type: float, low: 1.0e-3, high: 3.0e-3, log: true}}
+sampler: {{name: random, seed: 0}}
+pruner: {{name: none}}
+"""
+NOOP = """from lbsearch import api
+trial = api.current()
+trial.report({"loss": 0.5}, samples=trial.get("budget_samples", 960))
+trial.finish()
+"""
+
+
+def _kind_rows(work: Path, name: str) -> list[dict[str, float]]:
+    """Per trial of a finished study: seconds between ask, the first and last logged step, and tell."""
+    from mlflow.tracking import MlflowClient
+
+    from lbsearch.storage import Session, load_existing_study
+    from lbsearch.tracking import default_tracking_uri
+
+    study = load_existing_study(Session(root=work / "mlruns"), name)
+    client = MlflowClient(tracking_uri=default_tracking_uri(work / "mlruns"))
+    rows = []
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
+        steps = sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], "train/loss"), key=lambda m: m.step)
+        row = {"ask_to_tell_s": tell - ask}
+        if steps:
+            row |= {"ask_to_first_step_s": steps[0].timestamp / 1000 - ask, "last_step_to_tell_s": tell - steps[-1].timestamp / 1000,
+                    "steps_s": (steps[-1].timestamp - steps[0].timestamp) / 1000}
+        rows.append(row)
+    return rows
+
+
+def _run_study(work: Path, name: str, spec: Path, n: int, extra: str = "") -> list[dict[str, float]]:
+    (work / f"{name}.yaml").write_text(KIND_STUDY.format(name=name, spec=spec, n=n) + extra)
+    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / f"{name}.yaml"), "--mlruns", str(work / "mlruns")]
+    proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
+    if proc.returncode:
+        raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
+    return _kind_rows(work, name)
+
+
+def script_vs_builtin(work: Path, n_trials: int) -> dict[str, Any]:
+    """Part 3: the same tiny search as built-in trials and as script trials; the fixed cost of a script trial."""
+    out: dict[str, Any] = {}
+    for kind, spec in (("builtin", TINY / "tiny.yaml"), ("script", TINY / "tiny_script.yaml")):
+        extra = "experiment_overrides: {metric.name: loss}\n" if kind == "builtin" else ""
+        rows = _run_study(work, f"overhead-{kind}", spec, n_trials, extra)
+        out[kind] = {k: summary([r[k] for r in rows if k in r]) for k in rows[0]}
+    noop = work / "noop.py"
+    noop.write_text(NOOP)
+    (work / "noop.yaml").write_text(f"""kind: script
+name: noop
+script: {{command: {noop}, values: []}}
+train: {{batch_size: 32, budget_samples: 960, eval_every_samples: 960}}
+launcher: {{precision: "no", max_micro_batch: 16}}
+metric: {{name: loss}}
+""")
+    out["noop_script"] = {k: summary([r[k] for r in _run_study(work, "overhead-noop", work / "noop.yaml", n_trials)])
+                          for k in ("ask_to_tell_s",)}
+    by_hand = []
+    for _ in range(n_trials):
+        t0 = time.time()
+        subprocess.run([sys.executable, str(noop)], cwd=work, capture_output=True, text=True, check=True)
+        by_hand.append(time.time() - t0)
+    out["noop_by_hand_s"] = summary(by_hand)
+    return out
+
+
+def print_script_vs_builtin(res: dict[str, Any]) -> None:
+    keys = ["ask_to_first_step_s", "steps_s", "last_step_to_tell_s", "ask_to_tell_s"]
+    print(table(["per trial, median (tiny BERT, same search)", "built-in trial", "script trial (examples/accelerate)"],
+                [[k, res["builtin"][k]["median"], res["script"][k]["median"]] for k in keys]), flush=True)
+    print(f"a script that only calls lbsearch.api: ask -> tell {res['noop_script']['ask_to_tell_s']['median']:.2f} s; "
+          f"the same script by hand {res['noop_by_hand_s']['median']:.2f} s", flush=True)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", type=Path, default=SPEC)
@@ -166,8 +253,18 @@ def main() -> int:
     ap.add_argument("--budget", type=int, default=320, help="samples per trial")
     ap.add_argument("--eval-samples", type=int, default=256, help="data.max_eval_samples (validation and test)")
     ap.add_argument("--top", type=int, default=12)
-    ap.add_argument("--out", type=Path, default=RESULTS / "overhead.json")
+    ap.add_argument("--out", type=Path, default=None, help="default results/overhead.json (results/overhead_script.json with --script-only)")
+    ap.add_argument("--script-only", action="store_true", help="only part 3: script trials beside built-in trials")
+    ap.add_argument("--script-trials", type=int, default=4, help="trials of each kind in part 3")
     args = ap.parse_args()
+    if args.script_only:
+        work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
+        res = {"machine": machine(), "overhead.script_vs_builtin": script_vs_builtin(work, args.script_trials)}
+        print_script_vs_builtin(res["overhead.script_vs_builtin"])
+        write(res, args.out or RESULTS / "overhead_script.json")
+        shutil.rmtree(work, ignore_errors=True)
+        return 0
+    args.out = args.out or RESULTS / "overhead.json"
     overrides = {"train.batch_size": args.batch_size, "train.budget_samples": args.budget,
                  "train.eval_every_samples": args.budget, "data.max_eval_samples": args.eval_samples}
     exp = experiment(args.spec, overrides, args.set)  # checks the overrides before the study starts
@@ -199,6 +296,8 @@ def main() -> int:
                 [[r["package"], r["self_s"], f"{100 * r['share']:.0f}%"] for r in out[f"{o}.import_self_s_by_package"]]))
     print(f"ask -> first step: {out[f'{o}.ask_to_first_step_s']['median']:.2f} s (goal <= 5 s); "
           f"last step -> tell: {out[f'{o}.last_step_to_tell_s']['median']:.2f} s, of which final evaluation {out[f'{o}.final_eval_s']['median']:.2f} s")
+    out[f"{o}.script_vs_builtin"] = res = script_vs_builtin(work, args.script_trials)
+    print_script_vs_builtin(res)
     write(out, args.out)
     shutil.rmtree(work, ignore_errors=True)
     return 0

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 
 from _bench import (RESULTS, ROOT, SPEC, bare_loop, experiment, fresh_accelerate, lbsearch_loop, machine, micro_batch,
-                    optimizer_and_schedule, prepared, step_layout, steady_rates, summary, table, use_all_cores, warmup_steps, write)
+                    new_model, optimizer_and_schedule, prepared, step_layout, steady_rates, summary, table, use_all_cores, warmup_steps, write)
 from lbsearch.config import ExperimentConfig
 from lbsearch.data import PreparedData, load_arrays
 
@@ -42,7 +42,6 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
     from accelerate.utils import set_seed
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from lbsearch.model import build_model
     from lbsearch.training import pad
 
     tr = exp.train
@@ -74,7 +73,7 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
 
     fresh_accelerate()
     set_seed(exp.seed)
-    model = build_model(exp.model, data.num_labels, data.vocab_size)
+    model = new_model(exp, data)
     args = TrainingArguments(
         output_dir=str(work / "trainer"), max_steps=tr.budget_samples // tr.batch_size, per_device_train_batch_size=mb,
         gradient_accumulation_steps=tr.batch_size // mb, max_grad_norm=tr.clip_norm or 0.0, bf16=exp.launcher.precision == "bf16",

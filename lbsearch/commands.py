@@ -14,6 +14,7 @@ from lbsearch.config import ExperimentConfig, SpecError
 from lbsearch.data import prepare_data
 from lbsearch.kept import keep_train_model, models_dir, trial_model_dir
 from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
+from lbsearch.script import experiment_model, is_script
 from lbsearch.storage import Session, load_existing_study, stored_study
 from lbsearch.tracking import git_commit
 from lbsearch.views import best_trial
@@ -41,8 +42,9 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     """Re-run a trial from its saved resolved config as a new MLflow run; 0 when metrics agree."""
     study = load_existing_study(session, name)
     target = _target(study, name, number)
-    exp = ExperimentConfig.model_validate(json.loads(target.user_attrs["config"]))
-    data = prepare_data(exp, session.root / "cache")
+    raw = json.loads(target.user_attrs["config"])
+    exp = experiment_model(raw).model_validate(raw)
+    data = None if is_script(exp) else prepare_data(exp, session.root / "cache")
     tracker = session.tracker(stored_study(study))
     orig_run = target.user_attrs.get("mlflow_run_id", "")
     parent = tracker.client.get_run(orig_run).data.tags.get("mlflow.parentRunId") if orig_run else None
@@ -50,7 +52,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
                    prefix=prefix, experiment_id=tracker.experiment(name), run_name=f"reproduce-trial-{target.number}", parent=parent,
                    tags={"lbsearch.study": name, "lbsearch.role": "reproduce", "lbsearch.reproduces": orig_run,
-                         "lbsearch.reproduces_trial": target.number, "data.digest": data.digest, "git.commit": git_commit()},
+                         "lbsearch.reproduces_trial": target.number, "git.commit": git_commit()} | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), name, target.number))
     session.out(f"{prefix} re-running trial {target.number} of {name} from its saved config")
     out = run_tracked(session, tracker, run)
@@ -70,6 +72,10 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     return 0 if same else 1
 
 
+def _digest(data) -> dict[str, str]:
+    return {"data.digest": data.digest} if data is not None else {}
+
+
 def _cuda() -> bool:
     import torch
 
@@ -79,11 +85,11 @@ def _cuda() -> bool:
 def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | None = None) -> int:
     """One training run of an experiment, no search: a run in the MLflow experiment ``train-<name>``."""
     exp = resolved(exp)
-    data = prepare_data(exp, session.root / "cache")
+    data = None if is_script(exp) else prepare_data(exp, session.root / "cache")
     tracker = session.tracker()
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8], prefix="[train]",
                    experiment_id=tracker.experiment(f"train-{exp.name}"), run_name=exp.name,
-                   tags={"lbsearch.role": "train", "data.digest": data.digest, "git.commit": git_commit(spec_file.parent if spec_file else None)},
+                   tags={"lbsearch.role": "train", "git.commit": git_commit(spec_file.parent if spec_file else None)} | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), None, None), save_model=True)
     out = run_tracked(session, tracker, run)
     r = out.result
@@ -94,7 +100,8 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
         folder = keep_train_model(tracker, session.root, name=exp.name, experiment_id=run.experiment_id, run_id=out.run_id, saved=Path(r.model_dir))
         session.out(f"[train] model kept in {folder} (and logged to MLflow run {out.run_id})")
     m = exp.metric.name
-    session.out(f"[train] validation {m} {r.validation[m]:.4f} · test {m} {r.test[m]:.4f} · MLflow run {out.run_id}")
+    test = f" · test {m} {r.test[m]:.4f}" if r.test and m in r.test else ""
+    session.out(f"[train] validation {m} {r.validation[m]:.4f}{test} · MLflow run {out.run_id}")
     return 0
 
 

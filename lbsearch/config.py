@@ -12,6 +12,8 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lbsearch.tasks import DataConfig, MetricConfig, TaskKind, check_task
+
 __all__ = [
     "SpecError",
     "BATCH_KEY",
@@ -52,32 +54,22 @@ class _Strict(BaseModel):
 # Experiment: what to train
 
 
-class DataConfig(_Strict):
-    source: str = "rotten_tomatoes"
-    """Builtin name (``rotten_tomatoes``), a local CSV / JSON Lines / Parquet file, or a hub id."""
-    files: dict[Literal["train", "validation", "test"], str] | None = None
-    """Pre-split local files; when given, ``source`` is ignored for loading."""
-    text_column: str = "text"
-    label_column: str = "label"
-    max_length: int = Field(64, ge=8, le=8192)
-    validation_fraction: float = Field(0.1, gt=0, lt=0.5)
-    test_fraction: float = Field(0.15, gt=0, lt=0.5)
-    split_seed: int = 0
-    max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
-
-
 class ModelConfig(_Strict):
     source: str = "minilm-l6"
     """Builtin name (``minilm-l6``), a local model folder, a hub id, or ``random`` (init from ``config``)."""
     num_layers: int | None = Field(None, ge=1)
-    """Keep only the first k transformer layers (pretrained weights are kept for those)."""
+    """Keep only the first k transformer layers (pretrained weights are kept for those); mapped to each
+    family's own field (``n_layers``, ``n_layer``, ...)."""
     tokenizer: str | None = None
     """Tokenizer source; defaults to ``source`` (and to ``minilm-l6`` for ``random``)."""
     model_type: str = "bert"
-    pooling: Literal["cls", "mean"] = "cls"
-    """``cls``: the architecture's own classification head; ``mean``: a linear head on the masked mean of
-    the last hidden states (what sentence-embedding checkpoints such as MiniLM-L6 were trained for)."""
+    pooling: Literal["cls", "mean", "last"] = "cls"
+    """``cls``: the architecture's own sequence-classification head (a decoder's pools its last token);
+    ``mean`` / ``last``: a linear head on the attention-masked mean / the last real token of the last hidden
+    states of the bare model, for any family (mean is what sentence-embedding checkpoints such as MiniLM-L6
+    were trained for)."""
+    pad_token: str | None = None
+    """The token to pad with, for a tokenizer that has none; default: its pad token, else its eos token."""
     config: dict[str, Any] = Field(default_factory=dict)
     """Config fields: the whole architecture for ``random``, overrides (e.g. dropout) otherwise."""
     freeze_embeddings: bool = False
@@ -165,27 +157,11 @@ class LauncherConfig(_Strict):
     """One device's peak for MFU; default: the GPU table in ``lbsearch.flops``, or this CPU's matmul rate, measured once."""
 
 
-class MetricConfig(_Strict):
-    name: Literal["accuracy", "f1", "loss"] = "accuracy"
-    direction: Literal["maximize", "minimize"] | None = None
-    target: float | None = None
-    """Metric value whose first crossing gives samples-to-target and steps-to-target."""
-
-    @model_validator(mode="after")
-    def _direction(self) -> "MetricConfig":
-        natural = "minimize" if self.name == "loss" else "maximize"
-        if self.direction is None:
-            self.direction = natural
-        elif self.direction != natural:
-            raise ValueError(f"`{self.name}` must be {natural}d, got direction `{self.direction}`")
-        if self.target is not None and self.name in ("accuracy", "f1") and not 0 < self.target <= 1:
-            raise ValueError(f"`target` for {self.name} must lie in (0, 1], got {self.target}")
-        return self
-
-
 class ExperimentConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
+    task: TaskKind = "single_label"
+    """``single_label``, ``multi_label`` or ``regression``: the loss, the labels and the metrics follow from it."""
     data: DataConfig = Field(default_factory=DataConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
@@ -193,6 +169,11 @@ class ExperimentConfig(_Strict):
     train: TrainConfig = Field(default_factory=TrainConfig)
     launcher: LauncherConfig = Field(default_factory=LauncherConfig)
     metric: MetricConfig = Field(default_factory=MetricConfig)
+
+    @model_validator(mode="after")
+    def _task(self) -> "ExperimentConfig":
+        check_task(self.task, self.data, self.metric)
+        return self
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "ExperimentConfig":

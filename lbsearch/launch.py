@@ -35,23 +35,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_command(exp: dict[str, Any], spec_file: Path) -> list[str]:
-    """The ``accelerate launch`` command line of a trial."""
-    return [sys.executable, "-m", "accelerate.commands.launch", *_launch_args(exp, spec_file)]
+def launch_command(exp: dict[str, Any], spec_file: Path, program: list[str] | None = None) -> list[str]:
+    """The ``accelerate launch`` command line of a trial (``program``: what each rank runs, by default
+    ``-m lbsearch.worker spec.json``)."""
+    return [sys.executable, "-m", "accelerate.commands.launch", *_launch_args(exp, spec_file, program)]
 
 
-def trial_command(exp: dict[str, Any], spec_file: Path, env: dict[str, str]) -> tuple[list[str], dict[str, str]]:
+def trial_command(exp: dict[str, Any], spec_file: Path, env: dict[str, str], program: list[str] | None = None) -> tuple[list[str], dict[str, str]]:
     """The command and environment that start a trial: for one process, what Accelerate's simple
     launcher would run (prepared in this process); otherwise ``accelerate launch`` itself."""
     if int(exp["launcher"]["processes"]) == 1:
         try:
-            prepared = _simple_launch(_launch_args(exp, spec_file))
+            prepared = _simple_launch(_launch_args(exp, spec_file, program))
         except (Exception, SystemExit):  # noqa: BLE001 - a bad config file, moved private helpers, an argparse exit:
             prepared = None  # `accelerate launch` itself then fails the trial, with its error in the trial's log
         if prepared is not None:
             cmd, launch_env = prepared
             return cmd, env | {k: v for k, v in launch_env.items() if os.environ.get(k) != v}
-    return launch_command(exp, spec_file), env
+    return launch_command(exp, spec_file, program), env
 
 
 def _simple_launch(args: list[str]) -> tuple[list[str], dict[str, str]] | None:
@@ -70,7 +71,7 @@ def _simple_launch(args: list[str]) -> tuple[list[str], dict[str, str]] | None:
     return prepare_simple_launcher_cmd_env(parsed)
 
 
-def _launch_args(exp: dict[str, Any], spec_file: Path) -> list[str]:
+def _launch_args(exp: dict[str, Any], spec_file: Path, program: list[str] | None = None) -> list[str]:
     launcher = exp["launcher"]
     cmd: list[str] = []
     if launcher.get("accelerate_config"):
@@ -87,7 +88,7 @@ def _launch_args(exp: dict[str, Any], spec_file: Path) -> list[str]:
         cmd += ["--cpu"]
     if on_cpu:
         cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // procs))]
-    return cmd + ["-m", "lbsearch.worker", str(spec_file)]
+    return cmd + (program or ["-m", "lbsearch.worker", str(spec_file)])
 
 
 def resolve_precision(precision: str, cpu: bool) -> str:
@@ -118,11 +119,15 @@ def run_trial_process(
     *,
     on_line: Callable[[str], None] = lambda line: None,
     on_start: Callable[[int], None] = lambda pid: None,
+    program: Callable[[Path], tuple[list[str], dict[str, str]]] | None = None,
+    no_result: Callable[[int], "TrialResult | None"] = lambda code: None,
 ) -> "TrialResult":
     """Run the trial; return the worker's result (``state`` complete / pruned / failed).
 
     A worker that dies without a result (killed, crashed in the launcher) gives ``failed`` with
-    the last lines of its output as the reason. KeyboardInterrupt (SIGINT, and SIGTERM which the
+    the last lines of its output as the reason, unless ``no_result(exit code)`` gives a result.
+    ``program(spec_file)``: what each rank runs and its extra environment (a script trial: the user's
+    command, started in ``workdir``); default lbsearch's worker. KeyboardInterrupt (SIGINT, and SIGTERM which the
     CLI turns into it) stops the trial's process group within seconds and is re-raised.
     """
     from lbsearch.protocol import TrialResult, read_result
@@ -134,10 +139,12 @@ def run_trial_process(
     spec_file.write_text(spec.model_dump_json(indent=1))
     result_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "0"))
-    cmd, env = trial_command(spec.experiment, spec_file, env)
+    argv, extra = program(spec_file) if program else (None, {})
+    cmd, env = trial_command(spec.experiment, spec_file, env | extra, argv)
     tail: deque[str] = deque(maxlen=30)
     with open(workdir / "stdout.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True)
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
+                                cwd=workdir if program else None)
         on_start(proc.pid)
         try:
             for line in proc.stdout:  # type: ignore[union-attr]
@@ -152,6 +159,9 @@ def run_trial_process(
             raise
     if result_file.is_file():
         return read_result(result_file)
+    fallback = no_result(proc.returncode)
+    if fallback is not None:
+        return fallback
     lines = [l for l in tail if l.strip()]
     reason = next((l for l in reversed(lines) if "Error" in l or "error" in l), lines[-1] if lines else "")
     return TrialResult(state="failed", reason=f"worker exited with code {proc.returncode} without a result: {reason.strip()[:400]}")

@@ -10,8 +10,8 @@ import torch
 
 from lbsearch.config import BUILTIN_MODELS, ModelConfig, SpecError
 
-__all__ = ["builtin_model_dir", "load_tokenizer", "build_model", "tokenizer_identity", "save_model", "load_model", "classify",
-           "OFFLINE_MODEL_HINT", "KEPT_FILE"]
+__all__ = ["builtin_model_dir", "load_tokenizer", "pad_token_id", "build_model", "tokenizer_identity", "uses_token_types", "PooledClassifier",
+           "save_model", "load_model", "classify", "OFFLINE_MODEL_HINT", "KEPT_FILE"]
 
 KEPT_FILE = "lbsearch.json"
 """Beside a kept model's weights: how it was trained (max length, pooling, evaluation batch) and its source."""
@@ -47,55 +47,111 @@ def load_tokenizer(cfg: ModelConfig):
         raise SpecError(None, field, f"cannot load tokenizer {src!r} ({first}); {OFFLINE_MODEL_HINT}") from None
 
 
-def build_model(cfg: ModelConfig, num_labels: int, vocab_size: int):
-    """A sequence classifier. Seed the RNGs before calling: the head (or all of it) is random."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
-    from transformers.utils import logging as hf_logging
+def pad_token_id(tok, cfg: ModelConfig) -> int:
+    """The id to pad with: ``model.pad_token``, else the tokenizer's pad token, else its eos token (what
+    decoders such as GPT-2 and Llama pad with)."""
+    if cfg.pad_token is not None:
+        vocab = tok.get_vocab()
+        if cfg.pad_token not in vocab:
+            raise SpecError(None, "model.pad_token", f"{cfg.pad_token!r} is not in the tokenizer's vocabulary")
+        return vocab[cfg.pad_token]
+    for pad in (tok.pad_token_id, tok.eos_token_id):
+        if pad is not None:
+            return int(pad)
+    field = "model.tokenizer" if cfg.tokenizer else "model.source"
+    some = next(iter(tok.all_special_tokens or []), None) or next(iter(tok.get_vocab()), "")
+    raise SpecError(None, field, f"the tokenizer {tokenizer_identity(cfg)!r} has no pad token and no eos token to pad with: "
+                    f"set `model.pad_token` to one of its tokens (e.g. {some!r})")
 
-    hf_logging.set_verbosity_error()  # the "newly initialised classifier" load report is expected
+
+_PROBLEM = {"single_label": "single_label_classification", "multi_label": "multi_label_classification", "regression": "regression"}
+
+
+def _config(cfg: ModelConfig, vocab_size: int, pad_id: int):
+    """The model config with the user's overrides; ``num_layers`` goes through the family's attribute map
+    (``num_hidden_layers`` is ``n_layers`` in DistilBERT, ``n_layer`` in GPT-2)."""
+    from transformers import AutoConfig
+
     overrides: dict[str, Any] = dict(cfg.config)
     if cfg.num_layers is not None:
         overrides["num_hidden_layers"] = cfg.num_layers
-    auto = AutoModel if cfg.pooling == "mean" else AutoModelForSequenceClassification
-    if cfg.pooling == "mean":
-        overrides["add_pooling_layer"] = False
-    else:
-        overrides["num_labels"] = num_labels
     try:
         if cfg.source == "random":
-            extra = {"add_pooling_layer": overrides.pop("add_pooling_layer")} if "add_pooling_layer" in overrides else {}
-            config = AutoConfig.for_model(cfg.model_type, vocab_size=vocab_size, **overrides)
-            model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code, **extra)
-        else:
-            model = auto.from_pretrained(_resolve(cfg.source), trust_remote_code=cfg.trust_remote_code, **overrides)
+            return AutoConfig.for_model(cfg.model_type, vocab_size=vocab_size, pad_token_id=pad_id, **overrides)
+        config = AutoConfig.from_pretrained(_resolve(cfg.source), trust_remote_code=cfg.trust_remote_code, **overrides)
     except OSError as err:
         first = str(err).splitlines()[0][:160]
         raise SpecError(None, "model.source", f"cannot load model {cfg.source!r} ({first}); {OFFLINE_MODEL_HINT}") from None
-    model = MeanPoolClassifier(model, num_labels) if cfg.pooling == "mean" else model
+    if getattr(config, "pad_token_id", None) is None:  # decoders ship without one
+        config.pad_token_id = pad_id
+    return config
+
+
+def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size: int, pad_id: int):
+    """A sequence classifier whose config carries the task and the label names (``id2label``). Seed the
+    RNGs before calling: the head (or all of it) is random."""
+    from transformers import AutoModel, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # the "newly initialised classifier" load report is expected
+    config = _config(cfg, vocab_size, pad_id)
+    num_outputs = 1 if task == "regression" else len(label_names)
+    config.id2label = {i: str(n) for i, n in enumerate(label_names[:num_outputs])}
+    config.label2id = {n: i for i, n in config.id2label.items()}
+    config.num_labels, config.problem_type = num_outputs, _PROBLEM[task]
+    auto = AutoModelForSequenceClassification if cfg.pooling == "cls" else AutoModel
+    try:
+        if cfg.source == "random":
+            model = auto.from_config(config, trust_remote_code=cfg.trust_remote_code)
+        else:
+            # a checkpoint fine-tuned for other labels gets a new head of the task's size
+            resize = {"ignore_mismatched_sizes": True} if cfg.pooling == "cls" else {}
+            model = auto.from_pretrained(_resolve(cfg.source), config=config, trust_remote_code=cfg.trust_remote_code, **resize)
+    except ValueError as err:
+        if "Unrecognized configuration class" not in str(err):
+            raise
+        raise SpecError(None, "model.pooling", f"{type(config).__name__} has no sequence-classification head in transformers: "
+                        "set `pooling: mean` or `pooling: last`") from None
+    model = PooledClassifier(model, num_outputs, cfg.pooling) if cfg.pooling != "cls" else model
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
     return model
 
 
-class MeanPoolClassifier(torch.nn.Module):
-    """A linear head on the attention-masked mean of an encoder's last hidden states."""
+def uses_token_types(model: torch.nn.Module) -> bool:
+    """Whether the model has segment embeddings for text pairs (``type_vocab_size`` 2: BERT, ELECTRA, ALBERT);
+    RoBERTa checkpoints (1), DeBERTa-v2 (0), DistilBERT, ModernBERT and decoders get no ``token_type_ids``."""
+    return int(getattr(model.config, "type_vocab_size", 0) or 0) >= 2
 
-    def __init__(self, encoder: torch.nn.Module, num_labels: int) -> None:
+
+class PooledClassifier(torch.nn.Module):
+    """A linear head on the attention-masked mean (``mean``) or the last real token (``last``) of a bare
+    model's last hidden states: the same for every family, encoder or decoder."""
+
+    def __init__(self, encoder: torch.nn.Module, num_outputs: int, pooling: str) -> None:
         super().__init__()
-        self.encoder = encoder
+        self.encoder, self.pooling = encoder, pooling
         self.config = encoder.config
-        self.dropout = torch.nn.Dropout(getattr(encoder.config, "hidden_dropout_prob", 0.1))
-        self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
+        for p in getattr(encoder, "pooler", torch.nn.Identity()).parameters():
+            p.requires_grad_(False)  # BERT's own pooler is unused here (and would stall DDP's gradient sync)
+        dropout = next((getattr(encoder.config, k) for k in ("hidden_dropout_prob", "dropout", "resid_pdrop")
+                        if isinstance(getattr(encoder.config, k, None), float)), 0.1)
+        self.dropout = torch.nn.Dropout(dropout)
+        self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_outputs)
 
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.encoder.get_input_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **segments: torch.Tensor):
         from transformers.modeling_outputs import SequenceClassifierOutput
 
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
+        if self.pooling == "mean":
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)
+        else:  # the last position the mask keeps, whichever side the padding is on
+            positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
+            pooled = hidden[torch.arange(len(hidden), device=hidden.device), (attention_mask * positions).argmax(1)]
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
 
@@ -110,11 +166,11 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
 
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the trial's output
     folder.mkdir(parents=True, exist_ok=True)
-    hf = model.encoder if isinstance(model, MeanPoolClassifier) else model
+    hf = model.encoder if isinstance(model, PooledClassifier) else model
     hf.config.id2label = dict(enumerate(label_names))
     hf.config.label2id = {n: i for i, n in enumerate(label_names)}
     hf.save_pretrained(folder, safe_serialization=True)
-    if isinstance(model, MeanPoolClassifier):
+    if isinstance(model, PooledClassifier):
         save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
     load_tokenizer(cfg).save_pretrained(folder)
     info = info | {"pooling": cfg.pooling, "label_names": label_names}
@@ -123,8 +179,10 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
 
 def load_model(folder: str | Path):
     """A kept model, in eval mode: ``AutoModelForSequenceClassification.from_pretrained(folder)``, or
-    for a mean-pooling head (``model.pooling: mean``) the encoder with its head. The label names are
+    for a pooled head (``model.pooling: mean`` or ``last``) the bare model with its head. The label names are
     ``model.config.id2label``."""
+    import json
+
     from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -135,9 +193,10 @@ def load_model(folder: str | Path):
         return AutoModelForSequenceClassification.from_pretrained(folder).eval()
     from safetensors.torch import load_file
 
-    encoder = AutoModel.from_pretrained(folder, add_pooling_layer=False)
-    model = MeanPoolClassifier(encoder, len(encoder.config.id2label))
-    model.classifier.load_state_dict(load_file(str(folder / _HEAD_FILE)))
+    head = load_file(str(folder / _HEAD_FILE))
+    info = json.loads((folder / KEPT_FILE).read_text()) if (folder / KEPT_FILE).is_file() else {}
+    model = PooledClassifier(AutoModel.from_pretrained(folder), head["weight"].shape[0], info.get("pooling", "mean"))
+    model.classifier.load_state_dict(head)
     return model.eval()
 
 

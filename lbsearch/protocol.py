@@ -1,7 +1,8 @@
 """What the orchestrator and a trial process exchange. Torch-free and MLflow-free.
 
 - in: ``spec.json`` (a ``WorkerSpec``): the resolved experiment, the tokenized-data cache, the
-  Optuna trial to report to (or none), where to write the result;
+  Optuna trial to report to (or none), where to write the result (a script trial finds it through
+  ``$LBSEARCH_TRIAL_SPEC``, read by the public ``lbsearch.api``);
 - during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, and rows of
   metrics that the orchestrator writes to the trial's MLflow run (the trial never imports MLflow,
   so each run has a single writer);
@@ -39,24 +40,26 @@ class WorkerSpec(BaseModel):
 
     experiment: dict[str, Any]
     """The fully resolved experiment (``ExperimentConfig.model_dump(mode="json")``)."""
-    data_path: str
-    num_labels: int
-    pad_id: int
-    vocab_size: int
+    data_path: str = ""
+    """The tokenized-data cache (lbsearch's own trials; a script trial loads its own data)."""
+    num_labels: int = 0
+    pad_id: int = 0
+    vocab_size: int = 0
+    labels: dict[str, Any] = {}
+    """``lbsearch.labels.LabelInfo.to_dict()``: class names (the model's ``id2label``), regression scaling."""
     optuna: OptunaRef | None = None
     tracking: bool = False
     """Send metric rows on stdout (the orchestrator logs them to the trial's MLflow run)."""
     result: str | None = None
     watch_pid: int | None = None
     """Exit when this process (the orchestrator) is gone."""
-    label_names: list[str] | None = None
-    """The class names in output order (``lbsearch.data.label_names``): the saved model's ``id2label``."""
     model_dir: str | None = None
     """Where a complete trial saves its model (``lbsearch.model.save_model``); None: not saved."""
 
 
 class TrialResult(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # an undefined metric (AUROC without both classes, a correlation of constant predictions) is NaN, kept as NaN
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
 
     state: Literal["complete", "pruned", "failed"]
     reason: str | None = None
@@ -133,8 +136,9 @@ class Reporter:
         now = int(time.time() * 1000)
         self._buffer += [[k, float(v), now, step] for k, v in values.items() if v is not None and math.isfinite(v)]
 
-    def flush(self) -> None:
-        if self.tracking and self._buffer:
+    def flush(self, at_least: int = 1) -> None:
+        """Send the buffered metric rows, when there are ``at_least`` of them."""
+        if self.tracking and len(self._buffer) >= max(1, at_least):
             print(message("metrics", self._buffer), flush=True)
             self._buffer.clear()
 

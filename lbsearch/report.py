@@ -23,7 +23,7 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.config import ExperimentConfig, MetricConfig
+from lbsearch.script import experiment_model
 from lbsearch.plan import make_plan
 from lbsearch.scaling import fit_power, fit_steps
 
@@ -47,7 +47,8 @@ def collect(study: optuna.Study) -> list[TrialPoint]:
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if "config" not in t.user_attrs:
             continue
-        plan = make_plan(ExperimentConfig.model_validate(json.loads(t.user_attrs["config"])))
+        raw = json.loads(t.user_attrs["config"])
+        plan = make_plan(experiment_model(raw).model_validate(raw))
         points.append(TrialPoint(
             number=t.number, state=t.state.name.lower(), batch_size=plan.batch_size, lr=plan.lr,
             value=t.user_attrs.get(f"validation_{metric}", t.values[0]) if t.state == TrialState.COMPLETE else None, steps_to_target=t.user_attrs.get("steps_to_target"),
@@ -114,6 +115,8 @@ class _Figures:
 
         sizes = [r["batch_size"] for r in self.rows]
         for ax in fig.axes:  # the batch sizes themselves as ticks, no crowded minor labels
+            if ax.get_yscale() == "log" and not (math.isfinite(ax.dataLim.y0) and ax.dataLim.y1 > 0):
+                ax.set_yscale("linear")  # nothing measured (no target reached, no noise scale): an empty log axis cannot be laid out
             if ax.get_xscale() == "log" and sizes:
                 ax.set_xticks(sizes, [str(b) for b in sizes])
                 ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
@@ -277,7 +280,7 @@ def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     metric = study.user_attrs.get("metric", "accuracy")
     target = configs[-1]["metric"].get("target") if configs else None
     points = collect(study)
-    summary = summarize(points, MetricConfig(name=study.user_attrs.get("metric", "accuracy")).direction == "maximize")
+    summary = summarize(points, study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)
     summary |= {"study": study.study_name, "metric": metric, "target": target, "trials": len(points)}
     out.mkdir(parents=True, exist_ok=True)
     figs = _Figures(points, summary, metric, target, out)

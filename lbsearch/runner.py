@@ -16,10 +16,10 @@ from mlflow.exceptions import MlflowException
 
 from lbsearch import console
 from lbsearch.config import ExperimentConfig
-from lbsearch.data import label_names
 from lbsearch.launch import resolve_precision, run_trial_process
 from lbsearch.plan import TrialPlan, make_plan
 from lbsearch.protocol import OptunaRef, TrialResult, WorkerSpec, parse_message
+from lbsearch.script import result_from_output, script_program
 from lbsearch.storage import Session
 from lbsearch.story import dataset_inputs
 from lbsearch.tracking import Tracker, flatten, versions
@@ -61,7 +61,7 @@ class TrialRun:
     exp: ExperimentConfig
     """Resolved (``resolved()``); after an out-of-memory retry it holds the micro-batch limit that ran."""
     data: Any
-    """``lbsearch.data.PreparedData``."""
+    """``lbsearch.data.PreparedData``; None for a script trial (``kind: script``), which loads its own data."""
     workdir: Path
     prefix: str
     """Shown before each line of the trial's output, e.g. ``[trial 3]``."""
@@ -92,9 +92,13 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
     on_run(run_id)
-    tracker.artifacts(run_id, run.files)
+    labels = getattr(run.data, "labels", None) or {}
+    tracker.artifacts(run_id, run.files | ({"labels.json": json.dumps(labels, indent=1)} if labels else {}))
+    if labels.get("names"):  # the label mapping, as the model's id2label has it
+        tracker.tags(run_id, {"data.task": labels["task"], "data.labels": json.dumps(labels["names"])[:5000]})
     try:  # the Datasets column is a view: a tracking error here never costs the trial
-        tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
+        if run.data is not None:
+            tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
     except MlflowException as err:
         session.out(f"{run.prefix} datasets not logged to MLflow: {str(err).splitlines()[0][:200]}")
     shown = console.active()
@@ -126,10 +130,16 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
     and retry. ``run.exp`` is updated to the limit that finally ran."""
     retries = 0
     while True:
-        spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
-                          pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, optuna=run.optuna, tracking=True,
-                          label_names=label_names(run.data), model_dir=str(run.workdir / "model") if run.save_model else None)
-        result = run_trial_process(spec, run.workdir, on_line=_line_handler(session, tracker, run_id, run.prefix))
+        on_line, last_json = _line_handler(session, tracker, run_id, run.prefix)
+        if run.data is None:
+            spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), optuna=run.optuna, tracking=True)
+            result = run_trial_process(spec, run.workdir, on_line=on_line, program=script_program(run.exp, plan, run.workdir),
+                                       no_result=lambda code: _script_result(tracker, run_id, run, code, last_json.get("line")))
+        else:
+            spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
+                              pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
+                              tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None)
+            result = run_trial_process(spec, run.workdir, on_line=on_line)
         if result.plan is not None:
             plan = TrialPlan.from_dict(result.plan)
             run.exp.launcher.max_micro_batch = plan.max_micro_batch  # a probed limit becomes part of the config
@@ -144,12 +154,29 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
         plan = smaller
 
 
-def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) -> Callable[[str], None]:
-    """Show the trial's output; metric rows go to its MLflow run, the plan that runs to its tags."""
+def _script_result(tracker: Tracker, run_id: str, run: TrialRun, code: int, last_json: dict[str, Any] | None) -> TrialResult | None:
+    """A script that left no result: its final metrics (metrics file or last JSON line) when it exited 0."""
+    result = result_from_output(run.exp, run.workdir, code, last_json)
+    if result is not None and result.validation:
+        tracker.metrics(run_id, {f"val/{k}": v for k, v in result.validation.items()}, result.steps)
+    return result
+
+
+def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) -> tuple[Callable[[str], None], dict[str, Any]]:
+    """Show the trial's output; metric rows go to its MLflow run, the plan that runs to its tags.
+    The last line that is a JSON object is kept (a script's final metrics) in the returned dict."""
+    last: dict[str, Any] = {}
 
     def on_line(line: str) -> None:
         msg = parse_message(line)
         if msg is None:
+            if line.startswith("{"):
+                try:
+                    found = json.loads(line)
+                except ValueError:
+                    found = None
+                if isinstance(found, dict):
+                    last["line"] = found
             if line.strip() and not line.startswith(_NOISE):
                 session.out(f"{prefix} {line}")
         elif msg[0] == "metrics":
@@ -158,4 +185,4 @@ def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) 
         elif msg[0] == "plan":
             tracker.tags(run_id, TrialPlan.from_dict(msg[1]).split())
 
-    return on_line
+    return on_line, last

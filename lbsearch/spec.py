@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from lbsearch.config import (
     SpecError,
     StudyConfig,
 )
+from lbsearch.script import ScriptExperimentConfig, ScriptStudyConfig, experiment_model, is_script
 
 __all__ = ["parse_set", "apply_params", "validate_experiment", "load_experiment_raw", "load_experiment", "load_study"]
 
@@ -160,10 +162,26 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     launcher = raw.get("launcher")
     if isinstance(launcher, dict) and isinstance(launcher.get("accelerate_config"), str):
         launcher["accelerate_config"] = str((base / launcher["accelerate_config"]).resolve())
+    script = raw.get("script")
+    if isinstance(script, dict) and isinstance(script.get("command"), str):
+        script["command"] = _resolve_command(script["command"], base)
 
 
-def _check_local_sources(path: Path | None, exp: ExperimentConfig) -> None:
+def _resolve_command(command: str, base: Path) -> str:
+    """A script trial runs in its own folder: make the script's path absolute, relative to the spec file."""
+    argv = shlex.split(command)
+    if argv and argv[0] != "-m" and not Path(argv[0]).expanduser().is_absolute():
+        argv[0] = str((base / argv[0]).expanduser().resolve())
+    return shlex.join(argv)
+
+
+def _check_local_sources(path: Path | None, exp: ExperimentConfig | ScriptExperimentConfig) -> None:
     """Missing local files are spec errors, found before anything runs."""
+    if isinstance(exp, ScriptExperimentConfig):
+        script = shlex.split(exp.script.command)[0]
+        if script != "-m" and not Path(script).is_file():
+            raise SpecError(path, "script.command", f"script not found: {script}")
+        return
     src = exp.data.source
     if exp.data.files:
         for split, file in exp.data.files.items():
@@ -180,10 +198,14 @@ def _check_local_sources(path: Path | None, exp: ExperimentConfig) -> None:
 
 
 def validate_experiment(raw: dict[str, Any], path: Path | None = None, prefix: str = "") -> ExperimentConfig:
+    """An experiment of lbsearch's own training, or of ``kind: script`` (``lbsearch.script``)."""
+    model = experiment_model(raw)
+    if isinstance(raw, dict) and "script" in raw and not is_script(raw):
+        raise SpecError(path, f"{prefix}.kind" if prefix else "kind", "an experiment with a `script` section needs `kind: script`")
     try:
-        exp = ExperimentConfig.model_validate(raw)
+        exp = model.model_validate(raw)
     except ValidationError as err:
-        _raise_validation(path, ExperimentConfig, err, prefix)
+        _raise_validation(path, model, err, prefix)
     try:
         _check_local_sources(path, exp)
     except SpecError as err:
@@ -215,8 +237,9 @@ def _check_search_space(path: Path, study: StudyConfig, exp_raw: dict[str, Any])
     for key, param in study.search_space.items():
         field = f"search_space.{key}"
         parts = key.split(".")
-        names = _field_names(ExperimentConfig, tuple(parts[:-1]))
-        parent_is_dict = parts[0] == "model" and len(parts) >= 3 and parts[1] == "config"
+        names = _field_names(experiment_model(exp_raw), tuple(parts[:-1]))
+        parent_is_dict = (parts[0] == "model" and len(parts) >= 3 and parts[1] == "config") or (
+            parts[0] == "params" and len(parts) == 2 and is_script(exp_raw))
         if not parent_is_dict and (names is None or parts[-1] not in names):
             raise SpecError(path, field, f"`{key}` is not a field of the experiment")
         if isinstance(param, CategoricalParam):
@@ -275,9 +298,10 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     validate_experiment(exp_raw, exp_file if exp_file != path else path, "" if exp_file != path else "experiment")
     study_raw = {k: v for k, v in raw.items() if k != "launcher"}
     study_raw["experiment"] = exp_raw
+    model = ScriptStudyConfig if is_script(exp_raw) else StudyConfig
     try:
-        study = StudyConfig.model_validate(study_raw)
+        study = model.model_validate(study_raw)
     except ValidationError as err:
-        _raise_validation(path, StudyConfig, err)
+        _raise_validation(path, model, err)
     _check_search_space(path, study, exp_raw)
     return study, exp_raw

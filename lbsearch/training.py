@@ -13,19 +13,26 @@ import torch
 
 from lbsearch.config import ExperimentConfig
 
-__all__ = ["pad", "make_optimizer", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom", "maybe_inject_overflow", "probe_micro_batch",
-           "cpu_fp16"]
+__all__ = ["pad", "make_optimizer", "task_loss", "training_targets", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom",
+           "maybe_inject_overflow", "probe_micro_batch", "cpu_fp16"]
 
 
-def pad(seqs: list[np.ndarray], pad_id: int, device, multiple: int = 1) -> dict[str, torch.Tensor]:
-    """Right-padded ids and attention mask, as wide as the longest sequence rounded up to ``multiple``."""
+def pad(seqs: list[np.ndarray], pad_id: int, device, types: list[np.ndarray] | None = None, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """A right-padded batch, as wide as the longest sequence rounded up to ``multiple``; ``types`` (the
+    segment ids of text pairs) become ``token_type_ids``."""
     width = -(-max(len(s) for s in seqs) // multiple) * multiple
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
-    return {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    batch = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    if types is not None:
+        segments = np.zeros((len(seqs), width), dtype=np.int64)
+        for i, t in enumerate(types):
+            segments[i, : len(t)] = t
+        batch["token_type_ids"] = torch.from_numpy(segments).to(device)
+    return batch
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -48,36 +55,63 @@ def make_optimizer(exp: ExperimentConfig, model: torch.nn.Module, lr: float) -> 
     return pytorch_optimizer.LARS(groups, lr=lr, momentum=o.beta1)
 
 
-class Evaluator:
-    """Exact evaluation across ranks: each rank scores a disjoint shard of the length-sorted split,
-    and per-class counts and loss sums are summed, so the metric equals the 1-process value."""
+def task_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy (single-label), binary cross-entropy over every label (multi-label) or MSE (regression)."""
+    logits = logits.float()
+    if task == "single_label":
+        return torch.nn.functional.cross_entropy(logits, targets)
+    if task == "multi_label":
+        return torch.nn.functional.binary_cross_entropy_with_logits(logits, targets)
+    return torch.nn.functional.mse_loss(logits.squeeze(-1), targets)
 
-    def __init__(self, split, num_labels: int, micro_batch: int, rank: int, world: int) -> None:
+
+def training_targets(labels: np.ndarray, task: str, shift: float = 0.0, scale: float = 1.0) -> np.ndarray:
+    """What the loss compares the outputs with: class ids, the 0/1 matrix, or the scaled regression values."""
+    if task == "regression":
+        return ((labels - shift) / scale).astype(np.float32)
+    return labels.astype(np.float32) if task == "multi_label" else labels.astype(np.int64)
+
+
+class Evaluator:
+    """Exact evaluation across ranks: each rank scores a disjoint shard of the length-sorted split, the
+    outputs of all ranks are gathered back into the split's order, and the metrics (``lbsearch.metrics``)
+    are computed on the whole split, so they equal the 1-process value."""
+
+    def __init__(self, split, task: str, labels: dict[str, Any], threshold: float, micro_batch: int, rank: int, world: int,
+                 use_types: bool = False) -> None:
         ids = split.ids
-        order = np.argsort([len(s) for s in ids], kind="stable")[rank::world]
-        self.ids = [ids[i] for i in order]
-        self.labels = split.labels[order]
-        self.k = num_labels
+        self.index = np.argsort([len(s) for s in ids], kind="stable")[rank::world]
+        self.ids = [ids[i] for i in self.index]
+        self.types = [split.types[i] for i in self.index] if split.types is not None and use_types else None
+        self.labels, self.n = split.labels, len(ids)
+        self.task, self.threshold = task, threshold
+        self.shift, self.scale = labels.get("shift", 0.0), labels.get("scale", 1.0)
+        self.k = 1 if task == "regression" else len(labels["names"])
         self.mb = micro_batch
 
     @torch.no_grad()
     def __call__(self, accelerator, model, pad_id: int) -> dict[str, float]:
         model.eval()
-        dev = accelerator.device
-        loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-        conf = torch.zeros((self.k, self.k), dtype=torch.float64, device=dev)  # [true, pred]
+        outs = [np.zeros((0, self.k))]
         for i in range(0, len(self.ids), self.mb):
-            batch = pad(self.ids[i : i + self.mb], pad_id, dev)
-            y = torch.as_tensor(self.labels[i : i + self.mb], device=dev)
-            logits = model(**batch).logits.float()
-            loss_sum += torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()
-            conf.index_put_((y, logits.argmax(-1)), torch.ones(len(y), dtype=torch.float64, device=dev), accumulate=True)
+            batch = pad(self.ids[i : i + self.mb], pad_id, accelerator.device, self.types[i : i + self.mb] if self.types else None)
+            outs.append(model(**batch).logits.float().reshape(-1, self.k).cpu().double().numpy())
         model.train()
-        loss_sum, conf = accelerator.reduce(loss_sum, "sum"), accelerator.reduce(conf, "sum")
-        n = conf.sum().item()
-        tp = conf.diag()
-        f1 = (2 * tp / (conf.sum(0) + conf.sum(1)).clamp(min=1)).mean().item()
-        return {"loss": loss_sum.item() / n, "accuracy": (tp.sum() / n).item(), "f1": f1}
+        return self.metrics(accelerator.num_processes, self.index, np.concatenate(outs))
+
+    def metrics(self, world: int, index: np.ndarray, logits: np.ndarray) -> dict[str, float]:
+        """The task's metrics once every rank's ``(index, logits)`` is gathered into the split's order."""
+        from lbsearch.metrics import task_metrics
+
+        parts = [(index, logits)]
+        if world > 1:
+            from accelerate.utils import gather_object
+
+            parts = gather_object(parts)
+        full = np.full((self.n, self.k), np.nan)
+        for idx, out in parts:
+            full[idx] = out
+        return task_metrics(self.task, full, self.labels, threshold=self.threshold, shift=self.shift, scale=self.scale)
 
 
 def mean_over_ranks(accelerator, value: float) -> float:

@@ -29,7 +29,7 @@ from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, write_result
 from lbsearch.training import (Evaluator, cpu_fp16, make_optimizer, maybe_inject_oom, maybe_inject_overflow, mean_over_ranks, pad,
-                               probe_micro_batch, stop_code, sum_over_ranks)
+                               probe_micro_batch, stop_code, sum_over_ranks, task_loss, training_targets)
 
 CONTINUE, DIVERGED, PRUNED, OVERFLOW = 0, 1, 2, 3
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
@@ -43,7 +43,7 @@ class Trial:
         from accelerate.utils import TorchDynamoPlugin, set_seed
 
         from lbsearch.data import load_arrays
-        from lbsearch.model import build_model
+        from lbsearch.model import build_model, uses_token_types
 
         self.t_start, self.spec = time.time(), spec
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
@@ -59,7 +59,9 @@ class Trial:
         set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
         self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
-        model = build_model(exp.model, spec.num_labels, spec.vocab_size)
+        self.labels = spec.labels or {"names": [str(i) for i in range(spec.num_labels)]}
+        model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
+        self.use_types = uses_token_types(model) and self.data["train"].types is not None
         limit = exp.launcher.max_micro_batch
         if limit is None:
             limit = probe_micro_batch(self.acc, model, exp, exp.train.batch_size // world, Path(spec.data_path).parent, self.say)
@@ -101,10 +103,16 @@ class Trial:
             self.say("gradient noise scale: not measured (one process without accumulation sees one batch size)")
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
+        self.targets = training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
         self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed)
-        self.evaluate_val = Evaluator(self.data["validation"], self.num_labels, 2 * plan.micro_batch, acc.process_index, acc.num_processes)
+        self.evaluate_val = self._evaluator("validation")
         maybe_inject_oom(plan.micro_batch)
         self.model.train()
+
+    def _evaluator(self, split: str) -> Evaluator:
+        acc = self.acc
+        return Evaluator(self.data[split], self.exp.task, self.labels, self.exp.metric.threshold, 2 * self.plan.micro_batch,
+                         acc.process_index, acc.num_processes, self.use_types)
 
     def step(self, step: int) -> int:
         """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
@@ -114,10 +122,11 @@ class Trial:
         self.work += (flops, tokens, flops, tokens)
         loss_sum = 0.0
         for idx in micro:
-            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device, self.pad_multiple)
-            labels = torch.as_tensor(train.labels[idx], device=acc.device)
+            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device, [train.types[i] for i in idx] if self.use_types else None,
+                        self.pad_multiple)
+            targets = torch.as_tensor(self.targets[idx], device=acc.device)
             with acc.accumulate(self.model):
-                loss = torch.nn.functional.cross_entropy(self.model(**batch).logits.float(), labels)
+                loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
                 acc.backward(loss)
                 self.gns.after_backward()
             loss_sum += loss.item()
@@ -206,8 +215,7 @@ class Trial:
             r |= {"tokens_per_s": speed["train/tokens_per_s"], "mfu": speed.get("train/mfu")}
         if r["state"] == "complete":
             r["validation"] = self.last_eval or self.evaluate_val(self.acc, self.model, self.pad_id)
-            evaluate_test = Evaluator(self.data["test"], self.num_labels, 2 * plan.micro_batch, self.acc.process_index, self.acc.num_processes)
-            r["test"] = evaluate_test(self.acc, self.model, self.pad_id)
+            r["test"] = self._evaluator("test")(self.acc, self.model, self.pad_id)
             r["value"] = r["validation"][self.exp.metric.name]
             self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, plan.steps)
             if self.spec.model_dir:
@@ -225,7 +233,7 @@ class Trial:
 
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
-            names = self.spec.label_names or [str(i) for i in range(self.num_labels)]
+            names = [str(n) for n in self.labels["names"]]
             info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
                     "validation": r["validation"], "test": r["test"]}
             save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info)

@@ -31,3 +31,27 @@ def test_a_ladder_searches_batch_size_and_groups_pruning_by_it():
                                         "search_space": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
     assert list(study.space) == ["train.batch_size", "optimizer.lr"]
     assert study.space["train.batch_size"].choices == [16, 64] and study.pruner.group_by == "train.batch_size"
+
+
+@pytest.mark.parametrize("task,default", [("single_label", "accuracy"), ("multi_label", "f1_micro"), ("regression", "rmse")])
+def test_each_task_has_a_default_metric_and_its_direction(task, default):
+    metric = ExperimentConfig(name="x", task=task).metric
+    assert metric.name == default and metric.direction == ("minimize" if default == "rmse" else "maximize")
+
+
+def test_a_metric_must_belong_to_the_task_and_its_target_to_its_range():
+    with pytest.raises(ValidationError, match="`metric.name: accuracy` is not a regression metric"):
+        ExperimentConfig(name="x", task="regression", metric={"name": "accuracy"})
+    assert ExperimentConfig(name="x", task="regression", metric={"name": "mae"}).metric.direction == "minimize"
+    assert MetricConfig(name="mcc", target=-0.5).target == -0.5  # MCC and correlations lie in (-1, 1]
+    with pytest.raises(ValidationError, match=r"`target` for auroc must lie in \(0, 1\]"):
+        MetricConfig(name="auroc", target=-0.5)
+
+
+def test_label_options_belong_to_their_task():
+    with pytest.raises(ValidationError, match="`data.label_scaling` is for regression"):
+        ExperimentConfig(name="x", data={"label_scaling": "standard"})
+    with pytest.raises(ValidationError, match="a regression task has none"):
+        ExperimentConfig(name="x", task="regression", data={"label_names": ["a", "b"]})
+    with pytest.raises(ValidationError, match="`data.label_names` must be distinct"):
+        ExperimentConfig(name="x", data={"label_names": [1, "1"]})

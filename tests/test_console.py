@@ -70,7 +70,7 @@ with study_progress("s", 2) as shown:
     shown.trial_start("[trial 0]", 960, "accuracy")
     print("[trial 0] samples 320/960 loss 0.6900", flush=True)
     active().trial_metrics([["progress/samples", 320, 0, 10], ["train/loss", 0.69, 0, 10], ["eval/accuracy", 0.59, 0, 10],
-                            ["train/samples_per_s", 100.0, 0, 10]])
+                            ["train/samples_per_s", 100.0, 0, 10], ["train/mfu", 0.123, 0, 10]])
     time.sleep(1.2)
     active().trial_end()
     shown.study(counted=1, complete=1, pruned=0, failed=0, best="0.5900 (trial 0)")
@@ -89,7 +89,7 @@ def test_live_progress_draws_the_study_and_the_trial_on_a_terminal():
         os.close(master)
     assert proc.returncode == 0, text
     assert "[trial 0] samples 320/960 loss 0.6900" in text  # lines scroll above the bars
-    for shown in ("study s", "0/2", "trials", "trial 0", "320/960", "samples", "loss 0.6900", "accuracy 0.5900", "100 samples/s", "left",
+    for shown in ("study s", "0/2", "trials", "trial 0", "320/960", "samples", "loss 0.6900", "accuracy 0.5900", "100 samples/s", "MFU 12.3%", "left",
                   "1/2", "complete 1 · pruned 0 · failed 0 · best 0.5900 (trial 0)"):
         assert shown in text, shown
     assert ESC in text

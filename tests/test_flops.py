@@ -26,7 +26,7 @@ def test_analytic_count_matches_the_flop_counter(pooling, length):
     torch.manual_seed(0)
     cfg = ModelConfig(source="random", model_type="bert", pooling=pooling,
                       config={"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "intermediate_size": 256})
-    model = build_model(cfg, num_labels=3, vocab_size=1000).train()
+    model = build_model(cfg, "single_label", ["a", "b", "c"], vocab_size=1000, pad_id=0).train()
     count = flop_count(model)
     expected = count(np.full(4, length))
     assert _counted(model, 4, length) == pytest.approx(expected, rel=0.03)

@@ -40,3 +40,12 @@ def test_reporter_sends_only_finite_metrics_and_only_from_rank_0(capsys):
 def test_the_protocol_imports_neither_torch_nor_mlflow():
     code = "import sys, lbsearch.protocol, lbsearch.plan, lbsearch.views, lbsearch.storage; print(sorted(m for m in ('torch', 'mlflow') if m in sys.modules))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60).stdout.strip() == "[]"
+
+
+def test_an_undefined_metric_survives_the_result_file_as_nan(tmp_path):
+    """AUROC of a split without both classes, or a correlation of constant predictions, is NaN."""
+    import math
+
+    write_result(tmp_path / "result.json", TrialResult(state="complete", validation={"auroc": math.nan, "accuracy": 0.5}))
+    got = read_result(tmp_path / "result.json").validation
+    assert math.isnan(got["auroc"]) and got["accuracy"] == 0.5

@@ -7,27 +7,28 @@ import pytest
 
 from lbsearch.config import ExperimentConfig, SpecError, StudyConfig
 from lbsearch.plan import make_plan
+from lbsearch.script import ScriptExperimentConfig
 from lbsearch.spec import apply_params, load_experiment, load_study, parse_set
 
 ROOT = Path(__file__).parent.parent
-SHIPPED = sorted((ROOT / "studies").glob("*.yaml")) + sorted((ROOT / "experiments").glob("*.yaml"))
+SHIPPED = sorted((ROOT / "studies").glob("*.yaml")) + sorted((ROOT / "experiments").glob("*.yaml")) + sorted((ROOT / "examples").glob("*/*.yaml"))
 
 
 def test_there_are_shipped_specs():
-    assert {p.parent.name for p in SHIPPED} == {"studies", "experiments"}
+    assert {p.parent.name for p in SHIPPED} == {"studies", "experiments", "accelerate", "hf_trainer", "lightning"}
 
 
 @pytest.mark.parametrize("path", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
 def test_every_shipped_spec_loads_and_plans(path):
     """No training: each study and experiment validates, and each study's search space gives valid
     experiments at its ends (``load_study`` checks them) whose plan splits B evenly."""
-    if path.parent.name == "studies":
+    if path.parent.name == "studies" or path.name == "study.yaml":
         study, exp_raw = load_study(path)
         assert isinstance(study, StudyConfig) and study.n_trials >= 1
         exp = study.experiment
     else:
         exp = load_experiment(path)
-    assert isinstance(exp, ExperimentConfig)
+    assert isinstance(exp, (ExperimentConfig, ScriptExperimentConfig))
     plan = make_plan(exp)
     assert plan.steps >= 1 and plan.evals[-1] == (plan.steps, exp.train.budget_samples)
     if plan.micro_batch is not None:

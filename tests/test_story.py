@@ -23,7 +23,8 @@ def tracker(tmp_path: Path) -> Tracker:
 
 
 def _prepared(tmp_path: Path) -> PreparedData:
-    return PreparedData(path=tmp_path, digest="0123456789abcdef", num_labels=2, sizes={"train": 90, "validation": 5, "test": 5}, pad_id=0, vocab_size=10)
+    return PreparedData(path=tmp_path, digest="0123456789abcdef", num_labels=2, sizes={"train": 90, "validation": 5, "test": 5}, pad_id=0, vocab_size=10,
+                        labels={"task": "single_label", "names": ["1", "5"]})
 
 
 def test_description_names_the_metric_the_space_and_the_spec():
@@ -51,7 +52,8 @@ def test_dataset_inputs_of_local_files_read_back_with_name_digest_source_and_con
     assert {d.digest for d in got.values()} == {"0123456789abcdef"} and {d.source_type for d in got.values()} == {"local"}
     assert json.loads(got["validation"].source)["uri"].endswith("reviews_validation.csv")
     assert json.loads(got["test"].source)["uri"].endswith("reviews_train.csv")
-    assert json.loads(got["training"].profile) == {"num_rows": 90, "num_labels": 2, "split_seed": 0, "max_length": 64}
+    assert json.loads(got["training"].profile) == {"num_rows": 90, "task": "single_label", "num_labels": 2, "labels": ["1", "5"], "split_seed": 0,
+                                                   "max_length": 64}
     assert [c["name"] for c in json.loads(got["training"].schema)["mlflow_colspec"]] == ["review", "stars"]
 
 

@@ -11,6 +11,7 @@ from lbsearch.cli import main
 
 # (id, file to edit, text replacements or extra YAML appended, --set items, expected "file: field" part, expected message part)
 E, S = "tiny.yaml", "tiny_study.yaml"
+_X, _SCRIPT = "experiment: tiny.yaml", "experiment: {{kind: script, name: x, script: {{{}}}, metric: {{name: loss}}{}}}"
 CASES = [
     ("malformed-yaml", S, [("n_trials: 3", "n_trials: [3")], [], "tiny_study.yaml", "malformed YAML (line"),
     ("top-level-list", S, "REPLACE:- a\n- b\n", [], "tiny_study.yaml", "expected a mapping"),
@@ -53,15 +54,47 @@ CASES = [
     ("set-unknown-field", S, [], ["experiment.train.bogus=1"], "tiny.yaml: train.bogus", "unknown key"),
     ("set-wrong-type", S, [], ["n_trials=many"], "tiny_study.yaml: n_trials", "integer"),
     ("missing-text-column", E, [("source: rotten_tomatoes", "source: reviews.csv\n  text_column: review")], [], "data.text_column", "column 'review' not in"),
-    ("labels-out-of-range", E, [("source: rotten_tomatoes", "files: {train: reviews.csv, validation: bad_labels.csv}")], [], "data.label_column", "validation labels must lie in 0..1"),
+    ("labels-out-of-range", E, [("source: rotten_tomatoes", "files: {train: reviews.csv, validation: bad_labels.csv}")], [], "data.label_column", "validation has labels not in the train split: ['5']; list every class in `data.label_names`"),
+    ("float-labels-not-regression", E, [("source: rotten_tomatoes", "source: scores.csv")], [], "data.label_column", "labels look like floats (0.096, 0.5, 0.731): set `task: regression`"),
+    ("unknown-pair-column", E, [("source: rotten_tomatoes", "source: reviews.csv\n  text_pair_column: hypothesis")], [], "data.text_pair_column", "column 'hypothesis' not in"),
+    ("multi-label-no-delimiter", E, [("source: rotten_tomatoes", "source: genres.csv"), ("seed: 0", "seed: 0\ntask: multi_label"), ("name: accuracy", "name: f1_micro")], [], "data.label_delimiter", "set `data.label_delimiter` to the character between labels"),
+    ("decoder-without-pad-token", E, [("source: random", "source: random\n  model_type: gpt2\n  tokenizer: ./plain_tokenizer")], [], "model.tokenizer", "has no pad token and no eos token to pad with: set `model.pad_token`"),
+    ("metric-not-of-task", E, [("seed: 0", "seed: 0\ntask: regression")], [], "tiny.yaml", "`metric.name: accuracy` is not a regression metric; regression reports loss, pearson, spearman, rmse, mae"),
+    ("delimiter-not-multi-label", E, [("max_length: 48", "max_length: 48\n  label_delimiter: '|'")], [], "tiny.yaml", "`data.label_delimiter` splits multi-label strings: set `task: multi_label`"),
     ("unknown-builtin-model", E, [("source: random", "source: minilm-l12")], [], "model.source", "offline choices: `source: minilm-l6`"),
     ("unknown-builtin-dataset", E, [("source: rotten_tomatoes", "source: rotten_tomatos")], [], "data.source", "offline choices: `source: rotten_tomatoes`"),
+    # script trials (kind: script), inline in the study
+    ("script-not-found", S, [(_X, _SCRIPT.format("command: nope.py", ""))], [], "tiny_study.yaml: experiment.script.command", "script not found"),
+    ("script-without-kind", S, [(_X, _SCRIPT.format("command: tiny.yaml", "").replace("kind: script, ", ""))], [], "tiny_study.yaml: experiment.kind", "needs `kind: script`"),
+    ("script-cannot-probe", S, [(_X, _SCRIPT.format("command: tiny.yaml", ", launcher: {max_micro_batch: null}"))], [], "tiny_study.yaml: experiment", "cannot probe its micro-batch: set `launcher.max_micro_batch`"),
+    ("script-params-redefine", S, [(_X, _SCRIPT.format("command: tiny.yaml", ", params: {lr: 0.1}"))], [], "tiny_study.yaml: experiment", "`params` must not redefine the values lbsearch derives, got ['lr']"),
+    ("script-unknown-value", S, [(_X, _SCRIPT.format("command: tiny.yaml, values: [sed]", ""))], [], "tiny_study.yaml: experiment", "`script.values` names ['sed']"),
+    ("script-bad-params-as", S, [(_X, _SCRIPT.format("command: tiny.yaml, params_as: argv", ""))], [], "tiny_study.yaml: experiment.script.params_as", "'flags', 'env' or 'json'"),
 ]
+
+
+TRAIN_CASES = {"missing-text-column", "labels-out-of-range", "unknown-builtin-model", "unknown-builtin-dataset", "float-labels-not-regression",
+               "unknown-pair-column", "multi-label-no-delimiter", "decoder-without-pad-token"}
+"""Cases that reach the data or the tokenizer: run through ``lbsearch train``."""
+
+
+def _plain_tokenizer(folder: Path) -> None:
+    """A word-level tokenizer with neither a pad nor an eos token."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "review": 1, "number": 2}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    PreTrainedTokenizerFast(tokenizer_object=words, unk_token="[UNK]").save_pretrained(folder)
 
 
 def _prepare(specs: Path, file: str, edit) -> None:
     (specs / "reviews.csv").write_text("text,label\n" + "".join(f"review number {i},{i % 2}\n" for i in range(40)))
     (specs / "bad_labels.csv").write_text("text,label\nfine,1\nodd,5\n")
+    (specs / "scores.csv").write_text("text,label\n" + "".join(f"review number {i},{[0.096, 0.5, 0.731][i % 3]}\n" for i in range(40)))
+    (specs / "genres.csv").write_text("text,label\n" + "".join(f"review number {i},{['drama', 'action|comedy'][i % 2]}\n" for i in range(40)))
+    if "plain_tokenizer" in str(edit):
+        _plain_tokenizer(specs / "plain_tokenizer")
     path = specs / file
     text = path.read_text()
     if isinstance(edit, str):
@@ -81,7 +114,7 @@ def test_bad_spec_one_line_exit_2_nothing_written(case, specs, tmp_path, capsys,
     _prepare(specs, file, edit)
     mlruns = tmp_path / "mlruns"
     argv = ["run", str(specs / S), "--mlruns", str(mlruns)] + [f"--set={s}" for s in sets]
-    if name in ("missing-text-column", "labels-out-of-range", "unknown-builtin-model", "unknown-builtin-dataset"):
+    if name in TRAIN_CASES:
         argv = ["train", str(specs / E), "--mlruns", str(mlruns)]
     code = main(argv)
     err = capsys.readouterr().err.strip()

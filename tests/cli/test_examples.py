@@ -1,0 +1,37 @@
+"""Every shipped experiment runs through ``lbsearch train`` as shipped (its model and data), on a slice."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import mlflow_client, run_cli
+from lbsearch.spec import load_experiment
+from lbsearch.tasks import METRICS
+
+EXPERIMENTS = sorted((Path(__file__).parent.parent.parent / "experiments").glob("*.yaml"))
+SLICE = ["data.max_train_samples=64", "data.max_eval_samples=32", "train.batch_size=32", "train.budget_samples=32",
+         "train.eval_every_samples=32"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("examples")
+
+
+def test_there_is_an_example_per_task_kind():
+    assert {load_experiment(p).task for p in EXPERIMENTS} == set(METRICS)
+    assert any(load_experiment(p).data.text_pair_column for p in EXPERIMENTS)
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=[p.stem for p in EXPERIMENTS])
+def test_example_trains_on_a_slice(path, workdir, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    exp = load_experiment(path)
+    run_cli("train", str(path), *[f"--set={s}" for s in SLICE], cwd=workdir, check=True)
+    client = mlflow_client(workdir / "mlruns")
+    (run,) = client.search_runs([client.get_experiment_by_name(f"train-{exp.name}").experiment_id])
+    assert run.info.status == "FINISHED"
+    assert {k.split("/", 1)[1] for k in run.data.metrics if k.startswith("test/")} == set(METRICS[exp.task])
