@@ -38,7 +38,8 @@ else:
     model = load_model(folder)
 info = json.loads((folder / "lbsearch.json").read_text())
 acc = Accelerator(cpu=True)
-m = Evaluator(load_arrays(data, "test"), len(model.config.id2label), info["eval_batch_size"], 0, 1)(acc, model, pad_id)
+labels = json.loads((Path(data) / "lbsearch_meta.json").read_text())["labels"]
+m = Evaluator(load_arrays(data, "test"), labels["task"], labels, 0.5, info["eval_batch_size"], 0, 1)(acc, model, pad_id)
 print(json.dumps(m))
 """
 
