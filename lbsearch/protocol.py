@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -148,3 +149,19 @@ class Reporter:
             return False
         self.trial.report(value, step=samples)
         return self.trial.should_prune()
+
+
+def watch_parent(pid: int) -> None:
+    """Exit when the orchestrator (``pid``) dies, so that no orphan trial keeps the CPU or GPU."""
+
+    def loop() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:
+                pass
+
+    threading.Thread(target=loop, daemon=True, name="lbsearch-watchdog").start()

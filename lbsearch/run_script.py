@@ -12,30 +12,12 @@ from __future__ import annotations
 import os
 import runpy
 import sys
-import threading
-import time
 import traceback
 from pathlib import Path
 
 from lbsearch import api
-from lbsearch.protocol import WorkerSpec
+from lbsearch.protocol import WorkerSpec, watch_parent
 from lbsearch.script import SPEC_ENV
-
-
-def _watch(pid: int) -> None:
-    """Exit when the orchestrator dies, so that no orphan trial keeps the CPU or GPU."""
-
-    def loop() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(3)
-            except PermissionError:
-                pass
-
-    threading.Thread(target=loop, daemon=True, name="lbsearch-watchdog").start()
 
 
 def _run(argv: list[str]) -> None:
@@ -55,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     if path:
         spec = WorkerSpec.model_validate_json(Path(path).read_text())
         if spec.watch_pid:
-            _watch(spec.watch_pid)
+            watch_parent(spec.watch_pid)
     if os.environ.get("LBSEARCH_CPU") == "1":  # a plain `Accelerator()` then runs the ranks on CPUs (gloo)
         os.environ["ACCELERATE_USE_CPU"] = "true"
     error: BaseException | None = None

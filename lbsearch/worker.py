@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -27,7 +26,7 @@ from lbsearch.config import ExperimentConfig
 from lbsearch.diagnostics import GradientNoiseMonitor
 from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
-from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, write_result
+from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, watch_parent, write_result
 from lbsearch.training import (Evaluator, cpu_fp16, make_optimizer, maybe_inject_oom, maybe_inject_overflow, mean_over_ranks, pad,
                                probe_micro_batch, stop_code, sum_over_ranks, task_loss, training_targets)
 
@@ -253,22 +252,6 @@ def train(spec: WorkerSpec, *, log=print) -> TrialResult:
     return trial.finish()
 
 
-def _watch(pid: int) -> None:
-    """Exit when the orchestrator dies, so that no orphan trial keeps the CPU or GPU."""
-
-    def loop() -> None:
-        while True:
-            time.sleep(1.0)
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                os._exit(3)
-            except PermissionError:
-                pass
-
-    threading.Thread(target=loop, daemon=True, name="lbsearch-watchdog").start()
-
-
 def _failure(err: BaseException) -> TrialResult:
     if isinstance(err, KeyboardInterrupt):
         reason = "interrupted"
@@ -282,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     spec = WorkerSpec.model_validate_json(Path(argv[0]).read_text())
     if spec.watch_pid:
-        _watch(spec.watch_pid)
+        watch_parent(spec.watch_pid)
     try:
         result, code = train(spec, log=lambda *a: print(*a, flush=True)), 0
     except BaseException as err:  # noqa: BLE001 - any failure is the trial's result, reported once
