@@ -172,7 +172,10 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
     hf.save_pretrained(folder, safe_serialization=True)
     if isinstance(model, PooledClassifier):
         save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
-    load_tokenizer(cfg).save_pretrained(folder)
+    tok = load_tokenizer(cfg)
+    if tok.pad_token is None and hf.config.pad_token_id is not None:  # decoders: pad as the trial padded
+        tok.pad_token = tok.convert_ids_to_tokens(hf.config.pad_token_id)
+    tok.save_pretrained(folder)
     info = info | {"pooling": cfg.pooling, "label_names": label_names}
     (folder / KEPT_FILE).write_text(json.dumps(info, indent=1))
 
@@ -202,7 +205,9 @@ def load_model(folder: str | Path):
 
 @torch.no_grad()
 def classify(folder: str | Path, texts: list[str], batch_size: int = 32) -> list[tuple[str, float]]:
-    """(label name, probability) per text, from a kept model folder."""
+    """(label, score) per text, from a kept model folder: single-label, the class name and its
+    probability; multi-label, the names at or above the threshold (comma-separated, ``-`` for none)
+    and the highest probability; regression, the value in the labels' units (twice)."""
     import json
 
     from transformers import AutoTokenizer
@@ -214,7 +219,19 @@ def classify(folder: str | Path, texts: list[str], batch_size: int = 32) -> list
     out: list[tuple[str, float]] = []
     for i in range(0, len(texts), batch_size):
         batch = tok(texts[i : i + batch_size], truncation=True, max_length=info.get("max_length"), padding=True, return_tensors="pt")
-        probs = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().softmax(-1)
-        p, k = probs.max(-1)
-        out += [(names[int(j)], float(q)) for q, j in zip(p, k)]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float()
+        out += _read_out(logits, names, info)
     return out
+
+
+def _read_out(logits: torch.Tensor, names: dict[int, str], info: dict[str, Any]) -> list[tuple[str, float]]:
+    task, labels = info.get("task", "single_label"), info.get("labels") or {}
+    if task == "regression":
+        values = logits[:, 0] * labels.get("scale", 1.0) + labels.get("shift", 0.0)
+        return [(f"{v:.4g}", float(v)) for v in values.tolist()]
+    if task == "multi_label":
+        probs = logits.sigmoid()
+        chosen = [[names[j] for j, q in enumerate(row) if q >= info.get("threshold", 0.5)] for row in probs.tolist()]
+        return [(",".join(c) or "-", float(row.max())) for c, row in zip(chosen, probs)]
+    p, k = logits.softmax(-1).max(-1)
+    return [(names[int(j)], float(q)) for q, j in zip(p, k)]

@@ -6,6 +6,7 @@ reason, attach ``stdout.log``, end the run. The live progress display (``console
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from dataclasses import dataclass, field
@@ -86,12 +87,26 @@ class Outcome:
 
 def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Callable[[str], None] = lambda run_id: None) -> Outcome:
     """Run ``run`` as a tracked trial. ``on_run(run_id)`` is called as soon as the MLflow run exists.
-    KeyboardInterrupt stops the trial process, ends the run as KILLED (``interrupted``) and is re-raised."""
+    KeyboardInterrupt stops the trial process, ends the run as KILLED (``interrupted``) and is re-raised;
+    any other error ends the run as FAILED with the error as its reason and is re-raised."""
     plan = make_plan(run.exp)
     config = run.exp.model_dump(mode="json")
     tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
-    on_run(run_id)
+    try:
+        on_run(run_id)
+        return _tracked(session, tracker, run, run_id, plan, config)
+    except KeyboardInterrupt:
+        _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
+        raise
+    except BaseException as err:  # never a run left RUNNING: it ends FAILED with the error, which goes on up
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        with contextlib.suppress(Exception):
+            _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason=why))
+        raise
+
+
+def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, plan: TrialPlan, config: dict[str, Any]) -> Outcome:
     labels = getattr(run.data, "labels", None) or {}
     tracker.artifacts(run_id, run.files | ({"labels.json": json.dumps(labels, indent=1)} if labels else {}))
     if labels.get("names"):  # the label mapping, as the model's id2label has it
@@ -106,9 +121,6 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     try:
         with tracker.system_metrics(run_id):
             result, plan = _run_with_oom_retries(session, tracker, run, run_id, plan)
-    except KeyboardInterrupt:
-        _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
-        raise
     finally:
         shown.trial_end()
     if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran

@@ -218,7 +218,10 @@ class Trial:
             r["value"] = r["validation"][self.exp.metric.name]
             self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, plan.steps)
             if self.spec.model_dir:
-                r["model_dir"] = self._save(Path(self.spec.model_dir), r)
+                try:  # a model that cannot be saved does not undo a finished trial
+                    r["model_dir"] = self._save(Path(self.spec.model_dir), r)
+                except Exception as err:  # noqa: BLE001 - reported, the result stands
+                    self.say(f"model not saved: {type(err).__name__}: {err}")
         r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
         self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["steps"])
         self.rep.flush()
@@ -234,7 +237,8 @@ class Trial:
         if self.acc.is_main_process:
             names = [str(n) for n in self.labels["names"]]
             info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
-                    "validation": r["validation"], "test": r["test"]}
+                    "validation": r["validation"], "test": r["test"], "task": self.exp.task, "labels": self.labels,
+                    "threshold": self.exp.metric.threshold}
             save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info)
             self.say(f"model saved in {folder}")
         return str(folder)

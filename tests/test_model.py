@@ -97,3 +97,18 @@ def test_a_saved_model_keeps_its_label_names_and_another_task_gets_a_new_head(tm
     assert saved.id2label == {0: "1", 1: "2"} and saved.label2id == {"1": 0, "2": 1}
     again = build_model(ModelConfig(source=str(tmp_path / "kept")), "single_label", ["neg", "neu", "pos"], 30522, 0)
     assert again.config.id2label == {0: "neg", 1: "neu", 2: "pos"} and again.classifier.weight.shape[0] == 3
+
+
+def test_predictions_read_as_the_task_reads_them():
+    """What ``lbsearch predict`` prints for each task: the class, the classes over the threshold, the value in label units."""
+    import torch
+
+    from lbsearch.model import _read_out
+
+    names = {0: "a", 1: "b", 2: "c"}
+    single = _read_out(torch.tensor([[0.0, 2.0, 0.0]]), names, {"task": "single_label"})
+    assert single[0][0] == "b" and single[0][1] == pytest.approx(torch.tensor([0.0, 2.0, 0.0]).softmax(0)[1].item())
+    multi = _read_out(torch.tensor([[3.0, -3.0, 0.5], [-3.0, -3.0, -3.0]]), names, {"task": "multi_label", "threshold": 0.6})
+    assert [m[0] for m in multi] == ["a,c", "-"]
+    reg = _read_out(torch.tensor([[0.5], [-1.0]]), {0: "y"}, {"task": "regression", "labels": {"shift": 10.0, "scale": 2.0}})
+    assert [r[1] for r in reg] == [11.0, 8.0]

@@ -1,6 +1,8 @@
 """The MLflow layout on a real SQLite store: one parent run per study, nested child runs, params,
 tags, metric rows and artifacts; never the environment."""
 
+import pytest
+
 from lbsearch.tracking import Tracker, flatten, versions
 
 
@@ -65,3 +67,23 @@ def test_workers_logging_one_dataset_at_once_all_succeed(tmp_path):
         t.join(timeout=60)
     assert errors == []
     assert all(tracker.client.get_run(r).inputs.dataset_inputs[0].dataset.name == "d.train" for r in runs)
+
+
+def test_a_trial_that_cannot_start_leaves_its_run_failed_not_running(tmp_path):
+    """Any error inside a tracked trial (here: its working folder cannot be made) ends its MLflow
+    run FAILED with the error as the reason, and the error goes on up to the caller."""
+    from lbsearch.config import ExperimentConfig
+    from lbsearch.runner import TrialRun, run_tracked
+    from lbsearch.storage import Session
+
+    session = Session(root=tmp_path, out=lambda s: None)
+    tracker = session.tracker()
+    exp_id = tracker.experiment("s")
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    exp = ExperimentConfig(name="x", model={"source": "random", "config": {"hidden_size": 32}})
+    run = TrialRun(exp=exp, data=None, workdir=tmp_path / "blocker" / "trial", prefix="[t]", experiment_id=exp_id, run_name="trial-0")
+    with pytest.raises(OSError):
+        run_tracked(session, tracker, run)
+    (only,) = tracker.client.search_runs([exp_id])
+    assert only.info.status == "FAILED"
+    assert only.data.tags["lbsearch.state"] == "failed" and "Error" in only.data.tags["lbsearch.reason"]
