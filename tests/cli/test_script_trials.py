@@ -72,7 +72,8 @@ def _shape(twin) -> dict:
             "status": c.info.status,
             "tags": {k: v for k, v in c.data.tags.items() if k.startswith(("lbsearch.state", "lbsearch.reason", "plan."))},
             "plan_params": {k: v for k, v in c.data.params.items() if k.startswith("plan.")},
-            "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id)),
+            # labels.json is the label mapping of lbsearch's own data; a script loads its own data
+            "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id) if a.path != "labels.json"),
             "eval_loss_steps": [m.step for m in client.get_metric_history(c.info.run_id, "eval/loss")],
             "samples": [m.value for m in client.get_metric_history(c.info.run_id, "progress/samples")][-1:],
             "final": sorted(k for k in c.data.metrics if k in ("val/loss", "val/accuracy", "test/loss", "test/accuracy")),
