@@ -4,6 +4,7 @@ read-back of what they leave (the Optuna journal, the MLflow store, trial proces
 from __future__ import annotations
 
 import os
+import signal
 import shutil
 import subprocess
 import sys
@@ -26,10 +27,16 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = False, en
     return proc
 
 
+def _default_sigint() -> None:
+    # A test run started in the background (`cmd &` in a script, nohup) hands its children SIGINT
+    # ignored, and Python then never raises KeyboardInterrupt: the CLI gets Ctrl-C as a terminal would send it.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start the CLI in the background, its output on a pipe (read it with ``wait_for``)."""
     return subprocess.Popen([*LBSEARCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"))
+                            env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"), preexec_fn=_default_sigint)
 
 
 def wait_for(proc: subprocess.Popen, text: str, timeout: float = 120) -> list[str]:
