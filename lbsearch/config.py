@@ -12,28 +12,15 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lbsearch.tasks import DataConfig, MetricConfig, TaskKind, check_task
+from lbsearch.tasks import LM_TASKS, DataConfig, MetricConfig, TaskKind, check_task
 
 __all__ = [
-    "SpecError",
-    "BATCH_KEY",
-    "DataConfig",
-    "ModelConfig",
-    "OptimizerConfig",
-    "ScheduleConfig",
-    "TrainConfig",
-    "LauncherConfig",
-    "MetricConfig",
-    "ExperimentConfig",
-    "FloatParam",
-    "IntParam",
-    "CategoricalParam",
-    "SamplerConfig",
-    "PrunerConfig",
-    "StudyConfig",
+    "SpecError", "BATCH_KEY", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
+    "LauncherConfig", "MetricConfig", "ExperimentConfig", "FloatParam", "IntParam", "CategoricalParam", "SamplerConfig",
+    "PrunerConfig", "StudyConfig",
 ]
 
-BUILTIN_DATASETS = ("rotten_tomatoes",)
+BUILTIN_DATASETS = ("rotten_tomatoes", "speeches")  # speeches: a corpus for language models only (lbsearch.corpus)
 BUILTIN_MODELS = ("minilm-l6",)
 
 
@@ -90,6 +77,8 @@ class OptimizerConfig(_Strict):
     eps: float = Field(1e-8, gt=0)
     fused: bool = True
     """AdamW's fused kernel (CPU and CUDA): one pass over the parameters instead of one per operation."""
+    decay_embeddings: bool = True
+    """Weight decay on embedding tables too (norm weights and biases never decay); language-model recipes often turn it off."""
 
 
 class ScheduleConfig(_Strict):
@@ -98,6 +87,10 @@ class ScheduleConfig(_Strict):
     """Warmup as a fraction of the sample budget ..."""
     warmup_samples: int | None = Field(None, ge=0)
     """... or as a number of samples (set ``warmup_fraction: null`` to use this)."""
+    warmup_tokens: int | None = Field(None, ge=0)
+    """Language models: warmup in tokens (sequences x ``data.max_length``); replaces the other two."""
+    min_lr_ratio: float = Field(0.0, ge=0, lt=1)
+    """``linear`` / ``cosine``: decay to this fraction of the peak learning rate instead of to zero."""
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "ScheduleConfig":
@@ -114,6 +107,10 @@ class TrainConfig(_Strict):
     """The effective batch B = micro-batch x accumulation x processes."""
     budget_samples: int = Field(8000, ge=1)
     eval_every_samples: int = Field(2000, ge=1)
+    budget_tokens: int | None = Field(None, ge=1)
+    """Language models: the budget in tokens; sets ``budget_samples`` to ``budget_tokens // data.max_length`` sequences."""
+    eval_every_tokens: int | None = Field(None, ge=1)
+    """Language models: evaluate every this many tokens (sets ``eval_every_samples``)."""
     clip_norm: float | None = Field(1.0, gt=0)
     """Global gradient-norm clipping threshold; ``null`` turns clipping off."""
     divergence_factor: float = Field(4.0, gt=1)
@@ -173,6 +170,25 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _task(self) -> "ExperimentConfig":
         check_task(self.task, self.data, self.metric)
+        return self
+
+    @model_validator(mode="after")
+    def _tokens(self) -> "ExperimentConfig":
+        """Language models count in tokens: the token fields set their sample (sequence) twins."""
+        tr, sc, length = self.train, self.schedule, self.data.max_length
+        given = [f for f, v in (("train.budget_tokens", tr.budget_tokens), ("train.eval_every_tokens", tr.eval_every_tokens),
+                                ("schedule.warmup_tokens", sc.warmup_tokens)) if v is not None]
+        if given and self.task not in LM_TASKS:
+            raise ValueError(f"`{given[0]}` is for language-model tasks (causal_lm, masked_lm); task `{self.task}` counts samples")
+        if tr.budget_tokens is not None:
+            if tr.budget_tokens < tr.batch_size * length:
+                raise ValueError(f"`train.budget_tokens` must be >= one batch ({tr.batch_size} x {length} tokens), got {tr.budget_tokens}")
+            tr.budget_samples = tr.budget_tokens // length
+        if tr.eval_every_tokens is not None:
+            tr.eval_every_samples = max(1, round(tr.eval_every_tokens / length))
+        if sc.warmup_tokens is not None:
+            sc.warmup_fraction = None
+            sc.warmup_samples = round(sc.warmup_tokens / length)
         return self
 
     @model_validator(mode="after")

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 
 from lbsearch.config import BUILTIN_DATASETS, DataConfig, ExperimentConfig, SpecError
 from lbsearch.labels import LabelInfo, encode_labels
+from lbsearch.tasks import LM_TASKS
 
 __all__ = ["PreparedData", "Split", "load_frames", "prepare_data", "load_arrays", "label_names", "OFFLINE_DATA_HINT"]
 
@@ -46,6 +47,8 @@ class PreparedData:
     vocab_size: int
     labels: dict[str, Any] = field(default_factory=dict)
     """``LabelInfo.to_dict()``: the task, the class names in output order, the regression scaling."""
+    corpus: dict[str, Any] = field(default_factory=dict)
+    """Language models: documents and tokens per split, the separator token, the unigram entropy."""
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _columns(df: "pd.DataFrame", cfg: DataConfig, where: str) -> "pd.DataFrame":
     out = {"text": df[cfg.text_column].astype(str)}
     if cfg.text_pair_column is not None:
         out["text_pair"] = df[cfg.text_pair_column].astype(str)
-    return pd.DataFrame(out | {"label": df[cfg.label_column]})
+    return pd.DataFrame(out | ({"label": df[cfg.label_column]} if cfg.label_column is not None else {}))
 
 
 def _split(df: "pd.DataFrame", cfg: DataConfig, carve: tuple[str, ...] = ("validation", "test")) -> dict[str, "pd.DataFrame"]:
@@ -161,6 +164,8 @@ def _load_splits(cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
             raise SpecError(None, "data.files", "needs at least `train`")
         found = {s: _read_file(f, f"data.files.{s}") for s, f in cfg.files.items()}
         return _named_splits(found, cfg.model_copy(update={"splits": None}), "data.files", dict(cfg.files))
+    if cfg.source == "speeches":
+        raise SpecError(None, "data.source", "`speeches` is a text corpus for `task: causal_lm` or `masked_lm`; classifiers: `rotten_tomatoes`")
     if cfg.source in BUILTIN_DATASETS:
         return _split(_rotten_tomatoes(), cfg)
     if Path(cfg.source).is_file():
@@ -214,7 +219,7 @@ def _tokenize(frames: dict[str, "pd.DataFrame"], tok, max_length: int) -> dict[s
     return out
 
 
-def _write(cache_root: Path, path: Path, ids: dict[str, list], labels: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+def _write(cache_root: Path, path: Path, ids: dict[str, list], labels: dict[str, np.ndarray], meta: dict[str, Any], tokenizer=None) -> None:
     """Write to a temporary folder and rename it into place: concurrent callers never see half a cache."""
     cache_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-data-", dir=cache_root))
@@ -225,6 +230,8 @@ def _write(cache_root: Path, path: Path, ids: dict[str, list], labels: dict[str,
             flat = np.fromiter((t for x in seqs for t in x), dtype=np.int32, count=int(lengths.sum()))
             extra = {"types": np.fromiter((t for x in types for t in x), dtype=np.int8, count=len(flat))} if types is not None else {}
             np.savez(tmp / f"{s}.npz", flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=labels[s], **extra)
+        if tokenizer is not None:  # trained on this data (language models' ``data.tokenizer_vocab``)
+            tokenizer.save_pretrained(tmp / "tokenizer")
         (tmp / "lbsearch_meta.json").write_text(json.dumps(meta))
         try:
             os.rename(tmp, path)
@@ -248,6 +255,12 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
     meta_file = path / "lbsearch_meta.json"
     if meta_file.is_file():
         return PreparedData(path, **json.loads(meta_file.read_text()))
+    if exp.task in LM_TASKS:
+        from lbsearch.corpus import prepare_corpus
+
+        meta = prepare_corpus(exp, lambda ids, meta, tok: _write(Path(cache_root), path, ids, {s: np.zeros(len(ids[s]["ids"]), np.int64) for s in SPLITS},
+                                                                 meta, tok))
+        return PreparedData(path, **meta)
     frames, labels, info = load_frames(exp.data, exp.task)
     tok = load_tokenizer(exp.model)
     pad_id = pad_token_id(tok, exp.model)

@@ -9,6 +9,7 @@ from typing import Any
 import torch
 
 from lbsearch.config import BUILTIN_MODELS, ModelConfig, SpecError
+from lbsearch.tasks import LM_TASKS
 
 __all__ = ["builtin_model_dir", "load_tokenizer", "pad_token_id", "build_model", "tokenizer_identity", "uses_token_types", "PooledClassifier",
            "save_model", "load_model", "classify", "OFFLINE_MODEL_HINT", "KEPT_FILE"]
@@ -95,6 +96,13 @@ def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size:
 
     hf_logging.set_verbosity_error()  # the "newly initialised classifier" load report is expected
     config = _config(cfg, vocab_size, pad_id)
+    if task in LM_TASKS:
+        from lbsearch.lm import build_lm
+
+        model = build_lm(task, config, None if cfg.source == "random" else _resolve(cfg.source), cfg.trust_remote_code)
+        if cfg.freeze_embeddings:
+            model.get_input_embeddings().weight.requires_grad_(False)
+        return model
     num_outputs = 1 if task == "regression" else len(label_names)
     config.id2label = {i: str(n) for i, n in enumerate(label_names[:num_outputs])}
     config.label2id = {n: i for i, n in config.id2label.items()}
@@ -155,7 +163,8 @@ class PooledClassifier(torch.nn.Module):
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
 
-def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg: ModelConfig, info: dict[str, Any]) -> None:
+def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg: ModelConfig, info: dict[str, Any],
+               tokenizer_dir: Path | None = None) -> None:
     """Save a trained classifier in the Hugging Face layout: weights (safetensors) and config with
     ``id2label`` / ``label2id``, the tokenizer, and ``lbsearch.json``. A mean-pooling head saves its
     encoder that way and the head beside it (``mean_pool_head.safetensors``); ``load_model`` rebuilds both."""
@@ -167,12 +176,18 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
     hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the trial's output
     folder.mkdir(parents=True, exist_ok=True)
     hf = model.encoder if isinstance(model, PooledClassifier) else model
-    hf.config.id2label = dict(enumerate(label_names))
-    hf.config.label2id = {n: i for i, n in enumerate(label_names)}
+    if label_names:  # a classifier (a language model has no labels)
+        hf.config.id2label = dict(enumerate(label_names))
+        hf.config.label2id = {n: i for i, n in enumerate(label_names)}
     hf.save_pretrained(folder, safe_serialization=True)
     if isinstance(model, PooledClassifier):
         save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
-    tok = load_tokenizer(cfg)
+    if tokenizer_dir is not None:  # trained with the data (``data.tokenizer_vocab``)
+        from transformers import AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    else:
+        tok = load_tokenizer(cfg)
     if tok.pad_token is None and hf.config.pad_token_id is not None:  # decoders: pad as the trial padded
         tok.pad_token = tok.convert_ids_to_tokens(hf.config.pad_token_id)
     tok.save_pretrained(folder)

@@ -12,6 +12,8 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from lbsearch.tasks import LM_TASKS
+
 if TYPE_CHECKING:
     from lbsearch.config import ExperimentConfig, OptimizerConfig
 
@@ -82,6 +84,14 @@ class TrialPlan:
     evals: tuple[tuple[int, int], ...]
     """(optimizer step, nominal samples seen) of each evaluation; the last is at the budget."""
     precision: str
+    tokens_per_sample: int | None = None
+    """Language models: every sample is a packed sequence of this many tokens (``data.max_length``);
+    budgets, batches and pruning points are then also stated in tokens."""
+
+    @property
+    def batch_tokens(self) -> int | None:
+        """B_tokens = B x L for a language model; None otherwise."""
+        return self.batch_size * self.tokens_per_sample if self.tokens_per_sample else None
 
     @property
     def batch(self) -> BatchPlan:
@@ -97,7 +107,9 @@ class TrialPlan:
     def params(self) -> dict[str, Any]:
         """The facts that hold whatever the device: logged once as ``plan.*`` MLflow params."""
         return {"plan.batch_size": self.batch_size, "plan.processes": self.processes, "plan.lr": self.lr, "plan.steps": self.steps,
-                "plan.warmup_steps": self.warmup_steps, "plan.precision": self.precision, "plan.evals": [s for _, s in self.evals]}
+                "plan.warmup_steps": self.warmup_steps, "plan.precision": self.precision, "plan.evals": [s for _, s in self.evals]} | (
+                {"plan.batch_tokens": self.batch_tokens, "plan.budget_tokens": self.budget_samples * self.tokens_per_sample}
+                if self.tokens_per_sample else {})
 
     def split(self) -> dict[str, Any]:
         """The device-dependent split: ``plan.*`` MLflow tags, set from what the trial process ran."""
@@ -112,6 +124,8 @@ class TrialPlan:
 
     def __str__(self) -> str:
         split = str(self.batch) if self.micro_batch is not None else f"effective batch {self.batch_size} (micro-batch to be probed)"
+        if self.tokens_per_sample:
+            split += f" ({self.batch_tokens:,} tokens: sequences of {self.tokens_per_sample})"
         return (f"{split}; lr {self.lr:.3g}; {self.steps} steps, warmup {self.warmup_steps}; "
                 f"{len(self.evals)} evaluations; precision {self.precision}")
 
@@ -127,7 +141,7 @@ def make_plan(exp: "ExperimentConfig", processes: int | None = None) -> TrialPla
         batch_size=tr.batch_size, processes=procs, max_micro_batch=None, micro_batch=None, accumulation=None,
         lr=lr_for_batch(exp.optimizer, tr.batch_size), steps=steps, warmup_steps=round(warmup_samples / tr.batch_size),
         budget_samples=tr.budget_samples, evals=tuple(eval_points(tr.budget_samples, tr.eval_every_samples, tr.batch_size)),
-        precision=exp.launcher.precision,
+        precision=exp.launcher.precision, tokens_per_sample=exp.data.max_length if getattr(exp, "task", None) in LM_TASKS else None,
     )
     limit = exp.launcher.max_micro_batch
     return plan.with_limit(limit) if limit is not None else plan

@@ -75,6 +75,9 @@ class TrialResult(BaseModel):
     samples_to_target: int | None = None
     steps_to_target: int | None = None
     b_simple: float | None = None
+    tokens_to_target: int | None = None
+    """Language models: samples (sequences) to target x tokens per sequence."""
+    b_simple_tokens: float | None = None
     first_step_s: float | None = None
     train_s: float | None = None
     samples_per_s: float | None = None
@@ -125,7 +128,11 @@ class Reporter:
         if is_main and spec.optuna is not None:
             from lbsearch.storage import attach_trial
 
-            self.trial = attach_trial(spec.optuna, train or spec.experiment["train"])
+            from lbsearch.tasks import sample_unit
+
+            exp = spec.experiment
+            unit = sample_unit(exp.get("task", "single_label"), exp.get("data", {}).get("max_length", 1)) if train is None else 1
+            self.trial = attach_trial(spec.optuna, train or exp["train"], unit)
 
     def plan(self, plan: dict[str, Any]) -> None:
         if self.tracking:

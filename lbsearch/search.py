@@ -47,19 +47,20 @@ class _GridSampler(optuna.samplers.GridSampler):
         pass
 
 
-def make_pruner(cfg: PrunerConfig, train: TrainConfig) -> optuna.pruners.BasePruner:
-    """Pruners work on steps; lbsearch's steps are samples seen, so trials of any B line up. The
-    orchestrator (``open_study``) and the trial process (``attach_trial``) both build it here."""
+def make_pruner(cfg: PrunerConfig, train: TrainConfig, unit: int = 1) -> optuna.pruners.BasePruner:
+    """Pruners work on steps; lbsearch's steps are samples seen (x ``unit`` tokens per sample for a
+    language model: tokens seen), so trials of any B (and L) line up. The orchestrator (``open_study``)
+    and the trial process (``attach_trial``) both build it here."""
     if cfg.name == "none":
         return optuna.pruners.NopPruner()
     if cfg.name == "hyperband":
-        return optuna.pruners.HyperbandPruner(min_resource=train.eval_every_samples, max_resource=train.budget_samples,
+        return optuna.pruners.HyperbandPruner(min_resource=train.eval_every_samples * unit, max_resource=train.budget_samples * unit,
                                               reduction_factor=cfg.reduction_factor)
     if cfg.name == "asha":
         inner: optuna.pruners.BasePruner = optuna.pruners.SuccessiveHalvingPruner(
-            min_resource=train.eval_every_samples, reduction_factor=cfg.reduction_factor)
+            min_resource=train.eval_every_samples * unit, reduction_factor=cfg.reduction_factor)
     else:
-        inner = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples)
+        inner = optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples * unit)
     return GroupedPruner(inner, cfg.group_by) if cfg.group_by else inner
 
 

@@ -24,6 +24,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lbsearch.config import SpecError, StudyConfig, TrainConfig
 from lbsearch.search import make_pruner, make_sampler
+from lbsearch.tasks import sample_unit
 from lbsearch.views import RETRYABLE, counted, reason
 
 if TYPE_CHECKING:
@@ -81,11 +82,17 @@ def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | 
         return make()
 
 
+def _unit(exp) -> int:
+    """Tokens per sample of a language-model experiment (its pruning points are tokens), else 1."""
+    data = getattr(exp, "data", None)
+    return sample_unit(getattr(exp, "task", "single_label"), data.max_length) if data is not None else 1
+
+
 def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(session.storage_for(cfg), heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
     kwargs = dict(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg.sampler, cfg.space),
-                  pruner=make_pruner(cfg.pruner, cfg.experiment.train))
+                  pruner=make_pruner(cfg.pruner, cfg.experiment.train, _unit(cfg.experiment)))
     if not create:
         return optuna.load_study(**kwargs)
     objectives = cfg.objective_list
@@ -127,12 +134,12 @@ def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
 
 
-def attach_trial(ref: "OptunaRef", train: dict[str, Any]) -> optuna.Trial:
+def attach_trial(ref: "OptunaRef", train: dict[str, Any], unit: int = 1) -> optuna.Trial:
     """The trial process's handle on its Optuna trial, with the study's pruner (for should_prune)."""
     from lbsearch.config import PrunerConfig
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    pruner = make_pruner(PrunerConfig(**ref.pruner), TrainConfig.model_validate(train))
+    pruner = make_pruner(PrunerConfig(**ref.pruner), TrainConfig.model_validate(train), unit)
     study = optuna.load_study(study_name=ref.study_name, storage=open_storage(ref.storage), pruner=pruner)
     return optuna.trial.Trial(study, ref.trial_id)
 

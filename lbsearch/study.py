@@ -175,7 +175,8 @@ class _Search:
 
     def _tell(self, trial: optuna.Trial, r: TrialResult, plan: TrialPlan | None = None) -> None:
         attrs: dict[str, Any] = {"reason": r.reason} if r.reason else {}
-        for key in ("samples", "steps", "skipped_steps", "samples_to_target", "steps_to_target", "samples_per_s", "tokens_per_s", "mfu", "wall_s", "first_step_s", "b_simple"):
+        for key in ("samples", "steps", "skipped_steps", "samples_to_target", "steps_to_target", "samples_per_s", "tokens_per_s", "mfu", "wall_s", "first_step_s", "b_simple",
+                    "tokens_to_target", "b_simple_tokens"):
             if getattr(r, key) is not None:
                 attrs[key] = getattr(r, key)
         for split in ("validation", "test"):

@@ -11,25 +11,30 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TaskKind", "DataConfig", "MetricConfig", "METRICS", "DEFAULT_METRIC", "MINIMIZED", "check_task"]
+__all__ = ["TaskKind", "LM_TASKS", "sample_unit", "DataConfig", "MetricConfig", "METRICS", "DEFAULT_METRIC", "MINIMIZED", "check_task"]
 
-TaskKind = Literal["single_label", "multi_label", "regression"]
+TaskKind = Literal["single_label", "multi_label", "regression", "causal_lm", "masked_lm"]
 """``single_label``: one class per text (softmax + cross-entropy); ``multi_label``: a set of classes per
-text (sigmoid + binary cross-entropy, a decision threshold); ``regression``: a number (MSE)."""
+text (sigmoid + binary cross-entropy, a decision threshold); ``regression``: a number (MSE);
+``causal_lm``: next-token prediction and ``masked_lm``: masked-token prediction (the BERT recipe) on a
+text corpus packed into sequences of ``data.max_length`` tokens (``lbsearch.lm``)."""
+LM_TASKS = ("causal_lm", "masked_lm")
 
 METRICS: dict[str, tuple[str, ...]] = {
     "single_label": ("loss", "accuracy", "f1", "f1_macro", "f1_micro", "f1_weighted", "mcc", "auroc"),
     "multi_label": ("loss", "f1_micro", "f1_macro", "exact_match"),
     "regression": ("loss", "pearson", "spearman", "rmse", "mae"),
+    "causal_lm": ("loss", "perplexity"),
+    "masked_lm": ("loss", "perplexity"),
 }
 """The metrics each task reports at every evaluation; ``metric.name`` picks the one a study optimises.
 ``f1`` is ``f1_macro``."""
-DEFAULT_METRIC = {"single_label": "accuracy", "multi_label": "f1_micro", "regression": "rmse"}
-MINIMIZED = ("loss", "rmse", "mae")
+DEFAULT_METRIC = {"single_label": "accuracy", "multi_label": "f1_micro", "regression": "rmse", "causal_lm": "loss", "masked_lm": "loss"}
+MINIMIZED = ("loss", "rmse", "mae", "perplexity")
 _RANGES = {"accuracy": (0, 1), "f1": (0, 1), "f1_macro": (0, 1), "f1_micro": (0, 1), "f1_weighted": (0, 1), "auroc": (0, 1),
            "exact_match": (0, 1), "mcc": (-1, 1), "pearson": (-1, 1), "spearman": (-1, 1)}
 MetricName = Literal["loss", "accuracy", "f1", "f1_macro", "f1_micro", "f1_weighted", "mcc", "auroc", "exact_match",
-                     "pearson", "spearman", "rmse", "mae"]
+                     "pearson", "spearman", "rmse", "mae", "perplexity"]
 
 
 class _Strict(BaseModel):
@@ -41,8 +46,9 @@ Split = Literal["train", "validation", "test"]
 
 class DataConfig(_Strict):
     source: str = "rotten_tomatoes"
-    """Builtin name (``rotten_tomatoes``), a local CSV / JSON Lines / Parquet file, a ``datasets.save_to_disk``
-    folder, or a hub id. Relative paths are read from the spec file's folder."""
+    """Builtin name (``rotten_tomatoes``; for language models also ``speeches``), a local CSV / JSON Lines /
+    Parquet file (language models: also a plain-text ``.txt`` file, documents separated by blank lines), a
+    ``datasets.save_to_disk`` folder, or a hub id. Relative paths are read from the spec file's folder."""
     subset: str | None = None
     """Hub datasets: the configuration (``glue`` has ``sst2``, ``mnli``, ...)."""
     splits: dict[Split, str | None] | None = None
@@ -64,6 +70,12 @@ class DataConfig(_Strict):
     """Regression: the model learns (y - mean) / std (``standard``) or (y - min) / (max - min) (``minmax``) of
     the train labels; metrics are reported in the labels' own units."""
     max_length: int = Field(64, ge=8, le=8192)
+    """Tokens per sequence: classification truncates to it; language models pack the corpus into sequences of exactly this many."""
+    tokenizer_vocab: int | None = Field(None, ge=64, le=1_000_000)
+    """Language models trained from scratch: train a byte-level BPE tokenizer of this many tokens on the train
+    documents (kept with the prepared data and the saved model) instead of using the model's tokenizer."""
+    mlm_probability: float = Field(0.15, gt=0, lt=1)
+    """``masked_lm``: the fraction of tokens predicted (of those, 80% replaced by the mask token, 10% by a random token, 10% kept)."""
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
     test_fraction: float = Field(0.15, gt=0, lt=0.5)
     split_seed: int = 0
@@ -97,12 +109,22 @@ class MetricConfig(_Strict):
         return self
 
 
+def sample_unit(task: str, max_length: int) -> int:
+    """Tokens per sample where budgets and pruning count tokens (language models: packed sequences of
+    ``max_length``); 1 where they count samples."""
+    return max_length if task in LM_TASKS else 1
+
+
 def check_task(task: str, data: DataConfig, metric: MetricConfig) -> None:
     """Cross-field rules of a task; fills in the task's default metric. Raises ValueError."""
     if metric.name is None:
         metric.name = DEFAULT_METRIC[task]
     if metric.name not in METRICS[task]:
         raise ValueError(f"`metric.name: {metric.name}` is not a {task} metric; {task} reports {', '.join(METRICS[task])}")
+    if task in LM_TASKS:
+        for key in ("text_pair_column", "label_names", "label_delimiter"):
+            if getattr(data, key) is not None:
+                raise ValueError(f"a language model trains on text alone: remove `data.{key}` (task `{task}`)")
     if data.label_delimiter is not None and task != "multi_label":
         raise ValueError(f"`data.label_delimiter` splits multi-label strings: set `task: multi_label` or remove it, got task `{task}`")
     if data.label_scaling != "none" and task != "regression":

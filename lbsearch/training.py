@@ -13,7 +13,7 @@ import torch
 
 from lbsearch.config import ExperimentConfig
 
-__all__ = ["pad", "make_optimizer", "task_loss", "training_targets", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom",
+__all__ = ["pad", "make_optimizer", "make_scheduler", "lm_settings", "task_loss", "training_targets", "Evaluator", "mean_over_ranks", "stop_code", "maybe_inject_oom",
            "maybe_inject_overflow", "probe_micro_batch", "cpu_fp16"]
 
 
@@ -35,16 +35,19 @@ def pad(seqs: list[np.ndarray], pad_id: int, device, types: list[np.ndarray] | N
     return batch
 
 
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and LayerNorm weights (all 1-d parameters)."""
-    decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.requires_grad and p.ndim < 2]
+def param_groups(model: torch.nn.Module, weight_decay: float, decay_embeddings: bool = True) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm weights (all 1-d parameters), nor on embedding tables unless
+    ``decay_embeddings`` (a tied output layer shares the input table and follows it)."""
+    embeddings = set() if decay_embeddings else {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Embedding)}
+    params = [p for p in model.parameters() if p.requires_grad]  # each shared (tied) tensor once
+    decay = [p for p in params if p.ndim >= 2 and id(p) not in embeddings]
+    no_decay = [p for p in params if p.ndim < 2 or id(p) in embeddings]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
 def make_optimizer(exp: ExperimentConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
     o = exp.optimizer
-    groups = param_groups(model, o.weight_decay)
+    groups = param_groups(model, o.weight_decay, o.decay_embeddings)
     if o.name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, fused=o.fused or None)
     import pytorch_optimizer
@@ -55,8 +58,35 @@ def make_optimizer(exp: ExperimentConfig, model: torch.nn.Module, lr: float) -> 
     return pytorch_optimizer.LARS(groups, lr=lr, momentum=o.beta1)
 
 
+def make_scheduler(schedule, optimizer: torch.optim.Optimizer, warmup_steps: int, steps: int):
+    """transformers' schedule: linear warmup, then linear or cosine decay (to ``min_lr_ratio`` of the peak:
+    the warmup-stable-decay schedule with no stable phase) or constant."""
+    from transformers import get_scheduler, get_wsd_schedule
+
+    if schedule.min_lr_ratio > 0 and schedule.name != "constant":
+        return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=max(steps - warmup_steps, 1), num_stable_steps=0,
+                                decay_type=schedule.name, min_lr_ratio=schedule.min_lr_ratio)
+    name = {"constant": "constant_with_warmup"}.get(schedule.name, schedule.name)
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
+
+
+def lm_settings(exp: ExperimentConfig, spec) -> dict[str, Any] | None:
+    """What a language-model trial needs beside its data (None for a classifier): masking for ``masked_lm``."""
+    from lbsearch.tasks import LM_TASKS
+
+    if exp.task not in LM_TASKS:
+        return None
+    corpus = json.loads((Path(spec.data_path) / "lbsearch_meta.json").read_text()).get("corpus", {})
+    return {"probability": exp.data.mlm_probability, "mask_id": corpus.get("mask_id"), "vocab_size": spec.vocab_size}
+
+
 def task_loss(task: str, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy (single-label), binary cross-entropy over every label (multi-label) or MSE (regression)."""
+    """Cross-entropy (single-label), binary cross-entropy over every label (multi-label) or MSE (regression);
+    language models: ``lbsearch.lm.lm_loss``."""
+    if task in ("causal_lm", "masked_lm"):
+        from lbsearch.lm import lm_loss
+
+        return lm_loss(task, logits, targets)
     logits = logits.float()
     if task == "single_label":
         return torch.nn.functional.cross_entropy(logits, targets)

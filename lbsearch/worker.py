@@ -27,8 +27,9 @@ from lbsearch.diagnostics import GradientNoiseMonitor
 from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, watch_parent, write_result
-from lbsearch.training import (Evaluator, cpu_fp16, make_optimizer, maybe_inject_oom, maybe_inject_overflow, mean_over_ranks, pad,
-                               probe_micro_batch, stop_code, sum_over_ranks, task_loss, training_targets)
+from lbsearch.lm import LMEvaluator, lm_batch
+from lbsearch.training import (Evaluator, cpu_fp16, lm_settings, make_optimizer, make_scheduler, maybe_inject_oom, maybe_inject_overflow,
+                               mean_over_ranks, pad, probe_micro_batch, stop_code, sum_over_ranks, task_loss, training_targets)
 
 CONTINUE, DIVERGED, PRUNED, OVERFLOW = 0, 1, 2, 3
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
@@ -59,6 +60,8 @@ class Trial:
         self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
         self.labels = spec.labels or {"names": [str(i) for i in range(spec.num_labels)]}
+        self.lm = lm_settings(exp, spec)  # None for a classifier
+        self.unit = exp.data.max_length if self.lm else 1  # tokens per sample: pruning and targets in tokens for language models
         model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
         self.use_types = uses_token_types(model) and self.data["train"].types is not None
         limit = exp.launcher.max_micro_batch
@@ -86,14 +89,11 @@ class Trial:
         self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
 
     def _build_optimization(self, model: torch.nn.Module) -> None:
-        from transformers import get_scheduler
-
         exp, plan, acc = self.exp, self.plan, self.acc
         self.batch = plan.batch  # the split every step lays out (built once, not per step)
         acc.gradient_accumulation_steps = plan.accumulation
         optimizer = make_optimizer(exp, model, plan.lr)
-        name = {"constant": "constant_with_warmup"}.get(exp.schedule.name, exp.schedule.name)
-        self.scheduler = get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.steps)
+        self.scheduler = make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         tr = exp.train
         self.gns = GradientNoiseMonitor(acc, self.model, plan.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema,
@@ -102,7 +102,7 @@ class Trial:
             self.say("gradient noise scale: not measured (one process without accumulation sees one batch size)")
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
-        self.targets = training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
+        self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
         self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed)
         self.evaluate_val = self._evaluator("validation")
         maybe_inject_oom(plan.micro_batch)
@@ -110,6 +110,9 @@ class Trial:
 
     def _evaluator(self, split: str) -> Evaluator:
         acc = self.acc
+        if self.lm:
+            return LMEvaluator(self.data[split], self.exp.task, 2 * self.plan.micro_batch, acc.process_index, acc.num_processes,
+                               self.exp.data.split_seed, self.lm)
         return Evaluator(self.data[split], self.exp.task, self.labels, self.exp.metric.threshold, 2 * self.plan.micro_batch,
                          acc.process_index, acc.num_processes, self.use_types)
 
@@ -121,9 +124,7 @@ class Trial:
         self.work += (flops, tokens, flops, tokens)
         loss_sum = 0.0
         for idx in micro:
-            batch = pad([train.ids[i] for i in idx], self.pad_id, acc.device, [train.types[i] for i in idx] if self.use_types else None,
-                        self.pad_multiple)
-            targets = torch.as_tensor(self.targets[idx], device=acc.device)
+            batch, targets = self._inputs(idx, step)
             with acc.accumulate(self.model):
                 loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
                 acc.backward(loss)
@@ -150,6 +151,16 @@ class Trial:
                          | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), step)
         return code
 
+    def _inputs(self, idx: np.ndarray, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One micro-batch's model inputs and targets (a language model's masks seeded by seed, step and first sample)."""
+        train, device = self.data["train"], self.acc.device
+        if self.lm:
+            rng = np.random.default_rng([self.exp.seed, step, int(idx[0])]) if self.exp.task == "masked_lm" else None
+            return lm_batch(self.exp.task, np.stack([train.ids[i] for i in idx]), device, rng, self.lm)
+        batch = pad([train.ids[i] for i in idx], self.pad_id, device, [train.types[i] for i in idx] if self.use_types else None,
+                    self.pad_multiple)
+        return batch, torch.as_tensor(self.targets[idx], device=device)
+
     def _check(self, finite: bool) -> int:
         """CONTINUE, DIVERGED or OVERFLOW. Loss and grad norm are global here, so every rank takes the
         same decision without a message. Under fp16 a finite loss with a non-finite gradient norm is
@@ -172,19 +183,25 @@ class Trial:
         self.work[:2] = 0
         m = self.evaluate_val(self.acc, self.model, self.pad_id)
         self.last_eval, value, noise = m, m[metric.name], self.gns.metrics()
-        self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise, step)
+        if self.lm and noise.get("gns/b_simple") is not None:
+            noise["gns/b_simple_tokens"] = noise["gns/b_simple"] * self.unit
+        self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise
+                         | ({"progress/tokens": seen * self.unit} if self.lm else {}), step)
         self.rep.flush()
         self.result["evals"].append({"step": step, "samples": seen, "nominal_samples": self.evals[step], **m, **noise})
         if noise.get("gns/b_simple") is not None:
             self.result["b_simple"] = noise["gns/b_simple"]
+            self.result["b_simple_tokens"] = noise.get("gns/b_simple_tokens")
         sign = 1 if metric.direction == "maximize" else -1
         if metric.target is not None and "samples_to_target" not in self.result and sign * (value - metric.target) >= 0:
             self.result["samples_to_target"], self.result["steps_to_target"] = seen, step
-            self.rep.metrics({"samples_to_target": seen, "steps_to_target": step}, step)
-        self.say(f"samples {seen}/{self.plan.budget_samples} loss {self.loss:.4f} eval {metric.name} {value:.4f} "
+            self.result["tokens_to_target"] = seen * self.unit if self.lm else None
+            self.rep.metrics({"samples_to_target": seen, "steps_to_target": step} | ({"tokens_to_target": seen * self.unit} if self.lm else {}), step)
+        done = f"tokens {seen * self.unit:,}/{self.plan.budget_samples * self.unit:,}" if self.lm else f"samples {seen}/{self.plan.budget_samples}"
+        self.say(f"{done} loss {self.loss:.4f} eval {metric.name} {value:.4f} "
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed['train/tokens_per_s']:.0f} tokens/s"
                  + (f" MFU {speed['train/mfu']:.1%}" if "train/mfu" in speed else ""))
-        code = PRUNED if self.rep.should_prune(value, self.evals[step]) and step < self.plan.steps else CONTINUE
+        code = PRUNED if self.rep.should_prune(value, self.evals[step] * self.unit) and step < self.plan.steps else CONTINUE
         code = stop_code(self.acc, code)
         self.t_mark, self.samples_mark = time.time(), seen
         return code
@@ -239,7 +256,9 @@ class Trial:
             info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
                     "validation": r["validation"], "test": r["test"], "task": self.exp.task, "labels": self.labels,
                     "threshold": self.exp.metric.threshold}
-            save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info)
+            trained = Path(self.spec.data_path) / "tokenizer"
+            save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info,
+                       trained if trained.is_dir() else None)
             self.say(f"model saved in {folder}")
         return str(folder)
 
