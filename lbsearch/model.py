@@ -112,6 +112,8 @@ def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size:
             raise
         raise SpecError(None, "model.pooling", f"{type(config).__name__} has no sequence-classification head in transformers: "
                         "set `pooling: mean` or `pooling: last`") from None
+    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen embeddings and under FSDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = PooledClassifier(model, num_outputs, cfg.pooling) if cfg.pooling != "cls" else model
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -155,10 +157,12 @@ class PooledClassifier(torch.nn.Module):
         return SequenceClassifierOutput(logits=self.classifier(self.dropout(pooled)))
 
 
-def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg: ModelConfig, info: dict[str, Any]) -> None:
+def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg: ModelConfig, info: dict[str, Any],
+               state_dict: dict[str, torch.Tensor] | None = None) -> None:
     """Save a trained classifier in the Hugging Face layout: weights (safetensors) and config with
     ``id2label`` / ``label2id``, the tokenizer, and ``lbsearch.json``. A mean-pooling head saves its
-    encoder that way and the head beside it (``mean_pool_head.safetensors``); ``load_model`` rebuilds both."""
+    encoder that way and the head beside it (``mean_pool_head.safetensors``); ``load_model`` rebuilds both.
+    ``state_dict``: the model's full weights where its parameters are shards (FSDP)."""
     import json
 
     from safetensors.torch import save_file
@@ -169,9 +173,13 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
     hf = model.encoder if isinstance(model, PooledClassifier) else model
     hf.config.id2label = dict(enumerate(label_names))
     hf.config.label2id = {n: i for i, n in enumerate(label_names)}
-    hf.save_pretrained(folder, safe_serialization=True)
+    head = model.classifier.state_dict() if isinstance(model, PooledClassifier) else {}
+    if state_dict is not None and isinstance(model, PooledClassifier):
+        head = {k.removeprefix("classifier."): v for k, v in state_dict.items() if k.startswith("classifier.")}
+        state_dict = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
+    hf.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     if isinstance(model, PooledClassifier):
-        save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
+        save_file({k: v.detach().contiguous() for k, v in head.items()}, str(folder / _HEAD_FILE))
     tok = load_tokenizer(cfg)
     if tok.pad_token is None and hf.config.pad_token_id is not None:  # decoders: pad as the trial padded
         tok.pad_token = tok.convert_ids_to_tokens(hf.config.pad_token_id)
