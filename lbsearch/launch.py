@@ -168,6 +168,9 @@ def run_trial_process(
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / "result.json"
     exp = with_machines(spec.experiment)
+    if int(exp["launcher"]["processes"]) % int(exp["launcher"]["num_machines"]):
+        return TrialResult(state="failed", reason=f"`launcher.processes` ({exp['launcher']['processes']}, on all machines) must be "
+                           f"divisible by the number of machines ({exp['launcher']['num_machines']}, from the environment)")
     if exp["launcher"]["machine_rank"] != 0:
         return TrialResult(state="failed", reason=f"this node is machine rank {exp['launcher']['machine_rank']}: a trial is "
                            "orchestrated from machine rank 0; run `lbsearch join` on the other nodes (docs/scale_out.md)")
