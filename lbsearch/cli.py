@@ -20,6 +20,7 @@ EPILOG = """examples:
   lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
   lbsearch predict quickstart "a warm, funny film"   classify texts with the best trial's kept model
   lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
+  lbsearch join mlruns/trials --machine-rank 1     on node 1: the ranks of node 0's multi-machine trials
 state lives under --mlruns (default ./mlruns, or $LBSEARCH_MLRUNS)."""
 
 
@@ -74,6 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("text", metavar="FILE_OR_TEXT", help="a text, or a file with one text a line")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
     _common(p)
+
+    p = sub.add_parser("join", help="on machine ranks >= 1: start this node's ranks of each multi-machine trial (docs/scale_out.md)")
+    p.add_argument("folder", type=Path, help="the trials folder of the node-0 run, on a shared filesystem (e.g. mlruns/trials)")
+    p.add_argument("--machine-rank", type=int, default=None, help="this node's rank (default: $SLURM_NODEID, else $NODE_RANK)")
+    p.add_argument("--trials", type=int, default=None, help="stop after joining this many trials (default: until Ctrl-C)")
 
     p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; anything else exposes the UI)")
@@ -237,6 +243,12 @@ def _study_links(uri: str, base: str) -> list[str]:
     return [f"  {e.name:<24} {base}/#/experiments/{e.experiment_id}/runs?workflowType=machine_learning" for e in exps if e.name != "Default"]
 
 
+def cmd_join(args) -> int:
+    from lbsearch.join import join
+
+    return join(args.folder, args.machine_rank, args.trials)
+
+
 def cmd_ui(args) -> int:
     import logging
 
@@ -260,7 +272,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "report": cmd_report, "train": cmd_train, "predict": cmd_predict,
-            "ui": cmd_ui}
+            "ui": cmd_ui, "join": cmd_join}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -77,7 +77,8 @@ class GradientNoiseMonitor:
     Call ``begin(step)`` before each optimizer step (it returns the head for the micro-batch
     layout), ``after_backward()`` after each micro-batch's ``accelerator.backward`` and
     ``step(pre_clip_norm)`` once per optimizer step; steps are measured every ``every``-th. With P > 1 the model must be the prepared
-    (DDP-wrapped) model: a communication hook reads each rank's gradient before the all-reduce.
+    (DDP-wrapped) model: a communication hook reads each rank's gradient before the all-reduce. Under FSDP or DeepSpeed
+    there is no such gradient: the monitor is off, and ``off_reason`` says why.
     A monitor built with ``enabled=False`` (or that has nothing to measure) does nothing.
     """
 
@@ -94,8 +95,15 @@ class GradientNoiseMonitor:
         self._seen = 0
         self.params = [p for p in model.parameters() if p.requires_grad]
         processes = accelerator.num_processes
+        kind = getattr(accelerator.distributed_type, "value", "")
+        self.off_reason: str | None = None
+        """Why a monitor that was asked for measures nothing (shown in the trial's log and MLflow tags)."""
         if not enabled:  # off: every method does nothing, and steps keep the whole-sorted layout
             self.mode, self.b = None, None
+        elif kind in ("FSDP", "DEEPSPEED"):
+            self.mode, self.b = None, None
+            self.off_reason = (f"{kind} reduces (and shards) the gradients itself: no rank's own gradient is there to read, "
+                               "and the per-rank hook needs DDP")
         elif processes > 1:
             self.mode, self.b = "rank", batch_size // processes
             self._rank_sq = torch.zeros((), dtype=torch.float64, device=accelerator.device)
@@ -104,6 +112,7 @@ class GradientNoiseMonitor:
             self.mode, self.b = "micro", micro_batch * (accumulation // 2)
         else:
             self.mode, self.b = None, None
+            self.off_reason = "one process without accumulation sees one batch size"
 
     @property
     def active(self) -> bool:

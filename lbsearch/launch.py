@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable
 if TYPE_CHECKING:
     from lbsearch.protocol import TrialResult, WorkerSpec
 
-__all__ = ["free_port", "launch_command", "trial_command", "run_trial_process"]
+__all__ = ["free_port", "launch_command", "trial_command", "with_machines", "run_trial_process"]
 
 
 def free_port() -> int:
@@ -72,29 +72,62 @@ def _simple_launch(args: list[str]) -> tuple[list[str], dict[str, str]] | None:
 
 
 def _launch_args(exp: dict[str, Any], spec_file: Path, program: list[str] | None = None) -> list[str]:
+    """``accelerate launch``'s arguments: the config file, then a flag for each setting the file leaves unset."""
+    from lbsearch.accelerate_file import machines
+
     launcher = exp["launcher"]
-    cmd: list[str] = []
-    if launcher.get("accelerate_config"):
-        cmd += ["--config_file", launcher["accelerate_config"]]
+    path = launcher.get("accelerate_config")
+    file = _file(path)
     procs = int(launcher["processes"])
-    cmd += ["--num_processes", str(procs), "--num_machines", "1", "--mixed_precision", launcher["precision"]]
-    cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", str(free_port()), "--dynamo_backend", "no"]
+    where = machines(launcher, file, free_port=free_port)
+    wanted = {"num_processes": procs, **where, "mixed_precision": launcher["precision"], "dynamo_backend": "no"}
+    cmd = ["--config_file", path] if path else []
+    for key, value in wanted.items():
+        if key not in file and not (key == "dynamo_backend" and "dynamo_config" in file):
+            cmd += [f"--{key}", str(value)]
     on_cpu = bool(launcher.get("cpu")) or not _has_gpu()
-    if procs > 1:
-        # torchrun via Accelerate's multi-process launcher; without CUDA the ranks use gloo.
-        # (`--cpu` would select the single-process launcher.)
-        cmd += ["--multi_gpu"]
-    elif on_cpu:
-        cmd += ["--cpu"]
+    if "distributed_type" not in file:
+        if procs > 1:
+            # torchrun via Accelerate's multi-process launcher; without CUDA the ranks use gloo.
+            # (`--cpu` would select the single-process launcher.)
+            cmd += ["--multi_gpu"]
+        elif on_cpu:
+            cmd += ["--cpu"]
     if on_cpu:
-        cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // procs))]
+        per_node = max(1, procs // int(where["num_machines"] or 1))
+        cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // per_node))]
     return cmd + (program or ["-m", "lbsearch.worker", str(spec_file)])
 
 
-def resolve_precision(precision: str, cpu: bool) -> str:
-    """The precision a trial will run with; ``auto`` picks the fastest that the device supports."""
+def with_machines(exp: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``exp`` with its machine settings resolved (``lbsearch.accelerate_file``): written into the trial's
+    spec.json, so that the other nodes (``lbsearch join``) start the same rendezvous."""
+    from lbsearch.accelerate_file import machines
+
+    launcher = exp["launcher"]
+    return exp | {"launcher": launcher | machines(launcher, _file(launcher.get("accelerate_config")), env, free_port=free_port)}
+
+
+def _file(path: str | None) -> dict[str, Any]:
+    """What the accelerate config sets; {} when there is none, or when it cannot be read (``accelerate
+    launch`` then fails the trial with the file's own error, in the trial's log)."""
+    from lbsearch.accelerate_file import read_config
+
+    try:
+        return read_config(path) if path else {}
+    except ValueError:
+        return {}
+
+
+def resolve_precision(precision: str, cpu: bool, accelerate_config: str | None = None) -> str:
+    """The precision a trial will run with; ``auto``: the accelerate config's ``mixed_precision`` where it
+    sets one, else the fastest that the device supports."""
     if precision != "auto":
         return precision
+    if accelerate_config:
+        mp = _file(accelerate_config).get("mixed_precision")
+        if mp in ("no", "bf16", "fp16"):
+            return mp
     import torch
 
     if torch.cuda.is_available() and not cpu:
@@ -134,7 +167,14 @@ def run_trial_process(
 
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / "result.json"
-    spec = spec.model_copy(update={"result": str(result_file), "watch_pid": os.getpid()})
+    exp = with_machines(spec.experiment)
+    if int(exp["launcher"]["processes"]) % int(exp["launcher"]["num_machines"]):
+        return TrialResult(state="failed", reason=f"`launcher.processes` ({exp['launcher']['processes']}, on all machines) must be "
+                           f"divisible by the number of machines ({exp['launcher']['num_machines']}, from the environment)")
+    if exp["launcher"]["machine_rank"] != 0:
+        return TrialResult(state="failed", reason=f"this node is machine rank {exp['launcher']['machine_rank']}: a trial is "
+                           "orchestrated from machine rank 0; run `lbsearch join` on the other nodes (docs/scale_out.md)")
+    spec = spec.model_copy(update={"result": str(result_file), "watch_pid": os.getpid(), "experiment": exp})
     spec_file = workdir / "spec.json"
     spec_file.write_text(spec.model_dump_json(indent=1))
     result_file.unlink(missing_ok=True)

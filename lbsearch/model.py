@@ -120,6 +120,8 @@ def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size:
             raise
         raise SpecError(None, "model.pooling", f"{type(config).__name__} has no sequence-classification head in transformers: "
                         "set `pooling: mean` or `pooling: last`") from None
+    if cfg.gradient_checkpointing:  # non-reentrant: works with frozen embeddings and under FSDP
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = PooledClassifier(model, num_outputs, cfg.pooling) if cfg.pooling != "cls" else model
     if cfg.freeze_embeddings:
         model.get_input_embeddings().weight.requires_grad_(False)
@@ -164,10 +166,11 @@ class PooledClassifier(torch.nn.Module):
 
 
 def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg: ModelConfig, info: dict[str, Any],
-               tokenizer_dir: Path | None = None) -> None:
+               state_dict: dict[str, torch.Tensor] | None = None, tokenizer_dir: Path | None = None) -> None:
     """Save a trained classifier in the Hugging Face layout: weights (safetensors) and config with
     ``id2label`` / ``label2id``, the tokenizer, and ``lbsearch.json``. A mean-pooling head saves its
-    encoder that way and the head beside it (``mean_pool_head.safetensors``); ``load_model`` rebuilds both."""
+    encoder that way and the head beside it (``mean_pool_head.safetensors``); ``load_model`` rebuilds both.
+    ``state_dict``: the model's full weights where its parameters are shards (FSDP)."""
     import json
 
     from safetensors.torch import save_file
@@ -179,9 +182,13 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
     if label_names:  # a classifier (a language model has no labels)
         hf.config.id2label = dict(enumerate(label_names))
         hf.config.label2id = {n: i for i, n in enumerate(label_names)}
-    hf.save_pretrained(folder, safe_serialization=True)
+    head = model.classifier.state_dict() if isinstance(model, PooledClassifier) else {}
+    if state_dict is not None and isinstance(model, PooledClassifier):
+        head = {k.removeprefix("classifier."): v for k, v in state_dict.items() if k.startswith("classifier.")}
+        state_dict = {k.removeprefix("encoder."): v for k, v in state_dict.items() if k.startswith("encoder.")}
+    hf.save_pretrained(folder, safe_serialization=True, state_dict=state_dict)
     if isinstance(model, PooledClassifier):
-        save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
+        save_file({k: v.detach().contiguous() for k, v in head.items()}, str(folder / _HEAD_FILE))
     if tokenizer_dir is not None:  # trained with the data (``data.tokenizer_vocab``)
         from transformers import AutoTokenizer
 

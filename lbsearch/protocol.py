@@ -3,7 +3,7 @@
 - in: ``spec.json`` (a ``WorkerSpec``): the resolved experiment, the tokenized-data cache, the
   Optuna trial to report to (or none), where to write the result (a script trial finds it through
   ``$LBSEARCH_TRIAL_SPEC``, read by the public ``lbsearch.api``);
-- during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, and rows of
+- during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, tags, and rows of
   metrics that the orchestrator writes to the trial's MLflow run (the trial never imports MLflow,
   so each run has a single writer);
 - out: ``result.json`` (a ``TrialResult``), written atomically by rank 0. The process exit code
@@ -93,7 +93,7 @@ class TrialResult(BaseModel):
     """``TrialPlan.to_dict()`` of what ran (micro-batch limit known)."""
 
 
-def message(kind: Literal["metrics", "plan"], payload: Any) -> str:
+def message(kind: Literal["metrics", "plan", "tags"], payload: Any) -> str:
     return MARK + json.dumps({kind: payload})
 
 
@@ -137,6 +137,11 @@ class Reporter:
     def plan(self, plan: dict[str, Any]) -> None:
         if self.tracking:
             print(message("plan", plan), flush=True)
+
+    def tags(self, tags: dict[str, str]) -> None:
+        """Tags for the trial's MLflow run (e.g. why a diagnostic is off)."""
+        if self.tracking:
+            print(message("tags", tags), flush=True)
 
     def metrics(self, values: dict[str, float | None], step: int) -> None:
         if not self.tracking:

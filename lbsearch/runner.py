@@ -36,7 +36,7 @@ _NOISE = ("Loading weights", "The following values were not passed", "To avoid t
 def resolved(exp: ExperimentConfig) -> ExperimentConfig:
     """Fill in what depends on the machine (``precision: auto``), so the saved config is exact."""
     exp = exp.model_copy(deep=True)
-    exp.launcher.precision = resolve_precision(exp.launcher.precision, exp.launcher.cpu)
+    exp.launcher.precision = resolve_precision(exp.launcher.precision, exp.launcher.cpu, exp.launcher.accelerate_config)
     return exp
 
 
@@ -196,5 +196,7 @@ def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) 
             console.active().trial_metrics(msg[1])
         elif msg[0] == "plan":
             tracker.tags(run_id, TrialPlan.from_dict(msg[1]).split())
+        elif msg[0] == "tags":
+            tracker.tags(run_id, msg[1])
 
     return on_line, last

@@ -177,6 +177,7 @@ def _resolve_command(command: str, base: Path) -> str:
 
 def _check_local_sources(path: Path | None, exp: ExperimentConfig | ScriptExperimentConfig) -> None:
     """Missing local files are spec errors, found before anything runs."""
+    _check_accelerate_config(exp.launcher.model_dump())
     if isinstance(exp, ScriptExperimentConfig):
         script = shlex.split(exp.script.command)[0]
         if script != "-m" and not Path(script).is_file():
@@ -195,6 +196,20 @@ def _check_local_sources(path: Path | None, exp: ExperimentConfig | ScriptExperi
             raise SpecError(path, f"model.{key}", f"model folder not found: {value}")
     if exp.model.source == "random" and not exp.model.config:
         raise SpecError(path, "model.config", "a `random` model needs its architecture in `config` (e.g. hidden_size)")
+
+
+def _check_accelerate_config(launcher: dict[str, Any]) -> None:
+    """The accelerate config must be readable, and agree with the launcher fields it also sets."""
+    from lbsearch.accelerate_file import file_conflict, read_config
+
+    if not launcher.get("accelerate_config"):
+        return
+    try:
+        conflict = file_conflict(launcher, read_config(launcher["accelerate_config"]))
+    except ValueError as err:
+        raise SpecError(None, "launcher.accelerate_config", str(err)) from None
+    if conflict:
+        raise SpecError(None, f"launcher.{conflict[0]}", f"{conflict[1]} ({launcher['accelerate_config']})")
 
 
 def validate_experiment(raw: dict[str, Any], path: Path | None = None, prefix: str = "") -> ExperimentConfig:

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-__all__ = ["TaskKind", "LM_TASKS", "sample_unit", "DataConfig", "MetricConfig", "METRICS", "DEFAULT_METRIC", "MINIMIZED", "check_task"]
+__all__ = ["TaskKind", "LM_TASKS", "sample_unit", "count_in_tokens", "DataConfig", "MetricConfig", "METRICS", "DEFAULT_METRIC", "MINIMIZED", "check_task"]
 
 TaskKind = Literal["single_label", "multi_label", "regression", "causal_lm", "masked_lm"]
 """``single_label``: one class per text (softmax + cross-entropy); ``multi_label``: a set of classes per
@@ -113,6 +113,24 @@ def sample_unit(task: str, max_length: int) -> int:
     """Tokens per sample where budgets and pruning count tokens (language models: packed sequences of
     ``max_length``); 1 where they count samples."""
     return max_length if task in LM_TASKS else 1
+
+
+def count_in_tokens(task: str, tr, sc, length: int) -> None:
+    """Language models count in tokens: ``train.budget_tokens`` / ``eval_every_tokens`` and
+    ``schedule.warmup_tokens`` set their sample (sequence) twins. Raises ValueError."""
+    given = [f for f, v in (("train.budget_tokens", tr.budget_tokens), ("train.eval_every_tokens", tr.eval_every_tokens),
+                            ("schedule.warmup_tokens", sc.warmup_tokens)) if v is not None]
+    if given and task not in LM_TASKS:
+        raise ValueError(f"`{given[0]}` is for language-model tasks (causal_lm, masked_lm); task `{task}` counts samples")
+    if tr.budget_tokens is not None:
+        if tr.budget_tokens < tr.batch_size * length:
+            raise ValueError(f"`train.budget_tokens` must be >= one batch ({tr.batch_size} x {length} tokens), got {tr.budget_tokens}")
+        tr.budget_samples = tr.budget_tokens // length
+    if tr.eval_every_tokens is not None:
+        tr.eval_every_samples = max(1, round(tr.eval_every_tokens / length))
+    if sc.warmup_tokens is not None:
+        sc.warmup_fraction = None
+        sc.warmup_samples = round(sc.warmup_tokens / length)
 
 
 def check_task(task: str, data: DataConfig, metric: MetricConfig) -> None:

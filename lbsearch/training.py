@@ -123,7 +123,12 @@ class Evaluator:
     def __call__(self, accelerator, model, pad_id: int) -> dict[str, float]:
         model.eval()
         outs = [np.zeros((0, self.k))]
-        for i in range(0, len(self.ids), self.mb):
+        # every rank runs as many forwards as the largest shard needs: under FSDP each forward is a collective
+        rounds = -(-(-(-self.n // accelerator.num_processes)) // self.mb)
+        for i in range(0, rounds * self.mb, self.mb):
+            if i >= len(self.ids):  # a shorter shard: a discarded forward on one sample keeps the ranks in step
+                model(**pad(self.ids[-1:] or [np.array([pad_id])], pad_id, accelerator.device, self.types[-1:] if self.types else None))
+                continue
             batch = pad(self.ids[i : i + self.mb], pad_id, accelerator.device, self.types[i : i + self.mb] if self.types else None)
             outs.append(model(**batch).logits.float().reshape(-1, self.k).cpu().double().numpy())
         model.train()

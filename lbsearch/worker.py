@@ -24,6 +24,7 @@ import torch
 from lbsearch.batching import sample_stream, step_micro_batches
 from lbsearch.config import ExperimentConfig
 from lbsearch.diagnostics import GradientNoiseMonitor
+from lbsearch.distributed import make_accelerator
 from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, watch_parent, write_result
@@ -39,8 +40,7 @@ class Trial:
     """The state of one training run on one rank."""
 
     def __init__(self, spec: WorkerSpec, log=print) -> None:
-        from accelerate import Accelerator
-        from accelerate.utils import TorchDynamoPlugin, set_seed
+        from accelerate.utils import set_seed
 
         from lbsearch.data import load_arrays
         from lbsearch.model import build_model, uses_token_types
@@ -48,10 +48,8 @@ class Trial:
         self.t_start, self.spec = time.time(), spec
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
         launcher = exp.launcher
-        dynamo = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True) if launcher.compile else None
-        self.acc = Accelerator(mixed_precision=launcher.precision, cpu=launcher.cpu or not torch.cuda.is_available(), dynamo_plugin=dynamo)
+        self.acc = make_accelerator(launcher.precision, launcher.cpu, launcher.compile)  # the config file's FSDP / DeepSpeed / dynamo
         cpu_fp16(self.acc)  # before prepare: the model's forward is wrapped in the autocast this turns on
         self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
@@ -99,7 +97,8 @@ class Trial:
         self.gns = GradientNoiseMonitor(acc, self.model, plan.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema,
                                         tr.noise_scale_every, enabled=tr.noise_scale)
         if tr.noise_scale and not self.gns.active:
-            self.say("gradient noise scale: not measured (one process without accumulation sees one batch size)")
+            self.say(f"gradient noise scale: not measured ({self.gns.off_reason})")
+            self.rep.tags({"lbsearch.noise_scale": f"off: {self.gns.off_reason}"})
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
         self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
@@ -250,6 +249,7 @@ class Trial:
         """Rank 0 saves the trained model (``lbsearch.model.save_model``) once every rank is done."""
         from lbsearch.model import save_model
 
+        full = self.acc.get_state_dict(self.model) if self.acc.distributed_type == "FSDP" else None  # gathers the shards: every rank
         self.acc.wait_for_everyone()
         if self.acc.is_main_process:
             names = [str(n) for n in self.labels["names"]]
@@ -258,7 +258,7 @@ class Trial:
                     "threshold": self.exp.metric.threshold}
             trained = Path(self.spec.data_path) / "tokenizer"
             save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info,
-                       trained if trained.is_dir() else None)
+                       state_dict=full, tokenizer_dir=trained if trained.is_dir() else None)
             self.say(f"model saved in {folder}")
         return str(folder)
 

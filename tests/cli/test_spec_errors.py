@@ -63,6 +63,9 @@ CASES = [
     ("delimiter-not-multi-label", E, [("max_length: 48", "max_length: 48\n  label_delimiter: '|'")], [], "tiny.yaml", "`data.label_delimiter` splits multi-label strings: set `task: multi_label`"),
     ("unknown-builtin-model", E, [("source: random", "source: minilm-l12")], [], "model.source", "offline choices: `source: minilm-l6`"),
     ("unknown-builtin-dataset", E, [("source: rotten_tomatoes", "source: rotten_tomatos")], [], "data.source", "offline choices: `source: rotten_tomatoes`"),
+    ("accelerate-config-not-found", E, [("processes: 1,", "processes: 1, accelerate_config: nope.yaml,")], [], "tiny.yaml: launcher.accelerate_config", "cannot read the accelerate config: No such file or directory"),
+    ("accelerate-config-processes", E, [("processes: 1,", "processes: 1, accelerate_config: accelerate_fsdp.yaml,")], [], "tiny.yaml: launcher.processes", "`launcher.processes` must equal the accelerate config's `num_processes` (all machines), got 1 and 2"),
+    ("machines-not-dividing", E, [("processes: 1,", "processes: 1, num_machines: 2,")], [], "tiny.yaml", "`launcher.processes` (on all machines) must be divisible by `launcher.num_machines`, got 1 and 2"),
     # script trials (kind: script), inline in the study
     ("script-not-found", S, [(_X, _SCRIPT.format("command: nope.py", ""))], [], "tiny_study.yaml: experiment.script.command", "script not found"),
     ("script-without-kind", S, [(_X, _SCRIPT.format("command: tiny.yaml", "").replace("kind: script, ", ""))], [], "tiny_study.yaml: experiment.kind", "needs `kind: script`"),
