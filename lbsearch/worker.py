@@ -117,7 +117,7 @@ class Trial:
 
     def step(self, step: int) -> int:
         """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
-        acc, train = self.acc, self.data["train"]
+        acc = self.acc
         micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, acc.process_index, self.gns.begin(step))
         flops, tokens = step_flops(self.count_flops, self.lengths, micro)
         self.work += (flops, tokens, flops, tokens)
