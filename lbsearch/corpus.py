@@ -170,6 +170,8 @@ def prepare_corpus(exp, write) -> dict[str, Any]:
     for s in SPLITS:
         ids = tokenize_documents(docs[s], tok)
         packed[s] = pack(ids, sep, length)
+        if s == "validation" and exp.data.eval_tokens:
+            packed[s] = packed[s][: max(1, exp.data.eval_tokens // length)]
         stats |= {f"{s}_documents": len(ids), f"{s}_tokens": int(sum(map(len, ids)) + len(ids))}
         if len(packed[s]) == 0:
             raise SpecError(None, "data.max_length", f"the {s} split has {stats[f'{s}_tokens']} tokens: fewer than one sequence of {length}")

@@ -74,6 +74,9 @@ class DataConfig(_Strict):
     tokenizer_vocab: int | None = Field(None, ge=64, le=1_000_000)
     """Language models trained from scratch: train a byte-level BPE tokenizer of this many tokens on the train
     documents (kept with the prepared data and the saved model) instead of using the model's tokenizer."""
+    eval_tokens: int | None = Field(None, ge=1)
+    """Language models: the fixed held-out set scored at every evaluation, the first this many tokens (whole
+    sequences) of the validation split; default all of it. Frequent evaluations of a large split cost more than training."""
     mlm_probability: float = Field(0.15, gt=0, lt=1)
     """``masked_lm``: the fraction of tokens predicted (of those, 80% replaced by the mask token, 10% by a random token, 10% kept)."""
     validation_fraction: float = Field(0.1, gt=0, lt=0.5)
