@@ -37,6 +37,7 @@ from lbsearch.plan import make_plan
 from lbsearch.spec import load_experiment, parse_set
 from lbsearch.data import PreparedData, Split, load_arrays, prepare_data
 from lbsearch.diagnostics import head_for_step
+from lbsearch.lm import lm_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -245,22 +246,26 @@ def step_batches(exp: ExperimentConfig, data: PreparedData) -> Iterator[MicroBat
     """Each optimizer step's micro-batches, padded as the worker pads them, when the step comes."""
     from lbsearch.training import pad
 
+    from lbsearch.training import lm_settings
+
     train = load_arrays(data.path, "train")
     dev = device_of(exp)
-    for cuts in step_layout(exp, train):
-        yield [(pad([train.ids[i] for i in c], data.pad_id, dev), torch.as_tensor(train.labels[c], device=dev)) for c in cuts]
+    mlm = lm_settings(exp, worker_spec(exp, data))
+    for step, cuts in enumerate(step_layout(exp, train), 1):
+        if mlm is not None:  # packed sequences; masks seeded as the worker seeds them
+            yield [lm_batch(exp.task, np.stack([train.ids[i] for i in c]), dev, np.random.default_rng([exp.seed, step, int(c[0])]), mlm)
+                   for c in cuts]
+        else:
+            yield [(pad([train.ids[i] for i in c], data.pad_id, dev), torch.as_tensor(train.labels[c], device=dev)) for c in cuts]
 
 
 def optimizer_and_schedule(exp: ExperimentConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
-    """The worker's optimizer (``make_optimizer``) and schedule, from the trial plan."""
-    from transformers import get_scheduler
-
-    from lbsearch.training import make_optimizer
+    """The worker's optimizer (``make_optimizer``) and schedule (``make_scheduler``), from the trial plan."""
+    from lbsearch.training import make_optimizer, make_scheduler
 
     plan = make_plan(exp)
     optimizer = make_optimizer(exp, model, plan.lr)
-    name = {"constant": "constant_with_warmup"}.get(exp.schedule.name, exp.schedule.name)
-    return optimizer, get_scheduler(name, optimizer, num_warmup_steps=plan.warmup_steps, num_training_steps=plan.steps)
+    return optimizer, make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
 
 
 def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatches], float]:
@@ -281,7 +286,9 @@ def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatch
         for batch, labels in micro:
             with torch.autocast(dev.type, dtype=half or torch.bfloat16, enabled=half is not None):
                 logits = model(**batch).logits
-            loss = torch.nn.functional.cross_entropy(logits.float(), labels)
+            if exp.task == "causal_lm":  # the next token of every position but the last
+                logits, labels = logits[:, :-1], labels[:, 1:]
+            loss = torch.nn.functional.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=-100)
             (loss / len(micro)).backward()
             total += loss.item()
         torch.nn.utils.clip_grad_norm_(model.parameters(), clip)

@@ -12,6 +12,11 @@ runs as the spec configures it, e.g. with its gradient-noise-scale monitor (``tr
 
     python benchmarks/throughput.py                 # MiniLM cut to 2 layers, 3 repeats: ~6 min on 2 cores
     python benchmarks/throughput.py --layers 6      # all 6 layers: ~18 min on 2 cores
+    python benchmarks/throughput.py --lm            # the tiny decoder of experiments/lm_tiny.yaml, in tokens/s
+
+With ``--lm`` the model is the language model of ``experiments/lm_tiny.yaml`` (packed sequences of 64
+tokens; ``--budget`` and ``--batch-size`` count sequences) and the figures are also given in tokens/s;
+HF ``Trainer`` is left out.
 """
 
 from __future__ import annotations
@@ -89,7 +94,8 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--spec", type=Path, default=SPEC)
+    ap.add_argument("--spec", type=Path, default=None, help="default experiments/rt_minilm.yaml (with --lm: experiments/lm_tiny.yaml)")
+    ap.add_argument("--lm", action="store_true", help="the tiny causal language model, in tokens/s")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="override an experiment field, e.g. train.noise_scale=false")
     ap.add_argument("--layers", type=int, default=2, help="MiniLM layers kept (2: the quickstart model; 6: all)")
     ap.add_argument("--batch-size", type=int, default=32)
@@ -102,10 +108,16 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/throughput_<layers>l.json")
     args = ap.parse_args()
     warm = args.warmup_samples or args.budget // 8
-    exp = experiment(args.spec, {
-        "model.num_layers": args.layers, "train.batch_size": args.batch_size, "train.budget_samples": args.budget,
-        "train.eval_every_samples": warm, "launcher.precision": args.precision, "data.max_eval_samples": 64,
-    }, args.set)
+    args.spec = args.spec or (ROOT / "experiments" / "lm_tiny.yaml" if args.lm else SPEC)
+    common = {"model.num_layers": args.layers, "train.batch_size": args.batch_size, "launcher.precision": args.precision}
+    if args.lm:
+        length = experiment(args.spec, {}).data.max_length
+        exp = experiment(args.spec, common | {"train.budget_tokens": args.budget * length, "train.eval_every_tokens": warm * length,
+                                              "data.eval_tokens": 4 * length}, args.set)
+        args.skip_trainer = True
+    else:
+        exp = experiment(args.spec, common | {"train.budget_samples": args.budget, "train.eval_every_samples": warm,
+                                              "data.max_eval_samples": 64}, args.set)
     threads = use_all_cores()
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     data = prepared(exp, work)
@@ -135,6 +147,11 @@ def main() -> int:
         f"{t}.micro_batch": micro_batch(exp),
         f"{t}.max_loss_diff_lbsearch_vs_bare": loss_diff, f"{t}.experiment": exp.model_dump(mode="json"),
     }
+    unit = exp.data.max_length if args.lm else None
+    if unit:  # every sample is a packed sequence of `unit` tokens
+        out[f"{t}.tokens_per_sample"] = unit
+        for name in loops:
+            out[f"{t}.{name}.tokens_per_s"] = statistics.median(figures[name, "samples_per_s"]) * unit
     rows = []
     for name in loops:
         row = [name]
@@ -150,7 +167,9 @@ def main() -> int:
     print(table(["loop", "samples/s", "ratio vs bare", "from median step", "ratio vs bare", "runs"], rows))
     print(f"lbsearch vs bare: {out[f'{t}.lbsearch.ratio_vs_bare']:.3f} (goal >= 0.97; from the median step "
           f"{out[f'{t}.lbsearch.ratio_vs_bare_median_step']:.3f}); max |loss difference| {loss_diff:.2e}")
-    write(out, args.out or RESULTS / f"throughput_{args.layers}l.json")
+    if unit:
+        print("tokens/s: " + ", ".join(f"{name} {out[f'{t}.{name}.tokens_per_s']:.0f}" for name in loops))
+    write(out, args.out or RESULTS / (f"throughput_lm_{args.layers}l.json" if args.lm else f"throughput_{args.layers}l.json"))
     shutil.rmtree(work, ignore_errors=True)
     return 0
 

@@ -373,8 +373,6 @@ class StudyConfig(_Strict):
             why = "several objectives" if len(names) > 1 else f"the objective `{names[0]}`"
             raise ValueError(f"pruning compares validation {self.experiment.metric.name} along the way, which cannot "
                              f"rank trials by {why} (Optuna prunes single-objective studies only): set `pruner: {{name: none}}`")
-        if self.sampler.name == "grid" and self.constraints:
-            raise ValueError("the grid sampler runs every grid point: express constraints by leaving points out of `choices`")
         from lbsearch.constraints import parse
 
         parse(self.constraints, set(self.space))
