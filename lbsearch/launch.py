@@ -155,7 +155,7 @@ def run_trial_process(
                 on_line(line)
             proc.wait()
         except BaseException:
-            stop_group(proc)
+            stop_group(proc, grace=float(spec.experiment.get("train", {}).get("stop_grace_s", 5.0)))  # time to write a checkpoint
             raise
     if result_file.is_file():
         return read_result(result_file)
