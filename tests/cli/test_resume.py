@@ -86,7 +86,8 @@ def test_sigkilled_trial_resumes_from_its_second_checkpoint_exactly(tmp_path, sp
 def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, specs, uninterrupted):
     spec = str(specs / "tiny_study.yaml")
     proc = start_cli(tmp_path, "run", spec, *SETS)  # no periodic checkpoints: the trial is short
-    wait_for(proc, "[trial 0] samples 640", timeout=300)
+    seen = wait_for(proc, "[trial 0] samples 640", timeout=300)
+    assert not any("checkpoint at step" in line for line in seen)  # train.checkpoint_every_minutes (30): none in a short trial
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)  # a scheduler's pre-emption
     rest = proc.communicate(timeout=60)[0]
@@ -99,3 +100,10 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, spe
     again = run_cli("run", spec, *SETS, cwd=tmp_path, check=True)
     step = _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
     assert ckpt.name == f"step-{step:08d}"
+
+
+def test_time_based_checkpoints_and_a_train_run_leaves_none(tmp_path):
+    proc = run_cli("train", str(SPECS / "tiny.yaml"), "--set=train.checkpoint_every_minutes=0.0002", "--set=train.budget_samples=320",
+                   "--set=train.eval_every_samples=320", cwd=tmp_path, check=True)
+    assert "[train] checkpoint at step" in proc.stdout  # every 12 ms of training: after most steps
+    assert not list((tmp_path / "mlruns").glob("trials/**/checkpoints"))
