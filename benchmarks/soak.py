@@ -12,7 +12,7 @@ with ``train.checkpoint_every_samples: EVERY``, and prints how many samples the 
 killed trials trained again (a killed trial's reach is the last ``progress/samples`` in its MLflow
 run; the soak evaluates every step so that it is exact):
 
-    python benchmarks/soak.py --resume-figure 320 --trials 6 --workers 2 --kills 3
+    python benchmarks/soak.py --resume-figure 320 --trials 6 --workers 2 --kills 3 --kill-gap 30 45
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=900)
+    ap.add_argument("--kill-gap", type=float, nargs=2, default=(8.0, 20.0), metavar=("LOW", "HIGH"), help="seconds between kills, drawn uniformly")
     ap.add_argument("--resume-figure", type=int, default=None, metavar="EVERY",
                     help="soak without and with checkpoints every EVERY samples; samples re-trained after kills")
     ap.add_argument("--out", type=Path, default=None)
@@ -57,7 +58,7 @@ def main() -> int:
         return 0 if ok else 1
     before, ok1 = soak(args, RESUME_SETS, kill_tree=True)
     after, ok2 = soak(args, RESUME_SETS + [f"--set=experiment.train.checkpoint_every_samples={args.resume_figure}"], kill_tree=True)
-    figure = {"soak.parameters": {"trials": args.trials, "workers": args.workers, "kills": args.kills, "seed": args.seed,
+    figure = {"soak.parameters": {"trials": args.trials, "workers": args.workers, "kills": args.kills, "seed": args.seed, "kill_gap_s": args.kill_gap,
                                   "sets": RESUME_SETS, "checkpoint_every_samples": args.resume_figure, "spec": str(SPEC.relative_to(ROOT))},
               "before": before, "after": after}
     print("samples re-trained after kills (the machine dies: worker and trial SIGKILLed)")
@@ -99,7 +100,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
     t0 = time.time()
     workers = [start() for _ in range(args.workers)]
     kills = 0
-    next_kill = time.time() + rng.uniform(8, 20)
+    next_kill = time.time() + rng.uniform(*args.kill_gap)
     while any(p.poll() is None for p in workers) and time.time() - t0 < args.max_seconds:
         time.sleep(0.5)
         if kills < args.kills and time.time() >= next_kill:
@@ -110,7 +111,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
                 kills += 1
                 print(f"[soak] t={time.time() - t0:.0f}s SIGKILL worker pid {victim.pid} ({kills}/{args.kills})", flush=True)
                 workers.append(start())  # a replacement, as a job scheduler would start
-            next_kill = time.time() + rng.uniform(8, 20)
+            next_kill = time.time() + rng.uniform(*args.kill_gap)
     for p in workers:
         if p.poll() is None:
             p.kill()
