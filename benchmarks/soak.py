@@ -5,11 +5,20 @@ counted (complete / pruned) trials, every killed trial failed as "worker died" a
 once, one MLflow run per Optuna trial, none left RUNNING.
 
     python benchmarks/soak.py --trials 20 --workers 3 --kills 4
+
+With ``--resume-figure EVERY`` it runs the soak twice with the same kills' seed, the machine dying
+each time (the worker and its trial process SIGKILLed together), first without checkpoints and then
+with ``train.checkpoint_every_samples: EVERY``, and prints how many samples the re-runs of the
+killed trials trained again (a killed trial's reach is the last ``progress/samples`` in its MLflow
+run; the soak evaluates every step so that it is exact):
+
+    python benchmarks/soak.py --resume-figure 320 --trials 6 --workers 2 --kills 3 --kill-gap 30 45
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import subprocess
@@ -26,6 +35,11 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "specs" / "tiny_study.yaml"
 
 
+RESUME_SETS = ["--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=1920",
+               "--set=experiment.train.eval_every_samples=32", "--set=pruner.name=none"]
+"""The resume figure's trials: B = 32, 60 steps, an evaluation (and a metric flush) every step, no pruning."""
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--trials", type=int, default=20)
@@ -33,12 +47,49 @@ def main() -> int:
     ap.add_argument("--kills", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-seconds", type=float, default=900)
-    ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "soak.json")
+    ap.add_argument("--kill-gap", type=float, nargs=2, default=(8.0, 20.0), metavar=("LOW", "HIGH"), help="seconds between kills, drawn uniformly")
+    ap.add_argument("--resume-figure", type=int, default=None, metavar="EVERY",
+                    help="soak without and with checkpoints every EVERY samples; samples re-trained after kills")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if args.resume_figure is None:
+        figures, ok = soak(args, ["--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"])
+        _save(args.out or ROOT / "benchmarks" / "results" / "soak.json", figures)
+        return 0 if ok else 1
+    before, ok1 = soak(args, RESUME_SETS, kill_tree=True)
+    after, ok2 = soak(args, RESUME_SETS + [f"--set=experiment.train.checkpoint_every_samples={args.resume_figure}"], kill_tree=True)
+    figure = {"soak.parameters": {"trials": args.trials, "workers": args.workers, "kills": args.kills, "seed": args.seed, "kill_gap_s": args.kill_gap,
+                                  "sets": RESUME_SETS, "checkpoint_every_samples": args.resume_figure, "spec": str(SPEC.relative_to(ROOT))},
+              "before": before, "after": after}
+    print("samples re-trained after kills (the machine dies: worker and trial SIGKILLed)")
+    for name, f in (("before: no checkpoints", before), (f"after: checkpoint every {args.resume_figure} samples", after)):
+        print(f"  {name:40s} {f['soak.samples_retrained']:6d} samples re-trained over {f['soak.killed_trials_failed_worker_died']} killed "
+              f"trials ({f['soak.samples_trained']} trained in all, {f['soak.counted_trials']} trials counted)")
+    _save(args.out or ROOT / "benchmarks" / "results" / "soak_resume.json", figure)
+    return 0 if ok1 and ok2 else 1
+
+
+def _save(path: Path, figures: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(figures, indent=1) + "\n")
+
+
+def _kill(victim: subprocess.Popen, tree: bool) -> None:
+    """SIGKILL a worker; with ``tree`` its trial processes too, at once, as when the machine dies."""
+    import psutil
+
+    children = psutil.Process(victim.pid).children(recursive=True) if tree else []
+    victim.kill()
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            child.kill()
+    victim.wait()
+
+
+def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="lbsearch-soak-"))
-    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(SPEC), f"--set=n_trials={args.trials}",
-           "--set=max_retries=10", "--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
+    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(SPEC), f"--set=n_trials={args.trials}", "--set=max_retries=10", *sets]
     logs = []
 
     def start() -> subprocess.Popen:
@@ -49,19 +100,18 @@ def main() -> int:
     t0 = time.time()
     workers = [start() for _ in range(args.workers)]
     kills = 0
-    next_kill = time.time() + rng.uniform(8, 20)
+    next_kill = time.time() + rng.uniform(*args.kill_gap)
     while any(p.poll() is None for p in workers) and time.time() - t0 < args.max_seconds:
         time.sleep(0.5)
         if kills < args.kills and time.time() >= next_kill:
             alive = [p for p in workers if p.poll() is None]
             if alive:
                 victim = rng.choice(alive)
-                victim.kill()
-                victim.wait()
+                _kill(victim, kill_tree)
                 kills += 1
                 print(f"[soak] t={time.time() - t0:.0f}s SIGKILL worker pid {victim.pid} ({kills}/{args.kills})", flush=True)
                 workers.append(start())  # a replacement, as a job scheduler would start
-            next_kill = time.time() + rng.uniform(8, 20)
+            next_kill = time.time() + rng.uniform(*args.kill_gap)
     for p in workers:
         if p.poll() is None:
             p.kill()
@@ -94,15 +144,30 @@ def main() -> int:
         "soak.mlflow_runs_running": sum(r.info.status == "RUNNING" for r in runs if r.data.tags.get("lbsearch.role") == "trial"),
         "soak.optuna_running": states.get("RUNNING", 0),
         "soak.final_pass_rc": final.returncode,
-    }
+    } | _retrained(client, trials)
     print(json.dumps(figures, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(figures, indent=1) + "\n")
     ok = (counted == args.trials and figures["soak.lost"] == 0 and figures["soak.duplicated"] == 0
           and figures["soak.mlflow_runs_running"] == 0 and figures["soak.optuna_running"] == 0
           and figures["soak.killed_trials_retried_once"] == len(died))
     print("[soak] OK" if ok else "[soak] FAILED", f"(state in {work})")
-    return 0 if ok else 1
+    return figures, ok
+
+
+def _retrained(client: MlflowClient, trials: list) -> dict:
+    """Samples that re-runs trained again: per killed trial, how far it got (its last logged
+    ``progress/samples``) less where its re-run resumed (0 without a checkpoint)."""
+    retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    per_kill = []
+    for t in trials:
+        if t.user_attrs.get("reason") != "worker died" or "mlflow_run_id" not in t.user_attrs:
+            continue
+        reached = max((m.value for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "progress/samples")), default=0)
+        resumed = retry[t.number].user_attrs.get("resumed_from_samples", 0) if t.number in retry else 0
+        per_kill.append({"trial": t.number, "reached": int(reached), "resumed_from": resumed, "retrained": max(0, int(reached) - resumed)})
+    return {"soak.samples_retrained": sum(k["retrained"] for k in per_kill), "soak.samples_reached_by_killed": sum(k["reached"] for k in per_kill),
+            "soak.retrained_per_kill": per_kill,
+            "soak.samples_trained": sum(k["reached"] for k in per_kill) + sum(int(t.user_attrs.get("samples", 0)) - int(t.user_attrs.get(
+                "resumed_from_samples", 0)) for t in trials if t.state.name != "FAIL")}
 
 
 if __name__ == "__main__":

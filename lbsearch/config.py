@@ -126,6 +126,15 @@ class TrainConfig(_Strict):
     noise_scale_every: int = Field(4, ge=1)
     """Measure the noise scale every this many optimizer steps. Under accumulation a measured step
     lays its micro-batches out with more padding (see ``lbsearch.diagnostics``); 1 measures every step."""
+    checkpoint_every_samples: int | None = Field(None, ge=1)
+    """Write a checkpoint (``lbsearch.checkpoint``) each time this many more samples are seen; a re-run resumes from it."""
+    checkpoint_every_minutes: float | None = Field(30.0, gt=0)
+    """... and, where ``checkpoint_every_samples`` is unset, after each this many minutes of training: a
+    trial shorter than that never writes a periodic checkpoint. ``null``: no time-based checkpoints."""
+    checkpoint_on_stop: bool = True
+    """SIGTERM (a scheduler's pre-emption, Ctrl-C in the orchestrator) writes a checkpoint at the next step boundary."""
+    stop_grace_s: float = Field(30.0, gt=0)
+    """Seconds a trial asked to stop has to finish its step and write that checkpoint before it is killed."""
 
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":

@@ -53,6 +53,13 @@ class NoiseScale:
         self._g2 = self.beta * self._g2 + (1 - self.beta) * g2
         self._trace = self.beta * self._trace + (1 - self.beta) * trace
 
+    def state(self) -> list[float]:
+        """What a checkpoint keeps (``lbsearch.checkpoint``)."""
+        return [self.n, self._g2, self._trace]
+
+    def load(self, state: list[float]) -> None:
+        self.n, self._g2, self._trace = int(state[0]), state[1], state[2]
+
     def _corrected(self, v: float) -> float | None:
         return v / (1 - self.beta**self.n) if self.n else None
 

@@ -195,7 +195,8 @@ def run_trial_process(
                 on_line(line)
             proc.wait()
         except BaseException:
-            stop_group(proc)
+            stop_group(proc, grace=float(spec.experiment.get("train", {}).get("stop_grace_s", 5.0)))  # time to write a checkpoint
+            _drain(proc, log, on_line)  # what it said while stopping (its checkpoint, the metric rows up to it)
             raise
     if result_file.is_file():
         return read_result(result_file)
@@ -205,6 +206,22 @@ def run_trial_process(
     lines = [l for l in tail if l.strip()]
     reason = next((l for l in reversed(lines) if "Error" in l or "error" in l), lines[-1] if lines else "")
     return TrialResult(state="failed", reason=f"worker exited with code {proc.returncode} without a result: {reason.strip()[:400]}")
+
+
+def _drain(proc: subprocess.Popen, log, on_line: Callable[[str], None], seconds: float = 2.0) -> None:
+    """The output a stopped trial left in its pipe; a failure here never hides the interruption."""
+    import select
+
+    deadline = time.time() + seconds
+    try:
+        while time.time() < deadline and select.select([proc.stdout], [], [], max(0.0, deadline - time.time()))[0]:
+            line = proc.stdout.readline()  # type: ignore[union-attr]
+            if not line:
+                return
+            log.write(line)
+            on_line(line.rstrip("\n"))
+    except Exception:  # noqa: BLE001
+        pass
 
 
 def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:

@@ -56,6 +56,8 @@ class WorkerSpec(BaseModel):
     """Exit when this process (the orchestrator) is gone."""
     model_dir: str | None = None
     """Where a complete trial saves its model (``lbsearch.model.save_model``); None: not saved."""
+    checkpoint_dir: str | None = None
+    """Where the trial writes its checkpoints and resumes from the newest one there (``lbsearch.checkpoint``); None: none."""
 
 
 class TrialResult(BaseModel):

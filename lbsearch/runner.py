@@ -16,6 +16,7 @@ from typing import Any, Callable
 from mlflow.exceptions import MlflowException
 
 from lbsearch import console
+from lbsearch.checkpoint import FOLDER, discard
 from lbsearch.config import ExperimentConfig
 from lbsearch.launch import resolve_precision, run_trial_process
 from lbsearch.plan import TrialPlan, make_plan
@@ -24,6 +25,7 @@ from lbsearch.script import result_from_output, script_program
 from lbsearch.storage import Session
 from lbsearch.story import dataset_inputs
 from lbsearch.tracking import Tracker, flatten, versions
+from lbsearch.views import RETRYABLE
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
 
@@ -75,6 +77,9 @@ class TrialRun:
     optuna: OptunaRef | None = None
     save_model: bool = False
     """A complete trial saves its model in ``workdir/model`` (``TrialResult.model_dir``)."""
+    resumable: bool = False
+    """A re-run of this trial may resume from its checkpoints (a search trial): they are kept when it
+    fails for a reason that is retried, and deleted otherwise."""
 
 
 @dataclass
@@ -97,10 +102,13 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
         on_run(run_id)
         return _tracked(session, tracker, run, run_id, plan, config)
     except KeyboardInterrupt:
+        if not run.resumable:
+            discard(run.workdir)
         _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
         raise
     except BaseException as err:  # never a run left RUNNING: it ends FAILED with the error, which goes on up
         why = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        discard(run.workdir)
         with contextlib.suppress(Exception):
             _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason=why))
         raise
@@ -125,6 +133,8 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
         shown.trial_end()
     if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
         tracker.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
+    if not (run.resumable and result.state == "failed" and result.reason in RETRYABLE):
+        discard(run.workdir)
     _end(tracker, run_id, run.workdir, result)
     return Outcome(run_id, result, plan)
 
@@ -150,7 +160,8 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
         else:
             spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
                               pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
-                              tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None)
+                              tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
+                              checkpoint_dir=str(run.workdir / FOLDER))
             result = run_trial_process(spec, run.workdir, on_line=on_line)
         if result.plan is not None:
             plan = TrialPlan.from_dict(result.plan)

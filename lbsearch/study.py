@@ -19,6 +19,7 @@ from mlflow.exceptions import MlflowException
 from optuna.trial import TrialState
 
 from lbsearch.console import Progress, study_progress
+from lbsearch.checkpoint import adopt, discard
 from lbsearch.config import BATCH_KEY, SpecError, StudyConfig
 from lbsearch.data import prepare_data
 from lbsearch.kept import keep_trial_model
@@ -71,6 +72,10 @@ class _Search:
         cfg, study = self.cfg, self.study
         with study_lock(self.session, cfg):
             recover(study, cfg.max_retries, self._close_dead)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # dead and not re-run: its checkpoints go
+                if reason(t) == "worker died" and counted(t, cfg.max_retries):
+                    for folder in (self.session.root / "trials" / cfg.name).glob(f"{t.number:04d}-*"):
+                        discard(folder)
             if cfg.warm_start and not study.user_attrs.get("warm_started"):
                 self._warm_start()
             trials = study.get_trials(deepcopy=False)
@@ -126,8 +131,10 @@ class _Search:
                 "git.commit": self.commit} | self.digest
         if "retry_of" in trial.user_attrs:
             tags["lbsearch.retry_of"] = trial.user_attrs["retry_of"]
-        run = TrialRun(exp=exp, data=self.data, workdir=self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}",
-                       prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags,
+        workdir = self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
+        resumed = self._resume(trial, workdir, prefix)
+        run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True,
+                       prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags | resumed,
                        params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
                        optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
                        OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()),
@@ -135,7 +142,7 @@ class _Search:
         self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
         t0 = time.time()
         try:
-            out = run_tracked(self.session, self.tracker, run, on_run=lambda run_id: trial.set_user_attr("mlflow_run_id", run_id))
+            out = run_tracked(self.session, self.tracker, run, on_run=lambda run_id: self._started(trial, run_id, resumed))
         except KeyboardInterrupt:
             self._tell(trial, TrialResult(state="failed", reason="interrupted"))
             raise
@@ -156,6 +163,34 @@ class _Search:
         detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
         value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
         self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
+
+    def _resume(self, trial: optuna.Trial, workdir: Path, prefix: str) -> dict[str, Any]:
+        """A re-run takes over the checkpoints of the trial it retries and the intermediate values that
+        trial reported up to them, so the pruner sees one curve. Returns the MLflow tags that say so."""
+        number = trial.user_attrs.get("retry_of")
+        info = adopt(self.session.root / "trials" / self.cfg.name, number, workdir)
+        if info is None:
+            return {}
+        old = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        if not is_multi(self.study):  # Optuna takes intermediate values of single-objective studies only
+            carried = {e["nominal_samples"] for e in info["result"].get("evals", [])}
+            for samples, value in sorted(old.intermediate_values.items()):
+                if samples in carried:
+                    trial.report(value, samples)
+        tags = {"lbsearch.resumed_from_trial": number, "lbsearch.resumed_from_step": info["step"], "lbsearch.resumed_from_samples": info["samples"],
+                "lbsearch.resumed_from_run": old.user_attrs.get("mlflow_run_id", "")}
+        for k, v in tags.items():
+            trial.set_user_attr(k.removeprefix("lbsearch."), v)
+        self.session.out(f"{prefix} resumes trial {number} from its checkpoint at step {info['step']} ({info['samples']} samples)")
+        return tags
+
+    def _started(self, trial: optuna.Trial, run_id: str, resumed: dict[str, Any]) -> None:
+        trial.set_user_attr("mlflow_run_id", run_id)
+        if resumed.get("lbsearch.resumed_from_run"):  # the retried trial's curves up to the checkpoint: one curve in MLflow too
+            try:
+                self.tracker.copy_metrics(resumed["lbsearch.resumed_from_run"], run_id, resumed["lbsearch.resumed_from_step"])
+            except MlflowException as err:
+                self.session.out(f"[trial {trial.number}] earlier metrics not copied: {str(err).splitlines()[0][:200]}")
 
     def _warm_start(self) -> None:
         """Enqueue the best ``top_k`` params of an earlier study (those of this study's space)."""

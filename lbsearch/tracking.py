@@ -178,6 +178,12 @@ class Tracker:
         for i in range(0, len(metrics), 900):  # MLflow takes at most 1000 metrics per batch
             _retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900])
 
+    def copy_metrics(self, src: str, dst: str, max_step: int) -> None:
+        """Copy ``src``'s metric histories up to ``max_step`` into ``dst`` (a resumed trial's run: one curve)."""
+        rows = [[m.key, m.value, m.timestamp, m.step] for key in self.client.get_run(src).data.metrics
+                if not key.startswith("system/") for m in self.client.get_metric_history(src, key) if m.step <= max_step]
+        self.metric_rows(dst, rows)
+
     def end(self, run_id: str, status: str) -> None:
         _retry(self.client.set_terminated, run_id, status=status)
 

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from lbsearch.batching import sample_stream, step_micro_batches
+from lbsearch.checkpoint import Checkpoints, StopSignal
 from lbsearch.config import ExperimentConfig
 from lbsearch.diagnostics import GradientNoiseMonitor
 from lbsearch.distributed import make_accelerator
@@ -263,14 +264,18 @@ class Trial:
         return str(folder)
 
 
-def train(spec: WorkerSpec, *, log=print) -> TrialResult:
+def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> TrialResult:
     trial = Trial(spec, log)
-    for step in range(1, trial.plan.steps + 1):
+    saver = Checkpoints(trial, spec.checkpoint_dir, stop)
+    for step in range(saver.resume() + 1, trial.plan.steps + 1):
         code = trial.step(step)
         if code == CONTINUE and step in trial.evals:
             code = trial.evaluate(step)
         if code != CONTINUE:
             trial.stop(step, code)
+            break
+        if saver.after_step(step):  # SIGTERM: a checkpoint was written; a re-run resumes from it
+            trial.result["state"], trial.result["reason"] = "failed", "interrupted"
             break
     return trial.finish()
 
@@ -290,7 +295,8 @@ def main(argv: list[str] | None = None) -> int:
     if spec.watch_pid:
         watch_parent(spec.watch_pid)
     try:
-        result, code = train(spec, log=lambda *a: print(*a, flush=True)), 0
+        stop = StopSignal()  # SIGTERM from here on is the trial's result (interrupted), not a silent death
+        result, code = train(spec, log=lambda *a: print(*a, flush=True), stop=stop), 0
     except BaseException as err:  # noqa: BLE001 - any failure is the trial's result, reported once
         traceback.print_exc()
         result, code = _failure(err), 1

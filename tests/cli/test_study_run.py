@@ -168,6 +168,7 @@ def test_interrupt_then_resume(tmp_path, specs, sig):
     assert len(counted) == 3, again.stdout
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
     assert len(retry) == 1 and retry[0].params == trials[1].params
+    assert f"[trial {retry[0].number}] resumes trial 1 from its checkpoint at step" in again.stdout  # written on the way out
     exp = client.get_experiment_by_name("tiny-study")
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
 

@@ -1,0 +1,109 @@
+"""Checkpoints and resume through the real CLI and worker: a trial killed (SIGKILL, after its second
+checkpoint) or stopped (SIGTERM, a checkpoint written on the signal) is re-run from its checkpoint,
+and the re-run's per-step loss after the resume point, its final validation and test metrics and its
+intermediate values equal those of an uninterrupted run of the same params, bit for bit (CPU)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from optuna.trial import TrialState
+
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
+
+# B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
+SETS = ["--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=1920",
+        "--set=experiment.train.eval_every_samples=320"]
+EVERY_320 = "--set=experiment.train.checkpoint_every_samples=320"
+
+
+def _trial(root: Path, number: int):
+    """(Optuna trial, its MLflow run, {metric key: [(step, value)]}) of trial ``number``."""
+    trial = journal_study(root, "tiny-study").get_trials()[number]
+    client = mlflow_client(root)
+    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    history = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
+               for k in run.data.metrics if k.startswith(("train/loss", "eval/", "val/", "test/"))}
+    return trial, run, history
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    """The same study, never interrupted (checkpoints every 320 samples: writing them changes nothing)."""
+    cwd = tmp_path_factory.mktemp("uninterrupted")
+    run_cli("run", str(SPECS / "tiny_study.yaml"), *SETS, EVERY_320, cwd=cwd, check=True)
+    return _trial(cwd / "mlruns", 0)
+
+
+def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) -> int:
+    base_trial, base_run, base = uninterrupted
+    trials = journal_study(root, "tiny-study").get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], out
+    retry, run, hist = _trial(root, 1)
+    assert retry.params == trials[0].params == base_trial.params
+    step = retry.user_attrs["resumed_from_step"]
+    assert at_least <= step < 60 and retry.user_attrs["resumed_from_trial"] == 0
+    assert f"[trial 1] resumes trial 0 from its checkpoint at step {step} ({step * 32} samples)" in out
+    assert f"resumed from checkpoint at step {step}" in out
+    tags = run.data.tags
+    assert (tags["lbsearch.resumed_from_step"], tags["lbsearch.resumed_from_trial"], tags["lbsearch.retry_of"]) == (str(step), "0", "0")
+    assert tags["lbsearch.resumed_from_run"] == trials[0].user_attrs["mlflow_run_id"]
+    # bit for bit: the per-step loss after the resume point, every evaluation, the final validation and test metrics
+    after = [(s, v) for s, v in hist["train/loss"] if s > step]
+    assert len(after) == 60 - step and after == [(s, v) for s, v in base["train/loss"] if s > step]
+    assert set(hist) == set(base) and all(hist[k] == base[k] for k in hist if not k.startswith("train/"))
+    assert [p for p in hist["train/loss"] if p[0] <= step] == [p for p in base["train/loss"] if p[0] <= step]  # carried over from trial 0
+    assert retry.value == base_trial.value and retry.user_attrs["test_accuracy"] == base_trial.user_attrs["test_accuracy"]
+    assert retry.intermediate_values == base_trial.intermediate_values  # the pruner sees one curve
+    assert not list(root.glob("trials/*/*/checkpoints"))  # a finished trial leaves no checkpoint
+    client = mlflow_client(root)
+    exp = client.get_experiment_by_name("tiny-study")
+    assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
+    return step
+
+
+def test_sigkilled_trial_resumes_from_its_second_checkpoint_exactly(tmp_path, specs, uninterrupted):
+    spec = str(specs / "tiny_study.yaml")
+    proc = start_cli(tmp_path, "run", spec, *SETS, EVERY_320)
+    wait_for(proc, "[trial 0] checkpoint at step 20 (640 samples)", timeout=300)
+    proc.kill()  # the machine dies: the orchestrator and the trial process at once, no handler runs
+    for pid in worker_pids(tmp_path):
+        os.kill(pid, signal.SIGKILL)
+    proc.wait(timeout=10)
+    root = tmp_path / "mlruns"
+    assert journal_study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
+    assert list(root.glob("trials/tiny-study/0000-*/checkpoints/step-*"))
+    again = run_cli("run", spec, *SETS, EVERY_320, cwd=tmp_path, check=True)
+    trials = journal_study(root, "tiny-study").get_trials()
+    assert trials[0].user_attrs["reason"] == "worker died"
+    _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
+
+
+def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, specs, uninterrupted):
+    spec = str(specs / "tiny_study.yaml")
+    proc = start_cli(tmp_path, "run", spec, *SETS)  # no periodic checkpoints: the trial is short
+    seen = wait_for(proc, "[trial 0] samples 640", timeout=300)
+    assert not any("checkpoint at step" in line for line in seen)  # train.checkpoint_every_minutes (30): none in a short trial
+    t0 = time.time()
+    proc.send_signal(signal.SIGTERM)  # a scheduler's pre-emption
+    rest = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 130 and time.time() - t0 < 15, rest
+    assert "on SIGTERM" in rest and "interrupted; run the same command again to resume" in rest
+    root = tmp_path / "mlruns"
+    trials = journal_study(root, "tiny-study").get_trials()
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "interrupted"
+    (ckpt,) = root.glob("trials/tiny-study/0000-*/checkpoints/step-*")
+    again = run_cli("run", spec, *SETS, cwd=tmp_path, check=True)
+    step = _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
+    assert ckpt.name == f"step-{step:08d}"
+
+
+def test_time_based_checkpoints_and_a_train_run_leaves_none(tmp_path):
+    proc = run_cli("train", str(SPECS / "tiny.yaml"), "--set=train.checkpoint_every_minutes=0.0002", "--set=train.budget_samples=320",
+                   "--set=train.eval_every_samples=320", cwd=tmp_path, check=True)
+    assert "[train] checkpoint at step" in proc.stdout  # every 12 ms of training: after most steps
+    assert not list((tmp_path / "mlruns").glob("trials/**/checkpoints"))
