@@ -65,6 +65,16 @@ CASES = [
     ("unknown-builtin-dataset", E, [("source: rotten_tomatoes", "source: rotten_tomatos")], [], "data.source", "offline choices: `source: rotten_tomatoes`"),
     ("accelerate-config-not-found", E, [("processes: 1,", "processes: 1, accelerate_config: nope.yaml,")], [], "tiny.yaml: launcher.accelerate_config", "cannot read the accelerate config: No such file or directory"),
     ("accelerate-config-processes", E, [("processes: 1,", "processes: 1, accelerate_config: accelerate_fsdp.yaml,")], [], "tiny.yaml: launcher.processes", "`launcher.processes` must equal the accelerate config's `num_processes` (all machines), got 1 and 2"),
+    ("tokens-for-classifier", E, [("budget_samples: 960,", "budget_samples: 960, budget_tokens: 96000,")], [], "tiny.yaml",
+     "`train.budget_tokens` is for language-model tasks (causal_lm, masked_lm); task `single_label` counts samples"),
+    ("corpus-for-classifier", E, [("source: rotten_tomatoes", "source: speeches")], [], "data.source",
+     "`speeches` is a text corpus for `task: causal_lm` or `masked_lm`; classifiers: `rotten_tomatoes`"),
+    ("budget-below-one-batch-of-tokens", E, [("seed: 0", "seed: 0\ntask: causal_lm"), ("name: accuracy", "name: loss"),
+                                             ("budget_samples: 960,", "budget_tokens: 1000,")], [], "tiny.yaml",
+     "`train.budget_tokens` must be >= one batch (32 x 48 tokens), got 1000"),
+    ("text-pair-for-language-model", E, [("seed: 0", "seed: 0\ntask: masked_lm"), ("name: accuracy", "name: perplexity"),
+                                         ("max_length: 48", "max_length: 48\n  text_pair_column: other")], [], "tiny.yaml",
+     "a language model trains on text alone: remove `data.text_pair_column`"),
     ("machines-not-dividing", E, [("processes: 1,", "processes: 1, num_machines: 2,")], [], "tiny.yaml", "`launcher.processes` (on all machines) must be divisible by `launcher.num_machines`, got 1 and 2"),
     # script trials (kind: script), inline in the study
     ("script-not-found", S, [(_X, _SCRIPT.format("command: nope.py", ""))], [], "tiny_study.yaml: experiment.script.command", "script not found"),
@@ -76,7 +86,7 @@ CASES = [
 ]
 
 
-TRAIN_CASES = {"missing-text-column", "labels-out-of-range", "unknown-builtin-model", "unknown-builtin-dataset", "float-labels-not-regression",
+TRAIN_CASES = {"corpus-for-classifier", "missing-text-column", "labels-out-of-range", "unknown-builtin-model", "unknown-builtin-dataset", "float-labels-not-regression",
                "unknown-pair-column", "multi-label-no-delimiter", "decoder-without-pad-token"}
 """Cases that reach the data or the tokenizer: run through ``lbsearch train``."""
 
