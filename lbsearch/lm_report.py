@@ -73,13 +73,13 @@ def curves(study) -> list[Curve]:
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if "config" not in t.user_attrs or not t.intermediate_values:
+        if "config" not in t.user_attrs or not any(math.isfinite(v) for v in t.intermediate_values.values()):
             continue
         raw = json.loads(t.user_attrs["config"])
         plan = make_plan(experiment_model(raw).model_validate(raw))
         L = plan.tokens_per_sample or 1
         step_of = {nominal: step for step, nominal in plan.evals}
-        keys = sorted(t.intermediate_values)
+        keys = sorted(k for k, v in t.intermediate_values.items() if math.isfinite(v))  # a diverged evaluation is no crossing
         tokens = tuple(float(step_of.get(k // L, k / (plan.batch_size * L)) * plan.batch_size * L) for k in keys)
         values = [t.intermediate_values[k] for k in keys]
         loss = tuple(math.log(v) if raw.get("metric", {}).get("name") == "perplexity" else float(v) for v in values)
