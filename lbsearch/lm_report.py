@@ -187,7 +187,7 @@ def _warnings(cs: list[Curve], ttt_flags: np.ndarray, targets: list[float], grou
             out.append(f"target {target:.4g}: trials {early} reached it at their first evaluation: their tokens to target are upper bounds")
     for i, g in enumerate(groups):
         lrs = sorted({cs[k].lr for k in g})
-        edge = sorted({cs[a].lr for a in arg[i] if a >= 0 and len(lrs) > 2 and cs[a].lr in (lrs[0], lrs[-1])})
+        edge = sorted({cs[a].lr for a in arg[i] if a >= 0 and len(lrs) >= 2 and cs[a].lr in (lrs[0], lrs[-1])})
         if edge:
             out.append(f"B = {cs[g[0]].batch_size}: the fastest lr at some target is at the edge of the grid ({', '.join(f'{v:.3g}' for v in edge)}"
                        f" of {lrs[0]:.3g}..{lrs[-1]:.3g}): the optimum may lie outside it")
