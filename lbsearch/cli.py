@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="batch-scaling report (HTML + PNGs, also logged to the study's parent MLflow run)")
     p.add_argument("study", help="study name")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <mlruns>/reports/STUDY)")
+    p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=None,
+                   help="language models: the validation-loss targets, comma-separated, e.g. 6.0,5.5,5.0 (default: chosen from the curves)")
     _common(p)
 
     p = sub.add_parser("train", help="one training run of an experiment, no search")
@@ -229,7 +231,7 @@ def cmd_predict(args) -> int:
 def cmd_report(args) -> int:
     from lbsearch.commands import report
 
-    return report(_session(args), args.study, args.out)
+    return report(_session(args), args.study, args.out, args.targets)
 
 
 def _study_links(uri: str, base: str) -> list[str]:

@@ -127,13 +127,14 @@ def predict(session: Session, name: str, text_or_file: str, *, number: int | Non
     return 0
 
 
-def report(session: Session, name: str, out: Path | None = None) -> int:
-    """Write the batch-scaling report of a study and log it to the study's parent MLflow run."""
+def report(session: Session, name: str, out: Path | None = None, targets: list[float] | None = None) -> int:
+    """Write the batch-scaling report of a study and log it to the study's parent MLflow run; ``targets``:
+    the loss targets of a language-model study (default: chosen from its curves)."""
     from lbsearch.report import write_report
 
     study = load_existing_study(session, name)
     out = out or session.root / "reports" / name
-    summary = write_report(study, out)
+    summary = write_report(study, out, targets)
     tracker = session.tracker(stored_study(study))
     parent = tracker.find_parent(name)
     sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
@@ -147,5 +148,25 @@ def report(session: Session, name: str, out: Path | None = None) -> int:
     say(f"lr exponent {lf['alpha']:.2f} ({int(100 * lf['confidence'])}% CI {lf['ci_low']:.2f} .. {lf['ci_high']:.2f})" if "alpha" in lf
         else f"lr exponent: {lf['error']}")
     say(f"B_simple {rng[0]:.0f} .. {rng[1]:.0f}" if rng else "B_simple: not measured")
+    if "tokens" in summary:
+        _say_tokens(say, summary["tokens"])
     say(f"{out / 'index.html'}" + (f" (also in MLflow run {parent}, artifacts report/)" if parent else ""))
     return 0
+
+
+def _say_tokens(say, s: dict) -> None:
+    """The language-model lines of ``report``: B_crit per target and B_simple per B, in tokens."""
+    if "fits" not in s:
+        say(f"tokens: {s['error']}")
+        return
+    for f in s["fits"]:
+        ci = f.get("b_crit_tokens_ci") or [None, None]
+        say(f"loss target {f['target']:.4g}: B_crit {f['b_crit_tokens']:,.0f} tokens ({f['b_crit']:.1f} sequences), 95% CI "
+            + (f"{ci[0]:,.0f} .. {ci[1]:,.0f}" if ci[0] is not None else "none") if "b_crit" in f else f"loss target {f['target']:.4g}: {f['error']}")
+    e = s["exponent"]
+    say(f"B_crit vs target loss: slope {e['slope']:.2f}, alpha_B {e['alpha_b']:.2f}; {e['trend']}" if "slope" in e else f"B_crit exponent: {e['error']}")
+    say("B_simple median per B (tokens, diagnostic): " + ", ".join(
+        f"B={r['batch_size']} ({r['batch_tokens']:,} tokens): " + (f"{r['b_simple_tokens_median']:,.0f}" if r["b_simple_tokens_median"] is not None else "-")
+        for r in s["per_batch_size"]))
+    for w in s["warnings"]:
+        say(f"warning: {w}")

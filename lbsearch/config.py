@@ -334,7 +334,8 @@ class StudyConfig(_Strict):
     ``[metric, samples_to_target]``. Default: ``[metric]``."""
     constraints: list[str] = Field(default_factory=list)
     """Expressions over the params that every trial must satisfy, e.g. ``train.batch_size < 512 or optimizer.lr <= 1e-3``;
-    a suggestion that violates one is told as pruned (reason ``constraint``) without training."""
+    a suggestion that violates one is told as pruned (reason ``constraint``) without training. With the grid
+    sampler they leave points out of the grid, e.g. ``seed == 0 or train.batch_size in [16, 32]``."""
     warm_start: WarmStartConfig | None = None
     """Run the best ``top_k`` configurations of an earlier study first."""
     storage: str | None = None

@@ -6,7 +6,9 @@ One HTML page with PNGs, also logged to the study's parent MLflow run (under ``r
 - the best learning rate vs B, with the fitted exponent α of lr* ∝ B^α and its confidence interval;
 - steps-to-target vs B (the fewest over each B's trials) with the fit S = S_min (1 + B_crit / B);
 - the gradient noise scale B_simple of the trials beside the fitted B_crit;
-- Optuna's parameter importances and parallel coordinates.
+- Optuna's parameter importances and parallel coordinates;
+- language-model studies: B in sequences and tokens, B_crit at several loss targets with bootstrap
+  intervals, its exponent against the loss, and B_simple in tokens (``lbsearch.lm_report``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from optuna.trial import TrialState
 from lbsearch.script import experiment_model
 from lbsearch.plan import make_plan
 from lbsearch.scaling import fit_power, fit_steps
+from lbsearch.tasks import LM_TASKS
 
 __all__ = ["TrialPoint", "collect", "summarize", "write_report"]
 
@@ -247,7 +250,7 @@ COLUMNS = {"batch_size": "B (samples / step)", "trials": "trials", "complete": "
            "b_simple_median": "B_simple (median, samples)"}
 
 
-def _html(name: str, metric: str, target: float | None, summary: dict[str, Any], figs: list[tuple[str | None, str]]) -> str:
+def _html(name: str, metric: str, target: float | None, summary: dict[str, Any], figs: list[tuple[str | None, str]], extra: str = "") -> str:
     sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
     facts = [
         ("critical batch size B_crit", f"{sf['b_crit']:.0f} (S_min {sf['s_min']:.0f} steps, E_min {sf['e_min']:.0f} samples, {sf['n']} batch sizes)" if "b_crit" in sf else sf["error"]),
@@ -269,13 +272,14 @@ img{{max-width:520px;border:1px solid #eee}}figcaption{{font-size:.92em}}</style
 <h1>Batch-scaling report: {html.escape(name)}</h1>
 <p>Each batch size B (the effective batch: samples per optimizer step) was tuned on its own, and every trial saw the same number
 of samples, so the batch sizes are compared at equal data. The figures below read the study's complete trials; the numbers are
-in <code>summary.json</code> beside this page.</p><dl>{dl}</dl>
+in <code>summary.json</code> beside this page.</p><dl>{dl}</dl>{extra}
 <h2>Per batch size</h2><table><tr>{head}</tr>{body}</table><h2>Figures</h2>{imgs}</body></html>
 """
 
 
-def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
-    """Write index.html, the PNGs and summary.json under ``out``; return the summary."""
+def write_report(study: optuna.Study, out: Path, targets: list[float] | None = None) -> dict[str, Any]:
+    """Write index.html, the PNGs and summary.json under ``out``; return the summary. A language-model
+    study also gets the token-level analysis at several loss ``targets`` (``lbsearch.lm_report``)."""
     configs = [json.loads(t.user_attrs["config"]) for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
     metric = study.user_attrs.get("metric", "accuracy")
     target = configs[-1]["metric"].get("target") if configs else None
@@ -287,6 +291,15 @@ def write_report(study: optuna.Study, out: Path) -> dict[str, Any]:
     for plot in (figs.plot_metric, figs.plot_lr, figs.plot_steps, figs.plot_noise):
         plot()
     figs.plot_optuna(study)
-    (out / "index.html").write_text(_html(study.study_name, metric, target, summary, figs.made))
+    extra = ""
+    if configs and configs[-1].get("task") in LM_TASKS:
+        from lbsearch import lm_figures, lm_report
+
+        curves = lm_report.curves(study)
+        summary["tokens"] = lm_report.analyse(curves, targets)
+        extra = lm_figures.html_section(summary["tokens"]) + "".join(
+            f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+            for f, c in (lm_figures.draw(curves, summary["tokens"], out) if curves else []))
+    (out / "index.html").write_text(_html(study.study_name, metric, target, summary, figs.made, extra))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n")
     return summary

@@ -21,16 +21,17 @@ def trial_seed(seed: int, number: int) -> int:
     return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
 
 
-def make_sampler(cfg: SamplerConfig, space: dict[str, Any], *, number: int | None = None) -> optuna.samplers.BaseSampler:
+def make_sampler(cfg: SamplerConfig, space: dict[str, Any], *, number: int | None = None, constraints: list[str] = ()) -> optuna.samplers.BaseSampler:
     """The sampler that draws trial ``number`` (None: seeded by the study seed alone). A Sobol
-    sequence and a grid keep the study seed: their points are indexed by the trial, not drawn."""
+    sequence and a grid keep the study seed: their points are indexed by the trial, not drawn. A grid
+    holds only the points that satisfy ``constraints`` (e.g. a second seed at some batch sizes only)."""
     seed = cfg.seed if number is None or cfg.name in ("qmc", "grid") else trial_seed(cfg.seed, number)
     if cfg.name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if cfg.name == "qmc":
         return optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False)
     if cfg.name == "grid":
-        return _GridSampler({k: list(p.choices) for k, p in space.items()}, seed=seed)
+        return _GridSampler({k: list(p.choices) for k, p in space.items()}, seed=seed, constraints=constraints)
     if cfg.name == "gp":
         return optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False)
     if cfg.name == "nsga2":
@@ -41,7 +42,18 @@ def make_sampler(cfg: SamplerConfig, space: dict[str, Any], *, number: int | Non
 
 class _GridSampler(optuna.samplers.GridSampler):
     """Optuna's GridSampler calls ``study.stop()`` once the grid is used up, which only works inside
-    ``Study.optimize``; lbsearch drives trials with ask/tell and counts ``n_trials`` itself."""
+    ``Study.optimize``; lbsearch drives trials with ask/tell and counts ``n_trials`` itself. Points that
+    violate a constraint are left out of the grid, so they are never suggested."""
+
+    def __init__(self, search_space: dict[str, list], seed: int | None = None, constraints: list[str] = ()) -> None:
+        super().__init__(search_space, seed=seed)
+        if constraints:
+            from lbsearch.constraints import parse
+
+            keep = parse(list(constraints), set(search_space))
+            # Optuna keeps the grid as a list of value tuples in the order of sorted param names
+            self._all_grids = [g for g in self._all_grids if all(c(dict(zip(self._param_names, g))) for c in keep)]
+            self._n_min_trials = len(self._all_grids)
 
     def after_trial(self, study, trial, state, values) -> None:
         pass

@@ -91,7 +91,7 @@ def _unit(exp) -> int:
 def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = open_storage(session.storage_for(cfg), heartbeat_interval=cfg.heartbeat_interval, grace_period=cfg.grace_period)
-    kwargs = dict(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg.sampler, cfg.space),
+    kwargs = dict(study_name=cfg.name, storage=storage, sampler=make_sampler(cfg.sampler, cfg.space, constraints=cfg.constraints),
                   pruner=make_pruner(cfg.pruner, cfg.experiment.train, _unit(cfg.experiment)))
     if not create:
         return optuna.load_study(**kwargs)

@@ -91,7 +91,7 @@ class _Search:
                 study.enqueue_trial({BATCH_KEY: cfg.batch_ladder[(done + running) % len(cfg.batch_ladder)]}, skip_if_exists=False)
             # the next trial's number: the first waiting trial's, else a new one
             number = min((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), default=len(trials))
-            study.sampler = make_sampler(cfg.sampler, cfg.space, number=number)
+            study.sampler = make_sampler(cfg.sampler, cfg.space, number=number, constraints=cfg.constraints)
             trial = study.ask()
             trial.set_user_attr("host", host())
             trial.set_user_attr("pid", os.getpid())

@@ -4,7 +4,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import TrialState, create_trial
 
-from lbsearch.config import FloatParam, PrunerConfig, SamplerConfig, TrainConfig
+from lbsearch.config import CategoricalParam, FloatParam, PrunerConfig, SamplerConfig, TrainConfig
 from lbsearch.search import GroupedPruner, make_pruner, make_sampler, suggest
 
 
@@ -102,3 +102,27 @@ def test_asha_prunes_in_samples_within_its_group():
     assert not run(32, 0.5)
     assert run(32, 0.9)        # worse than the B=32 trial at the first rung (320 samples)
     assert not run(16, 0.9)    # alone in the B=16 group: promoted
+
+
+def test_grid_with_constraints_holds_only_the_allowed_points():
+    """A second seed at some batch sizes only: 3 B x 2 lr x seed 0, plus B = 16 x 2 lr x seed 1."""
+    space = {"train.batch_size": CategoricalParam(type="categorical", choices=[8, 16, 32]),
+             "optimizer.lr": CategoricalParam(type="categorical", choices=[1e-3, 2e-3]), "seed": CategoricalParam(type="categorical", choices=[0, 1])}
+    study = optuna.create_study()
+    seen = []
+    for n in range(8):
+        study.sampler = make_sampler(SamplerConfig(name="grid", seed=0), space, number=n, constraints=["seed == 0 or train.batch_size == 16"])
+        trial = study.ask()
+        seen.append(tuple(suggest(trial, space).values()))
+        study.tell(trial, 0.0)
+    assert len(set(seen)) == 8 and all(s == 0 or b == 16 for b, _, s in seen)
+
+
+def test_shipped_lm_batch_scaling_grid_is_its_n_trials():
+    from pathlib import Path
+
+    from lbsearch.spec import load_study
+
+    cfg, _ = load_study(Path(__file__).parent.parent / "studies" / "lm_batch_scaling.yaml")
+    grid = make_sampler(cfg.sampler, cfg.space, constraints=cfg.constraints)
+    assert grid._n_min_trials == cfg.n_trials == 24  # 6 B x 3 lr, and a second seed at B = 16, 32
