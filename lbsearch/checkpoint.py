@@ -62,9 +62,11 @@ def discard(workdir: Path) -> None:
 
 def fingerprint(experiment: dict[str, Any]) -> str:
     """What must match for a checkpoint to be resumed: the resolved experiment, less the micro-batch
-    limit (an out-of-memory retry changes it; the state does not depend on it) and the checkpoint settings."""
+    limit (an out-of-memory retry changes it; the state does not depend on it), where the ranks meet
+    (node 0's address and port, picked per trial; this node's rank) and the checkpoint settings."""
     exp = json.loads(json.dumps(experiment))
-    exp["launcher"].pop("max_micro_batch", None)
+    for key in ("max_micro_batch", "main_process_ip", "main_process_port", "machine_rank"):
+        exp["launcher"].pop(key, None)
     for key in ("checkpoint_every_samples", "checkpoint_every_minutes", "checkpoint_on_stop", "stop_grace_s"):
         exp["train"].pop(key, None)
     return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]

@@ -50,6 +50,8 @@ def test_only_the_same_configuration_resumes():
     other = json.loads(json.dumps(exp))
     other["launcher"]["max_micro_batch"], other["train"]["checkpoint_every_samples"], other["train"]["stop_grace_s"] = 8, 640, 5
     assert fingerprint(other) == fingerprint(exp)  # an out-of-memory retry, another checkpoint cadence: the same training
+    other["launcher"]["main_process_port"], other["launcher"]["main_process_ip"] = 29517, "10.0.0.1"
+    assert fingerprint(other) == fingerprint(exp)  # the retry's rendezvous port (picked per trial): the same training
     other["optimizer"]["lr"] = 1.0
     assert fingerprint(other) != fingerprint(exp)
 
