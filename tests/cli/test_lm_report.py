@@ -15,7 +15,8 @@ L = 16
 
 def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     exp = {"name": "lm", "task": "causal_lm", "seed": 0,
-           "data": {"source": "speeches", "max_length": L, "tokenizer_vocab": 512, "max_train_samples": 400, "max_eval_samples": 8},
+           "data": {"source": "speeches", "max_length": L, "tokenizer_vocab": 512, "max_train_samples": 400, "max_eval_samples": 8,
+                    "eval_tokens": 16 * L},
            "model": {"source": "random", "model_type": "gpt2", "config": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": L}},
            "optimizer": {"lr": 3e-3, "decay_embeddings": False, "lr_scaling": "sqrt", "reference_batch_size": 8},
            "schedule": {"name": "cosine", "warmup_tokens": 4 * L, "min_lr_ratio": 0.1},
