@@ -29,6 +29,7 @@ from lbsearch.distributed import make_accelerator
 from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, watch_parent, write_result
+from lbsearch.tasks import sample_unit
 from lbsearch.lm import LMEvaluator, lm_batch
 from lbsearch.training import (Evaluator, cpu_fp16, lm_settings, make_optimizer, make_scheduler, maybe_inject_oom, maybe_inject_overflow,
                                mean_over_ranks, pad, probe_micro_batch, stop_code, sum_over_ranks, task_loss, training_targets)
@@ -60,7 +61,7 @@ class Trial:
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
         self.labels = spec.labels or {"names": [str(i) for i in range(spec.num_labels)]}
         self.lm = lm_settings(exp, spec)  # None for a classifier
-        self.unit = exp.data.max_length if self.lm else 1  # tokens per sample: pruning and targets in tokens for language models
+        self.unit = sample_unit(exp.task, exp.data.max_length)  # tokens per sample: pruning and targets in tokens for language models
         model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
         self.use_types = uses_token_types(model) and self.data["train"].types is not None
         limit = exp.launcher.max_micro_batch
