@@ -5,7 +5,7 @@ the Rotten Tomatoes data installed offline) on the tomatometer regression data (
 batch padded to sequence length 128. In this process, through the trial loop (``lbsearch.worker.train``,
 as ``benchmarks/mfu.py`` runs it):
 
-- bf16 and fp16, eager: samples/s, tokens/s and MFU (``train/mfu``: 6 x params x tokens over time and the
+- fp32, bf16 and fp16, eager: samples/s, tokens/s and MFU (``train/mfu``: 6 x params x tokens over time and the
   GPU's peak, ``lbsearch.flops``) over the evaluation intervals after the first (tokens/s and MFU count real
   tokens; ``tokens_per_s_padded`` counts the 128 positions each sequence takes on the device);
 - bf16 with ``launcher.compile`` (inductor): the same, and the first step's time (where compiling is paid);
@@ -38,6 +38,7 @@ SPEC = ROOT / "experiments" / "rt_tomatometer.yaml"
 BERT_BASE = {"hidden_size": 768, "num_hidden_layers": 12, "num_attention_heads": 12, "intermediate_size": 3072,
              "max_position_embeddings": 512}
 VARIANTS: dict[str, dict[str, Any]] = {
+    "fp32": {"launcher.precision": "no"},
     "bf16": {"launcher.precision": "bf16"},
     "fp16": {"launcher.precision": "fp16"},
     "bf16+compile": {"launcher.precision": "bf16", "launcher.compile": True},
@@ -50,7 +51,8 @@ def overrides(args) -> dict[str, Any]:
     return {"model.source": "random", "model.num_layers": None, "model.pooling": "cls", "model.freeze_embeddings": False,
             "model.config": BERT_BASE, "data.max_length": 128, "data.max_eval_samples": 256, "train.batch_size": b,
             "train.budget_samples": args.steps * b, "train.eval_every_samples": args.eval_every_steps * b,
-            "launcher.max_micro_batch": b, "launcher.pad_to_multiple_of": 128, "optimizer.lr": 1e-4}
+            "launcher.max_micro_batch": b, "launcher.pad_to_multiple_of": 128, "optimizer.lr": 1e-4,
+            "train.divergence_factor": 1e6}  # a speed run: a loss spike of a model from scratch must not stop it
 
 
 def run_variant(name: str, args, work: Path, extra: dict[str, Any]) -> dict[str, Any]:
@@ -112,9 +114,11 @@ def main() -> int:
     out: dict[str, Any] = {"machine": machine(), "setup": overrides(args), "variants": {}}
     with tempfile.TemporaryDirectory(prefix="lbsearch-gpu-") as tmp:
         work = Path(tmp)
-        for name in VARIANTS:
+        for name in VARIANTS:  # written after each stage: a run cut short keeps what it measured
             out["variants"][name] = run_variant(name, args, work, {})
+            write(out, args.out)
         out["fp16_overflow"] = overflow(args, work)
+        write(out, args.out)
         out["study"] = study(args, work)
     rows = [[n, v["samples_per_s"], v["tokens_per_s_padded"], v["mfu"] or 0.0, v["first_step_s"]] for n, v in out["variants"].items()]
     print(table(["variant", "samples/s", "tokens/s (len 128)", "MFU", "first step s"], rows))

@@ -35,7 +35,8 @@ from typing import Any
 import torch
 
 from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, table, use_all_cores, write
-from lbsearch.flops import cpu_matmul_flops
+from lbsearch.flops import matmul_flops
+from lbsearch.spec import parse_set
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"launcher.precision": "no"},
@@ -54,8 +55,10 @@ LEVERS: dict[str, dict[str, Any]] = {
 def run_variants(args, layers: int, variants: dict[str, dict[str, Any]], work: Path, peaks: dict[str, float]) -> dict[str, Any]:
     base = {"model.num_layers": layers, "train.batch_size": args.batch_size, "train.budget_samples": args.steps * args.batch_size,
             "train.eval_every_samples": args.eval_every_steps * args.batch_size, "data.max_eval_samples": 32}
-    # every variant divides by the same peak, measured once at the start (a trial would measure its own)
-    peak = {p: {"launcher.peak_tflops": peaks["bf16" if p == "bf16" else "fp32"] / 1e12} for p in ("no", "bf16")}
+    # on a CPU every variant divides by the same peak, measured once at the start (a trial would measure
+    # its own); on a GPU each trial takes its peak from lbsearch.flops.GPU_PEAK_TFLOPS, as in a study
+    peak = {p: {} if torch.cuda.is_available() else {"launcher.peak_tflops": peaks["bf16" if p == "bf16" else "fp32"] / 1e12}
+            for p in ("no", "bf16")}
     exps = {name: experiment(args.spec, base | o | peak[o["launcher.precision"]], args.set) for name, o in variants.items()}
     data = prepared(exps["bf16"] if "bf16" in exps else next(iter(exps.values())), work)
     runs: dict[str, list[dict[str, Any]]] = {name: [] for name in exps}
@@ -82,9 +85,11 @@ def compare_losses(args, work: Path) -> dict[str, Any]:
     its masks from another random stream, so with dropout on the curves differ by design."""
     base = {"model.num_layers": 2, "train.batch_size": args.batch_size, "train.budget_samples": args.steps * args.batch_size,
             "train.eval_every_samples": args.eval_every_steps * args.batch_size, "data.max_eval_samples": 32, "launcher.precision": "bf16"}
+    user = parse_set(args.set)  # the user's model.config (e.g. a random-init architecture) keeps its fields
+    no_dropout = {"model.config": user.get("model.config", {}) | NO_DROPOUT["model.config"]}
     runs = {}
     for name, extra in (("eager", {}), ("compiled", {"launcher.compile": True})):
-        exp = experiment(args.spec, base | NO_DROPOUT | extra, args.set)
+        exp = experiment(args.spec, base | user | no_dropout | extra)
         runs[name] = lbsearch_loop(exp, prepared(exp, work))["losses"]
     diff = [abs(a - b) / max(abs(a), 1e-6) for a, b in zip(runs["eager"], runs["compiled"])]
     return {"steps": len(diff), "max_relative_diff": max(diff), "within_bf16_tolerance": max(diff) <= 2e-2, "losses": runs}
@@ -111,32 +116,40 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--levers", action="store_true", help="also measure each single lever on bf16")
     ap.add_argument("--no-compile", action="store_true", help="leave out bf16+compile")
+    ap.add_argument("--losses-only", action="store_true", help="only the compiled-vs-eager loss check")
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("--out", type=Path, default=RESULTS / "mfu.json")
     args = ap.parse_args()
     threads = use_all_cores()
     out: dict[str, Any] = {"machine": machine() | {"torch.threads": threads}}
-    peaks = {"fp32": max(cpu_matmul_flops(torch.float32) for _ in range(3)), "bf16": max(cpu_matmul_flops(torch.bfloat16) for _ in range(3))}
+    dev, n = ("cuda", 8192) if torch.cuda.is_available() else ("cpu", 2048)
+    peaks = {k: max(matmul_flops(dt, n, device=dev) for _ in range(3)) for k, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     out["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
-    print(f"matmul peak (2048^3, {threads} threads): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s", flush=True)
+    where = out["machine"]["device"] if dev == "cuda" else f"{threads} threads"
+    print(f"matmul peak ({n}^3, {where}): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s", flush=True)
     variants = {k: v for k, v in VARIANTS.items() if not (args.no_compile and "compile" in k)} | (LEVERS if args.levers else {})
     work = Path(tempfile.mkdtemp(prefix="lbsearch-mfu-"))
+    if args.losses_only:
+        args.layers = []
     rows = []
     for layers in args.layers:
         res = out[f"layers_{layers}"] = run_variants(args, layers, variants, work, peaks)
         res["bf16_over_fp32"] = res["bf16"]["samples_per_s"] / res["fp32"]["samples_per_s"]
+        write(out, args.out)  # after each model size: a run cut short keeps what it measured
         for name in variants:
             v = res[name]
             rows.append([layers, name, v["samples_per_s"], v["samples_per_s"] / res["fp32"]["samples_per_s"], v["tokens_per_s"],
                          f"{v['mfu']:.1%}", v["first_step_s"]])
-    print("\n" + table(["layers", "variant", "samples/s", "vs fp32", "tokens/s", "MFU", "first step s"], rows))
+    if rows:
+        print("\n" + table(["layers", "variant", "samples/s", "vs fp32", "tokens/s", "MFU", "first step s"], rows))
     for layers in args.layers:
         print(f"{layers} layers: bf16 / fp32 = {out[f'layers_{layers}']['bf16_over_fp32']:.2f}")
     if not args.no_compile:
         check = out["compiled_vs_eager_losses"] = compare_losses(args, work)
         print(f"compiled vs eager bf16 losses (2 layers, dropout off) over {check['steps']} steps: max relative difference "
               f"{check['max_relative_diff']:.2e} ({'within' if check['within_bf16_tolerance'] else 'NOT within'} bf16 tolerance 2e-2)")
-    out["profile_bf16"] = profile(args, max(args.layers), work)
+    if args.layers:
+        out["profile_bf16"] = profile(args, max(args.layers), work)
     write(out, args.out)
     shutil.rmtree(work, ignore_errors=True)
     return 0

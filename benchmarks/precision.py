@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from _bench import (RESULTS, SPEC, bare_step, experiment, lbsearch_loop, machine, prepared, step_batches, summary, table,
+from _bench import (RESULTS, SPEC, bare_step, device_of, experiment, lbsearch_loop, machine, prepared, step_batches, summary, table,
                     use_all_cores, write)
 from lbsearch.config import ExperimentConfig
 from lbsearch.data import PreparedData
@@ -48,22 +48,30 @@ def matmul_gflops(dtype: torch.dtype, m: int = 256, k: int = 384, n: int = 1536,
 
 
 def profile_step(exp: ExperimentConfig, data: PreparedData, top: int) -> dict[str, Any]:
-    """One optimizer step (after one warm-up step) under torch.profiler: its time and top operators by self time."""
+    """One optimizer step (after one warm-up step) under torch.profiler: its time and top operators by self
+    time (on a GPU, by their time on the GPU)."""
     from torch.profiler import ProfilerActivity, profile
 
+    gpu = device_of(exp).type == "cuda"
+    sync = torch.cuda.synchronize if gpu else (lambda: None)
     step = bare_step(exp, data)
     first, second = itertools.islice(step_batches(exp, data), 2)
     step(first)
+    sync()
     t0 = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    with profile(activities=[ProfilerActivity.CPU] + [ProfilerActivity.CUDA] * gpu) as prof:
         step(second)
+        sync()
     wall = time.perf_counter() - t0
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
-    total = sum(e.self_cpu_time_total for e in events) or 1.0
-    ops = [{"op": e.key, "calls": e.count, "self_s": e.self_cpu_time_total / 1e6, "share": e.self_cpu_time_total / total}
-           for e in events[:top]]
-    matmul = sum(e.self_cpu_time_total for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / total
-    return {"step_s": wall, "samples": exp.train.batch_size, "matmul_share": matmul, "top_ops": ops}
+
+    def self_us(e) -> float:
+        return e.self_device_time_total if gpu else e.self_cpu_time_total
+
+    events = sorted(prof.key_averages(), key=self_us, reverse=True)
+    total = sum(self_us(e) for e in events) or 1.0
+    ops = [{"op": e.key, "calls": e.count, "self_s": self_us(e) / 1e6, "share": self_us(e) / total} for e in events[:top]]
+    matmul = sum(self_us(e) for e in events if e.key in ("aten::mm", "aten::addmm", "aten::bmm")) / total
+    return {"step_s": wall, "samples": exp.train.batch_size, "matmul_share": matmul, "top_ops": ops, "timed_on": "gpu" if gpu else "cpu"}
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["GPU_PEAK_TFLOPS", "FlopCount", "flop_count", "step_flops", "peak_flops", "cpu_matmul_flops"]
+__all__ = ["GPU_PEAK_TFLOPS", "FlopCount", "flop_count", "step_flops", "peak_flops", "matmul_flops"]
 
 # Dense (no sparsity) peak TFLOP/s by precision; "fp32" is the TF32 tensor-core rate where
 # PyTorch allows TF32 matmuls, else the plain fp32 rate ("fp32_strict").
@@ -85,19 +85,24 @@ def step_flops(count: FlopCount, lengths: np.ndarray, micro_batches: list[np.nda
     return count(lengths[seqs]), int(lengths[seqs].sum())
 
 
-def cpu_matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeats: int = 3) -> float:
-    """The best FLOP/s of an ``n x n @ n x n`` product in ``dtype`` over ``repeats`` bursts, at the
-    current thread count: what this CPU's matmul units deliver to PyTorch."""
+def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeats: int = 3, device: str = "cpu") -> float:
+    """The best FLOP/s of an ``n x n @ n x n`` product in ``dtype`` on ``device`` over ``repeats`` bursts
+    (on a CPU at the current thread count): what its matmul units deliver to PyTorch."""
     gen = torch.Generator().manual_seed(0)  # never the global RNG: measuring must not change what a trial trains on
-    a, b = torch.randn(n, n, generator=gen).to(dtype), torch.randn(n, n, generator=gen).to(dtype)
+    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
     a @ b
+    sync()
     best = 0.0
     for _ in range(repeats):
         count, t0 = 0, time.perf_counter()
-        while (elapsed := time.perf_counter() - t0) < seconds:
+        while time.perf_counter() - t0 < seconds:
             a @ b
             count += 1
-        best = max(best, 2 * n**3 * count / elapsed)
+            if count % 8 == 0:
+                sync()
+        sync()
+        best = max(best, 2 * n**3 * count / (time.perf_counter() - t0))
     return best
 
 
@@ -122,7 +127,7 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> tuple[f
     cache = cache_dir / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     if cache.is_file():
         return json.loads(cache.read_text())["flops"], f"CPU matmul at {threads} threads, cached in {cache.name}"
-    flops = cpu_matmul_flops(DTYPES[precision])
+    flops = matmul_flops(DTYPES[precision])
     cache_dir.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_suffix(f".tmp{os.getpid()}")
     tmp.write_text(json.dumps({"flops": flops, "cpu": _cpu_model(), "threads": threads, "precision": precision}))
