@@ -125,4 +125,4 @@ def test_shipped_lm_batch_scaling_grid_is_its_n_trials():
 
     cfg, _ = load_study(Path(__file__).parent.parent / "studies" / "lm_batch_scaling.yaml")
     grid = make_sampler(cfg.sampler, cfg.space, constraints=cfg.constraints)
-    assert grid._n_min_trials == cfg.n_trials == 28  # 6 B x 4 lr, and a second seed at B = 16, 32 with the two middle lr
+    assert grid._n_min_trials == cfg.n_trials == 38  # 6 B x 5 lr, 2.5e-4 at B = 4, 8, a second seed at B = 16, 32 with the three middle lr
