@@ -40,6 +40,10 @@ def make_sampler(cfg: SamplerConfig, space: dict[str, Any], *, number: int | Non
     return optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True)
 
 
+GRID_POINT = "lbsearch_grid_point"
+"""Trial system attr: the grid point's values in the order of the sorted param names."""
+
+
 class _GridSampler(optuna.samplers.GridSampler):
     """Optuna's GridSampler calls ``study.stop()`` once the grid is used up, which only works inside
     ``Study.optimize``; lbsearch drives trials with ask/tell and counts ``n_trials`` itself. Points that
@@ -54,6 +58,28 @@ class _GridSampler(optuna.samplers.GridSampler):
             # Optuna keeps the grid as a list of value tuples in the order of sorted param names
             self._all_grids = [g for g in self._all_grids if all(c(dict(zip(self._param_names, g))) for c in keep)]
             self._n_min_trials = len(self._all_grids)
+
+    def before_trial(self, study, trial) -> None:
+        """The first grid point that no finished or running trial holds. Points are matched by their
+        values, not by Optuna's grid index, so a study whose constraints change (e.g. a second seed added
+        at more batch sizes) runs exactly the new points when it is run again, and none twice."""
+        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        taken = set()
+        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+            if t.number != trial.number and (t.state.is_finished() or t.state == optuna.trial.TrialState.RUNNING):
+                point = t.system_attrs.get(GRID_POINT) or [t.params.get(n) for n in self._param_names]
+                taken.add(tuple(point))
+        free = [i for i, g in enumerate(self._all_grids) if tuple(g) not in taken]
+        grid_id = free[0] if free else int(self._rng.rng.choice(len(self._all_grids)))  # used up: one again, as Optuna does
+        for key, value in (("search_space", self._search_space), ("grid_id", grid_id), (GRID_POINT, list(self._all_grids[grid_id]))):
+            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
+        point = trial.system_attrs.get(GRID_POINT)
+        if point is None:
+            return super().sample_independent(study, trial, param_name, param_distribution)
+        return point[self._param_names.index(param_name)]
 
     def after_trial(self, study, trial, state, values) -> None:
         pass

@@ -118,6 +118,32 @@ def test_grid_with_constraints_holds_only_the_allowed_points():
     assert len(set(seen)) == 8 and all(s == 0 or b == 16 for b, _, s in seen)
 
 
+def test_grid_study_run_again_with_more_points_runs_only_the_new_ones():
+    """Relaxing a grid study's constraints and running it again adds exactly the new points (matched by
+    value, not by Optuna's grid index, which shifts when the filtered grid changes); a fresh study still
+    takes the points in the grid's seeded order, trial k the k-th."""
+    space = {"train.batch_size": CategoricalParam(type="categorical", choices=[8, 16, 32]),
+             "optimizer.lr": CategoricalParam(type="categorical", choices=[1e-3, 2e-3]), "seed": CategoricalParam(type="categorical", choices=[0, 1])}
+    study = optuna.create_study()
+
+    def run(constraints: list[str], n: int) -> list[tuple]:
+        out = []
+        for _ in range(n):
+            study.sampler = make_sampler(SamplerConfig(name="grid", seed=0), space, number=len(study.trials), constraints=constraints)
+            trial = study.ask()
+            out.append(tuple(suggest(trial, space).values()))
+            study.tell(trial, 0.0)
+        return out
+
+    narrow = ["seed == 0 or train.batch_size == 16"]
+    first = run(narrow, 8)
+    order = make_sampler(SamplerConfig(name="grid", seed=0), space, constraints=narrow)._all_grids  # sorted names: lr, seed, batch
+    assert first == [(b, lr, s) for lr, s, b in order]
+    more = run(["seed == 0 or train.batch_size in [8, 16]"], 2)
+    assert sorted(more) == [(8, 1e-3, 1), (8, 2e-3, 1)]
+    assert len(set(first + more)) == 10
+
+
 def test_shipped_lm_batch_scaling_grid_is_its_n_trials():
     from pathlib import Path
 
@@ -125,4 +151,4 @@ def test_shipped_lm_batch_scaling_grid_is_its_n_trials():
 
     cfg, _ = load_study(Path(__file__).parent.parent / "studies" / "lm_batch_scaling.yaml")
     grid = make_sampler(cfg.sampler, cfg.space, constraints=cfg.constraints)
-    assert grid._n_min_trials == cfg.n_trials == 38  # 6 B x 5 lr, 2.5e-4 at B = 4, 8, a second seed at B = 16, 32 with the three middle lr
+    assert grid._n_min_trials == cfg.n_trials == 44  # 6 B x 5 lr, 2.5e-4 at B = 4, 8, a second seed at B = 4..32 with the three middle lr
