@@ -63,17 +63,18 @@ class _GridSampler(optuna.samplers.GridSampler):
         """The first grid point that no finished or running trial holds. Points are matched by their
         values, not by Optuna's grid index, so a study whose constraints change (e.g. a second seed added
         at more batch sizes) runs exactly the new points when it is run again, and none twice."""
+        from lbsearch.storage import set_trial_system_attrs, stored_trials
+
         if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
             return
         taken = set()
-        for t in study._storage.get_all_trials(study._study_id, deepcopy=False):
+        for t in stored_trials(study):
             if t.number != trial.number and (t.state.is_finished() or t.state == optuna.trial.TrialState.RUNNING):
                 point = t.system_attrs.get(GRID_POINT) or [t.params.get(n) for n in self._param_names]
                 taken.add(tuple(point))
         free = [i for i, g in enumerate(self._all_grids) if tuple(g) not in taken]
         grid_id = free[0] if free else int(self._rng.rng.choice(len(self._all_grids)))  # used up: one again, as Optuna does
-        for key, value in (("search_space", self._search_space), ("grid_id", grid_id), (GRID_POINT, list(self._all_grids[grid_id]))):
-            study._storage.set_trial_system_attr(trial._trial_id, key, value)
+        set_trial_system_attrs(study, trial, {"search_space": self._search_space, "grid_id": grid_id, GRID_POINT: list(self._all_grids[grid_id])})
 
     def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
         point = trial.system_attrs.get(GRID_POINT)

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from lbsearch.protocol import OptunaRef
     from lbsearch.tracking import Tracker
 
-__all__ = ["Session", "open_storage", "open_study", "load_existing_study", "stored_study", "attach_trial", "trial_id",
+__all__ = ["stored_trials", "set_trial_system_attrs", "Session", "open_storage", "open_study", "load_existing_study", "stored_study", "attach_trial", "trial_id",
            "study_lock", "heartbeat", "uses_heartbeats", "recover", "host"]
 
 
@@ -132,6 +132,16 @@ def _storage_of(study: optuna.Study):
 
 def trial_id(trial: optuna.Trial | FrozenTrial) -> int:
     return trial._trial_id
+
+
+def stored_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Every trial straight from the storage (no cache, no pruner's view of the study)."""
+    return study._storage.get_all_trials(study._study_id, deepcopy=False)
+
+
+def set_trial_system_attrs(study: optuna.Study, trial: FrozenTrial, attrs: dict[str, Any]) -> None:
+    for key, value in attrs.items():
+        study._storage.set_trial_system_attr(trial._trial_id, key, value)
 
 
 def attach_trial(ref: "OptunaRef", train: dict[str, Any], unit: int = 1) -> optuna.Trial:
