@@ -31,8 +31,8 @@ if TYPE_CHECKING:
     from lbsearch.protocol import OptunaRef
     from lbsearch.tracking import Tracker
 
-__all__ = ["stored_trials", "set_trial_system_attrs", "Session", "open_storage", "open_study", "load_existing_study", "stored_study", "attach_trial", "trial_id",
-           "study_lock", "heartbeat", "uses_heartbeats", "recover", "host"]
+__all__ = ["Session", "open_storage", "open_study", "load_existing_study", "stored_study", "attach_trial", "trial_id",
+           "stored_trials", "set_trial_system_attrs", "study_lock", "heartbeat", "uses_heartbeats", "recover", "host"]
 
 
 @dataclass

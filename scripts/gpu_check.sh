@@ -3,8 +3,9 @@
 # slow one leaves the others their share:
 #   - benchmarks/mfu.py: a MiniLM-L6-shaped encoder (random init, so it needs only the tokenizer) at 2 and
 #     6 layers, fp32 / bf16 / bf16+compile, compiled-vs-eager losses, a profile of one bf16 step on the GPU;
-#   - benchmarks/gpu.py: BERT-base from scratch, bf16 / fp16 / bf16+compile, fp16 overflow, a 4-trial study.
-# Results go to $OUT (default benchmarks/results): gpu.json, mfu_gpu.json and their logs.
+#   - benchmarks/gpu.py: BERT-base from scratch, fp32 / bf16 / fp16 / bf16+compile, fp16 overflow, a 4-trial study.
+# Results go to $OUT (default benchmarks/results): gpu.json, mfu_gpu.json and their logs (the H200 run's are
+# committed as benchmarks/results/gpu_h200.json and mfu_h200.json).
 #   bash scripts/gpu_check.sh
 set -uo pipefail
 cd "$(dirname "$0")/.."
