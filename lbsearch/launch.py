@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,12 +22,12 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 if TYPE_CHECKING:
     from lbsearch.protocol import TrialResult, WorkerSpec
 
-__all__ = ["free_port", "launch_command", "trial_command", "with_machines", "run_trial_process"]
+__all__ = ["free_port", "launch_command", "trial_command", "with_machines", "run_trial_process", "failure_reason"]
 
 
 def free_port() -> int:
@@ -181,7 +182,7 @@ def run_trial_process(
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "0"))
     argv, extra = program(spec_file) if program else (None, {})
     cmd, env = trial_command(spec.experiment, spec_file, env | extra, argv)
-    tail: deque[str] = deque(maxlen=30)
+    tail: deque[str] = deque(maxlen=100)  # two ranks' tracebacks and torchrun's summary
     with open(workdir / "stdout.log", "w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
                                 cwd=workdir if program else None)
@@ -203,9 +204,22 @@ def run_trial_process(
     fallback = no_result(proc.returncode)
     if fallback is not None:
         return fallback
-    lines = [l for l in tail if l.strip()]
-    reason = next((l for l in reversed(lines) if "Error" in l or "error" in l), lines[-1] if lines else "")
-    return TrialResult(state="failed", reason=f"worker exited with code {proc.returncode} without a result: {reason.strip()[:400]}")
+    return TrialResult(state="failed", reason=f"worker exited with code {proc.returncode} without a result: {failure_reason(tail)[:400]}")
+
+
+_EXCEPTION = re.compile(r"(?:^|\s)((?:[A-Za-z_][\w.]*)?(?:Error|Exception|Interrupt)\b: .+)")
+
+
+def failure_reason(lines: "Iterable[str]") -> str:
+    """The reason a worker died, from the end of its output: the last ``SomeError: message`` line of a
+    traceback (any rank's, its ``[rankN]:`` prefix dropped), else the last line that mentions an error,
+    else the last line. torchrun's own closing lines ("To enable traceback see: .../errors.html") mention
+    errors but say nothing about this one, so they never win."""
+    lines = [l.strip() for l in lines if l.strip() and "elastic/errors.html" not in l]
+    for line in reversed(lines):
+        if m := _EXCEPTION.search(line):
+            return m.group(1)
+    return next((l for l in reversed(lines) if "error" in l.lower()), lines[-1] if lines else "")
 
 
 def _drain(proc: subprocess.Popen, log, on_line: Callable[[str], None], seconds: float = 2.0) -> None:

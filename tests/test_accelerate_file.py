@@ -112,3 +112,27 @@ def test_auto_precision_is_the_files():
     bf16 = SPECS / "accelerate_fsdp.yaml"
     assert resolve_precision("auto", True, str(bf16)) == "no"  # the file's mixed_precision
     assert resolve_precision("fp16", True, str(bf16)) == "fp16"
+
+
+def test_a_dead_workers_reason_is_its_exception_not_torchruns_epilogue():
+    """The tail of a 2-rank trial that raised in both ranks: torchrun's ChildFailedError summary comes last
+    and says "error" too, but the reason is the ranks' own exception."""
+    from lbsearch.launch import failure_reason
+
+    tail = ["[rank1]: Traceback (most recent call last):",
+            '[rank1]:   File "/x/lbsearch/distributed.py", line 40, in make_accelerator',
+            "[rank1]: RuntimeError: FSDP version 1 cannot run on CPU: Accelerate refuses it",
+            "E1127 04:12:01.123000 123 torch/distributed/elastic/multiprocessing/api.py:882] failed (exitcode: 1) local_rank: 0",
+            "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+            "============================================================",
+            "lbsearch.worker FAILED",
+            "Failures:",
+            "  time      : 2026-11-27_04:12:01",
+            "  exitcode  : 1 (pid: 123)",
+            "  error_file: <N/A>",
+            "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
+            "============================================================"]
+    assert failure_reason(tail) == "RuntimeError: FSDP version 1 cannot run on CPU: Accelerate refuses it"
+    assert failure_reason(["loading", "Killed"]) == "Killed"
+    assert failure_reason(["step 3", "CUDA error: out of memory"]) == "CUDA error: out of memory"
+    assert failure_reason([]) == ""
