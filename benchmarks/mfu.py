@@ -126,7 +126,7 @@ def main() -> int:
     peaks = {k: max(matmul_flops(dt, n, device=dev) for _ in range(3)) for k, dt in (("fp32", torch.float32), ("bf16", torch.bfloat16))}
     out["matmul_peak_tflops"] = {k: v / 1e12 for k, v in peaks.items()}
     where = out["machine"]["device"] if dev == "cuda" else f"{threads} threads"
-    print(f"matmul peak ({n}^3, {where}): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s", flush=True)
+    print(f"matmul peak (square, sides up to {n}, {where}): fp32 {peaks['fp32'] / 1e12:.3f} TFLOP/s, bf16 {peaks['bf16'] / 1e12:.3f} TFLOP/s", flush=True)
     variants = {k: v for k, v in VARIANTS.items() if not (args.no_compile and "compile" in k)} | (LEVERS if args.levers else {})
     work = Path(tempfile.mkdtemp(prefix="lbsearch-mfu-"))
     if args.losses_only:

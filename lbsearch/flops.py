@@ -8,7 +8,8 @@ waste, not model work): ``6 N T`` for the matmul parameters ``N`` (every ``Linea
 ``d``. A test checks the count against ``torch.utils.flop_counter.FlopCounterMode``.
 
 The peak is a table for known GPUs (dense tensor-core rates) and, on a CPU, the rate of a large
-matmul measured once per machine, thread count and precision and cached under ``mlruns/cache``.
+matmul (sides up to 2048, smaller where the precision is emulated) measured once per machine, thread count
+and precision and cached under ``mlruns/cache``.
 """
 
 from __future__ import annotations
@@ -86,13 +87,26 @@ def step_flops(count: FlopCount, lengths: np.ndarray, micro_batches: list[np.nda
 
 
 def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeats: int = 3, device: str = "cpu") -> float:
-    """The best FLOP/s of an ``n x n @ n x n`` product in ``dtype`` on ``device`` over ``repeats`` bursts
-    (on a CPU at the current thread count): what its matmul units deliver to PyTorch."""
+    """The best FLOP/s of a square matmul in ``dtype`` on ``device`` over ``repeats`` bursts of ``seconds``
+    (on a CPU at the current thread count): what its matmul units deliver to PyTorch.
+
+    The side grows from 256 up to ``n`` while one product takes at most ``seconds / 2``: where the CPU
+    emulates the precision (bf16 or fp16 without hardware support, ~1 GFLOP/s), a 2048-sided product
+    would take 10 s and the measurement minutes; a smaller one measures the same emulated rate in about
+    a second. Fast devices reach ``n``."""
     gen = torch.Generator().manual_seed(0)  # never the global RNG: measuring must not change what a trial trains on
-    a, b = (torch.randn(n, n, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
-    a @ b
-    sync()
+    size = min(256, n)
+    while True:
+        a, b = (torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+        a @ b  # warm-up (thread pool, kernel selection)
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        if size >= n or 8 * (time.perf_counter() - t0) > seconds / 2:
+            break
+        size = min(2 * size, n)
     best = 0.0
     for _ in range(repeats):
         count, t0 = 0, time.perf_counter()
@@ -102,7 +116,7 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeat
             if count % 8 == 0:
                 sync()
         sync()
-        best = max(best, 2 * n**3 * count / (time.perf_counter() - t0))
+        best = max(best, 2 * size**3 * count / (time.perf_counter() - t0))
     return best
 
 
