@@ -15,7 +15,7 @@ analytic model FLOPs over time and this CPU's matmul peak, ``lbsearch.flops``, m
 start as the best of three and given to every variant as ``launcher.peak_tflops``) over the
 evaluation intervals after the first; the first step's time (where compilation is paid). The
 losses of eager and compiled bf16 runs are compared step by step (same seed, same batches,
-dropout off). A
+dropout off), with the eager fp32 run as the measure of what bf16 itself changes. A
 profile of one bf16 step at the largest layer count lists where the non-matmul time goes.
 
     python benchmarks/mfu.py                        # 2 and 6 layers, 2 repeats
@@ -80,19 +80,31 @@ def run_variants(args, layers: int, variants: dict[str, dict[str, Any]], work: P
 NO_DROPOUT = {"model.config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}}
 
 
+def _max_rel(a: list[float], b: list[float]) -> float:
+    return max(abs(x - y) / max(abs(x), 1e-6) for x, y in zip(a, b))
+
+
 def compare_losses(args, work: Path) -> dict[str, Any]:
-    """Eager vs compiled bf16 losses step by step at 2 layers, dropout off: compiled dropout draws
-    its masks from another random stream, so with dropout on the curves differ by design."""
+    """Eager vs compiled bf16 losses step by step at 2 layers, dropout off (compiled dropout draws its
+    masks from another random stream, so with dropout on the curves differ by design).
+
+    bf16's tolerance is what bf16 itself does to the curve: the same run eager in fp32 is the
+    reference, and the compiled curve is within bf16 tolerance where it stays at least as close to
+    the eager bf16 curve as that curve stays to fp32 (and never further than 2e-2 relative from it
+    over the first 30 steps, where the curves have not yet drifted apart)."""
     base = {"model.num_layers": 2, "train.batch_size": args.batch_size, "train.budget_samples": args.steps * args.batch_size,
-            "train.eval_every_samples": args.eval_every_steps * args.batch_size, "data.max_eval_samples": 32, "launcher.precision": "bf16"}
+            "train.eval_every_samples": args.eval_every_steps * args.batch_size, "data.max_eval_samples": 32}
     user = parse_set(args.set)  # the user's model.config (e.g. a random-init architecture) keeps its fields
     no_dropout = {"model.config": user.get("model.config", {}) | NO_DROPOUT["model.config"]}
     runs = {}
-    for name, extra in (("eager", {}), ("compiled", {"launcher.compile": True})):
+    for name, extra in (("eager", {"launcher.precision": "bf16"}), ("compiled", {"launcher.precision": "bf16", "launcher.compile": True}),
+                        ("fp32 eager", {"launcher.precision": "no"})):
         exp = experiment(args.spec, base | user | no_dropout | extra)
         runs[name] = lbsearch_loop(exp, prepared(exp, work))["losses"]
-    diff = [abs(a - b) / max(abs(a), 1e-6) for a, b in zip(runs["eager"], runs["compiled"])]
-    return {"steps": len(diff), "max_relative_diff": max(diff), "within_bf16_tolerance": max(diff) <= 2e-2, "losses": runs}
+    compiled, bf16 = _max_rel(runs["eager"], runs["compiled"]), _max_rel(runs["fp32 eager"], runs["eager"])
+    early = _max_rel(runs["eager"][:30], runs["compiled"][:30])
+    return {"steps": len(runs["eager"]), "max_relative_diff": compiled, "bf16_vs_fp32_max_relative_diff": bf16,
+            "first_30_steps_max_relative_diff": early, "within_bf16_tolerance": compiled <= bf16 and early <= 2e-2, "losses": runs}
 
 
 def profile(args, layers: int, work: Path) -> dict[str, Any]:
@@ -147,7 +159,9 @@ def main() -> int:
     if not args.no_compile:
         check = out["compiled_vs_eager_losses"] = compare_losses(args, work)
         print(f"compiled vs eager bf16 losses (2 layers, dropout off) over {check['steps']} steps: max relative difference "
-              f"{check['max_relative_diff']:.2e} ({'within' if check['within_bf16_tolerance'] else 'NOT within'} bf16 tolerance 2e-2)")
+              f"{check['max_relative_diff']:.2e} (bf16 vs fp32 eager: {check['bf16_vs_fp32_max_relative_diff']:.2e}; first 30 "
+              f"steps {check['first_30_steps_max_relative_diff']:.2e}): {'within' if check['within_bf16_tolerance'] else 'NOT within'} "
+              "bf16 tolerance")
     if args.layers:
         out["profile_bf16"] = profile(args, max(args.layers), work)
     write(out, args.out)

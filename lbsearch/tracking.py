@@ -12,7 +12,10 @@ import json
 import logging
 import os
 import platform
+import shutil
+import sqlite3
 import subprocess
+import tempfile
 import time
 from importlib import metadata
 from collections.abc import Iterator
@@ -92,6 +95,44 @@ def _retry(fn, *args, tries: int = 8, **kwargs):
             time.sleep(0.2 * (i + 1))
 
 
+def _new_sqlite_from_template(uri: str) -> None:
+    """A new SQLite store starts as a copy of an empty one. MLflow builds a store by running its schema
+    migrations (about 5 s on a small CPU, for every new project folder); the empty store is the same
+    every time for one MLflow version, so MLflow itself makes it once, into the user's cache, and new
+    stores copy it. The copy holds no experiment: MLflow adds its Default experiment when it first
+    opens the store, as it would have. Any failure leaves MLflow to build the store itself."""
+    from sqlalchemy.engine import make_url
+
+    db = make_url(uri).database
+    if not db or db == ":memory:" or Path(db).exists():
+        return
+    try:
+        template = _empty_store()
+        tmp = Path(f"{db}.tmp{os.getpid()}")
+        shutil.copyfile(template, tmp)
+        os.replace(tmp, db)
+    except Exception as err:  # noqa: BLE001 - an unwritable cache, a full disk: MLflow's own path still works
+        logging.getLogger(__name__).debug("no template for the new MLflow store (%s): MLflow builds it", err)
+
+
+def _empty_store() -> Path:
+    import mlflow
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "lbsearch"
+    path = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if path.is_file():
+        return path
+    cache.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=cache) as tmp:
+        db = Path(tmp) / "mlflow.db"
+        MlflowClient(tracking_uri=f"sqlite:///{db}").search_experiments(max_results=1)
+        with contextlib.closing(sqlite3.connect(db)) as con, con:
+            con.execute("DELETE FROM experiment_tags")
+            con.execute("DELETE FROM experiments")  # the Default experiment, with this temporary folder's artifact path
+        os.replace(db, path)  # atomic: a concurrent maker's copy is as good
+    return path
+
+
 class Tracker:
     def __init__(self, tracking_uri: str, root: Path) -> None:
         self.uri = tracking_uri
@@ -103,6 +144,7 @@ class Tracker:
             (root / "locks").mkdir(parents=True, exist_ok=True)
             with open(root / "locks" / "mlflow-init.lock", "w") as fh:
                 fcntl.flock(fh, fcntl.LOCK_EX)
+                _new_sqlite_from_template(tracking_uri)
                 self.client = MlflowClient(tracking_uri=tracking_uri)
                 self.client.search_experiments(max_results=1)
         else:

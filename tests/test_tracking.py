@@ -87,3 +87,39 @@ def test_a_trial_that_cannot_start_leaves_its_run_failed_not_running(tmp_path):
     (only,) = tracker.client.search_runs([exp_id])
     assert only.info.status == "FAILED"
     assert only.data.tags["lbsearch.state"] == "failed" and "Error" in only.data.tags["lbsearch.reason"]
+
+
+def test_a_new_store_is_a_copy_of_mlflows_own_empty_store(tmp_path, monkeypatch):
+    """The template is made once by MLflow, in the user's cache; a new store copied from it is what
+    MLflow would have built: same schema version, MLflow's Default experiment at this store's place."""
+    import sqlite3
+
+    import mlflow
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    template = tmp_path / "cache" / "lbsearch" / f"mlflow-{mlflow.__version__}-empty.db"
+    stores = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        tracker = Tracker(f"sqlite:///{tmp_path / name / 'mlflow.db'}", tmp_path / name)
+        assert template.is_file()
+        exp = tracker.experiment("s")
+        tracker.end(tracker.child_run(exp, None, "t", {}, {"optimizer.lr": 1e-3}), "FINISHED")
+        stores.append(tracker)
+    with sqlite3.connect(template) as con:
+        assert con.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+    (built := tmp_path / "built").mkdir()
+    mlflow.MlflowClient(f"sqlite:///{built / 'mlflow.db'}").search_experiments()  # MLflow's own path, for comparison
+    with sqlite3.connect(built / "mlflow.db") as b, sqlite3.connect(tmp_path / "a" / "mlflow.db") as a:
+        assert a.execute("SELECT * FROM alembic_version").fetchall() == b.execute("SELECT * FROM alembic_version").fetchall()
+        schema = "SELECT name, sql FROM sqlite_master ORDER BY name"
+
+        def parts(db):  # MLflow's migrations order a table's constraints differently from one build to the next
+            return [(name, sorted(p.strip() for p in (sql or "").split(","))) for name, sql in db.execute(schema)]
+
+        assert parts(a) == parts(b)
+    for tracker in stores:
+        default = tracker.client.get_experiment("0")
+        assert default.name == "Default" and default.artifact_location == str(tmp_path / "mlruns" / "0")
+        assert [r.data.params for r in tracker.client.search_runs([tracker.experiment("s")])] == [{"optimizer.lr": "0.001"}]

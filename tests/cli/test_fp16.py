@@ -14,7 +14,8 @@ FP16 = ["--set", "launcher.precision=fp16"]
 
 def _run(tmp_path, env_at: str, *sets: str):
     env = dict(os.environ, LBSEARCH_INJECT_OVERFLOW_AT=env_at)
-    proc = run_cli("train", str(SPECS / "tiny.yaml"), *FP16, *sets, "--set", "train.budget_samples=320", cwd=tmp_path, env=env)
+    proc = run_cli("train", str(SPECS / "tiny.yaml"), *FP16, *sets, "--set", "train.budget_samples=160",
+                   "--set", "train.eval_every_samples=160", cwd=tmp_path, env=env)
     client = mlflow_client(tmp_path / "mlruns")
     (run,) = client.search_runs([client.get_experiment_by_name("train-tiny").experiment_id])
     return proc, client, run
