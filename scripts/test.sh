@@ -32,4 +32,14 @@ browser() {
 browser
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1
-exec "${LBSEARCH_VENV:-.venv}/bin/python" -m pytest -q "$@"
+# Test files run in parallel, one pytest-xdist worker per core (LBSEARCH_TEST_WORKERS=N to choose, 0 for
+# none). Most of a test's time is process start-up and imports, one core's work, so two at a time on two
+# cores nearly halve the wall time. Each file stays on one worker (its module fixtures are shared), and
+# each test's torch uses one thread, so that parallel tests never oversubscribe the cores.
+workers="${LBSEARCH_TEST_WORKERS:-auto}"
+parallel=()
+if [ "$workers" != 0 ]; then
+  export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
+  parallel=(-n "$workers" --dist loadfile)
+fi
+exec "${LBSEARCH_VENV:-.venv}/bin/python" -m pytest -q "${parallel[@]}" "$@"
