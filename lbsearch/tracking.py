@@ -106,12 +106,12 @@ def _new_sqlite_from_template(uri: str) -> None:
     db = make_url(uri).database
     if not db or db == ":memory:" or Path(db).exists():
         return
+    tmp = Path(f"{db}.tmp{os.getpid()}")
     try:
-        template = _empty_store()
-        tmp = Path(f"{db}.tmp{os.getpid()}")
-        shutil.copyfile(template, tmp)
+        shutil.copyfile(_empty_store(), tmp)
         os.replace(tmp, db)
     except Exception as err:  # noqa: BLE001 - an unwritable cache, a full disk: MLflow's own path still works
+        tmp.unlink(missing_ok=True)  # never a half-copied file beside the store
         logging.getLogger(__name__).debug("no template for the new MLflow store (%s): MLflow builds it", err)
 
 
