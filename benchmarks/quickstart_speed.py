@@ -2,9 +2,10 @@
 the other on this machine, each in its own state folder.
 
 "off" is the training step without the levers of ``benchmarks/mfu.py`` (AdamW's per-operation
-implementation, micro-batch 16); "on" is what the shipped quickstart runs. Printed and saved: the
-study's wall time, the ratio on / off, the best trial's validation and test accuracy, the mean MFU
-of the trials and the outcome of ``lbsearch reproduce`` on the "on" study.
+implementation, micro-batch 16, micro-batches padded instead of packed); "on" is what the shipped
+quickstart runs. Printed and saved: the study's wall time, the ratio on / off, the best trial's
+validation and test accuracy, the mean MFU of the trials and the outcome of ``lbsearch reproduce``
+on the "on" study.
 
     python benchmarks/quickstart_speed.py                       # ~10 min with bf16 units on 2 cores
     python benchmarks/quickstart_speed.py --on launcher.compile=true
@@ -24,7 +25,7 @@ from typing import Any
 
 from _bench import RESULTS, ROOT, machine, table, write
 
-OFF = ["experiment.optimizer.fused=false", "experiment.launcher.max_micro_batch=16"]
+OFF = ["experiment.optimizer.fused=false", "experiment.launcher.max_micro_batch=16", "experiment.launcher.pack=false"]
 
 
 def run_study(name: str, sets: list[str], root: Path) -> dict[str, Any]:

@@ -170,6 +170,10 @@ class LauncherConfig(_Strict):
     compile: bool = False
     """``torch.compile`` (inductor) through Accelerate, each repeated layer compiled once. The compile
     time is paid in every trial's first steps: it repays only long trials (docs/how_a_trial_runs.md)."""
+    pack: bool = True
+    """Classifiers with ``pooling: mean`` or ``last``: lay each micro-batch's sequences end to end in rows of
+    ``data.max_length`` tokens, each attending only to itself (``lbsearch.packing``), so no compute goes to
+    padding. Checked once per trial against the padded layout; a model that fails the check trains padded."""
     pad_to_multiple_of: int | None = Field(None, ge=1)
     """Round each micro-batch's length up to a multiple of this (default 16 with ``compile``: few shapes, few compilations; else 1)."""
     peak_tflops: float | None = Field(None, gt=0)

@@ -152,9 +152,18 @@ class PooledClassifier(torch.nn.Module):
     def get_input_embeddings(self) -> torch.nn.Module:
         return self.encoder.get_input_embeddings()
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, **segments: torch.Tensor):
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
+                **segments: torch.Tensor):
+        """Padded rows (``attention_mask``), or packed ones (``segment_ids`` and ``position_ids``,
+        ``lbsearch.packing``): then the logits come in segment order."""
         from transformers.modeling_outputs import SequenceClassifierOutput
 
+        if segment_ids is not None:
+            from lbsearch.packing import pool_segments, segment_mask
+
+            mask = segment_mask(self.config, segment_ids, self.classifier.weight.dtype)
+            hidden = self.encoder(input_ids=input_ids, attention_mask=mask, **segments).last_hidden_state
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pool_segments(hidden, segment_ids, self.pooling))))
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)

@@ -31,6 +31,7 @@ from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, watch_parent, write_result
 from lbsearch.tasks import sample_unit
 from lbsearch.lm import LMEvaluator, lm_batch
+from lbsearch.packing import pack
 from lbsearch.training import (Evaluator, cpu_fp16, lm_settings, make_optimizer, make_scheduler, maybe_inject_oom, maybe_inject_overflow,
                                mean_over_ranks, pad, probe_micro_batch, stop_code, sum_over_ranks, task_loss, training_targets)
 
@@ -64,6 +65,7 @@ class Trial:
         self.unit = sample_unit(exp.task, exp.data.max_length)  # tokens per sample: pruning and targets in tokens for language models
         model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
         self.use_types = uses_token_types(model) and self.data["train"].types is not None
+        self.pack_offset = self._packing(model)
         limit = exp.launcher.max_micro_batch
         if limit is None:
             limit = probe_micro_batch(self.acc, model, exp, exp.train.batch_size // world, Path(spec.data_path).parent, self.say)
@@ -87,6 +89,26 @@ class Trial:
         self.skipped = self.skipped_in_row = 0  # optimizer steps the fp16 GradScaler skipped: in all, and the current run of them
         self.t_mark, self.samples_mark = time.time(), 0
         self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
+
+    def _packing(self, model: torch.nn.Module) -> int | None:
+        """Where packed positions start if micro-batches are packed (``launcher.pack``, a classifier with
+        the pooled head, and the model passes ``packing.check`` on short training samples), else None.
+        Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
+        from lbsearch.model import PooledClassifier
+        from lbsearch.packing import check, position_offset
+
+        if not self.exp.launcher.pack or self.lm:
+            return None
+        why = "pooling cls: the architecture's own head" if not isinstance(model, PooledClassifier) else None
+        if why is None:
+            train = self.data["train"]
+            few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]  # short ones: rows of several
+            why = check(model, [train.ids[i] for i in few], self.exp.data.max_length, self.pad_id,
+                        [train.types[i] for i in few] if self.use_types else None)
+            if why:
+                self.say(f"packing: off ({why})")
+        self.rep.tags({"lbsearch.packing": f"off: {why}" if why else "on"})
+        return None if why else position_offset(model)
 
     def _build_optimization(self, model: torch.nn.Module) -> None:
         exp, plan, acc = self.exp, self.plan, self.acc
@@ -158,8 +180,11 @@ class Trial:
         if self.lm:
             rng = np.random.default_rng([self.exp.seed, step, int(idx[0])]) if self.exp.task == "masked_lm" else None
             return lm_batch(self.exp.task, np.stack([train.ids[i] for i in idx]), device, rng, self.lm)
-        batch = pad([train.ids[i] for i in idx], self.pad_id, device, [train.types[i] for i in idx] if self.use_types else None,
-                    self.pad_multiple)
+        seqs, types = [train.ids[i] for i in idx], [train.types[i] for i in idx] if self.use_types else None
+        if self.pack_offset is not None:  # the outputs come back in idx's order, as the targets are
+            batch = pack(seqs, self.exp.data.max_length, self.pad_id, device, types, self.pack_offset, self.pad_multiple)
+        else:
+            batch = pad(seqs, self.pad_id, device, types, self.pad_multiple)
         return batch, torch.as_tensor(self.targets[idx], device=device)
 
     def _check(self, finite: bool) -> int:
