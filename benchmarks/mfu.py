@@ -4,12 +4,15 @@ Runs the trial loop (``lbsearch.worker.train`` in this process, as a trial runs 
 Rotten Tomatoes experiment at each ``--layers`` (2: the shipped experiment; 6: the whole MiniLM,
 as the quickstart study trains it), alternating the variants within each repeat:
 
-- ``fp32``, ``bf16``, ``bf16+compile`` (``launcher.compile``: inductor, lengths padded to 16);
+- ``fp32``, ``bf16``, ``bf16+compile`` (``launcher.compile``: inductor, lengths padded to 16), as
+  the experiment ships (packed micro-batches of up to ``launcher.max_micro_batch``, fused AdamW);
+- ``bf16 levers off``: the same step without those levers (padded micro-batches of 16, AdamW per
+  operation): the "before" of this benchmark's MFU;
 - with ``--levers``, single changes to bf16 measured one at a time: micro-batches padded instead of
-  packed (``launcher.pack``, on by default: ``lbsearch.packing``), a larger micro-batch
-  (``launcher.max_micro_batch`` 32 and 64), lengths padded to 16 without compile, AdamW's
-  per-operation implementation instead of the fused kernel (``optimizer.fused``), and dropout off
-  (a measurement of dropout's cost only: it changes the model's regularisation).
+  packed (``launcher.pack``: ``lbsearch.packing``), smaller micro-batches (``launcher.max_micro_batch``
+  16 and 32), lengths padded to 16 without compile, AdamW's per-operation implementation instead of
+  the fused kernel (``optimizer.fused``), and dropout off (a measurement of dropout's cost only: it
+  changes the model's regularisation).
 
 For each: steady-state samples/s, tokens/s (real tokens, padding excluded) and MFU (``train/mfu``:
 analytic model FLOPs over time and this CPU's matmul peak, ``lbsearch.flops``, measured once at the
@@ -43,12 +46,14 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"launcher.precision": "no"},
     "bf16": {"launcher.precision": "bf16"},
     "bf16+compile": {"launcher.precision": "bf16", "launcher.compile": True},
+    # the step without this benchmark's levers: padded micro-batches of 16, AdamW per operation
+    "bf16 levers off": {"launcher.precision": "bf16", "launcher.pack": False, "launcher.max_micro_batch": 16, "optimizer.fused": False},
 }
 BF16_SPACING = 2.0**-7  # the relative spacing of bf16 numbers (7 stored mantissa bits)
 LEVERS: dict[str, dict[str, Any]] = {
     "bf16 padded": {"launcher.precision": "bf16", "launcher.pack": False},
+    "bf16 micro-batch 16": {"launcher.precision": "bf16", "launcher.max_micro_batch": 16},
     "bf16 micro-batch 32": {"launcher.precision": "bf16", "launcher.max_micro_batch": 32},
-    "bf16 micro-batch 64": {"launcher.precision": "bf16", "launcher.max_micro_batch": 64},
     "bf16 pad to 16": {"launcher.precision": "bf16", "launcher.pad_to_multiple_of": 16},
     "bf16 unfused AdamW": {"launcher.precision": "bf16", "optimizer.fused": False},
     "bf16 no dropout": {"launcher.precision": "bf16", "model.config": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}},
