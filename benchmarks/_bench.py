@@ -84,10 +84,18 @@ def use_all_cores() -> int:
     return n
 
 
-def _cpu_name() -> str:
+def _cpuinfo(field: str) -> str | None:
     info = Path("/proc/cpuinfo")
-    names = [line.split(":", 1)[1].strip() for line in info.read_text().splitlines() if line.startswith("model name")] if info.is_file() else []
-    return names[0] if names else platform.processor()
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.split(":", 1)[0].strip() == field), None)
+
+
+def _cpu_name() -> str:
+    """The model name and, where the name alone does not tell the generation (``AMD EPYC``), its CPU
+    family and model numbers (family 25 is Zen 3/4, 26 is Zen 5)."""
+    name = _cpuinfo("model name") or platform.processor()
+    family, model = _cpuinfo("cpu family"), _cpuinfo("model")
+    return f"{name} (family {family}, model {model})" if family and model else name
 
 
 def machine() -> dict[str, Any]:
