@@ -15,6 +15,7 @@ from lbsearch.data import prepare_data
 from lbsearch.kept import keep_train_model, models_dir, trial_model_dir
 from lbsearch.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.script import experiment_model, is_script
+from lbsearch.spec import as_recorded
 from lbsearch.storage import Session, load_existing_study, stored_study
 from lbsearch.tracking import git_commit
 from lbsearch.views import best_trial
@@ -42,7 +43,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     """Re-run a trial from its saved resolved config as a new MLflow run; 0 when metrics agree."""
     study = load_existing_study(session, name)
     target = _target(study, name, number)
-    raw = json.loads(target.user_attrs["config"])
+    raw = as_recorded(json.loads(target.user_attrs["config"]))
     exp = experiment_model(raw).model_validate(raw)
     data = None if is_script(exp) else prepare_data(exp, session.root / "cache")
     tracker = session.tracker(stored_study(study))

@@ -148,8 +148,7 @@ class TrainConfig(_Strict):
 class LauncherConfig(_Strict):
     processes: int = Field(1, ge=1, le=64)
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
-    """``auto``: bf16 where the device runs it fast (CUDA with bf16, or a CPU with AVX512-BF16 / AMX),
-    fp16 on older GPUs, else fp32 (``no``). Resolved before a trial starts; the resolved value is logged."""
+    """``auto``: bf16 where the device runs it fast (CUDA with bf16, a CPU with AVX512-BF16 / AMX), fp16 on older GPUs, else fp32."""
     max_micro_batch: int | None = Field(64, ge=1)
     """Per-device micro-batch limit; a larger per-process batch becomes gradient accumulation.
     ``null``: probe it once per model, sequence length, precision and device (cached under mlruns/)."""
@@ -168,12 +167,9 @@ class LauncherConfig(_Strict):
     cpu: bool = False
     """Force the CPU even where a GPU is present."""
     compile: bool = False
-    """``torch.compile`` (inductor) through Accelerate, each repeated layer compiled once. The compile
-    time is paid in every trial's first steps: it repays only long trials (docs/how_a_trial_runs.md)."""
+    """``torch.compile`` (inductor) through Accelerate, each layer compiled once: repays only long trials (docs/how_a_trial_runs.md)."""
     pack: bool = True
-    """Classifiers with ``pooling: mean`` or ``last``: lay each micro-batch's sequences end to end in rows of
-    ``data.max_length`` tokens, each attending only to itself (``lbsearch.packing``), so no compute goes to
-    padding. Checked once per trial against the padded layout; a model that fails the check trains padded."""
+    """Mean / last-token heads: micro-batches packed in rows of ``data.max_length`` (``lbsearch.packing``), if the model passes its check."""
     pad_to_multiple_of: int | None = Field(None, ge=1)
     """Round each micro-batch's length up to a multiple of this (default 16 with ``compile``: few shapes, few compilations; else 1)."""
     peak_tflops: float | None = Field(None, gt=0)

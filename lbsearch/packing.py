@@ -12,10 +12,14 @@ most ``data.max_length`` tokens (first-fit decreasing), each attending only to i
   family counts positions from there, as RoBERTa does);
 - the pooled head reading each sequence's tokens back by its segment id.
 
-The model is the same function of the same samples: only the layout changes. A trial checks this
-once (``check``: packed and padded logits of one micro-batch in fp32, eval mode); a model whose
-attention ignores the 4D mask, or whose embeddings ignore ``position_ids``, fails it and trains
-padded, with the reason in the log and the run's tags.
+The model is the same function of the same samples: only the layout changes. Rows are still padded
+to the fullest row, and attention still computes (and masks) the scores between a row's segments,
+so some compute remains that is not the model's. A trial checks the equivalence once (``check``:
+packed and padded logits of a few samples in fp32, eval mode); a model whose attention ignores the
+4D mask, or whose embeddings ignore ``position_ids``, fails it and trains padded, with the reason
+in the log and the run's tags. Decoders (causal masks), sliding-window layers narrower than a row,
+and attention kernels that take no mask (flash attention) are left padded without running it
+(``unsupported``).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-__all__ = ["pack", "segment_mask", "pool_segments", "check"]
+__all__ = ["pack", "segment_mask", "pool_segments", "position_offset", "unsupported", "check"]
 
 TOLERANCE = 1e-4
 """Largest difference of fp32 logits, relative to their scale, between packed and padded layouts."""
@@ -104,18 +108,41 @@ def position_offset(model: torch.nn.Module) -> int:
     return 0
 
 
+def unsupported(config, width: int) -> str | None:
+    """Why a model of ``config`` cannot be packed in rows of ``width`` tokens, known without running it;
+    None where only ``check`` can tell."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES, MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    impl = getattr(config, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager", "flex_attention"):
+        return f"attention implementation {impl}: it takes no block mask"
+    model_type = getattr(config, "model_type", "")
+    if model_type in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return f"{model_type} is a decoder: its causal mask is not the block mask"
+    window = getattr(config, "sliding_window", None)
+    if set(getattr(config, "layer_types", None) or []) - {"full_attention"} and not (isinstance(window, int) and window >= width):
+        return f"sliding-window layers (window {window}) narrower than a row of {width} tokens: the block mask would widen them"
+    return None
+
+
 @torch.no_grad()
 def check(model: torch.nn.Module, seqs: list[np.ndarray], width: int, pad_id: int, types: list[np.ndarray] | None = None) -> str | None:
     """None where ``model`` gives packed ``seqs`` the logits it gives them padded (fp32, eval mode);
-    else why not, in a few words. The model's mode is restored; no random number is drawn."""
+    else why not, in a few words. Each sequence is cut to a quarter of ``width`` first, so that rows
+    hold several and the mask and the positions are put to the test. The model's mode is restored; no
+    random number is drawn."""
     from lbsearch.training import pad
 
+    if len(seqs) < 2:
+        return "fewer than 2 training samples to check it on"
+    cut = max(1, width // 4)
+    seqs, types = [s[:cut] for s in seqs], [t[:cut] for t in types] if types is not None else None
     device, was_training = next(model.parameters()).device, model.training
     model.eval()
     try:
         padded = model(**pad(seqs, pad_id, device, types)).logits.float()
         packed = model(**pack(seqs, width, pad_id, device, types, position_offset(model))).logits.float()
-    except (TypeError, ValueError, RuntimeError) as err:
+    except Exception as err:  # noqa: BLE001 - any failure means: train padded, and say why
         return f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     finally:
         model.train(was_training)

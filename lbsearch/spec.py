@@ -320,3 +320,17 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
         _raise_validation(path, model, err)
     _check_search_space(path, study, exp_raw)
     return study, exp_raw
+
+
+RECORDED_DEFAULTS: dict[tuple[str, str], Any] = {("launcher", "pack"): False}
+"""Fields added with a new default behaviour, and the value a config recorded without them ran with."""
+
+
+def as_recorded(raw: dict[str, Any]) -> dict[str, Any]:
+    """A resolved config recorded by a trial, as it ran: a field it lacks from ``RECORDED_DEFAULTS``
+    takes its old behaviour, so that ``reproduce`` re-runs an older trial exactly."""
+    out = dict(raw)
+    for (section, field), value in RECORDED_DEFAULTS.items():
+        if isinstance(out.get(section), dict) and field not in out[section]:
+            out[section] = {**out[section], field: value}
+    return out

@@ -92,19 +92,21 @@ class Trial:
 
     def _packing(self, model: torch.nn.Module) -> int | None:
         """Where packed positions start if micro-batches are packed (``launcher.pack``, a classifier with
-        the pooled head, and the model passes ``packing.check`` on short training samples), else None.
-        Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
+        the pooled head, and the model passes ``packing.check`` on short training samples on every
+        rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
         from lbsearch.model import PooledClassifier
-        from lbsearch.packing import check, position_offset
+        from lbsearch.packing import check, position_offset, unsupported
 
         if not self.exp.launcher.pack or self.lm:
             return None
-        why = "pooling cls: the architecture's own head" if not isinstance(model, PooledClassifier) else None
+        width = self.exp.data.max_length
+        why = "pooling cls: the architecture's own head" if not isinstance(model, PooledClassifier) else unsupported(model.config, width)
         if why is None:
             train = self.data["train"]
-            few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]  # short ones: rows of several
-            why = check(model, [train.ids[i] for i in few], self.exp.data.max_length, self.pad_id,
-                        [train.types[i] for i in few] if self.use_types else None)
+            few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]
+            why = check(model, [train.ids[i] for i in few], width, self.pad_id, [train.types[i] for i in few] if self.use_types else None)
+            if sum_over_ranks(self.acc, [float(why is not None)])[0] and why is None:  # every rank packs, or none
+                why = "the check failed on another process"
             if why:
                 self.say(f"packing: off ({why})")
         self.rep.tags({"lbsearch.packing": f"off: {why}" if why else "on"})

@@ -12,7 +12,7 @@ from lbsearch.config import ModelConfig
 from lbsearch.config import DataConfig
 from lbsearch.data import load_frames
 from lbsearch.model import build_model, load_tokenizer
-from lbsearch.packing import check, pack, pool_segments, position_offset
+from lbsearch.packing import check, pack, pool_segments, position_offset, unsupported
 from lbsearch.training import pad
 
 TINY = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}
@@ -92,3 +92,19 @@ def test_a_model_that_ignores_the_block_mask_fails_the_check(family, why, review
     model = build_model(ModelConfig(source="random", model_type=family, pooling="last", config=config), "regression", ["y"], 30522, 0)
     reason = check(model, reviews, 48, 0)
     assert reason is not None and why in reason
+    # the longest reviews alone would fill a row each and test nothing: the check cuts them to share rows
+    longest = sorted(reviews, key=len)[-4:]
+    assert all(2 * len(s) > 48 for s in longest)
+    assert check(model, longest, 48, 0) is not None
+
+
+def test_what_cannot_be_packed_is_known_before_running_it():
+    from transformers import AutoConfig
+
+    gpt2, modernbert = AutoConfig.for_model("gpt2"), AutoConfig.for_model("modernbert")  # ModernBERT: sliding layers, window 64
+    assert "decoder" in unsupported(gpt2, 64)
+    assert "sliding-window" in unsupported(modernbert, 128) and unsupported(modernbert, 64) is None
+    bert = AutoConfig.for_model("bert")
+    assert unsupported(bert, 512) is None
+    bert._attn_implementation = "flash_attention_2"
+    assert "flash_attention_2" in unsupported(bert, 512)

@@ -82,19 +82,24 @@ def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch):
     assert packing == "on" if family == "distilbert" else packing.startswith("off: pooling cls" if FAMILIES[family][1] == "cls" else "off: "), packing
 
 
-def test_regression_over_two_processes_matches_one_process(tmp_path, monkeypatch):
+NO_DROPOUT = {"bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}, "distilbert": {"dropout": 0.0, "attention_dropout": 0.0}}
+
+
+@pytest.mark.parametrize("family", NO_DROPOUT)  # distilbert's mean-pooled head: packed micro-batches on each process
+def test_regression_over_two_processes_matches_one_process(family, tmp_path, monkeypatch):
     """The scaled targets, the gathered outputs and the unscaled metrics: 2 processes (gloo, no
     accumulation) and 1 process (accumulation 2) see the same batches and report the same metrics, up
     to the float rounding by which the two trained models differ (all-reduce vs accumulation order;
     the evaluation itself is exact on fixed outputs: tests/test_metrics.py)."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    name = _write_spec(tmp_path, "regression", "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    name = _write_spec(tmp_path, "regression", family, **NO_DROPOUT[family])
     for procs in (2, 1):
         run_cli("train", f"{name}.yaml", "--set=launcher.max_micro_batch=16", f"--set=launcher.processes={procs}", cwd=tmp_path, check=True)
     client = mlflow_client(tmp_path / "mlruns")
     runs = sorted(client.search_runs([client.get_experiment_by_name(f"train-{name}").experiment_id]), key=lambda r: r.info.start_time)
     assert [r.data.params["plan.processes"] for r in runs] == ["2", "1"]
+    assert [r.data.tags["lbsearch.packing"] for r in runs] == 2 * ["on" if family == "distilbert" else "off: pooling cls: the architecture's own head"]
     two, one = (r.data.metrics for r in runs)
     for key in [k for k in one if k.startswith(("val/", "test/"))]:
         assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), key
