@@ -214,11 +214,14 @@ def failure_reason(lines: "Iterable[str]") -> str:
     """The reason a worker died, from the end of its output: the last ``SomeError: message`` line of a
     traceback (any rank's, its ``[rankN]:`` prefix dropped), else the last line that mentions an error,
     else the last line. torchrun's own closing lines ("To enable traceback see: .../errors.html") mention
-    errors but say nothing about this one, so they never win."""
+    errors but say nothing about this one, so they never win; nor does the interruption of the other
+    ranks (``KeyboardInterrupt: SIGTERM``, which torchrun sends them once one has failed) where a rank
+    printed an error of its own."""
     lines = [l.strip() for l in lines if l.strip() and "elastic/errors.html" not in l]
-    for line in reversed(lines):
-        if m := _EXCEPTION.search(line):
-            return m.group(1)
+    found = [m.group(1) for line in lines if (m := _EXCEPTION.search(line))]
+    errors = [f for f in found if not f.startswith("KeyboardInterrupt")]
+    if found:
+        return (errors or found)[-1]
     return next((l for l in reversed(lines) if "error" in l.lower()), lines[-1] if lines else "")
 
 

@@ -133,6 +133,10 @@ def test_a_dead_workers_reason_is_its_exception_not_torchruns_epilogue():
             "  traceback : To enable traceback see: https://pytorch.org/docs/stable/elastic/errors.html",
             "============================================================"]
     assert failure_reason(tail) == "RuntimeError: FSDP version 1 cannot run on CPU: Accelerate refuses it"
+    # the other rank, stopped by torchrun, may print its interruption last: the failing rank's error still wins
+    stopped = ["[rank0]: Traceback (most recent call last):", "[rank0]: KeyboardInterrupt: SIGTERM"]
+    assert failure_reason(tail[:3] + stopped + tail[3:]) == "RuntimeError: FSDP version 1 cannot run on CPU: Accelerate refuses it"
+    assert failure_reason(["step 3", *stopped]) == "KeyboardInterrupt: SIGTERM"  # interrupted alone: that is the reason
     assert failure_reason(["loading", "Killed"]) == "Killed"
     assert failure_reason(["step 3", "CUDA error: out of memory"]) == "CUDA error: out of memory"
     assert failure_reason([]) == ""
