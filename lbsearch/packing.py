@@ -1,4 +1,4 @@
-"""Packing: a micro-batch's sequences laid end to end in rows, so that no compute goes to padding.
+"""Packing: a micro-batch's sequences laid end to end in rows, so that little compute goes to padding.
 
 A padded micro-batch is as wide as its longest sequence; with reviews of 5 to 64 tokens (27 on
 average), a third of a micro-batch of 16 is padding. Packed, the same sequences fill rows of at
@@ -50,25 +50,26 @@ def _rows(lengths: list[int], width: int) -> list[list[int]]:
 def pack(seqs: list[np.ndarray], width: int, pad_id: int, device, types: list[np.ndarray] | None = None,
          first_position: int = 0, multiple: int = 1) -> dict[str, torch.Tensor]:
     """The model inputs of ``seqs`` packed into rows of at most ``width`` tokens (a longer sequence gets
-    a row of its own), as wide as the fullest row rounded up to ``multiple``. ``segment_ids[r, t]`` is the index in ``seqs`` of the sequence that token t of
-    row r belongs to, -1 for the padding at a row's end: the head's outputs come back in ``seqs``' order."""
+    a row of its own), as wide as the fullest row rounded up to ``multiple``. ``segment_ids[r, t]`` is
+    the index in ``seqs`` of the sequence that token t of row r belongs to, -1 for the padding at a
+    row's end: the head's outputs come back in ``seqs``' order."""
     lengths = [len(s) for s in seqs]
     rows = _rows(lengths, width)
     cols = -(-max(sum(lengths[i] for i in row) for row in rows) // multiple) * multiple
     ids = np.full((len(rows), cols), pad_id, dtype=np.int64)
     pos = np.zeros((len(rows), cols), dtype=np.int64)
     seg = np.full((len(rows), cols), -1, dtype=np.int64)
-    typ = np.zeros((len(rows), cols), dtype=np.int64)
+    typ = np.zeros((len(rows), cols), dtype=np.int64) if types is not None else None
     for r, row in enumerate(rows):
         at = 0
         for i in row:
             n = lengths[i]
             ids[r, at : at + n], seg[r, at : at + n] = seqs[i], i
             pos[r, at : at + n] = np.arange(first_position, first_position + n)
-            if types is not None:
+            if typ is not None:
                 typ[r, at : at + n] = types[i]
             at += n
-    batch = {"input_ids": ids, "position_ids": pos, "segment_ids": seg} | ({"token_type_ids": typ} if types is not None else {})
+    batch = {"input_ids": ids, "position_ids": pos, "segment_ids": seg} | ({"token_type_ids": typ} if typ is not None else {})
     return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
 
 

@@ -92,8 +92,8 @@ class Trial:
 
     def _packing(self, model: torch.nn.Module) -> int | None:
         """Where packed positions start if micro-batches are packed (``launcher.pack``, a classifier with
-        the pooled head, and the model passes ``packing.check`` on short training samples on every
-        rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
+        the pooled head, nothing in ``packing.unsupported``, and ``packing.check`` passed on short
+        training samples on every rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
         from lbsearch.model import PooledClassifier
         from lbsearch.packing import check, position_offset, unsupported
 

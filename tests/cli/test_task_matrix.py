@@ -77,7 +77,7 @@ def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch):
     assert json.loads(run.data.tags["data.labels"]) == LABELS[task]  # labels 1 and 2 are 2 classes, not 3
     assert run.data.tags["data.task"] == kind
     # packing: on for the encoder's mean-pooled head; off for the architectures' own heads, and for the
-    # decoder's last-token head (its causal mask is not the encoder's block mask: the check sees it)
+    # decoder's last-token head (its causal mask is not the encoder's block mask: packing.unsupported)
     packing = run.data.tags["lbsearch.packing"]
     assert packing == "on" if family == "distilbert" else packing.startswith("off: pooling cls" if FAMILIES[family][1] == "cls" else "off: "), packing
 
