@@ -40,6 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", type=Path, help="study YAML (studies/*.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. n_trials=20 or experiment.train.budget_samples=4000")
     p.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process, then stop")
+    p.add_argument("--no-standby", dest="standby", action="store_false",
+                   help="start every trial as a new process (default: later one-process CPU trials are forked from a standby "
+                        "process that has done the imports; docs/how_a_trial_runs.md)")
     _common(p)
 
     p = sub.add_parser("status", help="table of a study's trials")
@@ -126,7 +129,8 @@ def cmd_run(args) -> int:
     from lbsearch.study import run_study
 
     with _named(args.study):
-        return run_study(_session(args), cfg, exp_raw, spec_file=args.study.resolve(), max_trials=args.max_trials)
+        return run_study(_session(args), cfg, exp_raw, spec_file=args.study.resolve(), max_trials=args.max_trials,
+                         use_standby=args.standby)
 
 
 def cmd_train(args) -> int:

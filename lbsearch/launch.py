@@ -164,6 +164,7 @@ def run_trial_process(
     command, started in ``workdir``); default lbsearch's worker. KeyboardInterrupt (SIGINT, and SIGTERM which the
     CLI turns into it) stops the trial's process group within seconds and is re-raised.
     """
+    from lbsearch import standby
     from lbsearch.protocol import TrialResult, read_result
 
     workdir.mkdir(parents=True, exist_ok=True)
@@ -184,8 +185,8 @@ def run_trial_process(
     cmd, env = trial_command(spec.experiment, spec_file, env | extra, argv)
     tail: deque[str] = deque(maxlen=100)  # two ranks' tracebacks and torchrun's summary
     with open(workdir / "stdout.log", "w") as log:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, start_new_session=True,
-                                cwd=workdir if program else None)
+        proc = standby.start(cmd, env, spec_file, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                             cwd=workdir if program else None)  # inside standby.standby(): maybe forked from the standby process
         on_start(proc.pid)
         try:
             for line in proc.stdout:  # type: ignore[union-attr]

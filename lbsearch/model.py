@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from lbsearch.config import BUILTIN_MODELS, ModelConfig, SpecError
 from lbsearch.tasks import LM_TASKS
 
 __all__ = ["builtin_model_dir", "load_tokenizer", "pad_token_id", "build_model", "tokenizer_identity", "uses_token_types", "PooledClassifier",
-           "save_model", "load_model", "classify", "OFFLINE_MODEL_HINT", "KEPT_FILE"]
+           "save_model", "load_model", "classify", "local_model_type", "OFFLINE_MODEL_HINT", "KEPT_FILE"]
 
 KEPT_FILE = "lbsearch.json"
 """Beside a kept model's weights: how it was trained (max length, pooling, evaluation batch) and its source."""
@@ -29,6 +30,17 @@ def builtin_model_dir(name: str = "minilm-l6") -> Path:
 
 def _resolve(source: str) -> str:
     return str(builtin_model_dir(source)) if source in BUILTIN_MODELS else source
+
+
+def local_model_type(cfg: ModelConfig) -> str | None:
+    """The family (``config.json``'s ``model_type``) of a random-init, builtin or local-folder model,
+    read without transformers; None for a hub id (not looked up)."""
+    if cfg.source == "random":
+        return cfg.model_type
+    try:
+        return json.loads((Path(_resolve(cfg.source)) / "config.json").read_text()).get("model_type")
+    except (OSError, ValueError, SpecError, AttributeError):
+        return None
 
 
 def tokenizer_identity(cfg: ModelConfig) -> str:

@@ -30,6 +30,7 @@ from lbsearch.constraints import Constraint, parse as parse_constraints
 from lbsearch.plan import TrialPlan
 from lbsearch.search import make_sampler, objective_values, suggest
 from lbsearch.spec import apply_params, validate_experiment
+from lbsearch.standby import standby
 from lbsearch.storage import Session, heartbeat, heartbeat_interval, host, open_storage, open_study, recover, study_lock, trial_id, uses_heartbeats
 from lbsearch.story import KIND, description, finish_study, mark_best
 from lbsearch.tracking import Tracker, git_commit
@@ -279,14 +280,16 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, spec_file: Path | None = None, max_trials: int | None = None) -> int:
+def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, spec_file: Path | None = None, max_trials: int | None = None,
+              use_standby: bool = True) -> int:
     """Create or resume the study and run trials until ``n_trials`` count (0: done, 130: interrupted).
-    On a terminal the study and the running trial are drawn as live bars above which the lines scroll."""
+    On a terminal the study and the running trial are drawn as live bars above which the lines scroll.
+    ``use_standby``: later trials forked from a standby process (``lbsearch.standby``)."""
     s = _Search(session, cfg, exp_raw, spec_file)
     ran = 0
     session.out(summary(s.study, cfg.n_trials))
     try:
-        with study_progress(cfg.name, cfg.n_trials) as shown:
+        with study_progress(cfg.name, cfg.n_trials) as shown, standby() if use_standby else contextlib.nullcontext():
             _show(s, shown)
             while max_trials is None or ran < max_trials:
                 trial = s.ask()

@@ -10,6 +10,7 @@ clip (pre-clip norm) -> finiteness and divergence check -> optimizer step -> sch
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import sys
@@ -29,6 +30,8 @@ from lbsearch.distributed import make_accelerator
 from lbsearch.flops import flop_count, peak_flops, step_flops
 from lbsearch.plan import make_plan
 from lbsearch.protocol import Reporter, TrialResult, WorkerSpec, watch_parent, write_result
+from lbsearch import standby
+from lbsearch.standby import FLAG, serve
 from lbsearch.tasks import sample_unit
 from lbsearch.lm import LMEvaluator, lm_batch
 from lbsearch.packing import pack
@@ -57,6 +60,7 @@ class Trial:
         self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
         self.rep = Reporter(spec, self.acc.is_main_process)
+        self.rep.tags({"lbsearch.start": f"forked from standby process {standby.forked_from}" if standby.forked_from else "launched"})
         set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
         self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
@@ -308,6 +312,25 @@ def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> Tri
     return trial.finish()
 
 
+def _preload(spec_file: Path) -> list[str]:
+    """What a trial imports before its clock starts (``wall_s``, ``first_step_s``), and the standby
+    process imports ahead: transformers' modelling core and the model family's code, and for a
+    classifier the metrics' scikit-learn (``spec_file``: the trial's spec; the standby process's is
+    that of the trial it was started beside, which the later trials of a study most likely share)."""
+    from lbsearch.model import local_model_type
+    from lbsearch.tasks import LM_TASKS
+
+    names = ["transformers.modeling_utils", "transformers.masking_utils"]
+    try:
+        exp = ExperimentConfig.model_validate(json.loads(spec_file.read_text())["experiment"])
+    except Exception:  # noqa: BLE001 - only a guess at what to import ahead
+        return names
+    kind = (local_model_type(exp.model) or "").replace("-", "_")  # xlm-roberta: transformers.models.xlm_roberta
+    if kind.isidentifier():
+        names.append(f"transformers.models.{kind}.modeling_{kind}")
+    return names + ([] if exp.task in LM_TASKS else ["sklearn.metrics", "scipy.stats"])
+
+
 def _failure(err: BaseException) -> TrialResult:
     if isinstance(err, KeyboardInterrupt):
         reason = "interrupted"
@@ -319,9 +342,13 @@ def _failure(err: BaseException) -> TrialResult:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv[0] == FLAG:  # the standby process (lbsearch.standby): the imports, then a child per trial
+        return serve(_preload(Path(argv[1])), main)
     spec = WorkerSpec.model_validate_json(Path(argv[0]).read_text())
     if spec.watch_pid:
         watch_parent(spec.watch_pid)
+    if not standby.forked_from:  # a forked trial has them: imported here too, its times do not depend on how it started
+        standby.preload(_preload(Path(argv[0])))
     try:
         stop = StopSignal()  # SIGTERM from here on is the trial's result (interrupted), not a silent death
         result, code = train(spec, log=lambda *a: print(*a, flush=True), stop=stop), 0
