@@ -4,7 +4,9 @@
    timeline comes from what lbsearch already records: Optuna's ``datetime_start`` (ask) and
    ``datetime_complete`` (tell), the MLflow run's start time, the trial's per-step metric
    timestamps, and the worker's ``first_step_s`` and ``wall_s`` (counted from the start of
-   ``lbsearch.worker.train``, after its imports). Goal: ask -> first step <= 5 s.
+   ``lbsearch.worker.train``, after its imports). Goal: ask -> first step <= 5 s. Run twice: as
+   shipped (the later trials forked from the standby process, ``lbsearch.standby``) and with
+   ``--no-standby`` (every trial a new process).
 2. Where the start-up time goes, in fresh processes: interpreter start, each import, Accelerate's
    launcher (``accelerate launch`` of an empty script), ``Accelerator()``, data from the cache, model
    build, optimizer + prepare, the first step; and ``python -X importtime`` self time per package.
@@ -74,7 +76,7 @@ print("@@marks " + json.dumps(marks), flush=True)
 """
 
 
-def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str]) -> list[dict[str, float]]:
+def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str], name: str = "overhead") -> list[dict[str, float]]:
     """Run a study; per trial, seconds between the events lbsearch records."""
     from mlflow.tracking import MlflowClient
 
@@ -82,11 +84,11 @@ def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str]) -> l
     from lbsearch.tracking import default_tracking_uri
 
     (work / "study.yaml").write_text(STUDY.format(spec=spec.resolve(), n=n_trials))
-    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / "study.yaml"), "--mlruns", str(work / "mlruns"), *sets]
+    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / "study.yaml"), "--mlruns", str(work / "mlruns"), f"--set=name={name}", *sets]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
-    study = load_existing_study(Session(root=work / "mlruns"), "overhead")
+    study = load_existing_study(Session(root=work / "mlruns"), name)
     client = MlflowClient(tracking_uri=default_tracking_uri(work / "mlruns"))
     rows = []
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
@@ -201,7 +203,7 @@ def _kind_rows(work: Path, name: str) -> list[dict[str, float]]:
 
 def _run_study(work: Path, name: str, spec: Path, n: int, extra: str = "") -> list[dict[str, float]]:
     (work / f"{name}.yaml").write_text(KIND_STUDY.format(name=name, spec=spec, n=n) + extra)
-    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / f"{name}.yaml"), "--mlruns", str(work / "mlruns")]
+    cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / f"{name}.yaml"), "--mlruns", str(work / "mlruns"), "--no-standby"]
     proc = subprocess.run(cmd, cwd=work, capture_output=True, text=True)
     if proc.returncode:
         raise SystemExit(proc.stdout[-2000:] + proc.stderr[-2000:])
@@ -209,7 +211,8 @@ def _run_study(work: Path, name: str, spec: Path, n: int, extra: str = "") -> li
 
 
 def script_vs_builtin(work: Path, n_trials: int) -> dict[str, Any]:
-    """Part 3: the same tiny search as built-in trials and as script trials; the fixed cost of a script trial."""
+    """Part 3: the same tiny search as built-in trials and as script trials; the fixed cost of a script trial.
+    Every trial a new process (``--no-standby``): a script trial is never forked from a standby process."""
     out: dict[str, Any] = {}
     for kind, spec in (("builtin", TINY / "tiny.yaml"), ("script", TINY / "tiny_script.yaml")):
         extra = "experiment_overrides: {metric.name: loss}\n" if kind == "builtin" else ""
@@ -278,7 +281,13 @@ def main() -> int:
         out[f"{o}.{key}"] = summary([r[key] for r in rows if key in r])
     out[f"{o}.goal_ask_to_first_step_s"] = 5.0
     out[f"{o}.goal_met"] = out[f"{o}.ask_to_first_step_s"]["median"] <= 5.0
-    print(table(["per trial (median of %d)" % len(rows), "s"], [[k, out[f"{o}.{k}"]["median"]] for k in rows[0] | rows[-1]]), flush=True)
+    # every trial a new process (`--no-standby`), as the first trial of a study always is
+    launched = study_timelines(work, args.spec, args.trials, sets + ["--no-standby"], name="overhead-launched")
+    for key in launched[0] | launched[-1]:
+        out[f"{o}_no_standby.{key}"] = summary([r[key] for r in launched if key in r])
+    keys = list(rows[0] | rows[-1])
+    print(table([f"per trial (median of {len(rows)})", "s, as shipped", "s, --no-standby"],
+                [[k, out[f"{o}.{k}"]["median"], out.get(f"{o}_no_standby.{k}", {}).get("median", "-")] for k in keys]), flush=True)
 
     data = prepared(exp, work / "mlruns")  # the study's cache: already there
     spec_file = work / "spec.json"

@@ -1,9 +1,11 @@
 """The quickstart study with the speed levers off, then on: same 12 trials, same seed, one after
 the other on this machine, each in its own state folder.
 
-"off" is the training step without the levers of ``benchmarks/mfu.py`` (AdamW's per-operation
-implementation, micro-batch 16, micro-batches padded instead of packed); "on" is what the shipped
-quickstart runs. Printed and saved: the study's wall time, the ratio on / off, the best trial's
+"off" is the study without what was built to speed it up: the training step without the levers of
+``benchmarks/mfu.py`` (AdamW's per-operation implementation, micro-batch 16, micro-batches padded
+instead of packed), and every trial started as a new process (``lbsearch run --no-standby``); "on"
+is what the shipped quickstart runs. ``--off-standby`` keeps the standby process in the "off" run,
+to measure the step levers alone. Printed and saved: the study's wall time, the ratio on / off, the best trial's
 validation and test accuracy, the mean MFU of the trials and the outcome of ``lbsearch reproduce``
 on the "on" study.
 
@@ -28,9 +30,9 @@ from _bench import RESULTS, ROOT, machine, table, write
 OFF = ["experiment.optimizer.fused=false", "experiment.launcher.max_micro_batch=16", "experiment.launcher.pack=false"]
 
 
-def run_study(name: str, sets: list[str], root: Path) -> dict[str, Any]:
+def run_study(name: str, sets: list[str], root: Path, flags: list[str]) -> dict[str, Any]:
     lb = [sys.executable, "-m", "lbsearch.cli"]
-    args = [f"--set=name={name}"] + [f"--set={s}" for s in sets]
+    args = [f"--set=name={name}"] + [f"--set={s}" for s in sets] + flags
     t0 = time.perf_counter()
     proc = subprocess.run(lb + ["run", str(ROOT / "studies" / "quickstart.yaml"), "--mlruns", str(root), *args],
                           capture_output=True, text=True, timeout=3600)
@@ -42,21 +44,24 @@ def run_study(name: str, sets: list[str], root: Path) -> dict[str, Any]:
     mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
     return {"wall_s": wall, "trials": len(rows), "states": {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
             "best_trial": best.get("trial"), "best_validation": best.get("value"), "best_test": best.get("test"),
-            "best_params": {k: v for k, v in best.items() if "." in k}, "mean_mfu": statistics.mean(mfu) if mfu else None, "sets": sets}
+            "best_params": {k: v for k, v in best.items() if "." in k}, "mean_mfu": statistics.mean(mfu) if mfu else None, "sets": sets,
+            "flags": flags}
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--on", action="append", default=[], metavar="KEY=VALUE", help="extra study override for the 'on' run")
     ap.add_argument("--both", action="append", default=[], metavar="KEY=VALUE", help="override for both runs (a quick check of the script)")
+    ap.add_argument("--off-standby", action="store_true", help="keep the standby process in the 'off' run (the step levers alone)")
     ap.add_argument("--n-trials", type=int, default=12)
     ap.add_argument("--out", type=Path, default=RESULTS / "quickstart_speed.json")
     args = ap.parse_args()
     out: dict[str, Any] = {"machine": machine()}
     work = Path(tempfile.mkdtemp(prefix="lbsearch-qs-"))
     trials = [f"n_trials={args.n_trials}", *args.both]
-    for label, sets in (("off", OFF + trials), ("on", args.on + trials)):
-        out[label] = run_study(f"quickstart-{label}", sets, work / label)
+    off_flags = [] if args.off_standby else ["--no-standby"]
+    for label, sets, flags in (("off", OFF + trials, off_flags), ("on", args.on + trials, [])):
+        out[label] = run_study(f"quickstart-{label}", sets, work / label, flags)
         print(f"{label}: {out[label]['wall_s']:.0f} s, {out[label]['states']}, best trial {out[label]['best_trial']} "
               f"validation {out[label]['best_validation']:.4f} test {out[label]['best_test']:.4f}", flush=True)
     rep = subprocess.run([sys.executable, "-m", "lbsearch.cli", "reproduce", "quickstart-on", "--mlruns", str(work / "on")],
