@@ -30,6 +30,10 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<mlruns>/mlflow.db)")
 
 
+NO_STANDBY = ("start every trial as a new process (default: later one-process CPU trials are forked from a standby process "
+              "that has done the imports; docs/how_a_trial_runs.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lbsearch", description="Large-batch hyperparameter search: Optuna studies of "
                                  "accelerate-launched trials, tracked in MLflow.", epilog=EPILOG,
@@ -40,9 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("study", type=Path, help="study YAML (studies/*.yaml)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. n_trials=20 or experiment.train.budget_samples=4000")
     p.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process, then stop")
-    p.add_argument("--no-standby", dest="standby", action="store_false",
-                   help="start every trial as a new process (default: later one-process CPU trials are forked from a standby "
-                        "process that has done the imports; docs/how_a_trial_runs.md)")
+    p.add_argument("--no-standby", dest="standby", action="store_false", help=NO_STANDBY)
     _common(p)
 
     p = sub.add_parser("status", help="table of a study's trials")
