@@ -2,7 +2,7 @@
 
 Two ways to run the same training on the same model, data, B, micro-batches and precision:
 
-- ``lbsearch_loop``: ``lbsearch.worker.train`` (the trial loop) in this process, reporting as in a
+- ``lbsearch_loop``: ``lbsearch.trial.worker.train`` (the trial loop) in this process, reporting as in a
   study (its metric lines are captured here instead of going to the orchestrator);
 - ``bare_loop``: the same steps in plain PyTorch: no Accelerate, no reporting, no evaluation.
 
@@ -31,13 +31,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbsearch.batching import sample_stream, step_micro_batches
-from lbsearch.config import ExperimentConfig
-from lbsearch.plan import make_plan
-from lbsearch.spec import load_experiment, parse_set
-from lbsearch.data import PreparedData, Split, load_arrays, prepare_data
-from lbsearch.diagnostics import head_for_step
-from lbsearch.lm import lm_batch
+from lbsearch.data.cache import PreparedData, Split, load_arrays, prepare_data
+from lbsearch.spec.config import ExperimentConfig
+from lbsearch.spec.load import load_experiment, parse_set
+from lbsearch.spec.plan import make_plan
+from lbsearch.trial.batching import sample_stream, step_micro_batches
+from lbsearch.trial.diagnostics import head_for_step
+from lbsearch.trial.lm import lm_batch
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -60,7 +60,7 @@ def quiet_transformers() -> None:
 
 def experiment(spec: Path, overrides: dict[str, Any], sets: list[str] | None = None) -> ExperimentConfig:
     """The experiment spec with dotted overrides, then the user's ``--set KEY=VALUE`` items; ``precision: auto`` resolved."""
-    from lbsearch.launch import resolve_precision
+    from lbsearch.orchestrator.launch import resolve_precision
 
     quiet_transformers()
     exp = load_experiment(spec, overrides | parse_set(sets))
@@ -99,8 +99,8 @@ def _cpu_name() -> str:
 
 
 def machine() -> dict[str, Any]:
-    """Where the figures come from: package versions (``lbsearch.tracking.versions``), CPU, load, date."""
-    from lbsearch.tracking import versions
+    """Where the figures come from: package versions (``lbsearch.tracking.tracker.versions``), CPU, load, date."""
+    from lbsearch.tracking.tracker import versions
 
     return versions() | {
         "cpu": _cpu_name(),
@@ -181,7 +181,7 @@ def fresh_accelerate() -> None:
 
 def worker_spec(exp: ExperimentConfig, data: PreparedData, tracking: bool = False):
     """The spec the orchestrator would hand the trial process (no Optuna trial)."""
-    from lbsearch.protocol import WorkerSpec
+    from lbsearch.spec.protocol import WorkerSpec
 
     return WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(data.path), num_labels=data.num_labels,
                       pad_id=data.pad_id, vocab_size=data.vocab_size, labels=data.labels, tracking=tracking)
@@ -189,19 +189,19 @@ def worker_spec(exp: ExperimentConfig, data: PreparedData, tracking: bool = Fals
 
 def new_model(exp: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
     """The model a trial of ``exp`` builds (seed the RNGs first)."""
-    from lbsearch.model import build_model
+    from lbsearch.trial.model import build_model
 
     names = data.labels.get("names") or [str(i) for i in range(data.num_labels)]
     return build_model(exp.model, exp.task, names, data.vocab_size, data.pad_id)
 
 
 def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
-    """Run ``lbsearch.worker.train``; steady samples/s from its ``train/samples_per_s`` metrics.
+    """Run ``lbsearch.trial.worker.train``; steady samples/s from its ``train/samples_per_s`` metrics.
 
     Reporting is on, as in a study: the worker buffers its metrics and prints them as lines, which
     land in a buffer here instead of the orchestrator's pipe (no MLflow in either case)."""
-    from lbsearch.protocol import parse_message
-    from lbsearch.worker import train
+    from lbsearch.spec.protocol import parse_message
+    from lbsearch.trial.worker import train
 
     warmup_steps(exp)  # checks the evaluation cadence
     fresh_accelerate()
@@ -252,9 +252,8 @@ def step_layout(exp: ExperimentConfig, train: Split) -> Iterator[list[np.ndarray
 
 def step_batches(exp: ExperimentConfig, data: PreparedData) -> Iterator[MicroBatches]:
     """Each optimizer step's micro-batches, padded as the worker pads them, when the step comes."""
-    from lbsearch.training import pad
-
-    from lbsearch.training import lm_settings
+    from lbsearch.trial.batching import pad
+    from lbsearch.trial.training import lm_settings
 
     train = load_arrays(data.path, "train")
     dev = device_of(exp)
@@ -269,7 +268,7 @@ def step_batches(exp: ExperimentConfig, data: PreparedData) -> Iterator[MicroBat
 
 def optimizer_and_schedule(exp: ExperimentConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
     """The worker's optimizer (``make_optimizer``) and schedule (``make_scheduler``), from the trial plan."""
-    from lbsearch.training import make_optimizer, make_scheduler
+    from lbsearch.trial.training import make_optimizer, make_scheduler
 
     plan = make_plan(exp)
     optimizer = make_optimizer(exp, model, plan.lr)

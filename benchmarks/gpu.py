@@ -2,11 +2,11 @@
 
 A random-init BERT-base (12 layers, hidden 768, 110M parameters; no download: the MiniLM tokenizer and
 the Rotten Tomatoes data installed offline) on the tomatometer regression data (4 reviews a text), every
-batch padded to sequence length 128. In this process, through the trial loop (``lbsearch.worker.train``,
+batch padded to sequence length 128. In this process, through the trial loop (``lbsearch.trial.worker.train``,
 as ``benchmarks/mfu.py`` runs it):
 
 - fp32, bf16 and fp16, eager: samples/s, tokens/s and MFU (``train/mfu``: 6 x params x tokens over time and the
-  GPU's peak, ``lbsearch.flops``) over the evaluation intervals after the first (tokens/s and MFU count real
+  GPU's peak, ``lbsearch.trial.flops``) over the evaluation intervals after the first (tokens/s and MFU count real
   tokens; ``tokens_per_s_padded`` counts the 128 positions each sequence takes on the device);
 - bf16 with ``launcher.compile`` (inductor): the same, and the first step's time (where compiling is paid);
 - fp16 with an injected overflow (``LBSEARCH_INJECT_OVERFLOW_AT``): the GradScaler skips those steps, the
@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _bench import RESULTS, ROOT, experiment, lbsearch_loop, machine, prepared, table, write
 
 SPEC = ROOT / "experiments" / "rt_tomatometer.yaml"

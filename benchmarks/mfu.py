@@ -1,6 +1,6 @@
 """Model FLOPs utilisation of lbsearch's training step, and what raises it.
 
-Runs the trial loop (``lbsearch.worker.train`` in this process, as a trial runs it) on the
+Runs the trial loop (``lbsearch.trial.worker.train`` in this process, as a trial runs it) on the
 Rotten Tomatoes experiment at each ``--layers`` (2: the shipped experiment; 6: the whole MiniLM,
 as the quickstart study trains it), alternating the variants within each repeat:
 
@@ -9,13 +9,13 @@ as the quickstart study trains it), alternating the variants within each repeat:
 - ``bf16 levers off``: the same step without those levers (padded micro-batches of 16, AdamW per
   operation): the "before" of this benchmark's MFU;
 - with ``--levers``, single changes to bf16 measured one at a time: micro-batches padded instead of
-  packed (``launcher.pack``: ``lbsearch.packing``), smaller micro-batches (``launcher.max_micro_batch``
+  packed (``launcher.pack``: ``lbsearch.trial.packing``), smaller micro-batches (``launcher.max_micro_batch``
   16 and 32), lengths padded to 16 without compile, AdamW's per-operation implementation instead of
   the fused kernel (``optimizer.fused``), and dropout off (a measurement of dropout's cost only: it
   changes the model's regularisation).
 
 For each: steady-state samples/s, tokens/s (real tokens, padding excluded) and MFU (``train/mfu``:
-analytic model FLOPs over time and this CPU's matmul peak, ``lbsearch.flops``, measured once at the
+analytic model FLOPs over time and this CPU's matmul peak, ``lbsearch.trial.flops``, measured once at the
 start as the best of three and given to every variant as ``launcher.peak_tflops``) over the
 evaluation intervals after the first; the first step's time (where compilation is paid). The
 losses of eager and compiled bf16 runs are compared step by step (same seed, same batches,
@@ -37,10 +37,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, table, use_all_cores, write
-from lbsearch.flops import matmul_flops
-from lbsearch.spec import parse_set
+
+from lbsearch.spec.load import parse_set
+from lbsearch.trial.flops import matmul_flops
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "fp32": {"launcher.precision": "no"},
@@ -64,7 +64,7 @@ def run_variants(args, layers: int, variants: dict[str, dict[str, Any]], work: P
     base = {"model.num_layers": layers, "train.batch_size": args.batch_size, "train.budget_samples": args.steps * args.batch_size,
             "train.eval_every_samples": args.eval_every_steps * args.batch_size, "data.max_eval_samples": 32}
     # on a CPU every variant divides by the same peak, measured once at the start (a trial would measure
-    # its own); on a GPU each trial takes its peak from lbsearch.flops.GPU_PEAK_TFLOPS, as in a study
+    # its own); on a GPU each trial takes its peak from lbsearch.trial.flops.GPU_PEAK_TFLOPS, as in a study
     peak = {p: {} if torch.cuda.is_available() else {"launcher.peak_tflops": peaks["bf16" if p == "bf16" else "fp32"] / 1e12}
             for p in ("no", "bf16")}
     exps = {name: experiment(args.spec, base | o | peak[o["launcher.precision"]], args.set) for name, o in variants.items()}

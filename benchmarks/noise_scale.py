@@ -26,7 +26,7 @@ from _bench import RESULTS, SPEC, experiment, lbsearch_loop, machine, prepared, 
 
 
 def time_monitor_calls() -> dict[str, float]:
-    from lbsearch.diagnostics import GradientNoiseMonitor
+    from lbsearch.trial.diagnostics import GradientNoiseMonitor
 
     spent = {"after_backward": 0.0, "step": 0.0}
 

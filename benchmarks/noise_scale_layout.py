@@ -18,11 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from _bench import RESULTS, SPEC, experiment, machine, new_model, prepared, table, use_all_cores, write
-from lbsearch.data import load_arrays
-from lbsearch.diagnostics import NoiseScale
-from lbsearch.training import pad
+
+from lbsearch.data.cache import load_arrays
+from lbsearch.trial.batching import pad
+from lbsearch.trial.diagnostics import NoiseScale
 
 
 def main() -> int:

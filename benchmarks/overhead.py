@@ -4,8 +4,8 @@
    timeline comes from what lbsearch already records: Optuna's ``datetime_start`` (ask) and
    ``datetime_complete`` (tell), the MLflow run's start time, the trial's per-step metric
    timestamps, and the worker's ``first_step_s`` and ``wall_s`` (counted from the start of
-   ``lbsearch.worker.train``, after its imports). Goal: ask -> first step <= 5 s. Run twice: as
-   shipped (the later trials forked from the standby process, ``lbsearch.standby``) and with
+   ``lbsearch.trial.worker.train``, after its imports). Goal: ask -> first step <= 5 s. Run twice: as
+   shipped (the later trials forked from the standby process, ``lbsearch.orchestrator.standby``) and with
    ``--no-standby`` (every trial a new process).
 2. Where the start-up time goes, in fresh processes: interpreter start, each import, Accelerate's
    launcher (``accelerate launch`` of an empty script), ``Accelerator()``, data from the cache, model
@@ -55,20 +55,20 @@ import numpy; mark("import numpy")
 import torch; mark("import torch")
 import transformers; mark("import transformers")
 import accelerate; mark("import accelerate")
-import lbsearch.worker, lbsearch.training; mark("import lbsearch.worker (pydantic, yaml, lbsearch)")
+import lbsearch.trial.worker, lbsearch.trial.training; mark("import lbsearch.trial.worker (pydantic, yaml, lbsearch)")
 from accelerate import Accelerator; from accelerate.utils import set_seed; from transformers import get_scheduler
-from lbsearch.data import load_arrays; from lbsearch.model import build_model; mark("import Accelerator, get_scheduler, lbsearch.model")
+from lbsearch.data.cache import load_arrays; from lbsearch.trial.model import build_model; mark("import Accelerator, get_scheduler, lbsearch.trial.model")
 import transformers.models.bert.modeling_bert; mark("import modeling_bert (lazy: at model build)")
-from lbsearch.config import ExperimentConfig
+from lbsearch.spec.config import ExperimentConfig
 spec = json.loads(open(sys.argv[1]).read()); exp = ExperimentConfig.model_validate(spec["experiment"])
 accelerator = Accelerator(mixed_precision=exp.launcher.precision, cpu=True); mark("Accelerator()")
 data = {s: load_arrays(spec["data_path"], s) for s in ("train", "validation", "test")}; mark("data from cache")
 set_seed(exp.seed); model = build_model(exp.model, exp.task, spec["labels"]["names"], spec["vocab_size"], spec["pad_id"]); mark("model build (from_pretrained)")
-optimizer = lbsearch.training.make_optimizer(exp, model, exp.optimizer.lr)
+optimizer = lbsearch.trial.training.make_optimizer(exp, model, exp.optimizer.lr)
 model, optimizer = accelerator.prepare(model, optimizer); mark("optimizer + prepare")
 n = exp.train.batch_size; mb = exp.launcher.max_micro_batch or n
 for i in range(0, n, mb):
-    batch = lbsearch.training.pad(data["train"].ids[i:i + mb], spec["pad_id"], "cpu")
+    batch = lbsearch.trial.batching.pad(data["train"].ids[i:i + mb], spec["pad_id"], "cpu")
     loss = torch.nn.functional.cross_entropy(model(**batch).logits.float(), torch.as_tensor(data["train"].labels[i:i + mb]))
     accelerator.backward(loss / (n // mb))
 optimizer.step(); optimizer.zero_grad(); mark("first step")
@@ -80,8 +80,8 @@ def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str], name
     """Run a study; per trial, seconds between the events lbsearch records."""
     from mlflow.tracking import MlflowClient
 
-    from lbsearch.storage import Session, load_existing_study
-    from lbsearch.tracking import default_tracking_uri
+    from lbsearch.spec.session import Session, default_tracking_uri
+    from lbsearch.study.storage import load_existing_study
 
     (work / "study.yaml").write_text(STUDY.format(spec=spec.resolve(), n=n_trials))
     cmd = [sys.executable, "-m", "lbsearch.cli", "run", str(work / "study.yaml"), "--mlruns", str(work / "mlruns"), f"--set=name={name}", *sets]
@@ -98,7 +98,7 @@ def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str], name
         test = client.get_metric_history(run.info.run_id, "test/accuracy")
         ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
         first, last = steps[0].timestamp / 1000, steps[-1].timestamp / 1000
-        start = first - t.user_attrs["first_step_s"]  # lbsearch.worker.train began (imports done)
+        start = first - t.user_attrs["first_step_s"]  # lbsearch.trial.worker.train began (imports done)
         end = start + t.user_attrs["wall_s"]  # train() returned (final validation and test done)
         step_s = statistics.median(b.timestamp / 1000 - a.timestamp / 1000 for a, b in zip(steps, steps[1:])) if len(steps) > 1 else 0.0
         rows.append({
@@ -132,14 +132,14 @@ def stages(work: Path, spec_file: Path) -> list[tuple[str, float]]:
 def launcher(work: Path, exp: dict[str, Any]) -> dict[str, float]:
     """Starting an empty script the way a trial starts: ``accelerate launch`` (the CLI) and lbsearch's
     trial command (for one process: Accelerate's simple launcher prepared in the orchestrator)."""
-    from lbsearch.launch import launch_command, trial_command
+    from lbsearch.orchestrator.launch import launch_command, trial_command
 
     noop = work / "noop.py"
     noop.write_text("import time; print('@@t', time.time(), flush=True)\n")
     spec = work / "unused.json"
     trial, env = trial_command(exp, spec, dict(os.environ))
     out = {}
-    # both end in `-m lbsearch.worker spec.json`: run the empty script instead
+    # both end in `-m lbsearch.trial.worker spec.json`: run the empty script instead
     for name, cmd, e in (("accelerate launch CLI", launch_command(exp, spec), None), ("lbsearch trial command", trial, env)):
         t0 = time.time()
         proc = subprocess.run(cmd[:-3] + [str(noop)], cwd=work, capture_output=True, text=True, env=e)
@@ -152,8 +152,8 @@ def launcher(work: Path, exp: dict[str, Any]) -> dict[str, float]:
 
 def import_profile(work: Path, top: int) -> list[dict[str, Any]]:
     """``python -X importtime`` of the trial process's imports: self time summed per top-level package."""
-    code = ("import lbsearch.worker; from accelerate import Accelerator; from transformers import get_scheduler; "
-            "import lbsearch.model, lbsearch.data; import transformers.models.bert.modeling_bert")
+    code = ("import lbsearch.trial.worker; from accelerate import Accelerator; from transformers import get_scheduler; "
+            "import lbsearch.trial.model, lbsearch.data.cache; import transformers.models.bert.modeling_bert")
     proc = subprocess.run([sys.executable, "-X", "importtime", "-c", code], cwd=work, capture_output=True, text=True)
     per: dict[str, float] = defaultdict(float)
     for line in proc.stderr.splitlines():
@@ -184,8 +184,8 @@ def _kind_rows(work: Path, name: str) -> list[dict[str, float]]:
     """Per trial of a finished study: seconds between ask, the first and last logged step, and tell."""
     from mlflow.tracking import MlflowClient
 
-    from lbsearch.storage import Session, load_existing_study
-    from lbsearch.tracking import default_tracking_uri
+    from lbsearch.spec.session import Session, default_tracking_uri
+    from lbsearch.study.storage import load_existing_study
 
     study = load_existing_study(Session(root=work / "mlruns"), name)
     client = MlflowClient(tracking_uri=default_tracking_uri(work / "mlruns"))

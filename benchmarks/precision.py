@@ -2,7 +2,7 @@
 
 Three measurements, each alternating fp32, bf16, fp32, ...:
 1. a matmul of MiniLM's feed-forward shape, GFLOP/s;
-2. the lbsearch trial loop (``lbsearch.worker.train`` in this process), steady-state samples/s
+2. the lbsearch trial loop (``lbsearch.trial.worker.train`` in this process), steady-state samples/s
    (steps after the first evaluation point; evaluation excluded). Goal: bf16 >= 1.5x fp32;
 3. a profile of one training step (bare loop, same micro-batches) in each precision: the
    operators taking the most time, so the figure says where a slow bf16 step goes.
@@ -27,11 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _bench import RESULTS, SPEC, bare_step, device_of, experiment, lbsearch_loop, machine, prepared, step_batches, summary, table, use_all_cores, write
 
-from _bench import (RESULTS, SPEC, bare_step, device_of, experiment, lbsearch_loop, machine, prepared, step_batches, summary, table,
-                    use_all_cores, write)
-from lbsearch.config import ExperimentConfig
-from lbsearch.data import PreparedData
+from lbsearch.data.cache import PreparedData
+from lbsearch.spec.config import ExperimentConfig
 
 NAMES = {"no": "fp32", "bf16": "bf16"}
 

@@ -9,7 +9,7 @@ A tabular benchmark, as HPOBench and NAS-Bench-101/201 do it:
    x schedule.warmup_fraction, 4 x 6 x 2 = 48 configurations, of which a few are within 0.5 points
    of the best: a search has to find them; ``--param`` sets another space) of a fixed offline task (MiniLM 2-layer on Rotten Tomatoes, ``experiments/rt_minilm.yaml``
    with a small budget) is trained once, for real, by lbsearch's own trial loop
-   (``lbsearch.worker.train``, in this process), which records its learning curve: the validation
+   (``lbsearch.trial.worker.train``, in this process), which records its learning curve: the validation
    metric at each evaluation, at the nominal sample count it reports to Optuna (multiples of
    ``eval_every``, so trials of any B line up), with the samples actually seen by then, and the
    final value (or the point of divergence). Cached in ``benchmarks/results/search_table.json``
@@ -63,11 +63,12 @@ from typing import Any
 import optuna
 import torch
 import yaml
-
 from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, worker_spec, write
-from lbsearch.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
-from lbsearch.spec import load_study, parse_set
-from lbsearch.search import make_pruner, make_sampler, suggest
+
+from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
+from lbsearch.spec.load import load_study, parse_set
+from lbsearch.study.pruner import make_pruner
+from lbsearch.study.sampler import make_sampler, suggest
 
 METHODS = ("tpe_pruned", "tpe_asha", "gp", "random", "grid")
 """tpe_pruned: lbsearch's default (TPE + median pruning at equal samples seen); tpe_asha: TPE + asynchronous
@@ -93,10 +94,10 @@ def key(params: dict[str, Any], space: Space) -> str:
 
 
 def train_config(exp: ExperimentConfig, data) -> Row:
-    """One configuration's learning curve, from ``lbsearch.worker.train`` as a study's worker runs it.
+    """One configuration's learning curve, from ``lbsearch.trial.worker.train`` as a study's worker runs it.
     (Not ``_bench.lbsearch_loop``: that stops on a diverged run, which a search must see as the
     worker reports it: pruned at the step where it diverged.)"""
-    from lbsearch.worker import train
+    from lbsearch.trial.worker import train
 
     fresh_accelerate()
     t0 = time.perf_counter()

@@ -19,7 +19,7 @@ sys.path.insert(0, str(ROOT / "tests" / "cli"))
 
 from test_spec_errors import CASES, TRAIN_CASES, E, S, _prepare  # noqa: E402
 
-from lbsearch.cli import main as cli  # noqa: E402
+from lbsearch.cli.main import main as cli
 
 
 def main() -> int:

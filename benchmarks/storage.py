@@ -34,7 +34,7 @@ def _db(action: str, name: str) -> None:
 
 def storage_overhead(n: int) -> dict[str, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from lbsearch.search import open_storage
+    from lbsearch.study.sampler import open_storage
 
     name = f"lbsearch_bench_{uuid.uuid4().hex[:8]}"
     _db("CREATE", name)

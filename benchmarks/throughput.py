@@ -1,6 +1,6 @@
 """Training throughput: the lbsearch trial loop vs a bare PyTorch loop vs HF ``Trainer``.
 
-Same model (``lbsearch.model.build_model``), tokenized cached data, B, micro-batches (laid out as the
+Same model (``lbsearch.trial.model.build_model``), tokenized cached data, B, micro-batches (laid out as the
 worker lays them out: ``batching.step_micro_batches``), AdamW, schedule, clipping, precision and device, all three in
 this process, alternating bare, lbsearch, trainer, bare, ...; steady-state samples/s (steps after
 the first evaluation point; evaluation excluded). Goal: lbsearch >= 0.97x the bare loop.
@@ -33,11 +33,30 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from _bench import (
+    RESULTS,
+    ROOT,
+    SPEC,
+    bare_loop,
+    experiment,
+    fresh_accelerate,
+    lbsearch_loop,
+    machine,
+    micro_batch,
+    new_model,
+    optimizer_and_schedule,
+    prepared,
+    steady_rates,
+    step_layout,
+    summary,
+    table,
+    use_all_cores,
+    warmup_steps,
+    write,
+)
 
-from _bench import (RESULTS, ROOT, SPEC, bare_loop, experiment, fresh_accelerate, lbsearch_loop, machine, micro_batch,
-                    new_model, optimizer_and_schedule, prepared, step_layout, steady_rates, summary, table, use_all_cores, warmup_steps, write)
-from lbsearch.config import ExperimentConfig
-from lbsearch.data import PreparedData, load_arrays
+from lbsearch.data.cache import PreparedData, load_arrays
+from lbsearch.spec.config import ExperimentConfig
 
 
 def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[str, Any]:
@@ -47,7 +66,7 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
     from accelerate.utils import set_seed
     from transformers import Trainer, TrainerCallback, TrainingArguments
 
-    from lbsearch.training import pad
+    from lbsearch.trial.batching import pad
 
     tr = exp.train
     train = load_arrays(data.path, "train")

@@ -1,9 +1,9 @@
 """Tracking cost: a trial's wall time with MLflow logging on vs off, alternating on, off, on, ...
 
-- on:  ``lbsearch.commands.train_once``, i.e. ``lbsearch train``: an MLflow run with every config field
+- on:  ``lbsearch.cli.commands.train_once``, i.e. ``lbsearch train``: an MLflow run with every config field
        as a param, artifacts, the datasets, per-step metrics forwarded from the trial process, tags,
        stdout.log, and MLflow's system-metrics monitor sampling every 10 s (``--no-system-metrics``: without it);
-- off: the same trial process (``lbsearch.launch.run_trial_process``, same worker spec) with no
+- off: the same trial process (``lbsearch.orchestrator.launch.run_trial_process``, same worker spec) with no
        MLflow run: the worker's reporter is off (``mlflow: null``) and nothing is logged.
 
 Both run from this process against one SQLite tracking store created beforehand (a study creates
@@ -34,14 +34,14 @@ from _bench import RESULTS, SPEC, experiment, machine, summary, table, timed, wo
 
 def time_tracker_calls() -> dict[str, float]:
     """Wrap the Tracker's methods (and the git lookup for its tags): seconds spent, summed per name."""
-    import lbsearch.commands
-    from lbsearch.tracking import Tracker
+    import lbsearch.cli.commands
+    from lbsearch.tracking.tracker import Tracker
 
     spent: dict[str, float] = defaultdict(float)
 
     for name in ("__init__", "experiment", "child_run", "artifacts", "datasets", "tags", "metric_rows", "end"):
         setattr(Tracker, name, timed(getattr(Tracker, name), f"Tracker.{name}", spent))
-    lbsearch.commands.git_commit = timed(lbsearch.commands.git_commit, "git_commit", spent)
+    lbsearch.cli.commands.git_commit = timed(lbsearch.cli.commands.git_commit, "git_commit", spent)
     return spent
 
 
@@ -71,20 +71,20 @@ def main() -> int:
     ap.add_argument("--no-system-metrics", action="store_true", help="tracked runs without MLflow's system-metrics monitor")
     args = ap.parse_args()
     if args.no_system_metrics:
-        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"  # lbsearch.tracking honours MLflow's switch
-    from lbsearch.data import prepare_data
-    from lbsearch.launch import run_trial_process
-    from lbsearch.commands import train_once
-    from lbsearch.runner import resolved
-    from lbsearch.storage import Session
-    from lbsearch.tracking import SYSTEM_METRICS_INTERVAL
+        os.environ["MLFLOW_ENABLE_SYSTEM_METRICS_LOGGING"] = "false"  # lbsearch.tracking.tracker honours MLflow's switch
+    from lbsearch.cli.commands import train_once
+    from lbsearch.data.cache import prepare_data
+    from lbsearch.orchestrator.launch import run_trial_process
+    from lbsearch.orchestrator.runner import resolved
+    from lbsearch.spec.session import Session
+    from lbsearch.tracking.tracker import SYSTEM_METRICS_INTERVAL, tracker_for
 
     exp = experiment(args.spec, {"train.batch_size": args.batch_size, "train.budget_samples": args.budget,
                                  "train.eval_every_samples": args.budget // args.evals, "data.max_eval_samples": args.eval_samples}, args.set)
     logging.getLogger("mlflow").setLevel(logging.WARNING)  # as the CLI does: no "creating tables" lines
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     session = Session(root=work / "mlruns", out=lambda line: None)
-    session.tracker().experiment(f"train-{exp.name}")  # the store exists before the first timed trial, as in a study
+    tracker_for(session).experiment(f"train-{exp.name}")  # the store exists before the first timed trial, as in a study
     data = prepare_data(resolved(exp), session.root / "cache")
     spent, monitor = time_tracker_calls(), time_monitor_calls()
 

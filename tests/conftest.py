@@ -4,8 +4,8 @@ read-back of what they leave (the Optuna journal, the MLflow store, trial proces
 from __future__ import annotations
 
 import os
-import signal
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -80,7 +80,7 @@ def worker_pids(under: Path, rank: int | None = None) -> list[int]:
             env = (proc / "environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if b"lbsearch.worker" in cmd and any(str(under).encode() in c for c in cmd) and (rank is None or f"RANK={rank}".encode() in env):
+        if b"lbsearch.trial.worker" in cmd and any(str(under).encode() in c for c in cmd) and (rank is None or f"RANK={rank}".encode() in env):
             pids.append(int(proc.name))
     return pids
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import mlflow_client, run_cli
-from lbsearch.spec import load_experiment
-from lbsearch.tasks import LM_TASKS, METRICS
+
+from lbsearch.spec.load import load_experiment
+from lbsearch.spec.tasks import LM_TASKS, METRICS
 
 EXPERIMENTS = sorted((Path(__file__).parent.parent.parent / "experiments").glob("*.yaml"))
 SLICE = ["data.max_train_samples=64", "data.max_eval_samples=32", "train.batch_size=32", "train.budget_samples=32",

@@ -1,7 +1,7 @@
 """Kept models end to end: a small study keeps only its best trial's model, in the Hugging Face layout
 with label names; the folder reproduces the logged test accuracy in a fresh process; MLflow's Model
 Registry lists it; ``lbsearch predict`` prints label names; ``lbsearch train`` keeps and logs its
-model (a mean-pooling head, through ``lbsearch.model.load_model``)."""
+model (a mean-pooling head, through ``lbsearch.trial.model.load_model``)."""
 
 from __future__ import annotations
 
@@ -12,11 +12,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from conftest import SPECS, journal_study, mlflow_client, run_cli
 from mlflow.entities import LoggedModelStatus
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli
-from lbsearch.spec import load_study, parse_set
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study, parse_set
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 SETS = ["n_trials=2", "pruner.name=none", "experiment.metric.name=loss"]
 STUDY = "tiny-study"
@@ -27,14 +28,14 @@ _EVAL = """
 import json, sys
 from pathlib import Path
 from accelerate import Accelerator
-from lbsearch.data import load_arrays
-from lbsearch.training import Evaluator
+from lbsearch.data.cache import load_arrays
+from lbsearch.trial.training import Evaluator
 folder, data, pad_id, how = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if how == "auto":
     from transformers import AutoModelForSequenceClassification
     model = AutoModelForSequenceClassification.from_pretrained(folder)
 else:
-    from lbsearch.model import load_model
+    from lbsearch.trial.model import load_model
     model = load_model(folder)
 info = json.loads((folder / "lbsearch.json").read_text())
 acc = Accelerator(cpu=True)

@@ -4,11 +4,12 @@ Lightning example on the tiny model, one trial pruned and its reason in MLflow; 
 from __future__ import annotations
 
 import pytest
+from conftest import SPECS, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli
-from lbsearch.spec import load_study
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 pytest.importorskip("lightning")
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from optuna.trial import TrialState
-
 from conftest import journal_study, mlflow_client, run_cli
+from optuna.trial import TrialState
 
 L = 32
 MODELS = {

@@ -7,7 +7,6 @@ import json
 import os
 
 import yaml
-
 from conftest import journal_study, run_cli
 
 L = 16

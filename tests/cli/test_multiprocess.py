@@ -9,11 +9,12 @@ import subprocess
 import sys
 import time
 
+from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
-from lbsearch.spec import load_study, parse_set
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study, parse_set
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
 
@@ -98,12 +99,12 @@ def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
 def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(tmp_path):
     """One process: the worker itself, with the environment `accelerate launch` would give it (run
     here as Accelerate's own launcher prints it); several processes: `accelerate launch` (torchrun)."""
-    from lbsearch.launch import launch_command, trial_command
+    from lbsearch.orchestrator.launch import launch_command, trial_command
 
     spec = tmp_path / "spec.json"
     one = {"launcher": {"processes": 1, "precision": "no", "cpu": True}}
     cmd, env = trial_command(one, spec, dict(os.environ, KEEP="1"))
-    assert cmd == [sys.executable, "-m", "lbsearch.worker", str(spec)]
+    assert cmd == [sys.executable, "-m", "lbsearch.trial.worker", str(spec)]
     probe = tmp_path / "env.py"
     probe.write_text("import json, os; print(json.dumps({k: v for k, v in os.environ.items() if k.startswith(('ACCELERATE_', 'OMP_'))}))\n")
     cli = launch_command(one, spec)[:-3] + [str(probe)]

@@ -15,9 +15,8 @@ import uuid
 
 import optuna
 import pytest
-from optuna.trial import TrialState
-
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, wait_for
+from optuna.trial import TrialState
 
 psycopg2 = pytest.importorskip("psycopg2")
 
@@ -64,7 +63,8 @@ def mlflow_server(tmp_path):
     """A real `mlflow server` on 127.0.0.1, backed by its own PostgreSQL database, artifacts in a temp folder."""
     import urllib.request
 
-    from lbsearch.launch import free_port, stop_group
+    from lbsearch.orchestrator.launch import free_port
+    from lbsearch.orchestrator.processes import stop_group
 
     name = f"lbsearch_mlflow_{uuid.uuid4().hex[:10]}"
     admin = psycopg2.connect(host="127.0.0.1", port=5432, user="postgres", dbname="postgres", connect_timeout=5)

@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import pytest
-from optuna.trial import TrialState
-
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
+from optuna.trial import TrialState
 
 # B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
 SETS = ["--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=1920",

@@ -7,11 +7,12 @@ import os
 import subprocess
 from pathlib import Path
 
+from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, runs_of
 from optuna.trial import TrialState
 
-from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, runs_of
-from lbsearch.spec import load_study, parse_set
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study, parse_set
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 
 def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):

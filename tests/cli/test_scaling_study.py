@@ -5,9 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
-from optuna.trial import TrialState
-
 from conftest import SPECS, journal_study, mlflow_client, run_cli, tree
+from optuna.trial import TrialState
 
 
 def test_ladder_study_logs_noise_scale_and_writes_the_report(tmp_path):

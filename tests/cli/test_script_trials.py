@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
-from lbsearch.spec import load_study
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "accelerate" / "train.py"
 ENQUEUED = [{"train.batch_size": 32, "optimizer.lr": 3e-3},   # complete

@@ -3,12 +3,12 @@ and Hyperband in samples, workers that never repeat each other, warm start and c
 
 from __future__ import annotations
 
-
+from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli
-from lbsearch.spec import load_study, parse_set
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study, parse_set
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 QUICK = ["--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
 LOSS = ["--set=experiment.metric.name=loss"]

@@ -8,11 +8,12 @@ import subprocess
 import time
 import urllib.request
 
-
 from conftest import LBSEARCH, SPECS
-from lbsearch.cli import build_parser
-from lbsearch.launch import free_port, stop_group
-from lbsearch.tracking import versions
+
+from lbsearch.cli.main import build_parser
+from lbsearch.orchestrator.launch import free_port
+from lbsearch.orchestrator.processes import stop_group
+from lbsearch.tracking.tracker import versions
 
 
 def _listening(port: int) -> list[str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-
 from conftest import run_cli, tree
-from lbsearch.cli import main
+
+from lbsearch.cli.main import main
 
 # (id, file to edit, text replacements or extra YAML appended, --set items, expected "file: field" part, expected message part)
 E, S = "tiny.yaml", "tiny_study.yaml"

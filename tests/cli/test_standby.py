@@ -1,4 +1,4 @@
-"""The standby process (``lbsearch.standby``): a study's later trials are forked from one process that
+"""The standby process (``lbsearch.orchestrator.standby``): a study's later trials are forked from one process that
 did the imports once. A forked trial trains bit for bit as a started one, stops as one on SIGTERM, and
 nothing is left behind: after the study, after a stop, and after the orchestrator is killed."""
 
@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
-from lbsearch import standby
+from lbsearch.orchestrator import standby
 
 STUDY = str(SPECS / "tiny_study.yaml")
 SETS = ["--set=pruner.name=none"]  # every trial complete, so each can be reproduced
@@ -82,7 +82,7 @@ def test_a_trial_that_cannot_be_forked_starts_as_before(tmp_path):
         proc = standby.start([sys.executable, "-c", "print('hello')"], env, spec, stdout=subprocess.PIPE, text=True)
         assert isinstance(proc, subprocess.Popen) and proc.communicate(timeout=60)[0] == "hello\n"
         assert standby._servers == {}  # not the worker: no standby process
-    worker = [sys.executable, "-m", "lbsearch.worker", str(spec)]
+    worker = [sys.executable, "-m", "lbsearch.trial.worker", str(spec)]
     assert standby._key(worker, env, spec) is not None
     assert standby._key(worker, env | {"ACCELERATE_USE_CPU": "False"}, spec) is None  # a GPU trial never forks
     assert standby._key([sys.executable, "-m", "accelerate.commands.launch", *worker[1:]], env, spec) is None

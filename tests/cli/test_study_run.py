@@ -12,11 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
-from lbsearch.spec import load_study, parse_set
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study, parse_set
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 LOSS = ["--set", "experiment.metric.name=loss"]
 
@@ -119,7 +120,7 @@ def test_status_and_best(finished):
 def test_status_and_best_do_not_import_torch(finished):
     """A table of trials costs no torch import (nor MLflow's)."""
     cwd, _, _ = finished
-    code = ("import sys; from lbsearch.cli import main; "
+    code = ("import sys; from lbsearch.cli.main import main; "
             "assert main(['status', 'tiny-loss']) == 0 and main(['best', 'tiny-loss']) == 0 and main(['status', 'tiny-loss', '--json']) == 0; "
             "print(sorted(m for m in ('torch', 'transformers', 'accelerate', 'mlflow') if m in sys.modules))")
     proc = subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=120)

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import mlflow_client, run_cli
-from lbsearch.config import DataConfig
-from lbsearch.data import load_frames
-from lbsearch.tasks import METRICS
+
+from lbsearch.data.sources import load_frames
+from lbsearch.spec.config import DataConfig
+from lbsearch.spec.tasks import METRICS
 
 EXAMPLES = Path(__file__).parent.parent.parent / "experiments" / "data"
 COMMON = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 160}

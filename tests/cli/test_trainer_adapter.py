@@ -3,11 +3,12 @@ one trial pruned and its reason in MLflow; B reaches the Trainer as its own batc
 
 from __future__ import annotations
 
+from conftest import SPECS, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli
-from lbsearch.spec import load_study
-from lbsearch.storage import Session, open_study
+from lbsearch.spec.load import load_study
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import open_study
 
 
 def test_a_trainer_study_with_one_pruned_trial(tmp_path):

@@ -21,9 +21,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli
-from lbsearch.launch import free_port, stop_group
+
+from lbsearch.orchestrator.launch import free_port
+from lbsearch.orchestrator.processes import stop_group
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 
-from lbsearch.data import Split
-from lbsearch.training import Evaluator
+from lbsearch.data.cache import Split
+from lbsearch.trial.training import Evaluator
 
 
 class FixedOutputs(torch.nn.Module):

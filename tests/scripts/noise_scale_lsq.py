@@ -22,7 +22,7 @@ import sys
 import torch
 from accelerate import Accelerator
 
-from lbsearch.diagnostics import GradientNoiseMonitor
+from lbsearch.trial.diagnostics import GradientNoiseMonitor
 
 
 def analytic(d: int, delta_sq: float, sigma: float) -> float:

@@ -1,0 +1,342 @@
+"""The search loop: ask Optuna for a trial, run it tracked, tell Optuna the result; repeat until
+``n_trials`` count. Mirrors the study in MLflow: an experiment, a parent run, a child run per trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import json
+import os
+import time
+import uuid
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from lbsearch.data import prepare_data
+from lbsearch.orchestrator.console import Progress, study_progress
+from lbsearch.orchestrator.finish import finish_study
+from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
+from lbsearch.orchestrator.standby import standby
+from lbsearch.spec import BATCH_KEY, Constraint, OptunaRef, Session, SpecError, StudyConfig, TrialPlan, TrialResult, adopt, apply_params, discard, is_script, validate_experiment
+from lbsearch.spec import parse as parse_constraints
+from lbsearch.study import (
+    best_trial,
+    best_value,
+    counted,
+    heartbeat,
+    heartbeat_interval,
+    host,
+    is_multi,
+    make_sampler,
+    objective_values,
+    objectives,
+    open_storage,
+    open_study,
+    pareto,
+    reason,
+    recover,
+    study_lock,
+    suggest,
+    summary,
+    to_csv,
+    trial_id,
+    trial_rows,
+    uses_heartbeats,
+)
+from lbsearch.tracking import KIND, Tracker, TrackingError, description, git_commit, keep_trial_model, mark_best, tracker_for
+
+__all__ = ["run_study"]
+
+DONE, WAIT = "done", "wait"
+
+
+class _Search:
+    """One worker's view of a study: the Optuna study, its MLflow parent run, the data."""
+
+    def __init__(self, session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], spec_file: Path | None) -> None:
+        self.session, self.cfg, self.exp_raw = session, cfg, exp_raw
+        # bad data is a spec error, before anything is created; a script trial loads its own data
+        self.data = None if is_script(cfg.experiment) else prepare_data(cfg.experiment, session.root / "cache")
+        self.digest = {"data.digest": self.data.digest} if self.data else {}
+        self.study = open_study(session, cfg)
+        self.study.set_user_attr("metric", cfg.experiment.metric.name)
+        self.study.set_user_attr("spec", json.dumps({"study": cfg.model_dump(mode="json", exclude={"experiment"}), "experiment": exp_raw}))
+        self.tracker: Tracker = tracker_for(session, cfg)
+        self.exp_id = self.tracker.experiment(cfg.name)
+        self.tracker.experiment_tags(self.exp_id, KIND | {"mlflow.note.content": description(cfg, exp_raw)})
+        self.parent = self.tracker.parent_run(self.exp_id, cfg.name, {
+            "n_trials": cfg.n_trials, "sampler": cfg.sampler.name, "sampler.seed": cfg.sampler.seed, "pruner": cfg.pruner.name,
+            "metric": cfg.experiment.metric.name, "search_space": json.dumps({k: v.model_dump() for k, v in cfg.search_space.items()}),
+        })
+        self.commit = git_commit(spec_file.parent if spec_file else None)
+        self.tracker.tags(self.parent, {"optuna.version": optuna.__version__, "git.commit": self.commit} | self.digest)
+
+    def _close_dead(self, t: optuna.trial.FrozenTrial) -> None:
+        if t.user_attrs.get("mlflow_run_id"):
+            self.tracker.tags(t.user_attrs["mlflow_run_id"], {"lbsearch.state": "failed", "lbsearch.reason": "worker died"})
+            self.tracker.end(t.user_attrs["mlflow_run_id"], "KILLED")
+
+    def ask(self) -> optuna.Trial | str:
+        """The next trial, or ``DONE``, or ``WAIT`` while other machines' trials may yet die.
+        Counting and asking happen under the study lock, so N workers never overshoot n_trials."""
+        cfg, study = self.cfg, self.study
+        with study_lock(self.session, cfg):
+            recover(study, cfg.max_retries, self._close_dead)
+            for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # dead and not re-run: its checkpoints go
+                if reason(t) == "worker died" and counted(t, cfg.max_retries):
+                    for folder in (self.session.root / "trials" / cfg.name).glob(f"{t.number:04d}-*"):
+                        discard(folder)
+            if cfg.warm_start and not study.user_attrs.get("warm_started"):
+                self._warm_start()
+            trials = study.get_trials(deepcopy=False)
+            running = sum(t.state == TrialState.RUNNING for t in trials)
+            waiting = sum(t.state == TrialState.WAITING for t in trials)
+            done = sum(counted(t, cfg.max_retries) for t in trials)
+            if done + running >= cfg.n_trials and not waiting:
+                return DONE if done >= cfg.n_trials or not uses_heartbeats(study) else WAIT
+            if sum(reason(t).startswith("constraint") for t in trials) >= 20 * cfg.n_trials:
+                self.session.out(f"[study {cfg.name}] stopped: the sampler keeps suggesting params that `constraints` rule out")
+                return DONE
+            if cfg.batch_ladder and not waiting:  # the next rung; retries keep theirs
+                study.enqueue_trial({BATCH_KEY: cfg.batch_ladder[(done + running) % len(cfg.batch_ladder)]}, skip_if_exists=False)
+            # the next trial's number: the first waiting trial's, else a new one
+            number = min((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), default=len(trials))
+            study.sampler = make_sampler(cfg.sampler, cfg.space, number=number, constraints=cfg.constraints)
+            trial = study.ask()
+            trial.set_user_attr("host", host())
+            trial.set_user_attr("pid", os.getpid())
+            return trial
+
+    def update_parent(self, step: int) -> None:
+        rows, best = trial_rows(self.study), best_trial(self.study)
+        self.tracker.artifacts(self.parent, {"trials.csv": to_csv(rows)})
+        self.tracker.metrics(self.parent, {f"trials/{s}": sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}, step)
+        if best is not None:
+            metric = self.cfg.experiment.metric.name
+            self.tracker.metrics(self.parent, {"best/value": best_value(self.study, best), "best/test": best.user_attrs.get(f"test_{metric}")}, step)
+            self.tracker.tags(self.parent, {"best.trial": best.number, "best.value": best_value(self.study, best), "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")}
+                              | {f"best.{k}": v for k, v in best.params.items()})
+            if best.user_attrs.get("mlflow_run_id"):
+                mark_best(self.tracker, self.exp_id, self.cfg.name, best.user_attrs["mlflow_run_id"])
+
+    def run_one(self, trial: optuna.Trial) -> None:
+        cfg, prefix = self.cfg, f"[trial {trial.number}]"
+        try:
+            params = suggest(trial, cfg.space)
+            exp = resolved(validate_experiment(apply_params(self.exp_raw, params), None))
+        except SpecError as err:  # a combination the spec allows but the experiment refuses
+            trial.set_user_attr("reason", f"invalid params: {err}")
+            self.study.tell(trial, state=TrialState.FAIL)
+            self.session.out(f"{prefix} failed: invalid params: {err}")
+            return
+        broken = next((c.text for c in self.constraints if not c(params)), None)
+        if broken is not None:  # ruled out by the spec: told as pruned, never trained, not counted
+            trial.set_user_attr("reason", f"constraint: {broken}")
+            self.study.tell(trial, state=TrialState.PRUNED)
+            self.session.out(f"{prefix} skipped: violates constraint `{broken}` ({', '.join(f'{k}={_fmt(v)}' for k, v in params.items())})")
+            return
+        config = exp.model_dump(mode="json")
+        trial.set_user_attr("config", json.dumps(config))
+        tags = {"lbsearch.study": cfg.name, "lbsearch.role": "trial", "lbsearch.trial": trial.number, "optuna.trial_id": trial_id(trial),
+                "git.commit": self.commit} | self.digest
+        if "retry_of" in trial.user_attrs:
+            tags["lbsearch.retry_of"] = trial.user_attrs["retry_of"]
+        workdir = self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
+        resumed = self._resume(trial, workdir, prefix)
+        run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True,
+                       prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags | resumed,
+                       params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
+                       optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
+                       OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()),
+                       save_model=cfg.save_model != "none")
+        self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
+        t0 = time.time()
+        try:
+            out = run_tracked(self.session, self.tracker, run, on_run=lambda run_id: self._started(trial, run_id, resumed))
+        except KeyboardInterrupt:
+            self._tell(trial, TrialResult(state="failed", reason="interrupted"))
+            raise
+        except TrackingError as err:  # the tracking server failed this trial, not the study
+            why = f"tracking: {str(err).splitlines()[0][:200]}"
+            self._tell(trial, TrialResult(state="failed", reason=why))
+            if "mlflow_run_id" in trial.user_attrs:
+                with contextlib.suppress(TrackingError):
+                    self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED")
+            self.session.out(f"{prefix} failed ({why})")
+            return
+        if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
+            trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
+        self._tell(trial, out.result, out.plan)
+        r = out.result
+        if r.model_dir:
+            self._keep(trial.number, out.run_id, Path(r.model_dir))
+        detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
+        value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
+        self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
+
+    def _resume(self, trial: optuna.Trial, workdir: Path, prefix: str) -> dict[str, Any]:
+        """A re-run takes over the checkpoints of the trial it retries and the intermediate values that
+        trial reported up to them, so the pruner sees one curve. Returns the MLflow tags that say so."""
+        number = trial.user_attrs.get("retry_of")
+        info = adopt(self.session.root / "trials" / self.cfg.name, number, workdir)
+        if info is None:
+            return {}
+        old = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
+        if not is_multi(self.study):  # Optuna takes intermediate values of single-objective studies only
+            carried = {e["nominal_samples"] for e in info["result"].get("evals", [])}
+            for samples, value in sorted(old.intermediate_values.items()):
+                if samples in carried:
+                    trial.report(value, samples)
+        tags = {"lbsearch.resumed_from_trial": number, "lbsearch.resumed_from_step": info["step"], "lbsearch.resumed_from_samples": info["samples"],
+                "lbsearch.resumed_from_run": old.user_attrs.get("mlflow_run_id", "")}
+        for k, v in tags.items():
+            trial.set_user_attr(k.removeprefix("lbsearch."), v)
+        self.session.out(f"{prefix} resumes trial {number} from its checkpoint at step {info['step']} ({info['samples']} samples)")
+        return tags
+
+    def _started(self, trial: optuna.Trial, run_id: str, resumed: dict[str, Any]) -> None:
+        trial.set_user_attr("mlflow_run_id", run_id)
+        if resumed.get("lbsearch.resumed_from_run"):  # the retried trial's curves up to the checkpoint: one curve in MLflow too
+            try:
+                self.tracker.copy_metrics(resumed["lbsearch.resumed_from_run"], run_id, resumed["lbsearch.resumed_from_step"])
+            except TrackingError as err:
+                self.session.out(f"[trial {trial.number}] earlier metrics not copied: {str(err).splitlines()[0][:200]}")
+
+    def _warm_start(self) -> None:
+        """Enqueue the best ``top_k`` params of an earlier study (those of this study's space)."""
+        ws = self.cfg.warm_start
+        url = ws.storage or self.session.storage_for(self.cfg)
+        try:
+            source = optuna.load_study(study_name=ws.study, storage=open_storage(url))
+        except KeyError:
+            raise SpecError(None, "warm_start.study", f"no study {ws.study!r} in {url}") from None
+        space = {p for k in self.cfg.space for p in (k, f"{k}:on")}
+        ranked = sorted(pareto(source) if is_multi(source) else [t for t in source.trials if t.state == TrialState.COMPLETE],
+                        key=lambda t: [(1 if d == optuna.study.StudyDirection.MINIMIZE else -1) * v for d, v in zip(source.directions, t.values)])
+        for t in ranked[: ws.top_k]:
+            self.study.enqueue_trial({k: v for k, v in t.params.items() if k in space}, user_attrs={"warm_start_of": f"{ws.study}#{t.number}"})
+        self.study.set_user_attr("warm_started", ws.study)
+        self.session.out(f"[study {self.cfg.name}] warm start: the best {min(ws.top_k, len(ranked))} trials of {ws.study} run first")
+
+    def _tell(self, trial: optuna.Trial, r: TrialResult, plan: TrialPlan | None = None) -> None:
+        attrs: dict[str, Any] = {"reason": r.reason} if r.reason else {}
+        for key in ("samples", "steps", "skipped_steps", "samples_to_target", "steps_to_target", "samples_per_s", "tokens_per_s", "mfu", "wall_s", "first_step_s", "b_simple",
+                    "tokens_to_target", "b_simple_tokens"):
+            if getattr(r, key) is not None:
+                attrs[key] = getattr(r, key)
+        for split in ("validation", "test"):
+            attrs |= {f"{split}_{k}": v for k, v in (getattr(r, split) or {}).items()}
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        if r.state == "complete":
+            budget, steps = (plan.budget_samples, plan.steps) if plan else (r.samples, r.steps)
+            self.study.tell(trial, objective_values(self.cfg.objective_list, r, budget, steps))
+            if is_multi(self.study):
+                self._update_front()
+        else:
+            self.study.tell(trial, state=TrialState.PRUNED if r.state == "pruned" else TrialState.FAIL)
+
+
+    def _keep(self, number: int, run_id: str, saved: Path) -> None:
+        """Keep or delete the trial's saved model (``save_model``); the best one goes to MLflow's registry."""
+        with study_lock(self.session, self.cfg):
+            best = best_trial(self.study)
+            try:
+                folder = keep_trial_model(self.tracker, self.session.root, study=self.cfg.name, experiment_id=self.exp_id, number=number,
+                                          run_id=run_id, saved=saved, policy=self.cfg.save_model, best=best.number if best else None)
+            except (TrackingError, OSError) as err:  # the model is on disk; MLflow failed: the study goes on
+                self.session.out(f"[trial {number}] model not logged to MLflow: {str(err).splitlines()[0][:200]}")
+                return
+        if folder is not None:
+            self.session.out(f"[trial {number}] model kept in {folder}" + (" (the best so far; registered in MLflow)" if best and best.number == number else ""))
+
+    def _update_front(self) -> None:
+        """The Pareto front on the parent run: a table and, from 2 front trials on, Optuna's plot."""
+        rows = [r for r in trial_rows(self.study) if r["trial"] in {t.number for t in pareto(self.study)}]
+        self.tracker.artifacts(self.parent, {"pareto_front.csv": to_csv(rows)})
+        self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
+        folder = self.session.root / "reports" / self.cfg.name / "pareto"
+        if _front_plot(self.study, folder / "pareto_front.png"):
+            self.tracker.artifact_dir(self.parent, folder, "pareto")
+
+    @functools.cached_property
+    def constraints(self) -> list[Constraint]:
+        return parse_constraints(self.cfg.constraints, set(self.cfg.space))
+
+
+def _front_plot(study: optuna.Study, path: Path) -> bool:
+    """Optuna's Pareto-front plot as a PNG; False while the front has fewer than 2 trials."""
+    if len(pareto(study)) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's "experimental" note
+        ax = ovm.plot_pareto_front(study, target_names=objectives(study))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.set_size_inches(6, 4.5)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return True
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, spec_file: Path | None = None, max_trials: int | None = None,
+              use_standby: bool = True) -> int:
+    """Create or resume the study and run trials until ``n_trials`` count (0: done, 130: interrupted).
+    On a terminal the study and the running trial are drawn as live bars above which the lines scroll.
+    ``use_standby``: later trials forked from a standby process (``lbsearch.orchestrator.standby``)."""
+    s = _Search(session, cfg, exp_raw, spec_file)
+    ran = 0
+    session.out(summary(s.study, cfg.n_trials))
+    try:
+        with study_progress(cfg.name, cfg.n_trials) as shown, standby() if use_standby else contextlib.nullcontext():
+            _show(s, shown)
+            while max_trials is None or ran < max_trials:
+                trial = s.ask()
+                if trial == DONE:
+                    break
+                if trial == WAIT:  # other machines' trials may yet die: stay until their heartbeats settle it
+                    time.sleep(heartbeat_interval(s.study))
+                    continue
+                ran += 1
+                with heartbeat(s.study, trial):
+                    s.run_one(trial)
+                s.update_parent(trial.number)
+                _show(s, shown)
+                session.out(summary(s.study, cfg.n_trials))
+    except KeyboardInterrupt:
+        session.out(f"[study {cfg.name}] interrupted; run the same command again to resume")
+        s.update_parent(len(s.study.trials))
+        s.tracker.end(s.parent, "KILLED")
+        return 130
+    finish_study(session, s.tracker, s.parent, s.study, cfg)
+    trials = s.study.get_trials(deepcopy=False)
+    if sum(counted(t, cfg.max_retries) for t in trials) >= cfg.n_trials and not any(t.state == TrialState.RUNNING for t in trials):
+        s.tracker.end(s.parent, "FINISHED")
+    best = best_trial(s.study)
+    if best is not None:
+        m = cfg.experiment.metric.name
+        session.out(f"[study {cfg.name}] best trial {best.number}: {m} {best_value(s.study, best):.4f} (test {best.user_attrs.get('test_' + m, float('nan')):.4f}) params {best.params}")
+    return 0
+
+
+def _show(s: _Search, shown: Progress) -> None:
+    trials = s.study.get_trials(deepcopy=False)
+    n = {state: sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
+    best = best_trial(s.study)
+    shown.study(counted=sum(counted(t, s.cfg.max_retries) for t in trials), complete=n[TrialState.COMPLETE], pruned=n[TrialState.PRUNED],
+                failed=n[TrialState.FAIL], best=f"{best.values[0]:.4f} (trial {best.number})" if best else None)

@@ -1,0 +1,206 @@
+"""One tracked trial, for every caller (search, reproduce, train): create the MLflow run, log the
+resolved config, the plan and the datasets, run the trial process under MLflow's system-metrics
+monitor (halving the micro-batch after an out-of-memory failure, B unchanged), record state and
+reason, attach ``stdout.log``, end the run. The live progress display (``console``) hears of it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from lbsearch.orchestrator import console
+from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
+from lbsearch.orchestrator.script_trial import result_from_output, script_program
+from lbsearch.spec import FOLDER, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, make_plan, parse_message
+from lbsearch.study import RETRYABLE
+from lbsearch.tracking import Tracker, TrackingError, dataset_inputs, flatten, versions
+
+__all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
+
+MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+"""MLflow run status by trial state (an interrupted trial is a failed one whose run was killed)."""
+
+_NOISE = ("Loading weights", "The following values were not passed", "To avoid this warning")
+
+
+def resolved(exp: ExperimentConfig) -> ExperimentConfig:
+    """Fill in what depends on the machine (``precision: auto``), so the saved config is exact."""
+    exp = exp.model_copy(deep=True)
+    exp.launcher.precision = resolve_precision(exp.launcher.precision, exp.launcher.cpu, exp.launcher.accelerate_config)
+    return exp
+
+
+def trial_files(session: Session, cfg: dict[str, Any], study: str | None, number: int | None) -> dict[str, str]:
+    """The artifacts that make a run re-runnable: its resolved config, the command, the versions."""
+    cmd = f"lbsearch reproduce {study} --trial {number}" if study else "lbsearch train config.json"
+    if session.root.resolve() != (Path.cwd() / "mlruns").resolve():
+        cmd += f" --mlruns {shlex.quote(str(session.root))}"
+    if session.storage:
+        cmd += f" --storage {shlex.quote(session.storage)}"
+    return {
+        "config.json": json.dumps(cfg, indent=1),
+        "reproduce.sh": f"# re-run this trial from its resolved config and compare metrics\n{cmd}\n"
+        f"# or train the config alone: lbsearch train config.json\n",
+        "versions.json": json.dumps(versions(), indent=1),
+    }
+
+
+@dataclass
+class TrialRun:
+    """What to run and where its MLflow run goes."""
+
+    exp: ExperimentConfig
+    """Resolved (``resolved()``); after an out-of-memory retry it holds the micro-batch limit that ran."""
+    data: Any
+    """``lbsearch.data.cache.PreparedData``; None for a script trial (``kind: script``), which loads its own data."""
+    workdir: Path
+    prefix: str
+    """Shown before each line of the trial's output, e.g. ``[trial 3]``."""
+    experiment_id: str
+    run_name: str
+    parent: str | None = None
+    tags: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
+    files: dict[str, str] = field(default_factory=dict)
+    optuna: OptunaRef | None = None
+    save_model: bool = False
+    """A complete trial saves its model in ``workdir/model`` (``TrialResult.model_dir``)."""
+    resumable: bool = False
+    """A re-run of this trial may resume from its checkpoints (a search trial): they are kept when it
+    fails for a reason that is retried, and deleted otherwise."""
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    result: TrialResult
+    plan: TrialPlan
+    """The plan that ran (micro-batch limit known), or the planned one if the process never started training."""
+
+
+def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Callable[[str], None] = lambda run_id: None) -> Outcome:
+    """Run ``run`` as a tracked trial. ``on_run(run_id)`` is called as soon as the MLflow run exists.
+    KeyboardInterrupt stops the trial process, ends the run as KILLED (``interrupted``) and is re-raised;
+    any other error ends the run as FAILED with the error as its reason and is re-raised."""
+    plan = make_plan(run.exp)
+    config = run.exp.model_dump(mode="json")
+    tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
+    run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
+    try:
+        on_run(run_id)
+        return _tracked(session, tracker, run, run_id, plan, config)
+    except KeyboardInterrupt:
+        if not run.resumable:
+            discard(run.workdir)
+        _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
+        raise
+    except BaseException as err:  # never a run left RUNNING: it ends FAILED with the error, which goes on up
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+        discard(run.workdir)
+        with contextlib.suppress(Exception):
+            _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason=why))
+        raise
+
+
+def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, plan: TrialPlan, config: dict[str, Any]) -> Outcome:
+    labels = getattr(run.data, "labels", None) or {}
+    tracker.artifacts(run_id, run.files | ({"labels.json": json.dumps(labels, indent=1)} if labels else {}))
+    if labels.get("names"):  # the label mapping, as the model's id2label has it
+        tracker.tags(run_id, {"data.task": labels["task"], "data.labels": json.dumps(labels["names"])[:5000]})
+    try:  # the Datasets column is a view: a tracking error here never costs the trial
+        if run.data is not None:
+            tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
+    except TrackingError as err:
+        session.out(f"{run.prefix} datasets not logged to MLflow: {str(err).splitlines()[0][:200]}")
+    shown = console.active()
+    shown.trial_start(run.prefix, plan.budget_samples, run.exp.metric.name)
+    try:
+        with tracker.system_metrics(run_id):
+            result, plan = _run_with_oom_retries(session, tracker, run, run_id, plan)
+    finally:
+        shown.trial_end()
+    if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
+        tracker.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
+    if not (run.resumable and result.state == "failed" and result.reason in RETRYABLE):
+        discard(run.workdir)
+    _end(tracker, run_id, run.workdir, result)
+    return Outcome(run_id, result, plan)
+
+
+def _end(tracker: Tracker, run_id: str, workdir: Path, result: TrialResult) -> None:
+    tracker.tags(run_id, {"lbsearch.state": result.state, **({"lbsearch.reason": result.reason} if result.reason else {})})
+    log = workdir / "stdout.log"
+    if log.is_file():
+        tracker.artifacts(run_id, {"stdout.log": log.read_text()[-200_000:]})
+    tracker.end(run_id, MLFLOW_STATUS["interrupted" if result.reason == "interrupted" else result.state])
+
+
+def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run_id: str, plan: TrialPlan) -> tuple[TrialResult, TrialPlan]:
+    """Run the trial; on out-of-memory halve the micro-batch limit (B unchanged: more accumulation)
+    and retry. ``run.exp`` is updated to the limit that finally ran."""
+    retries = 0
+    while True:
+        on_line, last_json = _line_handler(session, tracker, run_id, run.prefix)
+        if run.data is None:
+            spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), optuna=run.optuna, tracking=True)
+            result = run_trial_process(spec, run.workdir, on_line=on_line, program=script_program(run.exp, plan, run.workdir),
+                                       no_result=lambda code: _script_result(tracker, run_id, run, code, last_json.get("line")))
+        else:
+            spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
+                              pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
+                              tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
+                              checkpoint_dir=str(run.workdir / FOLDER))
+            result = run_trial_process(spec, run.workdir, on_line=on_line)
+        if result.plan is not None:
+            plan = TrialPlan.from_dict(result.plan)
+            run.exp.launcher.max_micro_batch = plan.max_micro_batch  # a probed limit becomes part of the config
+        if not result.oom or plan.micro_batch is None or plan.micro_batch == 1:
+            return result, plan
+        smaller = plan.with_limit(max(1, plan.micro_batch // 2))
+        session.out(f"{run.prefix} out of memory at micro-batch {plan.micro_batch}: retrying with micro-batch "
+                    f"{smaller.micro_batch} x accumulation {smaller.accumulation} (B = {plan.batch_size} unchanged)")
+        run.exp.launcher.max_micro_batch = smaller.max_micro_batch
+        retries += 1
+        tracker.tags(run_id, {"lbsearch.oom_retries": retries} | smaller.split())
+        plan = smaller
+
+
+def _script_result(tracker: Tracker, run_id: str, run: TrialRun, code: int, last_json: dict[str, Any] | None) -> TrialResult | None:
+    """A script that left no result: its final metrics (metrics file or last JSON line) when it exited 0."""
+    result = result_from_output(run.exp, run.workdir, code, last_json)
+    if result is not None and result.validation:
+        tracker.metrics(run_id, {f"val/{k}": v for k, v in result.validation.items()}, result.steps)
+    return result
+
+
+def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) -> tuple[Callable[[str], None], dict[str, Any]]:
+    """Show the trial's output; metric rows go to its MLflow run, the plan that runs to its tags.
+    The last line that is a JSON object is kept (a script's final metrics) in the returned dict."""
+    last: dict[str, Any] = {}
+
+    def on_line(line: str) -> None:
+        msg = parse_message(line)
+        if msg is None:
+            if line.startswith("{"):
+                try:
+                    found = json.loads(line)
+                except ValueError:
+                    found = None
+                if isinstance(found, dict):
+                    last["line"] = found
+            if line.strip() and not line.startswith(_NOISE):
+                session.out(f"{prefix} {line}")
+        elif msg[0] == "metrics":
+            tracker.metric_rows(run_id, msg[1])
+            console.active().trial_metrics(msg[1])
+        elif msg[0] == "plan":
+            tracker.tags(run_id, TrialPlan.from_dict(msg[1]).split())
+        elif msg[0] == "tags":
+            tracker.tags(run_id, msg[1])
+
+    return on_line, last

@@ -1,0 +1,161 @@
+"""A standby worker: one process per study that has done a trial's imports and forks each trial.
+
+A trial's process spends its first seconds single-threaded, in the interpreter and the imports of
+torch, transformers, Accelerate and scikit-learn (``benchmarks/overhead.py``). Inside ``standby()``
+(the study loop), the first one-process CPU trial of lbsearch's own worker starts as before and,
+beside it, a standby process: the same command and environment, less the spec path. It imports all
+that once, then waits on a socket. Each later trial whose command (less the spec path) and
+environment are the standby's is a child forked from it: its own process group, its output on a
+pipe the orchestrator reads, the trial's environment, ``lbsearch.trial.worker.main`` on its spec. It
+trains in a fresh process, as a started one would; only the imports are shared.
+
+A trial with another command or environment (say, another precision) gets a standby process of its
+own (``KEEP`` at once). Trials of several processes, on a GPU (CUDA does not survive a fork once the
+driver is touched) or of a script always start as before. The standby process ends when
+``standby()`` exits, and by itself when the orchestrator dies (its socket closes); a trial forked
+from it watches the orchestrator as every trial does, and is killed if the standby process dies
+first. Its command line names the first trial's spec, so it can be found beside the trials.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterator
+
+from lbsearch.spec import FLAG
+
+__all__ = ["standby", "start"]
+
+
+KEEP = 2
+"""Standby processes kept at once, one per trial command and environment (the least recently used goes)."""
+
+_servers: dict[tuple, "_Server | None"] | None = None  # by key, least recently used first (None: refused); None outside standby()
+
+
+@contextlib.contextmanager
+def standby() -> Iterator[None]:
+    """Trials started inside (one at a time, as the study loop runs them) are forked from a standby process."""
+    global _servers
+    outer, _servers = _servers, {}
+    try:
+        yield
+    finally:
+        servers, _servers = [v for v in _servers.values() if v is not None], outer
+        while servers:
+            with contextlib.suppress(Exception):
+                servers.pop().end()
+
+
+def _key(cmd: list[str], env: dict[str, str], spec_file: Path) -> tuple | None:
+    """What the standby process must have been started with to fork this trial; None when none may
+    (not the built-in worker as one CPU process: ``accelerate launch``, a GPU, a script)."""
+    if cmd != [sys.executable, "-m", "lbsearch.trial.worker", str(spec_file)] or env.get("ACCELERATE_USE_CPU") != "True":
+        return None
+    return tuple(cmd[:-1]), tuple(sorted(env.items()))
+
+
+def start(cmd: list[str], env: dict[str, str], spec_file: Path, **popen):
+    """The trial's process: forked from the standby process when one fits, else ``Popen(cmd, env=env,
+    **popen)``; inside ``standby()`` the first fitting trial starts the standby process beside it."""
+    key = _key(cmd, env, spec_file) if _servers is not None and popen.get("cwd") is None else None
+    if key is None:
+        return subprocess.Popen(cmd, env=env, **popen)
+    servers: dict = _servers  # type: ignore[assignment]
+    if key in servers and servers[key] is None:  # a standby process refused to fork these trials: none again
+        return subprocess.Popen(cmd, env=env, **popen)
+    server = servers.pop(key, None)
+    if server is not None:
+        proc = server.fork(spec_file, env)
+        servers[key] = server  # the most recently used last
+        if proc is not None:
+            return proc
+        servers.pop(key).end()  # it died (a new one starts beside this trial) or refused
+        if server.refused:
+            servers[key] = None
+            return subprocess.Popen(cmd, env=env, **popen)
+    while sum(v is not None for v in servers.values()) >= KEEP:  # trials that alternate two settings (say, the precision) keep both
+        oldest = next(k for k, v in servers.items() if v is not None)
+        servers.pop(oldest).end()
+    with contextlib.suppress(OSError):
+        servers[key] = _Server(cmd[:-1], env, spec_file)
+    return subprocess.Popen(cmd, env=env, **popen)
+
+
+class _Server:
+    """The orchestrator's side of a standby process."""
+
+    def __init__(self, prefix: list[str], env: dict[str, str], spec_file: Path) -> None:
+        self.refused = False  # it answered that it cannot fork (a thread runs in it)
+        self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with theirs, open(spec_file.parent.parent / "standby.log", "a") as log:  # what it says before a trial has an output
+            self.proc = subprocess.Popen([*prefix, FLAG, str(spec_file)], env=env, stdin=theirs, stdout=log, stderr=subprocess.STDOUT,
+                                         start_new_session=True)
+
+    def fork(self, spec_file: Path, env: dict[str, str]) -> "_Forked | None":
+        """A trial forked from it, or None when it cannot (it died, or waits on a child still)."""
+        if self.proc.poll() is not None:
+            return None
+        read, write = os.pipe()
+        pid = 0
+        try:
+            socket.send_fds(self.sock, [json.dumps({"spec": str(spec_file), "env": env}).encode()], [write])
+            deadline = time.time() + 120  # its imports may still run
+            while select.select([self.sock], [], [], max(0.0, deadline - time.time()))[0]:
+                words = self.sock.recv(64).decode().split()
+                if not words or words[0] != "exit":  # ("exit" of the last trial: a stop that gave up waiting for it)
+                    pid = int(words[1]) if words[:1] == ["pid"] else 0
+                    self.refused = words == ["no"]
+                    break
+        except (OSError, ValueError):
+            pid = 0
+        finally:
+            os.close(write)
+            if pid <= 0:
+                os.close(read)
+        return _Forked(pid, os.fdopen(read, "r"), self.sock) if pid > 0 else None
+
+    def end(self) -> None:
+        from lbsearch.orchestrator.processes import stop_group
+
+        self.sock.close()
+        stop_group(self.proc, grace=2.0)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=1)
+
+
+class _Forked:
+    """A forked trial as ``subprocess.Popen`` shows a started one: ``pid`` (its process group),
+    ``stdout``, ``poll``, ``wait``, ``returncode`` (negative: the signal that ended it)."""
+
+    def __init__(self, pid: int, stdout, sock: socket.socket) -> None:
+        self.pid, self.stdout, self.sock = pid, stdout, sock
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        return self._exit(0.0)
+
+    def wait(self, timeout: float | None = None) -> int:
+        code = self._exit(timeout)
+        if code is None:
+            raise subprocess.TimeoutExpired(f"trial {self.pid}", timeout or 0.0)
+        return code
+
+    def _exit(self, timeout: float | None) -> int | None:
+        if self.returncode is None and select.select([self.sock], [], [], timeout)[0]:
+            try:
+                word, pid, code = self.sock.recv(64).decode().split()
+                self.returncode = int(code) if (word, int(pid)) == ("exit", self.pid) else -9
+            except (OSError, ValueError):  # the standby process died, and with it the report of the trial's exit
+                self.returncode = -9
+        return self.returncode
+
+

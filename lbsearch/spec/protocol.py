@@ -1,0 +1,123 @@
+"""What the orchestrator and a trial process exchange. Torch-free and MLflow-free.
+
+- in: ``spec.json`` (a ``WorkerSpec``): the resolved experiment, the tokenized-data cache, the
+  Optuna trial to report to (or none), where to write the result (a script trial finds it through
+  ``$LBSEARCH_TRIAL_SPEC``, read by the public ``lbsearch.api``);
+- during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, tags, and rows of
+  metrics that the orchestrator writes to the trial's MLflow run (the trial never imports MLflow,
+  so each run has a single writer);
+- out: ``result.json`` (a ``TrialResult``), written atomically by rank 0. The process exit code
+  only says whether that file was written.
+"""
+
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+__all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "parse_message", "write_result", "read_result"]
+
+MARK = "@@lbsearch "
+
+
+class OptunaRef(BaseModel):
+    """The Optuna trial a trial process reports to (rank 0 only)."""
+
+    storage: str
+    study_name: str
+    trial_id: int
+    pruner: dict[str, Any]
+
+
+class WorkerSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    experiment: dict[str, Any]
+    """The fully resolved experiment (``ExperimentConfig.model_dump(mode="json")``)."""
+    data_path: str = ""
+    """The tokenized-data cache (lbsearch's own trials; a script trial loads its own data)."""
+    num_labels: int = 0
+    pad_id: int = 0
+    vocab_size: int = 0
+    labels: dict[str, Any] = {}
+    """``lbsearch.data.labels.LabelInfo.to_dict()``: class names (the model's ``id2label``), regression scaling."""
+    optuna: OptunaRef | None = None
+    tracking: bool = False
+    """Send metric rows on stdout (the orchestrator logs them to the trial's MLflow run)."""
+    result: str | None = None
+    watch_pid: int | None = None
+    """Exit when this process (the orchestrator) is gone."""
+    model_dir: str | None = None
+    """Where a complete trial saves its model (``lbsearch.trial.model.save_model``); None: not saved."""
+    checkpoint_dir: str | None = None
+    """Where the trial writes its checkpoints and resumes from the newest one there (``lbsearch.trial.checkpoint``); None: none."""
+
+
+class TrialResult(BaseModel):
+    # an undefined metric (AUROC without both classes, a correlation of constant predictions) is NaN, kept as NaN
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")
+
+    state: Literal["complete", "pruned", "failed"]
+    reason: str | None = None
+    """pruned: ``pruned`` or ``diverged``; failed: the error, ``out of memory`` or ``interrupted``."""
+    oom: bool = False
+    steps: int = 0
+    samples: int = 0
+    evals: list[dict[str, Any]] = []
+    validation: dict[str, float] | None = None
+    test: dict[str, float] | None = None
+    value: float | None = None
+    samples_to_target: int | None = None
+    steps_to_target: int | None = None
+    b_simple: float | None = None
+    tokens_to_target: int | None = None
+    """Language models: samples (sequences) to target x tokens per sequence."""
+    b_simple_tokens: float | None = None
+    first_step_s: float | None = None
+    train_s: float | None = None
+    samples_per_s: float | None = None
+    tokens_per_s: float | None = None
+    skipped_steps: int | None = None
+    """fp16: optimizer steps the GradScaler skipped (an overflow in the gradients); None without a GradScaler."""
+    model_dir: str | None = None
+    """The saved model's folder, when the trial saved one."""
+    mfu: float | None = None
+    """Model FLOPs utilisation over the training time (``lbsearch.trial.flops``); None where no peak is known."""
+    wall_s: float | None = None
+    plan: dict[str, Any] | None = None
+    """``TrialPlan.to_dict()`` of what ran (micro-batch limit known)."""
+
+
+def message(kind: Literal["metrics", "plan", "tags"], payload: Any) -> str:
+    return MARK + json.dumps({kind: payload})
+
+
+def parse_message(line: str) -> tuple[str, Any] | None:
+    """``(kind, payload)`` for a marked line, else None."""
+    if not line.startswith(MARK):
+        return None
+    ((kind, payload),) = json.loads(line[len(MARK) :]).items()
+    return kind, payload
+
+
+def write_result(path: str | Path, result: TrialResult) -> None:
+    path = Path(path)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(result.model_dump_json(indent=1))
+    os.replace(tmp, path)
+
+
+def read_result(path: str | Path) -> TrialResult:
+    return TrialResult.model_validate_json(Path(path).read_text())
+
+
+FLAG = "--standby"
+"""``python -m lbsearch.trial.worker --standby SPEC``: import (SPEC: a trial's spec, to guess its model
+family), then fork a child per trial sent on the socket that is its stdin."""
+
+

@@ -1,0 +1,56 @@
+"""A trial's working folder as both processes see it: the checkpoints' layout, adopting a retried trial's checkpoints, discarding them."""
+
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+FOLDER = "checkpoints"
+"""The checkpoints' folder inside a trial's working folder."""
+
+
+INFO = "lbsearch.json"
+
+
+def latest(folder: Path) -> Path | None:
+    """The newest whole checkpoint under ``folder`` (a trial's ``checkpoints``), or None."""
+    found = sorted(p for p in folder.glob("step-*") if (p / INFO).is_file()) if folder.is_dir() else []
+    return found[-1] if found else None
+
+
+def adopt(trials_dir: Path, number: int | None, workdir: Path) -> dict[str, Any] | None:
+    """Move the checkpoints of trial ``number`` (in ``trials_dir``) into ``workdir``, for its re-run.
+    Returns the newest checkpoint's ``lbsearch.json``, or None where there is none (another machine's
+    folder, a trial that never wrote one)."""
+    if number is None:
+        return None
+    for old in sorted(trials_dir.glob(f"{number:04d}-*/{FOLDER}")):
+        found = latest(old)
+        if found is None:
+            continue
+        workdir.mkdir(parents=True, exist_ok=True)
+        old.rename(workdir / FOLDER)
+        return json.loads((workdir / FOLDER / found.name / INFO).read_text())
+    return None
+
+
+def discard(workdir: Path) -> None:
+    shutil.rmtree(workdir / FOLDER, ignore_errors=True)
+
+
+def fingerprint(experiment: dict[str, Any]) -> str:
+    """What must match for a checkpoint to be resumed: the resolved experiment, less the micro-batch
+    limit (an out-of-memory retry changes it; the state does not depend on it), where the ranks meet
+    (node 0's address and port, picked per trial; this node's rank) and the checkpoint settings."""
+    exp = json.loads(json.dumps(experiment))
+    for key in ("max_micro_batch", "main_process_ip", "main_process_port", "machine_rank"):
+        exp["launcher"].pop(key, None)
+    for key in ("checkpoint_every_samples", "checkpoint_every_minutes", "checkpoint_on_stop", "stop_grace_s"):
+        exp["train"].pop(key, None)
+    return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
+
+

@@ -1,0 +1,122 @@
+"""Optuna pieces built from a StudyConfig: the sampler, the pruner and the search space."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import optuna
+
+from lbsearch.spec import CategoricalParam, FloatParam, IntParam, SamplerConfig
+
+__all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "OFF"]
+
+OFF = "off"
+"""Value of the ``<key>:on`` switch that turns an ``optional: true`` float parameter into ``null``."""
+
+
+def trial_seed(seed: int, number: int) -> int:
+    """The sampler seed of trial ``number``: a function of the study seed and the trial number only, so
+    a study repeats from its seed while N workers and a resumed study never draw the same points."""
+    return int(np.random.SeedSequence([seed, number]).generate_state(1)[0])
+
+
+def make_sampler(cfg: SamplerConfig, space: dict[str, Any], *, number: int | None = None, constraints: list[str] = ()) -> optuna.samplers.BaseSampler:
+    """The sampler that draws trial ``number`` (None: seeded by the study seed alone). A Sobol
+    sequence and a grid keep the study seed: their points are indexed by the trial, not drawn. A grid
+    holds only the points that satisfy ``constraints`` (e.g. a second seed at some batch sizes only)."""
+    seed = cfg.seed if number is None or cfg.name in ("qmc", "grid") else trial_seed(cfg.seed, number)
+    return BUILDERS[cfg.name](cfg, seed, space, constraints)
+
+
+BUILDERS: dict[str, Any] = {  # one per name in spec.registry.SAMPLERS (tests/study/test_sampler.py)
+    "random": lambda cfg, seed, space, constraints: optuna.samplers.RandomSampler(seed=seed),
+    "qmc": lambda cfg, seed, space, constraints: optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False),
+    "grid": lambda cfg, seed, space, constraints: _GridSampler({k: list(p.choices) for k, p in space.items()}, seed=seed, constraints=constraints),
+    "gp": lambda cfg, seed, space, constraints: optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False),
+    "nsga2": lambda cfg, seed, space, constraints: optuna.samplers.NSGAIISampler(seed=seed),
+    # Optuna 5 changed TPE's defaults: state the ones lbsearch relies on.
+    "tpe": lambda cfg, seed, space, constraints: optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True,
+                                                                            constant_liar=True),
+}
+"""The sampler of each name: ``(cfg, seed, space, constraints) -> sampler``."""
+
+
+GRID_POINT = "lbsearch_grid_point"
+"""Trial system attr: the grid point's values in the order of the sorted param names."""
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's GridSampler calls ``study.stop()`` once the grid is used up, which only works inside
+    ``Study.optimize``; lbsearch drives trials with ask/tell and counts ``n_trials`` itself. Points that
+    violate a constraint are left out of the grid, so they are never suggested."""
+
+    def __init__(self, search_space: dict[str, list], seed: int | None = None, constraints: list[str] = ()) -> None:
+        super().__init__(search_space, seed=seed)
+        if constraints:
+            from lbsearch.spec import parse
+
+            keep = parse(list(constraints), set(search_space))
+            # Optuna keeps the grid as a list of value tuples in the order of sorted param names
+            self._all_grids = [g for g in self._all_grids if all(c(dict(zip(self._param_names, g))) for c in keep)]
+            self._n_min_trials = len(self._all_grids)
+
+    def before_trial(self, study, trial) -> None:
+        """The first grid point that no finished or running trial holds. Points are matched by their
+        values, not by Optuna's grid index, so a study whose constraints change (e.g. a second seed added
+        at more batch sizes) runs exactly the new points when it is run again, and none twice."""
+        from lbsearch.study.access import set_trial_system_attrs, stored_trials
+
+        if "grid_id" in trial.system_attrs or "fixed_params" in trial.system_attrs:
+            return
+        taken = set()
+        for t in stored_trials(study):
+            if t.number != trial.number and (t.state.is_finished() or t.state == optuna.trial.TrialState.RUNNING):
+                point = t.system_attrs.get(GRID_POINT) or [t.params.get(n) for n in self._param_names]
+                taken.add(tuple(point))
+        free = [i for i, g in enumerate(self._all_grids) if tuple(g) not in taken]
+        grid_id = free[0] if free else int(self._rng.rng.choice(len(self._all_grids)))  # used up: one again, as Optuna does
+        set_trial_system_attrs(study, trial, {"search_space": self._search_space, "grid_id": grid_id, GRID_POINT: list(self._all_grids[grid_id])})
+
+    def sample_independent(self, study, trial, param_name, param_distribution) -> Any:
+        point = trial.system_attrs.get(GRID_POINT)
+        if point is None:
+            return super().sample_independent(study, trial, param_name, param_distribution)
+        return point[self._param_names.index(param_name)]
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+    """Dotted experiment keys -> values for this trial. ``optional: true`` floats may come back None."""
+    params: dict[str, Any] = {}
+    for key, p in space.items():
+        if isinstance(p, CategoricalParam):
+            params[key] = trial.suggest_categorical(key, p.choices)
+        elif isinstance(p, IntParam):
+            params[key] = trial.suggest_int(key, p.low, p.high, step=p.step, log=p.log)
+        elif isinstance(p, FloatParam):
+            if p.optional and trial.suggest_categorical(f"{key}:on", ["on", OFF]) == OFF:
+                params[key] = None
+            else:
+                params[key] = trial.suggest_float(key, p.low, p.high, log=p.log)
+    return params
+
+
+def objective_values(objectives: list, result: Any, budget_samples: int, steps: int) -> list[float]:
+    """The values a complete trial tells Optuna, in the order of the study's objectives. A target never
+    reached counts as twice the budget (in samples or steps): behind every trial that reached it."""
+    values = []
+    for o in objectives:
+        if o.name == "metric":
+            values.append(float(result.value))
+        elif o.name == "samples_to_target":
+            values.append(float(result.samples_to_target if result.samples_to_target is not None else 2 * budget_samples))
+        elif o.name == "steps_to_target":
+            values.append(float(result.steps_to_target if result.steps_to_target is not None else 2 * steps))
+        elif o.name == "wall_time":
+            values.append(float(result.wall_s))
+        else:
+            values.append(float(result.samples))
+    return values

@@ -1,0 +1,74 @@
+"""Kept models: which trained models stay on disk (``save_model``), where, and the best one in MLflow.
+
+A complete trial saves its model in its working folder (``lbsearch.trial.model.save_model``); here the
+orchestrator keeps it under ``<mlruns>/models/<study>/trial-<N>/`` or deletes it, and logs the best
+one to the study's MLflow experiment as a model (a *logged model* whose source run is the trial's
+run) registered in the Model Registry under the study's name, alias ``best``. Torch-free and, until it logs, MLflow-free.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lbsearch.tracking.tracker import Tracker
+
+__all__ = ["models_dir", "trial_model_dir", "keep_trial_model", "keep_train_model", "BEST_ALIAS"]
+
+BEST_ALIAS = "best"
+"""The registered model's alias of the best trial's version: ``models:/<study>@best``."""
+
+
+def models_dir(root: Path, owner: str) -> Path:
+    """Where the models of a study (or of ``lbsearch train``'s ``train-<name>``) are kept."""
+    return root / "models" / owner
+
+
+def trial_model_dir(root: Path, study: str, number: int) -> Path:
+    return models_dir(root, study) / f"trial-{number}"
+
+
+def _move(saved: Path, folder: Path) -> None:
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(saved), str(folder))
+
+
+def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_id: str, number: int, run_id: str, saved: Path,
+                     policy: str, best: int | None) -> Path | None:
+    """After trial ``number`` completed and saved its model in ``saved``: keep it when ``policy``
+    (``save_model``) says so, delete the models it no longer keeps, and log and register it when it
+    is the study's ``best`` trial. Call under the study lock. Returns where the model is kept."""
+    folder = trial_model_dir(root, study, number)
+    kept = policy == "all" or best == number
+    if kept:
+        _move(saved, folder)
+    else:
+        shutil.rmtree(saved, ignore_errors=True)
+    if policy == "best" and best is not None:
+        for other in models_dir(root, study).glob("trial-*"):
+            if other.name != f"trial-{best}":
+                shutil.rmtree(other, ignore_errors=True)
+    if best == number and kept:
+        model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}", folder, {"lbsearch.study": study, "lbsearch.trial": str(number)})
+        version = tracker.register_model(study, model_id, run_id, {"lbsearch.trial": str(number)}, alias=BEST_ALIAS)
+        if policy == "best":  # the earlier bests' copies in MLflow go too: one model on disk
+            tracker.drop_model_versions(study, keep=version)
+        tracker.tags(run_id, {"lbsearch.model": str(folder), "lbsearch.model_version": version})
+    return folder if kept else None
+
+
+def keep_train_model(tracker: "Tracker", root: Path, *, name: str, experiment_id: str, run_id: str, saved: Path) -> Path:
+    """``lbsearch train``'s model: kept under ``models/train-<name>/<run id>`` and logged to its run."""
+    from mlflow.exceptions import MlflowException
+
+    folder = models_dir(root, f"train-{name}") / run_id
+    _move(saved, folder)
+    with contextlib.suppress(OSError, MlflowException):  # the model is kept on disk whatever MLflow says
+        tracker.log_model(experiment_id, run_id, name, folder, {"lbsearch.role": "train"})
+    tracker.tags(run_id, {"lbsearch.model": str(folder)})
+    return folder

@@ -1,0 +1,133 @@
+"""Checkpoints of a running trial, and the re-run of a trial that resumes from them.
+
+A trial's checkpoints live in its working folder, ``mlruns/trials/<study>/<NNNN>-<id>/checkpoints/``,
+one folder per checkpoint, ``step-<S>/``: Accelerate's ``save_state`` (model, optimizer, the LR
+schedule registered with ``register_for_checkpointing``, the GradScaler, every rank's RNG states)
+plus ``lbsearch.json``, the trial's own position: the optimizer step (the sample stream is a pure
+function of the seed and B, so the step is its position), the noise-scale EMAs, the first loss, the
+clipped and skipped counters, the evaluations so far and the work counters. A checkpoint is written
+to a temporary folder and renamed, so a ``step-*`` folder is always whole; the older ones are then
+deleted. A trial that ends for good (complete, pruned, or failed for a reason that is not retried)
+leaves none.
+
+The orchestrator's side (torch-free): ``adopt`` moves the checkpoints of the trial that a retry
+re-runs into the retry's folder; ``discard`` deletes them. The worker's side: ``Checkpoints``
+(when to save, saving, resuming) and ``StopSignal`` (SIGTERM).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from lbsearch.spec import INFO, fingerprint, latest
+
+__all__ = ["latest", "fingerprint", "StopSignal", "Checkpoints"]
+
+_RESULT_KEYS = ("evals", "samples_to_target", "steps_to_target", "b_simple")
+
+
+class StopSignal:
+    """SIGTERM in a trial process: before training (or with ``checkpoint_on_stop: false``) the trial
+    ends at once as ``interrupted``; while training it is ``asked`` to stop at the next step boundary,
+    after a checkpoint."""
+
+    def __init__(self, install: bool = True) -> None:
+        self.defer = self.asked = False
+        if install:
+            signal.signal(signal.SIGTERM, self)
+
+    def __call__(self, signum, frame) -> None:
+        if not self.defer:
+            raise KeyboardInterrupt("SIGTERM")
+        self.asked = True
+
+
+class Checkpoints:
+    """A trial's checkpoints, worker side: ``resume()`` before the first step, ``after_step(step)``
+    after each (True: stop now, a checkpoint was written on SIGTERM)."""
+
+    def __init__(self, trial, folder: str | None, stop: StopSignal | None = None) -> None:
+        tr, self.trial = trial.exp.train, trial
+        self.folder = Path(folder) if folder else None
+        self.every = tr.checkpoint_every_samples if self.folder else None
+        self.every_s = tr.checkpoint_every_minutes * 60 if self.folder and tr.checkpoint_every_minutes and not self.every else None
+        self.stop = stop if stop is not None else StopSignal(install=False)
+        self.stop.defer = bool(self.folder) and tr.checkpoint_on_stop
+        self.t_last = time.time()
+        self.key = fingerprint(trial.exp.model_dump(mode="json"))
+        trial.acc.register_for_checkpointing(trial.scheduler)  # not prepared: Accelerate would step it once per rank
+
+    def resume(self) -> int:
+        """Load the newest checkpoint of this trial's folder, if any; returns the step it was taken at (0: none)."""
+        t, found = self.trial, latest(self.folder) if self.folder else None
+        if found is None:
+            return 0
+        info = json.loads((found / INFO).read_text())
+        if info["fingerprint"] != self.key or info["processes"] != t.acc.num_processes:
+            t.say(f"checkpoint {found} is of another configuration: training from step 0")
+            return 0
+        t.acc.load_state(str(found))
+        _restore(t, info)
+        t.say(f"resumed from checkpoint at step {info['step']} ({info['samples']} samples)")
+        return info["step"]
+
+    def after_step(self, step: int) -> bool:
+        t = self.trial
+        if step >= t.plan.steps:
+            return False  # the trial ends here anyway
+        B = t.plan.batch_size
+        due = 1 if self.every and step * B // self.every > (step - 1) * B // self.every else 0
+        if self.every_s is not None or self.stop.defer:  # time and signals can differ across ranks: all take the largest
+            from lbsearch.trial.distributed import stop_code
+
+            asked = 2 if self.stop.asked else 1 if self.every_s is not None and time.time() - self.t_last >= self.every_s else 0
+            due = stop_code(t.acc, max(due, asked)) if t.acc.num_processes > 1 else max(due, asked)
+        if due:
+            self.save(step, "on SIGTERM" if due == 2 else "")
+        return due == 2
+
+    def save(self, step: int, why: str = "") -> None:
+        t, t0 = self.trial, time.time()
+        acc, tmp, final = t.acc, self.folder / f".tmp-step-{step:08d}", self.folder / f"step-{step:08d}"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            (tmp / INFO).write_text(json.dumps(_position(t, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in self.folder.glob("step-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        self.t_last = time.time()
+        t.rep.flush()  # the metric rows up to the checkpoint are in MLflow before a kill can lose them
+        t.say(f"checkpoint at step {step} ({step * t.plan.batch_size} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
+
+
+def _position(t, step: int) -> dict[str, Any]:
+    """The trial's own state at a step boundary (JSON floats round-trip exactly)."""
+    return {"step": step, "samples": step * t.plan.batch_size, "first_loss": t.first_loss, "clipped": t.clipped, "skipped": t.skipped,
+            "skipped_in_row": t.skipped_in_row, "last_eval": t.last_eval, "work": [float(w) for w in t.work], "train_s": t.t_train,
+            "gns": t.gns.noise.state(), "result": {k: t.result[k] for k in _RESULT_KEYS if k in t.result}}
+
+
+def _restore(t, info: dict[str, Any]) -> None:
+    t.first_loss, t.clipped, t.skipped, t.skipped_in_row = info["first_loss"], info["clipped"], info["skipped"], info["skipped_in_row"]
+    t.last_eval, t.t_train = info["last_eval"], info["train_s"]
+    t.gns.noise.load(info["gns"])
+    t.result |= info["result"] | {"steps": info["step"], "samples": info["samples"]}
+    # the work since the last evaluation was timed in the process that died: counted neither in the total nor at the next evaluation
+    work = info["work"]
+    t.work[:] = [0.0, 0.0, work[2] - work[0], work[3] - work[1]]
+    t.t_mark, t.samples_mark = time.time(), info["samples"]
+    t.loss = t.grad_norm = math.nan

@@ -1,0 +1,90 @@
+"""The Accelerator a trial runs with, in the distributed mode its launch asked for.
+
+``accelerate launch`` tells the ranks what the config file says through the environment
+(``ACCELERATE_USE_FSDP``, ``FSDP_*``, ``ACCELERATE_USE_DEEPSPEED``, ``ACCELERATE_DYNAMO_*``).
+Accelerate (1.15) selects FSDP and DeepSpeed only on an accelerator: on CPU it runs the same ranks as
+plain DDP (``MULTI_CPU``) without a word. lbsearch never lets that pass silently:
+
+- FSDP version 2 on CPU runs as FSDP: torch's ``fully_shard`` works over gloo, so the Accelerator is
+  switched to Accelerate's own FSDP2 path (the state Accelerate would have set on a GPU);
+- FSDP version 1 on CPU: Accelerate refuses it while building its plugin ("There are currently no
+  available devices found, ..."); the trial fails saying so and what to change;
+- DeepSpeed on CPU: the trial fails saying that it needs a GPU.
+
+A config file that sets ``dynamo_config`` is honoured: ``launcher.compile`` then adds nothing.
+"""
+
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+__all__ = ["make_accelerator"]
+
+
+def _flag(name: str) -> bool:
+    return os.environ.get(name, "false").lower() == "true"
+
+
+def make_accelerator(precision: str, cpu: bool, compile: bool):
+    """The trial's Accelerator. ``cpu``: forced to the CPU (``launcher.cpu``; also when no GPU is present)."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedType, TorchDynamoPlugin
+
+    cpu = cpu or not torch.cuda.is_available()
+    from_file = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper() != "NO"
+    dynamo = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True) if compile and not from_file else None
+    fsdp, version = _flag("ACCELERATE_USE_FSDP"), os.environ.get("FSDP_VERSION", "1")
+    if fsdp and cpu and version != "2":
+        raise RuntimeError("FSDP version 1 cannot run on CPU: Accelerate refuses it (\"There are currently no available devices "
+                           "found, must be one of 'XPU', 'CUDA', ...\"); set `fsdp_version: 2` in the accelerate config, or run on a GPU")
+    if _flag("ACCELERATE_USE_DEEPSPEED") and cpu:
+        raise RuntimeError("DeepSpeed needs a GPU: on CPU Accelerate would run the ranks as plain DDP; use an FSDP "
+                           "(`fsdp_version: 2`) or DDP accelerate config")
+    # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
+    acc = Accelerator(mixed_precision=precision, cpu=cpu, dynamo_plugin=dynamo)
+    if fsdp and acc.distributed_type != DistributedType.FSDP:
+        _fsdp2_on_cpu(acc)
+    return acc
+
+
+def _fsdp2_on_cpu(acc) -> None:
+    """What ``AcceleratorState`` does for FSDP on a GPU (its FSDP branch covers accelerator devices only)."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin
+
+    plugin = FullyShardedDataParallelPlugin()  # from the FSDP_* environment, as Accelerate builds it
+    if acc.state.mixed_precision != "no":
+        plugin.set_mixed_precision(acc.state.mixed_precision)
+    acc.state.fsdp_plugin = plugin
+    acc.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def mean_over_ranks(accelerator, value: float) -> float:
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t)
+    return t.item() / accelerator.num_processes
+
+
+def sum_over_ranks(accelerator, values: list[float]) -> list[float]:
+    if accelerator.num_processes == 1:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t)
+    return t.tolist()
+
+
+def stop_code(accelerator, code: int) -> int:
+    """The largest stop code over ranks: every rank stops at the same step, for the same reason."""
+    if accelerator.num_processes == 1:
+        return code
+    t = torch.tensor([code], device=accelerator.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return int(t.item())
+
+

@@ -1,0 +1,158 @@
+"""Model FLOPs utilisation (MFU): the FLOPs a training step needs, over the time it took and the
+device's peak.
+
+FLOPs are counted analytically, per step, from the tokens each sequence really has (padding is
+waste, not model work): ``6 N T`` for the matmul parameters ``N`` (every ``Linear`` weight: forward
+2 N, backward 4 N per token) plus ``12 L d T^2`` per sequence of T tokens for attention's two
+``T x T`` products (query-key and attention-value, forward and backward) in ``L`` layers of width
+``d``. A test checks the count against ``torch.utils.flop_counter.FlopCounterMode``.
+
+The peak is a table for known GPUs (dense tensor-core rates) and, on a CPU, the rate of a large
+matmul (sides up to 2048, smaller where the precision is emulated) measured once per machine, thread count
+and precision and cached under ``mlruns/cache``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["GPU_PEAK_TFLOPS", "FlopCount", "flop_count", "step_flops", "peak_flops", "matmul_flops"]
+
+# Dense (no sparsity) peak TFLOP/s by precision; "fp32" is the TF32 tensor-core rate where
+# PyTorch allows TF32 matmuls, else the plain fp32 rate ("fp32_strict").
+GPU_PEAK_TFLOPS: dict[str, dict[str, float]] = {
+    "H200": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0, "fp32_strict": 67.0},
+    "H100 PCIe": {"bf16": 756.0, "fp16": 756.0, "fp32": 378.0, "fp32_strict": 51.0},
+    "H100": {"bf16": 989.0, "fp16": 989.0, "fp32": 494.0, "fp32_strict": 67.0},
+    "A100": {"bf16": 312.0, "fp16": 312.0, "fp32": 156.0, "fp32_strict": 19.5},
+    "L40S": {"bf16": 362.0, "fp16": 362.0, "fp32": 183.0, "fp32_strict": 91.6},
+    "L4": {"bf16": 121.0, "fp16": 121.0, "fp32": 60.0, "fp32_strict": 30.3},
+    "A10G": {"bf16": 70.0, "fp16": 70.0, "fp32": 35.0, "fp32_strict": 31.2},
+    "A10": {"bf16": 125.0, "fp16": 125.0, "fp32": 62.5, "fp32_strict": 31.2},
+    "RTX 4090": {"bf16": 165.0, "fp16": 165.0, "fp32": 82.6, "fp32_strict": 82.6},
+    "V100": {"fp16": 125.0, "fp32": 15.7, "fp32_strict": 15.7},
+    "T4": {"fp16": 65.0, "fp32": 8.1, "fp32_strict": 8.1},
+}
+DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+HEADS = {"pooler", "pre_classifier", "classifier", "score"}
+"""Modules applied once per sequence (to the pooled or last token), not once per token."""
+
+
+class FlopCount:
+    """The training FLOPs of sequences of given lengths for one model (``flop_count(model)``)."""
+
+    def __init__(self, matmul_params: int, head_params: int, layers: int, width: int) -> None:
+        self.matmul_params, self.head_params, self.layers, self.width = matmul_params, head_params, layers, width
+
+    def __call__(self, lengths: np.ndarray) -> float:
+        lengths = np.asarray(lengths, dtype=np.float64)
+        return (6.0 * self.matmul_params * lengths.sum() + 6.0 * self.head_params * len(lengths)
+                + 12.0 * self.layers * self.width * np.square(lengths).sum())
+
+    def __repr__(self) -> str:
+        return (f"6 x {self.matmul_params:,} params per token + 6 x {self.head_params:,} per sequence + attention of "
+                f"{self.layers} layers x width {self.width}")
+
+
+def flop_count(model: torch.nn.Module) -> FlopCount:
+    """Counts every ``Linear`` (and GPT-2's ``Conv1D``) weight, per token in the body and per
+    sequence in the head (``HEADS``); layers and width from the model's config."""
+    body = head = 0
+    for name, m in model.named_modules():
+        if isinstance(m, torch.nn.Linear) or type(m).__name__ == "Conv1D":
+            if HEADS & set(name.split(".")):
+                head += m.weight.numel()
+            else:
+                body += m.weight.numel()
+    config = getattr(model, "config", None)
+    layers = getattr(config, "num_hidden_layers", None) or 0
+    width = getattr(config, "hidden_size", None) or 0
+    return FlopCount(body, head, int(layers), int(width))
+
+
+def step_flops(count: FlopCount, lengths: np.ndarray, micro_batches: list[np.ndarray]) -> tuple[float, int]:
+    """FLOPs and real tokens of one rank's micro-batches (indices into ``lengths``)."""
+    seqs = np.concatenate(micro_batches) if micro_batches else np.zeros(0, dtype=np.int64)
+    return count(lengths[seqs]), int(lengths[seqs].sum())
+
+
+def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeats: int = 3, device: str = "cpu") -> float:
+    """The best FLOP/s of a square matmul in ``dtype`` on ``device`` over ``repeats`` bursts of ``seconds``
+    (on a CPU at the current thread count): what its matmul units deliver to PyTorch.
+
+    The side grows from 256 up to ``n`` while one product takes at most ``seconds / 2``: where the CPU
+    emulates the precision (bf16 or fp16 without hardware support, ~1 GFLOP/s), a 2048-sided product
+    would take 10 s and the measurement minutes; a smaller one measures the same emulated rate in about
+    a second. Fast devices reach ``n``."""
+    gen = torch.Generator().manual_seed(0)  # never the global RNG: measuring must not change what a trial trains on
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    size = min(256, n)
+    while True:
+        a, b = (torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
+        a @ b  # warm-up (thread pool, kernel selection)
+        sync()
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        if size >= n or 8 * (time.perf_counter() - t0) > seconds / 2:
+            break
+        size = min(2 * size, n)
+    best = 0.0
+    for _ in range(repeats):
+        count, t0 = 0, time.perf_counter()
+        while time.perf_counter() - t0 < seconds:
+            a @ b
+            count += 1
+            if count % 8 == 0:
+                sync()
+        sync()
+        best = max(best, 2 * size**3 * count / (time.perf_counter() - t0))
+    return best
+
+
+def _gpu_peak(name: str, precision: str) -> float | None:
+    key = "fp32" if precision == "no" and torch.backends.cuda.matmul.allow_tf32 else "fp32_strict" if precision == "no" else precision
+    for gpu, rates in GPU_PEAK_TFLOPS.items():  # the more specific names come first
+        if gpu in name and key in rates:
+            return rates[key] * 1e12
+    return None
+
+
+def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> tuple[float | None, str]:
+    """The peak FLOP/s of one device in the trial's precision and where it comes from."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        peak = _gpu_peak(name, precision)
+        return peak, f"{name} table" if peak else f"{name}: not in lbsearch.trial.flops.GPU_PEAK_TFLOPS, MFU not measured"
+    if device.type != "cpu":
+        return None, f"{device.type}: no peak known, MFU not measured"
+    threads = torch.get_num_threads()
+    key = json.dumps([platform.processor(), _cpu_model(), threads, precision, torch.__version__])
+    cache = cache_dir / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+    if cache.is_file():
+        return json.loads(cache.read_text())["flops"], f"CPU matmul at {threads} threads, cached in {cache.name}"
+    flops = matmul_flops(DTYPES[precision])
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"flops": flops, "cpu": _cpu_model(), "threads": threads, "precision": precision}))
+    os.replace(tmp, cache)
+    return flops, f"CPU matmul at {threads} threads, measured"
+
+
+def _cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    if info.is_file():
+        for line in info.read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()

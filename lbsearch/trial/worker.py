@@ -1,0 +1,366 @@
+"""One trial: the process that ``accelerate launch`` starts (once per rank).
+
+    accelerate launch --num_processes P --mixed_precision bf16 -m lbsearch.trial.worker spec.json
+
+``spec.json`` is a ``protocol.WorkerSpec``. Rank 0 owns the Optuna trial and the metric stream;
+every rank takes the stop decision (pruned / diverged) at the same optimizer step. The trial is
+build -> (step, evaluate at the plan's points) -> finish; each step runs accumulate -> backward ->
+clip (pre-clip norm) -> finiteness and divergence check -> optimizer step -> schedule -> log.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lbsearch.link import Reporter, watch_parent
+from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, make_plan, sample_unit, write_result
+from lbsearch.trial import standby
+from lbsearch.trial.batching import pad, sample_stream, step_micro_batches
+from lbsearch.trial.checkpoint import Checkpoints, StopSignal
+from lbsearch.trial.diagnostics import GradientNoiseMonitor
+from lbsearch.trial.distributed import make_accelerator, mean_over_ranks, stop_code, sum_over_ranks
+from lbsearch.trial.flops import flop_count, peak_flops, step_flops
+from lbsearch.trial.lm import LMEvaluator, lm_batch
+from lbsearch.trial.packing import pack
+from lbsearch.trial.standby import serve
+from lbsearch.trial.training import Evaluator, cpu_fp16, lm_settings, make_optimizer, make_scheduler, maybe_inject_oom, maybe_inject_overflow, probe_micro_batch, task_loss, training_targets
+
+CONTINUE, DIVERGED, PRUNED, OVERFLOW = 0, 1, 2, 3
+REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
+
+
+class Trial:
+    """The state of one training run on one rank."""
+
+    def __init__(self, spec: WorkerSpec, log=print) -> None:
+        from accelerate.utils import set_seed
+
+        from lbsearch.data import load_arrays
+        from lbsearch.trial.model import build_model, uses_token_types
+
+        self.t_start, self.spec = time.time(), spec
+        self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        launcher = exp.launcher
+        self.acc = make_accelerator(launcher.precision, launcher.cpu, launcher.compile)  # the config file's FSDP / DeepSpeed / dynamo
+        cpu_fp16(self.acc)  # before prepare: the model's forward is wrapped in the autocast this turns on
+        self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
+        self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
+        self.rep = Reporter(spec, self.acc.is_main_process)
+        self.rep.tags({"lbsearch.start": f"forked from standby process {standby.forked_from}" if standby.forked_from else "launched"})
+        set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
+        self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
+        self.pad_id, self.num_labels = spec.pad_id, spec.num_labels
+        self.labels = spec.labels or {"names": [str(i) for i in range(spec.num_labels)]}
+        self.lm = lm_settings(exp, spec)  # None for a classifier
+        self.unit = sample_unit(exp.task, exp.data.max_length)  # tokens per sample: pruning and targets in tokens for language models
+        model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
+        self.use_types = uses_token_types(model) and self.data["train"].types is not None
+        self.pack_offset = self._packing(model)
+        limit = exp.launcher.max_micro_batch
+        if limit is None:
+            limit = probe_micro_batch(self.acc, model, exp, exp.train.batch_size // world, Path(spec.data_path).parent, self.say)
+            set_seed(exp.seed)  # the probe must not change what training sees
+        self.plan = make_plan(exp, world).with_limit(limit)
+        self.say(f"{self.plan}; device {self.acc.device}")
+        self.count_flops = flop_count(model)
+        if launcher.peak_tflops:
+            self.peak, how = launcher.peak_tflops * 1e12, "launcher.peak_tflops"
+        else:
+            self.peak, how = peak_flops(self.acc.device, launcher.precision, Path(spec.data_path).parent)
+        self.say(f"MFU: {self.count_flops}; peak {self.peak / 1e12:.3g} TFLOP/s per process ({how})" if self.peak else f"MFU: {how}")
+        self.rep.plan(self.plan.to_dict())
+        self._build_optimization(model)
+        self.evals = dict(self.plan.evals)
+        self.result: dict[str, Any] = {"state": "complete", "reason": None, "steps": 0, "samples": 0, "evals": []}
+        self.first_loss: float | None = None
+        self.last_eval: dict[str, float] | None = None
+        self.loss = self.grad_norm = math.nan
+        self.clipped, self.t_train, self.t_first_step = 0, 0.0, None
+        self.skipped = self.skipped_in_row = 0  # optimizer steps the fp16 GradScaler skipped: in all, and the current run of them
+        self.t_mark, self.samples_mark = time.time(), 0
+        self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
+
+    def _packing(self, model: torch.nn.Module) -> int | None:
+        """Where packed positions start if micro-batches are packed (``launcher.pack``, a classifier with
+        the pooled head, nothing in ``packing.unsupported``, and ``packing.check`` passed on short
+        training samples on every rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
+        from lbsearch.trial.model import PooledClassifier
+        from lbsearch.trial.packing import check, position_offset, unsupported
+
+        if not self.exp.launcher.pack or self.lm:
+            return None
+        width = self.exp.data.max_length
+        why = "pooling cls: the architecture's own head" if not isinstance(model, PooledClassifier) else unsupported(model.config, width)
+        if why is None:
+            train = self.data["train"]
+            few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]
+            why = check(model, [train.ids[i] for i in few], width, self.pad_id, [train.types[i] for i in few] if self.use_types else None)
+            if sum_over_ranks(self.acc, [float(why is not None)])[0] and why is None:  # every rank packs, or none
+                why = "the check failed on another process"
+            if why:
+                self.say(f"packing: off ({why})")
+        self.rep.tags({"lbsearch.packing": f"off: {why}" if why else "on"})
+        return None if why else position_offset(model)
+
+    def _build_optimization(self, model: torch.nn.Module) -> None:
+        exp, plan, acc = self.exp, self.plan, self.acc
+        self.batch = plan.batch  # the split every step lays out (built once, not per step)
+        acc.gradient_accumulation_steps = plan.accumulation
+        optimizer = make_optimizer(exp, model, plan.lr)
+        self.scheduler = make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
+        self.model, self.optimizer = acc.prepare(model, optimizer)
+        tr = exp.train
+        self.gns = GradientNoiseMonitor(acc, self.model, plan.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema,
+                                        tr.noise_scale_every, enabled=tr.noise_scale)
+        if tr.noise_scale and not self.gns.active:
+            self.say(f"gradient noise scale: not measured ({self.gns.off_reason})")
+            self.rep.tags({"lbsearch.noise_scale": f"off: {self.gns.off_reason}"})
+        train = self.data["train"]
+        self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
+        self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
+        self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed)
+        self.evaluate_val = self._evaluator("validation")
+        maybe_inject_oom(plan.micro_batch)
+        self.model.train()
+
+    def _evaluator(self, split: str) -> Evaluator:
+        acc = self.acc
+        if self.lm:
+            return LMEvaluator(self.data[split], self.exp.task, 2 * self.plan.micro_batch, acc.process_index, acc.num_processes,
+                               self.exp.data.split_seed, self.lm)
+        return Evaluator(self.data[split], self.exp.task, self.labels, self.exp.metric.threshold, 2 * self.plan.micro_batch,
+                         acc.process_index, acc.num_processes, self.use_types)
+
+    def step(self, step: int) -> int:
+        """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
+        acc = self.acc
+        micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, acc.process_index, self.gns.begin(step))
+        flops, tokens = step_flops(self.count_flops, self.lengths, micro)
+        self.work += (flops, tokens, flops, tokens)
+        loss_sum = 0.0
+        for idx in micro:
+            batch, targets = self._inputs(idx, step)
+            with acc.accumulate(self.model):
+                loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
+                acc.backward(loss)
+                self.gns.after_backward()
+            loss_sum += loss.item()
+        maybe_inject_overflow(self.model, step)
+        clip = self.exp.train.clip_norm
+        self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip or math.inf).item()  # the pre-clip norm (unscaled)
+        self.gns.step(self.grad_norm)
+        self.loss = mean_over_ranks(acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
+        self.first_loss = self.loss if self.first_loss is None else self.first_loss
+        code = self._check(math.isfinite(self.loss) and math.isfinite(self.grad_norm))
+        if code == CONTINUE:
+            self.optimizer.step()  # under a GradScaler an overflow step is skipped here, and the scale lowered
+            if self.skipped_in_row == 0:
+                self.scheduler.step()  # a skipped step does not advance the schedule
+            self.optimizer.zero_grad(set_to_none=True)
+        self.clipped += int(clip is not None and self.grad_norm > clip)
+        self.t_first_step = self.t_first_step or time.time() - self.t_start
+        seen = step * self.plan.batch_size
+        self.result["steps"], self.result["samples"] = step, seen
+        self.rep.metrics({"train/loss": self.loss, "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.grad_norm,
+                          "train/clip_frac": self.clipped / step, "progress/samples": seen}
+                         | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), step)
+        return code
+
+    def _inputs(self, idx: np.ndarray, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """One micro-batch's model inputs and targets (a language model's masks seeded by seed, step and first sample)."""
+        train, device = self.data["train"], self.acc.device
+        if self.lm:
+            rng = np.random.default_rng([self.exp.seed, step, int(idx[0])]) if self.exp.task == "masked_lm" else None
+            return lm_batch(self.exp.task, np.stack([train.ids[i] for i in idx]), device, rng, self.lm)
+        seqs, types = [train.ids[i] for i in idx], [train.types[i] for i in idx] if self.use_types else None
+        if self.pack_offset is not None:  # the outputs come back in idx's order, as the targets are
+            batch = pack(seqs, self.exp.data.max_length, self.pad_id, device, types, self.pack_offset, self.pad_multiple)
+        else:
+            batch = pad(seqs, self.pad_id, device, types, self.pad_multiple)
+        return batch, torch.as_tensor(self.targets[idx], device=device)
+
+    def _check(self, finite: bool) -> int:
+        """CONTINUE, DIVERGED or OVERFLOW. Loss and grad norm are global here, so every rank takes the
+        same decision without a message. Under fp16 a finite loss with a non-finite gradient norm is
+        an overflow the GradScaler skips (counted); more than ``train.max_skipped_steps`` in a row stop
+        the trial. Otherwise a non-finite value, or a loss above ``divergence_factor`` x the first, diverges."""
+        tr = self.exp.train
+        if self.acc.scaler is not None and math.isfinite(self.loss) and not finite:
+            self.skipped, self.skipped_in_row = self.skipped + 1, self.skipped_in_row + 1
+            self.say(f"fp16 overflow: step skipped by the GradScaler ({self.skipped_in_row} in a row, {self.skipped} in all)")
+            return OVERFLOW if self.skipped_in_row > tr.max_skipped_steps else CONTINUE
+        self.skipped_in_row = 0
+        return DIVERGED if not finite or self.loss > tr.divergence_factor * self.first_loss else CONTINUE
+
+    def evaluate(self, step: int) -> int:
+        """Validation at an evaluation point; returns CONTINUE or PRUNED (the same on every rank)."""
+        now, seen, metric = time.time(), step * self.plan.batch_size, self.exp.metric
+        self.t_train += now - self.t_mark
+        sps = (seen - self.samples_mark) / max(now - self.t_mark, 1e-9)
+        speed = self._speed(self.work[:2], now - self.t_mark)
+        self.work[:2] = 0
+        m = self.evaluate_val(self.acc, self.model, self.pad_id)
+        self.last_eval, value, noise = m, m[metric.name], self.gns.metrics()
+        if self.lm and noise.get("gns/b_simple") is not None:
+            noise["gns/b_simple_tokens"] = noise["gns/b_simple"] * self.unit
+        self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise
+                         | ({"progress/tokens": seen * self.unit} if self.lm else {}), step)
+        self.rep.flush()
+        self.result["evals"].append({"step": step, "samples": seen, "nominal_samples": self.evals[step], **m, **noise})
+        if noise.get("gns/b_simple") is not None:
+            self.result["b_simple"] = noise["gns/b_simple"]
+            self.result["b_simple_tokens"] = noise.get("gns/b_simple_tokens")
+        sign = 1 if metric.direction == "maximize" else -1
+        if metric.target is not None and "samples_to_target" not in self.result and sign * (value - metric.target) >= 0:
+            self.result["samples_to_target"], self.result["steps_to_target"] = seen, step
+            self.result["tokens_to_target"] = seen * self.unit if self.lm else None
+            self.rep.metrics({"samples_to_target": seen, "steps_to_target": step} | ({"tokens_to_target": seen * self.unit} if self.lm else {}), step)
+        done = f"tokens {seen * self.unit:,}/{self.plan.budget_samples * self.unit:,}" if self.lm else f"samples {seen}/{self.plan.budget_samples}"
+        self.say(f"{done} loss {self.loss:.4f} eval {metric.name} {value:.4f} "
+                 f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed['train/tokens_per_s']:.0f} tokens/s"
+                 + (f" MFU {speed['train/mfu']:.1%}" if "train/mfu" in speed else ""))
+        code = PRUNED if self.rep.should_prune(value, self.evals[step] * self.unit) and step < self.plan.steps else CONTINUE
+        code = stop_code(self.acc, code)
+        self.t_mark, self.samples_mark = time.time(), seen
+        return code
+
+    def _speed(self, work: np.ndarray, seconds: float) -> dict[str, float]:
+        """Tokens/s of all ranks and MFU (their FLOPs over ``seconds`` x each rank's peak) for ``work``
+        = (FLOPs, tokens) of this rank. A collective: every rank calls it at the same point."""
+        flops, tokens = sum_over_ranks(self.acc, [float(work[0]), float(work[1])])
+        out = {"train/tokens_per_s": tokens / max(seconds, 1e-9)}
+        if self.peak:
+            out["train/mfu"] = flops / max(seconds, 1e-9) / (self.peak * self.acc.num_processes)
+        return out
+
+    def stop(self, step: int, code: int) -> None:
+        self.result["state"], self.result["reason"] = "pruned", REASONS[code]
+        if code == DIVERGED:
+            self.say(f"diverged at step {step}: loss {self.loss:.4g} (first {self.first_loss:.4g}), grad norm {self.grad_norm:.4g}")
+        if code == OVERFLOW:
+            self.say(f"stopped at step {step}: the GradScaler skipped {self.skipped_in_row} steps in a row (train.max_skipped_steps "
+                     f"{self.exp.train.max_skipped_steps})")
+
+    def finish(self) -> TrialResult:
+        r, plan = self.result, self.plan
+        r |= {"first_step_s": self.t_first_step, "train_s": self.t_train, "samples_per_s": r["samples"] / self.t_train if self.t_train else None}
+        if self.t_train:  # over the evaluation intervals, as samples/s (a stop between evaluations leaves its steps out)
+            speed = self._speed(self.work[2:] - self.work[:2], self.t_train)
+            r |= {"tokens_per_s": speed["train/tokens_per_s"], "mfu": speed.get("train/mfu")}
+        if r["state"] == "complete":
+            r["validation"] = self.last_eval or self.evaluate_val(self.acc, self.model, self.pad_id)
+            r["test"] = self._evaluator("test")(self.acc, self.model, self.pad_id)
+            r["value"] = r["validation"][self.exp.metric.name]
+            self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, plan.steps)
+            if self.spec.model_dir:
+                try:  # a model that cannot be saved does not undo a finished trial
+                    r["model_dir"] = self._save(Path(self.spec.model_dir), r)
+                except Exception as err:  # noqa: BLE001 - reported, the result stands
+                    self.say(f"model not saved: {type(err).__name__}: {err}")
+        r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
+        self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["steps"])
+        self.rep.flush()
+        r["plan"], r["wall_s"] = plan.to_dict(), time.time() - self.t_start
+        self.acc.end_training()
+        return TrialResult.model_validate(r)
+
+    def _save(self, folder: Path, r: dict[str, Any]) -> str:
+        """Rank 0 saves the trained model (``lbsearch.trial.model.save_model``) once every rank is done."""
+        from lbsearch.trial.model import save_model
+
+        full = self.acc.get_state_dict(self.model) if self.acc.distributed_type == "FSDP" else None  # gathers the shards: every rank
+        self.acc.wait_for_everyone()
+        if self.acc.is_main_process:
+            names = [str(n) for n in self.labels["names"]]
+            info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
+                    "validation": r["validation"], "test": r["test"], "task": self.exp.task, "labels": self.labels,
+                    "threshold": self.exp.metric.threshold}
+            trained = Path(self.spec.data_path) / "tokenizer"
+            save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info,
+                       state_dict=full, tokenizer_dir=trained if trained.is_dir() else None)
+            self.say(f"model saved in {folder}")
+        return str(folder)
+
+
+def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> TrialResult:
+    trial = Trial(spec, log)
+    saver = Checkpoints(trial, spec.checkpoint_dir, stop)
+    for step in range(saver.resume() + 1, trial.plan.steps + 1):
+        code = trial.step(step)
+        if code == CONTINUE and step in trial.evals:
+            code = trial.evaluate(step)
+        if code != CONTINUE:
+            trial.stop(step, code)
+            break
+        if saver.after_step(step):  # SIGTERM: a checkpoint was written; a re-run resumes from it
+            trial.result["state"], trial.result["reason"] = "failed", "interrupted"
+            break
+    return trial.finish()
+
+
+def _preload(spec_file: Path) -> list[str]:
+    """What a trial imports before its clock starts (``wall_s``, ``first_step_s``), and the standby
+    process imports ahead: transformers' modelling core and the model family's code, and for a
+    classifier the metrics' scikit-learn (``spec_file``: the trial's spec; the standby process's is
+    that of the trial it was started beside, which the later trials of a study most likely share)."""
+    from lbsearch.data import local_model_type
+    from lbsearch.spec import LM_TASKS
+
+    names = ["transformers.modeling_utils", "transformers.masking_utils"]
+    try:
+        exp = ExperimentConfig.model_validate(json.loads(spec_file.read_text())["experiment"])
+    except Exception:  # noqa: BLE001 - only a guess at what to import ahead
+        return names
+    kind = (local_model_type(exp.model) or "").replace("-", "_")  # xlm-roberta: transformers.models.xlm_roberta
+    if kind.isidentifier():
+        names.append(f"transformers.models.{kind}.modeling_{kind}")
+    return names + ([] if exp.task in LM_TASKS else ["sklearn.metrics", "scipy.stats"])
+
+
+def _failure(err: BaseException) -> TrialResult:
+    if isinstance(err, KeyboardInterrupt):
+        reason = "interrupted"
+    else:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+    oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+    return TrialResult(state="failed", reason="out of memory" if oom else reason, oom=oom)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[0] == FLAG:  # the standby process (lbsearch.orchestrator.standby): the imports, then a child per trial
+        return serve(_preload(Path(argv[1])), main)
+    spec = WorkerSpec.model_validate_json(Path(argv[0]).read_text())
+    if spec.watch_pid:
+        watch_parent(spec.watch_pid)
+    if not standby.forked_from:  # a forked trial has them: imported here too, its times do not depend on how it started
+        standby.preload(_preload(Path(argv[0])))
+    try:
+        stop = StopSignal()  # SIGTERM from here on is the trial's result (interrupted), not a silent death
+        result, code = train(spec, log=lambda *a: print(*a, flush=True), stop=stop), 0
+    except BaseException as err:  # noqa: BLE001 - any failure is the trial's result, reported once
+        traceback.print_exc()
+        result, code = _failure(err), 1
+    if int(os.environ.get("RANK", "0")) == 0 and spec.result:
+        write_result(spec.result, result)
+    return code
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # The result is written and the process group ended: the interpreter's teardown (~0.9 s of
+    # torch and transformers finalisers) would only delay the orchestrator's tell.
+    os._exit(code)

@@ -1,0 +1,49 @@
+"""The sampler and pruner names live in one registry: the config accepts exactly those, its error
+quotes them, the study package builds each one, and docs/specs.md names each one."""
+
+import re
+from pathlib import Path
+
+import optuna
+import pytest
+from pydantic import ValidationError
+
+from lbsearch.spec import PrunerConfig, SamplerConfig, TrainConfig
+from lbsearch.spec.registry import GROUPING_PRUNERS, PRUNERS, SAMPLERS
+from lbsearch.study import pruner, sampler
+
+DOCS = Path(__file__).parent.parent.parent / "docs" / "specs.md"
+
+
+@pytest.mark.parametrize("names,model,builders", [(SAMPLERS, SamplerConfig, sampler.BUILDERS), (PRUNERS, PrunerConfig, pruner.BUILDERS)])
+def test_the_config_accepts_exactly_the_registry_and_each_name_builds(names, model, builders):
+    assert set(builders) == set(names)
+    for name in names:
+        assert model(name=name).name == name
+    with pytest.raises(ValidationError) as err:
+        model(name="successive")
+    assert all(f"'{n}'" in str(err.value) for n in names)
+
+
+def test_every_name_builds_an_optuna_object():
+    for name in PRUNERS:
+        built = pruner.make_pruner(PrunerConfig(name=name), TrainConfig())
+        assert isinstance(built, optuna.pruners.BasePruner)
+    for name in set(SAMPLERS) - {"grid"}:
+        assert isinstance(sampler.make_sampler(SamplerConfig(name=name), {}), optuna.samplers.BaseSampler)
+
+
+def test_group_by_is_refused_by_the_pruners_that_cannot_honour_it():
+    for name in PRUNERS:
+        if name in GROUPING_PRUNERS:
+            assert PrunerConfig(name=name, group_by="train.batch_size").group_by == "train.batch_size"
+        else:
+            with pytest.raises(ValidationError, match=f"not `{name}`"):
+                PrunerConfig(name=name, group_by="train.batch_size")
+
+
+@pytest.mark.parametrize("field,names", [("sampler", SAMPLERS), ("pruner", PRUNERS)])
+def test_the_docs_table_names_each(field, names):
+    row = next(line for line in DOCS.read_text().splitlines() if line.startswith(f"| `{field}` |"))
+    quoted = set(re.findall(r"`(\w+)`", row))
+    assert set(names) <= quoted, f"docs/specs.md's {field} row misses {set(names) - quoted}"

@@ -1,0 +1,94 @@
+"""Storage and recovery on a real journal file: which storage a session uses, the study lock, and
+trials whose worker died (failed, their MLflow run closed by the caller, re-run once)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import SPECS
+from optuna.trial import TrialState
+
+from lbsearch.spec.config import SpecError
+from lbsearch.spec.load import load_study
+from lbsearch.spec.session import Session
+from lbsearch.study.storage import host, load_existing_study, open_study, recover, study_lock
+from lbsearch.study.views import counted, reason
+
+
+@pytest.fixture
+def study_cfg():
+    cfg, _ = load_study(SPECS / "tiny_study.yaml")
+    return cfg
+
+
+def _dead_pid() -> int:
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    return proc.pid
+
+
+def test_storage_url_precedence(tmp_path, study_cfg):
+    assert Session(tmp_path).storage_for(study_cfg) == f"journal://{tmp_path.resolve() / 'optuna.journal'}"
+    study_cfg.storage = "sqlite:///spec.db"
+    assert Session(tmp_path).storage_for(study_cfg) == "sqlite:///spec.db"
+    assert Session(tmp_path, storage="postgresql://x/y").storage_for(study_cfg) == "postgresql://x/y"
+
+
+def test_a_dead_workers_trial_is_failed_closed_and_re_run_once(tmp_path, study_cfg):
+    session = Session(tmp_path)
+    study = open_study(session, study_cfg)
+    alive = study.ask()
+    alive.set_user_attr("host", host())
+    alive.set_user_attr("pid", os.getpid())
+    dead = study.ask()
+    dead.set_user_attr("host", host())
+    dead.set_user_attr("pid", _dead_pid())
+    elsewhere = study.ask()
+    elsewhere.set_user_attr("host", "another-machine")
+    elsewhere.set_user_attr("pid", _dead_pid())  # not this host's to judge (its heartbeat would tell, on RDB storage)
+    closed = []
+    recover(study, study_cfg.max_retries, lambda t: closed.append(t.number))
+    trials = study.get_trials()
+    assert [t.state for t in trials[:3]] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
+    assert reason(trials[1]) == "worker died" and closed == [dead.number]
+    assert not counted(trials[1], max_retries=1)  # its re-run takes its place
+    (retry,) = study.get_trials(states=(TrialState.WAITING,))
+    assert retry.params == dead.params and retry.user_attrs == {"retry_of": dead.number, "attempt": 1}
+    recover(study, study_cfg.max_retries, closed.append)  # idempotent: one re-run only
+    assert len(study.get_trials(states=(TrialState.WAITING,))) == 1 and closed == [dead.number]
+
+
+def test_failed_retry_counts_once_retries_are_used_up(tmp_path, study_cfg):
+    study = open_study(Session(tmp_path), study_cfg)
+    trial = study.ask()
+    trial.set_user_attr("reason", "worker died")
+    trial.set_user_attr("attempt", 1)
+    study.tell(trial, state=TrialState.FAIL)
+    t = study.trials[0]
+    assert counted(t, max_retries=1) and not counted(t, max_retries=2)
+
+
+def test_study_lock_is_exclusive_across_processes(tmp_path, study_cfg):
+    session = Session(tmp_path)
+    probe = ("import fcntl, sys; fh = open(sys.argv[1], 'w')\n"
+             "try:\n    fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB); print('free')\n"
+             "except BlockingIOError:\n    print('held')\n")
+    lock_file = tmp_path / "locks" / f"{study_cfg.name}.lock"
+
+    def other() -> str:
+        return subprocess.run([sys.executable, "-c", probe, str(lock_file)], capture_output=True, text=True, timeout=60).stdout.strip()
+
+    with study_lock(session, study_cfg):
+        assert other() == "held"
+    assert other() == "free"
+
+
+def test_unknown_study_is_a_one_line_error(tmp_path, study_cfg):
+    with pytest.raises(SpecError, match="no studies under"):
+        load_existing_study(Session(tmp_path), "tiny-study")
+    open_study(Session(tmp_path), study_cfg)
+    with pytest.raises(SpecError, match="unknown study 'nope'; known: tiny-study"):
+        load_existing_study(Session(tmp_path), "nope")
+    assert Path(tmp_path / "optuna.journal").is_file()

@@ -1,0 +1,58 @@
+"""Views of a study: rows, the best trial, the Pareto front and picking from it, what counts."""
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState, create_trial
+
+from lbsearch.study.views import best_trial, counted, pareto, pick, reason, trial_rows
+
+DIST = {"optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True)}
+
+
+def _two_objective_study() -> optuna.Study:
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    study.set_user_attr("objectives", ["metric", "samples_to_target"])
+    study.set_user_attr("metric", "accuracy")
+    for lr, acc, samples in ((1e-4, 0.80, 3000), (1e-3, 0.78, 1000), (1e-2, 0.70, 2000), (3e-4, 0.80, 3000)):
+        study.add_trial(create_trial(params={"optimizer.lr": lr}, distributions=DIST, values=[acc, samples],
+                                     user_attrs={"validation_accuracy": acc, "test_accuracy": acc - 0.01}))
+    study.add_trial(create_trial(params={"optimizer.lr": 1e-5}, distributions=DIST, state=TrialState.PRUNED,
+                                 user_attrs={"reason": "constraint: optimizer.lr > 1e-5"}))
+    return study
+
+
+def test_front_and_picks():
+    study = _two_objective_study()
+    assert [t.number for t in pareto(study)] == [0, 1, 3]  # trial 2 is beaten by trial 1 on both
+    assert pick(study).number == 0  # best accuracy on the front; the tie with trial 3 goes to the earlier
+    assert pick(study, "samples_to_target").number == 1
+    assert best_trial(study).number == 0
+
+
+def test_rows_name_each_objective():
+    rows = trial_rows(_two_objective_study())
+    assert rows[1]["metric"] == 0.78 and rows[1]["samples_to_target"] == 1000 and "value" not in rows[1]
+    assert rows[4]["state"] == "pruned" and rows[4]["metric"] is None
+
+
+def test_constraint_skips_do_not_count_toward_n_trials():
+    t = _two_objective_study().trials[4]
+    assert reason(t).startswith("constraint") and not counted(t, max_retries=1)
+
+
+def test_single_objective_best_is_by_value():
+    study = optuna.create_study(direction="minimize")
+    for v in (0.5, 0.3, 0.3):
+        study.add_trial(create_trial(params={"optimizer.lr": 1e-3}, distributions=DIST, value=v))
+    assert best_trial(study).number == 1 and trial_rows(study)[0]["value"] == 0.5
+
+
+def test_the_front_plot_is_drawn_from_two_front_trials(tmp_path):
+    from lbsearch.orchestrator.loop import _front_plot
+
+    study = _two_objective_study()
+    assert _front_plot(study, tmp_path / "front.png")
+    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
+    single = optuna.create_study(directions=["maximize", "minimize"])
+    single.add_trial(create_trial(params={"optimizer.lr": 1e-3}, distributions=DIST, values=[0.8, 100]))
+    assert not _front_plot(single, tmp_path / "none.png") and not (tmp_path / "none.png").exists()

@@ -1,0 +1,42 @@
+"""Which models stay (``save_model``), on a real MLflow sqlite store with its Model Registry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from lbsearch.spec.session import default_tracking_uri
+from lbsearch.tracking.kept import keep_trial_model, models_dir
+from lbsearch.tracking.tracker import Tracker
+
+
+def _trial(tracker: Tracker, exp_id: str, root: Path, number: int) -> tuple[str, Path]:
+    saved = root / "trials" / f"{number:04d}" / "model"
+    saved.mkdir(parents=True)
+    (saved / "config.json").write_text(f'{{"trial": {number}}}')
+    return tracker.child_run(exp_id, None, f"trial-{number}", {}, {}), saved
+
+
+@pytest.mark.parametrize("policy", ["best", "all"])
+def test_keep_policy(tmp_path, policy):
+    root = tmp_path / "mlruns"
+    tracker = Tracker(default_tracking_uri(root), root)
+    exp_id = tracker.experiment("s")
+    runs = {}
+    for number, best in [(0, 0), (1, 0), (2, 2)]:  # trial 1 is not the best; trial 2 beats trial 0
+        run_id, saved = _trial(tracker, exp_id, root, number)
+        runs[number] = run_id
+        kept = keep_trial_model(tracker, root, study="s", experiment_id=exp_id, number=number, run_id=run_id, saved=saved, policy=policy, best=best)
+        assert not saved.exists()
+        assert (kept is not None) == (policy == "all" or number == best)
+    folders = sorted(p.name for p in models_dir(root, "s").iterdir())
+    versions = {str(v.version): v for v in tracker.client.search_model_versions("name = 's'")}
+    best = tracker.client.get_model_version_by_alias("s", "best")
+    assert best.run_id == runs[2] and best.tags["lbsearch.trial"] == "2"
+    if policy == "best":
+        assert folders == ["trial-2"] and list(versions) == ["2"]
+        assert [p.parent.parent.name for p in (root / "artifacts" / "s" / "models").rglob("config.json")] == [best.tags["lbsearch.model_id"]]
+    else:
+        assert folders == ["trial-0", "trial-1", "trial-2"] and sorted(versions) == ["1", "2"]
+    assert tracker.client.get_run(runs[2]).data.tags["lbsearch.model"] == str(models_dir(root, "s") / "trial-2")
