@@ -3,7 +3,7 @@
 The package is laid out in floors; a package imports only packages on lower floors
 (docs/architecture.md, enforced by tests/test_architecture.py):
 
-    cli  >  orchestrator  >  trial, integrations  >  link, tracking, science  >  data, study  >  spec
+    cli  >  orchestrator  >  trial, integrations  >  link, tracking, science  >  data, study  >  spec, terminal
 
 ``lbsearch.api``, ``lbsearch.hf`` and ``lbsearch.lightning`` are the public paths for your own
 training code (docs/your_own_code.md); they name the modules under ``lbsearch.integrations``.

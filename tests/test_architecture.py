@@ -20,6 +20,7 @@ PACKAGE = Path(__file__).parent.parent / "lbsearch"
 
 MAY_IMPORT = {  # the table of docs/architecture.md, floor by floor
     "spec": set(),
+    "terminal": set(),
     "data": {"spec"},
     "study": {"spec"},
     "link": {"spec", "study"},
@@ -27,8 +28,8 @@ MAY_IMPORT = {  # the table of docs/architecture.md, floor by floor
     "science": {"spec"},
     "trial": {"spec", "data", "link"},
     "integrations": {"spec", "link"},
-    "orchestrator": {"spec", "data", "study", "tracking", "science"},
-    "cli": {"spec", "data", "study", "tracking", "science", "orchestrator", "trial"},
+    "orchestrator": {"spec", "terminal", "data", "study", "tracking", "science"},
+    "cli": {"spec", "terminal", "data", "study", "tracking", "science", "orchestrator", "trial"},
     "": {"integrations"},  # lbsearch/api.py, hf.py, lightning.py: the public paths of the adapters
 }
 TORCH = {"trial", "integrations"}

@@ -27,7 +27,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DataCollatorWithPadding, get_scheduler
 
-from lbsearch.integrations import api
+from lbsearch import api
 
 
 def parse_args() -> argparse.Namespace:

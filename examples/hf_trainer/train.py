@@ -21,8 +21,8 @@ import pandas as pd
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DataCollatorWithPadding, PrinterCallback,
                           Trainer, TrainingArguments, set_seed)
 
-from lbsearch.integrations import api
-from lbsearch.integrations.hf import LbsearchCallback, training_arguments
+from lbsearch import api
+from lbsearch.hf import LbsearchCallback, training_arguments
 
 BY_HAND = {"per_device_train_batch_size": 16, "gradient_accumulation_steps": 2, "learning_rate": 4e-4, "warmup_steps": 6,
            "max_steps": 94, "max_grad_norm": 1.0, "weight_decay": 0.01, "seed": 0, "eval_strategy": "steps", "eval_steps": 31}

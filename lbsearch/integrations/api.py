@@ -26,7 +26,6 @@ when several ranks run (it all-reduces the decision over ``torch.distributed``).
 
 from __future__ import annotations
 
-import math
 import os
 import signal
 import threading
@@ -35,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lbsearch.link import Reporter
-from lbsearch.spec import TrialResult, WorkerSpec, write_result
+from lbsearch.spec import TrialResult, WorkerSpec, diverged, failure, write_result
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialPlan
@@ -105,7 +104,7 @@ class Trial:
         loss = metrics.get("train/loss", metrics.get("loss"))
         if loss is not None:
             self._first_loss = self._first_loss if self._first_loss is not None else loss
-            if not math.isfinite(loss) or loss > self._exp.train.divergence_factor * self._first_loss:
+            if diverged(loss, self._first_loss, self._exp.train.divergence_factor):
                 self._code = max(self._code, _DIVERGED)
         self._rep.metrics(dict(metrics) | {"progress/samples": samples}, step)
         self._rep.flush(at_least=200)  # one line per ~200 rows between evaluations
@@ -216,12 +215,5 @@ def _close(code: int, error: BaseException | None = None) -> None:
     if code == 0 or not path or (trial is not None and trial._written) or int(os.environ.get("RANK", "0")) != 0:
         return
     spec = WorkerSpec.model_validate_json(Path(path).read_text())
-    if error is None:
-        reason = f"the script exited with code {code}"
-    else:
-        reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:500]
-    oom = error is not None and ("OutOfMemoryError" in type(error).__name__ or "out of memory" in str(error).lower())
-    if isinstance(error, KeyboardInterrupt):
-        reason = "interrupted"
     if spec.result:
-        write_result(spec.result, TrialResult(state="failed", reason="out of memory" if oom else reason, oom=oom))
+        write_result(spec.result, failure(error, f"the script exited with code {code}"))

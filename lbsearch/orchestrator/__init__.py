@@ -2,10 +2,9 @@
 (MLflow run, process, retries), launching a trial's processes, the standby client, other
 machines' ranks (``lbsearch join``), script trials, the end of a study, and the live console."""
 
-from lbsearch.orchestrator.console import print_table
 from lbsearch.orchestrator.finish import report
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.nodes import join
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 
-__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'print_table', 'report']
+__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report']

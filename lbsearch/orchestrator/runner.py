@@ -11,14 +11,14 @@ import json
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
-from lbsearch.orchestrator import console
+from lbsearch import terminal as console
 from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
-from lbsearch.spec import FOLDER, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, make_plan, parse_message
+from lbsearch.spec import FOLDER, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
 from lbsearch.study import RETRYABLE
-from lbsearch.tracking import Tracker, TrackingError, dataset_inputs, flatten, versions
+from lbsearch.tracking import Tracker, TrackingError, dataset_inputs, end_tags, flatten, label_tags, oom_retry_tags, versions
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
 
@@ -91,19 +91,25 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     config = run.exp.model_dump(mode="json")
     tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
-    try:
+    with ended_on_error(tracker, run_id, run.workdir, run.resumable, session.out):
         on_run(run_id)
         return _tracked(session, tracker, run, run_id, plan, config)
-    except KeyboardInterrupt:
-        if not run.resumable:
-            discard(run.workdir)
-        _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason="interrupted"))
-        raise
-    except BaseException as err:  # never a run left RUNNING: it ends FAILED with the error, which goes on up
-        why = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
-        discard(run.workdir)
-        with contextlib.suppress(Exception):
-            _end(tracker, run_id, run.workdir, TrialResult(state="failed", reason=why))
+
+
+@contextlib.contextmanager
+def ended_on_error(tracker: Tracker, run_id: str, workdir: Path, resumable: bool, say: Callable[[str], None]) -> Iterator[None]:
+    """No run is left RUNNING: an error inside ends the run (KILLED and ``interrupted`` for Ctrl-C,
+    FAILED with the error's reason otherwise) and goes on up. The trial's checkpoints stay only
+    where an interrupted trial will be re-run from them (``resumable``)."""
+    try:
+        yield
+    except BaseException as err:
+        if not (resumable and isinstance(err, KeyboardInterrupt)):
+            discard(workdir)
+        try:
+            _end(tracker, run_id, workdir, failure(err))
+        except Exception as end_err:  # noqa: BLE001 - the first error is the one that goes up; this one is said
+            say(f"MLflow run {run_id} could not be ended: {type(end_err).__name__}: {str(end_err).splitlines()[0][:200] if str(end_err) else ''}")
         raise
 
 
@@ -111,7 +117,7 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
     labels = getattr(run.data, "labels", None) or {}
     tracker.artifacts(run_id, run.files | ({"labels.json": json.dumps(labels, indent=1)} if labels else {}))
     if labels.get("names"):  # the label mapping, as the model's id2label has it
-        tracker.tags(run_id, {"data.task": labels["task"], "data.labels": json.dumps(labels["names"])[:5000]})
+        tracker.tags(run_id, label_tags(labels["task"], json.dumps(labels["names"])))
     try:  # the Datasets column is a view: a tracking error here never costs the trial
         if run.data is not None:
             tracker.datasets(run_id, dataset_inputs(run.exp.data, run.data))
@@ -133,7 +139,7 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
 
 
 def _end(tracker: Tracker, run_id: str, workdir: Path, result: TrialResult) -> None:
-    tracker.tags(run_id, {"lbsearch.state": result.state, **({"lbsearch.reason": result.reason} if result.reason else {})})
+    tracker.tags(run_id, end_tags(result))
     log = workdir / "stdout.log"
     if log.is_file():
         tracker.artifacts(run_id, {"stdout.log": log.read_text()[-200_000:]})
@@ -166,7 +172,7 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
                     f"{smaller.micro_batch} x accumulation {smaller.accumulation} (B = {plan.batch_size} unchanged)")
         run.exp.launcher.max_micro_batch = smaller.max_micro_batch
         retries += 1
-        tracker.tags(run_id, {"lbsearch.oom_retries": retries} | smaller.split())
+        tracker.tags(run_id, oom_retry_tags(retries, smaller.split()))
         plan = smaller
 
 

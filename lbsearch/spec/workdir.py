@@ -1,4 +1,4 @@
-"""A trial's working folder as both processes see it: the checkpoints' layout, adopting a retried trial's checkpoints, discarding them."""
+"""The folders both processes see: a trial's working folder (the checkpoints' layout, adopting a retried trial's checkpoints, discarding them) and where kept models lie."""
 
 
 from __future__ import annotations
@@ -54,3 +54,10 @@ def fingerprint(experiment: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def models_dir(root: Path, owner: str) -> Path:
+    """Where the models of a study (or of ``lbsearch train``'s ``train-<name>``) are kept."""
+    return root / "models" / owner
+
+
+def trial_model_dir(root: Path, study: str, number: int) -> Path:
+    return models_dir(root, study) / f"trial-{number}"

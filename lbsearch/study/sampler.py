@@ -1,4 +1,4 @@
-"""Optuna pieces built from a StudyConfig: the sampler, the pruner and the search space."""
+"""Optuna pieces built from a StudyConfig: the sampler (one per name in ``spec.registry``), the search space and the objective values."""
 
 from __future__ import annotations
 

@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["RETRYABLE", "reason", "counted", "objectives", "trial_rows", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
+__all__ = ["RETRYABLE", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
 
 RETRYABLE = ("interrupted", "worker died")
 
@@ -49,29 +49,35 @@ def objectives(study: optuna.Study) -> list[str]:
     return study.user_attrs.get("objectives") or ["metric"]
 
 
-def _values(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
+def value_columns(study: optuna.Study) -> list[str]:
+    """``value`` for a single-objective study, one column per objective otherwise."""
     names = objectives(study)
-    if len(names) == 1:
-        return {"value": t.values[0] if t.values else None}
-    return {name: (t.values[i] if t.values else None) for i, name in enumerate(names)}
+    return ["value"] if len(names) == 1 else names
+
+
+def _values(study: optuna.Study, t: FrozenTrial) -> dict[str, Any]:
+    return {name: (t.values[i] if t.values else None) for i, name in enumerate(value_columns(study))}
+
+
+FACTS = ("test", "samples", "seconds", "mfu")
+"""The columns of a trial row between its values and its params."""
+
+
+def status_columns(study: optuna.Study) -> list[str]:
+    """The columns of ``lbsearch status``, in order: every key of ``trial_rows`` but the MLflow run id."""
+    params = sorted({k for t in study.get_trials(deepcopy=False) for k in t.params})
+    return ["trial", "state", *value_columns(study), *FACTS, *params, "reason"]
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows = []
     for t in study.get_trials(deepcopy=False):
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
-        rows.append({
-            "trial": t.number,
-            "state": t.state.name.lower(),
-            "reason": reason(t),
-            **_values(study, t),
-            "test": t.user_attrs.get(f"test_{_metric(study)}"),
-            "samples": t.user_attrs.get("samples"),
-            "seconds": round(dur, 1) if dur is not None else None,
-            "mfu": t.user_attrs.get("mfu"),
-            **dict(t.params),
-            "mlflow_run_id": t.user_attrs.get("mlflow_run_id", ""),
-        })
+        facts = {"test": t.user_attrs.get(f"test_{_metric(study)}"), "samples": t.user_attrs.get("samples"),
+                 "seconds": round(dur, 1) if dur is not None else None, "mfu": t.user_attrs.get("mfu")}
+        assert tuple(facts) == FACTS
+        rows.append({"trial": t.number, "state": t.state.name.lower(), "reason": reason(t), **_values(study, t), **facts, **dict(t.params),
+                     "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")})
     return rows
 
 

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from lbsearch.tracking.tags import STUDY
 from lbsearch.tracking.tracker import EXPERIMENT_KIND
 
 if TYPE_CHECKING:
@@ -130,7 +131,7 @@ def dataset_inputs(data: "DataConfig", prepared: "PreparedData") -> list:
 
 def mark_best(tracker: "Tracker", experiment_id: str, study: str, run_id: str) -> None:
     """Tag the best trial's run ``lbsearch.best = true`` and take the tag off any other run of the study."""
-    query = f"tags.`lbsearch.study` = '{study}' and tags.`{BEST_TAG}` = 'true'"
+    query = f"tags.`{STUDY}` = '{study}' and tags.`{BEST_TAG}` = 'true'"
     tagged = tracker.run_ids(experiment_id, query)
     for other in tagged:
         if other != run_id:

@@ -1,4 +1,4 @@
-"""Models and tokenizers: builtin MiniLM-L6, a local folder, a hub id, or a random-init config."""
+"""Models: builtin MiniLM-L6, a local folder, a hub id, or a random-init config (their tokenizers: ``lbsearch.data.tokenizer``)."""
 
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Views of a study: rows, the best trial, the Pareto front and picking from it, what counts."""
 
 import optuna
+import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -56,3 +57,17 @@ def test_the_front_plot_is_drawn_from_two_front_trials(tmp_path):
     single = optuna.create_study(directions=["maximize", "minimize"])
     single.add_trial(create_trial(params={"optimizer.lr": 1e-3}, distributions=DIST, values=[0.8, 100]))
     assert not _front_plot(single, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize("objectives", [["metric"], ["metric", "samples_to_target"]])
+def test_status_shows_every_key_of_a_row_once(objectives):
+    """One definition of the status columns: a key added to the rows and not to the columns fails here."""
+    from lbsearch.study import status_columns, trial_rows
+
+    study = optuna.create_study(directions=["maximize"] * len(objectives))
+    study.set_user_attr("objectives", objectives)
+    study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 1e-3}, distributions={"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
+                                              values=[0.5] * len(objectives), user_attrs={"samples": 10}))
+    cols = status_columns(study)
+    assert len(cols) == len(set(cols))
+    assert set(cols) == set(trial_rows(study)[0]) - {"mlflow_run_id"}

@@ -1,9 +1,8 @@
 """The MLflow layout on a real SQLite store: one parent run per study, nested child runs, params,
 tags, metric rows and artifacts; never the environment."""
 
-import pytest
 
-from lbsearch.tracking.tracker import Tracker, flatten, tracker_for, versions
+from lbsearch.tracking.tracker import Tracker, flatten, versions
 
 
 def test_flatten_dots_nested_sections():
@@ -67,26 +66,6 @@ def test_workers_logging_one_dataset_at_once_all_succeed(tmp_path):
         t.join(timeout=60)
     assert errors == []
     assert all(tracker.client.get_run(r).inputs.dataset_inputs[0].dataset.name == "d.train" for r in runs)
-
-
-def test_a_trial_that_cannot_start_leaves_its_run_failed_not_running(tmp_path):
-    """Any error inside a tracked trial (here: its working folder cannot be made) ends its MLflow
-    run FAILED with the error as the reason, and the error goes on up to the caller."""
-    from lbsearch.orchestrator.runner import TrialRun, run_tracked
-    from lbsearch.spec.config import ExperimentConfig
-    from lbsearch.spec.session import Session
-
-    session = Session(root=tmp_path, out=lambda s: None)
-    tracker = tracker_for(session)
-    exp_id = tracker.experiment("s")
-    (tmp_path / "blocker").write_text("a file, not a folder")
-    exp = ExperimentConfig(name="x", model={"source": "random", "config": {"hidden_size": 32}})
-    run = TrialRun(exp=exp, data=None, workdir=tmp_path / "blocker" / "trial", prefix="[t]", experiment_id=exp_id, run_name="trial-0")
-    with pytest.raises(OSError):
-        run_tracked(session, tracker, run)
-    (only,) = tracker.client.search_runs([exp_id])
-    assert only.info.status == "FAILED"
-    assert only.data.tags["lbsearch.state"] == "failed" and "Error" in only.data.tags["lbsearch.reason"]
 
 
 def test_a_new_store_is_a_copy_of_mlflows_own_empty_store(tmp_path, monkeypatch):

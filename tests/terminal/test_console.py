@@ -11,7 +11,7 @@ import subprocess
 import sys
 import time
 
-from lbsearch.orchestrator.console import Progress, active, fmt, print_table, study_progress
+from lbsearch.terminal.console import Progress, active, fmt, print_table, study_progress
 
 ESC = "\x1b["
 
@@ -64,7 +64,7 @@ def test_fmt():
 
 _DRIVE = """
 import time
-from lbsearch.orchestrator.console import active, study_progress
+from lbsearch.terminal.console import active, study_progress
 with study_progress("s", 2) as shown:
     shown.study(counted=0, complete=0, pruned=0, failed=0, best=None)
     shown.trial_start("[trial 0]", 960, "accuracy")

@@ -1,4 +1,4 @@
-"""What a person sees on a terminal: tables (``status``, ``best``) and the live progress of a study.
+"""What a person sees on a terminal: how tables are drawn (the columns of ``status`` are ``lbsearch.study.views``) and the live progress of a study.
 
 On a terminal, ``study_progress`` draws two lines with rich, redrawn in place: the study (trials
 counted / n_trials, complete / pruned / failed, best so far, elapsed, time left) and the running

@@ -1,0 +1,37 @@
+"""How a trial's training ends, decided in one place for the built-in loop and for your own code
+through the API: when a loss has diverged, and what a failure's reason is (out of memory,
+interrupted, or the exception's first line)."""
+
+from __future__ import annotations
+
+import math
+
+from lbsearch.spec.protocol import TrialResult
+
+__all__ = ["diverged", "is_out_of_memory", "failure"]
+
+
+def diverged(loss: float, first_loss: float, factor: float, finite: bool = True) -> bool:
+    """A loss (or, with ``finite=False``, a gradient norm) that is not finite, or a loss above
+    ``factor`` x the first loss (``train.divergence_factor``)."""
+    return not finite or not math.isfinite(loss) or loss > factor * first_loss
+
+
+def is_out_of_memory(err: BaseException | None) -> bool:
+    """torch's ``OutOfMemoryError`` (CUDA, MPS, or injected on CPU), or an error that says so
+    (an allocator's RuntimeError, a framework that wraps it)."""
+    return err is not None and ("OutOfMemoryError" in type(err).__name__ or "out of memory" in str(err).lower())
+
+
+def failure(err: BaseException | None, otherwise: str = "") -> TrialResult:
+    """The failed result of a trial that raised ``err`` (``otherwise`` where it raised nothing):
+    ``interrupted`` for Ctrl-C, ``out of memory`` (retried with more accumulation), else the
+    exception's type and first line."""
+    if isinstance(err, KeyboardInterrupt):
+        reason = "interrupted"
+    elif err is not None:
+        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
+    else:
+        reason = otherwise
+    oom = is_out_of_memory(err)
+    return TrialResult(state="failed", reason="out of memory" if oom else reason, oom=oom)

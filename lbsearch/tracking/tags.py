@@ -1,0 +1,53 @@
+"""The MLflow tags of lbsearch's runs, built here from the trial's facts: what a run is (its study,
+role and trial), where it came from (a retry, a resumed checkpoint, a reproduced trial), and how it
+ended. Callers pass the facts; the tag names live in this module only."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from lbsearch.spec import TrialResult
+
+__all__ = ["STUDY", "ROLE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags"]
+
+STUDY, ROLE = "lbsearch.study", "lbsearch.role"
+
+
+def trial_tags(study: str, number: int, optuna_trial_id: int, commit: str | None, retry_of: int | None = None) -> dict[str, Any]:
+    """A study's trial: its study, role, number and Optuna id, the code's commit (and the trial it re-runs)."""
+    tags: dict[str, Any] = {STUDY: study, ROLE: "trial", "lbsearch.trial": number, "optuna.trial_id": optuna_trial_id, "git.commit": commit}
+    return tags | ({"lbsearch.retry_of": retry_of} if retry_of is not None else {})
+
+
+def resumed_tags(number: int, step: int, samples: int, run_id: str) -> dict[str, Any]:
+    """A trial that resumed from the checkpoint of trial ``number`` (at ``step``, ``samples`` seen, in MLflow run ``run_id``)."""
+    return {"lbsearch.resumed_from_trial": number, "lbsearch.resumed_from_step": step, "lbsearch.resumed_from_samples": samples,
+            "lbsearch.resumed_from_run": run_id}
+
+
+def end_tags(result: TrialResult) -> dict[str, str]:
+    """How a run ended: ``lbsearch.state`` and, where there is one, ``lbsearch.reason``."""
+    return {"lbsearch.state": result.state, **({"lbsearch.reason": result.reason} if result.reason else {})}
+
+
+def oom_retry_tags(retries: int, split: dict[str, Any]) -> dict[str, Any]:
+    """After an out-of-memory retry: how many so far, and the batch split it runs now."""
+    return {"lbsearch.oom_retries": retries} | split
+
+
+def reproduce_tags(study: str, run_id: str, number: int, commit: str | None) -> dict[str, Any]:
+    return {STUDY: study, ROLE: "reproduce", "lbsearch.reproduces": run_id, "lbsearch.reproduces_trial": number, "git.commit": commit}
+
+
+def reproduced_tags(same: bool, tolerance: float) -> dict[str, Any]:
+    return {"lbsearch.reproduced": "yes" if same else "no", "lbsearch.tolerance": tolerance}
+
+
+def train_tags(commit: str | None) -> dict[str, Any]:
+    return {ROLE: "train", "git.commit": commit}
+
+
+def label_tags(task: str, names_json: str) -> dict[str, str]:
+    """The label mapping, as the model's ``id2label`` has it (cut to MLflow's tag length)."""
+    return {"data.task": task, "data.labels": names_json[:5000]}

@@ -1,0 +1,55 @@
+"""The tracked trial: whatever happens inside, its MLflow run ends (no run left RUNNING), with the
+reason, and the error goes on up."""
+
+import pytest
+
+from lbsearch.orchestrator.runner import TrialRun, ended_on_error, run_tracked
+from lbsearch.spec import ExperimentConfig, Session
+from lbsearch.tracking import tracker_for
+
+
+@pytest.fixture()
+def store(tmp_path):
+    said = []
+    session = Session(root=tmp_path, out=said.append)
+    tracker = tracker_for(session)
+    return session, tracker, tracker.experiment("s"), said
+
+
+def test_a_trial_that_cannot_start_leaves_its_run_failed_not_running(tmp_path, store):
+    """Any error inside a tracked trial (here: its working folder cannot be made) ends its MLflow
+    run FAILED with the error as the reason, and the error goes on up to the caller."""
+    session, tracker, exp_id, _ = store
+    (tmp_path / "blocker").write_text("a file, not a folder")
+    exp = ExperimentConfig(name="x", model={"source": "random", "config": {"hidden_size": 32}})
+    run = TrialRun(exp=exp, data=None, workdir=tmp_path / "blocker" / "trial", prefix="[t]", experiment_id=exp_id, run_name="trial-0")
+    with pytest.raises(OSError):
+        run_tracked(session, tracker, run)
+    (only,) = tracker.client.search_runs([exp_id])
+    assert only.info.status == "FAILED"
+    assert only.data.tags["lbsearch.state"] == "failed" and "Error" in only.data.tags["lbsearch.reason"]
+
+
+@pytest.mark.parametrize("error,status,reason,kept", [(KeyboardInterrupt(), "KILLED", "interrupted", True),
+                                                      (ValueError("bad value\nsecond line"), "FAILED", "ValueError: bad value", False)])
+def test_an_error_ends_the_run_with_its_reason(tmp_path, store, error, status, reason, kept):
+    """Ctrl-C keeps a resumable trial's checkpoints for its re-run; any other error deletes them."""
+    _, tracker, exp_id, said = store
+    run_id = tracker.child_run(exp_id, None, "trial-0", {}, {})
+    workdir = tmp_path / "trial"
+    (workdir / "checkpoints" / "step-1").mkdir(parents=True)
+    with pytest.raises(type(error)):
+        with ended_on_error(tracker, run_id, workdir, True, said.append):
+            raise error
+    run = tracker.client.get_run(run_id)
+    assert (run.info.status, run.data.tags["lbsearch.reason"]) == (status, reason)
+    assert (workdir / "checkpoints").is_dir() == kept
+    assert said == []
+
+
+def test_a_run_that_cannot_be_ended_is_said_and_the_first_error_goes_up(tmp_path, store):
+    _, tracker, exp_id, said = store
+    with pytest.raises(ValueError, match="the trial's own error"):
+        with ended_on_error(tracker, "no-such-run", tmp_path / "trial", False, said.append):
+            raise ValueError("the trial's own error")
+    assert len(said) == 1 and "no-such-run could not be ended" in said[0]
