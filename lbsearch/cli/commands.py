@@ -1,4 +1,4 @@
-"""The commands besides the search: ``reproduce`` a trial, ``train`` one experiment, ``report`` a study.
+"""The commands besides the search: ``reproduce`` a trial, ``train`` one experiment, ``predict`` with a kept model (``report`` is ``lbsearch.orchestrator.finish``).
 Reproduce and train run through the same tracked trial as the search (``runner.run_tracked``)."""
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, experiment_model, is_script
+from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, experiment_model, is_script, models_dir, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
-from lbsearch.tracking import git_commit, keep_train_model, models_dir, tracker_for, trial_model_dir
+from lbsearch.tracking import git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
 __all__ = ["reproduce", "train_once", "predict"]
 
@@ -48,8 +48,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     prefix = f"[reproduce {target.number}]"
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
                    prefix=prefix, experiment_id=tracker.experiment(name), run_name=f"reproduce-trial-{target.number}", parent=parent,
-                   tags={"lbsearch.study": name, "lbsearch.role": "reproduce", "lbsearch.reproduces": orig_run,
-                         "lbsearch.reproduces_trial": target.number, "git.commit": git_commit()} | _digest(data),
+                   tags=reproduce_tags(name, orig_run, target.number, git_commit()) | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), name, target.number))
     session.out(f"{prefix} re-running trial {target.number} of {name} from its saved config")
     out = run_tracked(session, tracker, run)
@@ -63,7 +62,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     same = r.state == "complete" and all(_same(new, old, tolerance) for _, _, old, new in rows if old is not None)
     for split, metric, old, new in rows:
         session.out(f"{prefix} {split} {metric}: original {old!r} reproduced {new!r}")
-    tracker.tags(out.run_id, {"lbsearch.reproduced": "yes" if same else "no", "lbsearch.tolerance": tolerance})
+    tracker.tags(out.run_id, reproduced_tags(same, tolerance))
     verdict = "reproduced: metrics identical" if same and tolerance == 0 else f"reproduced within tolerance {tolerance}" if same else "MISMATCH"
     session.out(f"{prefix} {verdict} (MLflow run {out.run_id})")
     return 0 if same else 1
@@ -86,7 +85,7 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
     tracker = tracker_for(session)
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8], prefix="[train]",
                    experiment_id=tracker.experiment(f"train-{exp.name}"), run_name=exp.name,
-                   tags={"lbsearch.role": "train", "git.commit": git_commit(spec_file.parent if spec_file else None)} | _digest(data),
+                   tags=train_tags(git_commit(spec_file.parent if spec_file else None)) | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), None, None), save_model=True)
     out = run_tracked(session, tracker, run)
     r = out.result
@@ -94,8 +93,8 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
         session.out(f"[train] {r.state}: {r.reason}")
         return 1
     if r.model_dir:
-        folder = keep_train_model(tracker, session.root, name=exp.name, experiment_id=run.experiment_id, run_id=out.run_id, saved=Path(r.model_dir))
-        session.out(f"[train] model kept in {folder} (and logged to MLflow run {out.run_id})")
+        folder, why = keep_train_model(tracker, session.root, name=exp.name, experiment_id=run.experiment_id, run_id=out.run_id, saved=Path(r.model_dir))
+        session.out(f"[train] model kept in {folder}" + (f"; not logged to MLflow ({why})" if why else f" (and logged to MLflow run {out.run_id})"))
     m = exp.metric.name
     test = f" · test {m} {r.test[m]:.4f}" if r.test and m in r.test else ""
     session.out(f"[train] validation {m} {r.validation[m]:.4f}{test} · MLflow run {out.run_id}")

@@ -23,10 +23,12 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
+from lbsearch.orchestrator import standby
 from lbsearch.orchestrator.processes import stop_group
+from lbsearch.spec import TrialResult, machines, read_config, read_result
 
 if TYPE_CHECKING:
-    from lbsearch.spec import TrialResult, WorkerSpec
+    from lbsearch.spec import WorkerSpec
 
 __all__ = ["free_port", "launch_command", "trial_command", "with_machines", "run_trial_process", "failure_reason"]
 
@@ -75,7 +77,6 @@ def _simple_launch(args: list[str]) -> tuple[list[str], dict[str, str]] | None:
 
 def _launch_args(exp: dict[str, Any], spec_file: Path, program: list[str] | None = None) -> list[str]:
     """``accelerate launch``'s arguments: the config file, then a flag for each setting the file leaves unset."""
-    from lbsearch.spec import machines
 
     launcher = exp["launcher"]
     path = launcher.get("accelerate_config")
@@ -104,7 +105,6 @@ def _launch_args(exp: dict[str, Any], spec_file: Path, program: list[str] | None
 def with_machines(exp: dict[str, Any], env: dict[str, str] | None = None) -> dict[str, Any]:
     """``exp`` with its machine settings resolved (``lbsearch.spec.accelerate_file``): written into the trial's
     spec.json, so that the other nodes (``lbsearch join``) start the same rendezvous."""
-    from lbsearch.spec import machines
 
     launcher = exp["launcher"]
     return exp | {"launcher": launcher | machines(launcher, _file(launcher.get("accelerate_config")), env, free_port=free_port)}
@@ -113,7 +113,6 @@ def with_machines(exp: dict[str, Any], env: dict[str, str] | None = None) -> dic
 def _file(path: str | None) -> dict[str, Any]:
     """What the accelerate config sets; {} when there is none, or when it cannot be read (``accelerate
     launch`` then fails the trial with the file's own error, in the trial's log)."""
-    from lbsearch.spec import read_config
 
     try:
         return read_config(path) if path else {}
@@ -159,14 +158,11 @@ def run_trial_process(
 ) -> "TrialResult":
     """Run the trial; return the worker's result (``state`` complete / pruned / failed).
 
-    A worker that dies without a result (killed, crashed in the launcher) gives ``failed`` with
-    the last lines of its output as the reason, unless ``no_result(exit code)`` gives a result.
+    A worker that dies without a result gives ``failed`` (``_outcome``), unless ``no_result(exit code)`` gives a result.
     ``program(spec_file)``: what each rank runs and its extra environment (a script trial: the user's
     command, started in ``workdir``); default lbsearch's worker. KeyboardInterrupt (SIGINT, and SIGTERM which the
     CLI turns into it) stops the trial's process group within seconds and is re-raised.
     """
-    from lbsearch.orchestrator import standby
-    from lbsearch.spec import TrialResult, read_result
 
     workdir.mkdir(parents=True, exist_ok=True)
     result_file = workdir / "result.json"
@@ -201,8 +197,16 @@ def run_trial_process(
             stop_group(proc, grace=float(spec.experiment.get("train", {}).get("stop_grace_s", 5.0)))  # time to write a checkpoint
             _drain(proc, log, on_line)  # what it said while stopping (its checkpoint, the metric rows up to it)
             raise
+    return _outcome(proc, result_file, tail, no_result)
+
+
+def _outcome(proc, result_file: Path, tail: "Iterable[str]", no_result: Callable[[int], "TrialResult | None"]) -> "TrialResult":
+    """The result the worker wrote; else ``worker died`` (retried) where the standby process it was
+    forked from died and took it along; else ``no_result``'s, else a failure with its output's reason."""
     if result_file.is_file():
         return read_result(result_file)
+    if getattr(proc, "launcher_died", False):
+        return TrialResult(state="failed", reason="worker died")
     fallback = no_result(proc.returncode)
     if fallback is not None:
         return fallback

@@ -18,11 +18,10 @@ import optuna
 from optuna.trial import TrialState
 
 from lbsearch.data import prepare_data
-from lbsearch.orchestrator.console import Progress, study_progress
 from lbsearch.orchestrator.finish import finish_study
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
-from lbsearch.spec import BATCH_KEY, Constraint, OptunaRef, Session, SpecError, StudyConfig, TrialPlan, TrialResult, adopt, apply_params, discard, is_script, validate_experiment
+from lbsearch.spec import BATCH_KEY, Constraint, OptunaRef, Session, SpecError, StudyConfig, TrialPlan, TrialResult, adopt, apply_params, discard, is_script, trial_model_dir, validate_experiment
 from lbsearch.spec import parse as parse_constraints
 from lbsearch.study import (
     best_trial,
@@ -43,12 +42,14 @@ from lbsearch.study import (
     study_lock,
     suggest,
     summary,
+    tell_once,
     to_csv,
     trial_id,
     trial_rows,
     uses_heartbeats,
 )
-from lbsearch.tracking import KIND, Tracker, TrackingError, description, git_commit, keep_trial_model, mark_best, tracker_for
+from lbsearch.terminal import Progress, study_progress
+from lbsearch.tracking import BEST_ALIAS, KIND, Tracker, TrackingError, description, end_tags, git_commit, keep_trial_model, mark_best, resumed_tags, tracker_for, trial_tags
 
 __all__ = ["run_study"]
 
@@ -78,7 +79,7 @@ class _Search:
 
     def _close_dead(self, t: optuna.trial.FrozenTrial) -> None:
         if t.user_attrs.get("mlflow_run_id"):
-            self.tracker.tags(t.user_attrs["mlflow_run_id"], {"lbsearch.state": "failed", "lbsearch.reason": "worker died"})
+            self.tracker.tags(t.user_attrs["mlflow_run_id"], end_tags(TrialResult(state="failed", reason="worker died")))
             self.tracker.end(t.user_attrs["mlflow_run_id"], "KILLED")
 
     def ask(self) -> optuna.Trial | str:
@@ -142,10 +143,7 @@ class _Search:
             return
         config = exp.model_dump(mode="json")
         trial.set_user_attr("config", json.dumps(config))
-        tags = {"lbsearch.study": cfg.name, "lbsearch.role": "trial", "lbsearch.trial": trial.number, "optuna.trial_id": trial_id(trial),
-                "git.commit": self.commit} | self.digest
-        if "retry_of" in trial.user_attrs:
-            tags["lbsearch.retry_of"] = trial.user_attrs["retry_of"]
+        tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get("retry_of")) | self.digest
         workdir = self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
         resumed = self._resume(trial, workdir, prefix)
         run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True,
@@ -175,6 +173,8 @@ class _Search:
         r = out.result
         if r.model_dir:
             self._keep(trial.number, out.run_id, Path(r.model_dir))
+        elif r.model_error:
+            self._no_model(trial.number)
         detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
         value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
         self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
@@ -192,8 +192,7 @@ class _Search:
             for samples, value in sorted(old.intermediate_values.items()):
                 if samples in carried:
                     trial.report(value, samples)
-        tags = {"lbsearch.resumed_from_trial": number, "lbsearch.resumed_from_step": info["step"], "lbsearch.resumed_from_samples": info["samples"],
-                "lbsearch.resumed_from_run": old.user_attrs.get("mlflow_run_id", "")}
+        tags = resumed_tags(number, info["step"], info["samples"], old.user_attrs.get("mlflow_run_id", ""))
         for k, v in tags.items():
             trial.set_user_attr(k.removeprefix("lbsearch."), v)
         self.session.out(f"{prefix} resumes trial {number} from its checkpoint at step {info['step']} ({info['samples']} samples)")
@@ -224,23 +223,32 @@ class _Search:
         self.session.out(f"[study {self.cfg.name}] warm start: the best {min(ws.top_k, len(ranked))} trials of {ws.study} run first")
 
     def _tell(self, trial: optuna.Trial, r: TrialResult, plan: TrialPlan | None = None) -> None:
-        attrs: dict[str, Any] = {"reason": r.reason} if r.reason else {}
+        attrs: dict[str, Any] = {"reason": r.reason} if r.reason else {"reason": f"model not saved: {r.model_error}"} if r.model_error else {}
         for key in ("samples", "steps", "skipped_steps", "samples_to_target", "steps_to_target", "samples_per_s", "tokens_per_s", "mfu", "wall_s", "first_step_s", "b_simple",
                     "tokens_to_target", "b_simple_tokens"):
             if getattr(r, key) is not None:
                 attrs[key] = getattr(r, key)
         for split in ("validation", "test"):
             attrs |= {f"{split}_{k}": v for k, v in (getattr(r, split) or {}).items()}
-        for k, v in attrs.items():
-            trial.set_user_attr(k, v)
         if r.state == "complete":
             budget, steps = (plan.budget_samples, plan.steps) if plan else (r.samples, r.steps)
-            self.study.tell(trial, objective_values(self.cfg.objective_list, r, budget, steps))
-            if is_multi(self.study):
-                self._update_front()
+            told = tell_once(self.study, trial, attrs, objective_values(self.cfg.objective_list, r, budget, steps))
         else:
-            self.study.tell(trial, state=TrialState.PRUNED if r.state == "pruned" else TrialState.FAIL)
+            told = tell_once(self.study, trial, attrs, state=TrialState.PRUNED if r.state == "pruned" else TrialState.FAIL)
+        if not told:
+            self.session.out(f"[trial {trial.number}] was finished meanwhile by another worker (this one's heartbeat was lost; "
+                             f"it re-runs the trial): this result ({r.state}) is not told")
+        elif r.state == "complete" and is_multi(self.study):
+            self._update_front()
 
+
+    def _no_model(self, number: int) -> None:
+        """A complete trial without its model: where it is the best, the registry's ``best`` alias (an
+        earlier trial's model) goes, so that the registry, ``best`` and ``predict`` never name different trials."""
+        with study_lock(self.session, self.cfg):
+            best = best_trial(self.study)
+            if best is not None and best.number == number and self.tracker.drop_alias(self.cfg.name, BEST_ALIAS):
+                self.session.out(f"[trial {number}] the best so far has no model: the registry's alias `{BEST_ALIAS}` is removed")
 
     def _keep(self, number: int, run_id: str, saved: Path) -> None:
         """Keep or delete the trial's saved model (``save_model``); the best one goes to MLflow's registry."""
@@ -249,8 +257,12 @@ class _Search:
             try:
                 folder = keep_trial_model(self.tracker, self.session.root, study=self.cfg.name, experiment_id=self.exp_id, number=number,
                                           run_id=run_id, saved=saved, policy=self.cfg.save_model, best=best.number if best else None)
-            except (TrackingError, OSError) as err:  # the model is on disk; MLflow failed: the study goes on
-                self.session.out(f"[trial {number}] model not logged to MLflow: {str(err).splitlines()[0][:200]}")
+            except OSError as err:  # moving it failed (a full disk): the models kept before stay as they were
+                self.session.out(f"[trial {number}] model not kept ({type(err).__name__}: {str(err).splitlines()[0][:200]}); the models kept before are unchanged")
+                return
+            except TrackingError as err:  # the model is on disk; MLflow failed: the study goes on
+                self.session.out(f"[trial {number}] model kept in {trial_model_dir(self.session.root, self.cfg.name, number)} but not logged to MLflow: "
+                                 f"{str(err).splitlines()[0][:200]}")
                 return
         if folder is not None:
             self.session.out(f"[trial {number}] model kept in {folder}" + (" (the best so far; registered in MLflow)" if best and best.number == number else ""))
@@ -313,7 +325,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
                     time.sleep(heartbeat_interval(s.study))
                     continue
                 ran += 1
-                with heartbeat(s.study, trial):
+                with heartbeat(s.study, trial, s.session.out):
                     s.run_one(trial)
                 s.update_parent(trial.number)
                 _show(s, shown)

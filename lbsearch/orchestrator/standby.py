@@ -139,6 +139,9 @@ class _Forked:
     def __init__(self, pid: int, stdout, sock: socket.socket) -> None:
         self.pid, self.stdout, self.sock = pid, stdout, sock
         self.returncode: int | None = None
+        self.launcher_died = False
+        """The standby process died while the trial ran (its death kills the trial): the trial's loss is
+        its launcher's, as a dead worker's is, and it is re-run from its checkpoint."""
 
     def poll(self) -> int | None:
         return self._exit(0.0)
@@ -155,7 +158,7 @@ class _Forked:
                 word, pid, code = self.sock.recv(64).decode().split()
                 self.returncode = int(code) if (word, int(pid)) == ("exit", self.pid) else -9
             except (OSError, ValueError):  # the standby process died, and with it the report of the trial's exit
-                self.returncode = -9
+                self.returncode, self.launcher_died = -9, True
         return self.returncode
 
 

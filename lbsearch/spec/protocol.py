@@ -86,6 +86,8 @@ class TrialResult(BaseModel):
     """fp16: optimizer steps the GradScaler skipped (an overflow in the gradients); None without a GradScaler."""
     model_dir: str | None = None
     """The saved model's folder, when the trial saved one."""
+    model_error: str | None = None
+    """Why a complete trial's model could not be saved (``status`` shows it as the trial's reason)."""
     mfu: float | None = None
     """Model FLOPs utilisation over the training time (``lbsearch.trial.flops``); None where no peak is known."""
     wall_s: float | None = None

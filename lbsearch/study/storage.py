@@ -166,19 +166,29 @@ def heartbeat_interval(study: optuna.Study) -> float:
 
 
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial):
-    """Record the trial's heartbeat while it runs (RDB storage), so other machines can tell it is alive."""
+def heartbeat(study: optuna.Study, trial: optuna.Trial, say: Callable[[str], None] = print):
+    """Record the trial's heartbeat while it runs (RDB storage), so other machines can tell it is alive.
+    A missed beat is retried at the next interval and said once per outage: after the study's grace
+    period without one, another machine fails the trial as ``worker died`` and re-runs it."""
     if not uses_heartbeats(study):
         yield
         return
     storage, tid, stop = storage_of(study), trial_id(trial), threading.Event()
 
     def beat() -> None:
+        missed = 0
         while not stop.wait(storage.get_heartbeat_interval()):
             try:
                 storage.record_heartbeat(tid)
-            except Exception:  # noqa: BLE001 - a missed beat is retried at the next interval
-                pass
+            except Exception as err:  # noqa: BLE001 - retried at the next interval, said once
+                missed += 1
+                if missed == 1:
+                    say(f"[trial {trial.number}] heartbeat not recorded ({type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}); "
+                        "retrying: past the grace period another worker re-runs this trial")
+                continue
+            if missed:
+                say(f"[trial {trial.number}] heartbeat recorded again after {missed} missed")
+                missed = 0
 
     storage.record_heartbeat(tid)
     thread = threading.Thread(target=beat, daemon=True, name="lbsearch-heartbeat")
@@ -188,6 +198,21 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial):
     finally:
         stop.set()
         thread.join(timeout=5)
+
+
+def tell_once(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], values: list[float] | None = None,
+              state: TrialState | None = None) -> bool:
+    """Set the trial's user attributes and tell its result; False (nothing changed) where another
+    worker already finished it (it lost its heartbeat and was failed and re-run elsewhere)."""
+    try:
+        for k, v in attrs.items():
+            trial.set_user_attr(k, v)
+        study.tell(trial, values, state=state)
+        return True
+    except (optuna.exceptions.UpdateFinishedTrialError, ValueError):
+        if storage_of(study).get_trial(trial_id(trial)).state.is_finished():
+            return False
+        raise
 
 
 # ----------------------------------------------------------------------------------------------

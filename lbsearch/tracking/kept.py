@@ -8,27 +8,20 @@ run) registered in the Model Registry under the study's name, alias ``best``. To
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from lbsearch.spec import models_dir, trial_model_dir
+from lbsearch.tracking.tags import ROLE, STUDY
+
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["models_dir", "trial_model_dir", "keep_trial_model", "keep_train_model", "BEST_ALIAS"]
+__all__ = ["keep_trial_model", "keep_train_model", "BEST_ALIAS"]
 
 BEST_ALIAS = "best"
 """The registered model's alias of the best trial's version: ``models:/<study>@best``."""
-
-
-def models_dir(root: Path, owner: str) -> Path:
-    """Where the models of a study (or of ``lbsearch train``'s ``train-<name>``) are kept."""
-    return root / "models" / owner
-
-
-def trial_model_dir(root: Path, study: str, number: int) -> Path:
-    return models_dir(root, study) / f"trial-{number}"
 
 
 def _move(saved: Path, folder: Path) -> None:
@@ -46,29 +39,33 @@ def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_i
     folder = trial_model_dir(root, study, number)
     kept = policy == "all" or best == number
     if kept:
-        _move(saved, folder)
+        _move(saved, folder)  # an OSError here (a full disk) leaves every kept model as it was
     else:
         shutil.rmtree(saved, ignore_errors=True)
-    if policy == "best" and best is not None:
-        for other in models_dir(root, study).glob("trial-*"):
-            if other.name != f"trial-{best}":
-                shutil.rmtree(other, ignore_errors=True)
     if best == number and kept:
-        model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}", folder, {"lbsearch.study": study, "lbsearch.trial": str(number)})
+        model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}", folder, {STUDY: study, "lbsearch.trial": str(number)})
         version = tracker.register_model(study, model_id, run_id, {"lbsearch.trial": str(number)}, alias=BEST_ALIAS)
         if policy == "best":  # the earlier bests' copies in MLflow go too: one model on disk
             tracker.drop_model_versions(study, keep=version)
         tracker.tags(run_id, {"lbsearch.model": str(folder), "lbsearch.model_version": version})
+    if policy == "best" and best is not None:  # only once the registry points at the best: never a moment with no model
+        for other in models_dir(root, study).glob("trial-*"):
+            if other.name != f"trial-{best}":
+                shutil.rmtree(other, ignore_errors=True)
     return folder if kept else None
 
 
-def keep_train_model(tracker: "Tracker", root: Path, *, name: str, experiment_id: str, run_id: str, saved: Path) -> Path:
-    """``lbsearch train``'s model: kept under ``models/train-<name>/<run id>`` and logged to its run."""
+def keep_train_model(tracker: "Tracker", root: Path, *, name: str, experiment_id: str, run_id: str, saved: Path) -> tuple[Path, str | None]:
+    """``lbsearch train``'s model: kept under ``models/train-<name>/<run id>`` and logged to its run.
+    Returns the folder and, where MLflow refused the model, why (the model stays on disk)."""
     from mlflow.exceptions import MlflowException
 
     folder = models_dir(root, f"train-{name}") / run_id
     _move(saved, folder)
-    with contextlib.suppress(OSError, MlflowException):  # the model is kept on disk whatever MLflow says
-        tracker.log_model(experiment_id, run_id, name, folder, {"lbsearch.role": "train"})
+    why = None
+    try:
+        tracker.log_model(experiment_id, run_id, name, folder, {ROLE: "train"})
+    except (OSError, MlflowException) as err:
+        why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
     tracker.tags(run_id, {"lbsearch.model": str(folder)})
-    return folder
+    return folder, why

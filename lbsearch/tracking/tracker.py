@@ -25,6 +25,8 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lbsearch.tracking.tags import ROLE, STUDY
+
 if TYPE_CHECKING:
     from lbsearch.spec import Session, StudyConfig
 
@@ -33,7 +35,6 @@ __all__ = ["Tracker", "tracker_for", "experiment_links", "versions", "git_commit
 TrackingError = MlflowException
 """What MLflow raises when the tracking store fails a call; callers outside this package catch this name."""
 
-STUDY_TAG, ROLE_TAG = "lbsearch.study", "lbsearch.role"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 """MLflow's mark of a model-training experiment (``genai_development`` marks a GenAI one)."""
 MODEL_ID_TAG = "lbsearch.model_id"
@@ -167,12 +168,12 @@ class Tracker:
 
     def parent_run(self, experiment_id: str, study: str, params: dict[str, Any]) -> str:
         """Find the study's parent run, or create it. Under a race the oldest one wins."""
-        query = f"tags.`{ROLE_TAG}` = 'parent' and tags.`{STUDY_TAG}` = '{study}'"
+        query = f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'"
         found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
         if found:
             run_id = found[0].info.run_id
         else:
-            run = _retry(self.client.create_run, experiment_id, run_name=study, tags={ROLE_TAG: "parent", STUDY_TAG: study})
+            run = _retry(self.client.create_run, experiment_id, run_name=study, tags={ROLE: "parent", STUDY: study})
             _retry(self.client.log_batch, run.info.run_id, params=_params(params))
             found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
             run_id = found[0].info.run_id
@@ -186,7 +187,7 @@ class Tracker:
         exp = self.client.get_experiment_by_name(study)
         if exp is None:
             return None
-        query = f"tags.`{ROLE_TAG}` = 'parent' and tags.`{STUDY_TAG}` = '{study}'"
+        query = f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'"
         found = self.client.search_runs([exp.experiment_id], query, order_by=["attributes.start_time ASC"])
         return found[0].info.run_id if found else None
 
@@ -266,6 +267,15 @@ class Tracker:
                          await_creation_for=0)
         _retry(self.client.set_registered_model_alias, name, alias, version.version)
         return str(version.version)
+
+    def drop_alias(self, name: str, alias: str) -> bool:
+        """Remove ``alias`` from the registered model ``name``; False where there was none."""
+        try:
+            self.client.get_model_version_by_alias(name, alias)
+        except MlflowException:
+            return False
+        _retry(self.client.delete_registered_model_alias, name, alias)
+        return True
 
     def drop_model_versions(self, name: str, keep: str) -> None:
         """Delete every version of ``name`` but ``keep``, with its logged model and that model's files."""

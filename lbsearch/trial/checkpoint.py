@@ -17,8 +17,10 @@ re-runs into the retry's folder; ``discard`` deletes them. The worker's side: ``
 
 from __future__ import annotations
 
+import errno
 import json
 import math
+import os
 import shutil
 import signal
 import time
@@ -93,8 +95,23 @@ class Checkpoints:
         return due == 2
 
     def save(self, step: int, why: str = "") -> None:
+        """Write a checkpoint whole or not at all. With one process, a write error (a full disk) costs
+        this checkpoint only: the earlier one stays and the trial trains on, saying so."""
         t, t0 = self.trial, time.time()
-        acc, tmp, final = t.acc, self.folder / f".tmp-step-{step:08d}", self.folder / f"step-{step:08d}"
+        try:
+            self._write(step)
+        except OSError as err:
+            if t.acc.num_processes > 1:
+                raise  # the other ranks wait in the collectives of this save: the trial fails, its earlier checkpoint kept
+            shutil.rmtree(self.folder / f".tmp-step-{step:08d}", ignore_errors=True)
+            t.say(f"checkpoint at step {step} not written ({type(err).__name__}: {err}); the trial goes on, its last whole checkpoint kept")
+            return
+        self.t_last = time.time()
+        t.rep.flush()  # the metric rows up to the checkpoint are in MLflow before a kill can lose them
+        t.say(f"checkpoint at step {step} ({step * t.plan.batch_size} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
+
+    def _write(self, step: int) -> None:
+        acc, tmp, final = self.trial.acc, self.folder / f".tmp-step-{step:08d}", self.folder / f"step-{step:08d}"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -102,16 +119,40 @@ class Checkpoints:
         acc.save_state(str(tmp))
         acc.wait_for_everyone()
         if acc.is_main_process:
-            (tmp / INFO).write_text(json.dumps(_position(t, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
+            _maybe_inject_write_error(step)
+            (tmp / INFO).write_text(json.dumps(_position(self.trial, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
             shutil.rmtree(final, ignore_errors=True)
-            tmp.rename(final)
+            durable_rename(tmp, final)
             for old in self.folder.glob("step-*"):
                 if old != final:
                     shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
-        self.t_last = time.time()
-        t.rep.flush()  # the metric rows up to the checkpoint are in MLflow before a kill can lose them
-        t.say(f"checkpoint at step {step} ({step * t.plan.batch_size} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
+
+
+def durable_rename(tmp: Path, final: Path) -> None:
+    """Rename a folder written in full into place so that it survives a power loss too: its files and
+    itself are fsynced before the rename, the parent after it."""
+    for path in sorted(tmp.rglob("*")):
+        if path.is_file():
+            _fsync(path)
+    for folder in sorted({p for p in tmp.rglob("*") if p.is_dir()} | {tmp}, reverse=True):
+        _fsync(folder)
+    tmp.rename(final)
+    _fsync(final.parent)
+
+
+def _maybe_inject_write_error(step: int) -> None:
+    """Tests set LBSEARCH_INJECT_CHECKPOINT_ERROR_AT=N[,M...] to make the checkpoints of those steps fail to write (a full disk)."""
+    if str(step) in os.environ.get("LBSEARCH_INJECT_CHECKPOINT_ERROR_AT", "").split(","):
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at step {step})")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _position(t, step: int) -> dict[str, Any]:

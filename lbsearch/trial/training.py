@@ -1,5 +1,5 @@
-"""The torch pieces of a trial: batches, the optimizer, exact evaluation across ranks, the
-micro-batch probe, and the collectives that keep ranks in step."""
+"""The torch pieces of a trial: the task's loss, the optimizer and schedule, exact evaluation across
+ranks and the micro-batch probe (padding is in ``batching``, the rank collectives in ``distributed``)."""
 
 from __future__ import annotations
 
@@ -136,6 +136,12 @@ def maybe_inject_oom(micro_batch: int) -> None:
     limit = int(os.environ.get("LBSEARCH_INJECT_OOM_ABOVE", "0"))
     if limit and micro_batch > limit:
         raise torch.OutOfMemoryError(f"out of memory (injected: micro-batch {micro_batch} > {limit})")
+
+
+def maybe_inject_save_error() -> None:
+    """Tests set LBSEARCH_INJECT_SAVE_ERROR=1 to make saving the trained model fail (a full disk)."""
+    if os.environ.get("LBSEARCH_INJECT_SAVE_ERROR") == "1":
+        raise OSError(28, "No space left on device (injected)")
 
 
 def maybe_inject_overflow(model: torch.nn.Module, step: int) -> None:

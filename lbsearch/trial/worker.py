@@ -1,4 +1,4 @@
-"""One trial: the process that ``accelerate launch`` starts (once per rank).
+"""One trial: the process that ``accelerate launch`` starts (once per rank), and its training loop (``Trial.step``).
 
     accelerate launch --num_processes P --mixed_precision bf16 -m lbsearch.trial.worker spec.json
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, make_plan, sample_unit, write_result
+from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, diverged, failure, make_plan, sample_unit, write_result
 from lbsearch.trial import standby
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
@@ -33,7 +33,19 @@ from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
 from lbsearch.trial.standby import serve
-from lbsearch.trial.training import Evaluator, cpu_fp16, lm_settings, make_optimizer, make_scheduler, maybe_inject_oom, maybe_inject_overflow, probe_micro_batch, task_loss, training_targets
+from lbsearch.trial.training import (
+    Evaluator,
+    cpu_fp16,
+    lm_settings,
+    make_optimizer,
+    make_scheduler,
+    maybe_inject_oom,
+    maybe_inject_overflow,
+    maybe_inject_save_error,
+    probe_micro_batch,
+    task_loss,
+    training_targets,
+)
 
 CONTINUE, DIVERGED, PRUNED, OVERFLOW = 0, 1, 2, 3
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
@@ -143,39 +155,59 @@ class Trial:
                          acc.process_index, acc.num_processes, self.use_types)
 
     def step(self, step: int) -> int:
-        """One optimizer step; returns CONTINUE or DIVERGED (the same on every rank)."""
-        acc = self.acc
-        micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, acc.process_index, self.gns.begin(step))
-        flops, tokens = step_flops(self.count_flops, self.lengths, micro)
-        self.work += (flops, tokens, flops, tokens)
-        loss_sum = 0.0
-        for idx in micro:
-            batch, targets = self._inputs(idx, step)
-            with acc.accumulate(self.model):
-                loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
-                acc.backward(loss)
-                self.gns.after_backward()
-            loss_sum += loss.item()
+        """One optimizer step, in order: micro-batch layout -> accumulate (forward, backward) -> clip ->
+        finiteness and divergence check -> optimizer step or fp16 skip -> schedule -> log. Returns
+        CONTINUE or DIVERGED (the same on every rank)."""
+        micro = self._layout(step)
+        loss_sum = sum(self._accumulate(idx, step) for idx in micro)
         maybe_inject_overflow(self.model, step)
-        clip = self.exp.train.clip_norm
-        self.grad_norm = acc.clip_grad_norm_(self.model.parameters(), clip or math.inf).item()  # the pre-clip norm (unscaled)
-        self.gns.step(self.grad_norm)
-        self.loss = mean_over_ranks(acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
+        self._clip()
+        self.loss = mean_over_ranks(self.acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
         self.first_loss = self.loss if self.first_loss is None else self.first_loss
         code = self._check(math.isfinite(self.loss) and math.isfinite(self.grad_norm))
         if code == CONTINUE:
-            self.optimizer.step()  # under a GradScaler an overflow step is skipped here, and the scale lowered
-            if self.skipped_in_row == 0:
-                self.scheduler.step()  # a skipped step does not advance the schedule
-            self.optimizer.zero_grad(set_to_none=True)
+            self._optimizer_step()
+        self._log(step)
+        return code
+
+    def _layout(self, step: int) -> list[np.ndarray]:
+        """This rank's micro-batches of the step (sample indices), and the step's FLOPs and tokens counted."""
+        micro = step_micro_batches(self.stream[step - 1], self.lengths, self.batch, self.acc.process_index, self.gns.begin(step))
+        flops, tokens = step_flops(self.count_flops, self.lengths, micro)
+        self.work += (flops, tokens, flops, tokens)
+        return micro
+
+    def _accumulate(self, idx: np.ndarray, step: int) -> float:
+        """Forward and backward of one micro-batch, gradients accumulated; returns its loss."""
+        batch, targets = self._inputs(idx, step)
+        with self.acc.accumulate(self.model):
+            loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
+            self.acc.backward(loss)
+            self.gns.after_backward()
+        return loss.item()
+
+    def _clip(self) -> None:
+        """Clip to ``train.clip_norm``; the pre-clip norm (unscaled) is what is logged and checked."""
+        clip = self.exp.train.clip_norm
+        self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), clip or math.inf).item()
+        self.gns.step(self.grad_norm)
         self.clipped += int(clip is not None and self.grad_norm > clip)
+
+    def _optimizer_step(self) -> None:
+        """Under a GradScaler an overflow step is skipped by ``optimizer.step`` and the scale lowered;
+        a skipped step does not advance the schedule."""
+        self.optimizer.step()
+        if self.skipped_in_row == 0:
+            self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def _log(self, step: int) -> None:
         self.t_first_step = self.t_first_step or time.time() - self.t_start
         seen = step * self.plan.batch_size
         self.result["steps"], self.result["samples"] = step, seen
         self.rep.metrics({"train/loss": self.loss, "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.grad_norm,
                           "train/clip_frac": self.clipped / step, "progress/samples": seen}
                          | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), step)
-        return code
 
     def _inputs(self, idx: np.ndarray, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One micro-batch's model inputs and targets (a language model's masks seeded by seed, step and first sample)."""
@@ -201,7 +233,7 @@ class Trial:
             self.say(f"fp16 overflow: step skipped by the GradScaler ({self.skipped_in_row} in a row, {self.skipped} in all)")
             return OVERFLOW if self.skipped_in_row > tr.max_skipped_steps else CONTINUE
         self.skipped_in_row = 0
-        return DIVERGED if not finite or self.loss > tr.divergence_factor * self.first_loss else CONTINUE
+        return DIVERGED if diverged(self.loss, self.first_loss, tr.divergence_factor, finite) else CONTINUE
 
     def evaluate(self, step: int) -> int:
         """Validation at an evaluation point; returns CONTINUE or PRUNED (the same on every rank)."""
@@ -241,7 +273,11 @@ class Trial:
         flops, tokens = sum_over_ranks(self.acc, [float(work[0]), float(work[1])])
         out = {"train/tokens_per_s": tokens / max(seconds, 1e-9)}
         if self.peak:
-            out["train/mfu"] = flops / max(seconds, 1e-9) / (self.peak * self.acc.num_processes)
+            per_process = flops / max(seconds, 1e-9) / self.acc.num_processes
+            if per_process > self.peak:  # the device did more than its measured peak: the peak was low, never MFU > 100%
+                self.say(f"MFU: {per_process / 1e12:.3g} TFLOP/s per process ran, above the peak of {self.peak / 1e12:.3g}: the peak is raised to it")
+                self.peak = per_process
+            out["train/mfu"] = per_process / self.peak
         return out
 
     def stop(self, step: int, code: int) -> None:
@@ -267,7 +303,8 @@ class Trial:
                 try:  # a model that cannot be saved does not undo a finished trial
                     r["model_dir"] = self._save(Path(self.spec.model_dir), r)
                 except Exception as err:  # noqa: BLE001 - reported, the result stands
-                    self.say(f"model not saved: {type(err).__name__}: {err}")
+                    r["model_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
+                    self.say(f"model not saved: {r['model_error']}")
         r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
         self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["steps"])
         self.rep.flush()
@@ -286,6 +323,7 @@ class Trial:
             info = {"max_length": self.exp.data.max_length, "precision": self.exp.launcher.precision, "eval_batch_size": 2 * self.plan.micro_batch,
                     "validation": r["validation"], "test": r["test"], "task": self.exp.task, "labels": self.labels,
                     "threshold": self.exp.metric.threshold}
+            maybe_inject_save_error()
             trained = Path(self.spec.data_path) / "tokenizer"
             save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info,
                        state_dict=full, tokenizer_dir=trained if trained.is_dir() else None)
@@ -328,15 +366,6 @@ def _preload(spec_file: Path) -> list[str]:
     return names + ([] if exp.task in LM_TASKS else ["sklearn.metrics", "scipy.stats"])
 
 
-def _failure(err: BaseException) -> TrialResult:
-    if isinstance(err, KeyboardInterrupt):
-        reason = "interrupted"
-    else:
-        reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
-    oom = isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
-    return TrialResult(state="failed", reason="out of memory" if oom else reason, oom=oom)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[0] == FLAG:  # the standby process (lbsearch.orchestrator.standby): the imports, then a child per trial
@@ -351,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         result, code = train(spec, log=lambda *a: print(*a, flush=True), stop=stop), 0
     except BaseException as err:  # noqa: BLE001 - any failure is the trial's result, reported once
         traceback.print_exc()
-        result, code = _failure(err), 1
+        result, code = failure(err), 1
     if int(os.environ.get("RANK", "0")) == 0 and spec.result:
         write_result(spec.result, result)
     return code

@@ -151,3 +151,22 @@ def test_best_names_the_kept_model(study):
     cwd, root, _ = study
     proc = run_cli("best", STUDY, cwd=cwd, check=True)
     assert f"model      mlruns/models/{STUDY}/trial-1 (lbsearch predict {STUDY} TEXT)" in proc.stdout
+
+
+def test_a_model_that_cannot_be_saved_is_said_and_no_stale_model_is_served(tmp_path):
+    """A full disk while the trial saves its model: the trial stays complete, ``status`` says why it
+    has no model, the registry has no ``best`` alias and ``predict`` refuses: none of them names an
+    older trial's model. Before, the failure was printed once and nothing else knew."""
+    import os
+
+    env = dict(os.environ, LBSEARCH_INJECT_SAVE_ERROR="1")
+    run_cli("run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=1", "--set=pruner.name=none", cwd=tmp_path, env=env, check=True)
+    root = tmp_path / "mlruns"
+    (trial,) = journal_study(root, STUDY).get_trials()
+    assert trial.state.name == "COMPLETE" and trial.user_attrs["reason"] == "model not saved: OSError: [Errno 28] No space left on device (injected)"
+    status = run_cli("status", STUDY, "--json", cwd=tmp_path, check=True).stdout
+    assert json.loads(status)[0]["reason"].startswith("model not saved: OSError")
+    assert not list((root / "models").glob("*/trial-*")) if (root / "models").exists() else True
+    assert mlflow_client(root).search_model_versions(f"name = '{STUDY}'") == []
+    refused = run_cli("predict", STUDY, "a warm, funny film", cwd=tmp_path)
+    assert refused.returncode == 2 and "no kept model for trial 0" in refused.stderr

@@ -106,3 +106,17 @@ def test_time_based_checkpoints_and_a_train_run_leaves_none(tmp_path):
                    "--set=train.eval_every_samples=320", cwd=tmp_path, check=True)
     assert "[train] checkpoint at step" in proc.stdout  # every 12 ms of training: after most steps
     assert not list((tmp_path / "mlruns").glob("trials/**/checkpoints"))
+
+
+def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, uninterrupted):
+    """A full disk while writing one checkpoint (injected at step 20): the trial says so and trains on
+    to the same result as a trial never troubled; before, the trial failed for good and lost the rest."""
+    env = dict(os.environ, LBSEARCH_INJECT_CHECKPOINT_ERROR_AT="20")
+    out = run_cli("run", str(SPECS / "tiny_study.yaml"), *SETS, EVERY_320, cwd=tmp_path, env=env, check=True).stdout
+    assert "checkpoint at step 20 not written (OSError: [Errno 28] No space left on device (injected at step 20))" in out
+    assert "checkpoint at step 30 (960 samples)" in out  # the next one is written
+    trial, _, hist = _trial(tmp_path / "mlruns", 0)
+    base_trial, _, base = uninterrupted
+    assert trial.state == TrialState.COMPLETE and trial.value == base_trial.value
+    assert hist["train/loss"] == base["train/loss"]
+    assert not list((tmp_path / "mlruns").rglob(".tmp-step-*"))

@@ -75,6 +75,30 @@ def test_a_killed_orchestrator_leaves_no_standby_process_nor_forked_trial(tmp_pa
     assert _gone(tmp_path, 30)  # the standby process sees its socket close, the trial its orchestrator die
 
 
+def _standby_pid(under: Path) -> int:
+    """The standby process of the study under ``under`` (the worker command with the standby flag)."""
+    for pid in worker_pids(under):
+        if b"--standby" in Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0"):
+            return pid
+    raise AssertionError("no standby process")
+
+
+def test_a_trial_lost_with_its_standby_process_is_re_run_from_its_checkpoint(tmp_path):
+    """The out-of-memory killer picks the standby process: the trial forked from it dies too. It is
+    failed as "worker died" (a launcher's death, retried), its checkpoint kept, and re-run from there."""
+    proc = start_cli(tmp_path, "run", STUDY, *SETS, "--set=n_trials=2", "--set=experiment.train.budget_samples=1920",
+                     "--set=experiment.train.checkpoint_every_samples=320")
+    wait_for(proc, "[trial 1] checkpoint at step", timeout=300)  # trial 1 is forked and has a checkpoint
+    os.kill(_standby_pid(tmp_path), signal.SIGKILL)
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, out
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], out
+    assert trials[1].user_attrs["reason"] == "worker died"
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs["resumed_from_step"] > 0, out
+    assert _gone(tmp_path, 10)
+
+
 def test_a_trial_that_cannot_be_forked_starts_as_before(tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="True")
     spec = tmp_path / "spec.json"

@@ -92,3 +92,21 @@ def test_unknown_study_is_a_one_line_error(tmp_path, study_cfg):
     with pytest.raises(SpecError, match="unknown study 'nope'; known: tiny-study"):
         load_existing_study(Session(tmp_path), "nope")
     assert Path(tmp_path / "optuna.journal").is_file()
+
+
+def test_a_result_for_a_trial_another_worker_finished_is_not_told_and_nothing_crashes():
+    """A worker whose heartbeat was lost: another machine failed its trial (and re-runs it). Its own
+    result then changes nothing, and its loop goes on instead of crashing on Optuna's error."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from lbsearch.study import tell_once
+
+    study = optuna.create_study()
+    trial = study.ask()
+    assert tell_once(study, trial, {"samples": 10}, [0.5])
+    assert study.trials[0].value == 0.5 and study.trials[0].user_attrs == {"samples": 10}
+    lost = study.ask()
+    study.tell(lost.number, state=TrialState.FAIL)  # what the other machine's recovery does
+    assert not tell_once(study, lost, {"samples": 20}, [0.9])
+    assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs == {}

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from lbsearch.spec.session import default_tracking_uri
-from lbsearch.tracking.kept import keep_trial_model, models_dir
+from lbsearch.spec.workdir import models_dir
+from lbsearch.tracking.kept import keep_trial_model
 from lbsearch.tracking.tracker import Tracker
 
 
@@ -40,3 +41,21 @@ def test_keep_policy(tmp_path, policy):
     else:
         assert folders == ["trial-0", "trial-1", "trial-2"] and sorted(versions) == ["1", "2"]
     assert tracker.client.get_run(runs[2]).data.tags["lbsearch.model"] == str(models_dir(root, "s") / "trial-2")
+
+
+def test_the_previous_best_stays_until_the_registry_points_at_the_new_one(tmp_path):
+    """MLflow refuses the new best's model (here: its run is gone from the store): the previous best's
+    folder, its registered version and the alias stay; the new model is kept on disk beside it."""
+    from mlflow.exceptions import MlflowException
+
+    root = tmp_path / "mlruns"
+    tracker = Tracker(default_tracking_uri(root), root)
+    exp_id = tracker.experiment("s")
+    run0, saved0 = _trial(tracker, exp_id, root, 0)
+    keep_trial_model(tracker, root, study="s", experiment_id=exp_id, number=0, run_id=run0, saved=saved0, policy="best", best=0)
+    run1, saved1 = _trial(tracker, exp_id, root, 1)
+    tracker.client.delete_run(run1)
+    with pytest.raises(MlflowException):
+        keep_trial_model(tracker, root, study="s", experiment_id="999999", number=1, run_id=run1, saved=saved1, policy="best", best=1)
+    assert sorted(p.name for p in models_dir(root, "s").iterdir()) == ["trial-0", "trial-1"]
+    assert tracker.client.get_model_version_by_alias("s", "best").run_id == run0

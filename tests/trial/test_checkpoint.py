@@ -75,3 +75,21 @@ def test_sigterm_ends_a_trial_at_once_before_training_and_at_a_step_boundary_dur
         assert stop.asked
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def test_a_checkpoint_is_fsynced_file_by_file_before_its_rename_and_its_parent_after(tmp_path, monkeypatch):
+    """A checkpoint folder is whole after a power loss too, not only after a killed process."""
+    from lbsearch.trial import checkpoint
+
+    tmp = tmp_path / ".tmp-step-00000010"
+    (tmp / "sub").mkdir(parents=True)
+    for name in ("model.safetensors", "sub/optimizer.bin", "lbsearch.json"):
+        (tmp / name).write_text(name)
+    synced = []
+    real = checkpoint._fsync
+    monkeypatch.setattr(checkpoint, "_fsync", lambda p: (synced.append((p, p.exists())), real(p)))
+    checkpoint.durable_rename(tmp, tmp_path / "step-00000010")
+    assert (tmp_path / "step-00000010" / "sub" / "optimizer.bin").is_file() and not tmp.exists()
+    before = {p for p, existed in synced[:-1] if existed}
+    assert before == {tmp / "model.safetensors", tmp / "sub" / "optimizer.bin", tmp / "lbsearch.json", tmp / "sub", tmp}
+    assert synced[-1] == (tmp_path, True)  # the rename itself, in the parent folder
