@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from lbsearch.orchestrator import standby
 from lbsearch.orchestrator.processes import stop_group
-from lbsearch.spec import TrialResult, machines, read_config, read_result
+from lbsearch.spec import WORKER_DIED, TrialResult, machines, read_config, read_result
 
 if TYPE_CHECKING:
     from lbsearch.spec import WorkerSpec
@@ -206,7 +206,7 @@ def _outcome(proc, result_file: Path, tail: "Iterable[str]", no_result: Callable
     if result_file.is_file():
         return read_result(result_file)
     if getattr(proc, "launcher_died", False):
-        return TrialResult(state="failed", reason="worker died")
+        return TrialResult(state="failed", reason=WORKER_DIED)
     fallback = no_result(proc.returncode)
     if fallback is not None:
         return fallback

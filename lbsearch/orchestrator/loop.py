@@ -21,7 +21,23 @@ from lbsearch.data import prepare_data
 from lbsearch.orchestrator.finish import finish_study
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
-from lbsearch.spec import BATCH_KEY, Constraint, OptunaRef, Session, SpecError, StudyConfig, TrialPlan, TrialResult, adopt, apply_params, discard, is_script, trial_model_dir, validate_experiment
+from lbsearch.spec import (
+    BATCH_KEY,
+    WORKER_DIED,
+    Constraint,
+    OptunaRef,
+    Session,
+    SpecError,
+    StudyConfig,
+    TrialPlan,
+    TrialResult,
+    adopt,
+    apply_params,
+    discard,
+    is_script,
+    trial_model_dir,
+    validate_experiment,
+)
 from lbsearch.spec import parse as parse_constraints
 from lbsearch.study import (
     best_trial,
@@ -79,7 +95,7 @@ class _Search:
 
     def _close_dead(self, t: optuna.trial.FrozenTrial) -> None:
         if t.user_attrs.get("mlflow_run_id"):
-            self.tracker.tags(t.user_attrs["mlflow_run_id"], end_tags(TrialResult(state="failed", reason="worker died")))
+            self.tracker.tags(t.user_attrs["mlflow_run_id"], end_tags(TrialResult(state="failed", reason=WORKER_DIED)))
             self.tracker.end(t.user_attrs["mlflow_run_id"], "KILLED")
 
     def ask(self) -> optuna.Trial | str:
@@ -89,7 +105,7 @@ class _Search:
         with study_lock(self.session, cfg):
             recover(study, cfg.max_retries, self._close_dead)
             for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # dead and not re-run: its checkpoints go
-                if reason(t) == "worker died" and counted(t, cfg.max_retries):
+                if reason(t) == WORKER_DIED and counted(t, cfg.max_retries):
                     for folder in (self.session.root / "trials" / cfg.name).glob(f"{t.number:04d}-*"):
                         discard(folder)
             if cfg.warm_start and not study.user_attrs.get("warm_started"):

@@ -16,8 +16,7 @@ from typing import Any, Callable, Iterator
 from lbsearch import terminal as console
 from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
-from lbsearch.spec import FOLDER, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
-from lbsearch.study import RETRYABLE
+from lbsearch.spec import FOLDER, RETRYABLE, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
 from lbsearch.tracking import Tracker, TrackingError, dataset_inputs, end_tags, flatten, label_tags, oom_retry_tags, versions
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]

@@ -8,7 +8,12 @@ import math
 
 from lbsearch.spec.protocol import TrialResult
 
-__all__ = ["diverged", "is_out_of_memory", "failure"]
+__all__ = ["diverged", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "RETRYABLE"]
+
+WORKER_DIED, INTERRUPTED = "worker died", "interrupted"
+RETRYABLE = (INTERRUPTED, WORKER_DIED)
+"""The reasons of a failed trial that lbsearch re-runs (same params, from its last checkpoint, whose
+checkpoints are therefore kept): its process or machine died, or it was stopped (Ctrl-C, SIGTERM)."""
 
 
 def diverged(loss: float, first_loss: float, factor: float, finite: bool = True) -> bool:
@@ -28,7 +33,7 @@ def failure(err: BaseException | None, otherwise: str = "") -> TrialResult:
     ``interrupted`` for Ctrl-C, ``out of memory`` (retried with more accumulation), else the
     exception's type and first line."""
     if isinstance(err, KeyboardInterrupt):
-        reason = "interrupted"
+        reason = INTERRUPTED
     elif err is not None:
         reason = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"[:500]
     else:

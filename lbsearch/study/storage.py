@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import Session, SpecError, StudyConfig, TrainConfig, sample_unit
+from lbsearch.spec import RETRYABLE, WORKER_DIED, Session, SpecError, StudyConfig, TrainConfig, sample_unit
 from lbsearch.study.access import storage_of, trial_id
 from lbsearch.study.pruner import make_pruner
 from lbsearch.study.sampler import make_sampler
-from lbsearch.study.views import RETRYABLE, counted, reason
+from lbsearch.study.views import counted, reason
 
 if TYPE_CHECKING:
     from lbsearch.spec import OptunaRef
@@ -243,7 +243,7 @@ def recover(study: optuna.Study, max_retries: int, on_dead: Callable[[FrozenTria
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if t.user_attrs.get("host") != me or _alive(int(t.user_attrs.get("pid", 0))):
             continue
-        storage_of(study).set_trial_user_attr(trial_id(t), "reason", "worker died")
+        storage_of(study).set_trial_user_attr(trial_id(t), "reason", WORKER_DIED)
         try:
             study.tell(t.number, state=TrialState.FAIL)
         except (RuntimeError, ValueError):
@@ -254,5 +254,5 @@ def recover(study: optuna.Study, max_retries: int, on_dead: Callable[[FrozenTria
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried or counted(t, max_retries) or reason(t) not in RETRYABLE:
             continue
-        attempt = t.user_attrs.get("attempt", 0) + (reason(t) == "worker died")
+        attempt = t.user_attrs.get("attempt", 0) + (reason(t) == WORKER_DIED)
         study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt})

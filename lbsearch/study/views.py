@@ -15,15 +15,16 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-__all__ = ["RETRYABLE", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
+from lbsearch.spec import INTERRUPTED, WORKER_DIED
 
-RETRYABLE = ("interrupted", "worker died")
+__all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
+
 
 
 def reason(t: FrozenTrial) -> str:
     """lbsearch sets a reason before it fails a trial; a failed trial without one was failed by
     Optuna's heartbeat check (RDB storage): its worker died on some machine."""
-    return t.user_attrs.get("reason", "worker died" if t.state == TrialState.FAIL else "")
+    return t.user_attrs.get("reason", WORKER_DIED if t.state == TrialState.FAIL else "")
 
 
 def counted(t: FrozenTrial, max_retries: int) -> bool:
@@ -35,9 +36,9 @@ def counted(t: FrozenTrial, max_retries: int) -> bool:
     if t.state != TrialState.FAIL:
         return False
     why = reason(t)
-    if why == "interrupted":
+    if why == INTERRUPTED:
         return False
-    return not (why == "worker died" and t.user_attrs.get("attempt", 0) < max_retries)
+    return not (why == WORKER_DIED and t.user_attrs.get("attempt", 0) < max_retries)
 
 
 def _metric(study: optuna.Study) -> str:
