@@ -128,8 +128,9 @@ def _gpu_peak(name: str, precision: str) -> float | None:
     return None
 
 
-def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> tuple[float | None, str]:
-    """The peak FLOP/s of one device in the trial's precision and where it comes from."""
+def peak_flops(device: torch.device, precision: str, cache_dir: Path, *, recheck: bool = False) -> tuple[float | None, str]:
+    """The peak FLOP/s of one device in the trial's precision and where it comes from. On a CPU it is
+    measured once and cached; ``recheck`` measures again (one short burst) and keeps the larger value."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
         peak = _gpu_peak(name, precision)
@@ -140,8 +141,11 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path) -> tuple[f
     key = json.dumps([platform.processor(), _cpu_model(), threads, precision, torch.__version__])
     cache = cache_dir / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     cached = _read_peak(cache)
+    if cached and not recheck:
+        return cached, f"CPU matmul at {threads} threads, cached in {cache.name}"
     # A peak measured while something else ran is too low, and every MFU after it too high: the cached
-    # value only ratchets up, re-checked by a short measurement at each trial start.
+    # value only ratchets up. The worker re-checks it after its training (a burst of matmuls right
+    # before training slowed the steps after it by ~15% on a 2-core EPYC: docs/results.md).
     flops = matmul_flops(DTYPES[precision], repeats=1) if cached else matmul_flops(DTYPES[precision])
     if cached and cached >= flops:
         return cached, f"CPU matmul at {threads} threads, cached in {cache.name} (re-checked: {flops / 1e12:.3g} TFLOP/s)"

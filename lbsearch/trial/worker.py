@@ -310,6 +310,8 @@ class Trial:
         self.rep.flush()
         r["plan"], r["wall_s"] = plan.to_dict(), time.time() - self.t_start
         self.acc.end_training()
+        if self.acc.device.type == "cpu" and self.acc.num_processes == 1 and not self.exp.launcher.peak_tflops:
+            peak_flops(self.acc.device, self.exp.launcher.precision, Path(self.spec.data_path).parent, recheck=True)  # for the next trials
         return TrialResult.model_validate(r)
 
     def _save(self, folder: Path, r: dict[str, Any]) -> str:
