@@ -146,6 +146,7 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
+    """The trials table; its rows and columns are ``lbsearch.study.views`` (``trial_rows``, ``status_columns``)."""
     from lbsearch.study import best_trial, load_existing_study, status_columns, trial_rows, value_columns
     from lbsearch.terminal import print_table
 
