@@ -178,9 +178,11 @@ class _Search:
         except TrackingError as err:  # the tracking server failed this trial, not the study
             why = f"tracking: {str(err).splitlines()[0][:200]}"
             self._tell(trial, TrialResult(state="failed", reason=why))
-            if "mlflow_run_id" in trial.user_attrs:
-                with contextlib.suppress(TrackingError):
+            if "mlflow_run_id" in trial.user_attrs:  # a second try at ending it (ended_on_error tried and said if it could not)
+                try:
                     self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED")
+                except TrackingError as again:
+                    self.session.out(f"{prefix} MLflow run {trial.user_attrs['mlflow_run_id']} could not be ended: {str(again).splitlines()[0][:200]}")
             self.session.out(f"{prefix} failed ({why})")
             return
         if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
