@@ -79,7 +79,7 @@ def _target(module: str, names: list[str]) -> list[str]:
     if not module.startswith("lbsearch"):
         return []
     subs = [f"{module}.{n}" for n in names if f"{module}.{n}" in MODULES]
-    return subs or [module]
+    return [module, *subs]  # `from pkg import mod` runs pkg's __init__ first: an edge to both
 
 
 def edges() -> list[tuple[str, str, int]]:
@@ -128,7 +128,7 @@ def _cycle(graph: dict[str, set[str]]) -> list[str] | None:
 def test_no_import_loops_between_modules():
     graph: dict[str, set[str]] = {}
     for a, b, _ in edges():
-        if a != b and not MODULES.get(b, Path()).name == "__init__.py":
+        if a != b and not (a == "lbsearch" or b == "lbsearch"):  # lbsearch/__init__.py imports nothing
             graph.setdefault(a, set()).add(b)
     assert _cycle(graph) is None, " -> ".join(_cycle(graph))
 

@@ -23,7 +23,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
-from lbsearch.integrations import api
+import lbsearch.integrations.api as api
 
 __all__ = ["LbsearchCallback", "training_arguments"]
 

@@ -25,7 +25,7 @@ from typing import Any
 
 from lightning.pytorch.callbacks import Callback
 
-from lbsearch.integrations import api
+import lbsearch.integrations.api as api
 
 __all__ = ["LbsearchCallback", "trainer_arguments"]
 

@@ -15,7 +15,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from lbsearch.integrations import api
+import lbsearch.integrations.api as api
 from lbsearch.link import watch_parent
 from lbsearch.spec import SPEC_ENV, WorkerSpec
 

@@ -23,7 +23,7 @@ from collections import deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
-from lbsearch.orchestrator import standby
+import lbsearch.orchestrator.standby as standby
 from lbsearch.orchestrator.processes import stop_group
 from lbsearch.spec import WORKER_DIED, TrialResult, machines, read_config, read_result
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from lbsearch import terminal as console
+import lbsearch.terminal as console
 from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
 from lbsearch.spec import FOLDER, RETRYABLE, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message

@@ -291,7 +291,8 @@ def write_report(study: optuna.Study, out: Path, targets: list[float] | None = N
     figs.plot_optuna(study)
     extra = ""
     if configs and configs[-1].get("task") in LM_TASKS:
-        from lbsearch.science import lm_figures, lm_report
+        import lbsearch.science.lm_figures as lm_figures
+        import lbsearch.science.lm_report as lm_report
 
         curves = lm_report.curves(study)
         summary["tokens"] = lm_report.analyse(curves, targets)

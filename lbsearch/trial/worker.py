@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import torch
 
+import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
 from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, diverged, failure, make_plan, sample_unit, write_result
-from lbsearch.trial import standby
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
