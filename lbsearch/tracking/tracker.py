@@ -241,7 +241,12 @@ class Tracker:
         _retry(self.client.log_inputs, run_id, datasets=inputs)
 
     def untag(self, run_id: str, key: str) -> None:
-        _retry(self.client.delete_tag, run_id, key)
+        """Take ``key`` off the run; a tag already gone (another worker of the study took it off) is fine."""
+        try:
+            _retry(self.client.delete_tag, run_id, key)
+        except MlflowException as err:
+            if "no tag with name" not in str(err).lower():
+                raise
 
     def run_ids(self, experiment_id: str, query: str) -> list[str]:
         return [r.info.run_id for r in self.client.search_runs([experiment_id], query)]

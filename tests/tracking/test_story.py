@@ -77,6 +77,17 @@ def test_the_best_tag_moves_to_the_new_best_run(tracker):
     assert BEST_TAG in tracker.client.get_run(other).data.tags
 
 
+def test_a_best_tag_another_worker_already_took_off_is_not_an_error(tracker):
+    """Two workers of one study both see run a tagged best and both take the tag off: the second finds it gone."""
+    exp = tracker.experiment("s")
+    a, b = (tracker.child_run(exp, None, f"trial-{i}", {"lbsearch.study": "s"}, {}) for i in range(2))
+    mark_best(tracker, exp, "s", a)
+    tracker.untag(a, BEST_TAG)  # what the other worker did between this one's search and its untag
+    tracker.untag(a, BEST_TAG)
+    mark_best(tracker, exp, "s", b)
+    assert tracker.run_ids(exp, f"tags.`{BEST_TAG}` = 'true' and tags.`lbsearch.study` = 's'") == [b]
+
+
 def _study(n: int) -> optuna.Study:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(seed=0))
