@@ -324,6 +324,11 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def _trials_left(study: optuna.Study, cfg: StudyConfig, max_trials: int | None) -> int:
+    left = cfg.n_trials - sum(counted(t, cfg.max_retries) for t in study.get_trials(deepcopy=False))
+    return left if max_trials is None else min(left, max_trials)
+
+
 def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, spec_file: Path | None = None, max_trials: int | None = None,
               use_standby: bool = True) -> int:
     """Create or resume the study and run trials until ``n_trials`` count (0: done, 130: interrupted).
@@ -333,7 +338,9 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     ran = 0
     session.out(summary(s.study, cfg.n_trials))
     try:
-        with study_progress(cfg.name, cfg.n_trials) as shown, standby() if use_standby else contextlib.nullcontext():
+        # a standby process pays a trial's imports once more, beside the first trial: worth it only for a second one
+        forks = use_standby and _trials_left(s.study, cfg, max_trials) > 1
+        with study_progress(cfg.name, cfg.n_trials) as shown, standby() if forks else contextlib.nullcontext():
             _show(s, shown)
             while max_trials is None or ran < max_trials:
                 trial = s.ask()

@@ -2,12 +2,15 @@
 
 A trial's process spends its first seconds single-threaded, in the interpreter and the imports of
 torch, transformers, Accelerate and scikit-learn (``benchmarks/overhead.py``). Inside ``standby()``
-(the study loop), the first one-process CPU trial of lbsearch's own worker starts as before and,
-beside it, a standby process: the same command and environment, less the spec path. It imports all
-that once, then waits on a socket. Each later trial whose command (less the spec path) and
-environment are the standby's is a child forked from it: its own process group, its output on a
-pipe the orchestrator reads, the trial's environment, ``lbsearch.trial.worker.main`` on its spec. It
-trains in a fresh process, as a started one would; only the imports are shared.
+(the study loop, when more than one trial is left to run), the first one-process CPU trial of
+lbsearch's own worker starts a standby process: the same command and environment, less the spec
+path. It imports all that once, then waits on a socket. That trial and each later one whose command
+(less the spec path) and environment are the standby's is a child forked from it: its own process
+group, its output on a pipe the orchestrator reads, the trial's environment,
+``lbsearch.trial.worker.main`` on its spec. It trains in a fresh process, as a started one would;
+only the imports are shared. (Before, the first trial started as its own process and the standby
+imported beside it: two processes importing at once, which on a 2-core machine slowed both.) When
+the standby process cannot fork (it died, or refused), the trial starts as before.
 
 A trial with another command or environment (say, another precision) gets a standby process of its
 own (``KEEP`` at once). Trials of several processes, on a GPU (CUDA does not survive a fork once the
@@ -86,7 +89,13 @@ def start(cmd: list[str], env: dict[str, str], spec_file: Path, **popen):
         oldest = next(k for k, v in servers.items() if v is not None)
         servers.pop(oldest).end()
     with contextlib.suppress(OSError):
-        servers[key] = _Server(cmd[:-1], env, spec_file)
+        servers[key] = server = _Server(cmd[:-1], env, spec_file)
+        proc = server.fork(spec_file, env)  # once its imports are done, as a started trial's would be
+        if proc is not None:
+            return proc
+        servers.pop(key).end()
+        if server.refused:
+            servers[key] = None
     return subprocess.Popen(cmd, env=env, **popen)
 
 

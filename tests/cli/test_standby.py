@@ -39,8 +39,7 @@ def test_later_trials_are_forked_from_one_standby_process_and_train_as_started_o
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
     runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
     starts = [r.data.tags["lbsearch.start"] for r in runs]
-    assert starts[0] == "launched"  # the first trial starts as before; the standby process imports beside it
-    assert starts[1].startswith("forked from standby process ") and starts[2] == starts[1]  # one standby process
+    assert starts[0].startswith("forked from standby process ") and starts[2] == starts[1] == starts[0]  # one standby process, all trials
     assert _gone(tmp_path, 5)  # the standby process ended with the study
 
     again = run_cli("reproduce", "tiny-study", "--trial", "1", cwd=tmp_path, check=True).stdout
@@ -132,6 +131,6 @@ def test_trials_of_two_precisions_keep_a_standby_process_each(tmp_path):
     for t in trials:
         starts.setdefault(t.params["launcher.precision"], []).append(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["lbsearch.start"])
     assert sorted(starts) == ["bf16", "no"] and all(len(s) == 2 for s in starts.values())  # the grid: each precision twice
-    assert all(s[0] == "launched" and s[1].startswith("forked from standby process ") for s in starts.values())
+    assert all(s[0].startswith("forked from standby process ") and s[1] == s[0] for s in starts.values())
     assert starts["bf16"][1] != starts["no"][1]  # one standby process per environment, both kept
     assert _gone(tmp_path, 5)
