@@ -1,29 +1,98 @@
 """Shared helpers: real CLI runs on a tiny random-init BERT with the real tokenizer and reviews, and
-read-back of what they leave (the Optuna journal, the MLflow store, trial processes)."""
+read-back of what they leave (the Optuna journal, the MLflow store, trial processes).
+
+``run_cli`` and ``start_cli`` start the real CLI as a process (commands that train); ``cli`` calls its
+``main`` in this process with captured output (read-only commands: status, best, report, predict).
+Every CLI run's ``mlruns/cache`` starts with the tokenized data and CPU peak measurements that earlier
+runs of this session prepared (``_seed``, ``_harvest``): the cache's own behaviour is tested in
+``tests/data`` and ``tests/trial/test_flops.py``, not once more in each end-to-end test."""
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from contextlib import redirect_stderr, redirect_stdout
+from itertools import chain
 from pathlib import Path
 
 import optuna
 import pytest
 
+from lbsearch.cli.main import main as lbsearch_main
+
 SPECS = Path(__file__).parent / "specs"
 LBSEARCH = [sys.executable, "-m", "lbsearch.cli"]
+
+
+_SHARED_CACHE: list[Path] = []  # this test session's folder of prepared cache entries (all xdist workers share it)
+_SHARED_KINDS = ("data-*", "peak-*.json")  # never probe-*: whether a probe ran is what some tests check
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_cache(tmp_path_factory, worker_id):
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if worker_id != "master" else base) / "shared-cache"
+    folder.mkdir(exist_ok=True)
+    _SHARED_CACHE[:] = [folder]
+
+
+def _seed(root: Path) -> None:
+    """Copy the session's prepared cache entries into ``root/cache`` (those not there yet)."""
+    for src in chain(*(_SHARED_CACHE[0].glob(k) for k in _SHARED_KINDS)) if _SHARED_CACHE else ():
+        dst = root / "cache" / src.name
+        if not dst.exists():
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
+
+
+def _harvest(root: Path) -> None:
+    """Keep the cache entries a run prepared for the runs after it (each lands whole, by rename)."""
+    for src in chain(*((root / "cache").glob(k) for k in _SHARED_KINDS)) if _SHARED_CACHE else ():
+        dst = _SHARED_CACHE[0] / src.name
+        if dst.exists() or ".tmp" in src.name:
+            continue
+        tmp = dst.with_name(f".{src.name}.{os.getpid()}")
+        shutil.copytree(src, tmp) if src.is_dir() else shutil.copy2(src, tmp)
+        try:
+            os.rename(tmp, dst)
+        except OSError:  # another worker's copy landed first
+            shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
 def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     """Run the real ``lbsearch`` CLI in a subprocess; state goes under ``cwd/mlruns``."""
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
+    _seed(Path(cwd) / "mlruns")
     proc = subprocess.run([*LBSEARCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    _harvest(Path(cwd) / "mlruns")
     if check and proc.returncode != 0:
         raise AssertionError(f"lbsearch {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
+    """Run a read-only command (status, best, report, predict, a refused spec) through the CLI's ``main``
+    in this process, its output captured: what ``run_cli`` gives, without a process start."""
+    out, err = io.StringIO(), io.StringIO()
+    before, on_term = os.getcwd(), signal.getsignal(signal.SIGTERM)
+    os.chdir(cwd)
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = lbsearch_main(list(args))
+            except SystemExit as exit_:  # argparse's refusals
+                code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
+    finally:
+        os.chdir(before)
+        signal.signal(signal.SIGTERM, on_term)
+    proc = subprocess.CompletedProcess(["lbsearch", *args], code, out.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"lbsearch {' '.join(args)} exited {code}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     return proc
 
 
@@ -35,6 +104,7 @@ def _default_sigint() -> None:
 
 def start_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
     """Start the CLI in the background, its output on a pipe (read it with ``wait_for``)."""
+    _seed(Path(cwd) / "mlruns")
     return subprocess.Popen([*LBSEARCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"), preexec_fn=_default_sigint)
 

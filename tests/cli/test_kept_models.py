@@ -12,7 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from conftest import SPECS, journal_study, mlflow_client, run_cli
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 from mlflow.entities import LoggedModelStatus
 
 from lbsearch.spec.load import load_study, parse_set
@@ -45,8 +45,9 @@ print(json.dumps(m))
 """
 
 
-def _evaluate(folder: Path, root: Path, how: str) -> dict[str, float]:
-    (data,) = (root / "cache").glob("data-*")
+def _evaluate(folder: Path, root: Path, how: str, run_id: str) -> dict[str, float]:
+    digest = mlflow_client(root).get_run(run_id).data.tags["data.digest"]  # the run's data, among those in the cache
+    data = next(d for d in (root / "cache").glob("data-*") if json.loads((d / "lbsearch_meta.json").read_text())["digest"] == digest)
     pad_id = json.loads((data / "lbsearch_meta.json").read_text())["pad_id"]
     out = subprocess.run([sys.executable, "-c", _EVAL, str(folder), str(data), str(pad_id), how], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -91,7 +92,7 @@ def test_kept_folder_is_hugging_face_layout_with_label_names(study):
 def test_kept_model_reproduces_the_logged_test_accuracy_in_a_fresh_process(study):
     _, root, _ = study
     best = journal_study(root, STUDY).get_trials()[1]
-    m = _evaluate(root / "models" / STUDY / "trial-1", root, "auto")
+    m = _evaluate(root / "models" / STUDY / "trial-1", root, "auto", best.user_attrs["mlflow_run_id"])
     assert m["accuracy"] == best.user_attrs["test_accuracy"]
     assert m["loss"] == best.user_attrs["test_loss"]
 
@@ -115,19 +116,19 @@ def test_model_registry_lists_the_best_trial(study, tmp_path):
 
 def test_predict_prints_label_names(study, tmp_path):
     cwd, _, _ = study
-    proc = run_cli("predict", STUDY, "a warm and funny film", cwd=cwd, check=True)
+    proc = cli("predict", STUDY, "a warm and funny film", cwd=cwd, check=True)
     assert "Loading weights" not in proc.stdout + proc.stderr
     label, prob, text = proc.stdout.strip().splitlines()[-1].split("\t")
     assert label in {"rotten", "fresh"} and 0.5 <= float(prob) <= 1 and text == "a warm and funny film"
     texts = tmp_path / "texts.txt"
     texts.write_text("dull and far too long\nthe best film of the year\n")
-    proc = run_cli("predict", STUDY, str(texts), "--trial", "1", cwd=cwd, check=True)
+    proc = cli("predict", STUDY, str(texts), "--trial", "1", cwd=cwd, check=True)
     assert [line.split("\t")[0] in {"rotten", "fresh"} for line in proc.stdout.strip().splitlines()] == [True, True]
 
 
 def test_predict_without_a_kept_model_is_one_line_exit_2(study):
     cwd, _, _ = study
-    proc = run_cli("predict", STUDY, "text", "--trial", "0", cwd=cwd)
+    proc = cli("predict", STUDY, "text", "--trial", "0", cwd=cwd)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [
         "lbsearch: error: --trial: no kept model for trial 0 of study 'tiny-study' (kept: trial-1; see the study's `save_model`)"]
@@ -141,7 +142,7 @@ def test_train_keeps_and_logs_a_mean_pooling_model(tmp_path):
     client = mlflow_client(root)
     run = client.get_run(folder.name)
     assert f"model kept in {folder}" in proc.stdout
-    m = _evaluate(folder, root, "lbsearch")
+    m = _evaluate(folder, root, "lbsearch", run.info.run_id)
     assert m["accuracy"] == run.data.metrics["test/accuracy"]
     (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert logged.source_run_id == run.info.run_id
@@ -149,7 +150,7 @@ def test_train_keeps_and_logs_a_mean_pooling_model(tmp_path):
 
 def test_best_names_the_kept_model(study):
     cwd, root, _ = study
-    proc = run_cli("best", STUDY, cwd=cwd, check=True)
+    proc = cli("best", STUDY, cwd=cwd, check=True)
     assert f"model      mlruns/models/{STUDY}/trial-1 (lbsearch predict {STUDY} TEXT)" in proc.stdout
 
 
@@ -164,9 +165,9 @@ def test_a_model_that_cannot_be_saved_is_said_and_no_stale_model_is_served(tmp_p
     root = tmp_path / "mlruns"
     (trial,) = journal_study(root, STUDY).get_trials()
     assert trial.state.name == "COMPLETE" and trial.user_attrs["reason"] == "model not saved: OSError: [Errno 28] No space left on device (injected)"
-    status = run_cli("status", STUDY, "--json", cwd=tmp_path, check=True).stdout
+    status = cli("status", STUDY, "--json", cwd=tmp_path, check=True).stdout
     assert json.loads(status)[0]["reason"].startswith("model not saved: OSError")
     assert not list((root / "models").glob("*/trial-*")) if (root / "models").exists() else True
     assert mlflow_client(root).search_model_versions(f"name = '{STUDY}'") == []
-    refused = run_cli("predict", STUDY, "a warm, funny film", cwd=tmp_path)
+    refused = cli("predict", STUDY, "a warm, funny film", cwd=tmp_path)
     assert refused.returncode == 2 and "no kept model for trial 0" in refused.stderr

@@ -7,7 +7,7 @@ import json
 import os
 
 import yaml
-from conftest import journal_study, run_cli
+from conftest import cli, journal_study, run_cli
 
 L = 16
 
@@ -30,7 +30,7 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     run_cli("run", "study.yaml", cwd=tmp_path, check=True, env=env)
     assert len(journal_study(tmp_path / "mlruns", "lm-ladder").get_trials()) == 6
 
-    out = run_cli("report", "lm-ladder", cwd=tmp_path, check=True, env=env).stdout
+    out = cli("report", "lm-ladder", cwd=tmp_path, check=True).stdout
     assert "B_simple median per B (tokens, diagnostic): B=4 (64 tokens)" in out, out
     report = tmp_path / "mlruns" / "reports" / "lm-ladder"
     s = json.loads((report / "summary.json").read_text())["tokens"]

@@ -15,7 +15,7 @@ import uuid
 
 import optuna
 import pytest
-from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, wait_for
+from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -51,7 +51,7 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
     assert len(retry) == 1 and retry[0].params == trials[0].params and retry[0].state == TrialState.COMPLETE
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
-    status = run_cli("status", "tiny-study", "--storage", pg_url, cwd=tmp_path, check=True).stdout
+    status = cli("status", "tiny-study", "--storage", pg_url, cwd=tmp_path, check=True).stdout
     assert "worker died" in status
     client = mlflow_client(tmp_path / "mlruns")
     run = client.get_run(trials[0].user_attrs["mlflow_run_id"])

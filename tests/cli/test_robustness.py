@@ -7,7 +7,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, runs_of
+from conftest import LBSEARCH, SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -27,9 +27,9 @@ def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
     assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["reason"] == "diverged", proc.stdout
     assert trials[1].user_attrs["samples"] < 960  # stopped at once, not at the next evaluation
     assert "diverged at step" in proc.stdout
-    status = run_cli("status", "tiny-study", cwd=tmp_path, check=True).stdout
+    status = cli("status", "tiny-study", cwd=tmp_path, check=True).stdout
     assert "diverged" in status
-    best = run_cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
+    best = cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
     assert "trial      0" in best
     run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
     assert run.data.tags["lbsearch.reason"] == "diverged" and run.info.status == "FINISHED"

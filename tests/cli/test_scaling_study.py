@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import SPECS, journal_study, mlflow_client, run_cli, tree
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, tree
 from optuna.trial import TrialState
 
 
@@ -31,7 +31,7 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(tmp_path):
             assert t.user_attrs["b_simple"] == pytest.approx(hist["b_simple"][-1].value)
             assert t.user_attrs["b_simple"] > 0
 
-    out = run_cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout
+    out = cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout
     assert "lr exponent" in out and "B_simple" in out
     report = root / "reports" / "tiny-ladder"
     summary = json.loads((report / "summary.json").read_text())

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study
@@ -264,10 +264,10 @@ def test_status_best_and_report_of_a_script_study(tmp_path):
     trials = journal_study(tmp_path / "mlruns", "s").get_trials()
     assert [t.params["train.batch_size"] for t in trials] == [16, 32, 16, 32]
     assert all(t.state == TrialState.COMPLETE and "samples_to_target" in t.user_attrs for t in trials)
-    status = run_cli("status", "s", cwd=tmp_path, check=True).stdout
+    status = cli("status", "s", cwd=tmp_path, check=True).stdout
     assert status.count("complete") >= 4
-    assert "lbsearch reproduce s --trial" in run_cli("best", "s", cwd=tmp_path, check=True).stdout
-    report = run_cli("report", "s", cwd=tmp_path, check=True).stdout
+    assert "lbsearch reproduce s --trial" in cli("best", "s", cwd=tmp_path, check=True).stdout
+    report = cli("report", "s", cwd=tmp_path, check=True).stdout
     assert "4 trials over batch sizes [16, 32]" in report and (tmp_path / "mlruns" / "reports" / "s" / "index.html").is_file()
 
 

@@ -3,7 +3,7 @@ and Hyperband in samples, workers that never repeat each other, warm start and c
 
 from __future__ import annotations
 
-from conftest import SPECS, journal_study, mlflow_client, run_cli, runs_of, start_cli
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -29,12 +29,12 @@ def test_two_objective_study_front_in_best_and_on_the_parent_run(tmp_path):
     study = journal_study(tmp_path / "mlruns", "tiny-study")
     assert len(study.directions) == 2 and all(t.state == TrialState.COMPLETE for t in study.trials)
     front = sorted(t.number for t in study.best_trials)
-    best = run_cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
+    best = cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
     assert f"Pareto front of {len(front)} trials over metric, samples_to_target" in best
-    picked = run_cli("best", "tiny-study", "--pick", "samples_to_target", cwd=tmp_path, check=True).stdout
+    picked = cli("best", "tiny-study", "--pick", "samples_to_target", cwd=tmp_path, check=True).stdout
     fastest = min(study.best_trials, key=lambda t: (t.values[1], t.values[0], t.number))
     assert f"trial      {fastest.number}\n" in picked and f"lbsearch reproduce tiny-study --trial {fastest.number}" in picked
-    bad = run_cli("best", "tiny-study", "--pick", "speed", cwd=tmp_path)
+    bad = cli("best", "tiny-study", "--pick", "speed", cwd=tmp_path)
     assert bad.returncode == 2 and "--pick must be one of the study's objectives: metric, samples_to_target" in bad.stderr
     (parent,) = runs_of(tmp_path / "mlruns", "tiny-study", "parent")
     client = mlflow_client(tmp_path / "mlruns")

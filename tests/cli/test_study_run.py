@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -107,13 +107,13 @@ def test_mlflow_run_tree(finished):
 
 def test_status_and_best(finished):
     cwd, _, _ = finished
-    status = run_cli("status", "tiny-loss", cwd=cwd, check=True).stdout
+    status = cli("status", "tiny-loss", cwd=cwd, check=True).stdout
     assert "complete" in status and "pruned" in status and "fail" in status
     header = next(line for line in status.splitlines() if line.lstrip().startswith("trial"))
     assert "mfu" in header.split() and re.search(r"\d+\.\d%", status)  # MFU of the finished trials, in percent
-    best = run_cli("best", "tiny-loss", cwd=cwd, check=True).stdout
+    best = cli("best", "tiny-loss", cwd=cwd, check=True).stdout
     assert "reproduce  lbsearch reproduce tiny-loss --trial" in best
-    unknown = run_cli("status", "nope", cwd=cwd)
+    unknown = cli("status", "nope", cwd=cwd)
     assert unknown.returncode == 2 and "unknown study 'nope'" in unknown.stderr
 
 
