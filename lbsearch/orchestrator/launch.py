@@ -96,9 +96,10 @@ def _launch_args(exp: dict[str, Any], spec_file: Path, program: list[str] | None
             cmd += ["--multi_gpu"]
         elif on_cpu:
             cmd += ["--cpu"]
-    if on_cpu:
+    if on_cpu:  # the cores shared among the machine's processes, or what OMP_NUM_THREADS says (as torch itself reads it)
         per_node = max(1, procs // int(where["num_machines"] or 1))
-        cmd += ["--num_cpu_threads_per_process", str(max(1, (os.cpu_count() or 1) // per_node))]
+        threads = os.environ.get("OMP_NUM_THREADS", "").strip()
+        cmd += ["--num_cpu_threads_per_process", threads if threads.isdigit() and int(threads) > 0 else str(max(1, (os.cpu_count() or 1) // per_node))]
     return cmd + (program or ["-m", "lbsearch.trial.worker", str(spec_file)])
 
 

@@ -19,7 +19,7 @@ SCHEDULER_VARS = ("SLURM_NNODES", "SLURM_NODEID", "NNODES", "NODE_RANK", "MASTER
 
 @pytest.fixture(autouse=True)
 def _no_scheduler(monkeypatch):
-    for name in SCHEDULER_VARS:
+    for name in (*SCHEDULER_VARS, "OMP_NUM_THREADS"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -45,6 +45,16 @@ def test_fsdp_file_is_not_overridden(tmp_path):
         assert f"--{key}" not in cmd
     args = _parsed(cmd)
     assert args.use_fsdp and not args.multi_gpu and str(args.fsdp_version) == "2" and args.num_processes == 2
+
+
+@pytest.mark.parametrize(("omp", "threads"), [("3", "3"), ("", None), ("0", None), ("many", None)])
+def test_omp_num_threads_where_set_is_each_processs_thread_count(tmp_path, monkeypatch, omp, threads):
+    """Tests in parallel or two studies on one machine set it; unset (or not a count), the cores are shared among the processes."""
+    monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    exp = {"launcher": {"processes": 2, "precision": "no", "cpu": True, "main_process_port": 29555}}
+    cmd = launch_command(exp, tmp_path / "spec.json")
+    assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == (threads or _threads(2))
+    assert _parsed(cmd).num_cpu_threads_per_process == int(threads or _threads(2))
 
 
 def test_a_file_that_sets_everything_gets_no_flags(tmp_path):
