@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 
-from conftest import LBSEARCH, SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -37,9 +36,7 @@ def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
 
 def test_out_of_memory_halves_the_micro_batch_keeping_B(tmp_path):
     env = dict(os.environ, LBSEARCH_INJECT_OOM_ABOVE="4")  # micro-batches above 4 "run out of memory"
-    proc = subprocess.run([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=1",
-                           "--set=search_space.train.batch_size.choices=[32]"], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = run_cli("run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 4 (B = 32 unchanged)" in proc.stdout
     assert "retrying with micro-batch 4 x accumulation 8" in proc.stdout
@@ -70,8 +67,7 @@ def test_train_gets_the_out_of_memory_retry_too(tmp_path):
 
 def test_four_concurrent_workers_share_one_study(tmp_path):
     sets = ["--set=n_trials=8", "--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
-    procs = [subprocess.Popen([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), *sets], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(4)]
+    procs = [start_cli(tmp_path, "run", str(SPECS / "tiny_study.yaml"), *sets) for _ in range(4)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(outs)
     joined = "\n".join(outs)
@@ -90,8 +86,8 @@ def test_four_concurrent_workers_share_one_study(tmp_path):
 
 def test_micro_batch_limit_is_probed_once_and_cached(tmp_path):
     env = dict(os.environ, LBSEARCH_INJECT_OOM_ABOVE="8")  # the "device" holds 8 samples at full length
-    proc = subprocess.run([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=2", "--set=search_space.train.batch_size.choices=[32]",
-                           "--set=experiment.launcher.max_micro_batch=null"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    proc = run_cli("run", str(SPECS / "tiny_study.yaml"), "--set=n_trials=2", "--set=search_space.train.batch_size.choices=[32]",
+                   "--set=experiment.launcher.max_micro_batch=null", cwd=tmp_path, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "[trial 0] micro-batch limit 8 (probed)" in proc.stdout
     assert "[trial 1] micro-batch limit 8 (cached in probe-" in proc.stdout

@@ -1,6 +1,8 @@
-"""The standby process (``lbsearch.orchestrator.standby``): a study's later trials are forked from one process that
-did the imports once. A forked trial trains bit for bit as a started one, stops as one on SIGTERM, and
-nothing is left behind: after the study, after a stop, and after the orchestrator is killed."""
+"""The standby process (``lbsearch.orchestrator.standby``): a study's trials are forked from one process that
+did the imports once. A forked trial stops as a started one on SIGTERM, and nothing is left behind
+after a stop or the standby's death. (That every trial of a study is forked from one standby process,
+which ends with the study, that a forked trial trains bit for bit as a started one (``reproduce``),
+and that a killed orchestrator leaves no process: ``tests/cli/test_study_run.py``.)"""
 
 from __future__ import annotations
 
@@ -20,10 +22,6 @@ STUDY = str(SPECS / "tiny_study.yaml")
 SETS = ["--set=pruner.name=none"]  # every trial complete, so each can be reproduced
 
 
-def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
-    return [(m.step, m.value) for m in sorted(client.get_metric_history(run_id, key), key=lambda m: m.step)]
-
-
 def _gone(under: Path, seconds: float = 30) -> bool:
     deadline = time.time() + seconds
     while worker_pids(under) and time.time() < deadline:
@@ -31,47 +29,18 @@ def _gone(under: Path, seconds: float = 30) -> bool:
     return not worker_pids(under)
 
 
-def test_later_trials_are_forked_from_one_standby_process_and_train_as_started_ones(tmp_path):
-    run_cli("run", STUDY, *SETS, cwd=tmp_path, check=True)
-    root = tmp_path / "mlruns"
-    client = mlflow_client(root)
-    trials = journal_study(root, "tiny-study").get_trials()
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
-    runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
-    starts = [r.data.tags["lbsearch.start"] for r in runs]
-    assert starts[0].startswith("forked from standby process ") and starts[2] == starts[1] == starts[0]  # one standby process, all trials
-    assert _gone(tmp_path, 5)  # the standby process ended with the study
-
-    again = run_cli("reproduce", "tiny-study", "--trial", "1", cwd=tmp_path, check=True).stdout
-    assert "reproduced: metrics identical" in again  # a started process, against the forked one
-    (rerun,) = [r for r in client.search_runs([runs[1].info.experiment_id]) if r.data.tags.get("lbsearch.role") == "reproduce"]
-    assert rerun.data.tags["lbsearch.start"] == "launched"
-    for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/accuracy"):
-        assert _history(client, rerun.info.run_id, key) == _history(client, runs[1].info.run_id, key), key
-
-
 def test_sigterm_stops_a_forked_trial_as_a_started_one(tmp_path):
     proc = start_cli(tmp_path, "run", STUDY, *SETS, "--set=experiment.train.budget_samples=1920")
-    wait_for(proc, "[trial 1] samples 320", timeout=300)  # trial 1 is forked
-    t0 = time.time()
+    wait_for(proc, "[trial 0] samples 320", timeout=300)  # trial 0 is forked
     proc.send_signal(signal.SIGTERM)
     rest = proc.communicate(timeout=60)[0]
-    assert proc.returncode == 130 and time.time() - t0 < 15, rest
+    assert proc.returncode == 130, rest
     assert "on SIGTERM" in rest  # the forked trial wrote its checkpoint, as a started one does
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
-    assert trials[1].state == TrialState.FAIL and trials[1].user_attrs["reason"] == "interrupted"
-    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "interrupted"
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.data.tags["lbsearch.start"].startswith("forked") and run.info.status == "KILLED"
     assert _gone(tmp_path, 10)
-
-
-def test_a_killed_orchestrator_leaves_no_standby_process_nor_forked_trial(tmp_path):
-    proc = start_cli(tmp_path, "run", STUDY, *SETS, "--set=experiment.train.budget_samples=9600")
-    wait_for(proc, "[trial 1] samples 320", timeout=300)  # a forked trial is training
-    assert len(worker_pids(tmp_path)) == 2  # the standby process and the trial forked from it
-    proc.kill()  # the orchestrator dies; no handler runs
-    proc.wait(timeout=10)
-    assert _gone(tmp_path, 30)  # the standby process sees its socket close, the trial its orchestrator die
 
 
 def _standby_pid(under: Path) -> int:

@@ -1,5 +1,5 @@
 """End to end through the CLI: a study with complete, pruned and failed trials; the MLflow run tree;
-reproduce; resume after Ctrl-C; recovery after the orchestrator is SIGKILLed."""
+reproduce; resume after Ctrl-C; recovery after the orchestrator is SIGKILLed, no process left behind."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -141,18 +141,30 @@ def test_reproduce_is_exact_on_cpu(finished):
     orig = journal_study(root, "tiny-loss").trials[0]
     assert rep[-1].data.tags["lbsearch.reproduces"] == orig.user_attrs["mlflow_run_id"]
     assert client.get_metric_history(rep[-1].info.run_id, "val/loss")[0].value == orig.user_attrs["validation_loss"]
+    # the original was forked from the standby process, the reproduction a started process: step for step the same
+    assert rep[-1].data.tags["lbsearch.start"] == "launched"
+    for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/accuracy"):
+        hist = [sorted((m.step, m.value) for m in client.get_metric_history(r, key)) for r in (rep[-1].info.run_id, orig.user_attrs["mlflow_run_id"])]
+        assert hist[0] == hist[1] and hist[0], key
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_interrupt_then_resume(tmp_path, specs, sig):
+def test_every_trial_is_forked_from_one_standby_process_that_ends_with_the_study(finished):
+    cwd, root, _ = finished
+    client = mlflow_client(root)
+    ran = [t for t in journal_study(root, "tiny-loss").get_trials() if t.state != TrialState.FAIL]
+    starts = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["lbsearch.start"] for t in ran}
+    assert len(ran) >= 2 and len(starts) == 1 and starts.pop().startswith("forked from standby process "), starts
+    assert not worker_pids(cwd)
+
+
+def test_ctrl_c_then_resume(tmp_path, specs):
+    """(SIGTERM: tests/cli/test_resume.py for a started trial, tests/cli/test_standby.py for a forked one.)"""
     spec = specs / "tiny_study.yaml"
     proc = start_cli(tmp_path, "run", str(spec))
     wait_for(proc, "[trial 1] samples 320")
-    t0 = time.time()
-    proc.send_signal(sig)
-    rest = proc.communicate(timeout=30)[0]
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=60)[0]
     assert proc.returncode == 130, rest
-    assert time.time() - t0 < 10
     assert "interrupted; run the same command again to resume" in rest
     root = tmp_path / "mlruns"
     trials = journal_study(root, "tiny-study").get_trials()
@@ -174,12 +186,17 @@ def test_interrupt_then_resume(tmp_path, specs, sig):
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
 
 
-def test_killed_orchestrator_trial_is_failed_and_retried(tmp_path, specs):
+def test_killed_orchestrator_leaves_no_process_and_its_trial_is_failed_and_retried(tmp_path, specs):
     spec = specs / "tiny_study.yaml"
     proc = start_cli(tmp_path, "run", str(spec), "--set", "n_trials=2")
     wait_for(proc, "[trial 0] samples 320")
-    proc.kill()  # SIGKILL: no handler runs; the trial's own watchdog ends the worker
+    assert len(worker_pids(tmp_path)) == 2  # the standby process and the trial forked from it
+    proc.kill()  # SIGKILL: no handler runs; the standby process sees its socket close, the trial its orchestrator die
     proc.wait(timeout=10)
+    deadline = time.time() + 30
+    while worker_pids(tmp_path) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not worker_pids(tmp_path)
     root = tmp_path / "mlruns"
     assert journal_study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
     run_cli("run", str(spec), "--set", "n_trials=2", cwd=tmp_path, check=True)
