@@ -42,4 +42,5 @@ if [ "$workers" != 0 ]; then
   export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"
   parallel=(-n "$workers" --dist loadfile)
 fi
-exec "${LBSEARCH_VENV:-.venv}/bin/python" -m pytest -q "${parallel[@]}" "$@"
+# The 15 slowest tests and the skip count close the report (tests/conftest.py), so that a slow or skipped test is seen.
+exec "${LBSEARCH_VENV:-.venv}/bin/python" -m pytest -q --durations=15 "${parallel[@]}" "$@"

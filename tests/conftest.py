@@ -76,11 +76,13 @@ def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = False, en
 
 
 def cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProcess:
-    """Run a read-only command (status, best, report, predict, a refused spec) through the CLI's ``main``
-    in this process, its output captured: what ``run_cli`` gives, without a process start."""
+    """Run a command through the CLI's ``main`` in this process, its output captured: what ``run_cli``
+    gives, without a process start. For read-only commands (status, best, report, predict, a refused
+    spec), and for ``train`` inside the ``standby_process`` fixture (each trial forked from it)."""
     out, err = io.StringIO(), io.StringIO()
     before, on_term = os.getcwd(), signal.getsignal(signal.SIGTERM)
     os.chdir(cwd)
+    _seed(Path(cwd) / "mlruns")
     try:
         with redirect_stdout(out), redirect_stderr(err):
             try:
@@ -88,6 +90,7 @@ def cli(*args: str, cwd: Path, check: bool = False) -> subprocess.CompletedProce
             except SystemExit as exit_:  # argparse's refusals
                 code = exit_.code if isinstance(exit_.code, int) else 0 if exit_.code is None else 2
     finally:
+        _harvest(Path(cwd) / "mlruns")
         os.chdir(before)
         signal.signal(signal.SIGTERM, on_term)
     proc = subprocess.CompletedProcess(["lbsearch", *args], code, out.getvalue(), err.getvalue())
@@ -168,3 +171,20 @@ def specs(tmp_path: Path) -> Path:
     dst = tmp_path / "specs"
     shutil.copytree(SPECS, dst)
     return dst
+
+
+@pytest.fixture(scope="module")
+def standby_process():
+    """Trials that ``cli`` starts in this module are forked from one standby process (the imports once)."""
+    from lbsearch.orchestrator.standby import standby
+
+    with standby():
+        yield
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """Always say how many tests skipped, and why: on a machine like CI's (PostgreSQL, Chromium) none should."""
+    skipped = terminalreporter.stats.get("skipped", [])
+    terminalreporter.write_line(f"lbsearch tests: {len(skipped)} skipped")
+    for report in skipped:
+        terminalreporter.write_line(f"  skipped {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")

@@ -30,8 +30,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<mlruns>/mlflow.db)")
 
 
-NO_STANDBY = ("start every trial as a new process (default: later one-process CPU trials are forked from a standby process "
-              "that has done the imports; docs/how_a_trial_runs.md)")
+NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process CPU trials are forked "
+              "from a standby process that has done the imports once; docs/how_a_trial_runs.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:

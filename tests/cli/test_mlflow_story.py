@@ -5,16 +5,20 @@ pseudo-terminal, as ``script`` gives), so the live bars are checked on the same 
 
 from __future__ import annotations
 
+import json
 import os
 import pty
 import subprocess
 import time
+from pathlib import Path
 
 import pytest
-from conftest import LBSEARCH, SPECS, mlflow_client
+from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
+from optuna.trial import TrialState
 
 
 def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
+    _seed(Path(cwd) / "mlruns")
     master, slave = pty.openpty()
     proc = subprocess.Popen([*LBSEARCH, *args], cwd=cwd, stdout=slave, stderr=slave,
                             env=dict(os.environ, COLUMNS="200", TERM="xterm", PYTHONUNBUFFERED="1"))
@@ -109,3 +113,46 @@ def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/index.html", "report/summary.json", "report/steps_to_target.png"} <= report  # written without `lbsearch report`
     assert "[report tiny-ladder]" in screen and "report/lr_alpha" in client.get_run(parent.info.run_id).data.metrics
+
+
+def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
+    """Last in this file: ``report`` writes the report again and logs it to the parent run."""
+    tmp_path = ladder[0]
+    root = tmp_path / "mlruns"
+    trials = journal_study(root, "tiny-ladder").get_trials()
+    assert [t.params["train.batch_size"] for t in trials] == [16, 32, 64]  # trial i runs ladder[i mod 3]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    client = mlflow_client(root)
+    for t in trials:
+        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], f"gns/{k}") for k in ("b_simple", "grad_sq", "trace_sigma")}
+        if t.params["train.batch_size"] == 16:  # micro-batch limit 16: one batch size per step, nothing to measure
+            assert not any(hist.values()) and "b_simple" not in t.user_attrs
+            continue
+        # accumulation 2 and 4: one value per evaluation. The unbiased |G|² estimate may be negative
+        # while noise dominates (random init); B_simple is logged only where it is positive.
+        assert len(hist["grad_sq"]) == len(hist["trace_sigma"]) == 3
+        assert all(m.value > 0 for m in hist["trace_sigma"])
+        positive = [g.value > 0 for g in hist["grad_sq"]]
+        assert [m.step for m in hist["b_simple"]] == [g.step for g, ok in zip(hist["grad_sq"], positive) if ok]
+        if hist["b_simple"]:
+            assert t.user_attrs["b_simple"] == pytest.approx(hist["b_simple"][-1].value)
+            assert t.user_attrs["b_simple"] > 0
+
+    out = cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout
+    assert "lr exponent" in out and "B_simple" in out
+    report = root / "reports" / "tiny-ladder"
+    summary = json.loads((report / "summary.json").read_text())
+    assert [r["batch_size"] for r in summary["per_batch_size"]] == [16, 32, 64]
+    assert all(r["steps_to_target"] == 320 // r["batch_size"] for r in summary["per_batch_size"])  # first evaluation
+    # 320 samples to target at every B is perfect scaling: the fit says B_crit lies beyond the ladder
+    assert "above this range" in summary["steps_fit"]["error"]
+    assert summary["lr_fit"]["ci_low"] <= summary["lr_fit"]["alpha"] <= summary["lr_fit"]["ci_high"]
+    pngs = {p.name for p in report.glob("*.png")}
+    assert {"best_metric_vs_batch.png", "lr_vs_batch.png", "steps_to_target.png", "noise_scale.png"} <= pngs
+    assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+    page = (report / "index.html").read_text()
+    assert all(f'src="{p}"' in page for p in pngs) and "critical batch size" in page
+    parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], "tags.`lbsearch.role` = 'parent'")[0]
+    logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
+    assert {f"report/{p}" for p in pngs | {"index.html", "summary.json"}} <= logged
+    assert parent.data.metrics["report/lr_alpha"] == pytest.approx(summary["lr_fit"]["alpha"])

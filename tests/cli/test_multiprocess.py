@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from conftest import LBSEARCH, SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -83,8 +83,7 @@ def test_killing_one_rank_fails_the_trial_fast_and_the_study_goes_on(tmp_path, s
 def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
     sets = ["--set=launcher.processes=2", "--set=n_trials=4", "--set=experiment.train.budget_samples=320",
             "--set=experiment.train.eval_every_samples=160"]
-    procs = [subprocess.Popen([*LBSEARCH, "run", str(SPECS / "tiny_study.yaml"), *sets], cwd=tmp_path,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    procs = [start_cli(tmp_path, "run", str(SPECS / "tiny_study.yaml"), *sets) for _ in range(2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
     assert "address already in use" not in "\n".join(outs).lower()

@@ -65,8 +65,9 @@ def test_train_gets_the_out_of_memory_retry_too(tmp_path):
     assert json.loads(Path(config).read_text())["launcher"]["max_micro_batch"] == 8  # `lbsearch train config.json` runs what ran
 
 
-def test_four_concurrent_workers_share_one_study(tmp_path):
-    sets = ["--set=n_trials=8", "--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
+def test_four_concurrent_workers_share_one_study_and_never_repeat_the_start_up_draws(tmp_path):
+    sets = ["--set=n_trials=8", "--set=sampler.n_startup_trials=8", "--set=experiment.train.budget_samples=320",
+            "--set=experiment.train.eval_every_samples=160"]
     procs = [start_cli(tmp_path, "run", str(SPECS / "tiny_study.yaml"), *sets) for _ in range(4)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0, 0, 0], "\n".join(outs)
@@ -74,6 +75,7 @@ def test_four_concurrent_workers_share_one_study(tmp_path):
     assert "Traceback" not in joined and "locked" not in joined
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert len(trials) == 8 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert len({t.params["optimizer.lr"] for t in trials}) == 8  # workers started together draw apart
     assert sum("start" in line and "[trial" in line for line in joined.splitlines()) == 8  # each trial ran once
     client = mlflow_client(tmp_path / "mlruns")
     exp = client.get_experiment_by_name("tiny-study")

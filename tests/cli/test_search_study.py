@@ -1,9 +1,10 @@
 """Search beyond one objective, end to end through the CLI on the tiny model: a Pareto front, ASHA
-and Hyperband in samples, workers that never repeat each other, warm start and constraints."""
+and Hyperband in samples, a resumed study that never repeats its draws, warm start and constraints.
+(Workers started together never repeat each other: tests/cli/test_robustness.py.)"""
 
 from __future__ import annotations
 
-from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
 from optuna.trial import TrialState
 
 from lbsearch.spec.load import load_study, parse_set
@@ -43,16 +44,6 @@ def test_two_objective_study_front_in_best_and_on_the_parent_run(tmp_path):
     assert lines[0].startswith("trial,state,reason,metric,samples_to_target") and sorted(int(r.split(",")[0]) for r in lines[1:]) == front
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
     assert ("pareto/pareto_front.png" in plots) == (len(front) >= 2)
-
-
-def test_two_workers_started_together_never_repeat_the_start_up_draws(tmp_path):
-    sets = ["--set=n_trials=4", "--set=sampler.n_startup_trials=4", *QUICK]
-    procs = [start_cli(tmp_path, "run", str(SPECS / "tiny_study.yaml"), *sets) for _ in range(2)]
-    outs = [p.communicate(timeout=600)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], "\n".join(outs)
-    trials = journal_study(tmp_path / "mlruns", "tiny-study").trials
-    assert len(trials) == 4 and len({tuple(sorted(t.params.items())) for t in trials}) == 4
-    assert len({t.params["optimizer.lr"] for t in trials}) == 4
 
 
 def test_a_resumed_study_does_not_draw_its_first_trial_again(tmp_path):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import mlflow_client, run_cli
+from conftest import cli, mlflow_client, run_cli
 
 from lbsearch.data.sources import load_frames
 from lbsearch.spec.config import DataConfig
@@ -62,12 +62,15 @@ def _write_spec(workdir: Path, task: str, family: str, **config) -> str:
 
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("task", TASKS)
-def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch):
+def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch, standby_process):
+    """``lbsearch train`` in this process, each trial forked from one standby process: the matrix pays the imports once."""
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     kind, _, metric = TASKS[task]
     name = _write_spec(workdir, task, family)
-    proc = run_cli("train", f"{name}.yaml", cwd=workdir, check=True)
+    proc = cli("train", f"{name}.yaml", cwd=workdir, check=True)
+    assert "forked from standby process" in mlflow_client(workdir / "mlruns").search_runs(
+        [mlflow_client(workdir / "mlruns").get_experiment_by_name(f"train-{name}").experiment_id])[0].data.tags["lbsearch.start"]
     assert f"validation {metric}" in proc.stdout
     client = mlflow_client(workdir / "mlruns")
     (run,) = client.search_runs([client.get_experiment_by_name(f"train-{name}").experiment_id])
