@@ -85,10 +85,12 @@ def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch, st
     assert packing == "on" if family == "distilbert" else packing.startswith("off: pooling cls" if FAMILIES[family][1] == "cls" else "off: "), packing
 
 
-NO_DROPOUT = {"bert": {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}, "distilbert": {"dropout": 0.0, "attention_dropout": 0.0}}
+NO_DROPOUT = {"distilbert": {"dropout": 0.0, "attention_dropout": 0.0}}
 
 
-@pytest.mark.parametrize("family", NO_DROPOUT)  # distilbert's mean-pooled head: packed micro-batches on each process
+# one family: distilbert's mean-pooled head, packed micro-batches on each process (the unpacked
+# architectures' own heads over two processes: tests/cli/test_multiprocess.py)
+@pytest.mark.parametrize("family", NO_DROPOUT)
 def test_regression_over_two_processes_matches_one_process(family, tmp_path, monkeypatch):
     """The scaled targets, the gathered outputs and the unscaled metrics: 2 processes (gloo, no
     accumulation) and 1 process (accumulation 2) see the same batches and report the same metrics, up
