@@ -41,7 +41,7 @@ def from_junit(junit: Path) -> dict:
     suite = root if root.tag == "testsuite" else root.find("testsuite")
     per_file: dict[str, float] = defaultdict(float)
     tests_per_file: dict[str, int] = defaultdict(int)
-    tests, counts = [], {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
+    tests, not_passed, counts = [], [], {"passed": 0, "failed": 0, "skipped": 0, "errors": 0}
     for case in suite.iter("testcase"):
         path = case.get("file") or case.get("classname", "").replace(".", "/") + ".py"
         seconds = float(case.get("time") or 0)
@@ -50,10 +50,13 @@ def from_junit(junit: Path) -> dict:
         tests.append((seconds, f"{path}::{case.get('name')}"))
         kind = next((c.tag for c in case if c.tag in ("failure", "error", "skipped")), "passed")
         counts[{"failure": "failed", "error": "errors"}.get(kind, kind)] += 1
+        if kind != "passed":
+            detail = next(c for c in case if c.tag == kind)
+            not_passed.append(f"{kind} {path}::{case.get('name')}: {(detail.get('message') or '')[:300]}")
     return {"pytest_seconds": float(suite.get("time") or 0), "tests": len(tests), **counts,
             "seconds_per_file": {k: round(v, 1) for k, v in sorted(per_file.items(), key=lambda kv: -kv[1])},
             "tests_per_file": dict(tests_per_file),
-            "slowest": [[round(s, 1), name] for s, name in sorted(tests, reverse=True)[:15]]}
+            "slowest": [[round(s, 1), name] for s, name in sorted(tests, reverse=True)[:15]], "not_passed": not_passed}
 
 
 def from_coverage(cov: Path) -> dict:

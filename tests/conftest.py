@@ -64,10 +64,13 @@ def _harvest(root: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True) if tmp.is_dir() else tmp.unlink(missing_ok=True)
 
 
-def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = False, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    """Run the real ``lbsearch`` CLI in a subprocess; state goes under ``cwd/mlruns``."""
+def run_cli(*args: str, cwd: Path, timeout: float = 600, check: bool = False, env: dict[str, str] | None = None,
+            seed: bool = True) -> subprocess.CompletedProcess:
+    """Run the real ``lbsearch`` CLI in a subprocess; state goes under ``cwd/mlruns``. ``seed=False``: no
+    prepared cache entries first (a test that checks that nothing is written)."""
     env = dict(os.environ if env is None else env, PYTHONUNBUFFERED="1")
-    _seed(Path(cwd) / "mlruns")
+    if seed:
+        _seed(Path(cwd) / "mlruns")
     proc = subprocess.run([*LBSEARCH, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
     _harvest(Path(cwd) / "mlruns")
     if check and proc.returncode != 0:

@@ -11,7 +11,7 @@ def test_ladder_and_a_batch_size_search_dimension_conflict(tmp_path, specs):
     spec = specs / "tiny_ladder.yaml"
     spec.write_text(spec.read_text().replace("search_space:\n", "search_space:\n  train.batch_size: {type: categorical, choices: [16, 32]}\n"))
     before = tree(tmp_path / "mlruns")
-    proc = run_cli("run", str(spec), cwd=tmp_path)
+    proc = run_cli("run", str(spec), cwd=tmp_path, seed=False)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith(f"lbsearch: error: {spec}: set the batch size either by `batch_ladder` or by `search_space.train.batch_size`")
     assert tree(tmp_path / "mlruns") == before
