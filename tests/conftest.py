@@ -108,9 +108,11 @@ def _default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def start_cli(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """Start the CLI in the background, its output on a pipe (read it with ``wait_for``)."""
-    _seed(Path(cwd) / "mlruns")
+def start_cli(cwd: Path, *args: str, env: dict[str, str] | None = None, seed: bool = True) -> subprocess.Popen:
+    """Start the CLI in the background, its output on a pipe (read it with ``wait_for``). ``seed=False``:
+    no prepared cache entries first (workers that race to prepare the data)."""
+    if seed:
+        _seed(Path(cwd) / "mlruns")
     return subprocess.Popen([*LBSEARCH, *args], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             env=dict(os.environ if env is None else env, PYTHONUNBUFFERED="1"), preexec_fn=_default_sigint)
 
