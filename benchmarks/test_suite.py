@@ -62,7 +62,8 @@ def from_junit(junit: Path) -> dict:
 def from_coverage(cov: Path) -> dict:
     data = json.loads(cov.read_text())
     return {"total_percent": round(data["totals"]["percent_covered"], 2),
-            "percent_per_module": {f: round(v["summary"]["percent_covered"], 2) for f, v in sorted(data["files"].items())}}
+            "percent_per_module": {f: round(v["summary"]["percent_covered"], 2) for f, v in sorted(data["files"].items())},
+            "missing_lines_per_module": {f: v["missing_lines"] for f, v in sorted(data["files"].items()) if v["missing_lines"]}}
 
 
 def run_suite(clone: Path, work: Path, i: int, cov: bool) -> dict:
