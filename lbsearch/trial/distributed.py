@@ -21,7 +21,9 @@ import os
 
 import torch
 
-__all__ = ["make_accelerator"]
+__all__ = ["keep_until_exit", "make_accelerator"]
+
+_NEVER_FREED: list = []
 
 
 def _flag(name: str) -> bool:
@@ -88,3 +90,10 @@ def stop_code(accelerator, code: int) -> int:
     return int(t.item())
 
 
+def keep_until_exit(trial) -> None:
+    """Keep a trial of several processes (its DDP model, its gloo process group) until the process ends
+    by ``os._exit``. Freeing the model joins gloo's worker thread from the main thread, which holds the
+    GIL, while that thread waits for the GIL to finish work a peer rank left (that rank has exited): both
+    wait for good. A 2-process trial pruned at its first evaluation hung so: rank 1 never exited, nor its
+    launcher, nor the study waiting on it."""
+    _NEVER_FREED.append(trial)

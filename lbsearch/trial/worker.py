@@ -28,7 +28,7 @@ from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, diver
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
-from lbsearch.trial.distributed import make_accelerator, mean_over_ranks, stop_code, sum_over_ranks
+from lbsearch.trial.distributed import keep_until_exit, make_accelerator, mean_over_ranks, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
@@ -335,6 +335,8 @@ class Trial:
 
 def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> TrialResult:
     trial = Trial(spec, log)
+    if trial.acc.num_processes > 1:
+        keep_until_exit(trial)
     saver = Checkpoints(trial, spec.checkpoint_dir, stop)
     for step in range(saver.resume() + 1, trial.plan.steps + 1):
         code = trial.step(step)
