@@ -4,7 +4,9 @@ Two ways to run the same training on the same model, data, B, micro-batches and 
 
 - ``lbsearch_loop``: ``lbsearch.trial.worker.train`` (the trial loop) in this process, reporting as in a
   study (its metric lines are captured here instead of going to the orchestrator);
-- ``bare_loop``: the same steps in plain PyTorch: no Accelerate, no reporting, no evaluation.
+- ``bare_loop``: the same steps in plain PyTorch: no Accelerate, no reporting, no evaluation. Its
+  micro-batches are laid out as the worker lays them out, packed where a trial packs them
+  (``launcher.pack``, the worker's rule: ``packing_offset``) or padded on request (``pack=False``).
 
 Both measure steady-state samples/s over the steps after the first evaluation point (the first
 steps warm up the allocator and the kernels), evaluation excluded, two ways: over the whole window
@@ -22,6 +24,8 @@ import math
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
@@ -38,6 +42,7 @@ from lbsearch.spec.plan import make_plan
 from lbsearch.trial.batching import sample_stream, step_micro_batches
 from lbsearch.trial.diagnostics import head_for_step
 from lbsearch.trial.lm import lm_batch
+from lbsearch.trial.model import uses_token_types
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
@@ -98,11 +103,22 @@ def _cpu_name() -> str:
     return f"{name} (family {family}, model {model})" if family and model else name
 
 
+def code_version() -> dict[str, Any]:
+    """The commit the benchmark ran from, and whether ``lbsearch/`` or ``benchmarks/`` differed from it."""
+    def git(*args: str) -> str:
+        proc = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    rev = git("rev-parse", "HEAD")
+    return {"git_commit": rev or None, "git_uncommitted_changes": bool(git("status", "--porcelain", "--", "lbsearch", "benchmarks")) if rev else None}
+
+
 def machine() -> dict[str, Any]:
-    """Where the figures come from: package versions (``lbsearch.tracking.tracker.versions``), CPU, load, date."""
+    """Where the figures come from: package versions (``lbsearch.tracking.tracker.versions``), the code's
+    commit, CPU, load, date."""
     from lbsearch.tracking.tracker import versions
 
-    return versions() | {
+    return versions() | code_version() | {
         "cpu": _cpu_name(),
         "cpus": os.cpu_count(),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
@@ -142,9 +158,16 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["  ".join(v.ljust(w) for v, w in zip(r, widths)) for r in body])
 
 
+def command() -> str:
+    """The command line that ran this benchmark, as a JSON records it."""
+    return " ".join([sys.executable, *sys.argv])
+
+
 def write(out: dict[str, Any], path: Path) -> None:
+    """``out`` as JSON at ``path``, with the load average at the end and the command that ran it."""
     if "machine" in out:
         out["machine"]["load_average_at_end"] = list(os.getloadavg())
+    out.setdefault("command", command())
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1) + "\n")
     print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
@@ -213,6 +236,10 @@ def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
         raise SystemExit(f"lbsearch loop stopped: {result.state} ({result.reason})")
     messages = [parse_message(line) for line in out.getvalue().splitlines()]
     rows = [r for m in messages if m is not None and m[0] == "metrics" for r in m[1]]
+    # a row's step is the data seen where the worker also logs the optimizer step (`progress/step`), else that step
+    to_step = {at: int(v) for key, v, _, at in rows if key == "progress/step"}
+    rows = [(key, v, ts, to_step.get(at, at) if to_step else at) for key, v, ts, at in rows]
+    tags = {k: v for m in messages if m is not None and m[0] == "tags" for k, v in m[1].items()}
     rate = {step: v for key, v, _, step in rows if key == "train/samples_per_s"}  # per evaluation interval
     losses = {step: v for key, v, _, step in rows if key == "train/loss"}
     stamps = {step: ts / 1000 for key, _, ts, step in rows if key == "train/loss"}  # ms, taken after each step
@@ -227,7 +254,7 @@ def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
     steady = {"tokens_per_s": sum(tps[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds),
               "mfu": sum(mfu[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds) if mfu else None}
     return {"samples_per_s": sum(samples) / sum(seconds), "samples_per_s_median_step": exp.train.batch_size / statistics.median(durations),
-            "losses": [losses[s] for s in sorted(losses)], "result": result} | steady
+            "losses": [losses[s] for s in sorted(losses)], "result": result, "packing": tags.get("lbsearch.packing")} | steady
 
 
 # ----------------------------------------------------------------------------------------------
@@ -250,20 +277,52 @@ def step_layout(exp: ExperimentConfig, train: Split) -> Iterator[list[np.ndarray
         yield step_micro_batches(ids, lengths, plan.batch, 0, head)
 
 
-def step_batches(exp: ExperimentConfig, data: PreparedData) -> Iterator[MicroBatches]:
-    """Each optimizer step's micro-batches, padded as the worker pads them, when the step comes."""
+def pad_multiple(exp: ExperimentConfig) -> int:
+    """What the worker rounds a micro-batch's width up to."""
+    return exp.launcher.pad_to_multiple_of or (16 if exp.launcher.compile else 1)
+
+
+def packing_offset(exp: ExperimentConfig, data: PreparedData, model: torch.nn.Module) -> int | None:
+    """Where packed positions start if a one-process trial of ``exp`` packs its micro-batches, else None:
+    the worker's rule (``launcher.pack``, a classifier with the pooled head, nothing in
+    ``packing.unsupported``, ``packing.check`` passed on the same 8 short training samples)."""
+    from lbsearch.trial.model import PooledClassifier
+    from lbsearch.trial.packing import check, position_offset, unsupported
+
+    if not exp.launcher.pack or exp.task in ("causal_lm", "masked_lm") or not isinstance(model, PooledClassifier):
+        return None
+    width = exp.data.max_length
+    if unsupported(model.config, width) is not None:
+        return None
+    train = load_arrays(data.path, "train")
+    few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]
+    types = [train.types[i] for i in few] if uses_token_types(model) and train.types is not None else None
+    return None if check(model, [train.ids[i] for i in few], width, data.pad_id, types) else position_offset(model)
+
+
+def step_batches(exp: ExperimentConfig, data: PreparedData, offset: int | None = None, types: bool = False) -> Iterator[MicroBatches]:
+    """Each optimizer step's micro-batches, when the step comes: padded as the worker pads them, or
+    packed as it packs them where ``offset`` (``packing_offset``) is given; ``types``: with the
+    segment ids of text pairs."""
     from lbsearch.trial.batching import pad
+    from lbsearch.trial.packing import pack
     from lbsearch.trial.training import lm_settings
 
     train = load_arrays(data.path, "train")
-    dev = device_of(exp)
+    dev, multiple = device_of(exp), pad_multiple(exp)
     mlm = lm_settings(exp, worker_spec(exp, data))
     for step, cuts in enumerate(step_layout(exp, train), 1):
         if mlm is not None:  # packed sequences; masks seeded as the worker seeds them
             yield [lm_batch(exp.task, np.stack([train.ids[i] for i in c]), dev, np.random.default_rng([exp.seed, step, int(c[0])]), mlm)
                    for c in cuts]
-        else:
-            yield [(pad([train.ids[i] for i in c], data.pad_id, dev), torch.as_tensor(train.labels[c], device=dev)) for c in cuts]
+            continue
+        micro = []
+        for c in cuts:
+            seqs, segs = [train.ids[i] for i in c], [train.types[i] for i in c] if types else None
+            inputs = (pack(seqs, exp.data.max_length, data.pad_id, dev, segs, offset, multiple) if offset is not None
+                      else pad(seqs, data.pad_id, dev, segs, multiple))
+            micro.append((inputs, torch.as_tensor(train.labels[c], device=dev)))
+        yield micro
 
 
 def optimizer_and_schedule(exp: ExperimentConfig, model: torch.nn.Module) -> tuple[torch.optim.Optimizer, Any]:
@@ -275,13 +334,18 @@ def optimizer_and_schedule(exp: ExperimentConfig, model: torch.nn.Module) -> tup
     return optimizer, make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
 
 
-def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatches], float]:
-    """A fresh model (seeded as the worker seeds it) and a function doing one optimizer step; returns its loss."""
+def bare_model(exp: ExperimentConfig, data: PreparedData) -> torch.nn.Module:
+    """A fresh model on the trial's device, seeded as the worker seeds it."""
     from accelerate.utils import set_seed
 
     set_seed(exp.seed)
+    return new_model(exp, data).to(device_of(exp)).train()
+
+
+def bare_step(exp: ExperimentConfig, data: PreparedData, model: torch.nn.Module | None = None) -> Callable[[MicroBatches], float]:
+    """A function doing one optimizer step of ``model`` (default: a fresh ``bare_model``); returns its loss."""
     dev = device_of(exp)
-    model = new_model(exp, data).to(dev).train()
+    model = bare_model(exp, data) if model is None else model
     optimizer, scheduler = optimizer_and_schedule(exp, model)
     clip = exp.train.clip_norm or math.inf
     half = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(exp.launcher.precision)
@@ -307,10 +371,15 @@ def bare_step(exp: ExperimentConfig, data: PreparedData) -> Callable[[MicroBatch
     return step
 
 
-def bare_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
-    step = bare_step(exp, data)
+def bare_loop(exp: ExperimentConfig, data: PreparedData, pack: bool = True) -> dict[str, Any]:
+    """The bare loop's steady samples/s and per-step losses; its micro-batches packed where a trial of
+    ``exp`` packs them (``pack=False``: padded whatever the trial does)."""
+    model = bare_model(exp, data)
+    offset = packing_offset(exp, data, model) if pack else None
+    types = uses_token_types(model) and load_arrays(data.path, "train").types is not None
+    step = bare_step(exp, data, model)
     ends, losses = [time.perf_counter()], []
-    for micro in step_batches(exp, data):
+    for micro in step_batches(exp, data, offset, types):
         losses.append(step(micro))
         ends.append(time.perf_counter())
-    return steady_rates(ends, exp.train.batch_size, warmup_steps(exp)) | {"losses": losses}
+    return steady_rates(ends, exp.train.batch_size, warmup_steps(exp)) | {"losses": losses, "packed": offset is not None}

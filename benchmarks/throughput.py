@@ -1,17 +1,27 @@
-"""Training throughput: the lbsearch trial loop vs a bare PyTorch loop vs HF ``Trainer``.
+"""Training throughput: the lbsearch trial loop vs a bare PyTorch loop doing the same computation.
 
 Same model (``lbsearch.trial.model.build_model``), tokenized cached data, B, micro-batches (laid out as the
-worker lays them out: ``batching.step_micro_batches``), AdamW, schedule, clipping, precision and device, all three in
-this process, alternating bare, lbsearch, trainer, bare, ...; steady-state samples/s (steps after
-the first evaluation point; evaluation excluded). Goal: lbsearch >= 0.97x the bare loop.
+worker lays them out: ``batching.step_micro_batches``), AdamW, schedule, clipping, precision and device, all in
+this process, alternating the variants A B A B; steady-state samples/s (steps after the first evaluation
+point; evaluation excluded). Goal: lbsearch >= 0.97x the bare loop, judged on the median of the pairwise
+ratios (each repeat's lbsearch run over the bare run beside it) and on every repeat (``_stats.verdict``).
 
-The bare and lbsearch loops do the same computation: their per-step losses are compared
-(``throughput.max_loss_diff_lbsearch_vs_bare``; 0 means the very same numbers). The lbsearch loop
-runs as the spec configures it, e.g. with its gradient-noise-scale monitor (``train.noise_scale``);
-``--set train.noise_scale=false`` measures the loop without it.
+The variants:
 
-    python benchmarks/throughput.py                 # MiniLM cut to 2 layers, 3 repeats: ~6 min on 2 cores
-    python benchmarks/throughput.py --layers 6      # all 6 layers: ~18 min on 2 cores
+- ``bare``: the bare loop with the micro-batches the trial uses: packed where the trial packs them
+  (``launcher.pack``, on by default for a classifier with a pooled head), else padded. It does the very
+  computation of the lbsearch loop: their per-step losses are compared
+  (``throughput.max_loss_diff_lbsearch_vs_bare``) and the run fails above float noise (``LOSS_TOLERANCE``);
+- ``lbsearch``: the trial loop, as the spec configures it (e.g. with its gradient-noise-scale monitor,
+  ``train.noise_scale``; ``--set train.noise_scale=false`` measures the loop without it);
+- ``bare_padded`` (where the trial packs): the bare loop on padded micro-batches. ``bare`` over it is the
+  packing gain, reported as its own figure (``throughput.packing_gain``); its losses differ from the packed
+  ones by more than float noise where the model has dropout (the masks are drawn over another layout);
+- ``trainer`` (unless ``--skip-trainer``): HF ``Trainer`` on padded micro-batches (a collator pads them),
+  compared with the padded bare loop (``bare_padded``, or ``bare`` where the trial pads).
+
+    python benchmarks/throughput.py                 # MiniLM cut to 2 layers, 3 repeats: ~8 min on 2 cores
+    python benchmarks/throughput.py --layers 6      # all 6 layers: ~25 min on 2 cores
     python benchmarks/throughput.py --lm            # the tiny decoder of experiments/lm_tiny.yaml, in tokens/s
 
 With ``--lm`` the model is the language model of ``experiments/lm_tiny.yaml`` (packed sequences of 64
@@ -38,6 +48,7 @@ from _bench import (
     ROOT,
     SPEC,
     bare_loop,
+    bare_model,
     experiment,
     fresh_accelerate,
     lbsearch_loop,
@@ -45,6 +56,7 @@ from _bench import (
     micro_batch,
     new_model,
     optimizer_and_schedule,
+    packing_offset,
     prepared,
     steady_rates,
     step_layout,
@@ -54,6 +66,7 @@ from _bench import (
     warmup_steps,
     write,
 )
+from _stats import MET, judged, pairwise
 
 from lbsearch.data.cache import PreparedData, load_arrays
 from lbsearch.spec.config import ExperimentConfig
@@ -111,7 +124,13 @@ def trainer_loop(exp: ExperimentConfig, data: PreparedData, work: Path) -> dict[
     return steady_rates(ends, tr.batch_size, warmup_steps(exp))
 
 
-def main() -> int:
+LOSS_TOLERANCE = 1e-5
+"""Largest per-step loss difference between the lbsearch and bare loops taken as the same computation."""
+
+KINDS = ("samples_per_s", "samples_per_s_median_step")
+
+
+def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--spec", type=Path, default=None, help="default experiments/rt_minilm.yaml (with --lm: experiments/lm_tiny.yaml)")
     ap.add_argument("--lm", action="store_true", help="the tiny causal language model, in tokens/s")
@@ -123,73 +142,121 @@ def main() -> int:
     ap.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-trainer", action="store_true")
+    ap.add_argument("--skip-padded", action="store_true", help="no padded bare loop: no packing gain (and no Trainer where the trial packs)")
     ap.add_argument("--no-warmup-run", action="store_true", help="skip the untimed bare run that first meets every batch shape")
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/throughput_<layers>l.json")
-    args = ap.parse_args()
+    return ap.parse_args()
+
+
+def the_experiment(args: argparse.Namespace) -> tuple[ExperimentConfig, int]:
+    """The experiment every variant trains, and the samples left out of the timing."""
     warm = args.warmup_samples or args.budget // 8
     args.spec = args.spec or (ROOT / "experiments" / "lm_tiny.yaml" if args.lm else SPEC)
     common = {"model.num_layers": args.layers, "train.batch_size": args.batch_size, "launcher.precision": args.precision}
     if args.lm:
         length = experiment(args.spec, {}).data.max_length
-        exp = experiment(args.spec, common | {"train.budget_tokens": args.budget * length, "train.eval_every_tokens": warm * length,
-                                              "data.eval_tokens": 4 * length}, args.set)
         args.skip_trainer = True
-    else:
-        exp = experiment(args.spec, common | {"train.budget_samples": args.budget, "train.eval_every_samples": warm,
-                                              "data.max_eval_samples": 64}, args.set)
+        return experiment(args.spec, common | {"train.budget_tokens": args.budget * length, "train.eval_every_tokens": warm * length,
+                                               "data.eval_tokens": 4 * length}, args.set), warm
+    return experiment(args.spec, common | {"train.budget_samples": args.budget, "train.eval_every_samples": warm,
+                                           "data.max_eval_samples": 64}, args.set), warm
+
+
+def run_variants(args: argparse.Namespace, loops: dict[str, Any]) -> tuple[dict, dict]:
+    """Each variant ``args.repeats`` times, alternating; their figures, and the per-step losses of each run."""
+    figures = {(name, kind): [] for name in loops for kind in KINDS}
+    losses: dict[str, list[list[float]]] = {name: [] for name in loops}
+    for r in range(args.repeats):
+        for name, run in loops.items():  # alternate: bare, lbsearch, bare_padded, trainer, bare, ...
+            res = run()
+            for kind in KINDS:
+                figures[name, kind].append(res[kind])
+            losses[name].append(res.get("losses"))
+            print(f"repeat {r} {name:11s} {res['samples_per_s']:.1f} samples/s ({res['samples_per_s_median_step']:.1f} from the median step)", flush=True)
+    return figures, losses
+
+
+def max_diff(a: list[list[float]], b: list[list[float]]) -> float:
+    return max(abs(x - y) for ra, rb in zip(a, b) for x, y in zip(ra, rb))
+
+
+def ratios(out: dict[str, Any], figures: dict, name: str, base: str, key: str, goal: float | None) -> list[Any]:
+    """``name`` over ``base``, both kinds: the ratio of medians and the pairwise ratios (with the verdict
+    where there is a goal) into ``out``; the table row."""
+    row: list[Any] = [key]
+    for kind, suffix in zip(KINDS, ("", "_median_step")):
+        a, b = figures[name, kind], figures[base, kind]
+        pairs = pairwise(a, b)
+        out[f"{key}{suffix}"] = statistics.median(a) / statistics.median(b)
+        out[f"{key}_pairwise{suffix}"] = pairs
+        if goal is not None:
+            out[f"{key}_verdict{suffix}"] = judged(pairs["runs"], goal, at_most=False)["verdict"]
+        row += [pairs["median"], f"{pairs['min']:.3f}-{pairs['max']:.3f}"]
+    return row
+
+
+def main() -> int:
+    args = parse_args()
+    exp, warm = the_experiment(args)
     threads = use_all_cores()
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     data = prepared(exp, work)
+    packed = packing_offset(exp, data, bare_model(exp, data)) is not None
     loops = {"bare": lambda: bare_loop(exp, data), "lbsearch": lambda: lbsearch_loop(exp, data)}
-    if not args.skip_trainer:
+    if packed and not args.skip_padded:
+        loops["bare_padded"] = lambda: bare_loop(exp, data, pack=False)
+    if not args.skip_trainer and (not packed or "bare_padded" in loops):  # the Trainer pads: compared with the padded bare loop
         loops["trainer"] = lambda: trainer_loop(exp, data, work)
     out: dict[str, Any] = {"machine": machine() | {"torch.threads": threads}}
-    kinds = ("samples_per_s", "samples_per_s_median_step")
-    figures = {(name, kind): [] for name in loops for kind in kinds}
-    loss_diff = 0.0
     if not args.no_warmup_run:  # the first run in a process meets every shape first: keep it out of the figures
         print(f"warm-up run (bare, untimed): {bare_loop(exp, data)['samples_per_s']:.1f} samples/s", flush=True)
-    for r in range(args.repeats):
-        losses = {}
-        for name, run in loops.items():  # alternate: bare, lbsearch, trainer, bare, ...
-            res = run()
-            for kind in kinds:
-                figures[name, kind].append(res[kind])
-            losses[name] = res.get("losses")
-            print(f"repeat {r} {name:8s} {res['samples_per_s']:.1f} samples/s ({res['samples_per_s_median_step']:.1f} from the median step)", flush=True)
-        loss_diff = max(loss_diff, max(abs(a - b) for a, b in zip(losses["bare"], losses["lbsearch"])))
+    packing_tags: list[str | None] = []  # the lbsearch runs' `lbsearch.packing` tag: "on" where they packed
+
+    def lbsearch_run() -> dict[str, Any]:
+        res = lbsearch_loop(exp, data)
+        packing_tags.append(res["packing"])
+        return res
+
+    loops["lbsearch"] = lbsearch_run
+    figures, losses = run_variants(args, loops)
     t = "throughput"
+    loss_diff = max_diff(losses["lbsearch"], losses["bare"])
     out |= {
         f"{t}.spec": str(args.spec.relative_to(ROOT)) if args.spec.is_relative_to(ROOT) else str(args.spec),
         f"{t}.layers": args.layers, f"{t}.batch_size": args.batch_size, f"{t}.budget_samples": args.budget,
-        f"{t}.timed_after_samples": warm, f"{t}.precision": exp.launcher.precision,
-        f"{t}.micro_batch": micro_batch(exp),
-        f"{t}.max_loss_diff_lbsearch_vs_bare": loss_diff, f"{t}.experiment": exp.model_dump(mode="json"),
+        f"{t}.repeats": args.repeats, f"{t}.timed_after_samples": warm, f"{t}.precision": exp.launcher.precision,
+        f"{t}.micro_batch": micro_batch(exp), f"{t}.micro_batches": "packed" if packed else "padded",
+        f"{t}.lbsearch_packing_tag": packing_tags,
+        f"{t}.max_loss_diff_lbsearch_vs_bare": loss_diff, f"{t}.loss_tolerance": LOSS_TOLERANCE,
+        f"{t}.same_computation": loss_diff <= LOSS_TOLERANCE, f"{t}.experiment": exp.model_dump(mode="json"),
     }
+    for name in loops:
+        for kind in KINDS:
+            out[f"{t}.{name}.{kind}"] = summary(figures[name, kind])
+    padded = "bare_padded" if packed else "bare"
+    rows = [ratios(out, figures, "lbsearch", "bare", f"{t}.lbsearch_over_bare", 0.97)]
+    if "bare_padded" in loops:
+        out[f"{t}.max_loss_diff_bare_packed_vs_padded"] = max_diff(losses["bare"], losses["bare_padded"])
+        rows.append(ratios(out, figures, "bare", "bare_padded", f"{t}.packing_gain", None))
+    if "trainer" in loops:
+        rows.append(ratios(out, figures, "trainer", padded, f"{t}.trainer_over_{padded}", None))
+    out[f"{t}.goal_lbsearch_over_bare"] = 0.97
+    out[f"{t}.goal_met"] = out[f"{t}.lbsearch_over_bare_verdict"] == MET
     unit = exp.data.max_length if args.lm else None
     if unit:  # every sample is a packed sequence of `unit` tokens
         out[f"{t}.tokens_per_sample"] = unit
         for name in loops:
             out[f"{t}.{name}.tokens_per_s"] = statistics.median(figures[name, "samples_per_s"]) * unit
-    rows = []
-    for name in loops:
-        row = [name]
-        for kind, suffix in zip(kinds, ("", "_median_step")):
-            values = figures[name, kind]
-            ratio = statistics.median(values) / statistics.median(figures["bare", kind])
-            out[f"{t}.{name}.{kind}"] = summary(values)
-            out[f"{t}.{name}.ratio_vs_bare{suffix}"] = ratio
-            row += [statistics.median(values), ratio]
-        rows.append(row + [" ".join(f"{v:.1f}" for v in figures[name, kinds[0]])])
-    out[f"{t}.goal_lbsearch_ratio_vs_bare"] = 0.97
-    out[f"{t}.goal_met"] = out[f"{t}.lbsearch.ratio_vs_bare"] >= 0.97
-    print(table(["loop", "samples/s", "ratio vs bare", "from median step", "ratio vs bare", "runs"], rows))
-    print(f"lbsearch vs bare: {out[f'{t}.lbsearch.ratio_vs_bare']:.3f} (goal >= 0.97; from the median step "
-          f"{out[f'{t}.lbsearch.ratio_vs_bare_median_step']:.3f}); max |loss difference| {loss_diff:.2e}")
-    if unit:
-        print("tokens/s: " + ", ".join(f"{name} {out[f'{t}.{name}.tokens_per_s']:.0f}" for name in loops))
+    print(table(["loop", *[n for n in loops]], [[k, *[statistics.median(figures[n, k]) for n in loops]] for k in KINDS]))
+    print(table(["pairwise ratio", "median", "range", "from the median step", "range"], rows))
+    print(f"lbsearch / bare: {out[f'{t}.lbsearch_over_bare_pairwise']['median']:.3f} pairwise median (goal >= 0.97: "
+          f"{out[f'{t}.lbsearch_over_bare_verdict']}); max |loss difference| {loss_diff:.2e}; micro-batches {'packed' if packed else 'padded'}")
     write(out, args.out or RESULTS / (f"throughput_lm_{args.layers}l.json" if args.lm else f"throughput_{args.layers}l.json"))
     shutil.rmtree(work, ignore_errors=True)
+    if loss_diff > LOSS_TOLERANCE or any((tag == "on") != packed for tag in packing_tags):
+        print(f"NOT the same computation: losses differ by {loss_diff:.2e} (tolerance {LOSS_TOLERANCE}), lbsearch packing {packing_tags}, "
+              f"bare {'packed' if packed else 'padded'}")
+        return 1
     return 0
 
 
