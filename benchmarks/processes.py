@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+from _bench import ROOT, machine, write
+from _stats import pairwise
 from mlflow.tracking import MlflowClient
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def one(work: Path, spec: Path, procs: int, sets: list[str]) -> float:
@@ -51,11 +50,8 @@ def main() -> int:
             sps = one(work, args.spec, procs, sets)
             figures[procs].append(sps)
             print(f"repeat {r} processes {procs}: {sps:.1f} samples/s", flush=True)
-    import torch
-
     out = {
-        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(), "cuda": torch.cuda.is_available(),
-                    "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"},
+        "machine": machine(),
         "processes.spec": str(args.spec.relative_to(ROOT)) if args.spec.is_relative_to(ROOT) else str(args.spec),
         "processes.batch_size": args.batch_size,
         "processes.samples_per_s_1": figures[1],
@@ -63,10 +59,10 @@ def main() -> int:
         "processes.median_1": statistics.median(figures[1]),
         "processes.median_2": statistics.median(figures[2]),
         "processes.ratio_2_over_1": statistics.median(figures[2]) / statistics.median(figures[1]),
+        "processes.ratio_2_over_1_pairwise": pairwise(figures[2], figures[1]),  # each repeat's 2-process run over its 1-process run
     }
     print(json.dumps(out, indent=1))
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    write(out, args.out)
     return 0
 
 

@@ -29,9 +29,9 @@ from collections import Counter
 from pathlib import Path
 
 import optuna
+from _bench import ROOT, machine, write
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parent.parent
 SPEC = ROOT / "tests" / "specs" / "tiny_study.yaml"
 
 
@@ -70,8 +70,8 @@ def main() -> int:
 
 
 def _save(path: Path, figures: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(figures, indent=1) + "\n")
+    """The figures with the machine they ran on (versions, CPU, load, date) and the command."""
+    write({"machine": machine()} | figures, path)
 
 
 def _kill(victim: subprocess.Popen, tree: bool) -> None:

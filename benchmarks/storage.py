@@ -18,8 +18,10 @@ import uuid
 from pathlib import Path
 
 import optuna
+from _bench import ROOT, machine, write
 
-ROOT = Path(__file__).resolve().parent.parent
+from lbsearch.study import open_storage
+
 PG = "postgresql+psycopg2://postgres@127.0.0.1:5432/{}"
 
 
@@ -34,8 +36,6 @@ def _db(action: str, name: str) -> None:
 
 def storage_overhead(n: int) -> dict[str, float]:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    from lbsearch.study.sampler import open_storage
-
     name = f"lbsearch_bench_{uuid.uuid4().hex[:8]}"
     _db("CREATE", name)
     tmp = Path(tempfile.mkdtemp())
@@ -87,15 +87,15 @@ def main() -> int:
     ap.add_argument("--skip-workers", action="store_true")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "storage.json")
     args = ap.parse_args()
-    out = storage_overhead(args.trials)
+    out = {"machine": machine(), "storage.trials": args.trials} | storage_overhead(args.trials)
     print(json.dumps(out, indent=1), flush=True)
     if not args.skip_workers:
+        out["workers.study"] = {"spec": "tests/specs/tiny_study.yaml", "trials": args.study_trials, "samples_per_trial": 320,
+                                "model": "tiny random-init BERT"}  # the workers share this machine's cores (machine.cpus)
         for k in (1, 2, 3):
             out[f"workers.{k}.trials_per_hour"] = trials_per_hour(k, args.study_trials)
             print(f"{k} worker(s): {out[f'workers.{k}.trials_per_hour']:.0f} trials/hour", flush=True)
-        out["workers.note"] = "tiny random-init BERT, 320 samples per trial, 2-core machine: workers share the 2 cores"
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1) + "\n")
+    write(out, args.out)
     return 0
 
 
