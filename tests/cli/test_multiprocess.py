@@ -30,9 +30,12 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     exp = client.get_experiment_by_name("train-tiny")
     runs = sorted(client.search_runs([exp.experiment_id]), key=lambda r: r.info.start_time)
     assert [r.data.params["plan.processes"] for r in runs] == ["2", "1"]
-    curves = [{m.step: m.value for m in client.get_metric_history(r.info.run_id, "train/loss")} for r in runs]
-    assert len(curves[0]) == len(curves[1]) == 30
-    assert max(abs(curves[0][s] - curves[1][s]) for s in range(1, 21)) <= 1e-4
+    # every one of the 30 steps: the same samples' gradients summed in another order (gloo's all-reduce vs
+    # accumulation) differ in float32 rounding only (losses <= 6e-8 apart, grad norms <= 3e-8, on the 2-core EPYC)
+    for key in ("train/loss", "train/grad_norm"):
+        a, b = ([(m.step, m.value) for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)] for r in runs)
+        assert len(a) == 30 and [s for s, _ in a] == [s for s, _ in b], key
+        assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-6, key
     for key in ("eval/accuracy", "test/accuracy"):
         a, b = (client.get_metric_history(r.info.run_id, key) for r in runs)
         assert [m.value for m in a] == [m.value for m in b], key
