@@ -9,7 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
-from lbsearch.spec import SpecError
+from lbsearch.spec import SpecError, TrackingOutage
 
 EPILOG = """examples:
   lbsearch run studies/quickstart.yaml             create or resume a study
@@ -288,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("lbsearch: interrupted", file=sys.stderr)
         return 130
+    except TrackingOutage as err:  # MLflow down past the outage limit: the study stops, resumable
+        print(f"lbsearch: error: {err}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -1,16 +1,17 @@
-"""The end of a study: Optuna's plots and, for a ladder, the batch-scaling report, logged to the parent run; `lbsearch report`."""
+"""The end of a study: Optuna's plots (and the Pareto front's, as it grows) and, for a ladder, the batch-scaling report, logged to the parent run; `lbsearch report`."""
 
 
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import optuna
 
 from lbsearch.spec import Session
-from lbsearch.study import load_existing_study, stored_study
+from lbsearch.study import load_existing_study, objectives, pareto, stored_study
 from lbsearch.tracking import study_plots, tracker_for
 
 if TYPE_CHECKING:
@@ -77,3 +78,22 @@ def _say_tokens(say, s: dict) -> None:
         say(f"warning: {w}")
 
 
+def front_plot(study: optuna.Study, path: Path) -> bool:
+    """Optuna's Pareto-front plot as a PNG; False while the front has fewer than 2 trials."""
+    if len(pareto(study)) < 2:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from optuna.visualization import matplotlib as ovm
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # Optuna's "experimental" note
+        ax = ovm.plot_pareto_front(study, target_names=objectives(study))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ax.figure.set_size_inches(6, 4.5)
+    ax.figure.tight_layout()
+    ax.figure.savefig(path, dpi=110)
+    plt.close(ax.figure)
+    return True

@@ -10,7 +10,6 @@ import json
 import os
 import time
 import uuid
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +17,19 @@ import optuna
 from optuna.trial import TrialState
 
 from lbsearch.data import prepare_data
-from lbsearch.orchestrator.finish import finish_study
+from lbsearch.orchestrator.finish import finish_study, front_plot
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
 from lbsearch.spec import (
     BATCH_KEY,
+    TRACKING_LOST,
     WORKER_DIED,
     Constraint,
     OptunaRef,
     Session,
     SpecError,
     StudyConfig,
+    TrackingOutage,
     TrialPlan,
     TrialResult,
     adopt,
@@ -49,7 +50,6 @@ from lbsearch.study import (
     is_multi,
     make_sampler,
     objective_values,
-    objectives,
     open_storage,
     open_study,
     pareto,
@@ -65,7 +65,24 @@ from lbsearch.study import (
     uses_heartbeats,
 )
 from lbsearch.terminal import Progress, study_progress
-from lbsearch.tracking import BEST_ALIAS, KIND, Tracker, TrackingError, description, end_tags, git_commit, keep_trial_model, mark_best, resumed_tags, tracker_for, trial_tags
+from lbsearch.tracking import (
+    BEST_ALIAS,
+    KIND,
+    Tracker,
+    TrackingError,
+    description,
+    end_tags,
+    git_commit,
+    is_outage,
+    keep_trial_model,
+    mark_best,
+    outage_limit,
+    replay_outboxes,
+    resumed_tags,
+    tracker_for,
+    trial_tags,
+    wait_for_tracking,
+)
 
 __all__ = ["run_study"]
 
@@ -103,6 +120,7 @@ class _Search:
         Counting and asking happen under the study lock, so N workers never overshoot n_trials."""
         cfg, study = self.cfg, self.study
         with study_lock(self.session, cfg):
+            replay_outboxes(self.tracker, list((self.session.root / "trials" / cfg.name).glob("*")), self.session.out)  # an outage's calls
             recover(study, cfg.max_retries, self._close_dead)
             for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # dead and not re-run: its checkpoints go
                 if reason(t) == WORKER_DIED and counted(t, cfg.max_retries):
@@ -130,6 +148,13 @@ class _Search:
             return trial
 
     def update_parent(self, step: int) -> None:
+        """The parent run's trial table, counts and best trial; an MLflow error here is said, and the next trial updates it again."""
+        try:
+            self._update_parent(step)
+        except TrackingError as err:
+            self.session.out(f"[study {self.cfg.name}] the study's MLflow run not updated: {str(err).splitlines()[0][:200]}")
+
+    def _update_parent(self, step: int) -> None:
         rows, best = trial_rows(self.study), best_trial(self.study)
         self.tracker.artifacts(self.parent, {"trials.csv": to_csv(rows)})
         self.tracker.metrics(self.parent, {f"trials/{s}": sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}, step)
@@ -176,14 +201,7 @@ class _Search:
             self._tell(trial, TrialResult(state="failed", reason="interrupted"))
             raise
         except TrackingError as err:  # the tracking server failed this trial, not the study
-            why = f"tracking: {str(err).splitlines()[0][:200]}"
-            self._tell(trial, TrialResult(state="failed", reason=why))
-            if "mlflow_run_id" in trial.user_attrs:  # a second try at ending it (ended_on_error tried and said if it could not)
-                try:
-                    self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED")
-                except TrackingError as again:
-                    self.session.out(f"{prefix} MLflow run {trial.user_attrs['mlflow_run_id']} could not be ended: {str(again).splitlines()[0][:200]}")
-            self.session.out(f"{prefix} failed ({why})")
+            self._tracking_failed(trial, err, prefix)
             return
         if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
             trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
@@ -196,6 +214,21 @@ class _Search:
         detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
         value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
         self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
+
+    def _tracking_failed(self, trial: optuna.Trial, err: TrackingError, prefix: str) -> None:
+        """MLflow failed the trial outside its training. An outage: the trial is re-run from its checkpoint,
+        and the next one waits for MLflow (up to the outage limit; past it the study stops, resumable)."""
+        why = f"tracking: {str(err).splitlines()[0][:200]}"
+        self._tell(trial, TrialResult(state="failed", reason=TRACKING_LOST if is_outage(err) else why))
+        if "mlflow_run_id" in trial.user_attrs:  # a second try at ending it (ended_on_error tried and said if it could not)
+            try:
+                self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED")
+            except TrackingError as again:
+                self.session.out(f"{prefix} MLflow run {trial.user_attrs['mlflow_run_id']} could not be ended: {str(again).splitlines()[0][:200]}")
+        self.session.out(f"{prefix} failed ({why})")
+        if is_outage(err) and not wait_for_tracking(self.tracker, outage_limit(), self.session.out):
+            raise TrackingOutage(f"MLflow ({self.tracker.uri}) unreachable for {outage_limit():.0f} s: the study stops here; run the same "
+                                "command again to resume it (its trials stopped by the outage are re-run from their checkpoints)")
 
     def _resume(self, trial: optuna.Trial, workdir: Path, prefix: str) -> dict[str, Any]:
         """A re-run takes over the checkpoints of the trial it retries and the intermediate values that
@@ -291,33 +324,12 @@ class _Search:
         self.tracker.artifacts(self.parent, {"pareto_front.csv": to_csv(rows)})
         self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
         folder = self.session.root / "reports" / self.cfg.name / "pareto"
-        if _front_plot(self.study, folder / "pareto_front.png"):
+        if front_plot(self.study, folder / "pareto_front.png"):
             self.tracker.artifact_dir(self.parent, folder, "pareto")
 
     @functools.cached_property
     def constraints(self) -> list[Constraint]:
         return parse_constraints(self.cfg.constraints, set(self.cfg.space))
-
-
-def _front_plot(study: optuna.Study, path: Path) -> bool:
-    """Optuna's Pareto-front plot as a PNG; False while the front has fewer than 2 trials."""
-    if len(pareto(study)) < 2:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from optuna.visualization import matplotlib as ovm
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # Optuna's "experimental" note
-        ax = ovm.plot_pareto_front(study, target_names=objectives(study))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ax.figure.set_size_inches(6, 4.5)
-    ax.figure.tight_layout()
-    ax.figure.savefig(path, dpi=110)
-    plt.close(ax.figure)
-    return True
 
 
 def _fmt(v: Any) -> str:

@@ -16,8 +16,8 @@ from typing import Any, Callable, Iterator
 import lbsearch.terminal as console
 from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
-from lbsearch.spec import FOLDER, RETRYABLE, ExperimentConfig, OptunaRef, Session, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
-from lbsearch.tracking import Tracker, TrackingError, dataset_inputs, end_tags, flatten, label_tags, oom_retry_tags, versions
+from lbsearch.spec import FOLDER, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
+from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, dataset_inputs, end_tags, flatten, is_outage, label_tags, oom_retry_tags, save_outbox, versions
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
 
@@ -99,11 +99,11 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
 def ended_on_error(tracker: Tracker, run_id: str, workdir: Path, resumable: bool, say: Callable[[str], None]) -> Iterator[None]:
     """No run is left RUNNING: an error inside ends the run (KILLED and ``interrupted`` for Ctrl-C,
     FAILED with the error's reason otherwise) and goes on up. The trial's checkpoints stay only
-    where an interrupted trial will be re-run from them (``resumable``)."""
+    where an interrupted trial, or one that a tracking outage stopped, will be re-run from them (``resumable``)."""
     try:
         yield
     except BaseException as err:
-        if not (resumable and isinstance(err, KeyboardInterrupt)):
+        if not (resumable and (isinstance(err, KeyboardInterrupt) or is_outage(err))):  # both are re-run from the checkpoint
             discard(workdir)
         try:
             _end(tracker, run_id, workdir, failure(err))
@@ -124,43 +124,56 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
         session.out(f"{run.prefix} datasets not logged to MLflow: {str(err).splitlines()[0][:200]}")
     shown = console.active()
     shown.trial_start(run.prefix, plan.budget_samples, run.exp.metric.name)
+    box = Outbox(tracker, session.out, run.prefix)  # metric rows and tags: never waited on, kept through an outage
     try:
         with tracker.system_metrics(run_id):
-            result, plan = _run_with_oom_retries(session, tracker, run, run_id, plan)
+            result, plan = _run_with_oom_retries(session, box, run, run_id, plan)
+        if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
+            box.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
+        if not box.flush() and run.resumable:  # MLflow still down at the end: re-run from the checkpoint, once it answers
+            session.out(f"{run.prefix} MLflow unreachable past the limit at the trial's end: it is re-run from its last checkpoint")
+            result = TrialResult(state="failed", reason=TRACKING_LOST)
+        box.check()  # an error that retrying cannot cure fails the trial, as it always did
+    except BaseException:
+        _keep_unsent(session, box, run, run_id, wait_s=10.0)  # what a stopped trial said up to its checkpoint
+        raise
     finally:
         shown.trial_end()
-    if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
-        tracker.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
     if not (run.resumable and result.state == "failed" and result.reason in RETRYABLE):
         discard(run.workdir)
-    _end(tracker, run_id, run.workdir, result)
+    _end(box, run_id, run.workdir, result)
+    _keep_unsent(session, box, run, run_id, wait_s=None if box.down_since is None else 0.0)
     return Outcome(run_id, result, plan)
 
 
-def _end(tracker: Tracker, run_id: str, workdir: Path, result: TrialResult) -> None:
+def _keep_unsent(session: Session, box: Outbox, run: TrialRun, run_id: str, wait_s: float | None) -> None:
+    """Stop the outbox; the calls MLflow did not take are saved in the trial's folder, for the next run of the study."""
+    unsent = box.close(wait_s)
+    if unsent:
+        save_outbox(unsent, run.workdir)
+        session.out(f"{run.prefix} {len(unsent)} MLflow calls of run {run_id} kept in {run.workdir / OUTBOX_FILE}: "
+                    "the next `lbsearch run` of the study logs them")
+
+
+def _end(tracker: Tracker | Outbox, run_id: str, workdir: Path, result: TrialResult) -> None:
     tracker.tags(run_id, end_tags(result))
     log = workdir / "stdout.log"
     if log.is_file():
         tracker.artifacts(run_id, {"stdout.log": log.read_text()[-200_000:]})
-    tracker.end(run_id, MLFLOW_STATUS["interrupted" if result.reason == "interrupted" else result.state])
+    tracker.end(run_id, MLFLOW_STATUS["interrupted" if result.reason in RETRYABLE else result.state])  # stopped from outside: KILLED
 
 
-def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run_id: str, plan: TrialPlan) -> tuple[TrialResult, TrialPlan]:
+def _run_with_oom_retries(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: TrialPlan) -> tuple[TrialResult, TrialPlan]:
     """Run the trial; on out-of-memory halve the micro-batch limit (B unchanged: more accumulation)
-    and retry. ``run.exp`` is updated to the limit that finally ran."""
+    and retry. ``run.exp`` is updated to the limit that finally ran. A tracking outage past its limit
+    stops the trial (with a checkpoint) and fails it retryably."""
     retries = 0
     while True:
-        on_line, last_json = _line_handler(session, tracker, run_id, run.prefix)
-        if run.data is None:
-            spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), optuna=run.optuna, tracking=True)
-            result = run_trial_process(spec, run.workdir, on_line=on_line, program=script_program(run.exp, plan, run.workdir),
-                                       no_result=lambda code: _script_result(tracker, run_id, run, code, last_json.get("line")))
-        else:
-            spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
-                              pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
-                              tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
-                              checkpoint_dir=str(run.workdir / FOLDER))
-            result = run_trial_process(spec, run.workdir, on_line=on_line)
+        try:
+            result = _run_once(session, box, run, run_id, plan)
+        except TrackingOutage as err:
+            session.out(f"{run.prefix} stopped: {err}; it is re-run from its last checkpoint once MLflow answers")
+            return TrialResult(state="failed", reason=TRACKING_LOST), plan
         if result.plan is not None:
             plan = TrialPlan.from_dict(result.plan)
             run.exp.launcher.max_micro_batch = plan.max_micro_batch  # a probed limit becomes part of the config
@@ -171,21 +184,35 @@ def _run_with_oom_retries(session: Session, tracker: Tracker, run: TrialRun, run
                     f"{smaller.micro_batch} x accumulation {smaller.accumulation} (B = {plan.batch_size} unchanged)")
         run.exp.launcher.max_micro_batch = smaller.max_micro_batch
         retries += 1
-        tracker.tags(run_id, oom_retry_tags(retries, smaller.split()))
+        box.tags(run_id, oom_retry_tags(retries, smaller.split()))
         plan = smaller
 
 
-def _script_result(tracker: Tracker, run_id: str, run: TrialRun, code: int, last_json: dict[str, Any] | None) -> TrialResult | None:
+def _run_once(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: TrialPlan) -> TrialResult:
+    on_line, last_json = _line_handler(session, box, run_id, run.prefix)
+    if run.data is None:
+        spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), optuna=run.optuna, tracking=True)
+        return run_trial_process(spec, run.workdir, on_line=on_line, program=script_program(run.exp, plan, run.workdir),
+                                 no_result=lambda code: _script_result(box, run_id, run, code, last_json.get("line")))
+    spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
+                      pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
+                      tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
+                      checkpoint_dir=str(run.workdir / FOLDER))
+    return run_trial_process(spec, run.workdir, on_line=on_line)
+
+
+def _script_result(box: Outbox, run_id: str, run: TrialRun, code: int, last_json: dict[str, Any] | None) -> TrialResult | None:
     """A script that left no result: its final metrics (metrics file or last JSON line) when it exited 0."""
     result = result_from_output(run.exp, run.workdir, code, last_json)
     if result is not None and result.validation:
-        tracker.metrics(run_id, {f"val/{k}": v for k, v in result.validation.items()}, result.steps)
+        box.metrics(run_id, {f"val/{k}": v for k, v in result.validation.items()}, result.samples)  # MLflow's step: samples seen
     return result
 
 
-def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) -> tuple[Callable[[str], None], dict[str, Any]]:
-    """Show the trial's output; metric rows go to its MLflow run, the plan that runs to its tags.
-    The last line that is a JSON object is kept (a script's final metrics) in the returned dict."""
+def _line_handler(session: Session, box: Outbox, run_id: str, prefix: str) -> tuple[Callable[[str], None], dict[str, Any]]:
+    """Show the trial's output; metric rows go to its MLflow run, the plan that runs to its tags (through
+    ``box``: an outage past its limit raises ``TrackingOutage`` here, once). The last line that is a JSON
+    object is kept (a script's final metrics) in the returned dict."""
     last: dict[str, Any] = {}
 
     def on_line(line: str) -> None:
@@ -201,11 +228,12 @@ def _line_handler(session: Session, tracker: Tracker, run_id: str, prefix: str) 
             if line.strip() and not line.startswith(_NOISE):
                 session.out(f"{prefix} {line}")
         elif msg[0] == "metrics":
-            tracker.metric_rows(run_id, msg[1])
+            box.metric_rows(run_id, msg[1])
             console.active().trial_metrics(msg[1])
         elif msg[0] == "plan":
-            tracker.tags(run_id, TrialPlan.from_dict(msg[1]).split())
+            box.tags(run_id, TrialPlan.from_dict(msg[1]).split())
         elif msg[0] == "tags":
-            tracker.tags(run_id, msg[1])
+            box.tags(run_id, msg[1])
+        box.check()
 
     return on_line, last

@@ -22,7 +22,7 @@ from lbsearch.spec.config import (
 )
 from lbsearch.spec.constraints import Constraint, parse
 from lbsearch.spec.load import apply_params, as_recorded, load_experiment, load_study, parse_set, validate_experiment
-from lbsearch.spec.outcome import INTERRUPTED, RETRYABLE, WORKER_DIED, diverged, failure, is_out_of_memory
+from lbsearch.spec.outcome import INTERRUPTED, RETRYABLE, TRACKING_LOST, WORKER_DIED, TrackingOutage, diverged, failure, is_out_of_memory
 from lbsearch.spec.plan import BatchPlan, TrialPlan, make_plan
 from lbsearch.spec.protocol import FLAG, OptunaRef, TrialResult, WorkerSpec, message, parse_message, read_result, write_result
 from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig, experiment_model, is_script, trial_values
@@ -30,4 +30,4 @@ from lbsearch.spec.session import Session, default_tracking_uri
 from lbsearch.spec.tasks import LM_TASKS, sample_unit
 from lbsearch.spec.workdir import FOLDER, INFO, adopt, discard, fingerprint, latest, models_dir, trial_model_dir
 
-__all__ = ['INTERRUPTED', 'RETRYABLE', 'WORKER_DIED', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'adopt', 'discard', 'fingerprint', 'latest', 'models_dir', 'trial_model_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config']
+__all__ = ['INTERRUPTED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'adopt', 'discard', 'fingerprint', 'latest', 'models_dir', 'trial_model_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config']

@@ -8,12 +8,18 @@ import math
 
 from lbsearch.spec.protocol import TrialResult
 
-__all__ = ["diverged", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "RETRYABLE"]
+__all__ = ["diverged", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "TrackingOutage"]
 
-WORKER_DIED, INTERRUPTED = "worker died", "interrupted"
-RETRYABLE = (INTERRUPTED, WORKER_DIED)
+WORKER_DIED, INTERRUPTED, TRACKING_LOST = "worker died", "interrupted", "tracking unavailable"
+RETRYABLE = (INTERRUPTED, WORKER_DIED, TRACKING_LOST)
 """The reasons of a failed trial that lbsearch re-runs (same params, from its last checkpoint, whose
-checkpoints are therefore kept): its process or machine died, or it was stopped (Ctrl-C, SIGTERM)."""
+checkpoints are therefore kept): its process or machine died, it was stopped (Ctrl-C, SIGTERM), or
+MLflow stayed unreachable past the outage limit (``lbsearch.tracking.outbox``)."""
+
+
+class TrackingOutage(Exception):
+    """MLflow stayed unreachable past the outage limit: a running trial is stopped (retryably), a study
+    stops (resumable); the command says so and exits 1."""
 
 
 def diverged(loss: float, first_loss: float, factor: float, finite: bool = True) -> bool:

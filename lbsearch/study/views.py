@@ -15,7 +15,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import INTERRUPTED, WORKER_DIED
+from lbsearch.spec import INTERRUPTED, TRACKING_LOST, WORKER_DIED
 
 __all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
 
@@ -36,7 +36,7 @@ def counted(t: FrozenTrial, max_retries: int) -> bool:
     if t.state != TrialState.FAIL:
         return False
     why = reason(t)
-    if why == INTERRUPTED:
+    if why in (INTERRUPTED, TRACKING_LOST):  # stopped from outside: re-run, never the trial's own fault
         return False
     return not (why == WORKER_DIED and t.user_attrs.get("attempt", 0) < max_retries)
 

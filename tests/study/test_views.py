@@ -48,17 +48,6 @@ def test_single_objective_best_is_by_value():
     assert best_trial(study).number == 1 and trial_rows(study)[0]["value"] == 0.5
 
 
-def test_the_front_plot_is_drawn_from_two_front_trials(tmp_path):
-    from lbsearch.orchestrator.loop import _front_plot
-
-    study = _two_objective_study()
-    assert _front_plot(study, tmp_path / "front.png")
-    assert (tmp_path / "front.png").read_bytes()[:4] == b"\x89PNG"
-    single = optuna.create_study(directions=["maximize", "minimize"])
-    single.add_trial(create_trial(params={"optimizer.lr": 1e-3}, distributions=DIST, values=[0.8, 100]))
-    assert not _front_plot(single, tmp_path / "none.png") and not (tmp_path / "none.png").exists()
-
-
 @pytest.mark.parametrize("objectives", [["metric"], ["metric", "samples_to_target"]])
 def test_status_shows_every_key_of_a_row_once(objectives):
     """One definition of the status columns: a key added to the rows and not to the columns fails here."""
