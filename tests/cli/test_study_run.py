@@ -1,10 +1,12 @@
 """End to end through the CLI: a study with complete, pruned and failed trials; the MLflow run tree;
-reproduce; resume after Ctrl-C; recovery after the orchestrator is SIGKILLed, no process left behind."""
+reproduce (the best trial, exactly; a re-run that differs: exit 1); resume after Ctrl-C; recovery after
+the orchestrator is SIGKILLed, no process left behind."""
 
 from __future__ import annotations
 
 import json
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -24,7 +26,8 @@ LOSS = ["--set", "experiment.metric.name=loss"]
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """tiny-loss, 4 trials: enqueued (good lr) -> complete, (lr 1e-7) -> pruned, (3 heads) -> failed, then TPE."""
+    """tiny-loss, 4 trials: enqueued (good lr) -> complete, (lr 1e-7) -> pruned, (3 heads) -> failed, then TPE
+    (-> pruned: see test_failing_trial_does_not_stop_the_study)."""
     cwd = tmp_path_factory.mktemp("study")
     root = cwd / "mlruns"
     cfg, _ = load_study(SPECS / "tiny_study_loss.yaml", parse_set(["experiment.metric.name=loss"]))
@@ -43,7 +46,12 @@ def test_failing_trial_does_not_stop_the_study(finished):
     assert [t.state for t in trials[:3]] == [TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL]
     assert "num_attention_heads" in trials[2].user_attrs["reason"] or "heads" in trials[2].user_attrs["reason"]
     assert trials[1].user_attrs["reason"] == "pruned"
-    assert trials[3].state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    # trial 3 is TPE's (seed 0): 2 heads and an lr below trial 0's 3e-3, the top of the range. The median
+    # pruner (1 startup trial) compares it at 320 samples with trial 0 alone, whose larger lr has lowered
+    # the loss more in the same 10 steps: pruned there
+    assert trials[3].params["model.config.num_attention_heads"] == 2 and trials[3].params["optimizer.lr"] < 3e-3, trials[3].params
+    assert trials[3].state == TrialState.PRUNED and trials[3].user_attrs["reason"] == "pruned"
+    assert list(trials[3].intermediate_values) == [320] and trials[3].intermediate_values[320] > trials[0].intermediate_values[320]
     # pruning compares at equal samples seen: the pruned trial stopped at the first evaluation
     assert trials[1].user_attrs["samples"] == 320
     assert list(trials[1].intermediate_values) == [320]
@@ -99,7 +107,7 @@ def test_mlflow_run_tree(finished):
     assert json.loads(Path(local).read_text())["optimizer"]["lr"] == 3e-3
     assert "data.digest" in good.data.tags and "git.commit" in good.data.tags
     # parent: best params and metric, trials table
-    assert parent.data.tags["best.trial"] in {"0", "3"}
+    assert parent.data.tags["best.trial"] == "0"  # the one complete trial
     assert "best.optimizer.lr" in parent.data.tags
     table = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(cwd))).read_text().splitlines()
     assert len(table) == 5 and table[0].startswith("trial,state")
@@ -130,10 +138,12 @@ def test_status_and_best_do_not_import_torch(finished):
 
 
 def test_reproduce_is_exact_on_cpu(finished):
+    """No ``--trial``: the best trial (trial 0, the one complete) is re-run."""
     cwd, root, _ = finished
-    proc = run_cli("reproduce", "tiny-loss", "--trial", "0", cwd=cwd)
+    proc = run_cli("reproduce", "tiny-loss", cwd=cwd)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "reproduced: metrics identical" in proc.stdout
+    assert "[reproduce 0] re-running trial 0 of tiny-loss from its saved config" in proc.stdout
+    assert "[reproduce 0] reproduced: metrics identical" in proc.stdout
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-loss")
     rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "reproduce"]
@@ -146,6 +156,32 @@ def test_reproduce_is_exact_on_cpu(finished):
     for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/accuracy"):
         hist = [sorted((m.step, m.value) for m in client.get_metric_history(r, key)) for r in (rep[-1].info.run_id, orig.user_attrs["mlflow_run_id"])]
         assert hist[0] == hist[1] and hist[0], key
+
+
+def test_reproduce_of_a_rerun_that_differs_says_mismatch_and_exits_1(finished, tmp_path):
+    """In a copy of the study, trial 0's stored config is given another seed (as if edited after the run):
+    its re-run starts from another initialisation and data order, and its metrics differ."""
+    cwd, _, _ = finished
+    root = tmp_path / "mlruns"
+    shutil.copytree(cwd / "mlruns", root, ignore=shutil.ignore_patterns("trials"))
+    journal = root / "optuna.journal"
+    ops = [json.loads(line) for line in journal.read_text().splitlines()]
+    edited = [op for op in ops if op.get("trial_id") == 0 and "config" in op.get("user_attr", {})]
+    assert len(edited) == 1
+    config = json.loads(edited[0]["user_attr"]["config"])
+    assert config["seed"] == 0
+    edited[0]["user_attr"]["config"] = json.dumps(config | {"seed": 1})
+    journal.write_text("".join(json.dumps(op) + "\n" for op in ops))
+    proc = cli("reproduce", "tiny-loss", "--trial", "0", cwd=tmp_path)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    compared = re.findall(r"^\[reproduce 0\] (\w+) loss: original (\S+) reproduced (\S+)$", proc.stdout, re.MULTILINE)
+    assert [split for split, *_ in compared] == ["validation", "test", "validation"], proc.stdout
+    assert all(float(old) != float(new) for _, old, new in compared), compared
+    verdict = re.search(r"^\[reproduce 0\] MISMATCH \(MLflow run (\w+)\)$", proc.stdout, re.MULTILINE)
+    assert verdict, proc.stdout
+    rep = mlflow_client(root).get_run(verdict.group(1))
+    assert rep.data.tags["lbsearch.role"] == "reproduce" and rep.data.tags["lbsearch.reproduced"] == "no" and rep.info.status == "FINISHED"
+    assert rep.data.tags["lbsearch.reproduces"] == journal_study(root, "tiny-loss").trials[0].user_attrs["mlflow_run_id"]
 
 
 def test_every_trial_is_forked_from_one_standby_process_that_ends_with_the_study(finished):
