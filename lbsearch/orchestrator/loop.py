@@ -352,7 +352,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     try:
         # a standby process pays a trial's imports once more, beside the first trial: worth it only for a second one
         forks = use_standby and _trials_left(s.study, cfg, max_trials) > 1
-        with study_progress(cfg.name, cfg.n_trials) as shown, standby() if forks else contextlib.nullcontext():
+        with study_progress(cfg.name, cfg.n_trials) as shown, standby(session.out) if forks else contextlib.nullcontext():
             _show(s, shown)
             while max_trials is None or ran < max_trials:
                 trial = s.ask()

@@ -10,7 +10,9 @@ group, its output on a pipe the orchestrator reads, the trial's environment,
 ``lbsearch.trial.worker.main`` on its spec. It trains in a fresh process, as a started one would;
 only the imports are shared. (Before, the first trial started as its own process and the standby
 imported beside it: two processes importing at once, which on a 2-core machine slowed both.) When
-the standby process cannot fork (it died, or refused), the trial starts as before.
+the standby process cannot fork (it died, or refused), the trial starts as before. It refuses when a
+thread started in it after its imports, Python's or a native pool's (an OpenMP region run in the
+parent can hang a forked child), or CUDA is initialised in it; the study says so once, with the reason.
 
 A trial with another command or environment (say, another precision) gets a standby process of its
 own (``KEEP`` at once). Trials of several processes, on a GPU (CUDA does not survive a fork once the
@@ -31,7 +33,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from lbsearch.spec import FLAG
 
@@ -42,17 +44,19 @@ KEEP = 2
 """Standby processes kept at once, one per trial command and environment (the least recently used goes)."""
 
 _servers: dict[tuple, "_Server | None"] | None = None  # by key, least recently used first (None: refused); None outside standby()
+_say: Callable[[str], None] = print
 
 
 @contextlib.contextmanager
-def standby() -> Iterator[None]:
-    """Trials started inside (one at a time, as the study loop runs them) are forked from a standby process."""
-    global _servers
-    outer, _servers = _servers, {}
+def standby(say: Callable[[str], None] = print) -> Iterator[None]:
+    """Trials started inside (one at a time, as the study loop runs them) are forked from a standby
+    process. ``say``: where a standby process's refusal to fork is said (once per trial command)."""
+    global _servers, _say
+    (outer, _servers), (outer_say, _say) = (_servers, {}), (_say, say)
     try:
         yield
     finally:
-        servers, _servers = [v for v in _servers.values() if v is not None], outer
+        servers, _servers, _say = [v for v in _servers.values() if v is not None], outer, outer_say
         while servers:
             with contextlib.suppress(Exception):
                 servers.pop().end()
@@ -83,7 +87,7 @@ def start(cmd: list[str], env: dict[str, str], spec_file: Path, **popen):
             return proc
         servers.pop(key).end()  # it died (a new one starts beside this trial) or refused
         if server.refused:
-            servers[key] = None
+            _refused(servers, key, server)
             return subprocess.Popen(cmd, env=env, **popen)
     while sum(v is not None for v in servers.values()) >= KEEP:  # trials that alternate two settings (say, the precision) keep both
         oldest = next(k for k, v in servers.items() if v is not None)
@@ -95,15 +99,21 @@ def start(cmd: list[str], env: dict[str, str], spec_file: Path, **popen):
             return proc
         servers.pop(key).end()
         if server.refused:
-            servers[key] = None
+            _refused(servers, key, server)
     return subprocess.Popen(cmd, env=env, **popen)
+
+
+def _refused(servers: dict, key: tuple, server: "_Server") -> None:
+    """No standby process for these trials again: said once, with the standby's reason."""
+    servers[key] = None
+    _say(f"standby process {server.proc.pid} cannot fork trials ({server.refused}): this study's trials start as new processes")
 
 
 class _Server:
     """The orchestrator's side of a standby process."""
 
     def __init__(self, prefix: list[str], env: dict[str, str], spec_file: Path) -> None:
-        self.refused = False  # it answered that it cannot fork (a thread runs in it)
+        self.refused = ""  # why it answered that it cannot fork (a thread runs in it, CUDA is initialised)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs, open(spec_file.parent.parent / "standby.log", "a") as log:  # what it says before a trial has an output
             self.proc = subprocess.Popen([*prefix, FLAG, str(spec_file)], env=env, stdin=theirs, stdout=log, stderr=subprocess.STDOUT,
@@ -119,10 +129,10 @@ class _Server:
             socket.send_fds(self.sock, [json.dumps({"spec": str(spec_file), "env": env}).encode()], [write])
             deadline = time.time() + 120  # its imports may still run
             while select.select([self.sock], [], [], max(0.0, deadline - time.time()))[0]:
-                words = self.sock.recv(64).decode().split()
+                words = self.sock.recv(4096).decode().split()
                 if not words or words[0] != "exit":  # ("exit" of the last trial: a stop that gave up waiting for it)
                     pid = int(words[1]) if words[:1] == ["pid"] else 0
-                    self.refused = words == ["no"]
+                    self.refused = (" ".join(words[1:]) or "no reason given") if words[:1] == ["no"] else ""
                     break
         except (OSError, ValueError):
             pid = 0

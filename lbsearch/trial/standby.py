@@ -12,7 +12,7 @@ import threading
 import traceback
 from typing import Callable
 
-__all__ = ["preload", "serve", "forked_from"]
+__all__ = ["preload", "serve", "forked_from", "os_threads", "refusal"]
 
 forked_from: int | None = None
 """In a trial forked from the standby process: that process's pid (the trial tags ``lbsearch.start``)."""
@@ -31,6 +31,7 @@ def serve(names: list[str], run: Callable[[list[str]], int]) -> int:
     """In the standby process: import ``names``, then for each trial sent on stdin (its spec path,
     its environment, its output pipe) fork a child that runs ``run([spec])``; reply its pid, then its exit code."""
     preload(names)
+    baseline = os_threads()  # the imports' own threads (torch starts one); nothing computes here after them
     sock = socket.socket(fileno=0)
     while True:
         try:
@@ -40,9 +41,10 @@ def serve(names: list[str], run: Callable[[list[str]], int]) -> int:
         if not msg or not fds:
             return 0  # the orchestrator is gone
         request = json.loads(msg)
-        if threading.active_count() > 1:  # an import started a thread: a fork would not carry it; the trial starts anew
+        why = refusal(baseline)
+        if why:  # the trial starts anew; the orchestrator says why, once
             os.close(fds[0])
-            sock.send(b"no")
+            sock.send(f"no {why}".encode())
             continue
         sys.stdout.flush()
         sys.stderr.flush()
@@ -58,6 +60,30 @@ def serve(names: list[str], run: Callable[[list[str]], int]) -> int:
             sock.send(f"exit {pid} {code}".encode())
         except OSError:
             return 0
+
+
+def os_threads() -> int:
+    """This process's threads as the kernel sees them: Python's and native ones (OpenMP, BLAS, Rust pools)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:  # no /proc: Python's own count
+        return threading.active_count()
+
+
+def refusal(baseline: int) -> str | None:
+    """Why this process must not fork a trial now, or None. A fork carries only the calling thread: a
+    Python thread's work would be lost, and a native pool that ran (an OpenMP region, once run in the
+    parent, can hang a forked child at its first parallel op) would be left broken; CUDA does not
+    survive a fork once initialised. ``baseline``: the threads counted right after the imports."""
+    if threading.active_count() > 1:
+        return f"a Python thread runs in it ({', '.join(t.name for t in threading.enumerate() if t is not threading.current_thread())})"
+    extra = os_threads() - baseline
+    if extra > 0:
+        return f"{extra} native thread(s) started in it after its imports (an OpenMP, BLAS or tokenizers pool)"
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_initialized():
+        return "CUDA is initialised in it"
+    return None
 
 
 def _child(sock: socket.socket, out: int, request: dict, run: Callable[[list[str]], int]) -> None:

@@ -103,3 +103,22 @@ def test_trials_of_two_precisions_keep_a_standby_process_each(tmp_path):
     assert all(s[0].startswith("forked from standby process ") and s[1] == s[0] for s in starts.values())
     assert starts["bf16"][1] != starts["no"][1]  # one standby process per environment, both kept
     assert _gone(tmp_path, 5)
+
+
+def test_a_standby_process_that_cannot_fork_says_why_once_and_its_trials_start_anew(tmp_path):
+    site = tmp_path / "site"  # every process of this environment starts a thread of its own, the standby process too
+    site.mkdir()
+    (site / "sitecustomize.py").write_text("import threading, time\n"
+                                           "threading.Thread(target=time.sleep, args=(600,), name='leftover-loader', daemon=True).start()\n")
+    env = dict(os.environ, ACCELERATE_USE_CPU="True", PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
+    spec = tmp_path / "trials" / "s" / "0000" / "spec.json"
+    spec.parent.mkdir(parents=True)
+    said: list[str] = []
+    with standby.standby(said.append):
+        for _ in range(2):
+            proc = standby.start([sys.executable, "-m", "lbsearch.trial.worker", str(spec)], env, spec, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT, text=True)
+            assert isinstance(proc, subprocess.Popen)  # started anew, not forked
+            proc.communicate(timeout=120)  # (no spec there: the worker fails; only how it started matters here)
+    assert len(said) == 1, said  # said once, not per trial
+    assert "cannot fork trials (a Python thread runs in it (leftover-loader)): this study's trials start as new processes" in said[0]
