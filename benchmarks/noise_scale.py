@@ -70,8 +70,8 @@ def main() -> int:
             line = f"round {r} {mode:10s}: {run['samples_per_s']:.1f} samples/s"
             if mode in fractions:
                 inside = sum(spent.values()) - sum(before.values())
-                fractions[mode].append(inside / run["result"]["train_s"])
-                b_simple[mode].append(run["result"].get("b_simple", float("nan")))
+                fractions[mode].append(inside / run["result"].train_s)
+                b_simple[mode].append(run["result"].b_simple if run["result"].b_simple is not None else float("nan"))
                 line += f", estimator {100 * fractions[mode][-1]:.2f}% of training time, B_simple {b_simple[mode][-1]:.0f}"
             print(line, flush=True)
     med = {m: statistics.median(v) for m, v in rates.items()}
