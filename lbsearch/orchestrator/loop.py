@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator.finish import finish_study, front_plot
-from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
+from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
 from lbsearch.spec import (
     BATCH_KEY,
@@ -166,7 +166,7 @@ class _Search:
             if best.user_attrs.get("mlflow_run_id"):
                 mark_best(self.tracker, self.exp_id, self.cfg.name, best.user_attrs["mlflow_run_id"])
 
-    def run_one(self, trial: optuna.Trial) -> None:
+    def run_one(self, trial: optuna.Trial, stopper: Stopper | None = None) -> None:
         cfg, prefix = self.cfg, f"[trial {trial.number}]"
         try:
             params = suggest(trial, cfg.space)
@@ -192,7 +192,7 @@ class _Search:
                        params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
                        optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
                        OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()),
-                       save_model=cfg.save_model != "none")
+                       save_model=cfg.save_model != "none", stopper=stopper)
         self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
         t0 = time.time()
         try:
@@ -203,6 +203,8 @@ class _Search:
         except TrackingError as err:  # the tracking server failed this trial, not the study
             self._tracking_failed(trial, err, prefix)
             return
+        if stopper is not None and stopper.fired:  # re-run elsewhere: its checkpoints are of no use here
+            discard(workdir)
         if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
             trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
         self._tell(trial, out.result, out.plan)
@@ -362,8 +364,9 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
                     time.sleep(heartbeat_interval(s.study))
                     continue
                 ran += 1
-                with heartbeat(s.study, trial, s.session.out):
-                    s.run_one(trial)
+                stopper = Stopper()  # a worker whose trial another worker re-runs (its heartbeat was lost) stops its copy
+                with heartbeat(s.study, trial, s.session.out, on_superseded=stopper.stop):
+                    s.run_one(trial, stopper)
                 s.update_parent(trial.number)
                 _show(s, shown)
                 session.out(summary(s.study, cfg.n_trials))

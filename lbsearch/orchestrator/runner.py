@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +74,8 @@ class TrialRun:
     resumable: bool = False
     """A re-run of this trial may resume from its checkpoints (a search trial): they are kept when it
     fails for a reason that is retried, and deleted otherwise."""
+    stopper: Stopper | None = None
+    """Told the trial process's pid while it runs, so that another thread can stop it."""
 
 
 @dataclass
@@ -80,6 +84,27 @@ class Outcome:
     result: TrialResult
     plan: TrialPlan
     """The plan that ran (micro-batch limit known), or the planned one if the process never started training."""
+
+
+class Stopper:
+    """Stops a running trial's process group from another thread (a worker whose trial was re-run
+    elsewhere): SIGTERM, as Ctrl-C would, so that it ends with a checkpoint and its run as KILLED."""
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.fired = False
+
+    def started(self, pid: int) -> None:
+        self.pid = pid
+
+    def done(self) -> None:
+        self.pid = None
+
+    def stop(self) -> None:
+        self.fired = True
+        if self.pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.pid, signal.SIGTERM)
 
 
 def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Callable[[str], None] = lambda run_id: None) -> Outcome:
@@ -139,6 +164,8 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
         raise
     finally:
         shown.trial_end()
+        if run.stopper is not None:
+            run.stopper.done()
     if not (run.resumable and result.state == "failed" and result.reason in RETRYABLE):
         discard(run.workdir)
     _end(box, run_id, run.workdir, result)
@@ -192,13 +219,17 @@ def _run_once(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: T
     on_line, last_json = _line_handler(session, box, run_id, run.prefix)
     if run.data is None:
         spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), optuna=run.optuna, tracking=True)
-        return run_trial_process(spec, run.workdir, on_line=on_line, program=script_program(run.exp, plan, run.workdir),
+        return run_trial_process(spec, run.workdir, on_line=on_line, on_start=_started(run), program=script_program(run.exp, plan, run.workdir),
                                  no_result=lambda code: _script_result(box, run_id, run, code, last_json.get("line")))
     spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
                       pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
                       tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
                       checkpoint_dir=str(run.workdir / FOLDER))
-    return run_trial_process(spec, run.workdir, on_line=on_line)
+    return run_trial_process(spec, run.workdir, on_line=on_line, on_start=_started(run))
+
+
+def _started(run: TrialRun) -> Callable[[int], None]:
+    return run.stopper.started if run.stopper is not None else lambda pid: None
 
 
 def _script_result(box: Outbox, run_id: str, run: TrialRun, code: int, last_json: dict[str, Any] | None) -> TrialResult | None:

@@ -14,6 +14,7 @@ import json
 import os
 import socket
 import threading
+import weakref
 import zlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
@@ -165,11 +166,16 @@ def heartbeat_interval(study: optuna.Study) -> float:
     return storage_of(study).get_heartbeat_interval()
 
 
+_TOLD: "weakref.WeakSet[optuna.Trial]" = weakref.WeakSet()
+"""The trials whose result this process told or is telling: ended here, not superseded."""
+
+
 @contextlib.contextmanager
-def heartbeat(study: optuna.Study, trial: optuna.Trial, say: Callable[[str], None] = print):
+def heartbeat(study: optuna.Study, trial: optuna.Trial, say: Callable[[str], None] = print, on_superseded: Callable[[], None] = lambda: None):
     """Record the trial's heartbeat while it runs (RDB storage), so other machines can tell it is alive.
     A missed beat is retried at the next interval and said once per outage: after the study's grace
-    period without one, another machine fails the trial as ``worker died`` and re-runs it."""
+    period without one, another machine fails the trial as ``worker died`` and re-runs it. A beat that
+    finds the trial so finished says so and calls ``on_superseded`` (this worker stops its copy), once."""
     if not uses_heartbeats(study):
         yield
         return
@@ -179,6 +185,11 @@ def heartbeat(study: optuna.Study, trial: optuna.Trial, say: Callable[[str], Non
         missed = 0
         while not stop.wait(storage.get_heartbeat_interval()):
             try:
+                if trial not in _TOLD and storage.get_trial(tid).state.is_finished():  # failed elsewhere while this one ran
+                    say(f"[trial {trial.number}] was failed by another worker (this one's heartbeat was lost) and is re-run there: "
+                        "this worker stops its copy")
+                    on_superseded()
+                    return
                 storage.record_heartbeat(tid)
             except Exception as err:  # noqa: BLE001 - retried at the next interval, said once
                 missed += 1
@@ -204,6 +215,7 @@ def tell_once(study: optuna.Study, trial: optuna.Trial, attrs: dict[str, Any], v
               state: TrialState | None = None) -> bool:
     """Set the trial's user attributes and tell its result; False (nothing changed) where another
     worker already finished it (it lost its heartbeat and was failed and re-run elsewhere)."""
+    _TOLD.add(trial)  # from here on its end is this worker's own (``heartbeat``)
     try:
         for k, v in attrs.items():
             trial.set_user_attr(k, v)

@@ -53,3 +53,24 @@ def test_a_run_that_cannot_be_ended_is_said_and_the_first_error_goes_up(tmp_path
         with ended_on_error(tracker, "no-such-run", tmp_path / "trial", False, said.append):
             raise ValueError("the trial's own error")
     assert len(said) == 1 and "no-such-run could not be ended" in said[0]
+
+
+def test_a_stopper_sigterms_the_running_trials_group_and_nothing_once_it_ended():
+    import signal
+    import subprocess
+    import sys
+
+    from lbsearch.orchestrator.runner import Stopper
+
+    stopper = Stopper()
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    stopper.started(child.pid)
+    stopper.stop()  # from the heartbeat's thread: this worker's trial is re-run elsewhere
+    assert child.wait(timeout=10) == -signal.SIGTERM and stopper.fired
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], start_new_session=True)
+    stopper.started(other.pid)
+    stopper.done()  # the trial ended: a late stop touches nothing
+    stopper.stop()
+    assert other.poll() is None
+    other.kill()
+    other.wait()

@@ -110,3 +110,47 @@ def test_a_result_for_a_trial_another_worker_finished_is_not_told_and_nothing_cr
     study.tell(lost.number, state=TrialState.FAIL)  # what the other machine's recovery does
     assert not tell_once(study, lost, {"samples": 20}, [0.9])
     assert study.trials[1].state == TrialState.FAIL and study.trials[1].user_attrs == {}
+
+
+def test_a_worker_whose_trial_was_failed_elsewhere_hears_it_at_its_next_beat_and_stops_its_copy(tmp_path):
+    """Its heartbeat was lost: another machine failed the trial (and re-runs it). At its next beat
+    this worker says so and stops its copy (``on_superseded``), once, and beats no more."""
+    import threading
+    import time
+
+    import optuna
+    from optuna.trial import TrialState
+
+    from lbsearch.study import heartbeat, open_storage
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    said: list[str] = []
+    stopped = threading.Event()
+    with heartbeat(study, trial, said.append, on_superseded=stopped.set):
+        time.sleep(1.5)
+        assert not stopped.is_set() and said == []  # beating, still its own
+        study.tell(trial.number, state=TrialState.FAIL)  # what the other machine's recovery does
+        assert stopped.wait(5)
+        time.sleep(1.5)
+    assert len(said) == 1 and said[0].startswith(f"[trial {trial.number}] was failed by another worker")
+
+
+def test_a_trial_told_at_its_end_is_not_taken_for_one_failed_elsewhere(tmp_path):
+    import threading
+    import time
+
+    import optuna
+
+    from lbsearch.study import heartbeat, open_storage, tell_once
+
+    storage = open_storage(f"sqlite:///{tmp_path / 'optuna.db'}", heartbeat_interval=1, grace_period=2)
+    study = optuna.create_study(storage=storage)
+    trial = study.ask()
+    stopped = threading.Event()
+    with heartbeat(study, trial, print, on_superseded=stopped.set):
+        time.sleep(1.2)
+        assert tell_once(study, trial, {}, [0.5])
+    time.sleep(1.5)
+    assert not stopped.is_set()
