@@ -46,7 +46,7 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     report = tmp_path / "mlruns" / "reports" / "lm-ladder"
     s = json.loads((report / "summary.json").read_text())["tokens"]
     assert [(r["batch_size"], r["batch_tokens"], r["trials"]) for r in s["per_batch_size"]] == [(4, 64, 2), (8, 128, 2), (16, 256, 2)]
-    assert all(r["b_simple_tokens_median"] > 0 for r in s["per_batch_size"])  # micro-batch 2: measured at every B
+    assert all(r["b_simple_tokens_median"] > 0 and r["b_simple_trials"] == r["trials"] for r in s["per_batch_size"])  # micro-batch 2: measured in every trial
     assert len(s["targets"]) >= 3 and len(s["fits"]) == len(s["targets"])
     for j, f in enumerate(s["fits"]):  # every target: B_crit from the table of tokens to target (B = 4, 8, 16)
         assert "error" not in f and f["batch_sizes_reached"] == [4, 8, 16], f

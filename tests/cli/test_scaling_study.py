@@ -1,5 +1,6 @@
 """The batch-scaling path's refusals and the grid sampler end to end. (The ladder study itself, its noise
-scale in MLflow and its report: tests/cli/test_mlflow_story.py, on the one ladder study.)"""
+scale in MLflow and its report: tests/cli/test_mlflow_story.py, on the one ladder study; a study whose
+steps-to-target and B_crit fits succeed: tests/cli/test_lm_report_study.py.)"""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def test_grid_study_runs_its_whole_grid(tmp_path, specs):
                     "search_space:\n  optimizer.lr: {type: categorical, choices: [1.0e-3, 3.0e-3]}\n"
                     "sampler: {name: grid, seed: 0}\npruner: {name: none}\n"
                     "experiment_overrides: {train.budget_samples: 320, train.eval_every_samples: 320}\n")
-    run_cli("run", str(spec), cwd=tmp_path, check=True)
+    proc = run_cli("run", str(spec), cwd=tmp_path, check=True)
     trials = journal_study(tmp_path / "mlruns", "tiny-grid").get_trials()
     assert sorted(t.params["optimizer.lr"] for t in trials) == [1e-3, 3e-3]
-    assert all(t.state == TrialState.COMPLETE for t in trials)
+    assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.COMPLETE]
+    assert "[study tiny-grid] done 2 · pruned 0 · failed 0 of 2 · best " in proc.stdout, proc.stdout
