@@ -90,34 +90,48 @@ def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeat
     """The best FLOP/s of a square matmul in ``dtype`` on ``device`` over ``repeats`` bursts of ``seconds``
     (on a CPU at the current thread count): what its matmul units deliver to PyTorch.
 
+    On a CPU the rate is counted per CPU-second this process got (``time.process_time``) times the
+    thread count, not per second of the wall clock: while other jobs share the cores (a package
+    install, a CPU burner, parallel tests), the burst gets a fraction of them and a wall-clock rate
+    falls with it (to a third or less under a burner per core on a 2-core EPYC), where the rate per
+    CPU-second stays what the cores deliver when they run it. On an idle machine the two agree.
+
     The side grows from 256 up to ``n`` while one product takes at most ``seconds / 2``: where the CPU
     emulates the precision (bf16 or fp16 without hardware support, ~1 GFLOP/s), a 2048-sided product
     would take 10 s and the measurement minutes; a smaller one measures the same emulated rate in about
     a second. Fast devices reach ``n``."""
     gen = torch.Generator().manual_seed(0)  # never the global RNG: measuring must not change what a trial trains on
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    spent = _spent if torch.device(device).type == "cpu" else (lambda t0, c0: time.perf_counter() - t0)
     size = min(256, n)
     while True:
         a, b = (torch.randn(size, size, generator=gen).to(device=device, dtype=dtype) for _ in range(2))
         a @ b  # warm-up (thread pool, kernel selection)
         sync()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         a @ b
         sync()
-        if size >= n or 8 * (time.perf_counter() - t0) > seconds / 2:
+        if size >= n or 8 * spent(t0, c0) > seconds / 2:
             break
         size = min(2 * size, n)
     best = 0.0
     for _ in range(repeats):
-        count, t0 = 0, time.perf_counter()
+        count, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             a @ b
             count += 1
             if count % 8 == 0:
                 sync()
         sync()
-        best = max(best, 2 * size**3 * count / (time.perf_counter() - t0))
+        best = max(best, 2 * size**3 * count / spent(t0, c0))
     return best
+
+
+def _spent(t0: float, c0: float) -> float:
+    """Seconds of the cores' time a CPU burst got since ``t0`` (wall clock) and ``c0`` (process CPU
+    time): its CPU time over the thread count, never more than the wall clock's."""
+    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+    return min(wall, cpu / torch.get_num_threads()) if cpu > 0 else wall
 
 
 def _gpu_peak(name: str, precision: str) -> float | None:
