@@ -2,11 +2,11 @@
 
 Inside a process that lbsearch launched (an experiment of ``kind: script``), ``current()`` is the
 trial: its values (B and its split, the lr after the scaling rule, warmup, budget, the script's own
-``params``) and plan; ``log`` / ``report`` send metrics at samples seen to the trial's MLflow run and
-its evaluation metric to Optuna; ``should_stop`` says, on every rank alike, whether to stop
-(pruned, diverged, interrupted); ``finish`` writes the result. Run by hand (``python train.py``),
-the same calls do nothing and ``values`` are the defaults given, so the script runs as without
-lbsearch::
+``params``) and plan; ``log`` / ``report`` send metrics to the trial's MLflow run at samples seen (its
+step: trials of different B line up at equal data) and the evaluation metric to Optuna;
+``should_stop`` says, on every rank alike, whether to stop (pruned, diverged, interrupted);
+``finish`` writes the result. Run by hand (``python train.py``), the same calls do nothing and
+``values`` are the defaults given, so the script runs as without lbsearch::
 
     from lbsearch import api
 
@@ -95,9 +95,10 @@ class Trial:
         return self.values.get(name, default)
 
     def log(self, metrics: dict[str, float | None], *, samples: int, step: int | None = None) -> None:
-        """Training metrics at ``samples`` seen (MLflow step: ``step``, default samples // B). A
-        ``train/loss`` (or ``loss``) that is not finite, or above ``train.divergence_factor`` x its
-        first value, stops the trial as diverged at the next ``should_stop``."""
+        """Training metrics at ``samples`` seen (their MLflow step), with ``progress/samples`` and the
+        optimizer step ``step`` (default samples // B) as ``progress/step``. A ``train/loss`` (or
+        ``loss``) that is not finite, or above ``train.divergence_factor`` x its first value, stops the
+        trial as diverged at the next ``should_stop``."""
         if not self.active:
             return
         step = self._at(samples, step)
@@ -106,18 +107,19 @@ class Trial:
             self._first_loss = self._first_loss if self._first_loss is not None else loss
             if diverged(loss, self._first_loss, self._exp.train.divergence_factor):
                 self._code = max(self._code, _DIVERGED)
-        self._rep.metrics(dict(metrics) | {"progress/samples": samples}, step)
+        self._rep.metrics(dict(metrics) | {"progress/samples": samples, "progress/step": step}, samples)
         self._rep.flush(at_least=200)  # one line per ~200 rows between evaluations
 
     def report(self, metrics: dict[str, float], *, samples: int, step: int | None = None) -> None:
-        """Evaluation metrics at ``samples`` seen, logged as ``eval/<name>``. The study's metric goes to
+        """Evaluation metrics at ``samples`` seen (their MLflow step), logged as ``eval/<name>``; ``step``
+        (default samples // B) is the optimizer step of ``steps_to_target``. The study's metric goes to
         Optuna at the evaluation point it reached (a multiple of ``train.eval_every_samples``, as in
         lbsearch's own loop), where the pruner may decide to stop the trial (``should_stop``)."""
         self.last_eval = {k.split("/")[-1].removeprefix("eval_"): float(v) for k, v in metrics.items()}
         if not self.active:
             return
         step = self._at(samples, step)
-        self._rep.metrics({(k if "/" in k else f"eval/{k}"): v for k, v in metrics.items()}, step)
+        self._rep.metrics({(k if "/" in k else f"eval/{k}"): v for k, v in metrics.items()}, samples)
         value, m = self.last_eval.get(self._exp.metric.name), self._exp.metric
         # the evaluation points whose optimizer step has been reached (the last one is the budget itself)
         reached = [n for s, n in self.plan.evals if s * self.plan.batch_size <= samples and n not in self._reported]
@@ -128,7 +130,7 @@ class Trial:
         sign = 1 if m.direction == "maximize" else -1
         if value is not None and m.target is not None and "samples_to_target" not in self._result and sign * (value - m.target) >= 0:
             self._result |= {"samples_to_target": samples, "steps_to_target": step}
-            self._rep.metrics({"samples_to_target": samples, "steps_to_target": step}, step)
+            self._rep.metrics({"samples_to_target": samples, "steps_to_target": step}, samples)
         self._rep.flush()
 
     def _at(self, samples: int, step: int | None) -> int:
@@ -166,7 +168,7 @@ class Trial:
         else:
             r |= {"validation": val, "test": test, "value": val[name]}
             self._rep.metrics({f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in (test or {}).items()},
-                              max(self._steps, 1))
+                              self._samples)
         self._rep.flush()
         if self.is_main and self._spec.result:
             write_result(self._spec.result, TrialResult.model_validate(r))

@@ -1,4 +1,8 @@
-"""Rank 0's link back to the orchestrator: the plan, tags and metric rows as marked stdout lines, and Optuna's pruning decision through the trial's own storage connection."""
+"""Rank 0's link back to the orchestrator: the plan, tags and metric rows as marked stdout lines, and Optuna's pruning decision through the trial's own storage connection.
+
+Metric rows are ``[key, value, timestamp_ms, step]`` where ``step`` is the data seen: samples, or
+tokens for a language model (samples x ``max_length``). MLflow's charts then line trials of different
+batch sizes up at equal data; the optimizer step is a metric of its own (``progress/step``)."""
 
 
 from __future__ import annotations
@@ -7,7 +11,7 @@ import math
 import time
 from typing import Any
 
-from lbsearch.spec import WorkerSpec, message
+from lbsearch.spec import WorkerSpec, message, sample_unit
 
 
 class Reporter:
@@ -19,13 +23,13 @@ class Reporter:
         self.tracking = spec.tracking and is_main
         self.is_main = is_main
         self._buffer: list[list[Any]] = []
+        exp = spec.experiment
+        self.unit = sample_unit(exp.get("task", "single_label"), exp.get("data", {}).get("max_length", 1))
+        """Tokens per sample for a language model, else 1: the metric rows' step is ``samples x unit``."""
         if is_main and spec.optuna is not None:
-            from lbsearch.spec import sample_unit
             from lbsearch.study import attach_trial
 
-            exp = spec.experiment
-            unit = sample_unit(exp.get("task", "single_label"), exp.get("data", {}).get("max_length", 1)) if train is None else 1
-            self.trial = attach_trial(spec.optuna, train or exp["train"], unit)
+            self.trial = attach_trial(spec.optuna, train or exp["train"], self.unit if train is None else 1)
 
     def plan(self, plan: dict[str, Any]) -> None:
         if self.tracking:
@@ -36,10 +40,12 @@ class Reporter:
         if self.tracking:
             print(message("tags", tags), flush=True)
 
-    def metrics(self, values: dict[str, float | None], step: int) -> None:
+    def metrics(self, values: dict[str, float | None], samples: int) -> None:
+        """Metric rows at ``samples`` seen: their MLflow step is the data seen, ``samples x unit``
+        (tokens for a language model), so trials of different B compare at equal data."""
         if not self.tracking:
             return
-        now = int(time.time() * 1000)
+        now, step = int(time.time() * 1000), int(samples) * self.unit
         self._buffer += [[k, float(v), now, step] for k, v in values.items() if v is not None and math.isfinite(v)]
 
     def flush(self, at_least: int = 1) -> None:

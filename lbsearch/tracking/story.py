@@ -71,8 +71,8 @@ def description(cfg: "StudyConfig", exp_raw: dict[str, Any]) -> str:
         "",
         f"The run `{cfg.name}` is the study: the trials table (`trials.csv`), Optuna's plots (`plots/`), the best trial "
         "(tags `best.*`). Each nested run `trial-N` is one trial: its resolved config (`config.json`), the command that "
-        "re-runs it (`reproduce.sh`), `eval/*` and `train/*` metrics against the optimizer step (`progress/samples` is "
-        f"the samples seen), system metrics, and its datasets. The best trial has the tag `{BEST_TAG}` = `true`.",
+        "re-runs it (`reproduce.sh`), `eval/*` and `train/*` metrics against the samples seen (tokens for a language model; "
+        f"the optimizer step is the metric `progress/step`), system metrics, and its datasets. The best trial has the tag `{BEST_TAG}` = `true`.",
         "",
         "The study as it ran (defaults filled in), then its experiment spec:",
         "```yaml", _yaml(cfg.model_dump(mode="json", exclude={"experiment"}, exclude_none=True))[:1800], "```",

@@ -224,9 +224,13 @@ class Tracker:
             _retry(self.client.log_batch, run_id, metrics=metrics[i : i + 900])
 
     def copy_metrics(self, src: str, dst: str, max_step: int) -> None:
-        """Copy ``src``'s metric histories up to ``max_step`` into ``dst`` (a resumed trial's run: one curve)."""
-        rows = [[m.key, m.value, m.timestamp, m.step] for key in self.client.get_run(src).data.metrics
-                if not key.startswith("system/") for m in self.client.get_metric_history(src, key) if m.step <= max_step]
+        """Copy ``src``'s metric histories up to optimizer step ``max_step`` into ``dst`` (a resumed
+        trial's run: one curve). Metrics are logged at the data seen (samples, or tokens); ``src``'s
+        own ``progress/step`` says which data that step had seen (a run without it counts in steps)."""
+        keys = [key for key in self.client.get_run(src).data.metrics if not key.startswith("system/")]
+        at = [m.step for m in self.client.get_metric_history(src, "progress/step") if m.value <= max_step] if "progress/step" in keys else [max_step]
+        upto = max(at, default=-1)
+        rows = [[m.key, m.value, m.timestamp, m.step] for key in keys for m in self.client.get_metric_history(src, key) if m.step <= upto]
         self.metric_rows(dst, rows)
 
     def end(self, run_id: str, status: str) -> None:

@@ -206,8 +206,8 @@ class Trial:
         seen = step * self.plan.batch_size
         self.result["steps"], self.result["samples"] = step, seen
         self.rep.metrics({"train/loss": self.loss, "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.grad_norm,
-                          "train/clip_frac": self.clipped / step, "progress/samples": seen}
-                         | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), step)
+                          "train/clip_frac": self.clipped / step, "progress/samples": seen, "progress/step": step}
+                         | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), seen)
 
     def _inputs(self, idx: np.ndarray, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One micro-batch's model inputs and targets (a language model's masks seeded by seed, step and first sample)."""
@@ -247,7 +247,7 @@ class Trial:
         if self.lm and noise.get("gns/b_simple") is not None:
             noise["gns/b_simple_tokens"] = noise["gns/b_simple"] * self.unit
         self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise
-                         | ({"progress/tokens": seen * self.unit} if self.lm else {}), step)
+                         | ({"progress/tokens": seen * self.unit} if self.lm else {}), seen)
         self.rep.flush()
         self.result["evals"].append({"step": step, "samples": seen, "nominal_samples": self.evals[step], **m, **noise})
         if noise.get("gns/b_simple") is not None:
@@ -257,7 +257,7 @@ class Trial:
         if metric.target is not None and "samples_to_target" not in self.result and sign * (value - metric.target) >= 0:
             self.result["samples_to_target"], self.result["steps_to_target"] = seen, step
             self.result["tokens_to_target"] = seen * self.unit if self.lm else None
-            self.rep.metrics({"samples_to_target": seen, "steps_to_target": step} | ({"tokens_to_target": seen * self.unit} if self.lm else {}), step)
+            self.rep.metrics({"samples_to_target": seen, "steps_to_target": step} | ({"tokens_to_target": seen * self.unit} if self.lm else {}), seen)
         done = f"tokens {seen * self.unit:,}/{self.plan.budget_samples * self.unit:,}" if self.lm else f"samples {seen}/{self.plan.budget_samples}"
         self.say(f"{done} loss {self.loss:.4f} eval {metric.name} {value:.4f} "
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed['train/tokens_per_s']:.0f} tokens/s"
@@ -298,7 +298,7 @@ class Trial:
             r["validation"] = self.last_eval or self.evaluate_val(self.acc, self.model, self.pad_id)
             r["test"] = self._evaluator("test")(self.acc, self.model, self.pad_id)
             r["value"] = r["validation"][self.exp.metric.name]
-            self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, plan.steps)
+            self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, r["samples"])
             if self.spec.model_dir:
                 try:  # a model that cannot be saved does not undo a finished trial
                     r["model_dir"] = self._save(Path(self.spec.model_dir), r)
@@ -306,7 +306,7 @@ class Trial:
                     r["model_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
                     self.say(f"model not saved: {r['model_error']}")
         r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
-        self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["steps"])
+        self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["samples"])
         self.rep.flush()
         r["plan"], r["wall_s"] = plan.to_dict(), time.time() - self.t_start
         self.acc.end_training()

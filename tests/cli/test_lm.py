@@ -53,6 +53,7 @@ def test_language_model_trains_in_tokens(task, tmp_path, env):
     assert profile["train_tokens"] > 0 and 0 < profile["unigram_entropy"] < math.log(512)
     tokens = [p.value for p in client.get_metric_history(run.info.run_id, "progress/tokens")]
     assert tokens == [16 * L * 4, 16 * L * 8, 16 * L * 12]
+    assert [p.step for p in client.get_metric_history(run.info.run_id, "eval/loss")] == tokens  # MLflow's step: tokens seen
     assert m["tokens_to_target"] == 16 * L * 4  # a loss of 100 is reached at the first evaluation
     # micro-batch 8 x accumulation 2: the noise scale is measured, in sequences and in tokens
     b = client.get_metric_history(run.info.run_id, "gns/b_simple")

@@ -1,6 +1,7 @@
 """A study read back through MLflow's API alone, as someone without lbsearch would: the experiment's
-kind and description, each trial's datasets and system metrics, the best trial's tag, the parent
-run's Optuna plots and (a batch ladder) its batch-scaling report. The study runs on a terminal (a
+kind and description, each trial's datasets and system metrics, its metrics at samples seen (the
+trials of a batch ladder meet at equal data), the best trial's tag, the parent run's Optuna plots
+and its batch-scaling report. The study runs on a terminal (a
 pseudo-terminal, as ``script`` gives), so the live bars are checked on the same run."""
 
 from __future__ import annotations
@@ -44,9 +45,13 @@ def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]
 
 @pytest.fixture(scope="module")
 def ladder(tmp_path_factory):
-    """tiny-ladder (B = 16, 32, 64, 960 samples each), with MLflow's default system-metrics interval."""
+    """tiny-ladder (B = 16, 32, 64, 960 samples each), with MLflow's default system-metrics interval. Its
+    objective is the validation loss: the tiny model's accuracy is the majority class's in every trial,
+    which leaves fANOVA no variance to share out (no importance plot). Every trial's loss reaches the
+    target at the first evaluation (320 samples)."""
     cwd = tmp_path_factory.mktemp("story")
-    code, screen = _run_on_a_terminal(cwd, "run", str(SPECS / "tiny_ladder.yaml"))
+    code, screen = _run_on_a_terminal(cwd, "run", str(SPECS / "tiny_ladder.yaml"), "--set", "experiment.metric.name=loss",
+                                      "--set", "experiment.metric.target=0.69")
     assert code == 0, screen[-4000:]
     client = mlflow_client(cwd / "mlruns")
     exp = client.get_experiment_by_name("tiny-ladder")
@@ -68,8 +73,9 @@ def test_experiment_kind_and_description(ladder):
     _, _, _, exp, _, _ = ladder
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     note = exp.tags["mlflow.note.content"]
-    assert note.startswith("**lbsearch study `tiny-ladder`**: 3 trials of `tiny`") and "validation **accuracy** (maximize)" in note
+    assert note.startswith("**lbsearch study `tiny-ladder`**: 3 trials of `tiny`") and "validation **loss** (minimize)" in note
     assert "batch ladder [16, 32, 64]" in note and "| `optimizer.lr` | float 0.001 .. 0.01 (log) |" in note
+    assert "metrics against the samples seen (tokens for a language model; the optimizer step is the metric `progress/step`)" in note
 
 
 def test_each_trial_logs_its_datasets(ladder):
@@ -94,6 +100,28 @@ def test_each_trial_has_system_metrics(ladder):
         assert max(m.timestamp for m in cpu) <= run.info.end_time + 1000  # the monitor stopped with the trial
 
 
+def test_metrics_are_logged_at_samples_seen_and_the_optimizer_step_is_its_own_metric(ladder):
+    """MLflow's step of every metric a trial logs is the samples it has seen, so trials of B = 16, 32 and
+    64 meet at equal data on one chart; ``progress/step`` keeps the optimizer step."""
+    _, _, client, _, _, trials = ladder
+    evaluations = {}
+    for run in trials.values():
+        b, run_id = int(run.data.params["plan.batch_size"]), run.info.run_id
+        hist = {k: sorted(client.get_metric_history(run_id, k), key=lambda m: m.step) for k in run.data.metrics if not k.startswith("system/")}
+        data_axis = {s * b for s in range(1, 960 // b + 1)}  # samples seen after each optimizer step
+        assert [(m.step, m.value) for m in hist["progress/step"]] == [(s * b, s) for s in range(1, 960 // b + 1)]
+        assert [(m.step, m.value) for m in hist["progress/samples"]] == [(s * b, s * b) for s in range(1, 960 // b + 1)]
+        assert [m.step for m in hist["train/loss"]] == [m.step for m in hist["train/lr"]] == sorted(data_axis)
+        for key, ms in hist.items():
+            assert {m.step for m in ms} <= data_axis, key
+        evaluations[b] = {k: [m.step for m in ms] for k, ms in hist.items() if k.startswith(("eval/", "val/", "test/"))}
+        assert [(m.step, m.value) for m in hist["steps_to_target"]] == [(320, 320 // b)]
+    assert set(evaluations) == {16, 32, 64}
+    for b, steps in evaluations.items():  # every B evaluates at the same samples seen: one chart compares them
+        assert steps == evaluations[16] and steps["eval/loss"] == steps["eval/accuracy"] == [320, 640, 960], b
+        assert steps["val/loss"] == steps["test/accuracy"] == [960], b
+
+
 def test_the_best_trial_is_tagged_and_only_it(ladder):
     _, _, _, _, parent, trials = ladder
     best = int(parent.data.tags["best.trial"])
@@ -107,9 +135,10 @@ def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
     assert {"trials.csv", "plots", "report"} <= arts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/parallel_coordinates.png", "plots/intermediate_values.png", "plots/README.md"} <= plots
-    readme = client.download_artifacts(parent.info.run_id, "plots/README.md", str(cwd))
-    # the tiny model's accuracy is the same in every trial: fANOVA has no variance to share out, and says so
-    assert "plots/param_importances.png" in plots or "`param_importances.png`: not drawn: " in open(readme).read()
+    readme = Path(client.download_artifacts(parent.info.run_id, "plots/README.md", str(cwd))).read_text()
+    # three complete trials whose losses differ: fANOVA has variance to share out, so the plot is drawn
+    assert "plots/param_importances.png" in plots, readme
+    assert "- `param_importances.png`: How much of the variation in validation loss each parameter explains (fANOVA)." in readme
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {"report/index.html", "report/summary.json", "report/steps_to_target.png"} <= report  # written without `lbsearch report`
     assert "[report tiny-ladder]" in screen and "report/lr_alpha" in client.get_run(parent.info.run_id).data.metrics

@@ -52,10 +52,10 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert (tags["lbsearch.resumed_from_step"], tags["lbsearch.resumed_from_trial"], tags["lbsearch.retry_of"]) == (str(step), "0", "0")
     assert tags["lbsearch.resumed_from_run"] == trials[0].user_attrs["mlflow_run_id"]
     # bit for bit: the per-step loss after the resume point, every evaluation, the final validation and test metrics
-    after = [(s, v) for s, v in hist["train/loss"] if s > step]
-    assert len(after) == 60 - step and after == [(s, v) for s, v in base["train/loss"] if s > step]
+    after = [(s, v) for s, v in hist["train/loss"] if s > step * 32]  # metrics are at samples seen
+    assert len(after) == 60 - step and after == [(s, v) for s, v in base["train/loss"] if s > step * 32]
     assert set(hist) == set(base) and all(hist[k] == base[k] for k in hist if not k.startswith("train/"))
-    assert [p for p in hist["train/loss"] if p[0] <= step] == [p for p in base["train/loss"] if p[0] <= step]  # carried over from trial 0
+    assert [p for p in hist["train/loss"] if p[0] <= step * 32] == [p for p in base["train/loss"] if p[0] <= step * 32]  # carried over from trial 0
     assert retry.value == base_trial.value and retry.user_attrs["test_accuracy"] == base_trial.user_attrs["test_accuracy"]
     assert retry.intermediate_values == base_trial.intermediate_values  # the pruner sees one curve
     assert not list(root.glob("trials/*/*/checkpoints"))  # a finished trial leaves no checkpoint

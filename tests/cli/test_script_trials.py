@@ -87,7 +87,7 @@ def test_the_same_mlflow_tree_shape(twins):
     assert built == script
     assert script["runs"] == 4 and [c["status"] for c in script["children"]] == ["FINISHED"] * 3
     assert [c["tags"].get("lbsearch.reason") for c in script["children"]] == [None, "pruned", "pruned"]
-    assert script["children"][0]["eval_loss_steps"] == [10, 20, 30] and script["children"][2]["eval_loss_steps"] == [20]
+    assert script["children"][0]["eval_loss_steps"] == [320, 640, 960] and script["children"][2]["eval_loss_steps"] == [320]  # samples seen (B = 16: 20 steps)
     assert {"config.json", "reproduce.sh", "versions.json", "stdout.log"} <= set(script["children"][0]["artifacts"])
 
 

@@ -85,12 +85,12 @@ def test_mlflow_run_tree(finished):
     assert p["plan.precision"] == "no" and p["plan.lr"] == "0.003" and p["plan.evals"] == "[320, 640, 960]"
     assert tags["plan.micro_batch"] == "16" and tags["plan.accumulation"] == "2" and tags["plan.max_micro_batch"] == "16"
     assert p["optimizer.lr"] == "0.003" and p["train.batch_size"] == "32"
-    # per-evaluation histories against step, with samples seen
+    # per-evaluation histories at samples seen (MLflow's step), the optimizer step as a metric of its own
     hist = client.get_metric_history(good.info.run_id, "eval/loss")
-    assert [m.step for m in hist] == [10, 20, 30]
+    assert [m.step for m in hist] == [320, 640, 960]
     assert len(client.get_metric_history(good.info.run_id, "train/loss")) == 30
-    samples = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "progress/samples")}
-    assert samples[10] == 320 and samples[30] == 960
+    steps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "progress/step")}
+    assert steps[320] == 10 and steps[960] == 30
     for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/loss", "test/loss", "test/accuracy"):
         assert client.get_metric_history(good.info.run_id, key), key
     assert len(client.get_metric_history(by_trial[1].info.run_id, "eval/loss")) == 1

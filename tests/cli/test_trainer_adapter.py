@@ -25,7 +25,7 @@ def test_a_trainer_study_with_one_pruned_trial(tmp_path):
     client = mlflow_client(tmp_path / "mlruns")
     pruned = client.get_run(trials[2].user_attrs["mlflow_run_id"])
     assert pruned.data.tags["lbsearch.state"] == "pruned" and pruned.data.tags["lbsearch.reason"] == "pruned"
-    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "eval/loss")] == [10]
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "eval/loss")] == [320]  # samples seen
     good = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     # B = 32 reached the Trainer as per_device_train_batch_size 16 x gradient_accumulation_steps 2 x 1 process
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"

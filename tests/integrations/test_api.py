@@ -75,9 +75,19 @@ def test_reports_go_to_optuna_at_the_nominal_points_and_the_result_is_written(tm
     assert frozen.intermediate_values == {320: 0.6, 960: 0.5}
     r = read_result(tmp_path / "result.json")
     assert r.state == "complete" and r.value == 0.5 and r.samples == 960 and r.steps == 30 and r.test == {"loss": 0.55}
-    rows = [row for line in capsys.readouterr().out.splitlines() if (m := parse_message(line)) and m[0] == "metrics" for row in m[1]]
-    assert ("eval/loss", 0.6, 10) in [(k, v, s) for k, v, _, s in rows] and ("val/loss", 0.5, 30) in [(k, v, s) for k, v, _, s in rows]
-    assert ("progress/samples", 32.0, 1) in [(k, v, s) for k, v, _, s in rows]
+    rows = [(k, v, s) for line in capsys.readouterr().out.splitlines() if (m := parse_message(line)) and m[0] == "metrics" for k, v, _, s in m[1]]
+    # MLflow's step is samples seen (trials of different B line up at equal data); the optimizer step is progress/step
+    assert {("eval/loss", 0.6, 320), ("eval/loss", 0.5, 960), ("val/loss", 0.5, 960), ("test/loss", 0.55, 960)} <= set(rows)
+    assert {("train/loss", 0.7, 32), ("progress/samples", 32.0, 32), ("progress/step", 1.0, 32)} <= set(rows)
+
+
+def test_an_explicit_optimizer_step_is_a_metric_and_samples_stay_the_mlflow_step(tmp_path, monkeypatch, capsys):
+    exp = EXP | {"metric": {"name": "loss", "target": 0.65}}
+    trial, _ = _live(tmp_path, monkeypatch, experiment=exp)
+    trial.log({"train/loss": 0.7}, samples=40, step=3)  # e.g. an HF Trainer's global_step that B does not give
+    trial.report({"loss": 0.6}, samples=320, step=11)
+    rows = [(k, v, s) for line in capsys.readouterr().out.splitlines() if (m := parse_message(line)) and m[0] == "metrics" for k, v, _, s in m[1]]
+    assert {("progress/step", 3.0, 40), ("eval/loss", 0.6, 320), ("steps_to_target", 11.0, 320), ("samples_to_target", 320.0, 320)} <= set(rows)
 
 
 def test_pruned_and_diverged_stop_the_trial(tmp_path, monkeypatch):

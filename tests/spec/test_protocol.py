@@ -29,9 +29,9 @@ def test_result_is_written_atomically_and_typed(tmp_path):
 def test_reporter_sends_only_finite_metrics_and_only_from_rank_0(capsys):
     spec = WorkerSpec(experiment={"train": {}}, data_path="x", num_labels=2, pad_id=0, vocab_size=10, tracking=True)
     main = Reporter(spec, is_main=True)
-    main.metrics({"a": 1.0, "b": float("nan"), "c": None}, step=2)
+    main.metrics({"a": 1.0, "b": float("nan"), "c": None}, samples=2)
     main.flush()
-    Reporter(spec, is_main=False).metrics({"a": 1.0}, step=2)
+    Reporter(spec, is_main=False).metrics({"a": 1.0}, samples=2)
     (line,) = capsys.readouterr().out.splitlines()
     kind, rows = parse_message(line)
     assert kind == "metrics" and [(k, v, s) for k, v, _, s in rows] == [("a", 1.0, 2)]

@@ -36,6 +36,24 @@ def test_parent_is_found_again_and_children_nest_under_it(tmp_path):
     assert run.info.status == "FINISHED"
 
 
+def test_copy_metrics_cuts_at_the_optimizer_step_in_samples_seen(tmp_path):
+    """A resumed trial's run takes its earlier run's curves up to the checkpoint's optimizer step; the
+    curves are at samples seen (B = 32 here), which the run's own ``progress/step`` translates."""
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    exp = tracker.experiment("s")
+    src, dst, old, old_dst = (tracker.child_run(exp, None, f"trial-{i}", {}, {}) for i in range(4))
+    tracker.metric_rows(src, [row for s in range(1, 7) for row in (["progress/step", s, 1000 + s, 32 * s], ["train/loss", 1.0 / s, 1000 + s, 32 * s])]
+                        + [["eval/loss", 0.5, 1003, 96], ["eval/loss", 0.4, 1006, 192], ["system/cpu_utilization_percentage", 9.0, 1001, 0]])
+    tracker.copy_metrics(src, dst, 3)  # a checkpoint at step 3: 96 samples seen
+    hist = {k: [(m.step, m.value) for m in sorted(tracker.client.get_metric_history(dst, k), key=lambda m: m.step)]
+            for k in ("progress/step", "train/loss", "eval/loss", "system/cpu_utilization_percentage")}
+    assert hist == {"progress/step": [(32, 1), (64, 2), (96, 3)], "train/loss": [(32, 1.0), (64, 0.5), (96, 1 / 3)],
+                    "eval/loss": [(96, 0.5)], "system/cpu_utilization_percentage": []}
+    tracker.metric_rows(old, [["train/loss", 1.0 / s, 1000 + s, s] for s in range(1, 7)])  # a run logged at optimizer steps
+    tracker.copy_metrics(old, old_dst, 2)
+    assert sorted(m.step for m in tracker.client.get_metric_history(old_dst, "train/loss")) == [1, 2]
+
+
 def test_workers_logging_one_dataset_at_once_all_succeed(tmp_path):
     """Trials on several machines log the same dataset (same name and digest) at once: the loser of
     the insert race retries and links the row the winner wrote, instead of failing its trial."""
