@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from lbsearch.spec import INFO, fingerprint, latest
+from lbsearch.trial.distributed import stop_code
 
 __all__ = ["latest", "fingerprint", "StopSignal", "Checkpoints"]
 
@@ -86,8 +87,6 @@ class Checkpoints:
         B = t.plan.batch_size
         due = 1 if self.every and step * B // self.every > (step - 1) * B // self.every else 0
         if self.every_s is not None or self.stop.defer:  # time and signals can differ across ranks: all take the largest
-            from lbsearch.trial.distributed import stop_code
-
             asked = 2 if self.stop.asked else 1 if self.every_s is not None and time.time() - self.t_last >= self.every_s else 0
             due = stop_code(t.acc, max(due, asked)) if t.acc.num_processes > 1 else max(due, asked)
         if due:
@@ -95,15 +94,16 @@ class Checkpoints:
         return due == 2
 
     def save(self, step: int, why: str = "") -> None:
-        """Write a checkpoint whole or not at all. With one process, a write error (a full disk) costs
-        this checkpoint only: the earlier one stays and the trial trains on, saying so."""
+        """Write a checkpoint whole or not at all. A write error (a full disk) on any rank costs this
+        checkpoint only: every rank hears of it at the same point (``_agreed``), the earlier checkpoint
+        stays and the trial trains on, saying so. (Under FSDP a rank that fails inside Accelerate's
+        sharded save, between its collectives, still stops the trial: its peers wait in them.)"""
         t, t0 = self.trial, time.time()
         try:
             self._write(step)
         except OSError as err:
-            if t.acc.num_processes > 1:
-                raise  # the other ranks wait in the collectives of this save: the trial fails, its earlier checkpoint kept
-            shutil.rmtree(self.folder / f".tmp-step-{step:08d}", ignore_errors=True)
+            if t.acc.is_main_process:
+                shutil.rmtree(self.folder / f".tmp-step-{step:08d}", ignore_errors=True)
             t.say(f"checkpoint at step {step} not written ({type(err).__name__}: {err}); the trial goes on, its last whole checkpoint kept")
             return
         self.t_last = time.time()
@@ -112,21 +112,45 @@ class Checkpoints:
 
     def _write(self, step: int) -> None:
         acc, tmp, final = self.trial.acc, self.folder / f".tmp-step-{step:08d}", self.folder / f"step-{step:08d}"
-        if acc.is_main_process:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        acc.wait_for_everyone()
-        acc.save_state(str(tmp))
-        acc.wait_for_everyone()
-        if acc.is_main_process:
-            _maybe_inject_write_error(step)
-            (tmp / INFO).write_text(json.dumps(_position(self.trial, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
-            shutil.rmtree(final, ignore_errors=True)
-            durable_rename(tmp, final)
-            for old in self.folder.glob("step-*"):
-                if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
-        acc.wait_for_everyone()
+
+        def start() -> None:
+            if acc.is_main_process:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+
+        def publish() -> None:
+            if acc.is_main_process:
+                _maybe_inject_write_error(step)
+                (tmp / INFO).write_text(json.dumps(_position(self.trial, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
+                shutil.rmtree(final, ignore_errors=True)
+                durable_rename(tmp, final)
+                for old in self.folder.glob("step-*"):
+                    if old != final:
+                        shutil.rmtree(old, ignore_errors=True)
+
+        def state() -> None:
+            _maybe_inject_write_error(f"{step}@{acc.process_index}")
+            acc.save_state(str(tmp))
+
+        _agreed(acc, start)  # each stage ends with every rank knowing whether all wrote their part
+        _agreed(acc, state)
+        _agreed(acc, publish)
+
+
+def _agreed(acc, stage) -> None:
+    """Run one stage of a save on every rank; a write error on any rank raises ``OSError`` on every
+    rank, after the same collective, so that all leave the save together (none waits for a peer
+    that gave up)."""
+    err: OSError | None = None
+    try:
+        stage()
+    except OSError as e:
+        err = e
+    if acc.num_processes > 1:
+        if stop_code(acc, 1 if err else 0) and err is None:
+            err = OSError(errno.EIO, "another rank could not write its part of the checkpoint")
+    if err is not None:
+        raise err
 
 
 def durable_rename(tmp: Path, final: Path) -> None:
@@ -141,10 +165,11 @@ def durable_rename(tmp: Path, final: Path) -> None:
     _fsync(final.parent)
 
 
-def _maybe_inject_write_error(step: int) -> None:
-    """Tests set LBSEARCH_INJECT_CHECKPOINT_ERROR_AT=N[,M...] to make the checkpoints of those steps fail to write (a full disk)."""
-    if str(step) in os.environ.get("LBSEARCH_INJECT_CHECKPOINT_ERROR_AT", "").split(","):
-        raise OSError(errno.ENOSPC, f"No space left on device (injected at step {step})")
+def _maybe_inject_write_error(at: int | str) -> None:
+    """Tests set LBSEARCH_INJECT_CHECKPOINT_ERROR_AT=N[,M...] to make the checkpoints of those steps fail to
+    write (a full disk): ``N`` while the main rank publishes it, ``N@R`` while rank R writes its state."""
+    if str(at) in os.environ.get("LBSEARCH_INJECT_CHECKPOINT_ERROR_AT", "").split(","):
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at step {at})")
 
 
 def _fsync(path: Path) -> None:

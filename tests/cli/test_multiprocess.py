@@ -119,3 +119,19 @@ def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(t
     broken = {"launcher": {"processes": 1, "precision": "no", "cpu": True, "accelerate_config": str(tmp_path / "missing.yaml")}}
     cmd, _ = trial_command(broken, spec, dict(os.environ))  # the trial, not the study, fails on it
     assert cmd[:3] == [sys.executable, "-m", "accelerate.commands.launch"]
+
+
+def test_a_checkpoint_one_rank_cannot_write_costs_only_itself_over_two_processes(tmp_path):
+    """A full disk on rank 1 while it writes its state (step 10), then on the main rank while it
+    publishes (step 20): both ranks leave each save together, the trial trains on and completes,
+    and the checkpoint after them is written whole."""
+    env = dict(os.environ, LBSEARCH_INJECT_CHECKPOINT_ERROR_AT="10@1,20")
+    out = run_cli("run", str(SPECS / "tiny_study.yaml"), "--set=launcher.processes=2", "--set=n_trials=1", "--set=pruner.name=none",
+                  "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.checkpoint_every_samples=320",
+                  "--set=experiment.train.budget_samples=1280", cwd=tmp_path, env=env, timeout=400).stdout
+    assert "checkpoint at step 10 not written (OSError: [Errno 5] another rank could not write its part of the checkpoint)" in out, out[-3000:]
+    assert "checkpoint at step 20 not written (OSError: [Errno 28] No space left on device (injected at step 20))" in out
+    assert "checkpoint at step 30 (960 samples)" in out
+    (trial,) = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["steps"] == 40
+    assert not list((tmp_path / "mlruns").rglob(".tmp-step-*")) and not worker_pids(tmp_path)
