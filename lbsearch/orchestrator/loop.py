@@ -245,7 +245,9 @@ class _Search:
             for samples, value in sorted(old.intermediate_values.items()):
                 if samples in carried:
                     trial.report(value, samples)
-        tags = resumed_tags(number, info["step"], info["samples"], old.user_attrs.get("mlflow_run_id", ""))
+        # the run that holds the curve: the retried trial's, or where it got no run (MLflow was down) the one it resumed
+        source = old.user_attrs.get("mlflow_run_id") or old.user_attrs.get("resumed_from_run", "")
+        tags = resumed_tags(number, info["step"], info["samples"], source)
         for k, v in tags.items():
             trial.set_user_attr(k.removeprefix("lbsearch."), v)
         self.session.out(f"{prefix} resumes trial {number} from its checkpoint at step {info['step']} ({info['samples']} samples)")
