@@ -306,7 +306,6 @@ class Trial:
                     r["model_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
                     self.say(f"model not saved: {r['model_error']}")
         r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
-        self.rep.metrics({"train/clip_frac": self.clipped / max(r["steps"], 1)}, r["samples"])
         self.rep.flush()
         r["plan"], r["wall_s"] = plan.to_dict(), time.time() - self.t_start
         self.acc.end_training()

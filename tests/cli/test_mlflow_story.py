@@ -114,6 +114,7 @@ def test_metrics_are_logged_at_samples_seen_and_the_optimizer_step_is_its_own_me
         assert [m.step for m in hist["train/loss"]] == [m.step for m in hist["train/lr"]] == sorted(data_axis)
         for key, ms in hist.items():
             assert {m.step for m in ms} <= data_axis, key
+            assert len({m.step for m in ms}) == len(ms), f"{key}: one point per step, none logged twice"
         evaluations[b] = {k: [m.step for m in ms] for k, ms in hist.items() if k.startswith(("eval/", "val/", "test/"))}
         assert [(m.step, m.value) for m in hist["steps_to_target"]] == [(320, 320 // b)]
     assert set(evaluations) == {16, 32, 64}
