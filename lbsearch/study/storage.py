@@ -38,8 +38,10 @@ def host() -> str:
     return os.environ.get("LBSEARCH_HOST") or socket.gethostname()
 
 
-def open_storage(url: str, *, heartbeat_interval: int = 10, grace_period: int | None = None):
-    """Journal file (``journal:///abs/path``), SQLite or any SQLAlchemy URL (RDB with heartbeat)."""
+def open_storage(url: str, *, heartbeat_interval: int | None = None, grace_period: int | None = None):
+    """Journal file (``journal:///abs/path``), SQLite or any SQLAlchemy URL (RDB with heartbeat; its
+    interval defaults to the study field's default, ``StudyConfig.heartbeat_interval``)."""
+    heartbeat_interval = heartbeat_interval or StudyConfig.model_fields["heartbeat_interval"].default
     if url.startswith("journal://"):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 

@@ -35,9 +35,11 @@ def make_optimizer(exp: ExperimentConfig, model: torch.nn.Module, lr: float) -> 
     import pytorch_optimizer
 
     if o.name == "lamb":
-        # max_grad_norm=0 turns LAMB's own clipping off: the clip dimension is train.clip_norm only.
+        # no clipping of LAMB's own (pytorch_optimizer clips only with pre_norm=True, off here): the clip dimension is train.clip_norm only
         return pytorch_optimizer.Lamb(groups, lr=lr, betas=(o.beta1, o.beta2), eps=o.eps, max_grad_norm=0.0)
-    return pytorch_optimizer.LARS(groups, lr=lr, momentum=o.beta1)
+    if o.name == "lars":
+        return pytorch_optimizer.LARS(groups, lr=lr, momentum=o.beta1)
+    raise ValueError(f"optimizer {o.name!r} is allowed by OptimizerConfig.name but not built here: add it to make_optimizer")
 
 
 def make_scheduler(schedule, optimizer: torch.optim.Optimizer, warmup_steps: int, steps: int):

@@ -5,12 +5,14 @@ weight-decay group) and a bias b = [0.5] (1-d: no weight decay), both with fixed
 from __future__ import annotations
 
 import math
+import typing
 
 import pytest
 import pytorch_optimizer
 import torch
 
 from lbsearch.spec import ExperimentConfig
+from lbsearch.spec.config import OptimizerConfig
 from lbsearch.trial.training import make_optimizer
 
 G_W, G_B = [[1.0, -2.0]], [0.25]  # |g_W| = sqrt(5)
@@ -79,3 +81,14 @@ def test_lars_scales_the_weights_step_by_its_trust_ratio_with_momentum_beta1():
             torch.testing.assert_close(model.weight.detach(), torch.tensor([[2.9976243, 4.0029239]], dtype=torch.float64), rtol=1e-7, atol=0)
     # the bias by hand: 0.5 - 0.25 = 0.25 after step 1, then 0.25 - (0.9 x 0.25 + 0.25) = -0.225
     assert model.bias.item() == pytest.approx(-0.225, rel=1e-9)
+
+
+def test_every_name_the_config_allows_is_built_and_an_unbuilt_one_is_refused():
+    """``OptimizerConfig.name`` and ``make_optimizer`` list the same optimizers: a name added to one only
+    fails here (before, an unknown name quietly built LARS)."""
+    built = {name: type(_build(name, 0.1, 0.0)[1]).__name__ for name in typing.get_args(OptimizerConfig.model_fields["name"].annotation)}
+    assert built == {"adamw": "AdamW", "lamb": "Lamb", "lars": "LARS"}
+    exp = ExperimentConfig.model_validate({"name": "opt"})
+    exp.optimizer = exp.optimizer.model_copy(update={"name": "adafactor"})  # past the config's check, as a new Literal value would be
+    with pytest.raises(ValueError, match="optimizer 'adafactor' is allowed by OptimizerConfig.name but not built here"):
+        make_optimizer(exp, _Two(), 0.1)
