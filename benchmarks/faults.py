@@ -139,7 +139,7 @@ class Watch:
             self.last[name] = line
             m = self.LINE.match(line)
             if not m:
-                if line.startswith("[study") or "MLflow" in line or "standby" in line:
+                if line.startswith(("[study", "lbsearch:")) or "MLflow" in line or "standby" in line:
                     print(f"{self.t():7.1f} [{name}] {line}", flush=True)
                 continue
             number, msg = int(m.group(1)), m.group(2)
