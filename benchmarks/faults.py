@@ -13,9 +13,10 @@ number of samples seen:
 4. orchestrator: ``lbsearch run`` SIGKILLed, then started again once its trial processes are gone;
 5. MLflow server, short outage: SIGKILLed, started again after ``--short-outage`` seconds (within
    ``LBSEARCH_TRACKING_OUTAGE_S`` = ``--outage-limit``), in a ``lbsearch run --max-trials 2``;
-6. MLflow server, long outage: SIGKILLed and left down until the study stops (exit 1) in a
-   ``lbsearch run`` whose limit is ``--long-outage-limit`` (shorter than what its victim has left to
-   train, so that the outage stops it mid-trial), then started again, and ``lbsearch run`` again;
+6. MLflow server, long outage: SIGKILLed two steps into a trial and left down until the study stops
+   (exit 1) in a ``lbsearch run`` whose limit is a third of what the fastest trial so far took to
+   train the samples left (so that the outage stops its victim mid-trial whatever the machine's load),
+   then started again, and ``lbsearch run`` again;
 7. MLflow server, long outage at a trial's end: the same, struck one step before the victim's end in
    a ``lbsearch run`` whose limit is ``--end-outage-limit`` (longer than that step, its final
    evaluation and the saving of its model: the trial ends while MLflow is down, and the outage
@@ -148,6 +149,7 @@ class Watch:
                 info["lines"] += 1
                 if (s := re.match(r"samples (\d+)/", msg)) is not None:
                     info["samples"] = int(s.group(1))
+                    info.setdefault("first_samples_s", self.t())
                     continue
                 if (c := re.match(r"checkpoint at step (\d+) \((\d+) samples\)", msg)) is not None:
                     info["checkpoints"].append(int(c.group(2)))
@@ -160,6 +162,8 @@ class Watch:
                     info["trained_s"] = self.t()  # its training and final evaluation are over
                 elif (r := re.match(r"MLflow reachable again after (\d+) s", msg)) is not None:
                     info["mlflow_back_after_s"] = int(r.group(1))
+                elif msg.startswith("stopped: MLflow unreachable"):
+                    info["stopped_by_outage_s"] = self.t()
                 elif (r := re.match(r"resumes trial (\d+) from its checkpoint at step (\d+) \((\d+) samples\)", msg)) is not None:
                     info["resumes"] = int(r.group(1))
                 elif re.match(r"(complete|pruned|failed)\b", msg):
@@ -340,6 +344,7 @@ def long_outage(run: Orchestrator, watch: Watch, work: Path, server: Server, aft
     e["orchestrator_last_line"] = watch.last.get(run.name)
     e["victim_end_line"] = watch.get(victim).get("end", "no end line seen")
     e["victim_trained_to_its_end_during_outage"] = "trained_s" in watch.get(victim)
+    e["victim_stopped_mid_trial"] = "stopped_by_outage_s" in watch.get(victim) and "trained_s" not in watch.get(victim)
     e["server_start_s"] = round(server.start(), 1)
     e["outage_s"] = round(time.time() - t0, 1)
     return e
@@ -507,6 +512,14 @@ class Bench:
         self.checks.append(c | {"at_s": self.watch.t()})
         return label
 
+    def mid_trial_limit(self, strike: int) -> dict[str, Any]:
+        """The outage limit under which an outage struck at ``strike`` samples stops its trial mid-way: a
+        third of the time the fastest complete trial so far took to train the samples left after ``strike``
+        (the machine's speed varies several-fold with its load)."""
+        took = [i["trained_s"] - i["first_samples_s"] for i in self.watch.trials.values() if "trained_s" in i and "first_samples_s" in i and "resumes" not in i]
+        left = min(took) * (self.args.budget - strike) / self.args.budget
+        return {"limit_s": round(max(0.5, left / 3), 1), "fastest_trial_training_s": round(min(took), 1), "expected_left_after_strike_s": round(left, 1)}
+
     def last_victim(self) -> int:
         return self.events[-1]["victim_trial"]
 
@@ -536,8 +549,9 @@ class Bench:
         self.events.append(short_outage(run, watch, work, self.server, self.last_victim(), at["short outage"], args.short_outage))
         self.events[-1]["check"] = self.stopped(run, run.wait(900))
         # 6. an outage past the limit, mid-trial: the study stops (exit 1); the server comes back, then the study
-        run = self.start(env={"LBSEARCH_TRACKING_OUTAGE_S": str(args.long_outage_limit)})
-        self.events.append(long_outage(run, watch, work, self.server, self.last_victim(), at["long outage"], "MLflow server, long outage"))
+        limit = self.mid_trial_limit(at["long outage"])
+        run = self.start(env={"LBSEARCH_TRACKING_OUTAGE_S": str(limit["limit_s"])})
+        self.events.append(long_outage(run, watch, work, self.server, self.last_victim(), at["long outage"], "MLflow server, long outage") | limit)
         self.events[-1]["check"] = self.stopped(run, run.proc.returncode)
         # 7. an outage past the limit that begins one step before a trial's end
         run = self.start(env={"LBSEARCH_TRACKING_OUTAGE_S": str(args.end_outage_limit)})
@@ -556,7 +570,7 @@ class Bench:
 def strike_points(args) -> dict[str, int]:
     """Where each fault strikes, in samples seen by its victim (multiples of B = 32; checkpoints at every, 2 x every)."""
     e = args.every
-    at = {"trial process": e + e // 2, "standby process": 2 * e - 32, "orchestrator": e + 96, "short outage": e + 32, "long outage": e + 32,
+    at = {"trial process": e + e // 2, "standby process": 2 * e - 32, "orchestrator": e + 96, "short outage": e + 32, "long outage": 64,
           "outage at a trial's end": args.budget - 32}
     assert 2 * e < args.budget - 32 and all(v % 32 == 0 and v < args.budget for v in at.values()), "each fault strikes between checkpoints, before the end"
     return at
@@ -584,7 +598,6 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=192, help="checkpoint_every_samples")
     ap.add_argument("--budget", type=int, default=640, help="budget_samples of each trial (B = 32)")
     ap.add_argument("--outage-limit", type=float, default=120.0, help="LBSEARCH_TRACKING_OUTAGE_S of every run but the long outage's")
-    ap.add_argument("--long-outage-limit", type=float, default=4.0, help="LBSEARCH_TRACKING_OUTAGE_S of the long outage's run")
     ap.add_argument("--end-outage-limit", type=float, default=30.0, help="LBSEARCH_TRACKING_OUTAGE_S of the run of the outage at a trial's end")
     ap.add_argument("--short-outage", type=float, default=8.0, help="seconds the server stays down in the short outage (then its start-up)")
     ap.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "faults.json")
@@ -601,7 +614,7 @@ def main() -> int:
             "metric_points_missing": total["metric_points_missing"] == 0}
     out = {"machine": setup,
            "parameters": {"spec": str(SPEC.relative_to(ROOT)), "sets": sets(args), "checkpoint_every_samples": args.every, "batch_size": 32,
-                          "budget_samples": args.budget, "tracking_outage_limit_s": args.outage_limit, "long_outage_run_limit_s": args.long_outage_limit,
+                          "budget_samples": args.budget, "tracking_outage_limit_s": args.outage_limit, "long_outage_run_limit_s": "a third of what the fastest trial before it took to train the samples left after the strike (see its event)",
                           "end_outage_run_limit_s": args.end_outage_limit,
                           "short_outage_down_s": args.short_outage, "strike_at_samples_seen": strike_points(args),
                           "per_step_metrics": PER_STEP, "per_eval_metrics": PER_EVAL},
