@@ -203,7 +203,9 @@ def run_trial_process(
 
 def _outcome(proc, result_file: Path, tail: "Iterable[str]", no_result: Callable[[int], "TrialResult | None"]) -> "TrialResult":
     """The result the worker wrote; else ``worker died`` (retried) where the standby process it was
-    forked from died and took it along; else ``no_result``'s, else a failure with its output's reason."""
+    forked from died and took it along; else ``no_result``'s; else ``worker died`` where a signal killed
+    it (the out-of-memory killer, a kill -9: re-run from its checkpoint, up to ``max_retries``); else a
+    failure with its output's reason."""
     if result_file.is_file():
         return read_result(result_file)
     if getattr(proc, "launcher_died", False):
@@ -211,6 +213,8 @@ def _outcome(proc, result_file: Path, tail: "Iterable[str]", no_result: Callable
     fallback = no_result(proc.returncode)
     if fallback is not None:
         return fallback
+    if proc.returncode is not None and proc.returncode < 0:  # killed by a signal (the out-of-memory killer, a kill -9): not its own error
+        return TrialResult(state="failed", reason=WORKER_DIED)
     return TrialResult(state="failed", reason=f"worker exited with code {proc.returncode} without a result: {failure_reason(tail)[:400]}")
 
 

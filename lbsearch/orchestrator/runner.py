@@ -128,7 +128,7 @@ def ended_on_error(tracker: Tracker, run_id: str, workdir: Path, resumable: bool
     try:
         yield
     except BaseException as err:
-        if not (resumable and (isinstance(err, KeyboardInterrupt) or is_outage(err))):  # both are re-run from the checkpoint
+        if not (resumable and (isinstance(err, (KeyboardInterrupt, TrackingOutage)) or is_outage(err))):  # all re-run from the checkpoint
             discard(workdir)
         try:
             _end(tracker, run_id, workdir, failure(err))
@@ -158,7 +158,8 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
         if not box.flush() and run.resumable:  # MLflow still down at the end: re-run from the checkpoint, once it answers
             session.out(f"{run.prefix} MLflow unreachable past the limit at the trial's end: it is re-run from its last checkpoint")
             result = TrialResult(state="failed", reason=TRACKING_LOST)
-        box.check()  # an error that retrying cannot cure fails the trial, as it always did
+        if box.error is not None:  # an error that retrying cannot cure fails the trial, as it always did
+            raise box.error
     except BaseException:
         _keep_unsent(session, box, run, run_id, wait_s=10.0)  # what a stopped trial said up to its checkpoint
         raise

@@ -82,6 +82,21 @@ def test_sigkilled_trial_resumes_from_its_second_checkpoint_exactly(tmp_path, sp
     _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
 
 
+def test_a_trial_process_killed_under_a_living_study_is_re_run_there_from_its_checkpoint(tmp_path, specs, uninterrupted):
+    """The out-of-memory killer (or a kill -9) takes the trial process alone: the same `lbsearch run`
+    fails it as `worker died` and re-runs it from its checkpoint, exactly; before, it failed for good
+    (`worker exited with code -9 without a result`) and its checkpoint was deleted."""
+    proc = start_cli(tmp_path, "run", str(specs / "tiny_study.yaml"), *SETS, EVERY_320)
+    seen = wait_for(proc, "[trial 0] checkpoint at step 20 (640 samples)", timeout=300)
+    (pid,) = worker_pids(tmp_path)
+    os.kill(pid, signal.SIGKILL)
+    rest = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 0, rest
+    assert "[trial 0] failed (worker died)" in rest
+    assert journal_study(tmp_path / "mlruns", "tiny-study").get_trials()[0].user_attrs["reason"] == "worker died"
+    _assert_resumed_exactly(tmp_path / "mlruns", uninterrupted, "".join(seen) + rest, at_least=20)
+
+
 def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, specs, uninterrupted):
     spec = str(specs / "tiny_study.yaml")
     proc = start_cli(tmp_path, "run", spec, *SETS)  # no periodic checkpoints: the trial is short
