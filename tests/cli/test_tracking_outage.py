@@ -25,9 +25,9 @@ from optuna.trial import TrialState
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
 
-# one trial of 250 steps (B = 32): long enough for the server to go and come back while it trains
-LONG = ["--set=n_trials=1", "--set=experiment.train.budget_samples=8000", "--set=experiment.train.eval_every_samples=2000",
-        "--set=experiment.train.checkpoint_every_samples=1000", "--set=search_space.train.batch_size.choices=[32]"]
+# one trial of 125 steps (B = 32): the server goes while it trains (it may finish meanwhile: its last calls then wait for MLflow)
+LONG = ["--set=n_trials=1", "--set=experiment.train.budget_samples=4000", "--set=experiment.train.eval_every_samples=1000",
+        "--set=experiment.train.checkpoint_every_samples=500", "--set=search_space.train.batch_size.choices=[32]"]
 
 
 class Server:
@@ -96,11 +96,11 @@ def test_a_short_outage_costs_nothing_and_every_metric_arrives(tmp_path, server)
     assert sum("MLflow unreachable" in line for line in lines) == 1
     assert any("MLflow reachable again" in line for line in lines)
     trial = journal_study(tmp_path / "mlruns", "tiny-study").trials[0]
-    assert trial.state == TrialState.COMPLETE and trial.user_attrs["steps"] == 250
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs["steps"] == 125
     (run,) = _trial_runs(server.url)
     assert run.info.status == "FINISHED" and run.data.tags["lbsearch.state"] == "complete"
     steps = _loss_steps(server.url, run.info.run_id)
-    assert len(steps) == len(set(steps)) == 250, "every step's train/loss reached MLflow, once"  # none lost in the outage
+    assert len(steps) == len(set(steps)) == 125, "every step's train/loss reached MLflow, once"  # none lost in the outage
     assert not list((tmp_path / "mlruns" / "trials").glob("*/*/outbox.jsonl"))
 
 
@@ -112,7 +112,9 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     lines = seen + out.splitlines()
     assert proc.returncode == 1, "\n".join(lines[-30:])
     assert "unreachable for 4 s: the study stops here" in lines[-1], "\n".join(lines[-60:])
-    assert any("[trial 0] stopped: MLflow unreachable" in line for line in lines)
+    # mid-trial (it trains on for the limit, then stops) or, on a fast machine, at its end (its last calls wait for the limit)
+    assert any("[trial 0] stopped: MLflow unreachable" in line or "[trial 0] MLflow unreachable past the limit at the trial's end" in line
+               for line in lines), "\n".join(lines[-30:])
     kept = list((tmp_path / "mlruns" / "trials" / "tiny-study").glob("*/outbox.jsonl"))
     assert len(kept) == 1 and kept[0].read_text().strip()  # the rows and the run's end that MLflow did not take
     assert list((tmp_path / "mlruns" / "trials" / "tiny-study").glob("*/checkpoints/*"))  # the checkpoint written on stop
@@ -126,10 +128,10 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     assert not list((tmp_path / "mlruns" / "trials").glob("*/*/outbox.jsonl"))  # sent, then removed
     study = journal_study(tmp_path / "mlruns", "tiny-study")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
-    assert len(done) == 1 and done[0].params == study.trials[0].params and done[0].user_attrs["steps"] == 250
+    assert len(done) == 1 and done[0].params == study.trials[0].params and done[0].user_attrs["steps"] == 125
     runs = {r.info.run_id: r for r in _trial_runs(server.url)}
     assert not [r for r in runs.values() if r.info.status == "RUNNING"], "no run left RUNNING"
     stopped = runs[study.trials[0].user_attrs["mlflow_run_id"]]
     assert stopped.info.status == "KILLED" and stopped.data.tags["lbsearch.reason"] == "tracking unavailable"
     resumed = _loss_steps(server.url, done[0].user_attrs["mlflow_run_id"])
-    assert sorted(set(resumed)) == sorted(resumed) and len(resumed) == 250, "one curve: the copied steps up to the checkpoint, then the rest"
+    assert sorted(set(resumed)) == sorted(resumed) and len(resumed) == 125, "one curve: the copied steps up to the checkpoint, then the rest"

@@ -1,4 +1,5 @@
-"""The standby process's fork guard (``lbsearch.trial.standby.refusal``): it sees native threads too."""
+"""The standby process's fork guard (``lbsearch.trial.standby.refusal``): it sees native threads too. (Named apart from
+tests/cli/test_standby.py: two test files of one name do not import side by side.)"""
 
 from __future__ import annotations
 
