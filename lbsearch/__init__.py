@@ -1,7 +1,8 @@
 """lbsearch: large-batch hyperparameter search for Transformers.
 
 The package is laid out in floors; a package imports only packages on lower floors
-(docs/architecture.md, enforced by tests/test_architecture.py):
+(``docs/architecture.md`` in the repository's root, beside this folder: the packages, one line per
+module, and where each fact lives; enforced by tests/test_architecture.py):
 
     cli  >  orchestrator  >  trial, integrations  >  link, tracking, science  >  data, study  >  spec, terminal
 

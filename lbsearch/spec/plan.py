@@ -12,6 +12,7 @@ import math
 from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from lbsearch.spec.registry import LR_SCALING
 from lbsearch.spec.tasks import LM_TASKS
 
 if TYPE_CHECKING:
@@ -62,9 +63,8 @@ def eval_points(budget_samples: int, eval_every: int, batch_size: int) -> list[t
 
 
 def lr_for_batch(opt: "OptimizerConfig", batch_size: int) -> float:
-    """lr = base_lr * (B / B_ref)^alpha; alpha 0.5 (Malladi et al. 2022), 1 (Goyal et al. 2017)."""
-    alpha = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}[opt.lr_scaling]
-    return opt.lr * math.pow(batch_size / opt.reference_batch_size, alpha)
+    """lr = base_lr * (B / B_ref)^alpha, alpha of the rule ``optimizer.lr_scaling`` names (``registry.LR_SCALING``)."""
+    return opt.lr * math.pow(batch_size / opt.reference_batch_size, LR_SCALING[opt.lr_scaling])
 
 
 @dataclass(frozen=True)

@@ -1,11 +1,12 @@
-"""The names a study spec may give its sampler and pruner: the one list that the config accepts,
-the errors quote, the study package builds from and docs/specs.md tables (each checked by a test)."""
+"""The names a spec may give its sampler, pruner and learning-rate scaling rule: the one list that the
+config accepts, the errors quote, the study package and the plan build from and docs/specs.md tables
+(each checked by a test)."""
 
 from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["SAMPLERS", "PRUNERS", "GROUPING_PRUNERS", "SamplerName", "PrunerName"]
+__all__ = ["SAMPLERS", "PRUNERS", "GROUPING_PRUNERS", "LR_SCALING", "SamplerName", "PrunerName", "LrScalingName"]
 
 SAMPLERS = {
     "tpe": "tree-structured Parzen estimator (multivariate, constant liar)",
@@ -17,12 +18,20 @@ SAMPLERS = {
 }
 PRUNERS = {
     "median": "stops a trial below the median of earlier trials at the same samples seen",
+    "percentile": "stops a trial outside the best `percentile` % of earlier trials at the same samples seen (median: 50)",
+    "patient": "stops a trial only after `patience` evaluations without improvement, and then only where `wraps` (median, percentile or asha) would",
     "asha": "asynchronous successive halving: rungs at eval_every_samples x reduction_factor^k samples",
     "hyperband": "successive halving over brackets of the whole study",
     "none": "never prunes",
 }
-GROUPING_PRUNERS = ("median", "asha")
+"""Not here: Optuna's WilcoxonPruner, whose steps are problem instances averaged into the objective (docs/specs.md)."""
+GROUPING_PRUNERS = ("median", "percentile", "patient", "asha")
 """The pruners that can compare a trial with the trials of the same ``group_by`` value only."""
+
+LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
+"""``optimizer.lr_scaling``: lr = lr x (B / reference_batch_size)^alpha, alpha per rule (``lbsearch.spec.plan.lr_for_batch``);
+sqrt: Malladi et al. 2022 (Adam), linear: Goyal et al. 2017 (SGD)."""
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 PrunerName = Literal[tuple(PRUNERS)]  # type: ignore[valid-type]
+LrScalingName = Literal[tuple(LR_SCALING)]  # type: ignore[valid-type]

@@ -14,11 +14,19 @@ FOLDER = "checkpoints"
 
 
 INFO = "lbsearch.json"
+PREFIX = "step-"
+"""A checkpoint's folder is ``step-<S>`` (S zero-padded to 8 digits, so that names sort as steps), written
+as ``.tmp-step-<S>`` and renamed when whole (``lbsearch.trial.checkpoint``)."""
+
+
+def checkpoint_name(step: int, tmp: bool = False) -> str:
+    """The folder name of the checkpoint taken at ``step`` (``tmp``: while it is written)."""
+    return f"{'.tmp-' if tmp else ''}{PREFIX}{step:08d}"
 
 
 def latest(folder: Path) -> Path | None:
     """The newest whole checkpoint under ``folder`` (a trial's ``checkpoints``), or None."""
-    found = sorted(p for p in folder.glob("step-*") if (p / INFO).is_file()) if folder.is_dir() else []
+    found = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / INFO).is_file()) if folder.is_dir() else []
     return found[-1] if found else None
 
 

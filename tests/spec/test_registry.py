@@ -47,3 +47,19 @@ def test_the_docs_table_names_each(field, names):
     row = next(line for line in DOCS.read_text().splitlines() if line.startswith(f"| `{field}` |"))
     quoted = set(re.findall(r"`(\w+)`", row))
     assert set(names) <= quoted, f"docs/specs.md's {field} row misses {set(names) - quoted}"
+
+
+def test_each_lr_scaling_rule_is_accepted_applied_and_documented():
+    """A rule added to ``LR_SCALING`` is accepted by the config, scales lr by its exponent in the plan
+    (at B = 4 x the reference: 4^alpha), and docs/specs.md's ``lr_scaling`` row names it."""
+    from lbsearch.spec.config import OptimizerConfig
+    from lbsearch.spec.plan import lr_for_batch
+    from lbsearch.spec.registry import LR_SCALING
+
+    row = next(line for line in DOCS.read_text().splitlines() if "`lr_scaling`" in line and line.startswith("|"))
+    for name, alpha in LR_SCALING.items():
+        opt = OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling=name)
+        assert lr_for_batch(opt, 128) == pytest.approx(1e-3 * 4**alpha)
+        assert f"`{name}`" in row, f"docs/specs.md's lr_scaling row misses {name}"
+    with pytest.raises(ValidationError):
+        OptimizerConfig(lr_scaling="cube")
