@@ -30,7 +30,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<mlruns>/mlflow.db)")
 
 
-NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process CPU trials are forked "
+NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process trials are forked "
               "from a standby process that has done the imports once; docs/how_a_trial_runs.md)")
 
 
@@ -146,8 +146,8 @@ def cmd_train(args) -> int:
 
 
 def cmd_status(args) -> int:
-    """The trials table; its rows and columns are ``lbsearch.study.views`` (``trial_rows``, ``status_columns``)."""
-    from lbsearch.study import best_trial, load_existing_study, status_columns, trial_rows, value_columns
+    """The trials table; its rows and columns are ``lbsearch.study.views`` (``trial_rows``, ``status_columns``), then the budget used."""
+    from lbsearch.study import best_trial, budget_line, budget_used, load_existing_study, status_columns, trial_rows, value_columns
     from lbsearch.terminal import print_table
 
     study = load_existing_study(_session(args), args.study)
@@ -163,6 +163,8 @@ def cmd_status(args) -> int:
     counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
     caption = " · ".join(f"{k} {v}" for k, v in counts.items() if v) + (f" · best trial {best.number} (*)" if best else "")
     print_table(cols, [[mark(r, c) for c in cols] for r in rows], title=f"study {args.study}", caption=caption)
+    if used := budget_used(study):
+        print(budget_line(*used))
     return 0
 
 
@@ -205,7 +207,9 @@ def cmd_best(args) -> int:
 
 
 def _print_rows(rows: list[dict], cols: list[str], mark: int | None = None) -> None:
-    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "test", "samples", "seconds", "mfu", "mlflow_run_id", *cols})
+    from lbsearch.study import FACTS  # the row keys that are facts, not params (lbsearch.study.views)
+
+    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "mlflow_run_id", *FACTS, *cols})
     cols = cols + params
 
     def fmt(v) -> str:

@@ -40,12 +40,13 @@ class Reporter:
         if self.tracking:
             print(message("tags", tags), flush=True)
 
-    def metrics(self, values: dict[str, float | None], samples: int) -> None:
+    def metrics(self, values: dict[str, float | None], samples: int, ms: int | None = None) -> None:
         """Metric rows at ``samples`` seen: their MLflow step is the data seen, ``samples x unit``
-        (tokens for a language model), so trials of different B compare at equal data."""
+        (tokens for a language model), so trials of different B compare at equal data. ``ms``: their
+        time (a training step's rows are sent at a later read point), else now."""
         if not self.tracking:
             return
-        now, step = int(time.time() * 1000), int(samples) * self.unit
+        now, step = ms or int(time.time() * 1000), int(samples) * self.unit
         self._buffer += [[k, float(v), now, step] for k, v in values.items() if v is not None and math.isfinite(v)]
 
     def flush(self, at_least: int = 1) -> None:

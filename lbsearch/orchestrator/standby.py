@@ -2,7 +2,7 @@
 
 A trial's process spends its first seconds single-threaded, in the interpreter and the imports of
 torch, transformers, Accelerate and scikit-learn (``benchmarks/overhead.py``). Inside ``standby()``
-(the study loop, when more than one trial is left to run), the first one-process CPU trial of
+(the study loop, when more than one trial is left to run), the first one-process trial (CPU or GPU) of
 lbsearch's own worker starts a standby process: the same command and environment, less the spec
 path. It imports all that once, then waits on a socket. That trial and each later one whose command
 (less the spec path) and environment are the standby's is a child forked from it: its own process
@@ -15,8 +15,11 @@ thread started in it after its imports, Python's or a native pool's (an OpenMP r
 parent can hang a forked child), or CUDA is initialised in it; the study says so once, with the reason.
 
 A trial with another command or environment (say, another precision) gets a standby process of its
-own (``KEEP`` at once). Trials of several processes, on a GPU (CUDA does not survive a fork once the
-driver is touched) or of a script always start as before. The standby process ends when
+own (``KEEP`` at once). A one-process GPU trial forks too: CUDA does not survive a fork once the
+driver is touched, so the standby process never touches it (``PYTORCH_NVML_BASED_CUDA_CHECK=1``:
+torch asks NVML, not the driver, whether a GPU is there) and the child initialises CUDA itself; if
+an import initialised it anyway, the standby process refuses and says why. Trials of several
+processes or of a script always start as before. The standby process ends when
 ``standby()`` exits, and by itself when the orchestrator dies (its socket closes); a trial forked
 from it watches the orchestrator as every trial does, and is killed if the standby process dies
 first. Its command line names the first trial's spec, so it can be found beside the trials.
@@ -39,6 +42,10 @@ from lbsearch.spec import FLAG
 
 __all__ = ["standby", "start"]
 
+
+NO_CUDA = {"PYTORCH_NVML_BASED_CUDA_CHECK": "1"}
+"""The standby process's own environment on top of its trials': ``torch.cuda.is_available()`` asks NVML and
+leaves the CUDA driver untouched, so a child forked from it may initialise CUDA (the child gets the trial's)."""
 
 KEEP = 2
 """Standby processes kept at once, one per trial command and environment (the least recently used goes)."""
@@ -64,8 +71,8 @@ def standby(say: Callable[[str], None] = print) -> Iterator[None]:
 
 def _key(cmd: list[str], env: dict[str, str], spec_file: Path) -> tuple | None:
     """What the standby process must have been started with to fork this trial; None when none may
-    (not the built-in worker as one CPU process: ``accelerate launch``, a GPU, a script)."""
-    if cmd != [sys.executable, "-m", "lbsearch.trial.worker", str(spec_file)] or env.get("ACCELERATE_USE_CPU") != "True":
+    (not the built-in worker as one process, CPU or GPU: ``accelerate launch``, a script)."""
+    if cmd != [sys.executable, "-m", "lbsearch.trial.worker", str(spec_file)]:
         return None
     return tuple(cmd[:-1]), tuple(sorted(env.items()))
 
@@ -116,7 +123,7 @@ class _Server:
         self.refused = ""  # why it answered that it cannot fork (a thread runs in it, CUDA is initialised)
         self.sock, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         with theirs, open(spec_file.parent.parent / "standby.log", "a") as log:  # what it says before a trial has an output
-            self.proc = subprocess.Popen([*prefix, FLAG, str(spec_file)], env=env, stdin=theirs, stdout=log, stderr=subprocess.STDOUT,
+            self.proc = subprocess.Popen([*prefix, FLAG, str(spec_file)], env=env | NO_CUDA, stdin=theirs, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
 
     def fork(self, spec_file: Path, env: dict[str, str]) -> "_Forked | None":

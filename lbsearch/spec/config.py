@@ -1,9 +1,6 @@
-"""Typed, strict configuration: the experiment and study models (loading them is ``lbsearch.spec.load``).
-
-An *experiment* says what to train (data, model, optimizer, schedule, budget, metric, launcher);
-a *study* says how to search it. Unknown keys are errors that list the valid ones, and every
-error names the file and the field: ``studies/x.yaml: search_space.optimizer.lr.low: ...``.
-"""
+"""Typed, strict configuration (loading it is ``lbsearch.spec.load``): an *experiment* says what to train (data, model,
+optimizer, schedule, budget, metric, launcher); a *study* says how to search it. Unknown keys are errors that list the valid
+ones, and every error names the file and the field: ``studies/x.yaml: search_space.optimizer.lr.low: ...``."""
 
 from __future__ import annotations
 
@@ -12,14 +9,11 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from lbsearch.spec.registry import GROUPING_PRUNERS, PrunerName, SamplerName
-from lbsearch.spec.tasks import DataConfig, MetricConfig, TaskKind, check_task, count_in_tokens
+from lbsearch.spec.registry import GROUPING_PRUNERS, LrScalingName, PrunerName, SamplerName
+from lbsearch.spec.tasks import LM_TASKS, DataConfig, MetricConfig, TaskKind, check_task, count_in_tokens
 
-__all__ = [
-    "SpecError", "BATCH_KEY", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig",
-    "LauncherConfig", "MetricConfig", "ExperimentConfig", "FloatParam", "IntParam", "CategoricalParam", "SamplerConfig",
-    "PrunerConfig", "StudyConfig",
-]
+__all__ = ["SpecError", "BATCH_KEY", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig", "LauncherConfig", "MetricConfig",
+           "ExperimentConfig", "FloatParam", "IntParam", "CategoricalParam", "SamplerConfig", "PrunerConfig", "BudgetConfig", "StudyConfig"]
 
 BUILTIN_DATASETS = ("rotten_tomatoes", "speeches")  # speeches: a corpus for language models only (lbsearch.data.corpus)
 BUILTIN_MODELS = ("minilm-l6",)
@@ -38,16 +32,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
 
 
-# ----------------------------------------------------------------------------------------------
-# Experiment: what to train
-
+# ---------------------------------------------------------------------------------------------- Experiment: what to train
 
 class ModelConfig(_Strict):
     source: str = "minilm-l6"
     """Builtin name (``minilm-l6``), a local model folder, a hub id, or ``random`` (init from ``config``)."""
     num_layers: int | None = Field(None, ge=1)
-    """Keep only the first k transformer layers (pretrained weights are kept for those); mapped to each
-    family's own field (``n_layers``, ``n_layer``, ...)."""
+    """Keep only the first k transformer layers (pretrained weights are kept for those); mapped to each family's own field (``n_layers``, ``n_layer``, ...)."""
     tokenizer: str | None = None
     """Tokenizer source; defaults to ``source`` (and to ``minilm-l6`` for ``random``)."""
     model_type: str = "bert"
@@ -61,11 +52,9 @@ class ModelConfig(_Strict):
     config: dict[str, Any] = Field(default_factory=dict)
     """Config fields: the whole architecture for ``random``, overrides (e.g. dropout) otherwise."""
     gradient_checkpointing: bool = False
-    """Recompute each layer's activations in the backward pass (the model's ``gradient_checkpointing_enable``):
-    less memory for a larger micro-batch, ~30% more compute per step."""
+    """Recompute each layer's activations in the backward pass (the model's ``gradient_checkpointing_enable``): less memory for a larger micro-batch, ~30% more compute per step."""
     freeze_embeddings: bool = False
-    """Keep the input (word) embeddings fixed: for short fine-tunes on CPU this skips the largest
-    gradient and optimizer update (11.7M of MiniLM's 22M parameters)."""
+    """Keep the input (word) embeddings fixed: for short fine-tunes on CPU this skips the largest gradient and optimizer update (11.7M of MiniLM's 22M parameters)."""
     trust_remote_code: bool = False
 
 
@@ -73,7 +62,7 @@ class OptimizerConfig(_Strict):
     name: Literal["adamw", "lamb", "lars"] = "adamw"
     lr: float = Field(5e-5, gt=0, lt=10)
     """Learning rate at ``reference_batch_size``; scaled to the actual batch by ``lr_scaling``."""
-    lr_scaling: Literal["none", "sqrt", "linear"] = "none"
+    lr_scaling: LrScalingName = "none"
     reference_batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -99,10 +88,7 @@ class ScheduleConfig(_Strict):
     @model_validator(mode="after")
     def _one_warmup(self) -> "ScheduleConfig":
         if self.warmup_fraction is not None and self.warmup_samples is not None:
-            raise ValueError(
-                "set only one of `warmup_fraction` and `warmup_samples`, got "
-                f"{self.warmup_fraction} and {self.warmup_samples}"
-            )
+            raise ValueError(f"set only one of `warmup_fraction` and `warmup_samples`, got {self.warmup_fraction} and {self.warmup_samples}")
         return self
 
 
@@ -120,6 +106,10 @@ class TrainConfig(_Strict):
     divergence_factor: float = Field(4.0, gt=1)
     """A training loss above this multiple of its first value stops the trial as diverged."""
     max_skipped_steps: int = Field(20, ge=1)  # fp16: more GradScaler-skipped steps in a row stop the trial (reason overflow)
+    log_every_steps: int = Field(10, ge=1)
+    """Read the steps' loss and gradient norm on the host (their metric rows, the stop decision) every this many optimizer
+    steps, at each evaluation and checkpoint, and (one process) at least every 2 s. Between reads a step never waits for the
+    device; a non-finite or diverged step is still kept from the optimizer there (``lbsearch.trial.readings``)."""
     noise_scale: bool = True
     """Measure the gradient noise scale B_simple (logged at each evaluation as ``gns/b_simple``)."""
     noise_scale_ema: float = Field(0.9, ge=0, lt=1)
@@ -140,9 +130,7 @@ class TrainConfig(_Strict):
     @model_validator(mode="after")
     def _budget(self) -> "TrainConfig":
         if self.budget_samples < self.batch_size:
-            raise ValueError(
-                f"`budget_samples` must be >= `batch_size`, got {self.budget_samples} < {self.batch_size}"
-            )
+            raise ValueError(f"`budget_samples` must be >= `batch_size`, got {self.budget_samples} < {self.batch_size}")
         return self
 
 
@@ -151,14 +139,12 @@ class LauncherConfig(_Strict):
     precision: Literal["auto", "no", "bf16", "fp16"] = "auto"
     """``auto``: bf16 where the device runs it fast (CUDA with bf16, a CPU with AVX512-BF16 / AMX), fp16 on older GPUs, else fp32."""
     max_micro_batch: int | None = Field(64, ge=1)
-    """Per-device micro-batch limit; a larger per-process batch becomes gradient accumulation.
-    ``null``: probe it once per model, sequence length, precision and device (cached under mlruns/)."""
+    """Per-device micro-batch limit; a larger per-process batch becomes gradient accumulation. ``null``: probe it once per model, sequence length, precision and device (cached under mlruns/)."""
     accelerate_config: str | None = None
     """An Accelerate config file (DDP, FSDP, DeepSpeed, dynamo, machines). What it sets is used as set: lbsearch
     passes ``accelerate launch`` only what the file leaves unset (``lbsearch.spec.accelerate_file``)."""
     num_machines: int | None = Field(None, ge=1, le=1024)
-    """Nodes one trial spans (``launcher.processes`` counts the processes on all of them). Unset: the config file's,
-    else ``SLURM_NNODES`` / ``NNODES``, else 1."""
+    """Nodes one trial spans (``launcher.processes`` counts the processes on all of them). Unset: the config file's, else ``SLURM_NNODES`` / ``NNODES``, else 1."""
     machine_rank: int | None = Field(None, ge=0)
     """This node's rank. Unset: the config file's, else ``SLURM_NODEID`` / ``NODE_RANK``, else 0."""
     main_process_ip: str | None = None
@@ -193,10 +179,6 @@ class ExperimentConfig(_Strict):
     @model_validator(mode="after")
     def _task(self) -> "ExperimentConfig":
         check_task(self.task, self.data, self.metric)
-        return self
-
-    @model_validator(mode="after")
-    def _tokens(self) -> "ExperimentConfig":
         count_in_tokens(self.task, self.train, self.schedule, self.data.max_length)
         return self
 
@@ -207,16 +189,11 @@ class ExperimentConfig(_Strict):
             raise ValueError(f"`launcher.processes` (on all machines) must be divisible by `launcher.num_machines`, got "
                              f"{self.launcher.processes} and {machines}")
         if self.train.batch_size % self.launcher.processes:
-            raise ValueError(
-                f"`train.batch_size` must be divisible by `launcher.processes`, got "
-                f"{self.train.batch_size} and {self.launcher.processes}"
-            )
+            raise ValueError(f"`train.batch_size` must be divisible by `launcher.processes`, got {self.train.batch_size} and {self.launcher.processes}")
         return self
 
 
-# ----------------------------------------------------------------------------------------------
-# Study: how to search
-
+# ---------------------------------------------------------------------------------------------- Study: how to search
 
 class FloatParam(_Strict):
     type: Literal["float"]
@@ -272,8 +249,7 @@ class SamplerConfig(_Strict):
     name: SamplerName = "tpe"
     """One of ``registry.SAMPLERS``."""
     seed: int = 0
-    """The study's seed. Each trial's draws come from (seed, trial number): reproducible, and never the
-    same for two workers or for a resumed study (a Sobol sequence keeps one seed)."""
+    """The study's seed. Each trial's draws come from (seed, trial number): reproducible, and never the same for two workers or for a resumed study (a Sobol sequence keeps one seed)."""
     n_startup_trials: int = Field(5, ge=0)
     """TPE and GP: random trials before the model takes over."""
 
@@ -282,15 +258,21 @@ class PrunerConfig(_Strict):
     name: PrunerName = "median"
     """One of ``registry.PRUNERS``."""
     n_startup_trials: int = Field(3, ge=0)
-    """Median only: trials that finish before pruning starts."""
+    """Median and percentile: trials that finish before pruning starts."""
     n_warmup_samples: int = Field(0, ge=0)
-    """Median only: no pruning before this many samples have been seen."""
+    """Every pruner: no trial is pruned before it has seen this many samples (ASHA and Hyperband: their first rung)."""
     reduction_factor: int = Field(3, ge=2)
     """ASHA and Hyperband: 1/reduction_factor of the trials go on at each rung."""
+    percentile: float = Field(75.0, gt=0, lt=100)
+    """Percentile: a trial goes on while its best value is within the best ``percentile`` % of the finished trials' at the same samples seen."""
+    patience: int = Field(2, ge=0)
+    """Patient: the evaluations a trial may go without improving (by more than ``min_delta``) before ``wraps`` may stop it."""
+    min_delta: float = Field(0.0, ge=0)
+    wraps: Literal["median", "percentile", "asha"] = "median"
+    """Patient: the pruner that decides once the trial's patience has run out."""
     group_by: str | None = None
-    """Median and ASHA: compare a trial only with trials that have the same value of this parameter
-    (``train.batch_size``: each batch size tuned on its own). Default with ``batch_ladder``: the batch size.
-    Hyperband cannot honour it (its brackets see the whole study)."""
+    """Compare a trial only with trials that have the same value of this parameter (``train.batch_size``: each batch size
+    tuned on its own); one of ``registry.GROUPING_PRUNERS``. Default with ``batch_ladder``: the batch size."""
 
     @model_validator(mode="after")
     def _grouping(self) -> "PrunerConfig":
@@ -320,18 +302,32 @@ class WarmStartConfig(_Strict):
     storage: str | None = None
 
 
+class BudgetConfig(_Strict):
+    """The compute a study may spend: it starts no trial once its finished trials have trained this much."""
+    samples: int | None = Field(None, ge=1)
+    tokens: int | None = Field(None, ge=1)  # language models: samples x data.max_length
+    device_hours: float | None = Field(None, gt=0)  # each trial's seconds x its processes
+
+    @model_validator(mode="after")
+    def _one(self) -> "BudgetConfig":
+        if len(given := [k for k, v in self if v is not None]) != 1:
+            raise ValueError(f"set exactly one of `samples`, `tokens`, `device_hours`, got {', '.join(given) or 'none'}")
+        return self
+
+
 class StudyConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     experiment: ExperimentConfig
     n_trials: int = Field(ge=1, le=100_000)
+    budget: BudgetConfig | None = None
+    """Stop at this much compute (``lbsearch.study.views.spent``) or at ``n_trials``, whichever comes first."""
     search_space: dict[str, Param] = Field(default_factory=dict)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)
     objective: Literal["validation"] = "validation"
     """The experiment's metric on the validation split at the end of the budget (see ``objectives``)."""
     objectives: list[ObjectiveConfig] | None = None
-    """What the study optimises; two or more make a multi-objective study (a Pareto front), e.g.
-    ``[metric, samples_to_target]``. Default: ``[metric]``."""
+    """What the study optimises; two or more make a multi-objective study (a Pareto front), e.g. ``[metric, samples_to_target]``. Default: ``[metric]``."""
     constraints: list[str] = Field(default_factory=list)
     """Expressions over the params that every trial must satisfy, e.g. ``train.batch_size < 512 or optimizer.lr <= 1e-3``;
     a suggestion that violates one is told as pruned (reason ``constraint``) without training. With the grid
@@ -351,8 +347,7 @@ class StudyConfig(_Strict):
     max_retries: int = Field(1, ge=0, le=10)
     """How often a trial whose worker died is re-run with the same params."""
     batch_ladder: list[int] | None = Field(None, min_length=2)
-    """Batch sizes tuned one by one (the Shallue et al. protocol): trial i runs B = ladder[i mod n] and
-    samples the other parameters; pruning compares trials of the same B only."""
+    """Batch sizes tuned one by one (the Shallue et al. protocol): trial i runs B = ladder[i mod n] and samples the other parameters; pruning compares trials of the same B only."""
 
     @model_validator(mode="after")
     def _ladder(self) -> "StudyConfig":
@@ -383,6 +378,8 @@ class StudyConfig(_Strict):
             why = "several objectives" if len(names) > 1 else f"the objective `{names[0]}`"
             raise ValueError(f"pruning compares validation {self.experiment.metric.name} along the way, which cannot "
                              f"rank trials by {why} (Optuna prunes single-objective studies only): set `pruner: {{name: none}}`")
+        if self.budget and self.budget.tokens and getattr(self.experiment, "task", None) not in LM_TASKS:
+            raise ValueError(f"`budget.tokens` is for language-model tasks ({', '.join(LM_TASKS)}); this experiment counts samples: use `budget.samples`")
         from lbsearch.spec.constraints import parse
 
         parse(self.constraints, set(self.space))

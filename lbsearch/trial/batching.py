@@ -48,21 +48,31 @@ def step_micro_batches(step_ids: np.ndarray, lengths: np.ndarray, plan: BatchPla
     return [ordered[i : i + plan.micro_batch] for i in range(0, len(ordered), plan.micro_batch)]
 
 
+def to_device(array: np.ndarray, device) -> torch.Tensor:
+    """A host array on ``device``: on a GPU copied from pinned memory without waiting (the step's kernels
+    queue behind the copy, and torch keeps the pinned block until the copy is done); elsewhere as is."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if torch.device(device).type == "cuda":
+        return tensor.pin_memory().to(device, non_blocking=True)
+    return tensor.to(device)
+
+
 def pad(seqs: list[np.ndarray], pad_id: int, device, types: list[np.ndarray] | None = None, multiple: int = 1) -> dict[str, torch.Tensor]:
     """A right-padded batch, as wide as the longest sequence rounded up to ``multiple``; ``types`` (the
-    segment ids of text pairs) become ``token_type_ids``."""
+    segment ids of text pairs) become ``token_type_ids``. A batch without padding has no attention mask
+    (transformers would read an all-ones one on the host to drop it: a host sync per forward)."""
     width = -(-max(len(s) for s in seqs) // multiple) * multiple
     ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
     mask = np.zeros((len(seqs), width), dtype=np.int64)
     for i, s in enumerate(seqs):
         ids[i, : len(s)] = s
         mask[i, : len(s)] = 1
-    batch = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.from_numpy(mask).to(device)}
+    batch = {"input_ids": to_device(ids, device)} | ({} if mask.all() else {"attention_mask": to_device(mask, device)})
     if types is not None:
         segments = np.zeros((len(seqs), width), dtype=np.int64)
         for i, t in enumerate(types):
             segments[i, : len(t)] = t
-        batch["token_type_ids"] = torch.from_numpy(segments).to(device)
+        batch["token_type_ids"] = to_device(segments, device)
     return batch
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import json
-import math
 import os
 import shutil
 import signal
@@ -27,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lbsearch.spec import INFO, fingerprint, latest
+from lbsearch.spec import INFO, PREFIX, checkpoint_name, fingerprint, latest
 from lbsearch.trial.distributed import stop_code
 
 __all__ = ["latest", "fingerprint", "StopSignal", "Checkpoints"]
@@ -80,12 +79,17 @@ class Checkpoints:
         t.say(f"resumed from checkpoint at step {info['step']} ({info['samples']} samples)")
         return info["step"]
 
-    def after_step(self, step: int) -> bool:
+    def due(self, step: int) -> bool:
+        """Whether ``checkpoint_every_samples`` falls due at ``step`` (a read point of the trial, as every checkpoint's step is)."""
+        B = self.trial.plan.batch_size
+        return bool(self.every) and step * B // self.every > (step - 1) * B // self.every and step < self.trial.plan.steps
+
+    def after_step(self, step: int, read: bool = True) -> bool:
+        """Write a checkpoint if one is due; time and SIGTERM are looked at on read steps only (``read``)."""
         t = self.trial
-        if step >= t.plan.steps:
-            return False  # the trial ends here anyway
-        B = t.plan.batch_size
-        due = 1 if self.every and step * B // self.every > (step - 1) * B // self.every else 0
+        if step >= t.plan.steps or not read:
+            return False  # the trial ends here anyway, or the step's values are still on the device
+        due = int(self.due(step))
         if self.every_s is not None or self.stop.defer:  # time and signals can differ across ranks: all take the largest
             asked = 2 if self.stop.asked else 1 if self.every_s is not None and time.time() - self.t_last >= self.every_s else 0
             due = stop_code(t.acc, max(due, asked)) if t.acc.num_processes > 1 else max(due, asked)
@@ -103,7 +107,7 @@ class Checkpoints:
             self._write(step)
         except OSError as err:
             if t.acc.is_main_process:
-                shutil.rmtree(self.folder / f".tmp-step-{step:08d}", ignore_errors=True)
+                shutil.rmtree(self.folder / checkpoint_name(step, tmp=True), ignore_errors=True)
             t.say(f"checkpoint at step {step} not written ({type(err).__name__}: {err}); the trial goes on, its last whole checkpoint kept")
             return
         self.t_last = time.time()
@@ -111,7 +115,7 @@ class Checkpoints:
         t.say(f"checkpoint at step {step} ({step * t.plan.batch_size} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
 
     def _write(self, step: int) -> None:
-        acc, tmp, final = self.trial.acc, self.folder / f".tmp-step-{step:08d}", self.folder / f"step-{step:08d}"
+        acc, tmp, final = self.trial.acc, self.folder / checkpoint_name(step, tmp=True), self.folder / checkpoint_name(step)
 
         def start() -> None:
             if acc.is_main_process:
@@ -124,7 +128,7 @@ class Checkpoints:
                 (tmp / INFO).write_text(json.dumps(_position(self.trial, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
                 shutil.rmtree(final, ignore_errors=True)
                 durable_rename(tmp, final)
-                for old in self.folder.glob("step-*"):
+                for old in self.folder.glob(f"{PREFIX}*"):
                     if old != final:
                         shutil.rmtree(old, ignore_errors=True)
 
@@ -182,13 +186,12 @@ def _fsync(path: Path) -> None:
 
 def _position(t, step: int) -> dict[str, Any]:
     """The trial's own state at a step boundary (JSON floats round-trip exactly)."""
-    return {"step": step, "samples": step * t.plan.batch_size, "first_loss": t.first_loss, "clipped": t.clipped, "skipped": t.skipped,
-            "skipped_in_row": t.skipped_in_row, "last_eval": t.last_eval, "work": [float(w) for w in t.work], "train_s": t.t_train,
-            "gns": t.gns.noise.state(), "result": {k: t.result[k] for k in _RESULT_KEYS if k in t.result}}
+    return {"step": step, "samples": step * t.plan.batch_size, **t.readings.state(), "last_eval": t.last_eval,
+            "work": [float(w) for w in t.work], "train_s": t.t_train, "gns": t.gns.noise.state(), "result": {k: t.result[k] for k in _RESULT_KEYS if k in t.result}}
 
 
 def _restore(t, info: dict[str, Any]) -> None:
-    t.first_loss, t.clipped, t.skipped, t.skipped_in_row = info["first_loss"], info["clipped"], info["skipped"], info["skipped_in_row"]
+    t.readings.load(info, info["step"])
     t.last_eval, t.t_train = info["last_eval"], info["train_s"]
     t.gns.noise.load(info["gns"])
     t.result |= info["result"] | {"steps": info["step"], "samples": info["samples"]}
@@ -196,4 +199,3 @@ def _restore(t, info: dict[str, Any]) -> None:
     work = info["work"]
     t.work[:] = [0.0, 0.0, work[2] - work[0], work[3] - work[1]]
     t.t_mark, t.samples_mark = time.time(), info["samples"]
-    t.loss = t.grad_norm = math.nan

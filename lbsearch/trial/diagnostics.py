@@ -99,7 +99,8 @@ class GradientNoiseMonitor:
         self.noise = NoiseScale(beta)
         self.accumulation = accumulation
         self._s: torch.Tensor | None = None
-        self._seen = 0
+        self._seen = self._step = 0
+        self._pending: list[tuple[int, torch.Tensor]] = []
         self.params = [p for p in model.parameters() if p.requires_grad]
         processes = accelerator.num_processes
         kind = getattr(accelerator.distributed_type, "value", "")
@@ -132,7 +133,7 @@ class GradientNoiseMonitor:
 
     def begin(self, step: int) -> int:
         """Start optimizer step ``step`` (1-based); returns the head for ``step_micro_batches``."""
-        self._measure = self.active and (step - 1) % self.every == 0
+        self._measure, self._step = self.active and (step - 1) % self.every == 0, step
         if self._measure:
             # fp16: backward ran on the loss times the GradScaler's scale, so the gradients read
             # here are scaled (clip_grad_norm_ unscales before the pre-clip norm); the scale only
@@ -153,7 +154,8 @@ class GradientNoiseMonitor:
             grads = [p.grad for p in self.params if p.grad is not None]
             self._s = _sum_sq(grads) * (self.accumulation / self.head) ** 2 * self._unscale
 
-    def step(self, pre_clip_norm: float) -> None:
+    def step(self, pre_clip_norm: torch.Tensor) -> None:
+        """After clipping: keep this step's small-batch |G|² and pre-clip norm (device tensors) for ``settle``."""
         if self.mode is None:
             return
         if not self._measure:
@@ -162,15 +164,25 @@ class GradientNoiseMonitor:
                 self._rank_sq.zero_()
             return
         if self.mode == "micro":
-            s = self._s.item()
+            s = self._s
             self._s, self._seen = None, 0
         else:
-            t = self._rank_sq.clone()
-            torch.distributed.all_reduce(t)
-            s = t.item() / self.acc.num_processes * self._unscale
+            s = self._rank_sq.clone()
+            torch.distributed.all_reduce(s)
+            s = s / self.acc.num_processes * self._unscale
             self._rank_sq.zero_()
-        if math.isfinite(pre_clip_norm) and math.isfinite(s):
-            self.noise.update(s, pre_clip_norm**2, self.b, self.big)
+        self._pending.append((self._step, torch.stack([s.double(), pre_clip_norm.double()])))
+
+    def settle(self, until: int) -> None:
+        """At a read point: the kept steps up to ``until`` (the trial's last step) into the estimates, in
+        order and in one transfer to the host; later ones (after a divergence) are dropped."""
+        if not self._pending:
+            return
+        values = torch.stack([v for _, v in self._pending]).tolist()
+        for (step, _), (s, norm) in zip(self._pending, values):
+            if step <= until and math.isfinite(norm) and math.isfinite(s):
+                self.noise.update(s, norm**2, self.b, self.big)
+        self._pending.clear()
 
     def metrics(self) -> dict[str, float | None]:
         n = self.noise

@@ -18,6 +18,7 @@ A config file that sets ``dynamo_config`` is honoured: ``launcher.compile`` then
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import torch
 
@@ -30,13 +31,16 @@ def _flag(name: str) -> bool:
     return os.environ.get(name, "false").lower() == "true"
 
 
-def make_accelerator(precision: str, cpu: bool, compile: bool):
-    """The trial's Accelerator. ``cpu``: forced to the CPU (``launcher.cpu``; also when no GPU is present)."""
+def make_accelerator(precision: str, cpu: bool, compile: bool, cache: Path | None = None):
+    """The trial's Accelerator. ``cpu``: forced to the CPU (``launcher.cpu``; also when no GPU is present).
+    ``cache``: where compiled code is kept for the next trials (``TORCHINDUCTOR_CACHE_DIR``, unless set)."""
     from accelerate import Accelerator
     from accelerate.utils import DistributedType, TorchDynamoPlugin
 
     cpu = cpu or not torch.cuda.is_available()
     from_file = os.environ.get("ACCELERATE_DYNAMO_BACKEND", "NO").upper() != "NO"
+    if (compile or from_file) and cache is not None:  # inductor's FX-graph and autotuning caches: a later trial loads, not compiles
+        os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     dynamo = TorchDynamoPlugin(backend="inductor", use_regional_compilation=True, dynamic=True) if compile and not from_file else None
     fsdp, version = _flag("ACCELERATE_USE_FSDP"), os.environ.get("FSDP_VERSION", "1")
     if fsdp and cpu and version != "2":
@@ -65,12 +69,13 @@ def _fsdp2_on_cpu(acc) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
-def mean_over_ranks(accelerator, value: float) -> float:
+def average_over_ranks(accelerator, value: torch.Tensor) -> torch.Tensor:
+    """The mean of a device tensor over ranks, on the device (no host read)."""
     if accelerator.num_processes == 1:
         return value
-    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    t = value.clone()
     torch.distributed.all_reduce(t)
-    return t.item() / accelerator.num_processes
+    return t / accelerator.num_processes
 
 
 def sum_over_ranks(accelerator, values: list[float]) -> list[float]:

@@ -16,6 +16,8 @@ import math
 import numpy as np
 import torch
 
+from lbsearch.trial.batching import to_device
+
 __all__ = ["IGNORE", "mask_tokens", "lm_batch", "lm_loss", "predicted", "LMEvaluator", "build_lm"]
 
 IGNORE = -100
@@ -34,14 +36,15 @@ def mask_tokens(ids: np.ndarray, rng: np.random.Generator, probability: float, m
 
 
 def lm_batch(task: str, seqs: np.ndarray, device, rng: np.random.Generator | None = None, mlm: dict | None = None) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Model inputs and targets of ``(n, L)`` packed sequences (no padding: every position is a token)."""
+    """Model inputs and targets of ``(n, L)`` packed sequences. No padding, so no attention mask: given an
+    all-ones mask, transformers would read it on the host (``padding_mask.all()``) to drop it, a host sync
+    per forward."""
     ids = np.asarray(seqs, dtype=np.int64)
     if task == "masked_lm":
         ids, targets = mask_tokens(ids, rng, mlm["probability"], mlm["mask_id"], mlm["vocab_size"])
     else:
         targets = ids
-    inputs = {"input_ids": torch.from_numpy(ids).to(device), "attention_mask": torch.ones(ids.shape, dtype=torch.long, device=device)}
-    return inputs, torch.from_numpy(np.ascontiguousarray(targets)).to(device)
+    return {"input_ids": to_device(ids, device)}, to_device(targets, device)
 
 
 def lm_loss(task: str, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
@@ -98,9 +101,12 @@ def build_lm(task: str, config, source: str | None, trust_remote_code: bool = Fa
 
     auto = AutoModelForCausalLM if task == "causal_lm" else AutoModelForMaskedLM
     try:
-        if source is None:
-            return auto.from_config(config, trust_remote_code=trust_remote_code)
-        return auto.from_pretrained(source, config=config, trust_remote_code=trust_remote_code)
+        model = auto.from_config(config, trust_remote_code=trust_remote_code) if source is None else \
+            auto.from_pretrained(source, config=config, trust_remote_code=trust_remote_code)
+        # batches are packed, never padded (``lm_batch``), and have no mask: with a pad token set, a decoder's
+        # forward would look for it in every batch's first and last column (a host read per forward) to warn
+        model.config.pad_token_id = None
+        return model
     except ValueError as err:
         if "Unrecognized configuration class" not in str(err):
             raise

@@ -107,7 +107,7 @@ class PooledClassifier(torch.nn.Module):
         return self.encoder.get_input_embeddings()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, segment_ids: torch.Tensor | None = None,
-                **segments: torch.Tensor):
+                segment_lengths: torch.Tensor | None = None, **segments: torch.Tensor):
         """Padded rows (``attention_mask``), or packed ones (``segment_ids`` and ``position_ids``,
         ``lbsearch.trial.packing``): then the logits come in segment order."""
         from transformers.modeling_outputs import SequenceClassifierOutput
@@ -117,8 +117,10 @@ class PooledClassifier(torch.nn.Module):
 
             mask = segment_mask(self.config, segment_ids, self.classifier.weight.dtype)
             hidden = self.encoder(input_ids=input_ids, attention_mask=mask, **segments).last_hidden_state
-            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pool_segments(hidden, segment_ids, self.pooling))))
+            return SequenceClassifierOutput(logits=self.classifier(self.dropout(pool_segments(hidden, segment_ids, self.pooling, segment_lengths))))
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **segments).last_hidden_state
+        if attention_mask is None:  # no padding
+            attention_mask = torch.ones(input_ids.shape, dtype=torch.long, device=input_ids.device)
         if self.pooling == "mean":
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1)

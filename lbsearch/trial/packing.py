@@ -27,6 +27,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lbsearch.trial.batching import to_device
+
 __all__ = ["pack", "segment_mask", "pool_segments", "position_offset", "unsupported", "check"]
 
 TOLERANCE = 1e-4
@@ -69,8 +71,9 @@ def pack(seqs: list[np.ndarray], width: int, pad_id: int, device, types: list[np
             if typ is not None:
                 typ[r, at : at + n] = types[i]
             at += n
-    batch = {"input_ids": ids, "position_ids": pos, "segment_ids": seg} | ({"token_type_ids": typ} if typ is not None else {})
-    return {k: torch.from_numpy(v).to(device) for k, v in batch.items()}
+    batch = {"input_ids": ids, "position_ids": pos, "segment_ids": seg, "segment_lengths": np.asarray(lengths, dtype=np.int64)}
+    batch |= {"token_type_ids": typ} if typ is not None else {}
+    return {k: to_device(v, device) for k, v in batch.items()}
 
 
 def segment_mask(config, segment_ids: torch.Tensor, dtype: torch.dtype):
@@ -85,18 +88,18 @@ def segment_mask(config, segment_ids: torch.Tensor, dtype: torch.dtype):
     return create_bidirectional_mask(config=config, inputs_embeds=shape, attention_mask=None, and_mask_function=same_segment)
 
 
-def pool_segments(hidden: torch.Tensor, segment_ids: torch.Tensor, pooling: str) -> torch.Tensor:
+def pool_segments(hidden: torch.Tensor, segment_ids: torch.Tensor, pooling: str, lengths: torch.Tensor) -> torch.Tensor:
     """One vector per segment, in segment order: the mean of its tokens (summed in fp32, as a padded
-    mean's reduction is), or its last token."""
-    flat, keep = segment_ids.reshape(-1), segment_ids.reshape(-1) >= 0
-    seg, vectors = flat[keep], hidden.reshape(-1, hidden.shape[-1])[keep]
-    k = int(seg.max()) + 1
+    mean's reduction is), or its last token. ``lengths``: each segment's tokens; its size, known on the
+    host, is the number of segments (no host read: a row's padding goes to one more bucket, dropped)."""
+    k, flat = len(lengths), segment_ids.reshape(-1)
+    seg, vectors = torch.where(flat >= 0, flat, k), hidden.reshape(-1, hidden.shape[-1])
     if pooling == "mean":
-        sums = torch.zeros(k, hidden.shape[-1], dtype=torch.float32, device=hidden.device).index_add_(0, seg, vectors.float())
-        return (sums / torch.bincount(seg, minlength=k).unsqueeze(-1)).to(hidden.dtype)
-    where = torch.arange(len(flat), device=hidden.device)[keep]
-    last = torch.zeros(k, dtype=torch.long, device=hidden.device).scatter_reduce_(0, seg, where, "amax")
-    return hidden.reshape(-1, hidden.shape[-1])[last]
+        sums = torch.zeros(k + 1, hidden.shape[-1], dtype=torch.float32, device=hidden.device).index_add_(0, seg, vectors.float())
+        return (sums[:k] / lengths.unsqueeze(-1)).to(hidden.dtype)
+    where = torch.arange(len(flat), device=hidden.device)
+    last = torch.zeros(k + 1, dtype=torch.long, device=hidden.device).scatter_reduce_(0, seg, where, "amax")
+    return vectors[last[:k]]
 
 
 def position_offset(model: torch.nn.Module) -> int:

@@ -5,7 +5,8 @@
 ``spec.json`` is a ``protocol.WorkerSpec``. Rank 0 owns the Optuna trial and the metric stream;
 every rank takes the stop decision (pruned / diverged) at the same optimizer step. The trial is
 build -> (step, evaluate at the plan's points) -> finish; each step runs accumulate -> backward ->
-clip (pre-clip norm) -> finiteness and divergence check -> optimizer step -> schedule -> log.
+clip (pre-clip norm) -> finiteness and divergence guard -> optimizer step -> schedule, and reads its values
+on the host only at read points (``lbsearch.trial.readings``): log and the stop decision there.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, diverged, failure, make_plan, sample_unit, write_result
-from lbsearch.trial.batching import pad, sample_stream, step_micro_batches
+from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, write_result
+from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
-from lbsearch.trial.distributed import keep_until_exit, make_accelerator, mean_over_ranks, stop_code, sum_over_ranks
+from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
+from lbsearch.trial.readings import CONTINUE, DIVERGED, OVERFLOW, PRUNED, Readings
 from lbsearch.trial.standby import serve
 from lbsearch.trial.training import (
     Evaluator,
@@ -47,7 +49,6 @@ from lbsearch.trial.training import (
     training_targets,
 )
 
-CONTINUE, DIVERGED, PRUNED, OVERFLOW = 0, 1, 2, 3
 REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
 
 
@@ -64,7 +65,7 @@ class Trial:
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
         world = int(os.environ.get("WORLD_SIZE", "1"))
         launcher = exp.launcher
-        self.acc = make_accelerator(launcher.precision, launcher.cpu, launcher.compile)  # the config file's FSDP / DeepSpeed / dynamo
+        self.acc = make_accelerator(launcher.precision, launcher.cpu, launcher.compile, Path(spec.data_path).parent)  # the file's FSDP / DeepSpeed / dynamo
         cpu_fp16(self.acc)  # before prepare: the model's forward is wrapped in the autocast this turns on
         self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
@@ -95,11 +96,8 @@ class Trial:
         self._build_optimization(model)
         self.evals = dict(self.plan.evals)
         self.result: dict[str, Any] = {"state": "complete", "reason": None, "steps": 0, "samples": 0, "evals": []}
-        self.first_loss: float | None = None
         self.last_eval: dict[str, float] | None = None
-        self.loss = self.grad_norm = math.nan
-        self.clipped, self.t_train, self.t_first_step = 0, 0.0, None
-        self.skipped = self.skipped_in_row = 0  # optimizer steps the fp16 GradScaler skipped: in all, and the current run of them
+        self.t_train, self.t_first_step = 0.0, None
         self.t_mark, self.samples_mark = time.time(), 0
         self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
 
@@ -133,6 +131,8 @@ class Trial:
         self.scheduler = make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
         self.model, self.optimizer = acc.prepare(model, optimizer)
         tr = exp.train
+        self.readings = Readings(optimizer, acc.scaler, tr.divergence_factor, tr.max_skipped_steps, tr.clip_norm, tr.log_every_steps,
+                                 acc.num_processes, self.say)
         self.gns = GradientNoiseMonitor(acc, self.model, plan.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema,
                                         tr.noise_scale_every, enabled=tr.noise_scale)
         if tr.noise_scale and not self.gns.active:
@@ -154,20 +154,22 @@ class Trial:
         return Evaluator(self.data[split], self.exp.task, self.labels, self.exp.metric.threshold, 2 * self.plan.micro_batch,
                          acc.process_index, acc.num_processes, self.use_types)
 
-    def step(self, step: int) -> int:
+    def step(self, step: int, read: bool = False) -> int:
         """One optimizer step, in order: micro-batch layout -> accumulate (forward, backward) -> clip ->
-        finiteness and divergence check -> optimizer step or fp16 skip -> schedule -> log. Returns
-        CONTINUE or DIVERGED (the same on every rank)."""
+        finiteness and divergence guard -> optimizer step (skipped on the device by the guard, or by the
+        fp16 GradScaler) -> schedule -> at a read point (``read``: a checkpoint's step), log and decide.
+        Returns CONTINUE, DIVERGED or OVERFLOW (the same on every rank); between read points, CONTINUE."""
         micro = self._layout(step)
         loss_sum = sum(self._accumulate(idx, step) for idx in micro)
         maybe_inject_overflow(self.model, step)
-        self._clip()
-        self.loss = mean_over_ranks(self.acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
-        self.first_loss = self.loss if self.first_loss is None else self.first_loss
-        code = self._check(math.isfinite(self.loss) and math.isfinite(self.grad_norm))
+        norm = self._clip()
+        loss = average_over_ranks(self.acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
+        code = self.readings.before_optimizer(step, loss, norm)
         if code == CONTINUE:
             self._optimizer_step()
-        self._log(step)
+        self.readings.after_optimizer(self.scheduler.get_last_lr()[0])
+        if self.readings.due(step, self.plan.steps, read or step in self.evals or self.t_first_step is None):
+            code = self.read()
         return code
 
     def _layout(self, step: int) -> list[np.ndarray]:
@@ -177,37 +179,43 @@ class Trial:
         self.work += (flops, tokens, flops, tokens)
         return micro
 
-    def _accumulate(self, idx: np.ndarray, step: int) -> float:
-        """Forward and backward of one micro-batch, gradients accumulated; returns its loss."""
+    def _accumulate(self, idx: np.ndarray, step: int) -> torch.Tensor:
+        """Forward and backward of one micro-batch, gradients accumulated; returns its loss (float64, on the device)."""
         batch, targets = self._inputs(idx, step)
         with self.acc.accumulate(self.model):
             loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
             self.acc.backward(loss)
             self.gns.after_backward()
-        return loss.item()
+        return loss.detach().double()
 
-    def _clip(self) -> None:
-        """Clip to ``train.clip_norm``; the pre-clip norm (unscaled) is what is logged and checked."""
-        clip = self.exp.train.clip_norm
-        self.grad_norm = self.acc.clip_grad_norm_(self.model.parameters(), clip or math.inf).item()
-        self.gns.step(self.grad_norm)
-        self.clipped += int(clip is not None and self.grad_norm > clip)
+    def _clip(self) -> torch.Tensor:
+        """Clip to ``train.clip_norm``; returns the pre-clip norm (unscaled, on the device): what is logged and checked."""
+        norm = self.acc.clip_grad_norm_(self.model.parameters(), self.exp.train.clip_norm or math.inf)
+        norm = torch.as_tensor(norm, dtype=torch.float64, device=self.acc.device)
+        self.gns.step(norm)
+        return norm
 
     def _optimizer_step(self) -> None:
         """Under a GradScaler an overflow step is skipped by ``optimizer.step`` and the scale lowered;
         a skipped step does not advance the schedule."""
         self.optimizer.step()
-        if self.skipped_in_row == 0:
+        if self.readings.skipped_in_row == 0:
             self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 
-    def _log(self, step: int) -> None:
+    def read(self) -> int:
+        """A read point: the steps since the last one become metric rows (one per step, as if each had been
+        read at once); returns the stop code, and the trial's steps are those up to the step that stops it."""
+        rows, code, last = self.readings.read()
+        fp16 = {"train/skipped_steps": self.readings.skipped} if self.acc.scaler is not None else {}  # fp16 reads every step
+        for r, clip_frac in rows:
+            seen = r.step * self.plan.batch_size
+            self.rep.metrics({"train/loss": r.loss, "train/lr": r.lr, "train/grad_norm": r.grad_norm, "train/clip_frac": clip_frac,
+                              "progress/samples": seen, "progress/step": r.step} | fp16, seen, r.ms)
+        self.gns.settle(last)
         self.t_first_step = self.t_first_step or time.time() - self.t_start
-        seen = step * self.plan.batch_size
-        self.result["steps"], self.result["samples"] = step, seen
-        self.rep.metrics({"train/loss": self.loss, "train/lr": self.scheduler.get_last_lr()[0], "train/grad_norm": self.grad_norm,
-                          "train/clip_frac": self.clipped / step, "progress/samples": seen, "progress/step": step}
-                         | ({"train/skipped_steps": self.skipped} if self.acc.scaler is not None else {}), seen)
+        self.result["steps"], self.result["samples"] = last, last * self.plan.batch_size
+        return code
 
     def _inputs(self, idx: np.ndarray, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
         """One micro-batch's model inputs and targets (a language model's masks seeded by seed, step and first sample)."""
@@ -220,20 +228,7 @@ class Trial:
             batch = pack(seqs, self.exp.data.max_length, self.pad_id, device, types, self.pack_offset, self.pad_multiple)
         else:
             batch = pad(seqs, self.pad_id, device, types, self.pad_multiple)
-        return batch, torch.as_tensor(self.targets[idx], device=device)
-
-    def _check(self, finite: bool) -> int:
-        """CONTINUE, DIVERGED or OVERFLOW. Loss and grad norm are global here, so every rank takes the
-        same decision without a message. Under fp16 a finite loss with a non-finite gradient norm is
-        an overflow the GradScaler skips (counted); more than ``train.max_skipped_steps`` in a row stop
-        the trial. Otherwise a non-finite value, or a loss above ``divergence_factor`` x the first, diverges."""
-        tr = self.exp.train
-        if self.acc.scaler is not None and math.isfinite(self.loss) and not finite:
-            self.skipped, self.skipped_in_row = self.skipped + 1, self.skipped_in_row + 1
-            self.say(f"fp16 overflow: step skipped by the GradScaler ({self.skipped_in_row} in a row, {self.skipped} in all)")
-            return OVERFLOW if self.skipped_in_row > tr.max_skipped_steps else CONTINUE
-        self.skipped_in_row = 0
-        return DIVERGED if diverged(self.loss, self.first_loss, tr.divergence_factor, finite) else CONTINUE
+        return batch, to_device(self.targets[idx], device)
 
     def evaluate(self, step: int) -> int:
         """Validation at an evaluation point; returns CONTINUE or PRUNED (the same on every rank)."""
@@ -259,7 +254,7 @@ class Trial:
             self.result["tokens_to_target"] = seen * self.unit if self.lm else None
             self.rep.metrics({"samples_to_target": seen, "steps_to_target": step} | ({"tokens_to_target": seen * self.unit} if self.lm else {}), seen)
         done = f"tokens {seen * self.unit:,}/{self.plan.budget_samples * self.unit:,}" if self.lm else f"samples {seen}/{self.plan.budget_samples}"
-        self.say(f"{done} loss {self.loss:.4f} eval {metric.name} {value:.4f} "
+        self.say(f"{done} loss {self.readings.loss:.4f} eval {metric.name} {value:.4f} "
                  f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed['train/tokens_per_s']:.0f} tokens/s"
                  + (f" MFU {speed['train/mfu']:.1%}" if "train/mfu" in speed else ""))
         code = PRUNED if self.rep.should_prune(value, self.evals[step] * self.unit) and step < self.plan.steps else CONTINUE
@@ -280,12 +275,13 @@ class Trial:
             out["train/mfu"] = per_process / self.peak
         return out
 
-    def stop(self, step: int, code: int) -> None:
-        self.result["state"], self.result["reason"] = "pruned", REASONS[code]
+    def stop(self, code: int) -> None:
+        """Stop at the trial's last read step (``result["steps"]``: for a divergence, the step that diverged)."""
+        self.result["state"], self.result["reason"], step, r = "pruned", REASONS[code], self.result["steps"], self.readings
         if code == DIVERGED:
-            self.say(f"diverged at step {step}: loss {self.loss:.4g} (first {self.first_loss:.4g}), grad norm {self.grad_norm:.4g}")
+            self.say(f"diverged at step {step}: loss {r.loss:.4g} (first {r.first_loss:.4g}), grad norm {r.grad_norm:.4g}")
         if code == OVERFLOW:
-            self.say(f"stopped at step {step}: the GradScaler skipped {self.skipped_in_row} steps in a row (train.max_skipped_steps "
+            self.say(f"stopped at step {step}: the GradScaler skipped {r.skipped_in_row} steps in a row (train.max_skipped_steps "
                      f"{self.exp.train.max_skipped_steps})")
 
     def finish(self) -> TrialResult:
@@ -305,7 +301,7 @@ class Trial:
                 except Exception as err:  # noqa: BLE001 - reported, the result stands
                     r["model_error"] = f"{type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}"
                     self.say(f"model not saved: {r['model_error']}")
-        r["skipped_steps"] = self.skipped if self.acc.scaler is not None else None
+        r["skipped_steps"] = self.readings.skipped if self.acc.scaler is not None else None
         self.rep.flush()
         r["plan"], r["wall_s"] = plan.to_dict(), time.time() - self.t_start
         self.acc.end_training()
@@ -338,13 +334,13 @@ def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> Tri
         keep_until_exit(trial)
     saver = Checkpoints(trial, spec.checkpoint_dir, stop)
     for step in range(saver.resume() + 1, trial.plan.steps + 1):
-        code = trial.step(step)
+        code = trial.step(step, read=saver.due(step))
         if code == CONTINUE and step in trial.evals:
             code = trial.evaluate(step)
         if code != CONTINUE:
-            trial.stop(step, code)
+            trial.stop(code)
             break
-        if saver.after_step(step):  # SIGTERM: a checkpoint was written; a re-run resumes from it
+        if saver.after_step(step, read=trial.readings.last_read == step):  # SIGTERM: a checkpoint was written; a re-run resumes from it
             trial.result["state"], trial.result["reason"] = "failed", "interrupted"
             break
     return trial.finish()

@@ -57,7 +57,10 @@ def test_a_trial_lost_with_its_standby_process_is_re_run_from_its_checkpoint(tmp
     proc = start_cli(tmp_path, "run", STUDY, *SETS, "--set=n_trials=2", "--set=experiment.train.budget_samples=1920",
                      "--set=experiment.train.checkpoint_every_samples=320")
     wait_for(proc, "[trial 1] checkpoint at step", timeout=300)  # trial 1 is forked and has a checkpoint
-    os.kill(_standby_pid(tmp_path), signal.SIGKILL)
+    pid = _standby_pid(tmp_path)
+    # it asks NVML, not the CUDA driver, whether a GPU is there: a GPU trial forked from it may initialise CUDA
+    assert b"PYTORCH_NVML_BASED_CUDA_CHECK=1" in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    os.kill(pid, signal.SIGKILL)
     out = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, out
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
@@ -76,7 +79,7 @@ def test_a_trial_that_cannot_be_forked_starts_as_before(tmp_path):
         assert standby._servers == {}  # not the worker: no standby process
     worker = [sys.executable, "-m", "lbsearch.trial.worker", str(spec)]
     assert standby._key(worker, env, spec) is not None
-    assert standby._key(worker, env | {"ACCELERATE_USE_CPU": "False"}, spec) is None  # a GPU trial never forks
+    assert standby._key(worker, env | {"ACCELERATE_USE_CPU": "False"}, spec) not in (None, standby._key(worker, env, spec))  # a GPU trial: its own
     assert standby._key([sys.executable, "-m", "accelerate.commands.launch", *worker[1:]], env, spec) is None
 
 

@@ -26,7 +26,7 @@ class FixedOutputs(torch.nn.Module):
         super().__init__()
         self.table = torch.as_tensor(table, dtype=torch.float32)
 
-    def forward(self, input_ids, attention_mask):
+    def forward(self, input_ids, attention_mask=None):  # no mask where a batch has no padding
         return SimpleNamespace(logits=self.table[input_ids[:, 0]])
 
 

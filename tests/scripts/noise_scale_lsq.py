@@ -64,10 +64,11 @@ def main() -> None:
                 acc.backward(loss)
                 monitor.after_backward()
                 if acc.sync_gradients:
-                    norm = acc.clip_grad_norm_(model.parameters(), math.inf).item()
+                    norm = acc.clip_grad_norm_(model.parameters(), math.inf)
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
         monitor.step(norm)
+        monitor.settle(step)  # the trial settles at its read points; here every step
     acc.wait_for_everyone()  # no rank tears down the process group while another still uses it
     if acc.is_main_process:
         print(json.dumps({"mode": monitor.mode, "b": monitor.b, "B": args.batch_size, "b_simple": monitor.noise.b_simple, "measured": monitor.noise.n,

@@ -6,7 +6,7 @@ import torch
 
 from lbsearch.integrations import api
 from lbsearch.spec import diverged, failure, is_out_of_memory
-from lbsearch.trial import worker
+from lbsearch.trial import readings, worker
 
 
 def test_divergence_is_a_non_finite_value_or_a_loss_above_the_factor():
@@ -33,5 +33,5 @@ def test_failure_reasons():
 
 
 def test_the_loop_and_the_api_use_the_one_classification():
-    assert worker.diverged is diverged and worker.failure is failure
+    assert readings.diverged is diverged and worker.failure is failure
     assert api.diverged is diverged and api.failure is failure

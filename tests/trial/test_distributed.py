@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from lbsearch.trial.distributed import make_accelerator
@@ -35,3 +37,18 @@ def test_fsdp1_on_cpu_is_refused_with_what_to_change(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(RuntimeError, match="set `fsdp_version: 2`"):
         make_accelerator("no", True, compile=False)
+
+
+def test_a_compiled_trial_keeps_its_compiled_code_under_the_cache_for_the_next(monkeypatch, tmp_path):
+    """``launcher.compile``: inductor's caches go under the run's cache folder (the next trial of the same
+    model loads what this one compiled), unless ``TORCHINDUCTOR_CACHE_DIR`` is set; without compiling, nothing changes."""
+    monkeypatch.delenv("ACCELERATE_DYNAMO_BACKEND", raising=False)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "")  # recorded, so the test leaves the variable as it found it
+    monkeypatch.delenv("TORCHINDUCTOR_CACHE_DIR")
+    make_accelerator("no", True, compile=False, cache=tmp_path)
+    assert "TORCHINDUCTOR_CACHE_DIR" not in os.environ
+    make_accelerator("no", True, compile=True, cache=tmp_path)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == str(tmp_path / "inductor")
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", "/elsewhere")
+    make_accelerator("no", True, compile=True, cache=tmp_path)
+    assert os.environ["TORCHINDUCTOR_CACHE_DIR"] == "/elsewhere"

@@ -46,11 +46,16 @@ def test_pack_lays_every_token_once_in_rows_no_wider_than_the_width():
     assert (fill[fill != 70] <= 48).all() and len(fill) <= -(-(real.sum() - 70) // 48) + 2  # first-fit decreasing: full rows
 
 
+def b_lengths(batch) -> list[int]:
+    return batch["segment_lengths"].tolist()
+
+
 def test_segment_pooling_is_the_mean_or_last_token_of_each_segment():
     hidden = torch.arange(24, dtype=torch.float32).reshape(2, 4, 3)
-    seg = torch.tensor([[1, 1, 0, -1], [2, 2, 2, -1]])
-    assert pool_segments(hidden, seg, "mean").tolist() == [[6, 7, 8], [1.5, 2.5, 3.5], [15, 16, 17]]
-    assert pool_segments(hidden, seg, "last").tolist() == [[6, 7, 8], [3, 4, 5], [18, 19, 20]]
+    seg, lengths = torch.tensor([[1, 1, 0, -1], [2, 2, 2, -1]]), torch.tensor([1, 2, 3])
+    assert pool_segments(hidden, seg, "mean", lengths).tolist() == [[6, 7, 8], [1.5, 2.5, 3.5], [15, 16, 17]]
+    assert pool_segments(hidden, seg, "last", lengths).tolist() == [[6, 7, 8], [3, 4, 5], [18, 19, 20]]
+    assert b_lengths(pack([np.arange(3), np.arange(5)], 8, 0, "cpu")) == [3, 5]  # the segments' lengths travel with the batch
 
 
 @pytest.mark.parametrize("pooling", ["mean", "last"])

@@ -52,7 +52,9 @@ def _trial(data, exp: ExperimentConfig) -> Trial:
 
 
 def _rows(trial: Trial, capsys) -> dict[str, list[float]]:
-    """Each metric's values in the order the trial sent them (one per optimizer step for ``train/*``)."""
+    """Each metric's values in the order the trial sent them (one per optimizer step for ``train/*``), the
+    steps since the last read point read now."""
+    trial.read()
     trial.rep.flush()
     rows: dict[str, list[float]] = {}
     for line in capsys.readouterr().out.splitlines():
