@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lbsearch.data import prepare_data
+from lbsearch.orchestrator.budget import budget_reached, trials_left
 from lbsearch.orchestrator.finish import finish_study, front_plot
 from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
@@ -132,6 +133,9 @@ class _Search:
             running = sum(t.state == TrialState.RUNNING for t in trials)
             waiting = sum(t.state == TrialState.WAITING for t in trials)
             done = sum(counted(t, cfg.max_retries) for t in trials)
+            if stop := budget_reached(study):  # within one trial of the budget: the last one may pass it
+                self.session.out(stop)
+                return DONE
             if done + running >= cfg.n_trials and not waiting:
                 return DONE if done >= cfg.n_trials or not uses_heartbeats(study) else WAIT
             if sum(reason(t).startswith("constraint") for t in trials) >= 20 * cfg.n_trials:
@@ -296,7 +300,6 @@ class _Search:
         elif r.state == "complete" and is_multi(self.study):
             self._update_front()
 
-
     def _no_model(self, number: int) -> None:
         """A complete trial without its model: where it is the best, the registry's ``best`` alias (an
         earlier trial's model) goes, so that the registry, ``best`` and ``predict`` never name different trials."""
@@ -340,14 +343,9 @@ def _fmt(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
-def _trials_left(study: optuna.Study, cfg: StudyConfig, max_trials: int | None) -> int:
-    left = cfg.n_trials - sum(counted(t, cfg.max_retries) for t in study.get_trials(deepcopy=False))
-    return left if max_trials is None else min(left, max_trials)
-
-
 def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, spec_file: Path | None = None, max_trials: int | None = None,
               use_standby: bool = True) -> int:
-    """Create or resume the study and run trials until ``n_trials`` count (0: done, 130: interrupted).
+    """Create or resume the study and run trials until ``n_trials`` count or its ``budget`` is spent (0: done, 130: interrupted).
     On a terminal the study and the running trial are drawn as live bars above which the lines scroll.
     ``use_standby``: later trials forked from a standby process (``lbsearch.orchestrator.standby``)."""
     s = _Search(session, cfg, exp_raw, spec_file)
@@ -355,7 +353,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     session.out(summary(s.study, cfg.n_trials))
     try:
         # a standby process pays a trial's imports once more, beside the first trial: worth it only for a second one
-        forks = use_standby and _trials_left(s.study, cfg, max_trials) > 1
+        forks = use_standby and trials_left(s.study, cfg, max_trials) > 1
         with study_progress(cfg.name, cfg.n_trials) as shown, standby(session.out) if forks else contextlib.nullcontext():
             _show(s, shown)
             while max_trials is None or ran < max_trials:
@@ -379,7 +377,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
         return 130
     finish_study(session, s.tracker, s.parent, s.study, cfg)
     trials = s.study.get_trials(deepcopy=False)
-    if sum(counted(t, cfg.max_retries) for t in trials) >= cfg.n_trials and not any(t.state == TrialState.RUNNING for t in trials):
+    if (sum(counted(t, cfg.max_retries) for t in trials) >= cfg.n_trials or budget_reached(s.study)) and not any(t.state == TrialState.RUNNING for t in trials):
         s.tracker.end(s.parent, "FINISHED")
     best = best_trial(s.study)
     if best is not None:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import optuna
@@ -18,14 +19,41 @@ def make_pruner(cfg: PrunerConfig, train: TrainConfig, unit: int = 1) -> optuna.
     return GroupedPruner(inner, cfg.group_by) if cfg.group_by else inner
 
 
-BUILDERS: dict[str, Any] = {  # one per name in spec.registry.PRUNERS (tests/study/test_pruner.py)
+def _first_rung(cfg: PrunerConfig, train: TrainConfig) -> int:
+    """ASHA's and Hyperband's smallest resource in samples: the first evaluation, or the warm-up where it is later."""
+    return min(max(train.eval_every_samples, cfg.n_warmup_samples), train.budget_samples)
+
+
+def _patient(cfg: PrunerConfig, train: TrainConfig, unit: int) -> optuna.pruners.BasePruner:
+    return PatientPruner(BUILDERS[cfg.wraps](cfg, train, unit), cfg.patience, cfg.min_delta)
+
+
+BUILDERS: dict[str, Any] = {  # one per name in spec.registry.PRUNERS (tests/spec/test_registry.py)
     "none": lambda cfg, train, unit: optuna.pruners.NopPruner(),
-    "hyperband": lambda cfg, train, unit: optuna.pruners.HyperbandPruner(min_resource=train.eval_every_samples * unit, max_resource=train.budget_samples * unit,
+    "hyperband": lambda cfg, train, unit: optuna.pruners.HyperbandPruner(min_resource=_first_rung(cfg, train) * unit, max_resource=train.budget_samples * unit,
                                                                         reduction_factor=cfg.reduction_factor),
-    "asha": lambda cfg, train, unit: optuna.pruners.SuccessiveHalvingPruner(min_resource=train.eval_every_samples * unit, reduction_factor=cfg.reduction_factor),
+    "asha": lambda cfg, train, unit: optuna.pruners.SuccessiveHalvingPruner(min_resource=_first_rung(cfg, train) * unit, reduction_factor=cfg.reduction_factor),
     "median": lambda cfg, train, unit: optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples * unit),
+    "percentile": lambda cfg, train, unit: optuna.pruners.PercentilePruner(cfg.percentile, n_startup_trials=cfg.n_startup_trials,
+                                                                          n_warmup_steps=cfg.n_warmup_samples * unit),
+    "patient": _patient,
 }
-"""The pruner of each name: ``(cfg, train, tokens per sample) -> pruner``; ``group_by`` wraps it."""
+"""The pruner of each name: ``(cfg, train, tokens per sample) -> pruner``; ``group_by`` wraps it. The warm-up
+(``n_warmup_samples``) is each one's own: the median's and percentile's ``n_warmup_steps``, ASHA's and Hyperband's first rung."""
+
+
+class PatientPruner(optuna.pruners.BasePruner):
+    """Optuna's ``PatientPruner`` with one change: the wrapped pruner sees every report, so that ASHA records each rung at
+    its own samples seen; its verdict stands only once the trial has gone ``patience`` evaluations without improving."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, patience: int, min_delta: float) -> None:
+        with warnings.catch_warnings():  # "experimental since v2.8.0"
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self.inner, self.stalled = inner, optuna.pruners.PatientPruner(None, patience, min_delta)
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        verdict = self.inner.prune(study, trial)
+        return bool(verdict and self.stalled.prune(study, trial))
 
 
 class GroupedPruner(optuna.pruners.BasePruner):

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from typing import Any
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import INTERRUPTED, TRACKING_LOST, WORKER_DIED
+from lbsearch.spec import INTERRUPTED, TRACKING_LOST, WORKER_DIED, sample_unit
 
-__all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv", "summary"]
-
+__all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
+           "summary", "spent", "budget_used", "budget_line"]
 
 
 def reason(t: FrozenTrial) -> str:
@@ -132,4 +133,47 @@ def summary(study: optuna.Study, n_trials: int) -> str:
     c = {s: sum(t.state == s for t in trials) for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     best = best_trial(study)
     b = f"best {best_value(study, best):.4f} (trial {best.number})" if best else "best -"
-    return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED]} · failed {c[TrialState.FAIL]} of {n_trials} · {b}"
+    used = budget_used(study)
+    budget = f" · {budget_line(*used)}" if used else ""
+    return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED]} · failed {c[TrialState.FAIL]} of {n_trials} · {b}{budget}"
+
+
+# ----------------------------------------------------------------------------------------------
+# The study's compute (``budget:``)
+
+
+def _own(t: FrozenTrial, unit: str, checkpointed: int) -> float:
+    """What trial ``t`` itself trained, in ``unit``. A re-run resumed from a checkpoint counts only the samples after it;
+    the trial it resumed counts at least up to that checkpoint (an interrupted trial is told with 0 samples)."""
+    config = json.loads(t.user_attrs.get("config", "{}"))
+    if unit == "device_hours":  # the trial's own clock (not the attempt it resumed), x the processes holding a device
+        dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else 0.0
+        return (t.user_attrs.get("wall_s") or dur) * config.get("launcher", {}).get("processes", 1) / 3600
+    per = sample_unit(config.get("task", "single_label"), config.get("data", {}).get("max_length", 0)) if config else 1
+    seen = max(t.user_attrs.get("samples") or 0, (t.last_step or 0) // per, checkpointed)
+    return max(0, seen - t.user_attrs.get("resumed_from_samples", 0)) * (per if unit == "tokens" else 1)
+
+
+def spent(study: optuna.Study, unit: str) -> float:
+    """The compute the study's finished trials trained, in ``samples``, ``tokens`` (samples x tokens per sample) or
+    ``device_hours`` (each trial's seconds x its processes), each part counted once."""
+    trials = study.get_trials(deepcopy=False)
+    checkpointed: dict[int, int] = {}  # trial number -> the samples of the checkpoint a re-run took over from it
+    for t in trials:
+        if "resumed_from_trial" in t.user_attrs:
+            n = t.user_attrs["resumed_from_trial"]
+            checkpointed[n] = max(checkpointed.get(n, 0), t.user_attrs.get("resumed_from_samples", 0))
+    return sum(_own(t, unit, checkpointed.get(t.number, 0)) for t in trials if t.state.is_finished())
+
+
+def budget_used(study: optuna.Study) -> tuple[float, float, str] | None:
+    """``(used, limit, unit)`` of the ``budget`` in the study's stored spec (set by each ``run``); None without one."""
+    budget = json.loads(study.user_attrs.get("spec", "{}")).get("study", {}).get("budget") or {}
+    unit, limit = next(((k, v) for k, v in budget.items() if v is not None), (None, None))
+    return None if unit is None else (spent(study, unit), float(limit), unit)
+
+
+def budget_line(used: float, limit: float, unit: str) -> str:
+    """E.g. ``budget: 12,480 / 20,000 samples (62%)``."""
+    fmt = "{:,.2f}" if unit == "device_hours" else "{:,.0f}"
+    return f"budget: {fmt.format(used)} / {fmt.format(limit)} {unit.replace('_', '-')} ({used / limit:.0%})"
