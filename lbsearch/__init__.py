@@ -2,7 +2,7 @@
 
 The package is laid out in floors; a package imports only packages on lower floors
 (``docs/architecture.md`` in the repository's root, beside this folder: the packages, one line per
-module, and where each fact lives; enforced by tests/test_architecture.py):
+module, and a table of where each fact lives, i.e. where to change it; enforced by tests/test_architecture.py):
 
     cli  >  orchestrator  >  trial, integrations  >  link, tracking, science  >  data, study  >  spec, terminal
 

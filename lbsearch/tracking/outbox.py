@@ -30,6 +30,8 @@ __all__ = ["Outbox", "is_outage", "outage_limit", "replay_outboxes", "save_outbo
 OUTBOX_FILE = "outbox.jsonl"
 """In a trial's folder: the MLflow calls an outage kept from its run, one JSON list per line."""
 OUTAGE_ENV, OUTAGE_DEFAULT_S = "LBSEARCH_TRACKING_OUTAGE_S", 900.0
+"""How long a trial trains on while MLflow is unreachable before it is stopped (seconds; the environment
+variable overrides the default, ``outage_limit`` reads both)."""
 PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RESOURCE_ALREADY_EXISTS", "INVALID_STATE",
                        "BAD_REQUEST", "PERMISSION_DENIED", "UNAUTHENTICATED", "FEATURE_DISABLED"})
 """MLflow error codes that retrying cannot cure (a bad call, a deleted run): these fail the trial as before."""

@@ -86,7 +86,11 @@ def step_flops(count: FlopCount, lengths: np.ndarray, micro_batches: list[np.nda
     return count(lengths[seqs]), int(lengths[seqs].sum())
 
 
-def matmul_flops(dtype: torch.dtype, n: int = 2048, seconds: float = 0.3, repeats: int = 3, device: str = "cpu") -> float:
+CPU_MATMUL_SIDE = 2048
+"""The largest side of the square matmul that measures a CPU's peak (``matmul_flops``; part of the cached peak's key)."""
+
+
+def matmul_flops(dtype: torch.dtype, n: int = CPU_MATMUL_SIDE, seconds: float = 0.3, repeats: int = 3, device: str = "cpu") -> float:
     """The best FLOP/s of a square matmul in ``dtype`` on ``device`` over ``repeats`` bursts of ``seconds``
     (on a CPU at the current thread count): what its matmul units deliver to PyTorch.
 
@@ -152,7 +156,7 @@ def peak_flops(device: torch.device, precision: str, cache_dir: Path, *, recheck
     if device.type != "cpu":
         return None, f"{device.type}: no peak known, MFU not measured"
     threads = torch.get_num_threads()
-    key = json.dumps([platform.processor(), _cpu_model(), threads, precision, torch.__version__])
+    key = json.dumps([platform.processor(), _cpu_model(), threads, precision, torch.__version__, CPU_MATMUL_SIDE])
     cache = cache_dir / f"peak-{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
     cached = _read_peak(cache)
     if cached and not recheck:

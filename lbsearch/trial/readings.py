@@ -1,4 +1,5 @@
-"""What a training step leaves on the device, and the host's reading of it at read points only.
+"""Host reads of a training step (read points, ``train.log_every_steps``): what a step leaves on the device,
+and the host's reading of it at read points only.
 
 A step's loss and pre-clip gradient norm stay device tensors. Reading one (``.item()``) makes the
 host wait for the device to finish every kernel queued before it: a GPU then idles while the host
