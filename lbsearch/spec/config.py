@@ -277,7 +277,7 @@ class PrunerConfig(_Strict):
     @model_validator(mode="after")
     def _grouping(self) -> "PrunerConfig":
         if self.group_by is not None and self.name not in GROUPING_PRUNERS:
-            raise ValueError(f"`group_by` works with the {' and '.join(GROUPING_PRUNERS)} pruners, not `{self.name}`")
+            raise ValueError(f"`group_by` works with the {', '.join(GROUPING_PRUNERS[:-1])} and {GROUPING_PRUNERS[-1]} pruners, not `{self.name}`")
         return self
 
 
