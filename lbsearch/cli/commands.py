@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import uuid
 from pathlib import Path
 
@@ -44,7 +45,10 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     data = None if is_script(exp) else prepare_data(exp, session.root / "cache")
     tracker = tracker_for(session, stored_study(study))
     orig_run = target.user_attrs.get("mlflow_run_id", "")
-    parent = tracker.client.get_run(orig_run).data.tags.get("mlflow.parentRunId") if orig_run else None
+    tags = tracker.client.get_run(orig_run).data.tags if orig_run else {}
+    parent = tags.get("mlflow.parentRunId")
+    if tags.get("lbsearch.threads") and (exp.launcher.cpu or not _cuda()):  # a CPU's sums depend on the thread count: the trial's own
+        os.environ["OMP_NUM_THREADS"] = tags["lbsearch.threads"]
     prefix = f"[reproduce {target.number}]"
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
                    prefix=prefix, experiment_id=tracker.experiment(name), run_name=f"reproduce-trial-{target.number}", parent=parent,

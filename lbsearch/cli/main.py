@@ -34,6 +34,10 @@ NO_STANDBY = ("start every trial as a new process (default: where more than one 
               "from a standby process that has done the imports once; docs/how_a_trial_runs.md)")
 
 
+PARALLEL = ("run up to N trials at once on this host, each on its own devices: launcher.processes GPUs, or a disjoint set of CPU "
+            "cores with as many threads (docs/scale_out.md)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lbsearch", description="Large-batch hyperparameter search: Optuna studies of "
                                  "accelerate-launched trials, tracked in MLflow.", epilog=EPILOG,
@@ -45,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. n_trials=20 or experiment.train.budget_samples=4000")
     p.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process, then stop")
     p.add_argument("--no-standby", dest="standby", action="store_false", help=NO_STANDBY)
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help=PARALLEL)
     _common(p)
 
     p = sub.add_parser("status", help="table of a study's trials")
@@ -87,7 +92,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="the trials folder of the node-0 run, on a shared filesystem (e.g. mlruns/trials)")
     p.add_argument("--machine-rank", type=int, default=None, help="this node's rank (default: $SLURM_NODEID, else $NODE_RANK)")
     p.add_argument("--trials", type=int, default=None, help="stop after joining this many trials (default: until Ctrl-C)")
-
     p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; anything else exposes the UI)")
     p.add_argument("--port", type=int, default=5000)
@@ -128,11 +132,34 @@ def cmd_run(args) -> int:
     from lbsearch.spec import load_study, parse_set
 
     cfg, exp_raw = load_study(args.study, parse_set(args.set))
+    if args.parallel != 1:
+        return _run_parallel(args, cfg, exp_raw)
     from lbsearch.orchestrator import run_study
 
     with _named(args.study):
         return run_study(_session(args), cfg, exp_raw, spec_file=args.study.resolve(), max_trials=args.max_trials,
                          use_standby=args.standby)
+
+
+def _run_parallel(args, cfg, exp_raw) -> int:
+    """``run --parallel N``: N placed workers of this study (``lbsearch.orchestrator.parallel``)."""
+    from lbsearch.orchestrator import run_parallel
+    from lbsearch.spec import experiment_model
+
+    if args.parallel < 1:
+        raise SpecError(args.study, "--parallel", f"must be at least 1, got {args.parallel}")
+    if "launcher.processes" in cfg.search_space:
+        raise SpecError(args.study, "--parallel", "places trials of one size: `launcher.processes` must not be searched with it")
+    launcher = experiment_model(exp_raw).model_validate(exp_raw).launcher.model_dump()
+    argv, skip = [], False
+    for a in args.argv:  # the same command, without --parallel
+        if skip or a.startswith("--parallel="):
+            skip = False
+            continue
+        skip = a == "--parallel"
+        if not skip:
+            argv.append(a)
+    return run_parallel(argv, args.parallel, launcher, str(args.study))
 
 
 def cmd_train(args) -> int:
@@ -275,6 +302,7 @@ COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce":
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     _sigterm_as_interrupt()
     import logging
 

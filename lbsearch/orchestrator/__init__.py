@@ -1,10 +1,11 @@
 """The orchestrator, torch-free: ask -> tracked trial -> tell (the study loop), the tracked trial
 (MLflow run, process, retries), launching a trial's processes, the standby client, other
-machines' ranks (``lbsearch join``), script trials, the end of a study, and the live console."""
+machines' ranks (``lbsearch join``), script trials, the end of a study, and ``run --parallel``'s placement of workers."""
 
 from lbsearch.orchestrator.finish import report
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.nodes import join
+from lbsearch.orchestrator.parallel import run_parallel
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 
-__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report']
+__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel']

@@ -69,6 +69,21 @@ def _fsdp2_on_cpu(acc) -> None:
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
+def placement(device: torch.device) -> dict[str, str]:
+    """Where rank 0 runs, as MLflow tags: its CPU cores (its affinity, e.g. ``0-3``) and torch's threads, and the
+    GPUs it may use (``CUDA_VISIBLE_DEVICES``). ``reproduce`` runs with the same thread count (CPU sums depend on it)."""
+    cores = sorted(os.sched_getaffinity(0))
+    spans, start = [], cores[0]
+    for prev, cur in zip(cores, cores[1:] + [None]):
+        if cur != prev + 1:
+            spans.append(f"{start}-{prev}" if prev != start else str(start))
+            start = cur
+    tags = {"lbsearch.cpus": ",".join(spans), "lbsearch.threads": str(torch.get_num_threads())}
+    if device.type == "cuda":
+        tags["lbsearch.gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+    return tags
+
+
 def average_over_ranks(accelerator, value: torch.Tensor) -> torch.Tensor:
     """The mean of a device tensor over ranks, on the device (no host read)."""
     if accelerator.num_processes == 1:

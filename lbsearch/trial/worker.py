@@ -29,7 +29,7 @@ from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, failu
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
-from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, stop_code, sum_over_ranks
+from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, placement, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
@@ -70,7 +70,8 @@ class Trial:
         self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
         self.rep = Reporter(spec, self.acc.is_main_process)
-        self.rep.tags({"lbsearch.start": f"forked from standby process {standby.forked_from}" if standby.forked_from else "launched"})
+        self.rep.tags({"lbsearch.start": f"forked from standby process {standby.forked_from}" if standby.forked_from else "launched"}
+                      | placement(self.acc.device))
         set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
         self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
         self.pad_id, self.num_labels = spec.pad_id, spec.num_labels

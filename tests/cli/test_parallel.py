@@ -1,0 +1,79 @@
+"""``lbsearch run --parallel N`` (``lbsearch.orchestrator.parallel``): trials of one study at once on this
+host, each on its own cores; a host too small is refused; Ctrl-C stops every trial with a checkpoint and
+the same command resumes them."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
+from optuna.trial import TrialState
+
+from lbsearch.orchestrator.parallel import placements
+from lbsearch.spec import SpecError
+
+STUDY = str(SPECS / "tiny_study.yaml")
+CORES = sorted(os.sched_getaffinity(0))
+
+
+def test_workers_get_disjoint_devices_and_a_host_too_small_is_refused():
+    cpu = placements(2, 1, [], [0, 1, 2, 3, 4], "x.yaml")
+    assert [p["cores"] for p in cpu] == [[0, 1], [2, 3]] and [p["env"]["OMP_NUM_THREADS"] for p in cpu] == ["2", "2"]
+    assert [p["env"]["OMP_NUM_THREADS"] for p in placements(2, 2, [], list(range(8)), "x.yaml")] == ["2", "2"]
+    gpu = placements(2, 2, ["0", "1", "2", "3", "5"], [0], "x.yaml")
+    assert [p["env"]["CUDA_VISIBLE_DEVICES"] for p in gpu] == ["0,1", "2,3"]
+    with pytest.raises(SpecError, match=r"x.yaml: --parallel: 3 trials at once of 2 GPU\(s\) each need 6 GPUs; 5 visible"):
+        placements(3, 2, ["0", "1", "2", "3", "5"], [0], "x.yaml")
+    with pytest.raises(SpecError, match="need 4 CPU cores"):
+        placements(2, 2, [], [0, 1, 2], "x.yaml")
+
+
+def test_parallel_trials_overlap_on_their_own_cores_with_distinct_params(tmp_path):
+    """Four trials, two at a time on this host's cores: runs that overlap in time ran on disjoint core sets with
+    as many threads as cores, and no two trials drew the same params."""
+    n = 2
+    out = run_cli("run", STUDY, "--parallel", str(n), "--set=n_trials=4", "--set=pruner.name=none", cwd=tmp_path, check=True).stdout
+    share = len(CORES) // n
+    assert f"[worker 0] CPU cores {','.join(map(str, CORES[:share]))}, {share} thread(s) per process" in out
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
+    assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), out
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
+    client = mlflow_client(tmp_path / "mlruns")
+    runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
+    assert {r.data.tags["lbsearch.threads"] for r in runs} == {str(share)}
+    overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
+                   if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]
+    assert overlapping, [(r.info.start_time, r.info.end_time) for r in runs]
+    for a, b in overlapping:
+        cores = [set(r.data.tags["lbsearch.cpus"].split(",")) for r in (a, b)]
+        assert not cores[0] & cores[1], cores
+
+
+def test_a_host_with_too_few_cores_is_refused_before_anything_starts(tmp_path):
+    proc = run_cli("run", STUDY, "--parallel", str(len(CORES) + 1), cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {STUDY}: --parallel: {len(CORES) + 1} trials at once of 1 "
+                                                f"process(es) each need {len(CORES) + 1} CPU cores; this host lets this process use {len(CORES)}"]
+    assert not (tmp_path / "mlruns" / "trials").exists()
+
+
+def test_ctrl_c_stops_both_trials_with_checkpoints_and_the_next_run_resumes_both(tmp_path):
+    args = ["run", STUDY, "--parallel", "2", "--set=n_trials=2", "--set=pruner.name=none", "--set=experiment.train.budget_samples=3200",
+            "--set=experiment.train.checkpoint_every_samples=320"]
+    proc = start_cli(tmp_path, *args)
+    seen = wait_for(proc, "checkpoint at step", timeout=300)
+    while sum("checkpoint at step" in line for line in seen) < 2 or len({line.split("]")[0] for line in seen if "checkpoint at step" in line}) < 2:
+        seen += wait_for(proc, "checkpoint at step", timeout=120)  # one from each worker
+    proc.send_signal(signal.SIGINT)
+    rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode == 130, rest
+    first = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
+    assert [(t.state, t.user_attrs.get("reason")) for t in first] == [(TrialState.FAIL, "interrupted")] * 2, rest
+    out = run_cli(*args, cwd=tmp_path, check=True).stdout
+    trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
+    retries = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1], out
+    assert all(t.user_attrs["resumed_from_step"] > 0 for t in retries), out
+    assert {tuple(sorted(t.params.items())) for t in retries} == {tuple(sorted(t.params.items())) for t in first}
