@@ -80,7 +80,7 @@ def test_hyperband_prunes_in_samples(tmp_path):
     t = journal_study(tmp_path / "mlruns", "tiny-study").trials
     assert [x.state for x in t] == [TrialState.COMPLETE, TrialState.PRUNED] and list(t[1].intermediate_values) == [320]
     refused = run_cli("run", str(SPECS / "tiny_study.yaml"), *sets, "--set=pruner.group_by=train.batch_size", cwd=tmp_path)
-    assert refused.returncode == 2 and "`group_by` works with the median and asha pruners, not `hyperband`" in refused.stderr
+    assert refused.returncode == 2 and "`group_by` works with the median, percentile, patient and asha pruners, not `hyperband`" in refused.stderr
 
 
 def test_warm_start_runs_the_best_first_and_constraints_never_launch(tmp_path, specs):
