@@ -101,6 +101,15 @@ def sum_over_ranks(accelerator, values: list[float]) -> list[float]:
     return t.tolist()
 
 
+def max_over_ranks(accelerator, value: float) -> float:
+    """The largest of a host value over ranks (a collective: every rank calls it at the same point)."""
+    if accelerator.num_processes == 1:
+        return value
+    t = torch.tensor([value], dtype=torch.float64, device=accelerator.device)
+    torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+    return t.item()
+
+
 def stop_code(accelerator, code: int) -> int:
     """The largest stop code over ranks: every rank stops at the same step, for the same reason."""
     if accelerator.num_processes == 1:

@@ -5,7 +5,8 @@ A step's loss and pre-clip gradient norm stay device tensors. Reading one (``.it
 host wait for the device to finish every kernel queued before it: a GPU then idles while the host
 queues the next step. So a step reads nothing; its values wait in ``Readings.rows`` until a **read
 point**: every ``train.log_every_steps`` steps, the first and the last step, each evaluation and
-checkpoint, and (one process) whenever two seconds have passed since the last read. There the rows
+checkpoint, and within about two seconds of the last read (one process: by its clock; several: every rank
+reads at the step that the slowest rank's step time gives, agreed at the last read). There the rows
 come to the host in one transfer and become the metric rows, the clip count and the stop decision,
 exactly as if each step had been read at once.
 
@@ -52,8 +53,9 @@ class Readings:
     """A trial's per-step values between read points, and the host's state built from them: the first
     loss, the clipped and fp16-skipped step counts, the last loss and gradient norm."""
 
-    def __init__(self, optimizer, scaler, factor: float, max_skipped: int, clip: float | None, every: int, processes: int, say=print) -> None:
-        self.optimizer, self.scaler, self.say = optimizer, scaler, say
+    def __init__(self, optimizer, scaler, factor: float, max_skipped: int, clip: float | None, every: int, processes: int, say=print,
+                 slowest=lambda seconds: seconds) -> None:
+        self.optimizer, self.scaler, self.say, self.slowest = optimizer, scaler, say, slowest
         self.factor, self.max_skipped, self.clip, self.every, self.processes = factor, max_skipped, clip, every, processes
         self.on_host = scaler is not None or not getattr(optimizer, "_step_supports_amp_scaling", False)
         self.rows: list[Row] = []
@@ -62,7 +64,7 @@ class Readings:
         self.first_loss: float | None = None
         self.loss = self.grad_norm = math.nan
         self.clipped = self.skipped = self.skipped_in_row = 0  # skipped: optimizer steps the fp16 GradScaler skipped (in all, in a row)
-        self.t_read, self.last_read, self._code = time.time(), 0, CONTINUE
+        self.t_read, self.last_read, self._code, self.next_read = time.time(), 0, CONTINUE, every
 
     def before_optimizer(self, step: int, loss: torch.Tensor, norm: torch.Tensor) -> int:
         """CONTINUE when the optimizer may step. On the host: the check itself (CONTINUE, DIVERGED or
@@ -84,10 +86,13 @@ class Readings:
         self.rows[-1].lr = lr
 
     def due(self, step: int, last: int, forced: bool) -> bool:
-        """Whether ``step`` is a read point (every rank decides alike: time counts only for one process)."""
+        """Whether ``step`` is a read point. Every rank decides alike: one process also reads when two seconds
+        have passed; several read at ``next_read``, which each read sets from the slowest rank's step time."""
         if self.on_host or forced or step in (1, last) or step % self.every == 0:
             return True
-        return self.processes == 1 and time.time() - self.t_read >= READ_AT_LEAST_EVERY_S
+        if self.processes == 1:
+            return time.time() - self.t_read >= READ_AT_LEAST_EVERY_S
+        return step >= self.next_read
 
     def read(self) -> tuple[list[tuple[Row, float]], int, int]:
         """The rows since the last read on the host, each with its clip fraction, up to the first that
@@ -112,6 +117,9 @@ class Readings:
             out.append((r, self.clipped / r.step))
             if code != CONTINUE:
                 break
+        if self.processes > 1:  # a collective, at a step every rank reads at: the next read within ~2 s of slow steps too
+            per_step = self.slowest((time.time() - self.t_read) / max(1, rows[-1].step - self.last_read))
+            self.next_read = rows[-1].step + min(self.every, max(1, int(READ_AT_LEAST_EVERY_S / max(per_step, 1e-9))))
         self.t_read, self.last_read = time.time(), out[-1][0].step
         return out, code, out[-1][0].step
 

@@ -29,7 +29,7 @@ from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, failu
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
-from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, placement, stop_code, sum_over_ranks
+from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
@@ -133,7 +133,7 @@ class Trial:
         self.model, self.optimizer = acc.prepare(model, optimizer)
         tr = exp.train
         self.readings = Readings(optimizer, acc.scaler, tr.divergence_factor, tr.max_skipped_steps, tr.clip_norm, tr.log_every_steps,
-                                 acc.num_processes, self.say)
+                                 acc.num_processes, self.say, slowest=lambda seconds: max_over_ranks(acc, seconds))
         self.gns = GradientNoiseMonitor(acc, self.model, plan.batch_size, plan.micro_batch, plan.accumulation, tr.noise_scale_ema,
                                         tr.noise_scale_every, enabled=tr.noise_scale)
         if tr.noise_scale and not self.gns.active:

@@ -206,3 +206,26 @@ def test_a_loss_that_diverges_is_stopped_at_the_step_the_host_rule_names(data):
     assert all(torch.equal(before[n], p) for n, p in device.model.named_parameters())
     assert device.read() == DIVERGED and device.result["steps"] == host_step
     assert np.isfinite(device.readings.loss) and device.readings.loss > 1.5 * device.readings.first_loss
+
+
+def test_several_processes_read_within_two_seconds_of_slow_steps_at_an_agreed_step():
+    """With P > 1 a read point cannot come from each rank's clock (ranks would read at different steps and
+    their collectives would hang): each read sets the next from the slowest rank's step time (``slowest``,
+    an all-reduce max in a trial), so 1 s steps are read every 2 steps and fast ones every ``log_every_steps``."""
+    from lbsearch.trial.readings import Readings
+
+    param = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([param], fused=True)
+    asked = []
+    slow = Readings(optimizer, None, 4.0, 20, None, every=10, processes=2, say=lambda *a: None,
+                    slowest=lambda seconds: asked.append(seconds) or 1.0)
+    fast = Readings(optimizer, None, 4.0, 20, None, every=10, processes=2, say=lambda *a: None, slowest=lambda seconds: 1e-4)
+    for readings in (slow, fast):
+        for step in range(1, 24):
+            readings.before_optimizer(step, torch.tensor(1.0, dtype=torch.float64), torch.tensor(0.5, dtype=torch.float64))
+            readings.after_optimizer(1e-3)
+            if readings.due(step, 100, forced=False):
+                readings.read()
+                readings.reads = getattr(readings, "reads", []) + [step]
+    assert slow.reads == [1, 3, 5, 7, 9, 10, 12, 14, 16, 18, 20, 22] and len(asked) == len(slow.reads)
+    assert fast.reads == [1, 10, 20]
