@@ -35,7 +35,7 @@ NO_STANDBY = ("start every trial as a new process (default: where more than one 
 
 
 PARALLEL = ("run up to N trials at once on this host, each on its own devices: launcher.processes GPUs, or a disjoint set of CPU "
-            "cores with as many threads (docs/scale_out.md)")
+            "cores with as many threads (default: the study's `parallel`, 1; docs/scale_out.md)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. n_trials=20 or experiment.train.budget_samples=4000")
     p.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process, then stop")
     p.add_argument("--no-standby", dest="standby", action="store_false", help=NO_STANDBY)
-    p.add_argument("--parallel", type=int, default=1, metavar="N", help=PARALLEL)
+    p.add_argument("--parallel", type=int, default=None, metavar="N", help=PARALLEL)
     _common(p)
 
     p = sub.add_parser("status", help="table of a study's trials")
@@ -132,8 +132,8 @@ def cmd_run(args) -> int:
     from lbsearch.spec import load_study, parse_set
 
     cfg, exp_raw = load_study(args.study, parse_set(args.set))
-    if args.parallel != 1:
-        return _run_parallel(args, cfg, exp_raw)
+    if (args.parallel or cfg.parallel) != 1:
+        return _run_parallel(args, cfg, exp_raw, args.parallel or cfg.parallel)
     from lbsearch.orchestrator import run_study
 
     with _named(args.study):
@@ -141,13 +141,13 @@ def cmd_run(args) -> int:
                          use_standby=args.standby)
 
 
-def _run_parallel(args, cfg, exp_raw) -> int:
-    """``run --parallel N``: N placed workers of this study (``lbsearch.orchestrator.parallel``)."""
+def _run_parallel(args, cfg, exp_raw, n: int) -> int:
+    """``run --parallel N`` (or the study's ``parallel``): N placed workers of this study (``lbsearch.orchestrator.parallel``)."""
     from lbsearch.orchestrator import run_parallel
     from lbsearch.spec import experiment_model
 
-    if args.parallel < 1:
-        raise SpecError(args.study, "--parallel", f"must be at least 1, got {args.parallel}")
+    if n < 1:
+        raise SpecError(args.study, "--parallel", f"must be at least 1, got {n}")
     if "launcher.processes" in cfg.search_space:
         raise SpecError(args.study, "--parallel", "places trials of one size: `launcher.processes` must not be searched with it")
     launcher = experiment_model(exp_raw).model_validate(exp_raw).launcher.model_dump()
@@ -159,7 +159,7 @@ def _run_parallel(args, cfg, exp_raw) -> int:
         skip = a == "--parallel"
         if not skip:
             argv.append(a)
-    return run_parallel(argv, args.parallel, launcher, str(args.study))
+    return run_parallel([*argv, "--parallel", "1"], n, launcher, str(args.study))  # each worker runs its trials one at a time
 
 
 def cmd_train(args) -> int:

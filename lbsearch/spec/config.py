@@ -108,7 +108,7 @@ class TrainConfig(_Strict):
     max_skipped_steps: int = Field(20, ge=1)  # fp16: more GradScaler-skipped steps in a row stop the trial (reason overflow)
     log_every_steps: int = Field(10, ge=1)
     """Read the steps' loss and gradient norm on the host (their metric rows, the stop decision) every this many optimizer
-    steps, at each evaluation and checkpoint, and (one process) at least every 2 s. Between reads a step never waits for the
+    steps, at each evaluation and checkpoint, and about every 2 s where steps are slow. Between reads a step never waits for the
     device; a non-finite or diverged step is still kept from the optimizer there (``lbsearch.trial.readings``)."""
     noise_scale: bool = True
     """Measure the gradient noise scale B_simple (logged at each evaluation as ``gns/b_simple``)."""
@@ -321,6 +321,8 @@ class StudyConfig(_Strict):
     n_trials: int = Field(ge=1, le=100_000)
     budget: BudgetConfig | None = None
     """Stop at this much compute (``lbsearch.study.views.spent``) or at ``n_trials``, whichever comes first."""
+    parallel: int = Field(1, ge=1, le=64)
+    """Trials at once on this host, each on its own devices (``lbsearch.orchestrator.parallel``); ``run --parallel N`` overrides it."""
     search_space: dict[str, Param] = Field(default_factory=dict)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     pruner: PrunerConfig = Field(default_factory=PrunerConfig)

@@ -77,3 +77,13 @@ def test_ctrl_c_stops_both_trials_with_checkpoints_and_the_next_run_resumes_both
     assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1], out
     assert all(t.user_attrs["resumed_from_step"] > 0 for t in retries), out
     assert {tuple(sorted(t.params.items())) for t in retries} == {tuple(sorted(t.params.items())) for t in first}
+
+
+def test_the_study_field_parallel_is_what_the_flag_overrides(tmp_path):
+    """``parallel:`` in the study places workers as ``--parallel`` does (and is refused alike where the host is too
+    small); ``--parallel 1`` runs the same study one trial at a time."""
+    too_many = f"--set=parallel={len(CORES) + 1}"
+    refused = run_cli("run", STUDY, too_many, cwd=tmp_path)
+    assert refused.returncode == 2 and "--parallel:" in refused.stderr
+    out = run_cli("run", STUDY, too_many, "--parallel", "1", "--set=n_trials=1", "--set=pruner.name=none", cwd=tmp_path, check=True).stdout
+    assert "[worker" not in out and "[trial 0] complete" in out
