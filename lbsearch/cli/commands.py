@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, experiment_model, is_script, models_dir, trial_model_dir
+from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
 from lbsearch.tracking import git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
@@ -42,7 +42,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     target = _target(study, name, number)
     raw = as_recorded(json.loads(target.user_attrs["config"]))
     exp = experiment_model(raw).model_validate(raw)
-    data = None if is_script(exp) else prepare_data(exp, session.root / "cache")
+    data = None if is_script(exp) else prepare_data(exp, data_cache_dir(session.root))
     tracker = tracker_for(session, stored_study(study))
     orig_run = target.user_attrs.get("mlflow_run_id", "")
     tags = tracker.client.get_run(orig_run).data.tags if orig_run else {}
@@ -85,7 +85,7 @@ def _cuda() -> bool:
 def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | None = None) -> int:
     """One training run of an experiment, no search: a run in the MLflow experiment ``train-<name>``."""
     exp = resolved(exp)
-    data = None if is_script(exp) else prepare_data(exp, session.root / "cache")
+    data = None if is_script(exp) else prepare_data(exp, data_cache_dir(session.root))
     tracker = tracker_for(session)
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8], prefix="[train]",
                    experiment_id=tracker.experiment(f"train-{exp.name}"), run_name=exp.name,

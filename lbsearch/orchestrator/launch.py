@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import lbsearch.orchestrator.standby as standby
-from lbsearch.orchestrator.processes import stop_group
+from lbsearch.orchestrator.processes import grace_of, stop_group
 from lbsearch.spec import WORKER_DIED, TrialResult, machines, read_config, read_result
 
 if TYPE_CHECKING:
@@ -195,7 +195,7 @@ def run_trial_process(
                 on_line(line)
             proc.wait()
         except BaseException:
-            stop_group(proc, grace=float(spec.experiment.get("train", {}).get("stop_grace_s", 5.0)))  # time to write a checkpoint
+            stop_group(proc, grace=grace_of(spec.experiment))  # time to write a checkpoint
             _drain(proc, log, on_line)  # what it said while stopping (its checkpoint, the metric rows up to it)
             raise
     return _outcome(proc, result_file, tail, no_result)

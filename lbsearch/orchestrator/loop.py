@@ -35,6 +35,7 @@ from lbsearch.spec import (
     TrialResult,
     adopt,
     apply_params,
+    data_cache_dir,
     discard,
     is_script,
     trial_model_dir,
@@ -96,7 +97,7 @@ class _Search:
     def __init__(self, session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], spec_file: Path | None) -> None:
         self.session, self.cfg, self.exp_raw = session, cfg, exp_raw
         # bad data is a spec error, before anything is created; a script trial loads its own data
-        self.data = None if is_script(cfg.experiment) else prepare_data(cfg.experiment, session.root / "cache")
+        self.data = None if is_script(cfg.experiment) else prepare_data(cfg.experiment, data_cache_dir(session.root))
         self.digest = {"data.digest": self.data.digest} if self.data else {}
         self.study = open_study(session, cfg)
         self.study.set_user_attr("metric", cfg.experiment.metric.name)

@@ -78,7 +78,7 @@ def join(folder: Path, machine_rank: int | None, trials: int | None = None, poll
 
 def _run_rank(spec, rank: int, path: Path, out: Callable[[str], None]) -> int:
     from lbsearch.orchestrator.launch import launch_command
-    from lbsearch.orchestrator.processes import stop_group
+    from lbsearch.orchestrator.processes import grace_of, stop_group
     from lbsearch.spec import read_config
 
     launcher = spec.experiment["launcher"]
@@ -97,7 +97,7 @@ def _run_rank(spec, rank: int, path: Path, out: Callable[[str], None]) -> int:
         try:
             code = proc.wait()
         except BaseException:
-            stop_group(proc)
+            stop_group(proc, grace=grace_of(exp))  # as node 0's ranks get: time to write their checkpoint
             raise
     out(f"[join] {path.parent.name}: this node's ranks exited with code {code}")
     return code

@@ -1,4 +1,4 @@
-"""Stopping a trial's process group: SIGTERM, a grace period, then SIGKILL."""
+"""Stopping a trial's process group: SIGTERM, a grace period (a trial's ``train.stop_grace_s``), then SIGKILL."""
 
 
 from __future__ import annotations
@@ -7,13 +7,18 @@ import os
 import signal
 import subprocess
 import time
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    pass
+from lbsearch.spec import TrainConfig
 
 
-def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:
+def grace_of(experiment: dict[str, Any]) -> float:
+    """The seconds a trial asked to stop has to finish its step and write its checkpoint before SIGKILL: its
+    ``train.stop_grace_s`` (the default of ``TrainConfig`` where the experiment has none, as a script's may not)."""
+    return float(experiment.get("train", {}).get("stop_grace_s", TrainConfig.model_fields["stop_grace_s"].default))
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 5.0) -> None:  # 5 s: a server's or a standby process's
     """SIGTERM a process group (a trial, a server started with start_new_session), then SIGKILL what is left after ``grace`` seconds."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:

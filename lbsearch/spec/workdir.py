@@ -62,6 +62,12 @@ def fingerprint(experiment: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def data_cache_dir(root: Path) -> Path:
+    """Where the tokenized data (``data-<digest>`` folders), the corpora, the probed micro-batches and the measured
+    CPU peaks are kept: ``<mlruns>/cache``."""
+    return root / "cache"
+
+
 def models_dir(root: Path, owner: str) -> Path:
     """Where the models of a study (or of ``lbsearch train``'s ``train-<name>``) are kept."""
     return root / "models" / owner
