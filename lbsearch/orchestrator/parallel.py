@@ -14,11 +14,13 @@ them.
 Trials never share a device: a host with fewer than N x ``launcher.processes`` devices is refused before
 anything starts (exit 2). Each worker runs in its own process group; Ctrl-C (or SIGTERM) reaches this
 process, which passes it to every worker once: each stops its trial with a checkpoint, and the same
-command resumes them. A worker's lines are shown prefixed with ``[worker i]``.
+command resumes them. Should this process die without a word (SIGKILL), each worker gets SIGTERM from
+the kernel (``PR_SET_PDEATHSIG``) and stops the same way. A worker's lines are shown prefixed with ``[worker i]``.
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -67,6 +69,13 @@ def placements(n: int, processes: int, gpus: list[str], cores: list[int], where:
     return out
 
 
+def _worker_setup(cores: list[int] | None) -> None:
+    """In the worker, before it runs: its cores, and SIGTERM when this process dies (Linux's ``PR_SET_PDEATHSIG``)."""
+    if cores:
+        os.sched_setaffinity(0, cores)
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1: PR_SET_PDEATHSIG
+
+
 def _relay(proc: subprocess.Popen, prefix: str, say: Callable[[str], None]) -> None:
     for line in proc.stdout:
         say(f"{prefix} {line.rstrip()}")
@@ -83,7 +92,7 @@ def run_parallel(argv: list[str], n: int, launcher: dict[str, Any], where: str, 
         cores = place["cores"]
         proc = subprocess.Popen([sys.executable, "-m", "lbsearch.cli", *argv], env=os.environ | place["env"], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                                preexec_fn=(lambda c=cores: os.sched_setaffinity(0, c)) if cores else None)
+                                preexec_fn=lambda c=cores: _worker_setup(c))
         workers.append(proc)
         relays.append(threading.Thread(target=_relay, args=(proc, f"[worker {i}]", say), daemon=True))
         relays[-1].start()

@@ -6,9 +6,10 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
-from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
+from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
@@ -87,3 +88,36 @@ def test_the_study_field_parallel_is_what_the_flag_overrides(tmp_path):
     assert refused.returncode == 2 and "--parallel:" in refused.stderr
     out = run_cli("run", STUDY, too_many, "--parallel", "1", "--set=n_trials=1", "--set=pruner.name=none", cwd=tmp_path, check=True).stdout
     assert "[worker" not in out and "[trial 0] complete" in out
+
+
+def _orchestrators(cwd) -> list[int]:
+    """The ``lbsearch run`` workers started in ``cwd``."""
+    pids = []
+    for proc in os.listdir("/proc"):
+        try:
+            if proc.isdigit() and b"lbsearch.cli" in open(f"/proc/{proc}/cmdline", "rb").read() and os.readlink(f"/proc/{proc}/cwd") == str(cwd):
+                pids.append(int(proc))
+        except OSError:
+            continue
+    return pids
+
+
+def test_workers_stop_with_checkpoints_when_their_parent_is_killed(tmp_path):
+    """SIGKILL of ``run --parallel``'s own process (no chance to pass anything on): the kernel sends each worker
+    SIGTERM, so each stops its trial as interrupted, with a checkpoint, and nothing is left running."""
+    args = ["run", STUDY, "--parallel", "2", "--set=n_trials=2", "--set=pruner.name=none", "--set=experiment.train.budget_samples=3200"]
+    proc = start_cli(tmp_path, *args)
+    seen = wait_for(proc, "samples 320/", timeout=300)
+    while len({line.split("]")[0] for line in seen if "samples 320/" in line}) < 2:
+        seen += wait_for(proc, "samples 320/", timeout=120)
+    proc.kill()
+    proc.wait(timeout=30)
+    deadline = time.time() + 120
+    while (worker_pids(tmp_path) or _orchestrators(tmp_path)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not worker_pids(tmp_path) and not _orchestrators(tmp_path)
+    study = journal_study(tmp_path / "mlruns", "tiny-study")
+    deadline = time.time() + 60
+    while any(t.state == TrialState.RUNNING for t in study.get_trials()) and time.time() < deadline:
+        time.sleep(0.5)
+    assert [(t.state, t.user_attrs.get("reason")) for t in study.get_trials()] == [(TrialState.FAIL, "interrupted")] * 2
