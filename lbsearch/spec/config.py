@@ -43,10 +43,8 @@ class ModelConfig(_Strict):
     """Tokenizer source; defaults to ``source`` (and to ``minilm-l6`` for ``random``)."""
     model_type: str = "bert"
     pooling: Literal["cls", "mean", "last"] = "cls"
-    """``cls``: the architecture's own sequence-classification head (a decoder's pools its last token);
-    ``mean`` / ``last``: a linear head on the attention-masked mean / the last real token of the last hidden
-    states of the bare model, for any family (mean is what sentence-embedding checkpoints such as MiniLM-L6
-    were trained for)."""
+    """``cls``: the architecture's own sequence-classification head (a decoder's pools its last token); ``mean`` / ``last``: a linear
+    head on the masked mean / the last real token of the bare model's last hidden states, any family (MiniLM-L6 was trained for mean)."""
     pad_token: str | None = None
     """The token to pad with, for a tokenizer that has none; default: its pad token, else its eos token."""
     config: dict[str, Any] = Field(default_factory=dict)
@@ -61,8 +59,10 @@ class ModelConfig(_Strict):
 class OptimizerConfig(_Strict):
     name: Literal["adamw", "lamb", "lars"] = "adamw"
     lr: float = Field(5e-5, gt=0, lt=10)
-    """Learning rate at ``reference_batch_size``; scaled to the actual batch by ``lr_scaling``."""
+    """Learning rate at ``reference_batch_size``; at batch B it is lr x (B / reference_batch_size)^α (``spec.plan.lr_for_batch``)."""
     lr_scaling: LrScalingName = "none"
+    lr_scaling_alpha: float | None = Field(None, ge=0, le=2)
+    """α itself, in place of a named ``lr_scaling`` rule: a study may search it (e.g. a float from 0 to 1)."""
     reference_batch_size: int = Field(32, ge=1)
     weight_decay: float = Field(0.01, ge=0, lt=1)
     beta1: float = Field(0.9, ge=0, lt=1)
@@ -72,6 +72,12 @@ class OptimizerConfig(_Strict):
     """AdamW's fused kernel (CPU and CUDA): one pass over the parameters instead of one per operation."""
     decay_embeddings: bool = True
     """Weight decay on embedding tables too (norm weights and biases never decay); language-model recipes often turn it off."""
+
+    @model_validator(mode="after")
+    def _one_alpha(self) -> "OptimizerConfig":
+        if self.lr_scaling_alpha is not None and self.lr_scaling != "none":
+            raise ValueError(f"set only one of `lr_scaling` and `lr_scaling_alpha`, got {self.lr_scaling} and {self.lr_scaling_alpha}")
+        return self
 
 
 class ScheduleConfig(_Strict):
@@ -107,21 +113,18 @@ class TrainConfig(_Strict):
     """A training loss above this multiple of its first value stops the trial as diverged."""
     max_skipped_steps: int = Field(20, ge=1)  # fp16: more GradScaler-skipped steps in a row stop the trial (reason overflow)
     log_every_steps: int = Field(10, ge=1)
-    """Read the steps' loss and gradient norm on the host (their metric rows, the stop decision) every this many optimizer
-    steps, at each evaluation and checkpoint, and about every 2 s where steps are slow. Between reads a step never waits for the
-    device; a non-finite or diverged step is still kept from the optimizer there (``lbsearch.trial.readings``)."""
+    """Read the steps' loss and gradient norm on the host (metric rows, the stop decision) every this many optimizer steps, at each evaluation
+    and checkpoint, and about every 2 s where steps are slow; between reads no step waits for the device (``lbsearch.trial.readings``)."""
     noise_scale: bool = True
     """Measure the gradient noise scale B_simple (logged at each evaluation as ``gns/b_simple``)."""
     noise_scale_ema: float = Field(0.9, ge=0, lt=1)
     """Decay of the moving averages of the |G|² and tr(Σ) estimates (per measured step)."""
     noise_scale_every: int = Field(4, ge=1)
-    """Measure the noise scale every this many optimizer steps. Under accumulation a measured step
-    lays its micro-batches out with more padding (see ``lbsearch.trial.diagnostics``); 1 measures every step."""
+    """Measure the noise scale every this many optimizer steps (a measured step pads its micro-batches more: ``lbsearch.trial.diagnostics``)."""
     checkpoint_every_samples: int | None = Field(None, ge=1)
     """Write a checkpoint (``lbsearch.trial.checkpoint``) each time this many more samples are seen; a re-run resumes from it."""
     checkpoint_every_minutes: float | None = Field(30.0, gt=0)
-    """... and, where ``checkpoint_every_samples`` is unset, after each this many minutes of training: a
-    trial shorter than that never writes a periodic checkpoint. ``null``: no time-based checkpoints."""
+    """... or, where that is unset, after each this many minutes of training (a shorter trial writes none); ``null``: none by time."""
     checkpoint_on_stop: bool = True
     """SIGTERM (a scheduler's pre-emption, Ctrl-C in the orchestrator) writes a checkpoint at the next step boundary."""
     stop_grace_s: float = Field(30.0, gt=0)
@@ -271,8 +274,7 @@ class PrunerConfig(_Strict):
     wraps: Literal["median", "percentile", "asha"] = "median"
     """Patient: the pruner that decides once the trial's patience has run out."""
     group_by: str | None = None
-    """Compare a trial only with trials that have the same value of this parameter (``train.batch_size``: each batch size
-    tuned on its own); one of ``registry.GROUPING_PRUNERS``. Default with ``batch_ladder``: the batch size."""
+    """Compare a trial only with trials of the same value of this parameter (``registry.GROUPING_PRUNERS``); default with ``batch_ladder``: B."""
 
     @model_validator(mode="after")
     def _grouping(self) -> "PrunerConfig":
@@ -283,9 +285,8 @@ class PrunerConfig(_Strict):
 
 class ObjectiveConfig(_Strict):
     name: Literal["metric", "samples_to_target", "steps_to_target", "wall_time", "samples"]
-    """``metric``: the experiment's metric on the validation split at the end of the budget; ``samples_to_target`` /
-    ``steps_to_target``: when the metric first reached ``metric.target`` (twice the budget when it never did);
-    ``wall_time``: the trial's seconds; ``samples``: samples seen."""
+    """``metric``: the validation metric at the end of the budget; ``samples_to_target`` / ``steps_to_target``: when the metric first
+    reached ``metric.target`` (twice the budget when it never did); ``wall_time``: the trial's seconds; ``samples``: samples seen."""
     direction: Literal["maximize", "minimize"] | None = None
     """Default: the metric's own direction for ``metric``, ``minimize`` for the costs."""
 

@@ -63,8 +63,10 @@ def eval_points(budget_samples: int, eval_every: int, batch_size: int) -> list[t
 
 
 def lr_for_batch(opt: "OptimizerConfig", batch_size: int) -> float:
-    """lr = base_lr * (B / B_ref)^alpha, alpha of the rule ``optimizer.lr_scaling`` names (``registry.LR_SCALING``)."""
-    return opt.lr * math.pow(batch_size / opt.reference_batch_size, LR_SCALING[opt.lr_scaling])
+    """lr = base_lr * (B / B_ref)^alpha: alpha is ``optimizer.lr_scaling_alpha`` where set, else that of the rule
+    ``optimizer.lr_scaling`` names (``registry.LR_SCALING``)."""
+    alpha = opt.lr_scaling_alpha if opt.lr_scaling_alpha is not None else LR_SCALING[opt.lr_scaling]
+    return opt.lr * math.pow(batch_size / opt.reference_batch_size, alpha)
 
 
 @dataclass(frozen=True)

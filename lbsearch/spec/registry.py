@@ -30,7 +30,8 @@ GROUPING_PRUNERS = ("median", "percentile", "patient", "asha")
 
 LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 """``optimizer.lr_scaling``: lr = lr x (B / reference_batch_size)^alpha, alpha per rule (``lbsearch.spec.plan.lr_for_batch``);
-sqrt: Malladi et al. 2022 (Adam), linear: Goyal et al. 2017 (SGD)."""
+sqrt: Malladi et al. 2022 (Adam), linear: Goyal et al. 2017 (SGD). Any other alpha is a number, not a name:
+``optimizer.lr_scaling_alpha`` (searchable)."""
 
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 PrunerName = Literal[tuple(PRUNERS)]  # type: ignore[valid-type]
