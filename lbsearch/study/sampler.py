@@ -6,10 +6,13 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.study import StudyDirection
+from optuna.trial import FrozenTrial, TrialState
 
 from lbsearch.spec import CategoricalParam, FloatParam, IntParam, SamplerConfig
+from lbsearch.study.access import trial_id
 
-__all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "OFF"]
+__all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "informed", "OFF", "DIVERGED"]
 
 OFF = "off"
 """Value of the ``<key>:on`` switch that turns an ``optional: true`` float parameter into ``null``."""
@@ -33,13 +36,66 @@ BUILDERS: dict[str, Any] = {  # one per name in spec.registry.SAMPLERS (tests/st
     "random": lambda cfg, seed, space, constraints: optuna.samplers.RandomSampler(seed=seed),
     "qmc": lambda cfg, seed, space, constraints: optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False),
     "grid": lambda cfg, seed, space, constraints: _GridSampler({k: list(p.choices) for k, p in space.items()}, seed=seed, constraints=constraints),
-    "gp": lambda cfg, seed, space, constraints: optuna.samplers.GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False),
+    "gp": lambda cfg, seed, space, constraints: _GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False),
     "nsga2": lambda cfg, seed, space, constraints: optuna.samplers.NSGAIISampler(seed=seed),
     # Optuna 5 changed TPE's defaults: state the ones lbsearch relies on.
-    "tpe": lambda cfg, seed, space, constraints: optuna.samplers.TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True,
-                                                                            constant_liar=True),
+    "tpe": lambda cfg, seed, space, constraints: _TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True),
 }
 """The sampler of each name: ``(cfg, seed, space, constraints) -> sampler``."""
+
+
+DIVERGED = "lbsearch.diverged"
+"""The constraint the model-based samplers see: 1 for a diverged trial (violated), 0 for every other finished trial."""
+
+
+def informed(trials: list[FrozenTrial], directions: list[StudyDirection], states: Any = None) -> list[FrozenTrial]:
+    """The trials as GP and TPE see them: a diverged trial (stored as pruned, reason ``diverged``) appears complete, at
+    the worst value of the complete trials, and violating the constraint ``DIVERGED``, which every other finished trial
+    satisfies. GP, which models complete trials only, then learns where lr is too high (its constrained acquisition) and
+    TPE counts it as infeasible (never among its good trials); for GP's ``n_startup_trials`` it counts as complete. Only
+    the samplers see this: the stored trial stays pruned and is never the best. Before any trial is complete, nothing changes."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    worst = [(max if d == StudyDirection.MINIMIZE else min)(t.values[i] for t in complete) for i, d in enumerate(directions)] if complete else None
+    seen = []
+    for t in trials:
+        diverged = t.state == TrialState.PRUNED and str(t.user_attrs.get("reason", "")).startswith("diverged")
+        if t.state == TrialState.COMPLETE or diverged and worst:
+            t = FrozenTrial(number=t.number, trial_id=trial_id(t), state=TrialState.COMPLETE if diverged else t.state, value=None,
+                            values=worst if diverged else t.values, datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
+                            params=t.params, distributions=t.distributions, user_attrs=t.user_attrs, intermediate_values=t.intermediate_values,
+                            system_attrs=t.system_attrs | {f"constraints:{DIVERGED}": float(diverged)})
+        if states is None or t.state in states:
+            seen.append(t)
+    return seen
+
+
+class _Informed:
+    """A view of the study whose trials are ``informed``; everything else is the study's own."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:  # what samplers call
+        return informed(self._study.get_trials(deepcopy=deepcopy), self._study.directions, states)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states)
+
+
+class _GPSampler(optuna.samplers.GPSampler):
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        return super().sample_relative(_Informed(study), trial, search_space)
+
+
+class _TPESampler(optuna.samplers.TPESampler):
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        return super().sample_relative(_Informed(study), trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
+        return super().sample_independent(_Informed(study), trial, param_name, param_distribution)
 
 
 GRID_POINT = "lbsearch_grid_point"
