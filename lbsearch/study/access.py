@@ -1,4 +1,5 @@
-"""The only module that reaches Optuna's private attributes (trial ids, stored trials, system attributes)."""
+"""The only module that reaches Optuna's private attributes (trial ids, stored trials, system attributes, the
+trials a sampler reads, the system attribute of a constraint)."""
 
 
 from __future__ import annotations
@@ -9,7 +10,29 @@ import optuna
 from optuna.trial import FrozenTrial
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Callable
+
+
+def constraint_attr(name: str) -> str:
+    """The trial system attribute in which Optuna's constrained samplers read a constraint's value (<= 0: met)."""
+    return f"constraints:{name}"
+
+
+class SamplerView:
+    """A study as a sampler sees it: its trials through ``see(trials, directions, states)``, everything else the
+    study's own. Samplers read trials through the private ``Study._get_trials``; this answers it."""
+
+    def __init__(self, study: optuna.Study, see: "Callable[..., list[FrozenTrial]]") -> None:
+        self._study, self._see = study, see
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:
+        return self._see(self._study.get_trials(deepcopy=deepcopy), self._study.directions, states)
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
+        return self._get_trials(deepcopy, states)
 
 
 def storage_of(study: optuna.Study):

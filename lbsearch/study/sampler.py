@@ -10,7 +10,7 @@ from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lbsearch.spec import CategoricalParam, FloatParam, IntParam, SamplerConfig
-from lbsearch.study.access import trial_id
+from lbsearch.study.access import SamplerView, constraint_attr, trial_id
 
 __all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "informed", "OFF", "DIVERGED"]
 
@@ -63,39 +63,28 @@ def informed(trials: list[FrozenTrial], directions: list[StudyDirection], states
             t = FrozenTrial(number=t.number, trial_id=trial_id(t), state=TrialState.COMPLETE if diverged else t.state, value=None,
                             values=worst if diverged else t.values, datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,
                             params=t.params, distributions=t.distributions, user_attrs=t.user_attrs, intermediate_values=t.intermediate_values,
-                            system_attrs=t.system_attrs | {f"constraints:{DIVERGED}": float(diverged)})
+                            system_attrs=t.system_attrs | {constraint_attr(DIVERGED): float(diverged)})
         if states is None or t.state in states:
             seen.append(t)
     return seen
 
 
-class _Informed:
-    """A view of the study whose trials are ``informed``; everything else is the study's own."""
-
-    def __init__(self, study: optuna.Study) -> None:
-        self._study = study
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._study, name)
-
-    def _get_trials(self, deepcopy: bool = True, states: Any = None, use_cache: bool = False) -> list[FrozenTrial]:  # what samplers call
-        return informed(self._study.get_trials(deepcopy=deepcopy), self._study.directions, states)
-
-    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[FrozenTrial]:
-        return self._get_trials(deepcopy, states)
+def _informed_view(study: optuna.Study) -> SamplerView:
+    """The study as GP and TPE see it: its trials ``informed``."""
+    return SamplerView(study, informed)
 
 
 class _GPSampler(optuna.samplers.GPSampler):
     def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
-        return super().sample_relative(_Informed(study), trial, search_space)
+        return super().sample_relative(_informed_view(study), trial, search_space)
 
 
 class _TPESampler(optuna.samplers.TPESampler):
     def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
-        return super().sample_relative(_Informed(study), trial, search_space)
+        return super().sample_relative(_informed_view(study), trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
-        return super().sample_independent(_Informed(study), trial, param_name, param_distribution)
+        return super().sample_independent(_informed_view(study), trial, param_name, param_distribution)
 
 
 GRID_POINT = "lbsearch_grid_point"
