@@ -73,6 +73,7 @@ from lbsearch.tracking import (
     Tracker,
     TrackingError,
     description,
+    drop_best,
     end_tags,
     git_commit,
     is_outage,
@@ -306,7 +307,7 @@ class _Search:
         earlier trial's model) goes, so that the registry, ``best`` and ``predict`` never name different trials."""
         with study_lock(self.session, self.cfg):
             best = best_trial(self.study)
-            if best is not None and best.number == number and self.tracker.drop_alias(self.cfg.name, BEST_ALIAS):
+            if best is not None and best.number == number and drop_best(self.tracker, self.cfg.name):
                 self.session.out(f"[trial {number}] the best so far has no model: the registry's alias `{BEST_ALIAS}` is removed")
 
     def _keep(self, number: int, run_id: str, saved: Path) -> None:

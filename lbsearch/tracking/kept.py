@@ -18,10 +18,20 @@ from lbsearch.tracking.tags import ROLE, STUDY
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["keep_trial_model", "keep_train_model", "BEST_ALIAS"]
+__all__ = ["keep_trial_model", "keep_train_model", "drop_best", "registered_name", "BEST_ALIAS"]
 
 BEST_ALIAS = "best"
 """The registered model's alias of the best trial's version: ``models:/<study>@best``."""
+
+
+def registered_name(study: str) -> str:
+    """The name under which a study's best models are registered in MLflow's Model Registry: the study's own."""
+    return study
+
+
+def drop_best(tracker: "Tracker", study: str) -> bool:
+    """Take the ``best`` alias off the study's registered model (its best trial's model is gone); True if there was one."""
+    return tracker.drop_alias(registered_name(study), BEST_ALIAS)
 
 
 def _move(saved: Path, folder: Path) -> None:
@@ -44,9 +54,9 @@ def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_i
         shutil.rmtree(saved, ignore_errors=True)
     if best == number and kept:
         model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}", folder, {STUDY: study, "lbsearch.trial": str(number)})
-        version = tracker.register_model(study, model_id, run_id, {"lbsearch.trial": str(number)}, alias=BEST_ALIAS)
+        version = tracker.register_model(registered_name(study), model_id, run_id, {"lbsearch.trial": str(number)}, alias=BEST_ALIAS)
         if policy == "best":  # the earlier bests' copies in MLflow go too: one model on disk
-            tracker.drop_model_versions(study, keep=version)
+            tracker.drop_model_versions(registered_name(study), keep=version)
         tracker.tags(run_id, {"lbsearch.model": str(folder), "lbsearch.model_version": version})
     if policy == "best" and best is not None:  # only once the registry points at the best: never a moment with no model
         for other in models_dir(root, study).glob("trial-*"):
