@@ -118,16 +118,21 @@ def _named_splits(found: dict[str, "pd.DataFrame"], cfg: DataConfig, where: str,
     return frames
 
 
+_BUILTIN_LOADERS = {"rotten_tomatoes": _rotten_tomatoes}
+"""The builtin datasets a classifier can use (``lbsearch.spec.registry.BUILTIN_DATASETS`` says which), by name."""
+
+
 def _load_splits(cfg: DataConfig) -> dict[str, "pd.DataFrame"]:
     if cfg.files:
         if "train" not in cfg.files:
             raise SpecError(None, "data.files", "needs at least `train`")
         found = {s: _read_file(f, f"data.files.{s}") for s, f in cfg.files.items()}
         return _named_splits(found, cfg.model_copy(update={"splits": None}), "data.files", dict(cfg.files))
-    if cfg.source == "speeches":
-        raise SpecError(None, "data.source", "`speeches` is a text corpus for `task: causal_lm` or `masked_lm`; classifiers: `rotten_tomatoes`")
     if cfg.source in BUILTIN_DATASETS:
-        return _split(_rotten_tomatoes(), cfg)
+        if cfg.source not in _BUILTIN_LOADERS:
+            usable = ", ".join(f"`{n}`" for n in _BUILTIN_LOADERS)
+            raise SpecError(None, "data.source", f"`{cfg.source}` is a text corpus for `task: causal_lm` or `masked_lm`; classifiers: {usable}")
+        return _split(_BUILTIN_LOADERS[cfg.source](), cfg)
     if Path(cfg.source).is_file():
         return _split(_columns(_read_file(cfg.source, "data.source"), cfg, cfg.source), cfg)
     if Path(cfg.source).is_dir():
@@ -149,7 +154,7 @@ def load_frames(cfg: DataConfig, task: str = "single_label") -> tuple[dict[str, 
         if len(frames[s]) == 0:
             raise SpecError(None, "data", f"the {s} split is empty")
     if cfg.source in BUILTIN_DATASETS and not cfg.files and cfg.label_names is None:
-        cfg = cfg.model_copy(update={"label_names": ["rotten", "fresh"]})  # the ids the builtin has always had
+        cfg = cfg.model_copy(update={"label_names": BUILTIN_DATASETS[cfg.source]["label_names"]})  # the ids the builtin has always had
     labels, info = encode_labels(frames, cfg, task)
     return frames, labels, info
 

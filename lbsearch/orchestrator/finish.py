@@ -36,7 +36,7 @@ def finish_study(session: "Session", tracker: "Tracker", parent: str, study: opt
 def report(session: Session, name: str, out: Path | None = None, targets: list[float] | None = None) -> int:
     """Write the batch-scaling report of a study and log it to the study's parent MLflow run; ``targets``:
     the loss targets of a language-model study (default: chosen from its curves)."""
-    from lbsearch.science import write_report
+    from lbsearch.science import REPORT_HTML, write_report
 
     study = load_existing_study(session, name)
     out = out or session.root / "reports" / name
@@ -56,7 +56,7 @@ def report(session: Session, name: str, out: Path | None = None, targets: list[f
     say(f"B_simple {rng[0]:.0f} .. {rng[1]:.0f}" if rng else "B_simple: not measured")
     if "tokens" in summary:
         _say_tokens(say, summary["tokens"])
-    say(f"{out / 'index.html'}" + (f" (also in MLflow run {parent}, artifacts report/)" if parent else ""))
+    say(f"{out / REPORT_HTML}" + (f" (also in MLflow run {parent}, artifacts report/)" if parent else ""))
     return 0
 
 

@@ -28,7 +28,10 @@ from optuna.trial import TrialState
 from lbsearch.science.scaling import fit_power, fit_steps
 from lbsearch.spec import LM_TASKS, experiment_model, make_plan
 
-__all__ = ["TrialPoint", "collect", "summarize", "write_report"]
+__all__ = ["REPORT_HTML", "TrialPoint", "collect", "summarize", "write_report"]
+
+REPORT_HTML = "index.html"
+"""The report's page, beside its PNGs and summary.json in the report folder."""
 
 
 @dataclass(frozen=True)
@@ -299,6 +302,6 @@ def write_report(study: optuna.Study, out: Path, targets: list[float] | None = N
         extra = lm_figures.html_section(summary["tokens"]) + "".join(
             f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
             for f, c in (lm_figures.draw(curves, summary["tokens"], out) if curves else []))
-    (out / "index.html").write_text(_html(study.study_name, metric, target, summary, figs.made, extra))
+    (out / REPORT_HTML).write_text(_html(study.study_name, metric, target, summary, figs.made, extra))
     (out / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n")
     return summary

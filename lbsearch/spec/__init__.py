@@ -4,27 +4,13 @@
 trial process."""
 
 from lbsearch.spec.accelerate_file import machines, read_config
-from lbsearch.spec.config import (
-    BATCH_KEY,
-    BUILTIN_DATASETS,
-    BUILTIN_MODELS,
-    CategoricalParam,
-    DataConfig,
-    ExperimentConfig,
-    FloatParam,
-    IntParam,
-    ModelConfig,
-    PrunerConfig,
-    SamplerConfig,
-    SpecError,
-    StudyConfig,
-    TrainConfig,
-)
+from lbsearch.spec.config import BATCH_KEY, CategoricalParam, DataConfig, ExperimentConfig, FloatParam, IntParam, ModelConfig, PrunerConfig, SamplerConfig, SpecError, StudyConfig, TrainConfig
 from lbsearch.spec.constraints import Constraint, parse
 from lbsearch.spec.load import apply_params, as_recorded, load_experiment, load_study, parse_set, validate_experiment
 from lbsearch.spec.outcome import INTERRUPTED, RETRYABLE, TRACKING_LOST, WORKER_DIED, TrackingOutage, diverged, failure, is_out_of_memory
 from lbsearch.spec.plan import BatchPlan, TrialPlan, make_plan
 from lbsearch.spec.protocol import FLAG, OptunaRef, TrialResult, WorkerSpec, message, parse_message, read_result, write_result
+from lbsearch.spec.registry import BUILTIN_DATASETS, BUILTIN_MODELS
 from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig, experiment_model, is_script, trial_values
 from lbsearch.spec.session import Session, default_tracking_uri
 from lbsearch.spec.tasks import LM_TASKS, sample_unit

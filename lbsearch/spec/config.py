@@ -15,8 +15,6 @@ from lbsearch.spec.tasks import LM_TASKS, DataConfig, MetricConfig, TaskKind, ch
 __all__ = ["SpecError", "BATCH_KEY", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig", "LauncherConfig", "MetricConfig",
            "ExperimentConfig", "FloatParam", "IntParam", "CategoricalParam", "SamplerConfig", "PrunerConfig", "BudgetConfig", "StudyConfig"]
 
-BUILTIN_DATASETS = ("rotten_tomatoes", "speeches")  # speeches: a corpus for language models only (lbsearch.data.corpus)
-BUILTIN_MODELS = ("minilm-l6",)
 
 
 class SpecError(Exception):

