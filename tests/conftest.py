@@ -193,3 +193,23 @@ def pytest_terminal_summary(terminalreporter) -> None:
     terminalreporter.write_line(f"lbsearch tests: {len(skipped)} skipped")
     for report in skipped:
         terminalreporter.write_line(f"  skipped {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
+
+
+@pytest.fixture
+def fresh_accelerator():
+    """Accelerate's process-wide state reset after a test that built an Accelerator in this process."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+    GradientState._reset_state()
+
+
+def in_process_trial(prepared, exp, tracking: bool = True):
+    """A ``Trial`` (the trial process's training state) built in this process on ``prepared`` data, quiet."""
+    from lbsearch.spec import WorkerSpec
+    from lbsearch.trial.worker import Trial
+
+    spec = WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(prepared.path), num_labels=prepared.num_labels,
+                      pad_id=prepared.pad_id, vocab_size=prepared.vocab_size, labels=prepared.labels, tracking=tracking)
+    return Trial(spec, log=lambda *a: None)

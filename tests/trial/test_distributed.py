@@ -8,14 +8,7 @@ import pytest
 
 from lbsearch.trial.distributed import make_accelerator
 
-
-@pytest.fixture(autouse=True)
-def _fresh_state():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 
 
 def test_compile_without_a_file_is_regional_inductor(monkeypatch):

@@ -16,14 +16,15 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SPECS, _harvest, _seed
+from conftest import SPECS, _harvest, _seed, in_process_trial
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import ExperimentConfig, WorkerSpec
+from lbsearch.spec import ExperimentConfig
 from lbsearch.trial.readings import CONTINUE, DIVERGED
 from lbsearch.trial.worker import Trial
 
 ROOT = Path(__file__).parent.parent.parent
+pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
@@ -46,19 +47,8 @@ def data(tmp_path_factory):
     return out
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _trial(prepared, exp: ExperimentConfig) -> Trial:
-    spec = WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(prepared.path), num_labels=prepared.num_labels, pad_id=prepared.pad_id,
-                      vocab_size=prepared.vocab_size, labels=prepared.labels, tracking=False)
-    return Trial(spec, log=lambda *a: None)
+    return in_process_trial(prepared, exp, tracking=False)
 
 
 class HostReads:

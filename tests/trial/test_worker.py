@@ -11,12 +11,14 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SPECS, _harvest, _seed
+from conftest import SPECS, _harvest, _seed, in_process_trial
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import ExperimentConfig, WorkerSpec
+from lbsearch.spec import ExperimentConfig
 from lbsearch.spec.protocol import parse_message
 from lbsearch.trial.worker import CONTINUE, Trial
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 
 
 def _experiment(**launcher) -> ExperimentConfig:
@@ -36,19 +38,8 @@ def prepared(tmp_path_factory):
     return data
 
 
-@pytest.fixture(autouse=True)
-def _fresh_accelerator():
-    from accelerate.state import AcceleratorState, GradientState
-
-    yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
-
-
 def _trial(data, exp: ExperimentConfig) -> Trial:
-    spec = WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(data.path), num_labels=data.num_labels, pad_id=data.pad_id,
-                      vocab_size=data.vocab_size, labels=data.labels, tracking=True)
-    return Trial(spec, log=lambda *a: None)
+    return in_process_trial(data, exp)
 
 
 def _rows(trial: Trial, capsys) -> dict[str, list[float]]:
