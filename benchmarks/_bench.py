@@ -163,6 +163,20 @@ def command() -> str:
     return " ".join([sys.executable, *sys.argv])
 
 
+def run_study_cli(study: Path, name: str, root: Path, args: list[str], timeout: float = 3600) -> tuple[float, list[dict], dict]:
+    """``lbsearch run STUDY`` as its own process under ``root`` (exits on a failure, with its output), then its
+    ``status --json`` rows and ``best --json``'s picked trial: (wall seconds, rows, best)."""
+    lb = [sys.executable, "-m", "lbsearch.cli"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(lb + ["run", str(study), "--mlruns", str(root), *args], capture_output=True, text=True, timeout=timeout)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"study {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    rows = json.loads(subprocess.run(lb + ["status", name, "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)
+    best = json.loads(subprocess.run(lb + ["best", name, "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)["picked"]
+    return wall, rows, best
+
+
 def write(out: dict[str, Any], path: Path) -> None:
     """``out`` as JSON at ``path``, with the load average at the end and the command that ran it."""
     if "machine" in out:

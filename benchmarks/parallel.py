@@ -14,15 +14,13 @@ the thread count that trial ran with, which it logged).
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _bench import RESULTS, ROOT, machine, table, write
+from _bench import RESULTS, ROOT, machine, run_study_cli, table, write
 from _stats import judged
 
 LB = [sys.executable, "-m", "lbsearch.cli"]
@@ -31,14 +29,7 @@ GOAL = 0.75
 
 def run_study(name: str, sets: list[str], root: Path, parallel: int) -> dict[str, Any]:
     args = [f"--set=name={name}"] + [f"--set={s}" for s in sets] + (["--parallel", str(parallel)] if parallel > 1 else [])
-    t0 = time.perf_counter()
-    proc = subprocess.run(LB + ["run", str(ROOT / "studies" / "quickstart.yaml"), "--mlruns", str(root), *args],
-                          capture_output=True, text=True, timeout=5400)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"study {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rows = json.loads(subprocess.run(LB + ["status", name, "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)
-    best = json.loads(subprocess.run(LB + ["best", name, "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)["picked"]
+    wall, rows, best = run_study_cli(ROOT / "studies" / "quickstart.yaml", name, root, args, timeout=5400)
     return {"wall_s": wall, "parallel": parallel, "trials": len(rows), "states": {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
             "best_trial": best.get("trial"), "best_validation": best.get("value"), "best_test": best.get("test"),
             "placement": _placement(root, rows), "sets": sets}

@@ -17,32 +17,22 @@ on the "on" study. One pair of studies: its verdict against the goal (on / off <
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-from _bench import RESULTS, ROOT, machine, table, write
+from _bench import RESULTS, ROOT, machine, run_study_cli, table, write
 from _stats import verdict
 
 OFF = ["experiment.optimizer.fused=false", "experiment.launcher.max_micro_batch=16", "experiment.launcher.pack=false"]
 
 
 def run_study(name: str, sets: list[str], root: Path, flags: list[str]) -> dict[str, Any]:
-    lb = [sys.executable, "-m", "lbsearch.cli"]
     args = [f"--set=name={name}"] + [f"--set={s}" for s in sets] + flags
-    t0 = time.perf_counter()
-    proc = subprocess.run(lb + ["run", str(ROOT / "studies" / "quickstart.yaml"), "--mlruns", str(root), *args],
-                          capture_output=True, text=True, timeout=3600)
-    wall = time.perf_counter() - t0
-    if proc.returncode != 0:
-        raise SystemExit(f"study {name} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
-    rows = json.loads(subprocess.run(lb + ["status", name, "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)
-    best = json.loads(subprocess.run(lb + ["best", name, "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)["picked"]
+    wall, rows, best = run_study_cli(ROOT / "studies" / "quickstart.yaml", name, root, args)
     mfu = [r["mfu"] for r in rows if r.get("mfu") is not None]
     return {"wall_s": wall, "trials": len(rows), "states": {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
             "best_trial": best.get("trial"), "best_validation": best.get("value"), "best_test": best.get("test"),
