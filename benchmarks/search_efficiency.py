@@ -51,6 +51,7 @@ import argparse
 import itertools
 import json
 import math
+import os
 import shutil
 import statistics
 import sys
@@ -81,7 +82,7 @@ Space = dict[str, CategoricalParam]
 # random search draw from the ranges; the draw is snapped to the nearest tabulated value (in log
 # space for a log range). Each tabulated value owns an equal share of the range, so random search
 # still picks them uniformly; TPE sees the order (a good lr has good neighbours).
-RANGES = {"optimizer.lr": True, "schedule.warmup_fraction": False}  # key -> log
+RANGES = {"optimizer.lr": True, "schedule.warmup_fraction": False, "schedule.warmup_tokens": False}  # key -> log
 Row = dict[str, Any]
 
 
@@ -110,35 +111,46 @@ def train_config(exp: ExperimentConfig, data) -> Row:
     }
 
 
-def build_table(spec: Path, overrides: dict[str, Any], space: Space, data) -> dict[str, Row]:
-    rows: dict[str, Row] = {}
+def build_table(path: Path, built: dict[str, Any], spec: Path, overrides: dict[str, Any], space: Space, data) -> None:
+    """Trains every configuration not yet in ``built["configs"]``, writing ``path`` after each one (a cell
+    done is never recomputed: an interrupted build resumes), each row with the load average when it started."""
+    rows: dict[str, Row] = built["configs"]
     for values in itertools.product(*(p.choices for p in space.values())):
         params = dict(zip(space, values))
-        row = train_config(experiment(spec, overrides | params), data) | {"params": params}
+        if key(params, space) in rows:
+            continue
+        load = list(os.getloadavg())
+        row = train_config(experiment(spec, overrides | params), data) | {"params": params, "load_average_at_start": load}
         rows[key(params, space)] = row
+        built["build_s"] += row["wall_s"]
+        write(built, path)
         curve = " ".join(f"{e['value']:.4f}" for e in row["evals"])
-        print(f"  {key(params, space)}: {row['reason'] or row['state']}, curve {curve}, {row['wall_s']:.1f} s", flush=True)
-    return rows
+        print(f"  [{len(rows)}] {key(params, space)}: {row['reason'] or row['state']}, curve {curve}, {row['wall_s']:.1f} s, load {load[0]:.1f}", flush=True)
 
 
 def load_or_build(path: Path, settings: dict[str, Any], rebuild: bool, spec: Path, overrides: dict[str, Any], space: Space) -> dict[str, Any]:
+    """The table at ``path`` if it was built for ``settings``; a partial one (``partial: true``) is completed."""
     settings = json.loads(json.dumps(settings))  # as it reads back from the file
+    built = {"settings": settings, "build_s": 0.0, "threads": torch.get_num_threads(), "partial": True, "machine": machine(), "configs": {}}
     if path.is_file() and not rebuild:
         cached = json.loads(path.read_text())
-        if cached.get("settings") == settings:
+        if cached.get("settings") == settings and not cached.get("partial"):
             print(f"table: reusing {path} ({len(cached['configs'])} configurations)")
             return cached
-        print(f"table: {path} was built for other settings: rebuilding")
+        if cached.get("settings") == settings:
+            built = cached
+            print(f"table: resuming {path} ({len(cached['configs'])} configurations done)")
+        else:
+            print(f"table: {path} was built for other settings: rebuilding")
     base = experiment(spec, overrides)
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     try:
         data = prepared(base, work)
         print(f"table: training {math.prod(len(p.choices) for p in space.values())} configurations", flush=True)
-        t0 = time.perf_counter()
-        configs = build_table(spec, overrides, space, data)
-        built = {"settings": settings, "build_s": time.perf_counter() - t0, "threads": torch.get_num_threads(), "configs": configs}
+        build_table(path, built, spec, overrides, space, data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    built["partial"] = False
     write(built, path)
     return built
 
