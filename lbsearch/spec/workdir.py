@@ -24,6 +24,17 @@ def checkpoint_name(step: int, tmp: bool = False) -> str:
     return f"{'.tmp-' if tmp else ''}{PREFIX}{step:08d}"
 
 
+KEEP_CHECKPOINTS = 1
+"""How many whole checkpoints a running trial keeps: the newest (a resume needs no other); the older ones are
+deleted once a new one is whole (``superseded``)."""
+
+
+def superseded(folder: Path) -> list[Path]:
+    """The checkpoints under ``folder`` that a new whole one makes old: all but the newest ``KEEP_CHECKPOINTS``."""
+    found = sorted(folder.glob(f"{PREFIX}*")) if folder.is_dir() else []
+    return found[:-KEEP_CHECKPOINTS]
+
+
 def latest(folder: Path) -> Path | None:
     """The newest whole checkpoint under ``folder`` (a trial's ``checkpoints``), or None."""
     found = sorted(p for p in folder.glob(f"{PREFIX}*") if (p / INFO).is_file()) if folder.is_dir() else []

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from lbsearch.spec import INFO, PREFIX, checkpoint_name, fingerprint, latest
+from lbsearch.spec import INFO, checkpoint_name, fingerprint, latest, superseded
 from lbsearch.trial.distributed import stop_code
 
 __all__ = ["latest", "fingerprint", "StopSignal", "Checkpoints"]
@@ -97,8 +97,8 @@ class Checkpoints:
             self.save(step, "on SIGTERM" if due == 2 else "")
         return due == 2
 
-    def save(self, step: int, why: str = "") -> None:
-        """Write a checkpoint whole or not at all. A write error (a full disk) on any rank costs this
+    def save(self, step: int, why: str = "") -> bool:
+        """Write a checkpoint whole or not at all (True: written). A write error (a full disk) on any rank costs this
         checkpoint only: every rank hears of it at the same point (``_agreed``), the earlier checkpoint
         stays and the trial trains on, saying so. (Under FSDP a rank that fails inside Accelerate's
         sharded save, between its collectives, still stops the trial: its peers wait in them.)"""
@@ -109,10 +109,11 @@ class Checkpoints:
             if t.acc.is_main_process:
                 shutil.rmtree(self.folder / checkpoint_name(step, tmp=True), ignore_errors=True)
             t.say(f"checkpoint at step {step} not written ({type(err).__name__}: {err}); the trial goes on, its last whole checkpoint kept")
-            return
+            return False
         self.t_last = time.time()
         t.rep.flush()  # the metric rows up to the checkpoint are in MLflow before a kill can lose them
         t.say(f"checkpoint at step {step} ({step * t.plan.batch_size} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
+        return True
 
     def _write(self, step: int) -> None:
         acc, tmp, final = self.trial.acc, self.folder / checkpoint_name(step, tmp=True), self.folder / checkpoint_name(step)
@@ -128,9 +129,8 @@ class Checkpoints:
                 (tmp / INFO).write_text(json.dumps(_position(self.trial, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
                 shutil.rmtree(final, ignore_errors=True)
                 durable_rename(tmp, final)
-                for old in self.folder.glob(f"{PREFIX}*"):
-                    if old != final:
-                        shutil.rmtree(old, ignore_errors=True)
+                for old in superseded(self.folder):
+                    shutil.rmtree(old, ignore_errors=True)
 
         def state() -> None:
             _maybe_inject_write_error(f"{step}@{acc.process_index}")

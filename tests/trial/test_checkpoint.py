@@ -11,7 +11,7 @@ import pytest
 
 from lbsearch.spec.config import ExperimentConfig, SpecError
 from lbsearch.spec.load import validate_experiment
-from lbsearch.spec.workdir import FOLDER, adopt, discard, fingerprint, latest
+from lbsearch.spec.workdir import FOLDER, KEEP_CHECKPOINTS, adopt, discard, fingerprint, latest, superseded
 from lbsearch.trial.checkpoint import StopSignal
 
 
@@ -30,6 +30,16 @@ def test_the_newest_whole_checkpoint_counts(tmp_path):
     _write(tmp_path, 30, whole=False)  # killed while writing (a rename makes a folder whole; this one never was)
     (tmp_path / ".tmp-step-00000040").mkdir()
     assert latest(tmp_path).name == "step-00000020"
+
+
+def test_a_new_whole_checkpoint_supersedes_all_but_the_newest_kept(tmp_path):
+    assert superseded(tmp_path / "none") == []
+    for step in (5, 10, 120):
+        _write(tmp_path, step)
+    (tmp_path / ".tmp-step-00000130").mkdir()  # one being written is never deleted by a writer of another
+    names = [p.name for p in superseded(tmp_path)]
+    assert names == ["step-00000005", "step-00000010", "step-00000120"][:3 - KEEP_CHECKPOINTS]
+    assert latest(tmp_path).name not in names
 
 
 def test_a_retry_takes_over_the_checkpoints_of_the_trial_it_reruns(tmp_path):
