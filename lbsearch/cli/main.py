@@ -38,6 +38,16 @@ PARALLEL = ("run up to N trials at once on this host, each on its own devices: l
             "cores with as many threads (default: the study's `parallel`, 1; docs/scale_out.md)")
 
 
+RAY = ("place each trial on the Ray cluster at ADDRESS (`auto`, HOST:6379, ray://HOST:10001) by the GPUs and CPUs it needs: "
+       "the study field `executor: {kind: ray}` (docs/scale_out.md; pip install lbsearch[ray])")
+
+
+def _placement(p: argparse.ArgumentParser) -> None:
+    """Where ``run``'s trials go: several at once on this host, and/or on a Ray cluster."""
+    p.add_argument("--parallel", type=int, default=None, metavar="N", help=PARALLEL)
+    p.add_argument("--ray", default=None, metavar="ADDRESS", help=RAY)
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="lbsearch", description="Large-batch hyperparameter search: Optuna studies of "
                                  "accelerate-launched trials, tracked in MLflow.", epilog=EPILOG,
@@ -49,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. n_trials=20 or experiment.train.budget_samples=4000")
     p.add_argument("--max-trials", type=int, default=None, help="run at most this many trials in this process, then stop")
     p.add_argument("--no-standby", dest="standby", action="store_false", help=NO_STANDBY)
-    p.add_argument("--parallel", type=int, default=None, metavar="N", help=PARALLEL)
+    _placement(p)
     _common(p)
 
     p = sub.add_parser("status", help="table of a study's trials")
@@ -129,9 +139,14 @@ class _named:
 
 
 def cmd_run(args) -> int:
-    from lbsearch.spec import load_study, parse_set
+    from lbsearch.orchestrator import require_ray
+    from lbsearch.spec import ExecutorConfig, load_study, parse_set
 
     cfg, exp_raw = load_study(args.study, parse_set(args.set))
+    if args.ray:
+        cfg.executor = ExecutorConfig(kind="ray", address=args.ray)
+    if cfg.executor.kind == "ray":
+        require_ray(args.study)  # exit 2 before anything starts
     if (args.parallel or cfg.parallel) != 1:
         return _run_parallel(args, cfg, exp_raw, args.parallel or cfg.parallel)
     from lbsearch.orchestrator import run_study
@@ -148,7 +163,7 @@ def _run_parallel(args, cfg, exp_raw, n: int) -> int:
 
     if n < 1:
         raise SpecError(args.study, "--parallel", f"must be at least 1, got {n}")
-    if "launcher.processes" in cfg.search_space:
+    if "launcher.processes" in cfg.search_space and cfg.executor.kind == "local":  # Ray places trials of any size
         raise SpecError(args.study, "--parallel", "places trials of one size: `launcher.processes` must not be searched with it")
     launcher = experiment_model(exp_raw).model_validate(exp_raw).launcher.model_dump()
     argv, skip = [], False
@@ -159,7 +174,7 @@ def _run_parallel(args, cfg, exp_raw, n: int) -> int:
         skip = a == "--parallel"
         if not skip:
             argv.append(a)
-    return run_parallel([*argv, "--parallel", "1"], n, launcher, str(args.study))  # each worker runs its trials one at a time
+    return run_parallel([*argv, "--parallel", "1"], n, launcher, str(args.study), local=cfg.executor.kind == "local")  # each worker runs its trials one at a time
 
 
 def cmd_train(args) -> int:

@@ -6,6 +6,7 @@ from lbsearch.orchestrator.finish import report
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.nodes import join
 from lbsearch.orchestrator.parallel import run_parallel
+from lbsearch.orchestrator.ray_executor import require_ray
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 
-__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel']
+__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel', 'require_ray']

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator.budget import budget_reached, trials_left
 from lbsearch.orchestrator.finish import finish_study, front_plot
+from lbsearch.orchestrator.ray_executor import connect
 from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
 from lbsearch.spec import (
@@ -97,6 +98,7 @@ class _Search:
 
     def __init__(self, session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], spec_file: Path | None) -> None:
         self.session, self.cfg, self.exp_raw = session, cfg, exp_raw
+        self.executor = connect(cfg.executor, session.out) if cfg.executor.kind == "ray" else None  # Ray places the trials (ray_executor)
         # bad data is a spec error, before anything is created; a script trial loads its own data
         self.data = None if is_script(cfg.experiment) else prepare_data(cfg.experiment, data_cache_dir(session.root))
         self.digest = {"data.digest": self.data.digest} if self.data else {}
@@ -198,7 +200,7 @@ class _Search:
                        params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
                        optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
                        OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()),
-                       save_model=cfg.save_model != "none", stopper=stopper)
+                       save_model=cfg.save_model != "none", stopper=stopper, executor=self.executor)
         self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
         t0 = time.time()
         try:
@@ -355,7 +357,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     session.out(summary(s.study, cfg.n_trials))
     try:
         # a standby process pays a trial's imports once more, beside the first trial: worth it only for a second one
-        forks = use_standby and trials_left(s.study, cfg, max_trials) > 1
+        forks = use_standby and trials_left(s.study, cfg, max_trials) > 1 and s.executor is None  # Ray's trials start on their nodes
         with study_progress(cfg.name, cfg.n_trials) as shown, standby(session.out) if forks else contextlib.nullcontext():
             _show(s, shown)
             while max_trials is None or ran < max_trials:

@@ -81,11 +81,13 @@ def _relay(proc: subprocess.Popen, prefix: str, say: Callable[[str], None]) -> N
         say(f"{prefix} {line.rstrip()}")
 
 
-def run_parallel(argv: list[str], n: int, launcher: dict[str, Any], where: str, say: Callable[[str], None] = print) -> int:
+def run_parallel(argv: list[str], n: int, launcher: dict[str, Any], where: str, say: Callable[[str], None] = print, local: bool = True) -> int:
     """Run ``lbsearch ARGV`` (a ``run`` without ``--parallel``) as ``n`` placed workers; 130 when interrupted,
-    else the largest exit code of the workers."""
+    else the largest exit code of the workers. ``local=False``: the workers' trials are placed by Ray
+    (``lbsearch.orchestrator.ray_executor``), not on this host's devices."""
     processes = int(launcher.get("processes", 1))
-    plan = placements(n, processes, _visible_gpus(bool(launcher.get("cpu"))), sorted(os.sched_getaffinity(0)), where)
+    plan = placements(n, processes, _visible_gpus(bool(launcher.get("cpu"))), sorted(os.sched_getaffinity(0)), where) if local else \
+        [{"env": {}, "cores": None, "what": "its trials placed by Ray"}] * n
     workers, relays = [], []
     for i, place in enumerate(plan):
         say(f"[worker {i}] {place['what']}")

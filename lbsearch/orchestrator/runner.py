@@ -76,6 +76,8 @@ class TrialRun:
     fails for a reason that is retried, and deleted otherwise."""
     stopper: Stopper | None = None
     """Told the trial process's pid while it runs, so that another thread can stop it."""
+    executor: Callable[..., TrialResult] | None = None
+    """What runs the trial's processes (``run_trial_process``'s signature): this host's by default, a Ray cluster's (``ray_executor.connect``)."""
 
 
 @dataclass
@@ -220,13 +222,13 @@ def _run_once(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: T
     on_line, last_json = _line_handler(session, box, run_id, run.prefix)
     if run.data is None:
         spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), optuna=run.optuna, tracking=True)
-        return run_trial_process(spec, run.workdir, on_line=on_line, on_start=_started(run), program=script_program(run.exp, plan, run.workdir),
+        return (run.executor or run_trial_process)(spec, run.workdir, on_line=on_line, on_start=_started(run), program=script_program(run.exp, plan, run.workdir),
                                  no_result=lambda code: _script_result(box, run_id, run, code, last_json.get("line")))
     spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
                       pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
                       tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
                       checkpoint_dir=str(run.workdir / FOLDER))
-    return run_trial_process(spec, run.workdir, on_line=on_line, on_start=_started(run))
+    return (run.executor or run_trial_process)(spec, run.workdir, on_line=on_line, on_start=_started(run))
 
 
 def _started(run: TrialRun) -> Callable[[int], None]:

@@ -9,12 +9,12 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lbsearch.spec.executor import WithExecutor
 from lbsearch.spec.registry import GROUPING_PRUNERS, LrScalingName, PrunerName, SamplerName
 from lbsearch.spec.tasks import LM_TASKS, DataConfig, MetricConfig, TaskKind, check_task, count_in_tokens
 
 __all__ = ["SpecError", "BATCH_KEY", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig", "LauncherConfig", "MetricConfig",
            "ExperimentConfig", "FloatParam", "IntParam", "CategoricalParam", "SamplerConfig", "PrunerConfig", "BudgetConfig", "StudyConfig"]
-
 
 
 class SpecError(Exception):
@@ -314,7 +314,7 @@ class BudgetConfig(_Strict):
         return self
 
 
-class StudyConfig(_Strict):
+class StudyConfig(_Strict, WithExecutor):  # `executor`: lbsearch.spec.executor
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     experiment: ExperimentConfig
     n_trials: int = Field(ge=1, le=100_000)
