@@ -9,6 +9,7 @@ import signal
 import sys
 from pathlib import Path
 
+from lbsearch.cli.branch import add_branch, cmd_branch
 from lbsearch.spec import SpecError, TrackingOutage
 
 EPILOG = """examples:
@@ -17,6 +18,7 @@ EPILOG = """examples:
   lbsearch best quickstart                         best params, metric, MLflow run, reproduce command
   lbsearch reproduce quickstart [--trial N]        re-run a trial from its resolved config; compare
   lbsearch report batch_scaling                    batch-scaling report: B_crit, lr exponent, noise scale
+  lbsearch branch lm_ref --trial 0 --delta 8192     the critical batch size over training, by branching from checkpoints
   lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
   lbsearch predict quickstart "a warm, funny film"   classify texts with the best trial's kept model
   lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
@@ -107,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=5000)
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1: one person's viewer starts fastest)")
     _common(p)
-    return ap
+    return add_branch(ap, sub, _common)  # lbsearch.cli.branch
 
 
 def _session(args):
@@ -312,7 +314,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "report": cmd_report, "train": cmd_train, "predict": cmd_predict,
-            "ui": cmd_ui, "join": cmd_join}
+            "ui": cmd_ui, "join": cmd_join, "branch": lambda args: cmd_branch(args, _session(args))}
 
 
 def main(argv: list[str] | None = None) -> int:

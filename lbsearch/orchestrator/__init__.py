@@ -1,7 +1,8 @@
 """The orchestrator, torch-free: ask -> tracked trial -> tell (the study loop), the tracked trial
 (MLflow run, process, retries), launching a trial's processes, the standby client, other
-machines' ranks (``lbsearch join``), script trials, the end of a study, and ``run --parallel``'s placement of workers."""
+machines' ranks (``lbsearch join``), script trials, the end of a study, branching a trial from its checkpoints (``lbsearch branch``), and ``run --parallel``'s placement of workers."""
 
+from lbsearch.orchestrator.branch import BranchArgs, run_branches
 from lbsearch.orchestrator.finish import report
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.nodes import join
@@ -9,4 +10,4 @@ from lbsearch.orchestrator.parallel import run_parallel
 from lbsearch.orchestrator.ray_executor import require_ray
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 
-__all__ = ['run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel', 'require_ray']
+__all__ = ['BranchArgs', 'run_branches', 'run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel', 'require_ray']

@@ -16,19 +16,21 @@ from lbsearch.spec import BatchPlan
 __all__ = ["sample_stream", "step_micro_batches"]
 
 
-def sample_stream(n_train: int, batch_size: int, steps: int, seed: int) -> np.ndarray:
+def sample_stream(n_train: int, batch_size: int, steps: int, seed: int, start: int = 0) -> np.ndarray:
     """Indices for ``steps`` optimizer steps of ``batch_size``: seeded permutations, back to back.
 
     Returns an array of shape (steps, batch_size). Each epoch is a fresh permutation; an epoch's
-    tail continues into the next batch, so there is no short batch and no dropped sample.
+    tail continues into the next batch, so there is no short batch and no dropped sample. The
+    sequence of indices depends on the seed only; ``start`` (samples) is where this trial begins
+    reading it: a branch reads the reference's stream on from its branch point (``lbsearch.spec.branch``).
     """
-    need = steps * batch_size
+    need = start + steps * batch_size
     rng = np.random.default_rng(seed)
     chunks, have = [], 0
     while have < need:
         chunks.append(rng.permutation(n_train))
         have += n_train
-    return np.concatenate(chunks)[:need].reshape(steps, batch_size)
+    return np.concatenate(chunks)[start:need].reshape(steps, batch_size)
 
 
 def step_micro_batches(step_ids: np.ndarray, lengths: np.ndarray, plan: BatchPlan, rank: int, head: int = 0) -> list[np.ndarray]:

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from lbsearch.spec import INFO, checkpoint_name, fingerprint, latest, superseded
+from lbsearch.trial.branch import keep_point, kept_steps, start_branch
 from lbsearch.trial.distributed import stop_code
 
 __all__ = ["latest", "fingerprint", "StopSignal", "Checkpoints"]
@@ -63,13 +64,14 @@ class Checkpoints:
         self.stop.defer = bool(self.folder) and tr.checkpoint_on_stop
         self.t_last = time.time()
         self.key = fingerprint(trial.exp.model_dump(mode="json"))
+        self.keep = kept_steps(trial, self.folder)  # branch points: checkpoints kept (lbsearch.trial.branch)
         trial.acc.register_for_checkpointing(trial.scheduler)  # not prepared: Accelerate would step it once per rank
 
     def resume(self) -> int:
         """Load the newest checkpoint of this trial's folder, if any; returns the step it was taken at (0: none)."""
         t, found = self.trial, latest(self.folder) if self.folder else None
         if found is None:
-            return 0
+            return start_branch(t)  # a branch's first run starts from the reference's checkpoint
         info = json.loads((found / INFO).read_text())
         if info["fingerprint"] != self.key or info["processes"] != t.acc.num_processes:
             t.say(f"checkpoint {found} is of another configuration: training from step 0")
@@ -80,9 +82,9 @@ class Checkpoints:
         return info["step"]
 
     def due(self, step: int) -> bool:
-        """Whether ``checkpoint_every_samples`` falls due at ``step`` (a read point of the trial, as every checkpoint's step is)."""
+        """Whether ``checkpoint_every_samples`` or a branch point falls due at ``step`` (a read point of the trial, as every checkpoint's step is)."""
         B = self.trial.plan.batch_size
-        return bool(self.every) and step * B // self.every > (step - 1) * B // self.every and step < self.trial.plan.steps
+        return bool(self.every) and step * B // self.every > (step - 1) * B // self.every and step < self.trial.plan.steps or step in self.keep
 
     def after_step(self, step: int, read: bool = True) -> bool:
         """Write a checkpoint if one is due; time and SIGTERM are looked at on read steps only (``read``)."""
@@ -129,6 +131,7 @@ class Checkpoints:
                 (tmp / INFO).write_text(json.dumps(_position(self.trial, step) | {"fingerprint": self.key, "processes": acc.num_processes}))
                 shutil.rmtree(final, ignore_errors=True)
                 durable_rename(tmp, final)
+                keep_point(self.folder, final, step, self.keep)
                 for old in superseded(self.folder):
                     shutil.rmtree(old, ignore_errors=True)
 

@@ -25,7 +25,7 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, write_result
+from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
@@ -142,7 +142,7 @@ class Trial:
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
         self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
-        self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed)
+        self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed, stream_start(exp.branching))  # a branch: on from its point
         self.evaluate_val = self._evaluator("validation")
         maybe_inject_oom(plan.micro_batch)
         self.model.train()
