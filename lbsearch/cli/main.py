@@ -204,7 +204,7 @@ def cmd_status(args) -> int:
     cols, values = status_columns(study), value_columns(study)
     best = best_trial(study)
     mark = lambda r, c: f"{r[c]:.4g}*" if best and r["trial"] == best.number and values and c == values[0] else r.get(c)  # noqa: E731
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail", "running", "waiting")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "paused", "promoted", "fail", "running", "waiting")}
     caption = " · ".join(f"{k} {v}" for k, v in counts.items() if v) + (f" · best trial {best.number} (*)" if best else "")
     print_table(cols, [[mark(r, c) for c in cols] for r in rows], title=f"study {args.study}", caption=caption)
     if used := budget_used(study):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from lbsearch.spec import StudyConfig
-from lbsearch.study import budget_line, budget_used, counted
+from lbsearch.study import budget_line, budget_used, configurations
 
 __all__ = ["budget_reached", "trials_left"]
 
@@ -17,6 +17,6 @@ def budget_reached(study: optuna.Study) -> str | None:
 
 
 def trials_left(study: optuna.Study, cfg: StudyConfig, max_trials: int | None) -> int:
-    """The trials this worker may still start: until ``n_trials`` count, none once the budget is spent, at most ``max_trials``."""
-    left = 0 if budget_reached(study) else cfg.n_trials - sum(counted(t, cfg.max_retries) for t in study.get_trials(deepcopy=False))
+    """The trials this worker may still start: until ``n_trials`` configurations count, none once the budget is spent, at most ``max_trials``."""
+    left = 0 if budget_reached(study) else cfg.n_trials - configurations(study.get_trials(deepcopy=False), cfg.max_retries)
     return left if max_trials is None else min(left, max_trials)

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator.budget import budget_reached, trials_left
 from lbsearch.orchestrator.finish import finish_study, front_plot
+from lbsearch.orchestrator.promotion import ended_line, promote, resume, rung_plan, started
 from lbsearch.orchestrator.ray_executor import connect
 from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.standby import standby
@@ -34,7 +35,6 @@ from lbsearch.spec import (
     TrackingOutage,
     TrialPlan,
     TrialResult,
-    adopt,
     apply_params,
     data_cache_dir,
     discard,
@@ -46,6 +46,8 @@ from lbsearch.spec import parse as parse_constraints
 from lbsearch.study import (
     best_trial,
     best_value,
+    configurations,
+    continuation,
     counted,
     heartbeat,
     heartbeat_interval,
@@ -82,7 +84,6 @@ from lbsearch.tracking import (
     mark_best,
     outage_limit,
     replay_outboxes,
-    resumed_tags,
     tracker_for,
     trial_tags,
     wait_for_tracking,
@@ -134,12 +135,14 @@ class _Search:
             if cfg.warm_start and not study.user_attrs.get("warm_started"):
                 self._warm_start()
             trials = study.get_trials(deepcopy=False)
-            running = sum(t.state == TrialState.RUNNING for t in trials)
+            running = sum(t.state == TrialState.RUNNING and not continuation(t) for t in trials)  # n_trials counts configurations
             waiting = sum(t.state == TrialState.WAITING for t in trials)
-            done = sum(counted(t, cfg.max_retries) for t in trials)
+            done = configurations(trials, cfg.max_retries)
             if stop := budget_reached(study):  # within one trial of the budget: the last one may pass it
                 self.session.out(stop)
                 return DONE
+            if not waiting and promote(study, cfg, self.session.out):  # asha_promote: a paused trial goes on before a new one starts
+                waiting = 1
             if done + running >= cfg.n_trials and not waiting:
                 return DONE if done >= cfg.n_trials or not uses_heartbeats(study) else WAIT
             if sum(reason(t).startswith("constraint") for t in trials) >= 20 * cfg.n_trials:
@@ -194,9 +197,10 @@ class _Search:
         trial.set_user_attr("config", json.dumps(config))
         tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get("retry_of")) | self.digest
         workdir = self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
-        resumed = self._resume(trial, workdir, prefix)
-        run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True,
-                       prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags | resumed,
+        resumed = resume(self.study, self.session.root / "trials" / cfg.name, trial, workdir, self.session.out)
+        rung, pause_at = rung_plan(self.study, cfg, trial, self.data is None)
+        run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True, pause_at_samples=pause_at,
+                       prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags | resumed | rung,
                        params={f"search.{k}": v for k, v in trial.params.items()}, files=trial_files(self.session, config, cfg.name, trial.number),
                        optuna=None if is_multi(self.study) else  # Optuna takes intermediate values of single-objective studies only
                        OptunaRef(storage=self.session.storage_for(cfg), study_name=cfg.name, trial_id=trial_id(trial), pruner=cfg.pruner.model_dump()),
@@ -204,7 +208,7 @@ class _Search:
         self.session.out(f"{prefix} start {', '.join(f'{k}={_fmt(v)}' for k, v in params.items())}")
         t0 = time.time()
         try:
-            out = run_tracked(self.session, self.tracker, run, on_run=lambda run_id: self._started(trial, run_id, resumed))
+            out = run_tracked(self.session, self.tracker, run, on_run=lambda run_id: started(self.tracker, trial, run_id, resumed, self.session.out))
         except KeyboardInterrupt:
             self._tell(trial, TrialResult(state="failed", reason="interrupted"))
             raise
@@ -221,9 +225,13 @@ class _Search:
             self._keep(trial.number, out.run_id, Path(r.model_dir))
         elif r.model_error:
             self._no_model(trial.number)
-        detail = f" ({r.reason})" if r.reason and r.reason != "pruned" else ""
         value = f" {cfg.experiment.metric.name} {r.value:.4f}" if r.value is not None else ""
-        self.session.out(f"{prefix} {r.state}{detail}{value} in {time.time() - t0:.1f}s")
+        self.session.out(f"{prefix} {ended_line(r, trial)}{value} in {time.time() - t0:.1f}s")
+
+    def interrupted(self, trial: optuna.Trial) -> None:
+        """Tell a trial this worker asked for as ``interrupted`` where it is still running (it is then re-run)."""
+        if next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number).state == TrialState.RUNNING:
+            self._tell(trial, TrialResult(state="failed", reason="interrupted"))
 
     def _tracking_failed(self, trial: optuna.Trial, err: TrackingError, prefix: str) -> None:
         """MLflow failed the trial outside its training. An outage: the trial is re-run from its checkpoint,
@@ -239,35 +247,6 @@ class _Search:
         if is_outage(err) and not wait_for_tracking(self.tracker, outage_limit(), self.session.out):
             raise TrackingOutage(f"MLflow ({self.tracker.uri}) unreachable for {outage_limit():.0f} s: the study stops here; run the same "
                                 "command again to resume it (its trials stopped by the outage are re-run from their checkpoints)")
-
-    def _resume(self, trial: optuna.Trial, workdir: Path, prefix: str) -> dict[str, Any]:
-        """A re-run takes over the checkpoints of the trial it retries and the intermediate values that
-        trial reported up to them, so the pruner sees one curve. Returns the MLflow tags that say so."""
-        number = trial.user_attrs.get("retry_of")
-        info = adopt(self.session.root / "trials" / self.cfg.name, number, workdir)
-        if info is None:
-            return {}
-        old = next(t for t in self.study.get_trials(deepcopy=False) if t.number == number)
-        if not is_multi(self.study):  # Optuna takes intermediate values of single-objective studies only
-            carried = {e["nominal_samples"] for e in info["result"].get("evals", [])}
-            for samples, value in sorted(old.intermediate_values.items()):
-                if samples in carried:
-                    trial.report(value, samples)
-        # the run that holds the curve: the retried trial's, or where it got no run (MLflow was down) the one it resumed
-        source = old.user_attrs.get("mlflow_run_id") or old.user_attrs.get("resumed_from_run", "")
-        tags = resumed_tags(number, info["step"], info["samples"], source)
-        for k, v in tags.items():
-            trial.set_user_attr(k.removeprefix("lbsearch."), v)
-        self.session.out(f"{prefix} resumes trial {number} from its checkpoint at step {info['step']} ({info['samples']} samples)")
-        return tags
-
-    def _started(self, trial: optuna.Trial, run_id: str, resumed: dict[str, Any]) -> None:
-        trial.set_user_attr("mlflow_run_id", run_id)
-        if resumed.get("lbsearch.resumed_from_run"):  # the retried trial's curves up to the checkpoint: one curve in MLflow too
-            try:
-                self.tracker.copy_metrics(resumed["lbsearch.resumed_from_run"], run_id, resumed["lbsearch.resumed_from_step"])
-            except TrackingError as err:
-                self.session.out(f"[trial {trial.number}] earlier metrics not copied: {str(err).splitlines()[0][:200]}")
 
     def _warm_start(self) -> None:
         """Enqueue the best ``top_k`` params of an earlier study (those of this study's space)."""
@@ -353,7 +332,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
     On a terminal the study and the running trial are drawn as live bars above which the lines scroll.
     ``use_standby``: later trials forked from a standby process (``lbsearch.orchestrator.standby``)."""
     s = _Search(session, cfg, exp_raw, spec_file)
-    ran = 0
+    ran, held = 0, None
     session.out(summary(s.study, cfg.n_trials))
     try:
         # a standby process pays a trial's imports once more, beside the first trial: worth it only for a second one
@@ -361,7 +340,7 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
         with study_progress(cfg.name, cfg.n_trials) as shown, standby(session.out) if forks else contextlib.nullcontext():
             _show(s, shown)
             while max_trials is None or ran < max_trials:
-                trial = s.ask()
+                trial = held = s.ask()
                 if trial == DONE:
                     break
                 if trial == WAIT:  # other machines' trials may yet die: stay until their heartbeats settle it
@@ -375,13 +354,15 @@ def run_study(session: Session, cfg: StudyConfig, exp_raw: dict[str, Any], *, sp
                 _show(s, shown)
                 session.out(summary(s.study, cfg.n_trials))
     except KeyboardInterrupt:
+        if isinstance(held, optuna.Trial):  # Ctrl-C outside its tracked run (a line being printed): never left RUNNING
+            s.interrupted(held)
         session.out(f"[study {cfg.name}] interrupted; run the same command again to resume")
         s.update_parent(len(s.study.trials))
         s.tracker.end(s.parent, "KILLED")
         return 130
     finish_study(session, s.tracker, s.parent, s.study, cfg)
     trials = s.study.get_trials(deepcopy=False)
-    if (sum(counted(t, cfg.max_retries) for t in trials) >= cfg.n_trials or budget_reached(s.study)) and not any(t.state == TrialState.RUNNING for t in trials):
+    if (configurations(trials, cfg.max_retries) >= cfg.n_trials or budget_reached(s.study)) and not any(t.state == TrialState.RUNNING for t in trials):
         s.tracker.end(s.parent, "FINISHED")
     best = best_trial(s.study)
     if best is not None:
@@ -394,5 +375,5 @@ def _show(s: _Search, shown: Progress) -> None:
     trials = s.study.get_trials(deepcopy=False)
     n = {state: sum(t.state == state for t in trials) for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}
     best = best_trial(s.study)
-    shown.study(counted=sum(counted(t, s.cfg.max_retries) for t in trials), complete=n[TrialState.COMPLETE], pruned=n[TrialState.PRUNED],
+    shown.study(counted=configurations(trials, s.cfg.max_retries), complete=n[TrialState.COMPLETE], pruned=n[TrialState.PRUNED],
                 failed=n[TrialState.FAIL], best=f"{best.values[0]:.4f} (trial {best.number})" if best else None)

@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 import lbsearch.terminal as console
 from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
-from lbsearch.spec import FOLDER, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
+from lbsearch.spec import FOLDER, PAUSED, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
 from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, dataset_inputs, end_tags, flatten, is_outage, label_tags, oom_retry_tags, save_outbox, versions
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
@@ -76,6 +76,8 @@ class TrialRun:
     fails for a reason that is retried, and deleted otherwise."""
     stopper: Stopper | None = None
     """Told the trial process's pid while it runs, so that another thread can stop it."""
+    pause_at_samples: int | None = None
+    """``pruner: asha_promote``: the trial's rung; it stops there with a checkpoint, paused (kept for its promotion)."""
     executor: Callable[..., TrialResult] | None = None
     """What runs the trial's processes (``run_trial_process``'s signature): this host's by default, a Ray cluster's (``ray_executor.connect``)."""
 
@@ -169,7 +171,7 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
         shown.trial_end()
         if run.stopper is not None:
             run.stopper.done()
-    if not (run.resumable and result.state == "failed" and result.reason in RETRYABLE):
+    if not (run.resumable and (result.state == "failed" and result.reason in RETRYABLE or result.reason == PAUSED)):  # a paused trial's is resumed
         discard(run.workdir)
     _end(box, run_id, run.workdir, result)
     _keep_unsent(session, box, run, run_id, wait_s=None if box.down_since is None else 0.0)
@@ -227,7 +229,7 @@ def _run_once(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: T
     spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
                       pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
                       tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
-                      checkpoint_dir=str(run.workdir / FOLDER))
+                      checkpoint_dir=str(run.workdir / FOLDER), pause_at_samples=run.pause_at_samples)
     return (run.executor or run_trial_process)(spec, run.workdir, on_line=on_line, on_start=_started(run))
 
 

@@ -8,13 +8,17 @@ import math
 
 from lbsearch.spec.protocol import TrialResult
 
-__all__ = ["diverged", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "TrackingOutage"]
+__all__ = ["diverged", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "PAUSED", "TrackingOutage"]
 
 WORKER_DIED, INTERRUPTED, TRACKING_LOST = "worker died", "interrupted", "tracking unavailable"
 RETRYABLE = (INTERRUPTED, WORKER_DIED, TRACKING_LOST)
 """The reasons of a failed trial that lbsearch re-runs (same params, from its last checkpoint, whose
 checkpoints are therefore kept): its process or machine died, it was stopped (Ctrl-C, SIGTERM), or
 MLflow stayed unreachable past the outage limit (``lbsearch.tracking.outbox``)."""
+
+PAUSED = "paused"
+"""The reason of a trial that successive halving with promotion (``pruner: asha_promote``) stopped at its rung: told as
+pruned, its checkpoint kept; a promotion resumes it from there (``lbsearch.study.rungs``)."""
 
 
 class TrackingOutage(Exception):

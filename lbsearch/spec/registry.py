@@ -31,6 +31,7 @@ PRUNERS = {
     "percentile": "stops a trial outside the best `percentile` % of earlier trials at the same samples seen (median: 50)",
     "patient": "stops a trial only after `patience` evaluations without improvement, and then only where `wraps` (median, percentile or asha) would",
     "asha": "asynchronous successive halving: rungs at eval_every_samples x reduction_factor^k samples",
+    "asha_promote": "successive halving that pauses each trial at its rung (as asha's) with its checkpoint and resumes the top 1/reduction_factor when promoted",
     "hyperband": "successive halving over brackets of the whole study",
     "none": "never prunes",
 }

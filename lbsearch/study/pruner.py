@@ -32,6 +32,8 @@ BUILDERS: dict[str, Any] = {  # one per name in spec.registry.PRUNERS (tests/spe
     "none": lambda cfg, train, unit: optuna.pruners.NopPruner(),
     "hyperband": lambda cfg, train, unit: optuna.pruners.HyperbandPruner(min_resource=_first_rung(cfg, train) * unit, max_resource=train.budget_samples * unit,
                                                                         reduction_factor=cfg.reduction_factor),
+    # the trial process only reports: the orchestrator pauses each trial at its rung and promotes (lbsearch.study.rungs)
+    "asha_promote": lambda cfg, train, unit: optuna.pruners.NopPruner(),
     "asha": lambda cfg, train, unit: optuna.pruners.SuccessiveHalvingPruner(min_resource=_first_rung(cfg, train) * unit, reduction_factor=cfg.reduction_factor),
     "median": lambda cfg, train, unit: optuna.pruners.MedianPruner(n_startup_trials=cfg.n_startup_trials, n_warmup_steps=cfg.n_warmup_samples * unit),
     "percentile": lambda cfg, train, unit: optuna.pruners.PercentilePruner(cfg.percentile, n_startup_trials=cfg.n_startup_trials,

@@ -52,8 +52,11 @@ def informed(trials: list[FrozenTrial], directions: list[StudyDirection], states
     """The trials as GP and TPE see them: a diverged trial (stored as pruned, reason ``diverged``) appears complete, at
     the worst value of the complete trials, and violating the constraint ``DIVERGED``, which every other finished trial
     satisfies. GP, which models complete trials only, then learns where lr is too high (its constrained acquisition) and
-    TPE counts it as infeasible (never among its good trials); for GP's ``n_startup_trials`` it counts as complete. Only
+    TPE counts it as infeasible (never among its good trials); for GP's ``n_startup_trials`` it counts as complete. A paused
+    trial that was promoted (``asha_promote``) is left out: the trial that goes on with it holds its curve. Only
     the samplers see this: the stored trial stays pruned and is never the best. Before any trial is complete, nothing changes."""
+    promoted = {t.user_attrs["resume_of"] for t in trials if "resume_of" in t.user_attrs}  # asha_promote: its continuation stands for it
+    trials = [t for t in trials if t.number not in promoted]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     worst = [(max if d == StudyDirection.MINIMIZE else min)(t.values[i] for t in complete) for i, d in enumerate(directions)] if complete else None
     seen = []

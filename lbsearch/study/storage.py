@@ -269,4 +269,5 @@ def recover(study: optuna.Study, max_retries: int, on_dead: Callable[[FrozenTria
         if t.state != TrialState.FAIL or t.number in retried or counted(t, max_retries) or reason(t) not in RETRYABLE:
             continue
         attempt = t.user_attrs.get("attempt", 0) + (reason(t) == WORKER_DIED)
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt})
+        carried = {k: t.user_attrs[k] for k in ("resume_of",) if k in t.user_attrs}  # a re-run of a promoted trial goes on with its configuration
+        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt} | carried)

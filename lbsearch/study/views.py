@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import INTERRUPTED, TRACKING_LOST, WORKER_DIED, sample_unit
+from lbsearch.spec import INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, sample_unit
 
 __all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
@@ -71,14 +71,29 @@ def status_columns(study: optuna.Study) -> list[str]:
     return ["trial", "state", *value_columns(study), *FACTS, *params, "reason"]
 
 
+def _shown_state(t: FrozenTrial, onward: dict[int, int]) -> tuple[str, str]:
+    """A trial's state and reason as a row shows them: one paused at its rung (``asha_promote``) is ``paused``, or ``promoted``
+    once a trial goes on with it (``onward``: paused trial -> the trial that resumed it)."""
+    why = reason(t)
+    if t.state != TrialState.PRUNED or why != PAUSED:
+        return t.state.name.lower(), why
+    where = f"rung {t.user_attrs.get('rung', 0)} ({t.user_attrs.get('samples')} samples)"
+    return ("promoted", f"paused at {where}; goes on as trial {onward[t.number]}") if t.number in onward else ("paused", f"paused at {where}")
+
+
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
-    rows = []
-    for t in study.get_trials(deepcopy=False):
+    rows, trials = [], study.get_trials(deepcopy=False)
+    onward: dict[int, int] = {}
+    for t in trials:
+        if "resume_of" in t.user_attrs:
+            onward.setdefault(t.user_attrs["resume_of"], t.number)
+    for t in trials:
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         facts = {"test": t.user_attrs.get(f"test_{_metric(study)}"), "samples": t.user_attrs.get("samples"),
                  "seconds": round(dur, 1) if dur is not None else None, "mfu": t.user_attrs.get("mfu")}
         assert tuple(facts) == FACTS
-        rows.append({"trial": t.number, "state": t.state.name.lower(), "reason": reason(t), **_values(study, t), **facts, **dict(t.params),
+        state, why = _shown_state(t, onward)
+        rows.append({"trial": t.number, "state": state, "reason": why, **_values(study, t), **facts, **dict(t.params),
                      "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")})
     return rows
 
@@ -135,7 +150,9 @@ def summary(study: optuna.Study, n_trials: int) -> str:
     b = f"best {best_value(study, best):.4f} (trial {best.number})" if best else "best -"
     used = budget_used(study)
     budget = f" · {budget_line(*used)}" if used else ""
-    return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED]} · failed {c[TrialState.FAIL]} of {n_trials} · {b}{budget}"
+    gone, stops = {t.user_attrs["resume_of"] for t in trials if "resume_of" in t.user_attrs}, [t for t in trials if t.state == TrialState.PRUNED and reason(t) == PAUSED]
+    waits = f" · paused {sum(t.number not in gone for t in stops)}" if stops else ""  # pruned: for good; a paused trial may yet go on
+    return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED] - len(stops)}{waits} · failed {c[TrialState.FAIL]} of {n_trials} · {b}{budget}"
 
 
 # ----------------------------------------------------------------------------------------------

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from lbsearch.spec import PAUSED
+
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
 
-__all__ = ["STUDY", "ROLE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags"]
+__all__ = ["STUDY", "ROLE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags"]
 
 STUDY, ROLE = "lbsearch.study", "lbsearch.role"
 
@@ -27,8 +29,21 @@ def resumed_tags(number: int, step: int, samples: int, run_id: str) -> dict[str,
 
 
 def end_tags(result: TrialResult) -> dict[str, str]:
-    """How a run ended: ``lbsearch.state`` and, where there is one, ``lbsearch.reason``."""
-    return {"lbsearch.state": result.state, **({"lbsearch.reason": result.reason} if result.reason else {})}
+    """How a run ended: ``lbsearch.state`` (``paused`` for a trial paused at its rung, whose run ends FINISHED) and, where
+    there is one, ``lbsearch.reason``."""
+    state = "paused" if result.reason == PAUSED else result.state
+    return {"lbsearch.state": state, **({"lbsearch.reason": result.reason} if result.reason else {})}
+
+
+def rung_tags(rung: int, samples: int | None) -> dict[str, Any]:
+    """``pruner: asha_promote``: the rung a trial runs to and where it pauses (samples; none: it runs to its budget)."""
+    return {"lbsearch.rung": rung, "lbsearch.rung_samples": samples if samples is not None else "budget"}
+
+
+def promoted_tags(number: int, run_id: str) -> dict[str, Any]:
+    """On a paused trial's run, once it is promoted: the trial and the run that go on with it (from its checkpoint)."""
+    return {"lbsearch.promoted_to_trial": number, "lbsearch.promoted_to_run": run_id}
+
 
 
 def oom_retry_tags(retries: int, split: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import FLAG, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
+from lbsearch.spec import FLAG, PAUSED, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
@@ -33,7 +33,8 @@ from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
-from lbsearch.trial.readings import CONTINUE, DIVERGED, OVERFLOW, PRUNED, Readings
+from lbsearch.trial.readings import CONTINUE, DIVERGED, OVERFLOW, PAUSE, PRUNED, Readings
+from lbsearch.trial.rung import pause_at_rung
 from lbsearch.trial.standby import serve
 from lbsearch.trial.training import (
     Evaluator,
@@ -49,7 +50,7 @@ from lbsearch.trial.training import (
     training_targets,
 )
 
-REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow"}
+REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow", PAUSE: PAUSED}
 
 
 class Trial:
@@ -337,7 +338,7 @@ def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> Tri
     for step in range(saver.resume() + 1, trial.plan.steps + 1):
         code = trial.step(step, read=saver.due(step))
         if code == CONTINUE and step in trial.evals:
-            code = trial.evaluate(step)
+            code = pause_at_rung(trial, saver, step, trial.evaluate(step))  # asha_promote: a checkpoint at its rung, then paused
         if code != CONTINUE:
             trial.stop(code)
             break
