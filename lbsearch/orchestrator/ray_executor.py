@@ -17,6 +17,7 @@ Ray is an optional extra (``pip install lbsearch[ray]``); it is imported here on
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import importlib.util
@@ -132,6 +133,7 @@ def run_on_ray(executor: ExecutorConfig, spec: WorkerSpec, workdir: Path, *, on_
     """``lbsearch.orchestrator.launch.run_trial_process`` on the Ray cluster: place the trial's bundles, start each
     machine's ranks in its bundle's actor, follow them. KeyboardInterrupt stops every rank (with its checkpoint) and is re-raised."""
     import ray
+    from ray.exceptions import RayActorError, RayError
     from ray.util.placement_group import placement_group, remove_placement_group
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -155,10 +157,16 @@ def run_on_ray(executor: ExecutorConfig, spec: WorkerSpec, workdir: Path, *, on_
             on_line(f"on Ray: machine {i} of {len(where)} on node {w['node']} ({w['ip']}), GPUs {','.join(w['gpus']) or 'none'}")
         _start(machines, where, spec, workdir, program, max(1, int(executor.cpus_per_process)))
         return _follow(machines, workdir, on_line, no_result, grace_of(spec.experiment))
-    finally:
-        for m in machines:
-            ray.kill(m)
-        remove_placement_group(group)
+    except RayActorError as err:  # a node lost before its ranks started: as a worker that died (re-run); never the study's end
+        on_line(f"a machine of this trial was lost while it started: {type(err).__name__}")
+        return TrialResult(state="failed", reason=WORKER_DIED)
+    except RayError as err:
+        return TrialResult(state="failed", reason=f"Ray: {type(err).__name__}: {str(err).splitlines()[0][:300] if str(err) else ''}")
+    finally:  # the actors' ends stop any rank still running (its watchdog, PR_SET_PDEATHSIG); the bundles are freed
+        with contextlib.suppress(RayError):  # a cluster gone meanwhile has nothing left to free; the trial's own error goes up
+            for m in machines:
+                ray.kill(m)
+            remove_placement_group(group)
 
 
 def _wait_ready(group, on_line: Callable[[str], None]) -> None:
@@ -185,6 +193,7 @@ def _start(machines: list[Any], where: list[dict[str, Any]], spec: WorkerSpec, w
     main = {"main_process_ip": where[0]["ip"] if len(where) > 1 else "127.0.0.1", "main_process_port": where[0]["port"]}
     env = {k: os.environ[k] for k in PASSED if k in os.environ} | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = []
+    (workdir / "result.json").unlink(missing_ok=True)
     for i, (m, w) in enumerate(zip(machines, where)):
         exp = spec.experiment | {"launcher": launcher | {"num_machines": len(where), "machine_rank": i} | main}
         spec_file = workdir / ("spec.json" if i == 0 else f"machine-{i}/spec.json")
@@ -193,7 +202,6 @@ def _start(machines: list[Any], where: list[dict[str, Any]], spec: WorkerSpec, w
         argv, extra = program(spec_file) if program else (None, {})
         started.append(m.start.remote(local.model_dump_json(indent=1), str(spec_file), env | extra, threads, argv,
                                       str(workdir) if program else None))
-    (workdir / "result.json").unlink(missing_ok=True)
     ray.get(started)
 
 
