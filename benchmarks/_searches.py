@@ -5,16 +5,23 @@ by the seed for the whole run, Optuna's default arguments, steps = samples seen)
 
 from __future__ import annotations
 
+import math
+import statistics
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import optuna
+from _bench import table
 
 from lbsearch.spec.config import ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
 from lbsearch.spec.plan import lr_for_batch
 from lbsearch.study.pruner import make_pruner
 from lbsearch.study.sampler import make_sampler
 
+GOALS = {"grid": 0.3, "random": 0.5}
+"""The default search's median compute at most this share of each baseline's."""
+SUCCESS_GOAL = 0.9
+"""The default search gets within tolerance in at least this share of seeds."""
 ALPHA = "optimizer.lr_scaling_alpha"
 LR, BATCH = "optimizer.lr", "train.batch_size"
 
@@ -38,6 +45,7 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
         "default": Search(tpe, pruner, note=f"lbsearch's default: {tpe.name} + {pruner.name} pruning at equal samples seen"),
         "tpe_asha": Search(tpe, PrunerConfig(name="asha"), note="lbsearch TPE + ASHA"),
         "tpe_hyperband": Search(tpe, PrunerConfig(name="hyperband"), note="lbsearch TPE + Hyperband"),
+        "tpe_asha_promote": Search(tpe, PrunerConfig(name="asha_promote"), note="lbsearch TPE + asha_promote: paused at rungs, resumed when promoted (_promote.py)"),
         "tpe_percentile": Search(tpe, PrunerConfig(name="percentile"), note="lbsearch TPE + percentile pruner (75 %)"),
         "tpe_patient": Search(tpe, PrunerConfig(name="patient"), note="lbsearch TPE + patient median pruner (patience 2)"),
         "tpe_alpha": Search(tpe, pruner, alpha=True, note="lbsearch TPE + the default pruner over (B, base lr, alpha, warmup)"),
@@ -84,3 +92,56 @@ def to_lr(params: dict[str, Any], base: ExperimentConfig) -> dict[str, Any]:
     opt = base.optimizer.model_copy(update={"lr": params[LR], "lr_scaling": "none", "lr_scaling_alpha": params[ALPHA]})
     lr = lr_for_batch(opt, params[BATCH])
     return {k: (lr if k == LR else v) for k, v in params.items() if k != ALPHA}
+
+
+def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Medians count a miss as infinitely late (null when the median run missed)."""
+    found = [r["samples_to_best"] for r in runs if r["samples_to_best"] is not None]
+    med = statistics.median([math.inf if r["samples_to_best"] is None else r["samples_to_best"] for r in runs])
+    return {
+        "samples_to_best_median": None if math.isinf(med) else med,
+        "samples_to_best_mean_of_successes": statistics.mean(found) if found else None,
+        "samples_to_best_runs": [r["samples_to_best"] for r in runs],
+        "trials_to_best_runs": [r["trials_to_best"] for r in runs],
+        "success_rate": len(found) / len(runs),
+        "samples_spent_when_missed": [r["samples_total"] for r in runs if r["samples_to_best"] is None],
+        "samples_total_median": statistics.median(r["samples_total"] for r in runs),
+        "pruned_trials_mean": statistics.mean(r["pruned"] for r in runs),
+    }
+
+
+def ratio(tpe: float | None, other: float | None, goal: float) -> tuple[float | None, bool]:
+    """tpe / other and whether it meets the goal; a baseline whose median run missed is beaten by any finite tpe."""
+    if tpe is None:
+        return None, False
+    return (None, True) if other is None else (tpe / other, tpe / other <= goal)
+
+
+def goals(sums: dict[str, dict[str, Any]], t: str) -> dict[str, Any]:
+    """The default search against GOALS (random and grid, medians) and SUCCESS_GOAL (share of seeds)."""
+    out: dict[str, Any] = {}
+    met = [sums["default"]["success_rate"] >= SUCCESS_GOAL]
+    out |= {f"{t}.goal_success_rate": SUCCESS_GOAL, f"{t}.goal_success_met": met[0]}
+    for other, goal in GOALS.items():
+        if other in sums:
+            r, ok = ratio(sums["default"]["samples_to_best_median"], sums[other]["samples_to_best_median"], goal)
+            out |= {f"{t}.ratio_default_over_{other}": r, f"{t}.goal_ratio_default_over_{other}": goal, f"{t}.goal_default_over_{other}_met": ok}
+            met.append(ok)
+    out[f"{t}.goal_met"] = all(met)
+    return out
+
+
+def print_summary(sums: dict[str, dict[str, Any]], out: dict[str, Any], t: str, tokens: int) -> None:
+    def cell(v: float | None) -> str:
+        return "miss" if v is None else f"{v:.0f}"
+
+    print(table(["search", "samples to best (median)", "tokens" if tokens > 1 else "", "mean of successes", "success", "per seed", "trials to best", "pruned / run"],
+                [[m, cell(s["samples_to_best_median"]), cell(s["samples_to_best_median"] and s["samples_to_best_median"] * tokens) if tokens > 1 else "",
+                  cell(s["samples_to_best_mean_of_successes"]), f"{s['success_rate']:.0%}",
+                  " ".join(cell(v) for v in s["samples_to_best_runs"]), " ".join(cell(v) for v in s["trials_to_best_runs"]),
+                  f"{s['pruned_trials_mean']:.1f}"] for m, s in sums.items()]))
+    if f"{t}.goal_met" in out:
+        print(f"default: found in {sums['default']['success_rate']:.0%} of seeds (goal >= {SUCCESS_GOAL:.0%}): {'met' if out[f'{t}.goal_success_met'] else 'not met'}")
+        for other, goal in GOALS.items():
+            r = out.get(f"{t}.ratio_default_over_{other}")
+            print(f"default / {other}: {'n/a' if r is None else f'{r:.2f}'} (goal <= {goal}): {'met' if out.get(f'{t}.goal_default_over_{other}_met') else 'not met'}")

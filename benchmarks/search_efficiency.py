@@ -58,9 +58,9 @@ import argparse
 import itertools
 import json
 import math
+import multiprocessing
 import os
 import shutil
-import statistics
 import sys
 import tempfile
 import time
@@ -72,7 +72,8 @@ import optuna
 import torch
 import yaml
 from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, worker_spec, write
-from _searches import Search, alpha_space, pruner_of, sampler_of, searches, to_lr
+from _promote import replay_promote
+from _searches import Search, alpha_space, goals, print_summary, pruner_of, sampler_of, searches, summarize, to_lr
 
 from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
 from lbsearch.spec.load import load_study, parse_set
@@ -83,8 +84,6 @@ SEARCHES = searches((SamplerConfig(), PrunerConfig()))
 """The searches replayed (``_searches.py``); ``default``: a study that names no sampler and no pruner (``--study`` another)."""
 SPACE = {"train.batch_size": [16, 32, 64, 128], "optimizer.lr": [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3, 3.2e-3],
          "schedule.warmup_fraction": [0.0, 0.3]}
-GOALS = {"grid": 0.3, "random": 0.5}
-SUCCESS_GOAL = 0.9
 Space = dict[str, CategoricalParam]
 # How a user declares these dimensions (``studies/quickstart.yaml``): ranges, log for the lr. TPE and
 # random search draw from the ranges; the draw is snapped to the nearest tabulated value (in log
@@ -218,6 +217,15 @@ def snap(params: dict[str, Any], space: Space) -> dict[str, Any]:
     return {k: min(space[k].choices, key=lambda c: dist(k, c, v)) if k in RANGES and isinstance(v, float) else v for k, v in params.items()}
 
 
+def draw(study: optuna.Study, number: int, search: Search, seed: int, searched: dict[str, Any], shared: list, configs: dict[str, Row],
+         space: Space, base: ExperimentConfig) -> tuple[optuna.Trial, Row]:
+    """Ask trial ``number`` (its sampler seeded by (seed, number); an enqueued trial keeps its params) and look its row up."""
+    study.sampler = sampler_of(search, seed, number, searched, shared)
+    trial = study.ask()
+    params = suggest(trial, searched)
+    return trial, configs[key(snap(to_lr(params, base) if search.alpha else params, space), space)]
+
+
 def replay(search: Search, seed: int, configs: dict[str, Row], space: Space, base: ExperimentConfig, n_trials: int, target: float) -> dict[str, Any]:
     """One search of up to ``n_trials`` trials, stopped at its first trial within tolerance (the grid stops once its grid is done)."""
     grid = isinstance(search.sampler, SamplerConfig) and search.sampler.name == "grid"
@@ -228,6 +236,8 @@ def replay(search: Search, seed: int, configs: dict[str, Row], space: Space, bas
     shared: list = []
     sign = 1 if base.metric.direction == "maximize" else -1
     first = None
+    if isinstance(search.pruner, PrunerConfig) and search.pruner.name == "asha_promote":  # pauses and promotes (_promote.py)
+        return replay_promote(search.pruner, base, n_trials, target, seed, lambda st, n: draw(st, n, search, seed, searched, shared, configs, space, base))
     for number in range(n_trials if not grid else min(n_trials, len(configs))):
         study.sampler = sampler_of(search, seed, number, searched, shared)
         trial = study.ask()
@@ -246,57 +256,28 @@ def replay(search: Search, seed: int, configs: dict[str, Row], space: Space, bas
             "samples_total": sum(spent), "pruned": sum(t["state"] != "complete" for t in trials), "trials": trials}
 
 
-def summarize(runs: list[dict[str, Any]]) -> dict[str, Any]:
-    """Medians count a miss as infinitely late (null when the median run missed)."""
-    found = [r["samples_to_best"] for r in runs if r["samples_to_best"] is not None]
-    med = statistics.median([math.inf if r["samples_to_best"] is None else r["samples_to_best"] for r in runs])
-    return {
-        "samples_to_best_median": None if math.isinf(med) else med,
-        "samples_to_best_mean_of_successes": statistics.mean(found) if found else None,
-        "samples_to_best_runs": [r["samples_to_best"] for r in runs],
-        "trials_to_best_runs": [r["trials_to_best"] for r in runs],
-        "success_rate": len(found) / len(runs),
-        "samples_spent_when_missed": [r["samples_total"] for r in runs if r["samples_to_best"] is None],
-        "samples_total_median": statistics.median(r["samples_total"] for r in runs),
-        "pruned_trials_mean": statistics.mean(r["pruned"] for r in runs),
-    }
+_JOB: tuple = ()
 
 
-def ratio(tpe: float | None, other: float | None, goal: float) -> tuple[float | None, bool]:
-    """tpe / other and whether it meets the goal; a baseline whose median run missed is beaten by any finite tpe."""
-    if tpe is None:
-        return None, False
-    return (None, True) if other is None else (tpe / other, tpe / other <= goal)
+def _replay_one(task: tuple[str, int]) -> tuple[str, int, dict[str, Any]]:
+    found, configs, space, base, n_trials, target = _JOB
+    t0 = time.process_time()
+    run = replay(found[task[0]], task[1], configs, space, base, n_trials, target)
+    return task[0], task[1], run | {"cpu_s": time.process_time() - t0}
 
 
-def goals(sums: dict[str, dict[str, Any]], t: str) -> dict[str, Any]:
-    """The default search against GOALS (random and grid, medians) and SUCCESS_GOAL (share of seeds)."""
-    out: dict[str, Any] = {}
-    met = [sums["default"]["success_rate"] >= SUCCESS_GOAL]
-    out |= {f"{t}.goal_success_rate": SUCCESS_GOAL, f"{t}.goal_success_met": met[0]}
-    for other, goal in GOALS.items():
-        if other in sums:
-            r, ok = ratio(sums["default"]["samples_to_best_median"], sums[other]["samples_to_best_median"], goal)
-            out |= {f"{t}.ratio_default_over_{other}": r, f"{t}.goal_ratio_default_over_{other}": goal, f"{t}.goal_default_over_{other}_met": ok}
-            met.append(ok)
-    out[f"{t}.goal_met"] = all(met)
-    return out
-
-
-def print_summary(sums: dict[str, dict[str, Any]], out: dict[str, Any], t: str, tokens: int) -> None:
-    def cell(v: float | None) -> str:
-        return "miss" if v is None else f"{v:.0f}"
-
-    print(table(["search", "samples to best (median)", "tokens" if tokens > 1 else "", "mean of successes", "success", "per seed", "trials to best", "pruned / run"],
-                [[m, cell(s["samples_to_best_median"]), cell(s["samples_to_best_median"] and s["samples_to_best_median"] * tokens) if tokens > 1 else "",
-                  cell(s["samples_to_best_mean_of_successes"]), f"{s['success_rate']:.0%}",
-                  " ".join(cell(v) for v in s["samples_to_best_runs"]), " ".join(cell(v) for v in s["trials_to_best_runs"]),
-                  f"{s['pruned_trials_mean']:.1f}"] for m, s in sums.items()]))
-    if f"{t}.goal_met" in out:
-        print(f"default: found in {sums['default']['success_rate']:.0%} of seeds (goal >= {SUCCESS_GOAL:.0%}): {'met' if out[f'{t}.goal_success_met'] else 'not met'}")
-        for other, goal in GOALS.items():
-            r = out.get(f"{t}.ratio_default_over_{other}")
-            print(f"default / {other}: {'n/a' if r is None else f'{r:.2f}'} (goal <= {goal}): {'met' if out.get(f'{t}.goal_default_over_{other}_met') else 'not met'}")
+def replay_all(tasks: list[tuple[str, int]], jobs: int, job: tuple) -> dict[str, list[dict[str, Any]]]:
+    """Every (search, seed) run, in ``jobs`` forked processes; runs listed by seed per search."""
+    global _JOB
+    _JOB = job
+    done: dict[str, dict[int, dict[str, Any]]] = {m: {} for m, _ in tasks}
+    with multiprocessing.get_context("fork").Pool(jobs) as pool:
+        for m, seed, run in pool.imap_unordered(_replay_one, tasks):
+            done[m][seed] = run
+            if len(done[m]) == sum(t[0] == m for t in tasks):
+                print(f"  {m}: {sum(r['samples_to_best'] is not None for r in done[m].values())} of {len(done[m])} seeds found it, "
+                      f"{sum(r['cpu_s'] for r in done[m].values()):.0f} CPU s", flush=True)
+    return {m: [runs[s] for s in sorted(runs)] for m, runs in done.items()}
 
 
 def print_table(configs: dict[str, Row], metric: str) -> None:
@@ -317,6 +298,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--eval-every", type=int, default=400, help="train.eval_every_samples")
     ap.add_argument("--eval-samples", type=int, default=400, help="data.max_eval_samples (validation and test)")
     ap.add_argument("--seeds", type=int, default=10, help="seeds 0..S-1 per method")
+    ap.add_argument("--jobs", type=int, default=1, help="processes replaying (search, seed) runs at once")
     ap.add_argument("--trials", type=int, default=0, help="trials per run (default: the grid size)")
     ap.add_argument("--pruner-warmup", type=int, default=None, metavar="SAMPLES",
                     help="the median pruner's n_warmup_samples for TPE (default: the study's)")
@@ -360,7 +342,7 @@ def main() -> int:
 
     tokens = base.data.max_length if base.task in LM_TASKS else 1
     names = args.methods.split(",") if args.methods else list(found)
-    runs = {m: [replay(found[m], s, configs, space, base, n_trials, target) for s in range(args.seeds)] for m in names}
+    runs = replay_all([(m, s) for m in names for s in range(args.seeds)], args.jobs, (found, configs, space, base, n_trials, target))
     sums = {m: summarize(r) for m, r in runs.items()}
     t = "search"
     out: dict[str, Any] = {
