@@ -86,7 +86,7 @@ def test_k2_branch_loads_the_checkpoint_and_runs_at_2B_with_sqrt2_lr(branched):
     assert tags["lbsearch.branch.k"] == "2" and tags["lbsearch.branch.rule"] == "sqrt" and tags["lbsearch.branch.reference"] == "cbs-ref#0"
     assert tags["lbsearch.branch.point_tokens"] == str(8 * B * L)
     lr = _history(client, run.info.run_id, "train/lr")
-    assert set(lr.values()) == {pytest.approx(3e-3 * math.sqrt(2))}  # a constant schedule at the rule's lr
+    assert list(lr.values()) == pytest.approx([3e-3 * math.sqrt(2)] * 2)  # a constant schedule at the rule's lr, both steps
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
     ref_loss = _history(client, ref_run, "eval/loss")[8 * B * L]
     first = _history(client, run.info.run_id, "train/loss")[2 * B * L]
@@ -103,7 +103,7 @@ def test_cbs_report_written_and_logged(branched):
     assert all(p["cbs"] in (B * L, 2 * B * L) for p in facts["points"]) and facts["b_crit"] == 600
     client = mlflow_client(branched / "mlruns")
     exp = client.get_experiment_by_name("cbs-ref-branch-0")
-    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "study"]
+    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "parent"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
     assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [4 * B * L, 8 * B * L]
