@@ -151,9 +151,10 @@ def cmd_run(args) -> int:
         require_ray(args.study)  # exit 2 before anything starts
     if (args.parallel or cfg.parallel) != 1:
         return _run_parallel(args, cfg, exp_raw, args.parallel or cfg.parallel)
-    from lbsearch.orchestrator import run_study
+    from lbsearch.orchestrator import find_teacher, run_study
 
     with _named(args.study):
+        find_teacher(_session(args), cfg.experiment, "experiment.distill")  # a teacher that cannot be used: exit 2 before anything is created
         return run_study(_session(args), cfg, exp_raw, spec_file=args.study.resolve(), max_trials=args.max_trials,
                          use_standby=args.standby)
 

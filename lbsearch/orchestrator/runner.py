@@ -18,8 +18,9 @@ from typing import Any, Callable, Iterator
 import lbsearch.terminal as console
 from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
+from lbsearch.orchestrator.teacher import find_teacher
 from lbsearch.spec import FOLDER, PAUSED, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
-from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, dataset_inputs, end_tags, flatten, is_outage, label_tags, oom_retry_tags, save_outbox, versions
+from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, dataset_inputs, distill_tags, end_tags, flatten, is_outage, label_tags, oom_retry_tags, save_outbox, versions
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
 
@@ -76,6 +77,8 @@ class TrialRun:
     fails for a reason that is retried, and deleted otherwise."""
     stopper: Stopper | None = None
     """Told the trial process's pid while it runs, so that another thread can stop it."""
+    teacher_dir: str | None = None
+    """A distilled experiment's teacher folder (``find_teacher``, set by ``run_tracked``)."""
     pause_at_samples: int | None = None
     """``pruner: asha_promote``: the trial's rung; it stops there with a checkpoint, paused (kept for its promotion)."""
     executor: Callable[..., TrialResult] | None = None
@@ -115,9 +118,13 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     """Run ``run`` as a tracked trial. ``on_run(run_id)`` is called as soon as the MLflow run exists.
     KeyboardInterrupt stops the trial process, ends the run as KILLED (``interrupted``) and is re-raised;
     any other error ends the run as FAILED with the error as its reason and is re-raised."""
+    teacher = find_teacher(session, run.exp)  # a distilled experiment's teacher: a SpecError before any run exists
+    if teacher is not None:  # the version joins the saved config: a reproduce runs with this teacher or refuses
+        run.exp.distill.teacher_version, run.teacher_dir = teacher.version, str(teacher.folder)
+        run.files = run.files | ({"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)} if "config.json" in run.files else {})
     plan = make_plan(run.exp)
     config = run.exp.model_dump(mode="json")
-    tags = run.tags | ({k: v for k, v in plan.split().items() if v is not None})
+    tags = run.tags | distill_tags(teacher, run.exp.distill if teacher else None) | ({k: v for k, v in plan.split().items() if v is not None})
     run_id = tracker.child_run(run.experiment_id, run.parent, run.run_name, tags, flatten(config) | plan.params() | run.params)
     with ended_on_error(tracker, run_id, run.workdir, run.resumable, session.out):
         on_run(run_id)
@@ -229,7 +236,7 @@ def _run_once(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: T
     spec = WorkerSpec(experiment=run.exp.model_dump(mode="json"), data_path=str(run.data.path), num_labels=run.data.num_labels,
                       pad_id=run.data.pad_id, vocab_size=run.data.vocab_size, labels=run.data.labels, optuna=run.optuna,
                       tracking=True, model_dir=str(run.workdir / "model") if run.save_model else None,
-                      checkpoint_dir=str(run.workdir / FOLDER), pause_at_samples=run.pause_at_samples)
+                      checkpoint_dir=str(run.workdir / FOLDER), teacher_dir=run.teacher_dir, pause_at_samples=run.pause_at_samples)
     return (run.executor or run_trial_process)(spec, run.workdir, on_line=on_line, on_start=_started(run))
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lbsearch.spec.branch import WithBranching
+from lbsearch.spec.distill import WithDistill
 from lbsearch.spec.executor import WithExecutor
 from lbsearch.spec.registry import GROUPING_PRUNERS, LrScalingName, PrunerName, SamplerName
 from lbsearch.spec.tasks import LM_TASKS, DataConfig, MetricConfig, TaskKind, check_task, count_in_tokens
@@ -165,7 +166,7 @@ class LauncherConfig(_Strict):
     """One device's peak for MFU; default: the GPU table in ``lbsearch.trial.flops``, or this CPU's matmul rate, measured once."""
 
 
-class ExperimentConfig(_Strict, WithBranching):  # `branching`: lbsearch.spec.branch
+class ExperimentConfig(_Strict, WithBranching, WithDistill): # `branching`: lbsearch.spec.branch; `distill`: lbsearch.spec.distill
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     task: TaskKind = "single_label"

@@ -56,6 +56,8 @@ class WorkerSpec(BaseModel):
     """Where a complete trial saves its model (``lbsearch.trial.model.save_model``); None: not saved."""
     checkpoint_dir: str | None = None
     """Where the trial writes its checkpoints and resumes from the newest one there (``lbsearch.trial.checkpoint``); None: none."""
+    teacher_dir: str | None = None
+    """A distilled experiment's teacher: the kept model's folder, found by the orchestrator (``lbsearch.orchestrator.teacher``)."""
     pause_at_samples: int | None = None
     """``pruner: asha_promote``: the trial's rung. At its first evaluation at or past this many (nominal) samples it writes a
     checkpoint and stops as pruned, reason ``paused`` (``lbsearch.trial.rung``); None: it runs to its budget."""

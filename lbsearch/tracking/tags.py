@@ -11,7 +11,7 @@ from lbsearch.spec import PAUSED
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
 
-__all__ = ["STUDY", "ROLE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags"]
+__all__ = ["STUDY", "ROLE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
 
 STUDY, ROLE = "lbsearch.study", "lbsearch.role"
 
@@ -66,3 +66,13 @@ def train_tags(commit: str | None) -> dict[str, Any]:
 def label_tags(task: str, names_json: str) -> dict[str, str]:
     """The label mapping, as the model's ``id2label`` has it (cut to MLflow's tag length)."""
     return {"data.task": task, "data.labels": names_json[:5000]}
+
+
+def distill_tags(teacher: Any, distill: Any) -> dict[str, Any]:
+    """A distilled trial's teacher (``lbsearch.orchestrator.teacher.Teacher``: its reference, study and trial, kept folder
+    and version) and ``distill``'s temperature, weight and targets; none without a teacher."""
+    if teacher is None:
+        return {}
+    return {"distill.teacher": teacher.ref, "distill.teacher_trial": f"{teacher.study}/{teacher.trial}", "distill.teacher_model": str(teacher.folder),
+            "distill.teacher_version": teacher.version, "distill.temperature": distill.temperature, "distill.weight": distill.weight,
+            "distill.targets": distill.targets}

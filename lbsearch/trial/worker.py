@@ -29,6 +29,7 @@ from lbsearch.spec import FLAG, PAUSED, ExperimentConfig, TrialResult, WorkerSpe
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
+from lbsearch.trial.distill import make_loss
 from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
@@ -46,7 +47,6 @@ from lbsearch.trial.training import (
     maybe_inject_overflow,
     maybe_inject_save_error,
     probe_micro_batch,
-    task_loss,
     training_targets,
 )
 
@@ -143,6 +143,7 @@ class Trial:
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
         self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
+        self.loss = make_loss(acc, self.spec, exp, train, self.labels, self.say, self.rep.tags)  # the task's, or distillation's (lbsearch.trial.distill)
         self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed, stream_start(exp.branching))  # a branch: on from its point
         self.evaluate_val = self._evaluator("validation")
         maybe_inject_oom(plan.micro_batch)
@@ -166,6 +167,7 @@ class Trial:
         maybe_inject_overflow(self.model, step)
         norm = self._clip()
         loss = average_over_ranks(self.acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
+        self.loss.close_step(step, self.plan.accumulation)
         code = self.readings.before_optimizer(step, loss, norm)
         if code == CONTINUE:
             self._optimizer_step()
@@ -185,7 +187,7 @@ class Trial:
         """Forward and backward of one micro-batch, gradients accumulated; returns its loss (float64, on the device)."""
         batch, targets = self._inputs(idx, step)
         with self.acc.accumulate(self.model):
-            loss = task_loss(self.exp.task, self.model(**batch).logits, targets)
+            loss = self.loss.loss(self.model(**batch).logits, targets, idx)
             self.acc.backward(loss)
             self.gns.after_backward()
         return loss.detach().double()
@@ -213,7 +215,7 @@ class Trial:
         for r, clip_frac in rows:
             seen = r.step * self.plan.batch_size
             self.rep.metrics({"train/loss": r.loss, "train/lr": r.lr, "train/grad_norm": r.grad_norm, "train/clip_frac": clip_frac,
-                              "progress/samples": seen, "progress/step": r.step} | fp16, seen, r.ms)
+                              "progress/samples": seen, "progress/step": r.step} | fp16 | self.loss.row(r.step), seen, r.ms)
         self.gns.settle(last)
         self.t_first_step = self.t_first_step or time.time() - self.t_start
         self.result["steps"], self.result["samples"] = last, last * self.plan.batch_size
