@@ -10,6 +10,7 @@ CPU training ignores), real ``lbsearch run --ray`` drivers, the Optuna journal a
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def cluster():
 def _study(tmp: Path, name: str, space: str, extra: str = "") -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(f"name: {name}\nexperiment: {SPECS / 'tiny.yaml'}\nn_trials: 2\nsearch_space:\n{space}\nsampler: {{name: grid}}\n"
-                    f"pruner: {{name: none}}\n{extra}")
+                    f"pruner: {{name: none}}\nsave_model: none\n{extra}")
     return path
 
 
@@ -127,6 +128,10 @@ def test_a_trial_of_two_machines_runs_on_two_nodes_and_trains_as_on_one(cluster,
     assert len(nodes) == 2 and len(set(nodes)) == 2, run.data.tags
     assert run.data.tags["lbsearch.ray_gpus"].count(";") == 1
     assert "on Ray: machine 1 of 2" in out
+    (workdir,) = (tmp_path / "mlruns" / "trials" / "ray-machines").iterdir()
+    sides = [json.loads(f.read_text())["experiment"]["launcher"] for f in (workdir / "spec.json", workdir / "machine-1" / "spec.json")]
+    assert [(s["num_machines"], s["machine_rank"]) for s in sides] == [(2, 0), (2, 1)]  # what each node's accelerate launch got
+    assert sides[0]["main_process_ip"] == sides[1]["main_process_ip"] and sides[0]["main_process_port"] == sides[1]["main_process_port"]
     one = next(r for t, r in zip(*_runs(root, "ray-sizes")) if t.params["launcher.processes"] == 2)  # the same trial on one machine
     client = mlflow_client(tmp_path / "mlruns")
     ref = mlflow_client(root)
