@@ -15,7 +15,7 @@ from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
-from lbsearch.tracking import git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
+from lbsearch.tracking import find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
 __all__ = ["reproduce", "train_once", "predict"]
 
@@ -105,11 +105,13 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
     return 0
 
 
-def predict(session: Session, name: str, text_or_file: str, *, number: int | None = None) -> int:
-    """Classify texts with a kept model of study ``name`` (default: the best trial's): one line per
-    text, ``label<TAB>probability<TAB>text``. ``text_or_file``: a text, or a file with one text a line."""
-    from lbsearch.trial import classify
-
+def predict(session: Session, name: str, text_or_file: str, *, number: int | None = None, model: str | None = None) -> int:
+    """Classify texts with a kept model of study ``name`` (default: the best trial's; ``model``: a compressed
+    variant's version or alias, ``lbsearch compress``): one line per text, ``label<TAB>probability<TAB>text``.
+    ``text_or_file``: a text, or a file with one text a line."""
+    if model is not None:
+        load_existing_study(session, name)
+        return _print_labels(session, find_variant(tracker_for(session), name, model)[0], text_or_file)
     if number is None:
         target = best_trial(load_existing_study(session, name))
         if target is None:
@@ -120,6 +122,12 @@ def predict(session: Session, name: str, text_or_file: str, *, number: int | Non
         kept = sorted(p.name for p in models_dir(session.root, name).glob("trial-*"))
         raise SpecError(None, "--trial", f"no kept model for trial {number} of study {name!r} (kept: {', '.join(kept) or 'none'}; "
                         "see the study's `save_model`)")
+    return _print_labels(session, folder, text_or_file)
+
+
+def _print_labels(session: Session, folder: Path, text_or_file: str) -> int:
+    from lbsearch.trial import classify
+
     path = Path(text_or_file)
     texts = [t for t in path.read_text().splitlines() if t.strip()] if path.is_file() else [text_or_file]
     for text, (label, p) in zip(texts, classify(folder, texts)):

@@ -21,6 +21,7 @@ EPILOG = """examples:
   lbsearch branch lm_ref --trial 0 --delta 8192     the critical batch size over training, by branching from checkpoints
   lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
   lbsearch predict quickstart "a warm, funny film"   classify texts with the best trial's kept model
+  lbsearch compress quickstart                     int8 and pruned variants of the kept model: accuracy, size, latency
   lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
   lbsearch join mlruns/trials --machine-rank 1     on node 1: the ranks of node 0's multi-machine trials
 state lives under --mlruns (default ./mlruns, or $LBSEARCH_MLRUNS)."""
@@ -94,11 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.batch_size=256")
     _common(p)
 
-    p = sub.add_parser("predict", help="classify texts with a study's kept model (label names, probabilities)")
-    p.add_argument("study", help="study name")
-    p.add_argument("text", metavar="FILE_OR_TEXT", help="a text, or a file with one text a line")
-    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
-    _common(p)
+    _model_parsers(sub)
 
     p = sub.add_parser("join", help="on machine ranks >= 1: start this node's ranks of each multi-machine trial (docs/scale_out.md)")
     p.add_argument("folder", type=Path, help="the trials folder of the node-0 run, on a shared filesystem (e.g. mlruns/trials)")
@@ -110,6 +107,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1: one person's viewer starts fastest)")
     _common(p)
     return add_branch(ap, sub, _common)  # lbsearch.cli.branch
+
+
+def _model_parsers(sub) -> None:
+    """The commands that use a study's kept model: ``predict`` (it or a compressed variant) and ``compress``."""
+    p = sub.add_parser("predict", help="classify texts with a study's kept model (label names, probabilities)")
+    p.add_argument("study", help="study name")
+    p.add_argument("text", metavar="FILE_OR_TEXT", help="a text, or a file with one text a line")
+    p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
+    p.add_argument("--model", default=None, metavar="VERSION", help="a compressed variant instead: its version or alias in <study>-compressed (e.g. int8)")
+    _common(p)
+
+    p = sub.add_parser("compress", help="int8-quantize and prune a study's kept best model; evaluate, measure and register each variant",
+                       description="The study's kept best model, dynamically quantized to int8 and magnitude-pruned at each sparsity: each "
+                       "variant evaluated on validation and test as trials evaluate, measured on this machine (weight bytes, non-zero "
+                       "parameters, predict latency and throughput) and registered as a version of <study>-compressed in MLflow, its "
+                       "alias its name (int8, prune50, prune50-ft20); then the table with its Pareto front (docs/compress.md).")
+    p.add_argument("study", help="study name")
+    p.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7], metavar="S",
+                   help="magnitude-pruning sparsities: the share of all nn.Linear weights set to zero, ranked globally (default: 0.3 0.5 0.7)")
+    p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
+                   help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; default 0: none)")
+    p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed predict calls of one text per variant (default 50)")
+    p.add_argument("--table", action="store_true", help="only print the measured variants: metric, size, latency, the Pareto front")
+    p.add_argument("--verify", default=None, metavar="VERSION", help="re-evaluate a registered variant (version or alias) from its folder; "
+                   "exit 0 when its logged metrics are reproduced exactly")
+    _common(p)
 
 
 def _session(args):
@@ -276,7 +299,17 @@ def cmd_reproduce(args) -> int:
 def cmd_predict(args) -> int:
     from lbsearch.cli.commands import predict
 
-    return predict(_session(args), args.study, args.text, number=args.trial)
+    return predict(_session(args), args.study, args.text, number=args.trial, model=args.model)
+
+
+def cmd_compress(args) -> int:
+    from lbsearch.cli.compress import compress, compress_table, verify_variant
+
+    if args.verify:
+        return verify_variant(_session(args), args.study, args.verify)
+    if args.table:
+        return compress_table(_session(args), args.study)
+    return compress(_session(args), args.study, args.sparsity, args.finetune_steps, args.repeats)
 
 
 def cmd_report(args) -> int:
@@ -315,7 +348,7 @@ def cmd_ui(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "status": cmd_status, "best": cmd_best, "reproduce": cmd_reproduce, "report": cmd_report, "train": cmd_train, "predict": cmd_predict,
-            "ui": cmd_ui, "join": cmd_join, "branch": lambda args: cmd_branch(args, _session(args))}
+            "compress": cmd_compress, "ui": cmd_ui, "join": cmd_join, "branch": lambda args: cmd_branch(args, _session(args))}
 
 
 def main(argv: list[str] | None = None) -> int:

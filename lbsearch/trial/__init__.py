@@ -2,6 +2,8 @@
 losses and optimizers, batching and packing, language models, checkpoints, the noise-scale
 monitor, FLOPs and MFU, metrics, rank collectives and the standby server."""
 
-from lbsearch.trial.model import classify, load_model
+from lbsearch.trial.compress import evaluate, finetune, machine_name, nonzero_params, prune_global, pruned_share, timing
+from lbsearch.trial.model import classify, load_model, quantize_int8, save_variant, weight_bytes
 
-__all__ = ['classify', 'load_model']
+__all__ = ['evaluate', 'finetune', 'machine_name', 'nonzero_params', 'prune_global', 'pruned_share', 'timing', 'classify', 'load_model',
+           'quantize_int8', 'save_variant', 'weight_bytes']

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import json
+import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -12,11 +14,14 @@ import torch
 from lbsearch.data import OFFLINE_MODEL_HINT, load_tokenizer, model_source
 from lbsearch.spec import LM_TASKS, ModelConfig, SpecError
 
-__all__ = ["load_tokenizer", "build_model", "uses_token_types", "PooledClassifier", "save_model", "load_model", "classify", "OFFLINE_MODEL_HINT", "KEPT_FILE"]
+__all__ = ["load_tokenizer", "build_model", "uses_token_types", "PooledClassifier", "save_model", "load_model", "classify", "predictions", "OFFLINE_MODEL_HINT", "KEPT_FILE",
+           "QUANTIZED_FILE", "quantize_int8", "save_variant", "weight_bytes"]
 
 KEPT_FILE = "lbsearch.json"
 """Beside a kept model's weights: how it was trained (max length, pooling, evaluation batch) and its source."""
 _HEAD_FILE = "mean_pool_head.safetensors"
+QUANTIZED_FILE = "quantized_int8.pt"
+"""A dynamically int8-quantized model's whole state (``torch.save`` of its ``state_dict``), beside its ``config.json``."""
 
 
 _PROBLEM = {"single_label": "single_label_classification", "multi_label": "multi_label_classification", "regression": "regression"}
@@ -177,6 +182,8 @@ def load_model(folder: str | Path):
     folder = Path(folder)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
+    if (folder / QUANTIZED_FILE).is_file():
+        return _load_quantized(folder)
     if not (folder / _HEAD_FILE).is_file():
         return AutoModelForSequenceClassification.from_pretrained(folder).eval()
     from safetensors.torch import load_file
@@ -198,7 +205,12 @@ def classify(folder: str | Path, texts: list[str], batch_size: int = 32) -> list
 
     folder = Path(folder)
     info = json.loads((folder / KEPT_FILE).read_text()) if (folder / KEPT_FILE).is_file() else {}
-    tok, model = AutoTokenizer.from_pretrained(folder), load_model(folder)
+    return predictions(AutoTokenizer.from_pretrained(folder), load_model(folder), info, texts, batch_size)
+
+
+@torch.no_grad()
+def predictions(tok, model: torch.nn.Module, info: dict[str, Any], texts: list[str], batch_size: int = 32) -> list[tuple[str, float]]:
+    """``classify`` with the tokenizer, the model in eval mode and its ``lbsearch.json`` already loaded (what a latency measures)."""
     names = model.config.id2label
     out: list[tuple[str, float]] = []
     for i in range(0, len(texts), batch_size):
@@ -219,3 +231,63 @@ def _read_out(logits: torch.Tensor, names: dict[int, str], info: dict[str, Any])
         return [(",".join(c) or "-", float(row.max())) for c, row in zip(chosen, probs)]
     p, k = logits.softmax(-1).max(-1)
     return [(names[int(j)], float(q)) for q, j in zip(p, k)]
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every ``nn.Linear`` dynamically quantized to int8 (weights per tensor, once;
+    activations per batch, at run time): ``torch.ao.quantization.quantize_dynamic`` and its x86 kernels.
+    (torch marks ``torch.ao.quantization`` deprecated in favour of torchao; 2.13 still ships it.)"""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*deprecated.*")
+        return torch.ao.quantization.quantize_dynamic(model, {torch.nn.Linear}, dtype=torch.qint8)
+
+
+def _load_quantized(folder: Path) -> torch.nn.Module:
+    """The model's skeleton from its config, quantized as it was, then its saved int8 state: the same
+    weights, scales and outputs as the model that was saved."""
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
+
+    info = json.loads((folder / KEPT_FILE).read_text())
+    config = AutoConfig.from_pretrained(folder)
+    pooling = info.get("pooling", "cls")
+    if pooling == "cls":
+        skeleton = AutoModelForSequenceClassification.from_config(config)
+    else:
+        skeleton = PooledClassifier(AutoModel.from_config(config), info["num_outputs"], pooling)
+    model = quantize_int8(skeleton.eval())
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*TypedStorage is deprecated.*")
+        model.load_state_dict(torch.load(folder / QUANTIZED_FILE, weights_only=True))
+    return model.eval()
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    return [p for p in folder.iterdir() if ".safetensors" in p.name or p.name == QUANTIZED_FILE]
+
+
+def weight_bytes(folder: str | Path) -> int:
+    """The bytes of a kept model's weight files (safetensors, the pooled head, an int8 state), tokenizer and config left out."""
+    return sum(p.stat().st_size for p in _weight_files(Path(folder)))
+
+
+def save_variant(model: torch.nn.Module, kept: Path, folder: Path, recipe: dict[str, Any]) -> None:
+    """Save a compressed copy of the kept model in ``kept`` to ``folder``, loadable by ``load_model``: the
+    kept tokenizer and config, ``lbsearch.json`` with ``compression: recipe``, and the weights as ``model``
+    holds them: float (pruned) in the kept layout, int8 (``quantize_int8``) as ``QUANTIZED_FILE``."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = set(_weight_files(kept))
+    for src in kept.iterdir():
+        if src not in weights and src.name != KEPT_FILE and src.is_file():
+            shutil.copy2(src, folder / src.name)
+    pooled = isinstance(model, PooledClassifier)
+    if recipe.get("kind") == "int8_dynamic":
+        torch.save(model.state_dict(), folder / QUANTIZED_FILE)
+    else:
+        (model.encoder if pooled else model).save_pretrained(folder, safe_serialization=True)
+        if pooled:
+            save_file({k: v.detach().contiguous() for k, v in model.classifier.state_dict().items()}, str(folder / _HEAD_FILE))
+    info = json.loads((kept / KEPT_FILE).read_text())
+    num_outputs = model.classifier.out_features if pooled else model.config.num_labels
+    (folder / KEPT_FILE).write_text(json.dumps(info | {"compression": recipe, "num_outputs": num_outputs}, indent=1))

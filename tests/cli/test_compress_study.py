@@ -1,0 +1,114 @@
+"""``lbsearch compress`` end to end on a one-trial tiny study's kept model: every variant (int8, pruned, pruned
+and fine-tuned) is a version of ``<study>-compressed`` in MLflow's registry with its metrics; the original is
+evaluated exactly as its trial was; pruning leaves the asked share of zeros, through the fine-tune too; each
+variant, loaded in a fresh process, reproduces its logged metrics exactly and serves ``predict --model``;
+``--table`` marks the Pareto front; bad input is a one-line error, exit 2."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
+
+from lbsearch.cli.compress import pareto_variants
+
+STUDY = "tiny-study"
+SETS = ["--set", "n_trials=1", "--set", "pruner.name=none"]
+VARIANTS = ["int8", "prune50", "prune50-ft2"]
+
+
+@pytest.fixture(scope="module")
+def compressed(tmp_path_factory):
+    cwd = tmp_path_factory.mktemp("compress")
+    run_cli("run", str(SPECS / "tiny_study.yaml"), *SETS, cwd=cwd, check=True)
+    proc = run_cli("compress", STUDY, "--sparsity", "0.5", "--finetune-steps", "2", "--repeats", "5", cwd=cwd, check=True)
+    return cwd, cwd / "mlruns", proc
+
+
+def _versions(root):
+    client = mlflow_client(root)
+    return {v.tags["lbsearch.variant"]: v for v in client.search_model_versions(f"name = '{STUDY}-compressed'")}
+
+
+def test_every_variant_is_a_registered_version_with_its_metrics(compressed):
+    cwd, root, proc = compressed
+    versions = _versions(root)
+    assert sorted(versions) == sorted(VARIANTS)
+    client = mlflow_client(root)
+    for variant, v in versions.items():
+        assert client.get_model_version_by_alias(f"{STUDY}-compressed", variant).version == v.version
+        metrics = client.get_run(v.run_id).data.metrics
+        for key in ("val/accuracy", "test/accuracy", "size/weight_bytes", "size/params_nonzero", "speed/latency_ms_median",
+                    "speed/latency_ms_p10", "speed/latency_ms_p90", "speed/throughput_per_s"):
+            assert float(v.tags[key]) == pytest.approx(metrics[key], rel=1e-5), (variant, key)
+        assert metrics["speed/latency_ms_p10"] <= metrics["speed/latency_ms_median"] <= metrics["speed/latency_ms_p90"]
+        assert "AMD" in client.get_run(v.run_id).data.tags["lbsearch.machine"] or "family" in client.get_run(v.run_id).data.tags["lbsearch.machine"]
+    assert f"version {versions['int8'].version} of {STUDY}-compressed (alias int8)" in proc.stdout
+    assert "fine-tune step 2/2" in proc.stdout
+
+
+def test_the_original_is_evaluated_as_its_trial_was_and_pruning_keeps_its_zeros(compressed):
+    cwd, root, _ = compressed
+    trial = journal_study(root, STUDY).best_trial
+    client = mlflow_client(root)
+    runs = {r.data.tags["lbsearch.variant"]: r.data.metrics for r in client.search_runs(
+        [client.get_experiment_by_name(STUDY).experiment_id], "tags.`lbsearch.role` = 'compress'")}
+    assert runs["original"]["val/accuracy"] == trial.user_attrs["validation_accuracy"]  # fp32 trial: the same Evaluator, the same number
+    assert runs["original"]["test/accuracy"] == trial.user_attrs["test_accuracy"]
+    assert runs["original"]["size/linear_zero_share"] < 0.01
+    for variant in ("prune50", "prune50-ft2"):
+        assert runs[variant]["size/linear_zero_share"] == pytest.approx(0.5, abs=1e-3)  # the fine-tune kept the zeros
+        assert runs[variant]["size/params_nonzero"] < runs["original"]["size/params_nonzero"]
+    assert runs["prune50-ft2"]["val/loss"] != runs["prune50"]["val/loss"]  # the fine-tune trained
+    assert runs["int8"]["size/weight_bytes"] < runs["original"]["size/weight_bytes"]
+
+
+@pytest.mark.parametrize("variant", ["int8", "prune50-ft2"])
+def test_a_variant_reproduces_its_logged_metrics_in_a_fresh_process(compressed, variant):
+    cwd, _, _ = compressed
+    proc = run_cli("compress", STUDY, "--verify", variant, cwd=cwd)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == f"[verify {variant}] identical"
+    assert "test accuracy: logged" in proc.stdout
+
+
+def test_predict_serves_a_variant_by_alias_or_version(compressed):
+    cwd, root, _ = compressed
+    version = str(_versions(root)["int8"].version)
+    by_alias = cli("predict", STUDY, "a warm, funny film", "--model", "int8", cwd=cwd, check=True).stdout.strip()
+    label, p, text = by_alias.split("\t")
+    assert label in ("fresh", "rotten") and 0.5 <= float(p) <= 1 and text == "a warm, funny film"
+    assert cli("predict", STUDY, "a warm, funny film", "--model", version, cwd=cwd, check=True).stdout.strip() == by_alias
+
+
+def test_the_table_marks_the_pareto_front(compressed):
+    cwd, _, _ = compressed
+    out = cli("compress", STUDY, "--table", cwd=cwd, check=True).stdout.splitlines()
+    rows = {line.split()[0].rstrip("*"): line.split()[0].endswith("*") for line in out[2:-1]}
+    assert sorted(rows) == sorted(["original", *VARIANTS]) and any(rows.values())
+    assert out[-1].startswith("measured on ")
+
+
+def test_the_front_is_the_undominated_variants():
+    rows = [{"variant": "a", "val/accuracy": 0.8, "size/weight_bytes": 100, "speed/latency_ms_median": 10.0},
+            {"variant": "b", "val/accuracy": 0.8, "size/weight_bytes": 25, "speed/latency_ms_median": 8.0},  # beats a
+            {"variant": "c", "val/accuracy": 0.7, "size/weight_bytes": 25, "speed/latency_ms_median": 5.0},
+            {"variant": "d", "val/accuracy": 0.7, "size/weight_bytes": 30, "speed/latency_ms_median": 5.0}]  # c beats d
+    assert pareto_variants(rows, "accuracy") == {"b", "c"}
+    loss = [{**r, "val/loss": r["val/accuracy"]} for r in rows]
+    assert pareto_variants(loss, "loss", minimize=True) == {"c"}  # a lower loss is better: c now beats b too
+
+
+@pytest.mark.parametrize("args,field", [(["no-such-study"], "study"), ([STUDY, "--sparsity", "1.2"], "--sparsity"),
+                                        ([STUDY, "--sparsity", "0"], "--sparsity"), ([STUDY, "--finetune-steps", "-1"], "--finetune-steps")])
+def test_bad_input_is_one_line_and_exit_2(compressed, args, field):
+    cwd, root, _ = compressed
+    before = len(_versions(root))
+    proc = cli("compress", *args, cwd=cwd)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and field in proc.stderr, proc.stderr
+    assert len(_versions(root)) == before  # nothing registered
+
+
+def test_predict_with_an_unknown_variant_is_one_line_and_exit_2(compressed):
+    cwd, _, _ = compressed
+    proc = cli("predict", STUDY, "a film", "--model", "prune99", cwd=cwd)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "--model" in proc.stderr and "int8" in proc.stderr
