@@ -11,6 +11,9 @@ Each machine setting of a trial comes from, first to last:
 3. the scheduler's environment: SLURM (``SLURM_NNODES``, ``SLURM_NODEID``), then torchrun's names
    (``NNODES``, ``NODE_RANK``); ``MASTER_ADDR`` and ``MASTER_PORT`` for the address and port;
 4. the default: 1 machine, rank 0, 127.0.0.1, a free port for each trial.
+
+A DeepSpeed file leaves to lbsearch what a trial decides (``_deepspeed_conflict``): the micro-batch, the
+accumulation, the clipping, the optimizer and its schedule; ZeRO stages 0 to 2.
 """
 
 from __future__ import annotations
@@ -74,6 +77,42 @@ def file_conflict(launcher: Mapping[str, Any], file: Mapping[str, Any]) -> tuple
             return key, f"`launcher.{key}` is set by the accelerate config too, differently: got {launcher[key]!r} and {file[key]!r}"
     if str(file.get("distributed_type", "")).upper() == "NO" and procs > 1:
         return "processes", f"the accelerate config's `distributed_type: NO` runs one process, got `launcher.processes: {procs}`"
+    if str(file.get("distributed_type", "")).upper() == "DEEPSPEED":
+        return _deepspeed_conflict(precision, file.get("deepspeed_config") or {})
+    return None
+
+
+def _deepspeed_conflict(precision: str, section: Mapping[str, Any]) -> tuple[str, str] | None:
+    """``(field, message)`` where a DeepSpeed config (the accelerate config's ``deepspeed_config``, and the DeepSpeed
+    JSON its ``deepspeed_config_file`` names) sets what lbsearch decides per trial, else None. lbsearch writes each
+    trial's micro-batch, accumulation and clipping into DeepSpeed's config (``lbsearch.trial.distributed.prepare``)
+    and builds the optimizer and its schedule itself; ZeRO stage 3 is refused (the kept model is the unwrapped module)."""
+    field = "accelerate_config"
+    if section.get("gradient_accumulation_steps", 1) not in (1, "auto"):
+        return field, ("`deepspeed_config.gradient_accumulation_steps` must be 1 or `auto`: lbsearch derives each trial's from "
+                       f"`train.batch_size` and `launcher.max_micro_batch`, got {section['gradient_accumulation_steps']!r}")
+    if "gradient_clipping" in section:
+        return field, f"`deepspeed_config.gradient_clipping` must be left out: each trial's comes from `train.clip_norm`, got {section['gradient_clipping']!r}"
+    stage, where, json_file = section.get("zero_stage"), "`deepspeed_config.zero_stage`", section.get("deepspeed_config_file")
+    if json_file:
+        try:
+            ds = json.loads(Path(json_file).read_text())
+        except (OSError, ValueError) as err:
+            return field, f"cannot read the DeepSpeed config `deepspeed_config_file` {json_file}: {str(err).splitlines()[0]}"
+        for key in ("optimizer", "scheduler"):
+            if key in ds:
+                return field, (f"the DeepSpeed config {json_file} must have no `{key}` section: lbsearch hands DeepSpeed its own optimizer "
+                               "(`optimizer.*`) and steps its own schedule (`schedule.*`)")
+        for key in ("train_batch_size", "train_micro_batch_size_per_gpu", "gradient_accumulation_steps", "gradient_clipping"):
+            if ds.get(key, "auto") != "auto":
+                return field, f"`{key}` in the DeepSpeed config {json_file} must be `auto` or left out: lbsearch sets it per trial, got {ds[key]!r}"
+        for dtype in ("fp16", "bf16"):
+            enabled = str((ds.get(dtype) or {}).get("enabled", False)).lower() == "true"
+            if enabled and precision not in ("auto", dtype):
+                return "precision", f"`launcher.precision` must match `{dtype}.enabled: true` in the DeepSpeed config {json_file}, got {precision!r}"
+        stage, where = (ds.get("zero_optimization") or {}).get("stage"), f"`zero_optimization.stage` in {json_file}"
+    if stage is not None and int(stage) > 2:
+        return field, f"{where} must be 0, 1 or 2: under ZeRO stage 3 lbsearch cannot keep the trial's model (FSDP shards parameters), got {stage}"
     return None
 
 

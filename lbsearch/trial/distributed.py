@@ -9,7 +9,17 @@ plain DDP (``MULTI_CPU``) without a word. lbsearch never lets that pass silently
   switched to Accelerate's own FSDP2 path (the state Accelerate would have set on a GPU);
 - FSDP version 1 on CPU: Accelerate refuses it while building its plugin ("There are currently no
   available devices found, ..."); the trial fails saying so and what to change;
-- DeepSpeed on CPU: the trial fails saying that it needs a GPU.
+- DeepSpeed (ZeRO stage 1 or 2) on CPU runs as DeepSpeed: its CPU accelerator (``DS_ACCELERATOR=cpu``) over the
+  same gloo process group, so the Accelerator is switched to Accelerate's DeepSpeed path as for FSDP version 2.
+  DeepSpeed builds its shared-memory collective (a C++ extension: g++ with OpenMP, and ninja) on first use.
+  Without ``deepspeed`` installed, ``accelerate launch`` fails the trial saying so.
+
+Under DeepSpeed the engine steps inside ``accelerator.backward`` of a step's last micro-batch: the clipping
+at ``train.clip_norm``, the optimizer step (which DeepSpeed skips where the gradient norm is not finite, in
+fp32 and fp16) and the zeroing of the gradients. lbsearch's optimizer goes in unchanged and its schedule stays
+lbsearch's, stepped after the engine's step (``prepare``), so lr, warmup and clipping are those of DDP. The
+divergence guard sees a step only once the engine has taken it: a diverged step's update is applied, and the
+trial stops there as diverged all the same.
 
 A config file that sets ``dynamo_config`` is honoured: ``launcher.compile`` then adds nothing.
 """
@@ -22,7 +32,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["keep_until_exit", "make_accelerator"]
+__all__ = ["keep_until_exit", "make_accelerator", "prepare"]
 
 _NEVER_FREED: list = []
 
@@ -46,13 +56,15 @@ def make_accelerator(precision: str, cpu: bool, compile: bool, cache: Path | Non
     if fsdp and cpu and version != "2":
         raise RuntimeError("FSDP version 1 cannot run on CPU: Accelerate refuses it (\"There are currently no available devices "
                            "found, must be one of 'XPU', 'CUDA', ...\"); set `fsdp_version: 2` in the accelerate config, or run on a GPU")
-    if _flag("ACCELERATE_USE_DEEPSPEED") and cpu:
-        raise RuntimeError("DeepSpeed needs a GPU: on CPU Accelerate would run the ranks as plain DDP; use an FSDP "
-                           "(`fsdp_version: 2`) or DDP accelerate config")
+    deepspeed = _flag("ACCELERATE_USE_DEEPSPEED")
+    if deepspeed and cpu:
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")  # before DeepSpeed is imported: a GPU's presence must not pull its engine there
     # cpu=True also selects Accelerate's multi-CPU (gloo) mode when torchrun started several ranks
     acc = Accelerator(mixed_precision=precision, cpu=cpu, dynamo_plugin=dynamo)
     if fsdp and acc.distributed_type != DistributedType.FSDP:
         _fsdp2_on_cpu(acc)
+    if deepspeed and acc.distributed_type != DistributedType.DEEPSPEED:
+        _deepspeed_on_cpu(acc)
     return acc
 
 
@@ -67,6 +79,33 @@ def _fsdp2_on_cpu(acc) -> None:
     acc.state.fsdp_plugin = plugin
     acc.state.distributed_type = DistributedType.FSDP
     PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def _deepspeed_on_cpu(acc) -> None:
+    """What ``AcceleratorState`` does for DeepSpeed on a GPU (its DeepSpeed branch is skipped for ``cpu``). DeepSpeed
+    takes the precision from its config: the plugin gets the trial's, Accelerate's own autocast stays off."""
+    from accelerate.state import PartialState
+    from accelerate.utils import DeepSpeedPlugin, DistributedType
+
+    plugin = DeepSpeedPlugin()  # from the ACCELERATE_DEEPSPEED_* environment (the config file), as Accelerate builds it
+    plugin.set_mixed_precision(acc.state.mixed_precision)
+    plugin.select(_from_accelerator_state=True)
+    acc.state.deepspeed_plugins = plugin
+    acc.state._mixed_precision, acc.native_amp = "no", False
+    acc.state.distributed_type = DistributedType.DEEPSPEED
+    PartialState._shared_state["distributed_type"] = DistributedType.DEEPSPEED
+
+
+def prepare(acc, model: torch.nn.Module, optimizer: torch.optim.Optimizer, micro_batch: int, clip_norm: float | None):
+    """``acc.prepare(model, optimizer)``; under DeepSpeed, the trial's batch split and clipping written into its config
+    first (the file leaves them to lbsearch: ``lbsearch.spec.accelerate_file``). The optimizer is lbsearch's own, its
+    schedule is not prepared (DeepSpeed would step it itself), so lr, warmup and clipping are those of DDP."""
+    if acc.distributed_type == "DEEPSPEED":
+        config = acc.state.deepspeed_plugin.deepspeed_config
+        accumulation = acc.gradient_accumulation_steps
+        config |= {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
+                   "train_batch_size": micro_batch * accumulation * acc.num_processes, "gradient_clipping": clip_norm or 0.0}
+    return acc.prepare(model, optimizer)
 
 
 def placement(device: torch.device) -> dict[str, str]:

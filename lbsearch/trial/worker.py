@@ -30,7 +30,7 @@ from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_d
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
 from lbsearch.trial.distill import make_loss
-from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, stop_code, sum_over_ranks
+from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, prepare, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack
@@ -131,7 +131,7 @@ class Trial:
         acc.gradient_accumulation_steps = plan.accumulation
         optimizer = make_optimizer(exp, model, plan.lr)
         self.scheduler = make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
-        self.model, self.optimizer = acc.prepare(model, optimizer)
+        self.model, self.optimizer = prepare(acc, model, optimizer, plan.micro_batch, exp.train.clip_norm)  # DeepSpeed: its config gets B's split and clipping
         tr = exp.train
         self.readings = Readings(optimizer, acc.scaler, tr.divergence_factor, tr.max_skipped_steps, tr.clip_norm, tr.log_every_steps,
                                  acc.num_processes, self.say, slowest=lambda seconds: max_over_ranks(acc, seconds))
