@@ -10,7 +10,9 @@ and can run ``--parallel``. At its end the CBS report (``science.cbs``, ``scienc
 from __future__ import annotations
 
 import json
+import os
 import platform
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.loop import run_study
-from lbsearch.science import cbs_table, write_cbs_report
+from lbsearch.science import cbs_table, default_eps, write_cbs_report
 from lbsearch.spec import FOLDER, RULES, ExperimentConfig, Session, SpecError, StudyConfig, branch_experiment, branch_points_dir, fingerprint, kept_points, make_plan, sample_unit
 from lbsearch.study import load_existing_study, stored_study
 from lbsearch.tracking import tracker_for
@@ -64,12 +66,29 @@ def _reference(session: Session, study_name: str, number: int) -> tuple[Any, dic
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     if not found or "config" not in found[0].user_attrs:
         raise SpecError(None, "--trial", f"study {study_name} has no trial {number} that ran")
-    folders = [branch_points_dir(p / FOLDER) for p in sorted((session.root / "trials" / study_name).glob(f"{number:04d}-*"))]
-    folder = next((f for f in folders if kept_points(f)), None)
+    folder = _points_folder(session.root / "trials" / study_name, study.get_trials(deepcopy=False), number)
     if folder is None:
         raise SpecError(None, "--trial", f"trial {number} of {study_name} kept no branch points: set `experiment.branching.keep_at` "
                         "(fractions of the budget, or tokens) and run it (docs/critical_batch.md)")
     return found[0], json.loads(found[0].user_attrs["config"]), folder
+
+
+def _points_folder(trials_dir: Path, trials: list, number: int) -> Path | None:
+    """The ``branch_points`` folder of trial ``number``: where a trial re-run from another's checkpoint (``retry_of``,
+    ``resume_of``) kept fewer points than the trials before it, theirs are linked into its folder so one folder holds them all."""
+    by_number, lineage = {t.number: t for t in trials}, [number]
+    while (t := by_number.get(lineage[-1])) is not None and (up := t.user_attrs.get("retry_of", t.user_attrs.get("resume_of"))) is not None:
+        lineage.append(up)
+    folders = [branch_points_dir(p / FOLDER) for n in lineage for p in sorted(trials_dir.glob(f"{n:04d}-*"))]
+    found = [f for f in folders if kept_points(f)]
+    if not found:
+        return None
+    mine = found[0]
+    for other in found[1:]:  # an earlier run of the same lineage: its points, not already kept by a later one
+        for p in other.iterdir():
+            if p.name.startswith("step-") and not (mine / p.name).exists():
+                shutil.copytree(p, mine / p.name, copy_function=os.link)
+    return mine
 
 
 def branch_study(session: Session, study_name: str, a: BranchArgs) -> tuple[StudyConfig, dict[str, Any]]:
@@ -136,9 +155,14 @@ def cbs_report(session: Session, cfg: StudyConfig, a: BranchArgs) -> Path:
     if not rows:
         raise SpecError(None, cfg.name, "no branch completed: no CBS report (the trials' lines above say why)")
     try:
-        summary = cbs_table(rows, a.eps)
+        if a.eps is None:
+            default_eps(rows)  # one seed per branch has no spread to take ε from
     except ValueError as err:
         raise SpecError(None, "--eps", str(err)) from None
+    try:
+        summary = cbs_table(rows, a.eps)
+    except ValueError as err:  # a point without its k = 1 branch (failed): the trials' lines say why
+        raise SpecError(None, cfg.name, str(err)) from None
     out = session.root / "reports" / cfg.name / "cbs"
     page = write_cbs_report(summary, out, study=cfg.name, reference=src.reference, unit="tokens" if unit > 1 else "samples",
                             delta=exp.train.budget_samples * unit, b_simple=b_simple, b_crit=a.b_crit, machine=_machine())

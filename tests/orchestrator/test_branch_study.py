@@ -1,7 +1,7 @@
 """Branching from checkpoints end to end (``lbsearch branch``): a tiny causal decoder (2 layers, random init) on a
 slice of the speeches corpus keeps checkpoints at two branch points; its branch study runs k = 1 and k = 2 from
 each, and writes the CBS report to its parent MLflow run. The k = 1 branch of the reference's seed is the
-reference's own continuation, bit for bit: the same training losses step by step."""
+reference's own continuation, bit for bit: the same training losses step by step; a branch reproduces exactly."""
 
 from __future__ import annotations
 
@@ -44,6 +44,10 @@ def branched(tmp_path_factory, env) -> Path:
     proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05",
                    "--b-crit", "600", cwd=root, check=True, env=env)
     (root / "branch.out").write_text(proc.stdout)
+    study = journal_study(root / "mlruns", "cbs-ref-branch-0")
+    (k2,) = [t.number for t in study.trials if t.params["train.batch_size"] == 2 * B and t.params["branching.source.at_samples"] == 8 * B]
+    proc = run_cli("reproduce", "cbs-ref-branch-0", "--trial", str(k2), cwd=root, env=env)
+    (root / "reproduce.out").write_text(f"{proc.returncode}\n{proc.stdout}")
     return root
 
 
@@ -108,6 +112,12 @@ def test_cbs_report_written_and_logged(branched):
     assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [4 * B * L, 8 * B * L]
     assert parent.data.tags["lbsearch.branch.reference"] == "cbs-ref#0"
+
+
+def test_a_branch_reproduces_exactly(branched):
+    code, out = (branched / "reproduce.out").read_text().split("\n", 1)
+    assert code == "0" and "reproduced: metrics identical" in out, out[-2000:]
+    assert "branched from cbs-ref#0 at 2,048 tokens" in out  # from the reference's kept checkpoint again
 
 
 @pytest.mark.parametrize("args,field", [(["--k", "2,4"], "--k"), (["--k", "1,2", "--delta", "100"], "--delta"),
