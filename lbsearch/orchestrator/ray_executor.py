@@ -24,6 +24,7 @@ import importlib.util
 import logging
 import os
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -55,6 +56,7 @@ def connect(executor: ExecutorConfig, say: Callable[[str], None]) -> Callable[..
 
     address = executor.address or "auto"
     if not ray.is_initialized():
+        _reachable(address)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except (ConnectionError, RuntimeError, ValueError) as err:
@@ -63,6 +65,17 @@ def connect(executor: ExecutorConfig, say: Callable[[str], None]) -> Callable[..
     total = ray.cluster_resources()
     say(f"[ray] {address}: {len(nodes)} node(s), {total.get('GPU', 0):g} GPU(s), {total.get('CPU', 0):g} CPU(s); each trial is placed there")
     return functools.partial(run_on_ray, executor)
+
+
+def _reachable(address: str, timeout: float = 10.0) -> None:
+    """A spec error at once where ``HOST:PORT`` (or ``ray://HOST:PORT``) does not answer: Ray itself would retry forever."""
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # `auto`, or a form Ray reads itself
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError as err:
+        raise SpecError(None, "executor.address", f"no Ray cluster answers at {address}: {err.strerror or type(err).__name__}") from None
 
 
 class _Machine:

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for
+from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.ray_executor import _unplaceable
@@ -85,6 +85,15 @@ def test_without_ray_run_ray_is_a_one_line_error(tmp_path):
     assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {SPECS / 'tiny_study.yaml'}: executor: Ray is not installed here: "
                                                 "pip install lbsearch[ray]"]
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_an_address_where_no_ray_cluster_answers_is_a_one_line_error(tmp_path):
+    """Ray itself would retry such an address forever; nothing is written."""
+    proc = cli("run", str(SPECS / "tiny_study.yaml"), "--ray", "127.0.0.1:1", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {SPECS / 'tiny_study.yaml'}: executor.address: no Ray cluster answers at "
+                                                "127.0.0.1:1: Connection refused"]
+    assert not (tmp_path / "mlruns" / "trials").exists() and not (tmp_path / "mlruns" / "optuna.journal").exists()
 
 
 @pytest.fixture(scope="module")
