@@ -26,6 +26,9 @@ Then a study end to end (``benchmarks/_gpu_study.py``): ``lbsearch run`` of 4 tr
 ``--study-steps`` steps each) with its wall time beside HF ``Trainer.hyperparameter_search`` (Optuna, 4
 trials, same model, data, steps and batch; ``benchmarks/_gpu_hf.py``), and ask -> first step per trial.
 
+DeepSpeed (``benchmarks/_gpu_deepspeed.py``): a ZeRO-2 trial through ``experiments/accelerate/deepspeed_zero2.yaml``,
+stopped by SIGTERM after a checkpoint and resumed, beside the same trial without DeepSpeed (``deepspeed`` in the JSON).
+
 Last, a check that fp16's GradScaler skips injected overflows and the trial completes.
 
 Every goal is judged in the JSON (``goals``: met / not met / not shown, with the numbers;
@@ -52,6 +55,7 @@ from typing import Any
 
 import torch
 from _bench import RESULTS, ROOT, experiment, machine, prepared, table, write
+from _gpu_deepspeed import deepspeed_trial
 from _gpu_loops import bare_model, bare_run, device_peak, lbsearch_run
 from _gpu_study import hf_search, lbsearch_study
 from _stats import judged
@@ -79,7 +83,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
 }
 # In order of what the issue's goals need first; (seconds on one H100, a guess to skip by before a deadline)
 STAGES = [("bert", "bf16", 45), ("bert", "bf16+compile", 110), ("gpt2", "bf16", 45), ("gpt2", "bf16+compile", 120),
-          ("study", "", 110), ("bert", "fp16", 45), ("gpt2", "fp16", 45), ("overflow", "", 25)]
+          ("study", "", 110), ("deepspeed", "", 90), ("bert", "fp16", 45), ("gpt2", "fp16", 45), ("overflow", "", 25)]
 GOALS = {"mfu": {"bert": 0.45, "gpt2": 0.40}, "ratio": 0.95, "ask_to_first_step_s": 5.0, "study_wall_ratio": 0.5, "steps": 200}
 
 
@@ -230,7 +234,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--interval", type=int, default=None, help="steps per timed span (and lbsearch's evaluation interval)")
     ap.add_argument("--intervals", type=int, default=None, help="timed spans per run")
     ap.add_argument("--steps", type=int, default=None, help="timed steps per run, in whole spans (default: 200; --quick 100)")
-    ap.add_argument("--only", default="", help="comma list of stages to run: bert, gpt2, study, overflow, or MODEL/VARIANT (default: all)")
+    ap.add_argument("--only", default="", help="comma list of stages to run: bert, gpt2, study, deepspeed, overflow, or MODEL/VARIANT (default: all)")
     ap.add_argument("--deadline-s", type=float, default=540.0, help="skip a stage whose guessed time would pass this (0: never)")
     ap.add_argument("--set", action="append", metavar="KEY=VALUE", help="an override of every speed run's lbsearch experiment")
     ap.add_argument("--out", type=Path, default=None, help="default benchmarks/results/gpu_steady_<card>.json (--cpu-smoke: a temp file)")
@@ -267,6 +271,8 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if model == "study":
                     out["study"] = run_study(size, Path(tmp), size["cpu"])
+                elif model == "deepspeed":
+                    out["deepspeed"] = deepspeed_trial(BERT_SPEC, Path(tmp), size["cpu"])
                 elif model == "overflow":
                     out["fp16_overflow"] = fp16_overflow(size, Path(tmp))
                 else:
@@ -286,7 +292,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"study: lbsearch {study['lbsearch']['wall_s']:.1f} s (exit {study['lbsearch']['exit_code']}), "
               f"HF {study['hf']['wall_s']:.1f} s (exit {study['hf']['exit_code']})")
     overflow_failed = out.get("fp16_overflow", {}).get("state", "complete") != "complete"
-    return 1 if out["errors"] or overflow_failed or any(study.get(s, {}).get("exit_code") for s in ("lbsearch", "hf")) else 0
+    deepspeed_failed = out.get("deepspeed", {}).get("state", "complete") != "complete"
+    return 1 if out["errors"] or overflow_failed or deepspeed_failed or any(study.get(s, {}).get("exit_code") for s in ("lbsearch", "hf")) else 0
 
 
 if __name__ == "__main__":

@@ -4,7 +4,10 @@
 #   - benchmarks/mfu.py: a MiniLM-L6-shaped encoder (random init, so it needs only the tokenizer) at 2 and
 #     6 layers, fp32 / bf16 / bf16+compile, compiled-vs-eager losses, a profile of one bf16 step on the GPU;
 #   - benchmarks/gpu.py: steady state of BERT-base (L 128, B 256) and a GPT-2-small decoder (L 1,024, packed), bf16 /
-#     bf16+compile / fp16 beside a bare PyTorch loop, host syncs per step, a 4-trial study beside HF's hyperparameter_search.
+#     bf16+compile / fp16 beside a bare PyTorch loop, host syncs per step, a 4-trial study beside HF's hyperparameter_search,
+#     a DeepSpeed ZeRO-2 trial (experiments/accelerate/deepspeed_zero2.yaml) stopped and resumed, beside the same trial
+#     without DeepSpeed (needs `deepspeed` installed: pip install 'lbsearch[deepspeed]'; else its stage says so, exit 1);
+#     it comes after the study and is skipped if the deadline is near: alone, `python benchmarks/gpu.py --only deepspeed`.
 # Results go to $OUT (default benchmarks/results): gpu_steady.json, mfu_gpu.json and their logs (the H200 run's are
 # committed as benchmarks/results/gpu_h200.json and mfu_h200.json).
 #   bash scripts/gpu_check.sh
