@@ -41,7 +41,8 @@ def keep_point(folder: Path, final: Path, step: int, keep: set[int]) -> None:
 def start_branch(t) -> int:
     """Before a branch's first step (it has no checkpoint of its own yet): load the reference's kept checkpoint at the
     branch point — model, optimizer (Adam's moments and step count) and every RNG state — and keep the branch's own
-    fresh schedule and lr (the rule's, in ``plan.lr``). Another seed than the reference's reseeds the RNGs. Returns 0:
+    fresh schedule and lr (the rule's, in ``plan.lr``) and its own count of micro-batches (else Accelerate, counting on
+    from the reference's, would close the accumulation mid-step and skip the optimizer's steps). Another seed than the reference's reseeds the RNGs. Returns 0:
     the branch's own steps start there. A trial that is not a branch: nothing, 0."""
     src = t.exp.branching.source if t.exp.branching is not None else None
     if src is None:
@@ -56,6 +57,7 @@ def start_branch(t) -> int:
     own = t.scheduler.state_dict()
     t.acc.load_state(str(found))  # the reference's schedule comes with it: the branch's own is put back
     t.scheduler.load_state_dict(own)
+    t.acc.step = 0  # Accelerate's micro-batch count, restored at the reference's accumulation: the branch's (k·B) starts whole
     for group in t.optimizer.param_groups:
         group["lr"] = group["initial_lr"] = t.plan.lr
     if t.exp.seed != src.reference_seed:

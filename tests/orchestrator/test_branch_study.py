@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import journal_study, mlflow_client, run_cli
+from conftest import cli, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
 L, B = 32, 8
@@ -23,9 +23,9 @@ EXPERIMENT = {
     "model": {"source": "random", "model_type": "gpt2", "config": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": L}},
     "optimizer": {"lr": 3e-3, "decay_embeddings": False},
     "schedule": {"name": "constant", "warmup_tokens": 2 * B * L},  # warmup over before the first branch point
-    "train": {"batch_size": B, "budget_tokens": STEPS * B * L, "eval_every_tokens": 4 * B * L, "log_every_steps": 1},
+    "train": {"batch_size": B, "budget_tokens": STEPS * B * L, "eval_every_tokens": B * L, "log_every_steps": 1},
     "launcher": {"precision": "no", "max_micro_batch": 4},  # accumulation 2: B_simple is measured
-    "branching": {"keep_at": [0.25, 0.5]},  # steps 4 and 8
+    "branching": {"keep_at": [0.1875, 0.5]},  # steps 3 and 8
 }
 DELTA = 4 * B * L  # 4 steps at k = 1, 2 at k = 2
 
@@ -58,8 +58,8 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
 def test_reference_keeps_its_branch_points(branched):
     (folder,) = (branched / "mlruns" / "trials" / "cbs-ref").glob("0000-*")
     kept = sorted(p.name for p in (folder / "branch_points").iterdir())
-    assert kept == ["step-00000004", "step-00000008"]
-    assert json.loads((folder / "branch_points" / "step-00000004" / "lbsearch.json").read_text())["samples"] == 4 * B
+    assert kept == ["step-00000003", "step-00000008"]
+    assert json.loads((folder / "branch_points" / "step-00000003" / "lbsearch.json").read_text())["samples"] == 3 * B
     assert not (folder / "checkpoints").exists() or not list((folder / "checkpoints").iterdir())  # a finished trial's own are gone
 
 
@@ -82,35 +82,37 @@ def test_k1_branch_is_the_reference_continued_bit_for_bit(branched):
 def test_k2_branch_loads_the_checkpoint_and_runs_at_2B_with_sqrt2_lr(branched):
     client = mlflow_client(branched / "mlruns")
     study = journal_study(branched / "mlruns", "cbs-ref-branch-0")
-    (t,) = [t for t in study.trials if t.params["train.batch_size"] == 2 * B and t.params["branching.source.at_samples"] == 8 * B]
+    (t,) = [t for t in study.trials if t.params["train.batch_size"] == 2 * B and t.params["branching.source.at_samples"] == 3 * B]
     run = client.get_run(t.user_attrs["mlflow_run_id"])
     assert run.data.params["plan.batch_size"] == str(2 * B) and run.data.params["plan.steps"] == "2"
     assert float(run.data.params["plan.lr"]) == pytest.approx(3e-3 * math.sqrt(2))
     tags = run.data.tags
     assert tags["lbsearch.branch.k"] == "2" and tags["lbsearch.branch.rule"] == "sqrt" and tags["lbsearch.branch.reference"] == "cbs-ref#0"
-    assert tags["lbsearch.branch.point_tokens"] == str(8 * B * L)
+    assert tags["lbsearch.branch.point_tokens"] == str(3 * B * L)
     lr = _history(client, run.info.run_id, "train/lr")
     assert list(lr.values()) == pytest.approx([3e-3 * math.sqrt(2)] * 2)  # a constant schedule at the rule's lr, both steps
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
-    ref_loss = _history(client, ref_run, "eval/loss")[8 * B * L]
+    ref_loss = _history(client, ref_run, "eval/loss")[3 * B * L]  # the checkpoint's weights, evaluated
     first = _history(client, run.info.run_id, "train/loss")[2 * B * L]
     assert first < math.log(512) and abs(first - ref_loss) < 0.5  # it starts from the trained weights, not from a random init
+    # and it trains: 2 steps of accumulation 4 from a checkpoint taken after 6 micro-batches of the reference's accumulation 2
+    assert _history(client, run.info.run_id, "eval/loss")[DELTA] != ref_loss
 
 
 def test_cbs_report_written_and_logged(branched):
     out = (branched / "branch.out").read_text()
     assert "[cbs cbs-ref-branch-0] ε 0.05 (set)" in out
-    assert f"t {4 * B * L:,}: CBS" in out and f"t {8 * B * L:,}: CBS" in out
+    assert f"t {3 * B * L:,}: CBS" in out and f"t {8 * B * L:,}: CBS" in out
     folder = branched / "mlruns" / "reports" / "cbs-ref-branch-0" / "cbs"
     facts = json.loads((folder / "cbs.json").read_text())
-    assert [p["point"] for p in facts["points"]] == [4 * B * L, 8 * B * L]
+    assert [p["point"] for p in facts["points"]] == [3 * B * L, 8 * B * L]
     assert all(p["cbs"] in (B * L, 2 * B * L) for p in facts["points"]) and facts["b_crit"] == 600
     client = mlflow_client(branched / "mlruns")
     exp = client.get_experiment_by_name("cbs-ref-branch-0")
     (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "parent"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
     assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
-    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [4 * B * L, 8 * B * L]
+    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]
     assert parent.data.tags["lbsearch.branch.reference"] == "cbs-ref#0"
 
 
@@ -123,8 +125,8 @@ def test_a_branch_reproduces_exactly(branched):
 @pytest.mark.parametrize("args,field", [(["--k", "2,4"], "--k"), (["--k", "1,2", "--delta", "100"], "--delta"),
                                         (["--k", "1,2", "--delta", str(DELTA), "--rule", "cubic"], "--rule"),
                                         (["--trial", "7"], "--trial")])
-def test_bad_branch_request_is_one_line_naming_the_option(branched, args, field, env):
+def test_bad_branch_request_is_one_line_naming_the_option(branched, args, field):
     argv = ["branch", "cbs-ref", "--trial", "0", "--delta", str(DELTA), *args] if "--trial" not in args else ["branch", "cbs-ref", *args]
-    proc = run_cli(*argv, cwd=branched, env=env)
+    proc = cli(*argv, cwd=branched)  # refused before anything runs: in this process
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and f"{field}:" in proc.stderr, proc.stderr
