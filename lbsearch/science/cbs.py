@@ -89,10 +89,13 @@ def cbs_table(rows: list[dict[str, Any]], eps: float | None = None, *, n_boot: i
         boot = _boot_cbs(g, eps, rng, n_boot)
         lo, hi = np.quantile(boot, [(1 - confidence) / 2, (1 + confidence) / 2], method="inverted_cdf")
         boots.append(boot)
-        points.append({"point": t, "cbs": cbs, "cbs_ci": [float(lo), float(hi)], "at_largest_k": at_max, "reference_loss": means[1][1],
+        points.append({"point": t, "cbs": cbs, "cbs_ci": [float(lo), float(hi)], "at_largest_k": at_max, "at_k1": cbs == means[1][0] and len(g) > 1,
+                       "reference_loss": means[1][1],
                        "per_k": [{"k": k, "batch": b, "mean": float(x.mean()), "std": float(x.std(ddof=1)) if len(x) > 1 else None,
                                   "min": float(x.min()), "max": float(x.max()), "seeds": len(x)} for k, (b, x) in g.items()]})
     trend = _trend(np.array([p["point"] for p in points], float), np.array([p["cbs"] for p in points], float),
                    np.array(boots, float), confidence)
     warnings = [f"point {p['point']:g}: CBS is the largest k·B tried ({p['cbs']:g}): a lower bound, try larger k" for p in points if p["at_largest_k"]]
+    warnings += [f"point {p['point']:g}: CBS is the reference's own B ({p['cbs']:g}): an upper bound, a smaller reference B would resolve it"
+                 for p in points if p["at_k1"]]
     return {"eps": eps, "eps_how": eps_how, "confidence": confidence, "n_boot": n_boot, "points": points, "trend": trend, "warnings": warnings}

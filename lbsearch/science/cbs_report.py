@@ -84,7 +84,7 @@ def _table(summary: dict[str, Any], unit: str, b_simple: dict[float, float]) -> 
         bs = b_simple.get(p["point"])
         for i, r in enumerate(p["per_k"]):
             std, simple = "-" if r["std"] is None else f"{r['std']:.4f}", "-" if bs is None else f"{bs:,.0f}"
-            cbs = (f"<td>{p['cbs']:,.0f}{' (≥)' if p['at_largest_k'] else ''}</td><td>{p['cbs_ci'][0]:,.0f} .. {p['cbs_ci'][1]:,.0f}</td>"
+            cbs = (f"<td>{'≤ ' if p['at_k1'] else '≥ ' if p['at_largest_k'] else ''}{p['cbs']:,.0f}</td><td>{p['cbs_ci'][0]:,.0f} .. {p['cbs_ci'][1]:,.0f}</td>"
                    f"<td>{simple}</td>") if i == 0 else "<td></td><td></td><td></td>"
             rows.append(f"<tr><td>{p['point']:,.0f}</td><td>{r['k']:g}</td><td>{r['batch']:,.0f}</td><td>{r['seeds']}</td><td>{r['mean']:.4f}</td>"
                         f"<td>{std}</td>{cbs}</tr>")

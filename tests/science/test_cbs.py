@@ -54,6 +54,8 @@ def test_flat_cbs_has_no_clear_trend_and_a_capped_cbs_is_flagged():
     assert not out["trend"]["verdict"].startswith("grows")
     capped = cbs_table(_rows({1_000: 10**6}), eps=0.05, n_boot=100)
     assert capped["points"][0]["at_largest_k"] and "lower bound" in capped["warnings"][0]
+    floor = cbs_table(_rows({1_000: 1}), eps=0.05, n_boot=100)  # already worse at 2B: CBS is B or less
+    assert floor["points"][0]["cbs"] == B and floor["points"][0]["at_k1"] and "upper bound" in floor["warnings"][0]
     assert "error" in capped["trend"]  # one point: no trend
     with pytest.raises(ValueError, match="no k = 1"):
         cbs_table([r for r in _rows({1_000: 128}) if r["k"] != 1], eps=0.05)
