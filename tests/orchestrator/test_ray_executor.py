@@ -153,10 +153,10 @@ def test_a_node_removed_mid_trial_fails_it_retryably_and_the_retry_resumes_from_
     study = _study(tmp_path, "ray-node-dies", "  train.batch_size: {type: categorical, choices: [32]}",
                    "max_retries: 1\n")
     proc = start_cli(tmp_path, "run", str(study), "--ray", cluster.address, *GPU, "--set=n_trials=1",
-                     "--set=experiment.train.budget_samples=1920", "--set=experiment.train.checkpoint_every_samples=320")
+                     "--set=experiment.train.budget_samples=4800", "--set=experiment.train.checkpoint_every_samples=320")
     seen = wait_for(proc, "on Ray: machine 0 of 1 on node", timeout=300)
     node_id = seen[-1].split(" on node ")[1].split()[0]
-    seen += wait_for(proc, "checkpoint at step", timeout=300)
+    seen += wait_for(proc, "checkpoint at step", timeout=300)  # the first, at 320 of 4,800 samples: the node goes long before the end
     node = next(n for n in cluster.worker_nodes if n.node_id == node_id)
     cluster.remove_node(node)
     try:
