@@ -118,6 +118,10 @@ def run_branches(session: Session, study_name: str, a: BranchArgs) -> int:
     say = lambda text: session.out(f"[branch {cfg.name}] {text}")  # noqa: E731
     say(f"{cfg.n_trials} branches of {study_name}#{a.trial}: points {cfg.search_space['branching.source.at_samples'].choices} samples, "
         f"k {sorted(a.k)}, {a.seeds} seed(s), lr rule {a.rule}, Δ {a.delta:,}")
+    ref_run = next((t.user_attrs.get("mlflow_run_id") for t in load_existing_study(session, study_name).get_trials(deepcopy=False)
+                    if t.number == a.trial), None)
+    if ref_run:  # the reference's run names its branch study (whose runs name the reference: lbsearch.branch.reference)
+        tracker_for(session, cfg).tags(ref_run, {"lbsearch.branch.study": cfg.name})
     code = run_study(session, cfg, raw)
     if code != 0:
         return code

@@ -114,6 +114,8 @@ def test_cbs_report_written_and_logged(branched):
     assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]
     assert parent.data.tags["lbsearch.branch.reference"] == "cbs-ref#0"
+    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
+    assert client.get_run(ref_run).data.tags["lbsearch.branch.study"] == "cbs-ref-branch-0"  # the reference points to its branches
 
 
 def test_a_branch_reproduces_exactly(branched):
