@@ -62,6 +62,7 @@ def main() -> int:
     ap.add_argument("--arms", default="distilled,plain", help="the student studies to run now; the others are read from --teacher-root, "
                     "where an earlier run of this script ran them (default: both)")
     ap.add_argument("--suffix", default="", help="after the student studies' names (distill-2l, plain-2l): a fresh pair in the same mlruns")
+    ap.add_argument("--note", default=None, help="a line kept in the JSON: how the studies read from --teacher-root were run")
     ap.add_argument("--out", type=Path, help="default: benchmarks/results/distill_<machine>.json, e.g. distill_epyc_family26_avx512.json")
     args = ap.parse_args()
     args.out = args.out or RESULTS / f"distill_{_machine_label()}.json"
@@ -85,6 +86,8 @@ def main() -> int:
         if label not in out:
             out[label] = _summary(None, *_read(name, root), args.layers) | {"study": f"studies/{study}", "sets": common, "read_from": str(root)}
     out["mlruns"] = str(root)
+    if args.note:
+        out["note"] = args.note
     t, d, p = (out[k]["best_test_accuracy"] for k in ("teacher", "distilled", "plain"))
     checks = {"half_the_layers": args.layers <= 6 / 2, "within_1.5_points_of_teacher": (t - d) * 100 <= GOAL_POINTS, "ahead_of_plain_student": d > p}
     out["gap_to_teacher_points"], out["gain_over_plain_points"] = (t - d) * 100, (d - p) * 100
