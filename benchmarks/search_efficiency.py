@@ -312,6 +312,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
+    started = machine()  # the load before the table and the replays
     threads = torch.set_num_threads(args.threads) or args.threads if args.threads else use_all_cores()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -346,7 +347,7 @@ def main() -> int:
     sums = {m: summarize(r) for m, r in runs.items()}
     t = "search"
     out: dict[str, Any] = {
-        "machine": machine() | {"threads": threads},
+        "machine": started | {"threads": threads},
         f"{t}.spec": str(args.spec.resolve().relative_to(ROOT)) if args.spec.resolve().is_relative_to(ROOT) else str(args.spec),
         f"{t}.experiment": base.model_dump(mode="json"),
         f"{t}.space": settings["space"], f"{t}.grid_size": len(configs),
