@@ -2,8 +2,9 @@
 2-trial study of a 1-layer student at two temperatures (the same weight, lr and B): both complete, the logged
 loss is (1 - w) x hard + w x soft with a soft term, the temperature changes the soft term (and the loss) but not
 the hard term of the first step, the teacher's logits are computed once and read by the second trial, the runs
-carry the teacher's tags, ``reproduce`` gives identical numbers; a teacher that cannot be used is a one-line spec
-error naming the file and the field, exit 2, with nothing created."""
+carry the teacher's tags, ``reproduce`` gives identical numbers, the teacher run on the fly gives the cached soft
+term; a teacher that cannot be used is a one-line spec error naming the file and the field, exit 2, with nothing
+created, and one changed since the config ran is refused."""
 
 from __future__ import annotations
 
@@ -131,3 +132,16 @@ def test_a_teacher_changed_since_the_config_ran_is_refused(studies):
     with pytest.raises(SpecError, match=r"is version \w+ now; this config ran with version 0123456789abcdef") as err:
         find_teacher(Session(root=root), exp)
     assert err.value.field == "distill.teacher_version"
+
+
+def test_on_the_fly_targets_give_the_cached_soft_term(studies):
+    cwd, root, _, runs = studies
+    sets = ["name=tiny-distill-otf", "n_trials=1", "experiment.distill.targets=on_the_fly"]
+    cfg, _ = load_study(STUDENT, parse_set(sets))
+    open_study(Session(root=root), cfg).enqueue_trial({"distill.temperature": TEMPERATURES[0], "distill.weight": WEIGHT})
+    run_cli("run", str(STUDENT), *[f"--set={s}" for s in sets], cwd=cwd, check=True)
+    (otf,) = runs_of(root, "tiny-distill-otf", role="trial")
+    assert otf.data.tags["distill.logits"] == "on the fly"
+    for key in ("train/loss_soft", "train/loss"):  # fp32 both ways: the teacher's logits on padded rows, once or at each step
+        assert _curve(root, otf.info.run_id, key) == pytest.approx(_curve(root, runs[0].info.run_id, key), rel=1e-5)
+    assert len(list((root / "cache").glob("teacher-*.npy"))) == 1  # nothing more cached
