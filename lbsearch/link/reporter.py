@@ -11,7 +11,7 @@ import math
 import time
 from typing import Any
 
-from lbsearch.spec import WorkerSpec, message, sample_unit
+from lbsearch.spec import TrialPlan, WorkerSpec, message, sample_unit
 
 
 class Reporter:
@@ -32,6 +32,11 @@ class Reporter:
             self.trial = attach_trial(spec.optuna, train or exp["train"], self.unit if train is None else 1)
 
     def plan(self, plan: dict[str, Any]) -> None:
+        """The trial's plan: to MLflow, and its warmup end to the pruner (which leaves the trial alone before it)."""
+        if self.trial is not None:
+            from lbsearch.study import note_warmup  # here: the trial API imports no Optuna until it has a trial
+
+            note_warmup(self.trial, TrialPlan.from_dict(plan))
         if self.tracking:
             print(message("plan", plan), flush=True)
 

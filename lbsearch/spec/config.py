@@ -166,7 +166,7 @@ class LauncherConfig(_Strict):
     """One device's peak for MFU; default: the GPU table in ``lbsearch.trial.flops``, or this CPU's matmul rate, measured once."""
 
 
-class ExperimentConfig(_Strict, WithBranching, WithDistill): # `branching`: lbsearch.spec.branch; `distill`: lbsearch.spec.distill
+class ExperimentConfig(_Strict, WithBranching, WithDistill):  # `branching`: lbsearch.spec.branch; `distill`: lbsearch.spec.distill
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     seed: int = 0
     task: TaskKind = "single_label"
@@ -263,6 +263,7 @@ class PrunerConfig(_Strict):
     """Median and percentile: trials that finish before pruning starts."""
     n_warmup_samples: int = Field(0, ge=0)
     """Every pruner: no trial is pruned before it has seen this many samples (ASHA and Hyperband: their first rung)."""
+    protect_warmup: bool = False  # every pruner: no trial is pruned before its own lr warmup is over (lbsearch.study.pruner.WarmupGuard)
     reduction_factor: int = Field(3, ge=2)
     """ASHA and Hyperband: 1/reduction_factor of the trials go on at each rung."""
     percentile: float = Field(75.0, gt=0, lt=100)

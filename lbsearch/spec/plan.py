@@ -96,6 +96,13 @@ class TrialPlan:
         return self.batch_size * self.tokens_per_sample if self.tokens_per_sample else None
 
     @property
+    def warmup_end_samples(self) -> int:
+        """The nominal samples of the first evaluation at or after the last warmup step (0 without warmup): before it the
+        trial's lr is still rising, so it is not comparable with trials past their warmup and no pruner stops it
+        (``pruner.protect_warmup``, ``lbsearch.study.pruner``)."""
+        return next((n for s, n in self.evals if s >= self.warmup_steps), self.budget_samples) if self.warmup_steps else 0
+
+    @property
     def batch(self) -> BatchPlan:
         if self.micro_batch is None or self.accumulation is None:
             raise ValueError("the micro-batch limit is not known yet (probed by the trial)")

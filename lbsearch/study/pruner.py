@@ -1,4 +1,4 @@
-"""Pruners in samples seen, grouped by a parameter where the spec asks."""
+"""Pruners in samples seen, grouped by a parameter where the spec asks, never stopping a trial in its lr warmup."""
 
 
 from __future__ import annotations
@@ -8,7 +8,10 @@ from typing import Any
 
 import optuna
 
-from lbsearch.spec import PrunerConfig, TrainConfig
+from lbsearch.spec import PrunerConfig, TrainConfig, TrialPlan
+
+WARMUP_END = "warmup_end_samples"
+"""The trial's user attribute: the nominal samples at which its lr warmup is over (``TrialPlan.warmup_end_samples``)."""
 
 
 def make_pruner(cfg: PrunerConfig, train: TrainConfig, unit: int = 1) -> optuna.pruners.BasePruner:
@@ -16,7 +19,13 @@ def make_pruner(cfg: PrunerConfig, train: TrainConfig, unit: int = 1) -> optuna.
     language model: tokens seen), so trials of any B (and L) line up. The orchestrator (``open_study``)
     and the trial process (``attach_trial``) both build it here."""
     inner = BUILDERS[cfg.name](cfg, train, unit)
-    return GroupedPruner(inner, cfg.group_by) if cfg.group_by else inner
+    inner = GroupedPruner(inner, cfg.group_by) if cfg.group_by else inner
+    return WarmupGuard(inner, unit) if cfg.protect_warmup else inner
+
+
+def note_warmup(trial: optuna.Trial, plan: TrialPlan) -> None:
+    """Tell the pruner where the trial's warmup ends (the trial process, once it has its plan; the replay benchmark likewise)."""
+    trial.set_user_attr(WARMUP_END, plan.warmup_end_samples)
 
 
 def _first_rung(cfg: PrunerConfig, train: TrainConfig) -> int:
@@ -56,6 +65,20 @@ class PatientPruner(optuna.pruners.BasePruner):
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
         verdict = self.inner.prune(study, trial)
         return bool(verdict and self.stalled.prune(study, trial))
+
+
+class WarmupGuard(optuna.pruners.BasePruner):
+    """No trial is pruned while its lr is still warming up: before its ``WARMUP_END`` (x ``unit`` tokens per sample) it trails
+    trials without warmup at equal samples seen, and is not comparable with them. The wrapped pruner still sees every report
+    (ASHA records its rungs); only its verdict waits. A trial that never noted its warmup end is not protected."""
+
+    def __init__(self, inner: optuna.pruners.BasePruner, unit: int = 1) -> None:
+        self.inner, self.unit = inner, unit
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        verdict = self.inner.prune(study, trial)
+        step = trial.last_step
+        return bool(verdict) and (step is None or step >= trial.user_attrs.get(WARMUP_END, 0) * self.unit)
 
 
 class GroupedPruner(optuna.pruners.BasePruner):
