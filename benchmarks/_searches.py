@@ -41,6 +41,7 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
     """Every search, by name; ``default``: lbsearch's default sampler and pruner (a study that names neither)."""
     tpe, pruner = default
     gp = SamplerConfig(name="gp", n_startup_trials=tpe.n_startup_trials)
+    tpe10 = tpe.model_copy(update={"n_startup_trials": 10})
     return {
         "default": Search(tpe, pruner, note=f"lbsearch's default: {tpe.name} + {pruner.name} pruning at equal samples seen"),
         "tpe_asha": Search(tpe, PrunerConfig(name="asha"), note="lbsearch TPE + ASHA"),
@@ -48,6 +49,14 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
         "tpe_asha_promote": Search(tpe, PrunerConfig(name="asha_promote"), note="lbsearch TPE + asha_promote: paused at rungs, resumed when promoted (_promote.py)"),
         "tpe_percentile": Search(tpe, PrunerConfig(name="percentile"), note="lbsearch TPE + percentile pruner (75 %)"),
         "tpe_patient": Search(tpe, PrunerConfig(name="patient"), note="lbsearch TPE + patient median pruner (patience 2)"),
+        # lbsearch's pruners never stopping a trial in its own lr warmup (pruner.protect_warmup), with the sampler choices that exist
+        **{f"{name}_protect": Search(sampler, pc.model_copy(update={"protect_warmup": True}), note=f"{note}, no trial pruned in its lr warmup")
+           for name, sampler, pc, note in [("tpe_median", tpe, PrunerConfig(name="median"), "lbsearch TPE + median"),
+                                           ("tpe10_median", tpe10, PrunerConfig(name="median"), "lbsearch TPE (10 start-up trials) + median"),
+                                           ("tpe_patient", tpe, PrunerConfig(name="patient"), "lbsearch TPE + patient median (patience 2)"),
+                                           ("tpe10_patient", tpe10, PrunerConfig(name="patient"), "lbsearch TPE (10 start-up trials) + patient median"),
+                                           ("gp_median", gp, PrunerConfig(name="median"), "lbsearch GP (diverged trials informative) + median")]},
+        "tpe10_patient": Search(tpe10, PrunerConfig(name="patient", protect_warmup=False), note="lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
         "tpe_alpha": Search(tpe, pruner, alpha=True, note="lbsearch TPE + the default pruner over (B, base lr, alpha, warmup)"),
         "tpe_nopruning": Search(tpe, PrunerConfig(name="none"), note="lbsearch TPE, no pruning"),
         "gp": Search(gp, PrunerConfig(name="none"), note="lbsearch GP (diverged trials informative), no pruning"),

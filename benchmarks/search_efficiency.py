@@ -23,7 +23,9 @@ A tabular benchmark, as HPOBench and NAS-Bench-101/201 do it:
    ``suggest``, each trial's sampler seeded by (seed, trial number) as a study seeds it; Optuna's as they
    come use one sampler seeded by the seed and Optuna's default arguments. A trial reports the table's
    values step by step and asks ``should_prune()`` as the worker does (never at the last evaluation); its
-   compute is the samples it saw up to where it stopped (the whole budget when not pruned). A repeated
+   compute is the samples it saw up to where it stopped (the whole budget when not pruned). Each trial first tells the
+   pruner where its lr warmup ends (``note_warmup`` with its plan from ``make_plan``), as the trial process does, so
+   ``pruner.protect_warmup`` acts in the replay through the same code. A repeated
    configuration is paid for again, as a study would retrain it. A diverged configuration ends pruned
    where it diverged, with the reason ``diverged``, as the worker reports it (lbsearch's TPE and GP learn
    from it). TPE, GP and random search draw the lr and warmup from ranges, as ``studies/quickstart.yaml``
@@ -77,7 +79,9 @@ from _searches import Search, alpha_space, goals, print_summary, pruner_of, samp
 
 from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
 from lbsearch.spec.load import load_study, parse_set
+from lbsearch.spec.plan import make_plan
 from lbsearch.spec.tasks import LM_TASKS
+from lbsearch.study.pruner import note_warmup
 from lbsearch.study.sampler import suggest
 
 SEARCHES = searches((SamplerConfig(), PrunerConfig()))
@@ -179,6 +183,7 @@ def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
     """The worker's side of a trial, from the table: report each evaluation at its nominal samples and
     stop when pruned (never at the last evaluation) or diverged; the samples seen go to ``spent``."""
     complete = row["state"] == "complete"
+    note_warmup(trial, row["plan"])  # as the trial process does once it has its plan: the pruner spares its warmup
     for i, e in enumerate(row["evals"]):
         trial.report(e["value"], step=e["nominal_samples"])
         if not (complete and i == len(row["evals"]) - 1) and trial.should_prune():
@@ -329,6 +334,8 @@ def main() -> int:
     settings = {"experiment": base.model_dump(mode="json"), "space": {k: p.choices for k, p in space.items()}}
     built = load_or_build(args.table, settings, args.rebuild, args.spec, overrides, space)
     configs: dict[str, Row] = built["configs"]
+    for r in configs.values():  # each configuration's plan, as its trial derived it (its warmup end goes to the pruner)
+        r["plan"] = make_plan(experiment(args.spec, overrides | r["params"]))
     sign = 1 if base.metric.direction == "maximize" else -1
     finals = [r["value"] for r in configs.values() if r["state"] == "complete"]
     if not finals:
