@@ -11,7 +11,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.spec import PAUSED
+from lbsearch.spec import DIVERGED_REASON, PAUSED
 from lbsearch.spec.config import ExperimentConfig, PrunerConfig
 from lbsearch.study.rungs import last_resort, promotable, rung_to_run, rungs
 
@@ -28,7 +28,7 @@ def _run_to_rung(trial: optuna.Trial, row: dict[str, Any], pause_at: int | None,
             trial.set_user_attr("samples", e["samples"])
             return e["samples"], None
     if not complete:
-        trial.set_user_attr("reason", row["reason"] or "diverged")
+        trial.set_user_attr("reason", row["reason"] or DIVERGED_REASON)
     return row["samples"], row["value"] if complete else None
 
 

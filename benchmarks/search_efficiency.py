@@ -77,6 +77,7 @@ from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, p
 from _promote import replay_promote
 from _searches import Search, alpha_space, goals, print_summary, pruner_of, sampler_of, searches, summarize, to_lr
 
+from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.plan import make_plan
@@ -191,7 +192,7 @@ def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
             raise optuna.TrialPruned()
     spent.append(row["samples"])
     if not complete:  # diverged: the worker's trial ends pruned, with its reason (which lbsearch's TPE and GP learn from)
-        trial.set_user_attr("reason", row["reason"] or "diverged")
+        trial.set_user_attr("reason", row["reason"] or DIVERGED_REASON)
         raise optuna.TrialPruned()
     return row["value"]
 

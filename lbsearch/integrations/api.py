@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lbsearch.link import Reporter
-from lbsearch.spec import TrialResult, WorkerSpec, diverged, failure, write_result
+from lbsearch.spec import DIVERGED_REASON, INTERRUPTED, TrialResult, WorkerSpec, diverged, failure, write_result
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialPlan
@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 __all__ = ["Trial", "current"]
 
 _CONTINUE, _DIVERGED, _PRUNED, _INTERRUPTED = 0, 1, 2, 3
-_REASONS = {_DIVERGED: "diverged", _PRUNED: "pruned", _INTERRUPTED: "interrupted"}
+_REASONS = {_DIVERGED: DIVERGED_REASON, _PRUNED: "pruned", _INTERRUPTED: INTERRUPTED}
 _current: "Trial | None" = None
 
 

@@ -8,13 +8,17 @@ import math
 
 from lbsearch.spec.protocol import TrialResult
 
-__all__ = ["diverged", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "PAUSED", "TrackingOutage"]
+__all__ = ["diverged", "DIVERGED_REASON", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "PAUSED", "TrackingOutage"]
 
 WORKER_DIED, INTERRUPTED, TRACKING_LOST = "worker died", "interrupted", "tracking unavailable"
 RETRYABLE = (INTERRUPTED, WORKER_DIED, TRACKING_LOST)
 """The reasons of a failed trial that lbsearch re-runs (same params, from its last checkpoint, whose
 checkpoints are therefore kept): its process or machine died, it was stopped (Ctrl-C, SIGTERM), or
 MLflow stayed unreachable past the outage limit (``lbsearch.tracking.outbox``)."""
+
+DIVERGED_REASON = "diverged"
+"""The reason of a trial stopped because its loss diverged (``diverged``): told as pruned. The built-in loop, the API,
+the samplers (which learn from diverged trials, ``lbsearch.study.sampler.informed``) and the search benchmarks use it."""
 
 PAUSED = "paused"
 """The reason of a trial that successive halving with promotion (``pruner: asha_promote``) stopped at its rung: told as

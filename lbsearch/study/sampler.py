@@ -9,7 +9,7 @@ import optuna
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import CategoricalParam, FloatParam, IntParam, SamplerConfig
+from lbsearch.spec import DIVERGED_REASON, CategoricalParam, FloatParam, IntParam, SamplerConfig
 from lbsearch.study.access import SamplerView, constraint_attr, trial_id
 
 __all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "informed", "OFF", "DIVERGED"]
@@ -61,7 +61,7 @@ def informed(trials: list[FrozenTrial], directions: list[StudyDirection], states
     worst = [(max if d == StudyDirection.MINIMIZE else min)(t.values[i] for t in complete) for i, d in enumerate(directions)] if complete else None
     seen = []
     for t in trials:
-        diverged = t.state == TrialState.PRUNED and str(t.user_attrs.get("reason", "")).startswith("diverged")
+        diverged = t.state == TrialState.PRUNED and str(t.user_attrs.get("reason", "")).startswith(DIVERGED_REASON)
         if t.state == TrialState.COMPLETE or diverged and worst:
             t = FrozenTrial(number=t.number, trial_id=trial_id(t), state=TrialState.COMPLETE if diverged else t.state, value=None,
                             values=worst if diverged else t.values, datetime_start=t.datetime_start, datetime_complete=t.datetime_complete,

@@ -25,7 +25,7 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import FLAG, PAUSED, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
+from lbsearch.spec import DIVERGED_REASON, FLAG, PAUSED, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
@@ -50,7 +50,7 @@ from lbsearch.trial.training import (
     training_targets,
 )
 
-REASONS = {DIVERGED: "diverged", PRUNED: "pruned", OVERFLOW: "overflow", PAUSE: PAUSED}
+REASONS = {DIVERGED: DIVERGED_REASON, PRUNED: "pruned", OVERFLOW: "overflow", PAUSE: PAUSED}
 
 
 class Trial:
