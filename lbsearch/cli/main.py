@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<mlruns>/mlflow.db)")
 
 
+UI_PORT = 5000
+"""``lbsearch ui``'s default port (MLflow's own)."""
 NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process trials are forked "
               "from a standby process that has done the imports once; docs/how_a_trial_runs.md)")
 
@@ -103,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trials", type=int, default=None, help="stop after joining this many trials (default: until Ctrl-C)")
     p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; anything else exposes the UI)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=UI_PORT, help=f"port (default {UI_PORT})")
     p.add_argument("--workers", type=int, default=1, help="server processes (default 1: one person's viewer starts fastest)")
     _common(p)
     return add_branch(ap, sub, _common)  # lbsearch.cli.branch

@@ -24,6 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 import lbsearch.integrations.api as api
+from lbsearch.spec import SCHEDULES
 
 __all__ = ["LbsearchCallback", "training_arguments"]
 
@@ -42,7 +43,7 @@ def training_arguments(trial: api.Trial | None = None, defaults: dict[str, Any] 
         "per_device_train_batch_size": v["micro_batch"], "gradient_accumulation_steps": v["accumulation"],
         "per_device_eval_batch_size": 2 * v["micro_batch"], "learning_rate": v["lr"], "warmup_steps": v["warmup_steps"],
         "max_steps": v["steps"], "max_grad_norm": v["clip_norm"] or 0.0, "weight_decay": v["weight_decay"],
-        "lr_scheduler_type": {"constant": "constant_with_warmup"}.get(v["schedule"], v["schedule"]), "seed": v["seed"],
+        "lr_scheduler_type": SCHEDULES[v["schedule"]], "seed": v["seed"],
     }
 
 

@@ -73,6 +73,8 @@ from lbsearch.terminal import Progress, study_progress
 from lbsearch.tracking import (
     BEST_ALIAS,
     KIND,
+    PARETO_CSV,
+    TRIALS_CSV,
     Tracker,
     TrackingError,
     description,
@@ -167,7 +169,7 @@ class _Search:
 
     def _update_parent(self, step: int) -> None:
         rows, best = trial_rows(self.study), best_trial(self.study)
-        self.tracker.artifacts(self.parent, {"trials.csv": to_csv(rows)})
+        self.tracker.artifacts(self.parent, {TRIALS_CSV: to_csv(rows)})
         self.tracker.metrics(self.parent, {f"trials/{s}": sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}, step)
         if best is not None:
             metric = self.cfg.experiment.metric.name
@@ -311,7 +313,7 @@ class _Search:
     def _update_front(self) -> None:
         """The Pareto front on the parent run: a table and, from 2 front trials on, Optuna's plot."""
         rows = [r for r in trial_rows(self.study) if r["trial"] in {t.number for t in pareto(self.study)}]
-        self.tracker.artifacts(self.parent, {"pareto_front.csv": to_csv(rows)})
+        self.tracker.artifacts(self.parent, {PARETO_CSV: to_csv(rows)})
         self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
         folder = self.session.root / "reports" / self.cfg.name / "pareto"
         if front_plot(self.study, folder / "pareto_front.png"):

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lbsearch.spec.branch import WithBranching
 from lbsearch.spec.distill import WithDistill
 from lbsearch.spec.executor import WithExecutor
-from lbsearch.spec.registry import GROUPING_PRUNERS, LrScalingName, PrunerName, SamplerName
+from lbsearch.spec.registry import GROUPING_PRUNERS, LrScalingName, PrunerName, SamplerName, ScheduleName
 from lbsearch.spec.tasks import LM_TASKS, DataConfig, MetricConfig, TaskKind, check_task, count_in_tokens
 
 __all__ = ["SpecError", "BATCH_KEY", "DataConfig", "ModelConfig", "OptimizerConfig", "ScheduleConfig", "TrainConfig", "LauncherConfig", "MetricConfig",
@@ -81,7 +81,7 @@ class OptimizerConfig(_Strict):
 
 
 class ScheduleConfig(_Strict):
-    name: Literal["linear", "cosine", "constant"] = "linear"
+    name: ScheduleName = "linear"
     warmup_fraction: float | None = Field(0.06, ge=0, lt=1)
     """Warmup as a fraction of the sample budget ..."""
     warmup_samples: int | None = Field(None, ge=0)

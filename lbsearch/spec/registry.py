@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-__all__ = ["BUILTIN_DATASETS", "BUILTIN_MODELS", "SAMPLERS", "PRUNERS", "GROUPING_PRUNERS", "LR_SCALING", "SamplerName", "PrunerName", "LrScalingName"]
+__all__ = ["BUILTIN_DATASETS", "BUILTIN_MODELS", "SAMPLERS", "PRUNERS", "GROUPING_PRUNERS", "LR_SCALING", "SCHEDULES", "DECAYING_SCHEDULES", "SamplerName", "PrunerName", "LrScalingName", "ScheduleName"]
 
 BUILTIN_DATASETS = {
     "rotten_tomatoes": {"file": "rotten_tomatoes_corpus_full.csv.bz2", "label_names": ["rotten", "fresh"]},
@@ -44,6 +44,15 @@ LR_SCALING = {"none": 0.0, "sqrt": 0.5, "linear": 1.0}
 sqrt: Malladi et al. 2022 (Adam), linear: Goyal et al. 2017 (SGD). Any other alpha is a number, not a name:
 ``optimizer.lr_scaling_alpha`` (searchable)."""
 
+SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
+"""``schedule.name``, the learning rate after warmup, by name -> transformers' scheduler (``get_scheduler``), which the
+built-in loop (``lbsearch.trial.training.make_scheduler``) and the HF ``Trainer`` adapter (``lr_scheduler_type``) both build.
+A new schedule: a name here (transformers' own, or one that ``make_scheduler`` builds), and a row in docs/specs.md."""
+DECAYING_SCHEDULES = ("linear", "cosine")
+"""The schedules that decay to ``schedule.min_lr_ratio`` of the peak where it is > 0 (transformers' warmup-stable-decay
+schedule with no stable phase, whose ``decay_type`` they name); the others ignore it."""
+
 SamplerName = Literal[tuple(SAMPLERS)]  # type: ignore[valid-type]
 PrunerName = Literal[tuple(PRUNERS)]  # type: ignore[valid-type]
 LrScalingName = Literal[tuple(LR_SCALING)]  # type: ignore[valid-type]
+ScheduleName = Literal[tuple(SCHEDULES)]  # type: ignore[valid-type]

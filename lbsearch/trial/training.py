@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from lbsearch.spec import ExperimentConfig
+from lbsearch.spec import DECAYING_SCHEDULES, SCHEDULES, ExperimentConfig
 from lbsearch.trial.batching import pad
 
 __all__ = ["pad", "make_optimizer", "make_scheduler", "lm_settings", "task_loss", "training_targets", "Evaluator", "maybe_inject_oom", "maybe_inject_overflow", "probe_micro_batch", "cpu_fp16"]
@@ -47,11 +47,10 @@ def make_scheduler(schedule, optimizer: torch.optim.Optimizer, warmup_steps: int
     the warmup-stable-decay schedule with no stable phase) or constant."""
     from transformers import get_scheduler, get_wsd_schedule
 
-    if schedule.min_lr_ratio > 0 and schedule.name != "constant":
+    if schedule.min_lr_ratio > 0 and schedule.name in DECAYING_SCHEDULES:
         return get_wsd_schedule(optimizer, num_warmup_steps=warmup_steps, num_decay_steps=max(steps - warmup_steps, 1), num_stable_steps=0,
                                 decay_type=schedule.name, min_lr_ratio=schedule.min_lr_ratio)
-    name = {"constant": "constant_with_warmup"}.get(schedule.name, schedule.name)
-    return get_scheduler(name, optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
+    return get_scheduler(SCHEDULES[schedule.name], optimizer, num_warmup_steps=warmup_steps, num_training_steps=steps)
 
 
 def lm_settings(exp: ExperimentConfig, spec) -> dict[str, Any] | None:
