@@ -197,6 +197,12 @@ def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
     return row["value"]
 
 
+def with_plans(configs: dict[str, Row], spec: Path, overrides: dict[str, Any]) -> None:
+    """Each row's ``plan``: its configuration's ``make_plan``, as its trial derived it (``observe`` tells the pruner its warmup end)."""
+    for r in configs.values():
+        r["plan"] = make_plan(experiment(spec, overrides | r["params"]))
+
+
 def as_ranges(space: Space) -> dict[str, Any]:
     """The space as a user declares it: numeric dimensions of RANGES as float ranges in which each
     tabulated value owns an equal share (log: evenly log-spaced values, the range half a step beyond
@@ -335,8 +341,7 @@ def main() -> int:
     settings = {"experiment": base.model_dump(mode="json"), "space": {k: p.choices for k, p in space.items()}}
     built = load_or_build(args.table, settings, args.rebuild, args.spec, overrides, space)
     configs: dict[str, Row] = built["configs"]
-    for r in configs.values():  # each configuration's plan, as its trial derived it (its warmup end goes to the pruner)
-        r["plan"] = make_plan(experiment(args.spec, overrides | r["params"]))
+    with_plans(configs, args.spec, overrides)
     sign = 1 if base.metric.direction == "maximize" else -1
     finals = [r["value"] for r in configs.values() if r["state"] == "complete"]
     if not finals:
