@@ -29,6 +29,7 @@ import torch
 from _bench import RESULTS, ROOT, machine, run_study_cli, write
 from transformers import AutoTokenizer
 
+from lbsearch.cli.main import SPARSITIES
 from lbsearch.data import load_arrays
 from lbsearch.spec import Session, load_study, parse_set, trial_model_dir
 from lbsearch.study import open_study
@@ -108,7 +109,7 @@ def verify(root: Path, variants: list[str]) -> dict[str, bool]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--mlruns", type=Path, default=None, help="a state folder holding a finished quickstart study (default: train one)")
-    ap.add_argument("--sparsity", nargs="+", default=["0.3", "0.5", "0.7"])
+    ap.add_argument("--sparsity", nargs="+", default=[str(s) for s in SPARSITIES])
     ap.add_argument("--finetune-steps", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=50)
     ap.add_argument("--verify", nargs="*", default=None, metavar="VARIANT",

@@ -33,6 +33,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite:///<mlruns>/mlflow.db)")
 
 
+SPARSITIES = (0.3, 0.5, 0.7)
+"""``lbsearch compress``'s default magnitude-pruning sparsities."""
 UI_PORT = 5000
 """``lbsearch ui``'s default port (MLflow's own)."""
 NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process trials are forked "
@@ -126,8 +128,8 @@ def _model_parsers(sub) -> None:
                        "parameters, predict latency and throughput) and registered as a version of <study>-compressed in MLflow, its "
                        "alias its name (int8, prune50, prune50-ft20); then the table with its Pareto front (docs/compress.md).")
     p.add_argument("study", help="study name")
-    p.add_argument("--sparsity", type=float, nargs="+", default=[0.3, 0.5, 0.7], metavar="S",
-                   help="magnitude-pruning sparsities: the share of all nn.Linear weights set to zero, ranked globally (default: 0.3 0.5 0.7)")
+    p.add_argument("--sparsity", type=float, nargs="+", default=list(SPARSITIES), metavar="S",
+                   help=f"magnitude-pruning sparsities: the share of all nn.Linear weights set to zero, ranked globally (default: {' '.join(map(str, SPARSITIES))})")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; default 0: none)")
     p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed predict calls of one text per variant (default 50)")

@@ -33,11 +33,12 @@ class BranchArgs:
     """What ``lbsearch branch`` was asked (the option names are the fields named in errors)."""
 
     trial: int
-    k: tuple[int, ...] = (1, 2, 4, 8, 16)
+    k: tuple[int, ...]
+    seeds: int
+    rule: str
+    """The defaults of ``k``, ``seeds`` and ``rule`` are the command's (``lbsearch.cli.branch.add_branch``)."""
     delta: int | None = None
     """Tokens (language models) or samples (classifiers) each branch trains."""
-    seeds: int = 2
-    rule: str = "sqrt"
     eps: float | None = None
     b_crit: float | None = None
     name: str | None = None

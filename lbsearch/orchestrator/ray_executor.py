@@ -35,6 +35,7 @@ from typing import Any, Callable
 from lbsearch.orchestrator.launch import failure_reason, free_port, trial_command
 from lbsearch.orchestrator.processes import grace_of, stop_group
 from lbsearch.spec import WORKER_DIED, ExecutorConfig, SpecError, TrialResult, WorkerSpec, bundles, message
+from lbsearch.tracking import RAY_GPUS, RAY_NODES
 
 __all__ = ["connect", "require_ray", "run_on_ray", "placement_tags"]
 
@@ -123,7 +124,7 @@ class _Machine:
 def placement_tags(where: list[dict[str, Any]]) -> dict[str, str]:
     """Where Ray placed a trial, as MLflow tags: each machine's node id and GPU ids (machine 0 first; GPU lists
     separated by ``;``), beside the ``lbsearch.cpus`` / ``lbsearch.threads`` that rank 0 logs itself."""
-    return {"lbsearch.ray_nodes": ",".join(w["node"] for w in where), "lbsearch.ray_gpus": ";".join(",".join(w["gpus"]) for w in where)}
+    return {RAY_NODES: ",".join(w["node"] for w in where), RAY_GPUS: ";".join(",".join(w["gpus"]) for w in where)}
 
 
 def _die_with_parent() -> None:

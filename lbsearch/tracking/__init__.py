@@ -5,7 +5,21 @@ from lbsearch.tracking.compressed import compressed_name, find_variant, record_v
 from lbsearch.tracking.kept import BEST_ALIAS, drop_best, keep_train_model, keep_trial_model, registered_name
 from lbsearch.tracking.outbox import OUTBOX_FILE, Outbox, is_outage, outage_limit, replay_outboxes, save_outbox, wait_for_tracking
 from lbsearch.tracking.story import KIND, PARETO_CSV, TRIALS_CSV, dataset_inputs, description, mark_best, study_plots
-from lbsearch.tracking.tags import distill_tags, end_tags, label_tags, oom_retry_tags, promoted_tags, reproduce_tags, reproduced_tags, resumed_tags, rung_tags, train_tags, trial_tags
+from lbsearch.tracking.tags import (
+    RAY_GPUS,
+    RAY_NODES,
+    distill_tags,
+    end_tags,
+    label_tags,
+    oom_retry_tags,
+    promoted_tags,
+    reproduce_tags,
+    reproduced_tags,
+    resumed_tags,
+    rung_tags,
+    train_tags,
+    trial_tags,
+)
 from lbsearch.tracking.tracker import Tracker, TrackingError, experiment_links, flatten, git_commit, tracker_for, versions
 
-__all__ = ['compressed_name', 'find_variant', 'record_variant', 'variant_dir', 'variant_rows', 'end_tags', 'label_tags', 'oom_retry_tags', 'promoted_tags', 'rung_tags', 'reproduce_tags', 'reproduced_tags', 'resumed_tags', 'train_tags', 'trial_tags', 'Tracker', 'TrackingError', 'experiment_links', 'flatten', 'git_commit', 'tracker_for', 'versions', 'KIND', 'PARETO_CSV', 'TRIALS_CSV', 'dataset_inputs', 'description', 'mark_best', 'study_plots', 'BEST_ALIAS', 'drop_best', 'keep_train_model', 'keep_trial_model', 'registered_name', 'OUTBOX_FILE', 'Outbox', 'is_outage', 'outage_limit', 'replay_outboxes', 'save_outbox', 'wait_for_tracking', 'distill_tags']
+__all__ = ['RAY_GPUS', 'RAY_NODES', 'compressed_name', 'find_variant', 'record_variant', 'variant_dir', 'variant_rows', 'end_tags', 'label_tags', 'oom_retry_tags', 'promoted_tags', 'rung_tags', 'reproduce_tags', 'reproduced_tags', 'resumed_tags', 'train_tags', 'trial_tags', 'Tracker', 'TrackingError', 'experiment_links', 'flatten', 'git_commit', 'tracker_for', 'versions', 'KIND', 'PARETO_CSV', 'TRIALS_CSV', 'dataset_inputs', 'description', 'mark_best', 'study_plots', 'BEST_ALIAS', 'drop_best', 'keep_train_model', 'keep_trial_model', 'registered_name', 'OUTBOX_FILE', 'Outbox', 'is_outage', 'outage_limit', 'replay_outboxes', 'save_outbox', 'wait_for_tracking', 'distill_tags']

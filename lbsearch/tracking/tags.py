@@ -11,9 +11,11 @@ from lbsearch.spec import PAUSED
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
 
-__all__ = ["STUDY", "ROLE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
+__all__ = ["STUDY", "ROLE", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
 
 STUDY, ROLE = "lbsearch.study", "lbsearch.role"
+RAY_NODES, RAY_GPUS = "lbsearch.ray_nodes", "lbsearch.ray_gpus"
+"""Where a Ray cluster ran a trial: each machine's node id (machine 0 first), and its GPU ids (``;`` between machines)."""
 
 
 def trial_tags(study: str, number: int, optuna_trial_id: int, commit: str | None, retry_of: int | None = None) -> dict[str, Any]:

@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.ray_executor import _unplaceable
 from lbsearch.spec import ExecutorConfig, bundles
+from lbsearch.tracking import RAY_GPUS, RAY_NODES
 
 ray_cluster = pytest.importorskip("ray.cluster_utils", reason="Ray is an optional extra: pip install lbsearch[ray] (scripts/install.sh installs it)")
 
@@ -111,7 +112,7 @@ def test_trials_of_one_and_two_gpus_run_at_once_on_gpus_of_their_own(sizes):
     assert sorted(t.params["launcher.processes"] for t in trials) == [1, 2] and all(t.state == TrialState.COMPLETE for t in trials), out
     held = []
     for t, r in zip(trials, runs):
-        nodes, gpus = r.data.tags["lbsearch.ray_nodes"].split(","), r.data.tags["lbsearch.ray_gpus"].split(";")
+        nodes, gpus = r.data.tags[RAY_NODES].split(","), r.data.tags[RAY_GPUS].split(";")
         assert len(nodes) == 1 and len(gpus[0].split(",")) == t.params["launcher.processes"], r.data.tags
         held.append({(nodes[0], g) for g in gpus[0].split(",")})
         assert r.data.tags["lbsearch.threads"] == "1"  # executor.cpus_per_process: 1 thread per process
@@ -133,9 +134,9 @@ def test_a_trial_of_two_machines_runs_on_two_nodes_and_trains_as_on_one(cluster,
                   cwd=tmp_path, check=True, timeout=900).stdout
     (trial,), (run,) = _runs(tmp_path / "mlruns", "ray-machines")
     assert trial.state == TrialState.COMPLETE, out
-    nodes = run.data.tags["lbsearch.ray_nodes"].split(",")
+    nodes = run.data.tags[RAY_NODES].split(",")
     assert len(nodes) == 2 and len(set(nodes)) == 2, run.data.tags
-    assert run.data.tags["lbsearch.ray_gpus"].count(";") == 1
+    assert run.data.tags[RAY_GPUS].count(";") == 1
     assert "on Ray: machine 1 of 2" in out
     (workdir,) = (tmp_path / "mlruns" / "trials" / "ray-machines").iterdir()
     sides = [json.loads(f.read_text())["experiment"]["launcher"] for f in (workdir / "spec.json", workdir / "machine-1" / "spec.json")]
@@ -170,7 +171,7 @@ def test_a_node_removed_mid_trial_fails_it_retryably_and_the_retry_resumes_from_
     retry, run = trials[1], runs[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["resumed_from_step"] > 0, out
     assert int(run.data.tags["lbsearch.resumed_from_step"]) == retry.user_attrs["resumed_from_step"]
-    assert run.data.tags["lbsearch.ray_nodes"] != node_id  # placed on the node that is left
+    assert run.data.tags[RAY_NODES] != node_id  # placed on the node that is left
     assert runs[0].info.status == "KILLED" and runs[0].data.tags["lbsearch.reason"] == "worker died"
     assert "resumed from checkpoint at step" in out
     _nothing_running(tmp_path / "mlruns", "ray-node-dies")
