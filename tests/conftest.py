@@ -195,14 +195,16 @@ def pytest_terminal_summary(terminalreporter) -> None:
         terminalreporter.write_line(f"  skipped {report.nodeid}: {report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr}")
 
 
-@pytest.fixture
+@pytest.fixture(autouse=True)
 def fresh_accelerator():
-    """Accelerate's process-wide state reset after a test that built an Accelerator in this process."""
-    from accelerate.state import AcceleratorState, GradientState
-
+    """Accelerate's process-wide state reset after every test that imported it in this process: a test that built an
+    Accelerator (an in-process trial, a benchmark's replayed cell) leaves its precision there, and the next test's
+    Accelerator with another precision would refuse to start on the same pytest worker."""
     yield
-    AcceleratorState._reset_state(reset_partial_state=True)
-    GradientState._reset_state()
+    state = sys.modules.get("accelerate.state")
+    if state is not None:
+        state.AcceleratorState._reset_state(reset_partial_state=True)
+        state.GradientState._reset_state()
 
 
 def in_process_trial(prepared, exp, tracking: bool = True):

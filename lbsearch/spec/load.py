@@ -99,8 +99,9 @@ def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str] | No
         ann = field.annotation
         args = [a for a in getattr(ann, "__args__", ()) if isinstance(a, type) and issubclass(a, BaseModel)]
         cls = args[0] if args else ann
-    if isinstance(cls, type) and issubclass(cls, BaseModel):
-        return list(cls.model_fields)
+    if isinstance(cls, type) and issubclass(cls, BaseModel):  # the model's own fields first, then a section's mixins' (`executor`)
+        own = getattr(cls, "__annotations__", {})
+        return sorted(cls.model_fields, key=lambda name: name not in own)
     return None
 
 
