@@ -61,6 +61,7 @@ from soak import SPEC, _retrained
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.spec import RETRYABLE
 from lbsearch.study import counted
+from lbsearch.tracking import BEST_TAG, ROLE
 
 STUDY = "tiny-study"
 LBSEARCH = [sys.executable, "-m", "lbsearch.cli"]
@@ -380,7 +381,7 @@ def best_check(work: Path, url: str, label: str, serve: bool) -> dict[str, Any]:
     served = [t.number for t in trials if t.state.name == "COMPLETE" and served_info.get("validation")
               and all(t.user_attrs.get(f"validation_{k}") == v for k, v in served_info["validation"].items())]
     exp = client.get_experiment_by_name(STUDY)
-    tagged = sorted(by_run.get(r.info.run_id, -1) for r in client.search_runs([exp.experiment_id], "tags.`lbsearch.best` = 'true'"))
+    tagged = sorted(by_run.get(r.info.run_id, -1) for r in client.search_runs([exp.experiment_id], f"tags.`{BEST_TAG}` = 'true'"))
     row = {"check": label, "at_s": None, "best": best, "registry_alias_trial": registry, "registry_alias_run": registry_run,
            "predict_serves_trial": served, "registry_weights_equal_served": registry_weights is not None and registry_weights == _sha256(folder / "model.safetensors"),
            "runs_tagged_best": tagged, "kept_folders": sorted(p.name for p in (work / "mlruns" / "models" / STUDY).glob("trial-*"))}
@@ -462,7 +463,7 @@ def totals(trials: list, runs: dict, gaps: dict, rows: list[dict], checks: list[
     lost = [t.number for t in trials if (t.state.name == "FAIL" and not (t.user_attrs.get("reason") in RETRYABLE and t.number in retried))
             or t.state.name in ("RUNNING", "WAITING")]
     n_trials = json.loads(journal(work).user_attrs["spec"])["study"]["n_trials"]
-    roles = {r.info.run_id: r.data.tags.get("lbsearch.role") for r in runs.values()}
+    roles = {r.info.run_id: r.data.tags.get(ROLE) for r in runs.values()}
     return {
         "optuna_trials": len(trials), "states": {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},
         "counted_trials": sum(counted(t, 1) for t in trials), "requested_trials": n_trials,

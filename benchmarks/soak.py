@@ -32,6 +32,8 @@ import optuna
 from _bench import ROOT, machine, write
 from mlflow.tracking import MlflowClient
 
+from lbsearch.tracking import ROLE
+
 SPEC = ROOT / "tests" / "specs" / "tiny_study.yaml"
 
 
@@ -126,7 +128,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    child = Counter(r.data.tags.get("lbsearch.trial") for r in runs if r.data.tags.get("lbsearch.role") == "trial")
+    child = Counter(r.data.tags.get("lbsearch.trial") for r in runs if r.data.tags.get(ROLE) == "trial")
     counted = states["COMPLETE"] + states["PRUNED"]
     figures = {
         "soak.requested_trials": args.trials,
@@ -141,7 +143,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
         "soak.lost": args.trials - counted if counted < args.trials else 0,
         "soak.duplicated": sum(v - 1 for v in child.values() if v > 1) + sum(1 for v in retry_of.values() if v > 1),
         "soak.trials_without_mlflow_run": sum(1 for t in trials if child[str(t.number)] == 0),
-        "soak.mlflow_runs_running": sum(r.info.status == "RUNNING" for r in runs if r.data.tags.get("lbsearch.role") == "trial"),
+        "soak.mlflow_runs_running": sum(r.info.status == "RUNNING" for r in runs if r.data.tags.get(ROLE) == "trial"),
         "soak.optuna_running": states.get("RUNNING", 0),
         "soak.final_pass_rc": final.returncode,
     } | _retrained(client, trials)

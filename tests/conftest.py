@@ -24,6 +24,7 @@ import optuna
 import pytest
 
 from lbsearch.cli.main import main as lbsearch_main
+from lbsearch.tracking import ROLE
 
 SPECS = Path(__file__).parent / "specs"
 LBSEARCH = [sys.executable, "-m", "lbsearch.cli"]
@@ -144,7 +145,7 @@ def mlflow_client(root: Path):
 def runs_of(root: Path, experiment: str, role: str | None = None) -> list:
     client = mlflow_client(root)
     runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
-    return [r for r in runs if role is None or r.data.tags.get("lbsearch.role") == role]
+    return [r for r in runs if role is None or r.data.tags.get(ROLE) == role]
 
 
 def worker_pids(under: Path, rank: int | None = None) -> list[int]:

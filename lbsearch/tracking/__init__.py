@@ -1,13 +1,16 @@
 """MLflow: the tracker, what a study looks like in the UI (its description, datasets, the best
 trial's tag, plots), and the kept and registered models. The only package that imports MLflow."""
 
-from lbsearch.tracking.compressed import compressed_name, find_variant, record_variant, variant_dir, variant_rows
+from lbsearch.tracking.compressed import VARIANT, compressed_name, find_variant, record_variant, variant_dir, variant_rows
 from lbsearch.tracking.kept import BEST_ALIAS, drop_best, keep_train_model, keep_trial_model, registered_name
 from lbsearch.tracking.outbox import OUTBOX_FILE, Outbox, is_outage, outage_limit, replay_outboxes, save_outbox, wait_for_tracking
-from lbsearch.tracking.story import KIND, PARETO_CSV, TRIALS_CSV, dataset_inputs, description, mark_best, study_plots
+from lbsearch.tracking.story import BEST_TAG, KIND, PARETO_CSV, TRIALS_CSV, dataset_inputs, description, mark_best, study_plots
 from lbsearch.tracking.tags import (
     RAY_GPUS,
     RAY_NODES,
+    REASON,
+    ROLE,
+    STATE,
     distill_tags,
     end_tags,
     label_tags,
@@ -22,4 +25,4 @@ from lbsearch.tracking.tags import (
 )
 from lbsearch.tracking.tracker import Tracker, TrackingError, experiment_links, flatten, git_commit, tracker_for, versions
 
-__all__ = ['RAY_GPUS', 'RAY_NODES', 'compressed_name', 'find_variant', 'record_variant', 'variant_dir', 'variant_rows', 'end_tags', 'label_tags', 'oom_retry_tags', 'promoted_tags', 'rung_tags', 'reproduce_tags', 'reproduced_tags', 'resumed_tags', 'train_tags', 'trial_tags', 'Tracker', 'TrackingError', 'experiment_links', 'flatten', 'git_commit', 'tracker_for', 'versions', 'KIND', 'PARETO_CSV', 'TRIALS_CSV', 'dataset_inputs', 'description', 'mark_best', 'study_plots', 'BEST_ALIAS', 'drop_best', 'keep_train_model', 'keep_trial_model', 'registered_name', 'OUTBOX_FILE', 'Outbox', 'is_outage', 'outage_limit', 'replay_outboxes', 'save_outbox', 'wait_for_tracking', 'distill_tags']
+__all__ = ['RAY_GPUS', 'RAY_NODES', 'REASON', 'ROLE', 'STATE', 'VARIANT', 'BEST_TAG', 'compressed_name', 'find_variant', 'record_variant', 'variant_dir', 'variant_rows', 'end_tags', 'label_tags', 'oom_retry_tags', 'promoted_tags', 'rung_tags', 'reproduce_tags', 'reproduced_tags', 'resumed_tags', 'train_tags', 'trial_tags', 'Tracker', 'TrackingError', 'experiment_links', 'flatten', 'git_commit', 'tracker_for', 'versions', 'KIND', 'PARETO_CSV', 'TRIALS_CSV', 'dataset_inputs', 'description', 'mark_best', 'study_plots', 'BEST_ALIAS', 'drop_best', 'keep_train_model', 'keep_trial_model', 'registered_name', 'OUTBOX_FILE', 'Outbox', 'is_outage', 'outage_limit', 'replay_outboxes', 'save_outbox', 'wait_for_tracking', 'distill_tags']

@@ -11,9 +11,11 @@ from lbsearch.spec import PAUSED
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
 
-__all__ = ["STUDY", "ROLE", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
+__all__ = ["STUDY", "ROLE", "STATE", "REASON", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
 
 STUDY, ROLE = "lbsearch.study", "lbsearch.role"
+STATE, REASON = "lbsearch.state", "lbsearch.reason"
+"""How a run ended: its state (``complete``, ``pruned``, ``failed``, ``paused``, ...) and the reason, where there is one."""
 RAY_NODES, RAY_GPUS = "lbsearch.ray_nodes", "lbsearch.ray_gpus"
 """Where a Ray cluster ran a trial: each machine's node id (machine 0 first), and its GPU ids (``;`` between machines)."""
 
@@ -34,7 +36,7 @@ def end_tags(result: TrialResult) -> dict[str, str]:
     """How a run ended: ``lbsearch.state`` (``paused`` for a trial paused at its rung, whose run ends FINISHED) and, where
     there is one, ``lbsearch.reason``."""
     state = "paused" if result.reason == PAUSED else result.state
-    return {"lbsearch.state": state, **({"lbsearch.reason": result.reason} if result.reason else {})}
+    return {STATE: state, **({REASON: result.reason} if result.reason else {})}
 
 
 def rung_tags(rung: int, samples: int | None) -> dict[str, Any]:

@@ -16,6 +16,7 @@ BENCH = Path(__file__).resolve().parents[2] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 import search_efficiency as se  # noqa: E402
 
+from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.config import CategoricalParam, PrunerConfig, SamplerConfig  # noqa: E402
 
 LM = json.loads((BENCH / "results" / "search_table_lm.json").read_text())
@@ -68,7 +69,7 @@ def test_a_diverged_configuration_ends_pruned_with_its_reason():
     trial, spent = study.ask(), []
     with pytest.raises(optuna.TrialPruned):
         se.observe(trial, diverged, spent)
-    assert spent == [diverged["samples"]] and study.trials[0].user_attrs["reason"] == "diverged"
+    assert spent == [diverged["samples"]] and study.trials[0].user_attrs["reason"] == DIVERGED_REASON
 
 
 @pytest.mark.parametrize("name", ["grid", "default"])

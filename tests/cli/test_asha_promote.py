@@ -14,6 +14,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of,
 from optuna.trial import TrialState
 
 from lbsearch.study import spent
+from lbsearch.tracking import REASON, STATE
 
 # B = 32, 20 steps, an evaluation every 5 (160 samples); rungs at 160 and 320 samples (reduction factor 2), the budget 640
 SETS = ["--set=n_trials=2", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=640",
@@ -61,8 +62,8 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
     assert row.endswith("paused at rung 0 (160 samples)")
     run = left["runs"]["0"]
     assert run.info.status == "FINISHED"
-    assert {k: run.data.tags[k] for k in ("lbsearch.state", "lbsearch.reason", "lbsearch.rung", "lbsearch.rung_samples")} == {
-        "lbsearch.state": "paused", "lbsearch.reason": "paused", "lbsearch.rung": "0", "lbsearch.rung_samples": "160"}
+    assert {k: run.data.tags[k] for k in (STATE, REASON, "lbsearch.rung", "lbsearch.rung_samples")} == {
+        STATE: "paused", REASON: "paused", "lbsearch.rung": "0", "lbsearch.rung_samples": "160"}
     assert left["checkpoints"] == ["step-00000005"]  # kept for its promotion
 
 

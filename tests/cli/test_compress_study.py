@@ -10,6 +10,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 
 from lbsearch.cli.compress import pareto_variants
+from lbsearch.tracking import ROLE, VARIANT, compressed_name
 
 STUDY = "tiny-study"
 SETS = ["--set", "n_trials=1", "--set", "pruner.name=none"]
@@ -26,7 +27,7 @@ def compressed(tmp_path_factory):
 
 def _versions(root):
     client = mlflow_client(root)
-    return {v.tags["lbsearch.variant"]: v for v in client.search_model_versions(f"name = '{STUDY}-compressed'")}
+    return {v.tags[VARIANT]: v for v in client.search_model_versions(f"name = '{compressed_name(STUDY)}'")}
 
 
 def test_every_variant_is_a_registered_version_with_its_metrics(compressed):
@@ -35,14 +36,14 @@ def test_every_variant_is_a_registered_version_with_its_metrics(compressed):
     assert sorted(versions) == sorted(VARIANTS)
     client = mlflow_client(root)
     for variant, v in versions.items():
-        assert client.get_model_version_by_alias(f"{STUDY}-compressed", variant).version == v.version
+        assert client.get_model_version_by_alias(compressed_name(STUDY), variant).version == v.version
         metrics = client.get_run(v.run_id).data.metrics
         for key in ("val/accuracy", "test/accuracy", "size/weight_bytes", "size/params_nonzero", "speed/latency_ms_median",
                     "speed/latency_ms_p10", "speed/latency_ms_p90", "speed/throughput_per_s"):
             assert float(v.tags[key]) == pytest.approx(metrics[key], rel=1e-5), (variant, key)
         assert metrics["speed/latency_ms_p10"] <= metrics["speed/latency_ms_median"] <= metrics["speed/latency_ms_p90"]
         assert "AMD" in client.get_run(v.run_id).data.tags["lbsearch.machine"] or "family" in client.get_run(v.run_id).data.tags["lbsearch.machine"]
-    assert f"version {versions['int8'].version} of {STUDY}-compressed (alias int8)" in proc.stdout
+    assert f"version {versions['int8'].version} of {compressed_name(STUDY)} (alias int8)" in proc.stdout
     assert "fine-tune step 2/2" in proc.stdout
 
 
@@ -50,8 +51,8 @@ def test_the_original_is_evaluated_as_its_trial_was_and_pruning_keeps_its_zeros(
     cwd, root, _ = compressed
     trial = journal_study(root, STUDY).best_trial
     client = mlflow_client(root)
-    runs = {r.data.tags["lbsearch.variant"]: r.data.metrics for r in client.search_runs(
-        [client.get_experiment_by_name(STUDY).experiment_id], "tags.`lbsearch.role` = 'compress'")}
+    runs = {r.data.tags[VARIANT]: r.data.metrics for r in client.search_runs(
+        [client.get_experiment_by_name(STUDY).experiment_id], f"tags.`{ROLE}` = 'compress'")}
     assert runs["original"]["val/accuracy"] == trial.user_attrs["validation_accuracy"]  # fp32 trial: the same Evaluator, the same number
     assert runs["original"]["test/accuracy"] == trial.user_attrs["test_accuracy"]
     assert runs["original"]["size/linear_zero_share"] < 0.01

@@ -9,6 +9,8 @@ import os
 
 from conftest import SPECS, mlflow_client, run_cli
 
+from lbsearch.tracking import REASON, STATE
+
 FP16 = ["--set", "launcher.precision=fp16"]
 
 
@@ -24,7 +26,7 @@ def _run(tmp_path, env_at: str, *sets: str):
 def test_an_overflow_is_a_skipped_step_not_divergence(tmp_path):
     proc, client, run = _run(tmp_path, "3")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert run.data.tags["lbsearch.state"] == "complete"
+    assert run.data.tags[STATE] == "complete"
     assert run.data.params["plan.precision"] == "fp16"
     skipped = client.get_metric_history(run.info.run_id, "train/skipped_steps")
     assert max(m.value for m in skipped) == 1 and {m.step for m in skipped if m.value == 1} >= {3 * 32}  # at samples seen (B = 32)
@@ -38,5 +40,5 @@ def test_an_overflow_is_a_skipped_step_not_divergence(tmp_path):
 def test_repeated_overflows_beyond_the_bound_stop_the_trial(tmp_path):
     proc, _, run = _run(tmp_path, "2,3,4", "--set", "train.max_skipped_steps=2")
     assert proc.returncode == 1
-    assert run.data.tags["lbsearch.state"] == "pruned" and run.data.tags["lbsearch.reason"] == "overflow"
+    assert run.data.tags[STATE] == "pruned" and run.data.tags[REASON] == "overflow"
     assert "the GradScaler skipped 3 steps in a row" in proc.stdout

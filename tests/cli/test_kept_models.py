@@ -18,6 +18,7 @@ from mlflow.entities import LoggedModelStatus
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import BEST_ALIAS, registered_name
 
 SETS = ["n_trials=2", "pruner.name=none", "experiment.metric.name=loss"]
 STUDY = "tiny-study"
@@ -101,16 +102,16 @@ def test_model_registry_lists_the_best_trial(study, tmp_path):
     _, root, _ = study
     best = journal_study(root, STUDY).get_trials()[1]
     client = mlflow_client(root)
-    versions = client.search_model_versions(f"name = '{STUDY}'")
+    versions = client.search_model_versions(f"name = '{registered_name(STUDY)}'")
     assert len(versions) == 1  # the first trial's version went with its model
-    v = client.get_model_version_by_alias(STUDY, "best")
+    v = client.get_model_version_by_alias(registered_name(STUDY), BEST_ALIAS)
     assert v.run_id == best.user_attrs["mlflow_run_id"] and v.tags["lbsearch.trial"] == "1"
     logged = client.get_logged_model(v.tags["lbsearch.model_id"])
     assert logged.source_run_id == best.user_attrs["mlflow_run_id"] and logged.status == LoggedModelStatus.READY
     files = {f.path for f in client.list_logged_model_artifacts(logged.model_id)}
     assert {"config.json", "model.safetensors"} <= files
     mlflow.set_tracking_uri(client.tracking_uri)
-    got = Path(mlflow.artifacts.download_artifacts(f"models:/{STUDY}@best", dst_path=str(tmp_path)))
+    got = Path(mlflow.artifacts.download_artifacts(f"models:/{registered_name(STUDY)}@{BEST_ALIAS}", dst_path=str(tmp_path)))
     assert json.loads((got / "config.json").read_text())["id2label"] == {"0": "rotten", "1": "fresh"}
 
 
@@ -168,6 +169,6 @@ def test_a_model_that_cannot_be_saved_is_said_and_no_stale_model_is_served(tmp_p
     status = cli("status", STUDY, "--json", cwd=tmp_path, check=True).stdout
     assert json.loads(status)[0]["reason"].startswith("model not saved: OSError")
     assert not list((root / "models").glob("*/trial-*")) if (root / "models").exists() else True
-    assert mlflow_client(root).search_model_versions(f"name = '{STUDY}'") == []
+    assert mlflow_client(root).search_model_versions(f"name = '{registered_name(STUDY)}'") == []
     refused = cli("predict", STUDY, "a warm, funny film", cwd=tmp_path)
     assert refused.returncode == 2 and "no kept model for trial 0" in refused.stderr

@@ -8,6 +8,8 @@ import subprocess
 
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, worker_pids
 
+from lbsearch.tracking import REASON
+
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
 FSDP = SPECS / "accelerate_fsdp.yaml"
 
@@ -49,7 +51,7 @@ def test_fsdp_version_1_on_cpu_fails_with_the_reason(tmp_path):
     assert proc.returncode == 1
     client, (run,) = _runs(tmp_path / "mlruns")
     assert run.info.status == "FAILED"
-    assert "FSDP version 1 cannot run on CPU: Accelerate refuses it" in run.data.tags["lbsearch.reason"]
+    assert "FSDP version 1 cannot run on CPU: Accelerate refuses it" in run.data.tags[REASON]
 
 
 def test_two_machines_on_one_host(tmp_path):

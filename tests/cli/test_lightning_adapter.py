@@ -10,6 +10,7 @@ from optuna.trial import TrialState
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import REASON, STATE
 
 pytest.importorskip("lightning")
 
@@ -27,7 +28,7 @@ def test_a_lightning_study_with_one_pruned_trial(tmp_path):
     assert trials[2].user_attrs["reason"] == "pruned" and trials[2].user_attrs["samples"] == 320
     client = mlflow_client(tmp_path / "mlruns")
     pruned = client.get_run(trials[2].user_attrs["mlflow_run_id"])
-    assert pruned.data.tags["lbsearch.state"] == "pruned" and pruned.data.tags["lbsearch.reason"] == "pruned"
+    assert pruned.data.tags[STATE] == "pruned" and pruned.data.tags[REASON] == "pruned"
     good = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     # B = 32 reached Lightning as DataLoader batch_size 16 x accumulate_grad_batches 2 x 1 process
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"

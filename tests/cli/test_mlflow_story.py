@@ -17,6 +17,8 @@ import pytest
 from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
 from optuna.trial import TrialState
 
+from lbsearch.tracking import BEST_TAG, ROLE, TRIALS_CSV
+
 
 def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
     _seed(Path(cwd) / "mlruns")
@@ -56,8 +58,8 @@ def ladder(tmp_path_factory):
     client = mlflow_client(cwd / "mlruns")
     exp = client.get_experiment_by_name("tiny-ladder")
     runs = client.search_runs([exp.experiment_id])
-    parent = next(r for r in runs if r.data.tags.get("lbsearch.role") == "parent")
-    trials = {int(r.data.tags["lbsearch.trial"]): r for r in runs if r.data.tags.get("lbsearch.role") == "trial"}
+    parent = next(r for r in runs if r.data.tags.get(ROLE) == "parent")
+    trials = {int(r.data.tags["lbsearch.trial"]): r for r in runs if r.data.tags.get(ROLE) == "trial"}
     return cwd, screen, client, exp, parent, trials
 
 
@@ -126,14 +128,14 @@ def test_metrics_are_logged_at_samples_seen_and_the_optimizer_step_is_its_own_me
 def test_the_best_trial_is_tagged_and_only_it(ladder):
     _, _, _, _, parent, trials = ladder
     best = int(parent.data.tags["best.trial"])
-    assert [n for n, r in trials.items() if r.data.tags.get("lbsearch.best") == "true"] == [best]
+    assert [n for n, r in trials.items() if r.data.tags.get(BEST_TAG) == "true"] == [best]
     assert trials[best].info.run_id == parent.data.tags["best.mlflow_run_id"]
 
 
 def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
     cwd, screen, client, _, parent, _ = ladder
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
-    assert {"trials.csv", "plots", "report"} <= arts
+    assert {TRIALS_CSV, "plots", "report"} <= arts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
     assert {"plots/optimization_history.png", "plots/parallel_coordinates.png", "plots/intermediate_values.png", "plots/README.md"} <= plots
     readme = Path(client.download_artifacts(parent.info.run_id, "plots/README.md", str(cwd))).read_text()
@@ -182,7 +184,7 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     page = (report / "index.html").read_text()
     assert all(f'src="{p}"' in page for p in pngs) and "critical batch size" in page
-    parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], "tags.`lbsearch.role` = 'parent'")[0]
+    parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], f"tags.`{ROLE}` = 'parent'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{p}" for p in pngs | {"index.html", "summary.json"}} <= logged
     assert parent.data.metrics["report/lr_alpha"] == pytest.approx(summary["lr_fit"]["alpha"])

@@ -18,6 +18,8 @@ import pytest
 from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.tracking import REASON, ROLE, STATE
+
 psycopg2 = pytest.importorskip("psycopg2")
 
 
@@ -55,7 +57,7 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     assert "worker died" in status
     client = mlflow_client(tmp_path / "mlruns")
     run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
-    assert run.info.status == "KILLED" and run.data.tags["lbsearch.reason"] == "worker died"
+    assert run.info.status == "KILLED" and run.data.tags[REASON] == "worker died"
 
 
 @pytest.fixture
@@ -131,13 +133,13 @@ def test_three_machines_share_a_study_through_postgres_and_an_mlflow_server(tmp_
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]
-    children = [r for r in runs if r.data.tags.get("lbsearch.role") == "trial"]
+    parents = [r for r in runs if r.data.tags.get(ROLE) == "parent"]
+    children = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
     assert len(parents) == 1
     assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == [t.number for t in trials]
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.info.status != "RUNNING" for r in children)
     assert client.get_run([r for r in children if r.data.tags["lbsearch.trial"] == str(killed)][0].info.run_id).info.status == "KILLED"
-    good = next(r for r in children if r.data.tags["lbsearch.state"] == "complete")
+    good = next(r for r in children if r.data.tags[STATE] == "complete")
     assert len(client.get_metric_history(good.info.run_id, "eval/accuracy")) == 2
     assert "config.json" in {a.path for a in client.list_artifacts(good.info.run_id)}

@@ -9,9 +9,11 @@ from pathlib import Path
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli
 from optuna.trial import TrialState
 
+from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import REASON, ROLE, STATE
 
 
 def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
@@ -23,15 +25,15 @@ def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
     proc = run_cli("run", str(SPECS / "tiny_study.yaml"), *[f"--set={s}" for s in sets],
                    "--set=experiment.train.clip_norm=null", cwd=tmp_path, check=True)
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
-    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["reason"] == "diverged", proc.stdout
+    assert trials[1].state == TrialState.PRUNED and trials[1].user_attrs["reason"] == DIVERGED_REASON, proc.stdout
     assert trials[1].user_attrs["samples"] < 960  # stopped at once, not at the next evaluation
     assert "diverged at step" in proc.stdout
     status = cli("status", "tiny-study", cwd=tmp_path, check=True).stdout
-    assert "diverged" in status
+    assert DIVERGED_REASON in status
     best = cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
     assert "trial      0" in best
     run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
-    assert run.data.tags["lbsearch.reason"] == "diverged" and run.info.status == "FINISHED"
+    assert run.data.tags[REASON] == DIVERGED_REASON and run.info.status == "FINISHED"
 
 
 def test_out_of_memory_halves_the_micro_batch_keeping_B(tmp_path):
@@ -59,7 +61,7 @@ def test_train_gets_the_out_of_memory_retry_too(tmp_path):
     assert "[train] out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 4 (B = 32 unchanged)" in proc.stdout
     assert "effective batch 32 = micro-batch 8 x accumulation 4 x processes 1" in proc.stdout
     (run,) = runs_of(tmp_path / "mlruns", "train-tiny")
-    assert run.info.status == "FINISHED" and run.data.tags["lbsearch.state"] == "complete"
+    assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
     assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags["lbsearch.oom_retries"]) == ("8", "4", "1")
     config = mlflow_client(tmp_path / "mlruns").download_artifacts(run.info.run_id, "config.json", str(tmp_path))
     assert json.loads(Path(config).read_text())["launcher"]["max_micro_batch"] == 8  # `lbsearch train config.json` runs what ran
@@ -80,9 +82,9 @@ def test_four_concurrent_workers_share_one_study_and_never_repeat_the_start_up_d
     client = mlflow_client(tmp_path / "mlruns")
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id])
-    children = [r for r in runs if r.data.tags.get("lbsearch.role") == "trial"]
+    children = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
     assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == list(range(8))
-    assert len([r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]) == 1
+    assert len([r for r in runs if r.data.tags.get(ROLE) == "parent"]) == 1
     assert all(r.info.status != "RUNNING" for r in runs)
 
 

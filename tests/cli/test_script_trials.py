@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import REASON, ROLE, STATE
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "accelerate" / "train.py"
 ENQUEUED = [{"train.batch_size": 32, "optimizer.lr": 3e-3},   # complete
@@ -61,7 +62,7 @@ def _shape(twin) -> dict:
     _, root, name, _ = twin
     client = mlflow_client(root)
     runs = runs_of(root, name)
-    (parent,) = [r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]
+    (parent,) = [r for r in runs if r.data.tags.get(ROLE) == "parent"]
     children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
                       key=lambda r: int(r.data.tags["lbsearch.trial"]))
     keep = ("lbsearch.", "plan.", "best.trial", "mlflow.parentRunId")
@@ -71,7 +72,7 @@ def _shape(twin) -> dict:
         "parent_artifacts": sorted(a.path for a in client.list_artifacts(parent.info.run_id)),
         "children": [{
             "status": c.info.status,
-            "tags": {k: v for k, v in c.data.tags.items() if k.startswith(("lbsearch.state", "lbsearch.reason", "plan."))},
+            "tags": {k: v for k, v in c.data.tags.items() if k.startswith((STATE, REASON, "plan."))},
             "plan_params": {k: v for k, v in c.data.params.items() if k.startswith("plan.")},
             # labels.json is the label mapping of lbsearch's own data; a script loads its own data
             "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id) if a.path != "labels.json"),
@@ -86,7 +87,7 @@ def test_the_same_mlflow_tree_shape(twins):
     built, script = _shape(twins["builtin"]), _shape(twins["script"])
     assert built == script
     assert script["runs"] == 4 and [c["status"] for c in script["children"]] == ["FINISHED"] * 3
-    assert [c["tags"].get("lbsearch.reason") for c in script["children"]] == [None, "pruned", "pruned"]
+    assert [c["tags"].get(REASON) for c in script["children"]] == [None, "pruned", "pruned"]
     assert script["children"][0]["eval_loss_steps"] == [320, 640, 960] and script["children"][2]["eval_loss_steps"] == [320]  # samples seen (B = 16: 20 steps)
     assert {"config.json", "reproduce.sh", "versions.json", "stdout.log"} <= set(script["children"][0]["artifacts"])
 
@@ -166,7 +167,7 @@ def test_a_crashing_script_fails_its_trial_and_the_study_goes_on(tmp_path):
     assert "[trial 0] failed (ValueError: lr 0.5 is too large" in proc.stdout and "[study s] done" in proc.stdout
     client = mlflow_client(tmp_path / "mlruns")
     run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
-    assert run.info.status == "FAILED" and run.data.tags["lbsearch.reason"].startswith("ValueError")
+    assert run.info.status == "FAILED" and run.data.tags[REASON].startswith("ValueError")
     assert "Traceback" in Path(client.download_artifacts(run.info.run_id, "stdout.log", str(tmp_path))).read_text()
 
 

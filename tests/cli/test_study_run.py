@@ -20,6 +20,7 @@ from optuna.trial import TrialState
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import REASON, ROLE, STATE, TRIALS_CSV
 
 LOSS = ["--set", "experiment.metric.name=loss"]
 
@@ -65,7 +66,7 @@ def test_mlflow_run_tree(finished):
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-loss")
     runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if r.data.tags.get("lbsearch.role") == "parent"]
+    parents = [r for r in runs if r.data.tags.get(ROLE) == "parent"]
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
@@ -74,11 +75,11 @@ def test_mlflow_run_tree(finished):
     by_trial = {int(r.data.tags["lbsearch.trial"]): r for r in children}
     states = {t.number: t.state.name.lower() for t in journal_study(root, "tiny-loss").get_trials()}
     for n, run in by_trial.items():
-        assert run.data.tags["lbsearch.state"] == {"fail": "failed"}.get(states[n], states[n])
+        assert run.data.tags[STATE] == {"fail": "failed"}.get(states[n], states[n])
     good = by_trial[0]
     assert good.info.status == "FINISHED"
-    assert by_trial[2].info.status == "FAILED" and "lbsearch.reason" in by_trial[2].data.tags
-    assert by_trial[1].data.tags["lbsearch.reason"] == "pruned"
+    assert by_trial[2].info.status == "FAILED" and REASON in by_trial[2].data.tags
+    assert by_trial[1].data.tags[REASON] == "pruned"
     # params: every hyperparameter of the resolved config and the derived batch split
     p, tags = good.data.params, good.data.tags
     assert p["plan.batch_size"] == "32" and p["plan.processes"] == "1" and p["plan.steps"] == "30" and p["plan.warmup_steps"] == "3"
@@ -109,7 +110,7 @@ def test_mlflow_run_tree(finished):
     # parent: best params and metric, trials table
     assert parent.data.tags["best.trial"] == "0"  # the one complete trial
     assert "best.optimizer.lr" in parent.data.tags
-    table = Path(client.download_artifacts(parent.info.run_id, "trials.csv", str(cwd))).read_text().splitlines()
+    table = Path(client.download_artifacts(parent.info.run_id, TRIALS_CSV, str(cwd))).read_text().splitlines()
     assert len(table) == 5 and table[0].startswith("trial,state")
 
 
@@ -146,7 +147,7 @@ def test_reproduce_is_exact_on_cpu(finished):
     assert "[reproduce 0] reproduced: metrics identical" in proc.stdout
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-loss")
-    rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "reproduce"]
+    rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "reproduce"]
     assert rep and rep[-1].data.tags["lbsearch.reproduced"] == "yes"
     orig = journal_study(root, "tiny-loss").trials[0]
     assert rep[-1].data.tags["lbsearch.reproduces"] == orig.user_attrs["mlflow_run_id"]
@@ -180,7 +181,7 @@ def test_reproduce_of_a_rerun_that_differs_says_mismatch_and_exits_1(finished, t
     verdict = re.search(r"^\[reproduce 0\] MISMATCH \(MLflow run (\w+)\)$", proc.stdout, re.MULTILINE)
     assert verdict, proc.stdout
     rep = mlflow_client(root).get_run(verdict.group(1))
-    assert rep.data.tags["lbsearch.role"] == "reproduce" and rep.data.tags["lbsearch.reproduced"] == "no" and rep.info.status == "FINISHED"
+    assert rep.data.tags[ROLE] == "reproduce" and rep.data.tags["lbsearch.reproduced"] == "no" and rep.info.status == "FINISHED"
     assert rep.data.tags["lbsearch.reproduces"] == journal_study(root, "tiny-loss").trials[0].user_attrs["mlflow_run_id"]
 
 

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
+from lbsearch.tracking import REASON, ROLE, STATE
 
 # one trial of 125 steps (B = 32): the server goes while it trains (it may finish meanwhile: its last calls then wait for MLflow)
 LONG = ["--set=n_trials=1", "--set=experiment.train.budget_samples=4000", "--set=experiment.train.eval_every_samples=1000",
@@ -76,7 +77,7 @@ def _env(limit_s: float) -> dict[str, str]:
 def _trial_runs(url: str) -> list:
     client = MlflowClient(tracking_uri=url)
     exp = client.get_experiment_by_name("tiny-study")
-    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") != "parent"]
+    return [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) != "parent"]
 
 
 def _loss_steps(url: str, run_id: str) -> list[int]:
@@ -98,7 +99,7 @@ def test_a_short_outage_costs_nothing_and_every_metric_arrives(tmp_path, server)
     trial = journal_study(tmp_path / "mlruns", "tiny-study").trials[0]
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["steps"] == 125
     (run,) = _trial_runs(server.url)
-    assert run.info.status == "FINISHED" and run.data.tags["lbsearch.state"] == "complete"
+    assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
     steps = _loss_steps(server.url, run.info.run_id)
     assert len(steps) == len(set(steps)) == 125, "every step's train/loss reached MLflow, once"  # none lost in the outage
     assert not list((tmp_path / "mlruns" / "trials").glob("*/*/outbox.jsonl"))
@@ -132,6 +133,6 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     runs = {r.info.run_id: r for r in _trial_runs(server.url)}
     assert not [r for r in runs.values() if r.info.status == "RUNNING"], "no run left RUNNING"
     stopped = runs[study.trials[0].user_attrs["mlflow_run_id"]]
-    assert stopped.info.status == "KILLED" and stopped.data.tags["lbsearch.reason"] == "tracking unavailable"
+    assert stopped.info.status == "KILLED" and stopped.data.tags[REASON] == "tracking unavailable"
     resumed = _loss_steps(server.url, done[0].user_attrs["mlflow_run_id"])
     assert sorted(set(resumed)) == sorted(resumed) and len(resumed) == 125, "one curve: the copied steps up to the checkpoint, then the rest"

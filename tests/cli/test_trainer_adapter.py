@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import REASON, STATE
 
 
 def test_a_trainer_study_with_one_pruned_trial(tmp_path):
@@ -24,7 +25,7 @@ def test_a_trainer_study_with_one_pruned_trial(tmp_path):
     assert trials[2].user_attrs["reason"] == "pruned" and trials[2].user_attrs["samples"] == 320
     client = mlflow_client(tmp_path / "mlruns")
     pruned = client.get_run(trials[2].user_attrs["mlflow_run_id"])
-    assert pruned.data.tags["lbsearch.state"] == "pruned" and pruned.data.tags["lbsearch.reason"] == "pruned"
+    assert pruned.data.tags[STATE] == "pruned" and pruned.data.tags[REASON] == "pruned"
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, "eval/loss")] == [320]  # samples seen
     good = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     # B = 32 reached the Trainer as per_device_train_batch_size 16 x gradient_accumulation_steps 2 x 1 process

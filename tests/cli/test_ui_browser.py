@@ -25,6 +25,7 @@ from conftest import LBSEARCH, SPECS, mlflow_client, run_cli
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
+from lbsearch.tracking import BEST_TAG
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -55,7 +56,7 @@ def study(tmp_path_factory):
         root = cwd / "mlruns"
     client = mlflow_client(root)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
-    best = next(r for r in runs if r.data.tags.get("lbsearch.best") == "true")
+    best = next(r for r in runs if r.data.tags.get(BEST_TAG) == "true")
     budget = json.loads(Path(client.download_artifacts(best.info.run_id, "config.json", str(tmp_path_factory.mktemp("cfg")))).read_text())
     return root, name, best.info.run_name, budget["train"]["budget_samples"]
 

@@ -10,6 +10,7 @@ import optuna
 import pytest
 
 from lbsearch.integrations import api
+from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.config import PrunerConfig
 from lbsearch.spec.protocol import OptunaRef, WorkerSpec, parse_message, read_result
 from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig
@@ -108,9 +109,9 @@ def test_divergence(tmp_path, monkeypatch):
     trial.log({"train/loss": 2.7}, samples=64)  # below divergence_factor (4) x the first loss
     assert not trial.should_stop()
     trial.log({"train/loss": float("inf")}, samples=96)
-    assert trial.should_stop() and trial.stop_reason == "diverged"
+    assert trial.should_stop() and trial.stop_reason == DIVERGED_REASON
     trial.finish()
-    assert read_result(tmp_path / "result.json").reason == "diverged"
+    assert read_result(tmp_path / "result.json").reason == DIVERGED_REASON
 
 
 def test_finish_without_the_metric_fails_the_trial(tmp_path, monkeypatch):

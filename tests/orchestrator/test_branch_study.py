@@ -15,6 +15,8 @@ import yaml
 from conftest import cli, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
+from lbsearch.tracking import ROLE
+
 L, B = 32, 8
 STEPS = 16
 EXPERIMENT = {
@@ -109,7 +111,7 @@ def test_cbs_report_written_and_logged(branched):
     assert all(p["cbs"] in (B * L, 2 * B * L) for p in facts["points"]) and facts["b_crit"] == 600
     client = mlflow_client(branched / "mlruns")
     exp = client.get_experiment_by_name("cbs-ref-branch-0")
-    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("lbsearch.role") == "parent"]
+    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "parent"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
     assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]

@@ -5,7 +5,7 @@ import pytest
 
 from lbsearch.orchestrator.runner import TrialRun, ended_on_error, run_tracked
 from lbsearch.spec import ExperimentConfig, Session
-from lbsearch.tracking import tracker_for
+from lbsearch.tracking import REASON, STATE, tracker_for
 
 
 @pytest.fixture()
@@ -27,7 +27,7 @@ def test_a_trial_that_cannot_start_leaves_its_run_failed_not_running(tmp_path, s
         run_tracked(session, tracker, run)
     (only,) = tracker.client.search_runs([exp_id])
     assert only.info.status == "FAILED"
-    assert only.data.tags["lbsearch.state"] == "failed" and "Error" in only.data.tags["lbsearch.reason"]
+    assert only.data.tags[STATE] == "failed" and "Error" in only.data.tags[REASON]
 
 
 @pytest.mark.parametrize("error,status,reason,kept", [(KeyboardInterrupt(), "KILLED", "interrupted", True),
@@ -42,7 +42,7 @@ def test_an_error_ends_the_run_with_its_reason(tmp_path, store, error, status, r
         with ended_on_error(tracker, run_id, workdir, True, said.append):
             raise error
     run = tracker.client.get_run(run_id)
-    assert (run.info.status, run.data.tags["lbsearch.reason"]) == (status, reason)
+    assert (run.info.status, run.data.tags[REASON]) == (status, reason)
     assert (workdir / "checkpoints").is_dir() == kept
     assert said == []
 

@@ -7,6 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from lbsearch.link.reporter import Reporter
+from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.protocol import TrialResult, WorkerSpec, message, parse_message, read_result, write_result
 
 
@@ -19,8 +20,8 @@ def test_messages_round_trip_and_plain_lines_are_not_messages():
 
 def test_result_is_written_atomically_and_typed(tmp_path):
     path = tmp_path / "result.json"
-    write_result(path, TrialResult(state="pruned", reason="diverged", steps=3, samples=96))
-    assert read_result(path) == TrialResult(state="pruned", reason="diverged", steps=3, samples=96)
+    write_result(path, TrialResult(state="pruned", reason=DIVERGED_REASON, steps=3, samples=96))
+    assert read_result(path) == TrialResult(state="pruned", reason=DIVERGED_REASON, steps=3, samples=96)
     assert not list(tmp_path.glob("*.tmp"))
     with pytest.raises(ValidationError):
         TrialResult(state="exploded")

@@ -9,7 +9,7 @@ import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
-from lbsearch.spec import SamplerConfig
+from lbsearch.spec import DIVERGED_REASON, SamplerConfig
 from lbsearch.study import best_trial
 from lbsearch.study.sampler import DIVERGED, informed, make_sampler, trial_seed
 
@@ -29,7 +29,7 @@ def _value(b: int, lr: float) -> float:
 def _tell(study: optuna.Study, b: int, lr: float) -> None:
     value = _value(b, lr)
     if value is None:  # as lbsearch tells it: pruned, reason diverged, its evaluations before it diverged kept
-        study.add_trial(create_trial(state=TrialState.PRUNED, params={B: b, LR: lr}, distributions=DIST, user_attrs={"reason": "diverged"},
+        study.add_trial(create_trial(state=TrialState.PRUNED, params={B: b, LR: lr}, distributions=DIST, user_attrs={"reason": DIVERGED_REASON},
                                      intermediate_values={1000: 0.85}))
     else:
         study.add_trial(create_trial(value=value, params={B: b, LR: lr}, distributions=DIST))
@@ -89,7 +89,7 @@ def test_tpe_never_ranks_a_diverged_trial_among_its_good_ones():
     study.add_trial(create_trial(value=0.9, params={B: 32, LR: 1e-3}, distributions=DIST))
     for lr in (1e-4, 3e-4, 1e-3):
         study.add_trial(create_trial(state=TrialState.PRUNED, params={B: 32, LR: lr}, distributions=DIST, intermediate_values={1000: 0.7}))
-    study.add_trial(create_trial(state=TrialState.PRUNED, params={B: 256, LR: 5e-2}, distributions=DIST, user_attrs={"reason": "diverged"},
+    study.add_trial(create_trial(state=TrialState.PRUNED, params={B: 256, LR: 5e-2}, distributions=DIST, user_attrs={"reason": DIVERGED_REASON},
                                  intermediate_values={1000: 0.88, 2000: 0.9}))
     good, _ = _split_trials(study, study.get_trials(), 2)
     assert 4 in [t.number for t in good]
@@ -101,7 +101,7 @@ def test_the_samplers_view_leaves_the_stored_trials_and_the_best_alone():
     study = _history()
     seen = {t.number: t for t in informed(study.get_trials(), study.directions)}
     stored = study.get_trials()
-    diverged = [t for t in stored if t.user_attrs.get("reason") == "diverged"]
+    diverged = [t for t in stored if t.user_attrs.get("reason") == DIVERGED_REASON]
     worst = min(t.value for t in stored if t.state == TrialState.COMPLETE)
     for t in diverged:  # complete at the worst value, violating the constraint, in the samplers' view only
         assert seen[t.number].state == TrialState.COMPLETE and seen[t.number].values == [worst]

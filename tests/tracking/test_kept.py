@@ -8,7 +8,7 @@ import pytest
 
 from lbsearch.spec.session import default_tracking_uri
 from lbsearch.spec.workdir import models_dir
-from lbsearch.tracking.kept import keep_trial_model
+from lbsearch.tracking.kept import BEST_ALIAS, keep_trial_model, registered_name
 from lbsearch.tracking.tracker import Tracker
 
 
@@ -32,8 +32,8 @@ def test_keep_policy(tmp_path, policy):
         assert not saved.exists()
         assert (kept is not None) == (policy == "all" or number == best)
     folders = sorted(p.name for p in models_dir(root, "s").iterdir())
-    versions = {str(v.version): v for v in tracker.client.search_model_versions("name = 's'")}
-    best = tracker.client.get_model_version_by_alias("s", "best")
+    versions = {str(v.version): v for v in tracker.client.search_model_versions(f"name = '{registered_name('s')}'")}
+    best = tracker.client.get_model_version_by_alias(registered_name("s"), BEST_ALIAS)
     assert best.run_id == runs[2] and best.tags["lbsearch.trial"] == "2"
     if policy == "best":
         assert folders == ["trial-2"] and list(versions) == ["2"]
@@ -58,4 +58,4 @@ def test_the_previous_best_stays_until_the_registry_points_at_the_new_one(tmp_pa
     with pytest.raises(MlflowException):
         keep_trial_model(tracker, root, study="s", experiment_id="999999", number=1, run_id=run1, saved=saved1, policy="best", best=1)
     assert sorted(p.name for p in models_dir(root, "s").iterdir()) == ["trial-0", "trial-1"]
-    assert tracker.client.get_model_version_by_alias("s", "best").run_id == run0
+    assert tracker.client.get_model_version_by_alias(registered_name("s"), BEST_ALIAS).run_id == run0

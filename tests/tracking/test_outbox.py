@@ -10,7 +10,7 @@ import pytest
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.spec import TrackingOutage
-from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, is_outage, replay_outboxes, save_outbox
+from lbsearch.tracking import OUTBOX_FILE, REASON, STATE, Outbox, Tracker, TrackingError, is_outage, replay_outboxes, save_outbox
 
 
 @pytest.fixture
@@ -38,12 +38,12 @@ def test_calls_go_in_order_and_rows_of_one_run_as_one_batch(store):
     box = Outbox(tracker, said.append, limit_s=60)
     for step in range(1, 51):
         box.metric_rows(run_id, [["train/loss", 1.0 / step, 1000 + step, step]])
-    box.tags(run_id, {"lbsearch.state": "complete"})
+    box.tags(run_id, {STATE: "complete"})
     box.end(run_id, "FINISHED")
     assert box.close() == []
     assert _steps(tracker, run_id) == list(range(1, 51))
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "FINISHED" and run.data.tags["lbsearch.state"] == "complete"
+    assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
     assert said == []  # nothing to say when MLflow answers
 
 
@@ -81,7 +81,7 @@ def test_calls_kept_through_an_outage_are_replayed_in_order_and_the_file_goes(st
     tracker, run_id = store
     folder = tmp_path / "trials" / "s" / "0000-abc"
     save_outbox([["metric_rows", run_id, [["train/loss", 0.9, 1, 1]], 1], ["metric_rows", run_id, [["train/loss", 0.8, 2, 2]]]], folder)
-    save_outbox([["tags", run_id, {"lbsearch.reason": "tracking unavailable"}], ["end", run_id, "KILLED"]], folder)  # appended
+    save_outbox([["tags", run_id, {REASON: "tracking unavailable"}], ["end", run_id, "KILLED"]], folder)  # appended
     said: list[str] = []
     assert replay_outboxes(nowhere, [folder], said.append) == 0  # still down: kept for later
     assert (folder / OUTBOX_FILE).is_file() and "kept for later (4 left" in said[-1]
@@ -89,4 +89,4 @@ def test_calls_kept_through_an_outage_are_replayed_in_order_and_the_file_goes(st
     assert not (folder / OUTBOX_FILE).exists()
     assert _steps(tracker, run_id) == [1, 2]
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "KILLED" and run.data.tags["lbsearch.reason"] == "tracking unavailable"
+    assert run.info.status == "KILLED" and run.data.tags[REASON] == "tracking unavailable"

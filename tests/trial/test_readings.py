@@ -19,7 +19,7 @@ import yaml
 from conftest import SPECS, _harvest, _seed, in_process_trial
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import ExperimentConfig
+from lbsearch.spec import DIVERGED_REASON, ExperimentConfig
 from lbsearch.trial.readings import CONTINUE, DIVERGED
 from lbsearch.trial.worker import Trial
 
@@ -169,7 +169,7 @@ def test_a_non_finite_step_never_reaches_the_optimizer_and_stops_the_trial_at_it
     assert {int(s["step"]) for s in device.optimizer.optimizer.state.values()} == {2}
     assert device.read() == DIVERGED and device.result["steps"] == 3
     device.stop(DIVERGED)
-    assert device.result["reason"] == "diverged"
+    assert device.result["reason"] == DIVERGED_REASON
 
     host = _trial(data["tiny"], _experiment(SPECS / "tiny.yaml", train__log_every_steps=10, optimizer__fused=False))
     assert host.readings.on_host
