@@ -7,8 +7,8 @@ from lbsearch.orchestrator.finish import report
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.nodes import join
 from lbsearch.orchestrator.parallel import run_parallel
-from lbsearch.orchestrator.ray_executor import require_ray
+from lbsearch.orchestrator.ray_executor import RAY_INSTALL, require_ray
 from lbsearch.orchestrator.runner import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.orchestrator.teacher import Teacher, find_teacher
 
-__all__ = ['BranchArgs', 'run_branches', 'run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel', 'require_ray', 'Teacher', 'find_teacher']
+__all__ = ['BranchArgs', 'run_branches', 'run_study', 'TrialRun', 'resolved', 'run_tracked', 'trial_files', 'join', 'report', 'run_parallel', 'require_ray', 'RAY_INSTALL', 'Teacher', 'find_teacher']

@@ -37,9 +37,10 @@ from lbsearch.orchestrator.processes import grace_of, stop_group
 from lbsearch.spec import WORKER_DIED, ExecutorConfig, SpecError, TrialResult, WorkerSpec, bundles, message
 from lbsearch.tracking import RAY_GPUS, RAY_NODES
 
-__all__ = ["connect", "require_ray", "run_on_ray", "placement_tags"]
+__all__ = ["RAY_INSTALL", "connect", "require_ray", "run_on_ray", "placement_tags"]
 
-INSTALL = "Ray is not installed here: pip install lbsearch[ray]"
+RAY_INSTALL = "Ray is not installed here: pip install lbsearch[ray]"
+"""The one-line error of `run --ray` (or `executor: {kind: ray}`) where Ray is not installed."""
 PASSED = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HOME", "LBSEARCH_TRACKING_OUTAGE_S")
 """The driver's environment that a trial's ranks get on every node (the rest is the node's own)."""
 
@@ -47,7 +48,7 @@ PASSED = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_H
 def require_ray(where: str | Path | None) -> None:
     """A one-line spec error (exit 2) where Ray is not installed; imports nothing."""
     if importlib.util.find_spec("ray") is None:
-        raise SpecError(where, "executor", INSTALL)
+        raise SpecError(where, "executor", RAY_INSTALL)
 
 
 def connect(executor: ExecutorConfig, say: Callable[[str], None]) -> Callable[..., TrialResult]:
