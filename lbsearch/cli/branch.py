@@ -25,7 +25,7 @@ def add_branch(ap: argparse.ArgumentParser, sub, common) -> argparse.ArgumentPar
                    "a multiple of the largest k·B")
     p.add_argument("--seeds", type=int, default=2, help="seeds per branch, the reference's first (its own continuation at k = 1; default %(default)s)")
     p.add_argument("--rule", default="sqrt", help="lr at k·B: sqrt (lr·√k, for Adam), linear (lr·k) or none (default %(default)s)")
-    p.add_argument("--eps", type=float, default=None, help="the loss tolerance of CBS (default: 2 x the pooled standard deviation of the seeds)")
+    p.add_argument("--eps", type=float, default=None, help="the loss tolerance of CBS (default: a multiple of the pooled standard deviation of the seeds, lbsearch/science/cbs.py)")
     p.add_argument("--b-crit", type=float, default=None, metavar="B", help="the batch ladder's B_crit (tokens / samples), drawn beside CBS(t)")
     p.add_argument("--name", default=None, help="the branch study's name (default <study>-branch-<trial>)")
     common(p)

@@ -106,9 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--machine-rank", type=int, default=None, help="this node's rank (default: $SLURM_NODEID, else $NODE_RANK)")
     p.add_argument("--trials", type=int, default=None, help="stop after joining this many trials (default: until Ctrl-C)")
     p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; anything else exposes the UI)")
-    p.add_argument("--port", type=int, default=UI_PORT, help=f"port (default {UI_PORT})")
-    p.add_argument("--workers", type=int, default=1, help="server processes (default 1: one person's viewer starts fastest)")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s; anything else exposes the UI)")
+    p.add_argument("--port", type=int, default=UI_PORT, help="port (default %(default)s)")
+    p.add_argument("--workers", type=int, default=1, help="server processes (default %(default)s: one person's viewer starts fastest)")
     _common(p)
     return add_branch(ap, sub, _common)  # lbsearch.cli.branch
 
@@ -131,8 +131,8 @@ def _model_parsers(sub) -> None:
     p.add_argument("--sparsity", type=float, nargs="+", default=list(SPARSITIES), metavar="S",
                    help=f"magnitude-pruning sparsities: the share of all nn.Linear weights set to zero, ranked globally (default: {' '.join(map(str, SPARSITIES))})")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
-                   help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; default 0: none)")
-    p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed predict calls of one text per variant (default 50)")
+                   help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; default %(default)s: none)")
+    p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed predict calls of one text per variant (default %(default)s)")
     p.add_argument("--table", action="store_true", help="only print the measured variants: metric, size, latency, the Pareto front")
     p.add_argument("--verify", default=None, metavar="VERSION", help="re-evaluate a registered variant (version or alias) from its folder; "
                    "exit 0 when its logged metrics are reproduced exactly")

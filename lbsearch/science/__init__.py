@@ -2,8 +2,8 @@
 (classifiers in samples, language models in tokens) and its figures; the critical batch size over training
 from branches (``cbs``, ``cbs_report``)."""
 
-from lbsearch.science.cbs import cbs_table, critical_batch, default_eps
+from lbsearch.science.cbs import CONFIDENCE, EPS_SPREADS, N_BOOT, cbs_table, critical_batch, default_eps
 from lbsearch.science.cbs_report import CBS_HTML, write_cbs_report
 from lbsearch.science.report import REPORT_HTML, write_report
 
-__all__ = ['REPORT_HTML', 'write_report', 'cbs_table', 'critical_batch', 'default_eps', 'CBS_HTML', 'write_cbs_report']
+__all__ = ['REPORT_HTML', 'write_report', 'cbs_table', 'critical_batch', 'default_eps', 'N_BOOT', 'CONFIDENCE', 'EPS_SPREADS', 'CBS_HTML', 'write_cbs_report']

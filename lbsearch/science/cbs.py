@@ -4,7 +4,7 @@ A row is one branch trial: its branch point (``point``: tokens the reference had
 classifier), its ``k``, its batch ``batch`` = k·B (tokens, or samples), its ``seed`` and its validation
 ``loss`` after the same Δ tokens. At each point, CBS(t) is the largest k·B whose mean loss over seeds is within
 ε of the k = 1 branch's mean (the reference continued), every smaller k within ε too (so one lucky large k does
-not make it); a bootstrap over the seeds of each (point, k) gives its interval. ε is set, or by default twice
+not make it); a bootstrap over the seeds of each (point, k) gives its interval. ε is set, or by default ``EPS_SPREADS`` x
 the pooled standard deviation of the seeds' losses (the spread a difference of means shows by chance). The trend
 is a power law CBS ∝ tokens^b fitted by least squares in log-log, its slope's interval from the same bootstrap."""
 
@@ -15,7 +15,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["cbs_table", "critical_batch", "default_eps"]
+__all__ = ["cbs_table", "critical_batch", "default_eps", "N_BOOT", "CONFIDENCE", "EPS_SPREADS"]
+
+N_BOOT, CONFIDENCE = 2000, 0.95
+"""The CBS interval: bootstrap replicates over seeds, and the interval's coverage (also the trend's slope interval)."""
+EPS_SPREADS = 2.0
+"""The default ε: this many pooled standard deviations of the seeds' losses."""
 
 
 def _groups(rows: list[dict[str, Any]]) -> dict[float, dict[float, tuple[float, np.ndarray]]]:
@@ -31,12 +36,12 @@ def _groups(rows: list[dict[str, Any]]) -> dict[float, dict[float, tuple[float, 
 
 
 def default_eps(rows: list[dict[str, Any]]) -> float:
-    """Twice the pooled standard deviation of the seeds' losses over every (point, k) with two seeds or more."""
+    """``EPS_SPREADS`` x the pooled standard deviation of the seeds' losses over every (point, k) with two seeds or more."""
     groups = [losses for g in _groups(rows).values() for _, losses in g.values() if len(losses) > 1]
     if not groups:
         raise ValueError("ε needs at least two seeds of one branch (or set it)")
     dof = sum(len(x) - 1 for x in groups)
-    return 2.0 * float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in groups) / dof))
+    return EPS_SPREADS * float(np.sqrt(sum(((x - x.mean()) ** 2).sum() for x in groups) / dof))
 
 
 def critical_batch(means: dict[float, tuple[float, float]], eps: float) -> tuple[float, bool]:
@@ -69,7 +74,7 @@ def _trend(tokens: np.ndarray, cbs: np.ndarray, boots: np.ndarray, confidence: f
     return {"slope": float(slope), "intercept": float(intercept), "slope_ci": [float(lo), float(hi)], "verdict": verdict}
 
 
-def cbs_table(rows: list[dict[str, Any]], eps: float | None = None, *, n_boot: int = 2000, confidence: float = 0.95, seed: int = 0) -> dict[str, Any]:
+def cbs_table(rows: list[dict[str, Any]], eps: float | None = None, *, n_boot: int = N_BOOT, confidence: float = CONFIDENCE, seed: int = 0) -> dict[str, Any]:
     """Per branch point: each k's mean loss and seed spread, CBS(t) with its bootstrap interval; ε and the trend over points.
 
     Args:
@@ -77,7 +82,7 @@ def cbs_table(rows: list[dict[str, Any]], eps: float | None = None, *, n_boot: i
         eps: the tolerance in loss; None: ``default_eps``.
     """
     groups = _groups(rows)
-    eps_how = "set" if eps is not None else "2 x the pooled standard deviation of the seeds"
+    eps_how = "set" if eps is not None else f"{EPS_SPREADS:g} x the pooled standard deviation of the seeds"
     eps = float(eps) if eps is not None else default_eps(rows)
     rng = np.random.default_rng(seed)
     points, boots = [], []

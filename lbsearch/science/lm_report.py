@@ -15,7 +15,7 @@ classification report:
 5. **The fit** S = S_min (1 + B_crit / B) per target (``scaling.fit_steps``), and
    log B_crit = log B* - (1/alpha_B) log L over the targets (Kaplan et al. 2020: alpha_B ~ 0.21).
 6. **95% bootstrap intervals** over seeds and learning rates: each B's trials are resampled with
-   replacement, the envelope and both fits recomputed (1000 resamples, seeded); percentile intervals.
+   replacement, the envelope and both fits recomputed (``N_RESAMPLES``, seeded); percentile intervals.
 
 B_simple (the gradient noise scale, a diagnostic from gradient statistics) is reported beside
 B_crit (a measurement of steps to a target), both in tokens.
@@ -32,8 +32,10 @@ import numpy as np
 
 from lbsearch.science.scaling import fit_steps
 
-__all__ = ["Curve", "curves", "tokens_to_target", "choose_targets", "analyse", "MAX_EVAL_GAP", "KAPLAN_ALPHA_B"]
+__all__ = ["Curve", "curves", "tokens_to_target", "choose_targets", "analyse", "MAX_EVAL_GAP", "KAPLAN_ALPHA_B", "N_RESAMPLES"]
 
+N_RESAMPLES, CONFIDENCE = 1000, 0.95
+"""The bootstrap intervals of a language-model report: resamples (seeded) and the intervals' coverage."""
 MAX_EVAL_GAP = 0.02
 """Evaluations further apart than this fraction of a run are flagged: interpolation then blurs the crossing."""
 KAPLAN_ALPHA_B = 0.21
@@ -193,7 +195,7 @@ def _warnings(cs: list[Curve], ttt_flags: np.ndarray, targets: list[float], grou
     return out
 
 
-def analyse(cs: list[Curve], targets: list[float] | None = None, *, n_boot: int = 1000, seed: int = 0, confidence: float = 0.95) -> dict[str, Any]:
+def analyse(cs: list[Curve], targets: list[float] | None = None, *, n_boot: int = N_RESAMPLES, seed: int = 0, confidence: float = CONFIDENCE) -> dict[str, Any]:
     """The token-level batch-scaling analysis of a language-model study's curves (see the module docstring)."""
     if not cs:
         return {"error": "no trial has an evaluation curve"}
