@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from lbsearch.spec import PrunerConfig, SamplerConfig, TrainConfig
-from lbsearch.spec.registry import GROUPING_PRUNERS, PRUNERS, SAMPLERS
+from lbsearch.spec.registry import GROUPING_PRUNERS, PRUNERS, SAMPLERS, SCHEDULES
 from lbsearch.study import pruner, sampler
 
 DOCS = Path(__file__).parent.parent.parent / "docs" / "specs.md"
@@ -47,6 +47,13 @@ def test_the_docs_table_names_each(field, names):
     row = next(line for line in DOCS.read_text().splitlines() if line.startswith(f"| `{field}` |"))
     quoted = set(re.findall(r"`(\w+)`", row))
     assert set(names) <= quoted, f"docs/specs.md's {field} row misses {set(names) - quoted}"
+
+
+def test_the_docs_schedule_row_names_each_schedule():
+    """A new ``schedule.name`` is a key of ``SCHEDULES``; the config accepts it from there, and docs/specs.md must name it."""
+    row = next(line for line in DOCS.read_text().splitlines() if line.startswith("| `schedule` | `name`"))
+    missing = set(SCHEDULES) - set(re.findall(r"`(\w+)`", row))
+    assert not missing, f"docs/specs.md's schedule row misses {missing}"
 
 
 def test_each_lr_scaling_rule_is_accepted_applied_and_documented():
