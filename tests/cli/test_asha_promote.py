@@ -13,6 +13,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.spec import PAUSED
 from lbsearch.study import spent
 from lbsearch.tracking import REASON, STATE
 
@@ -57,13 +58,13 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
     assert left["code"] == 130, left["out"]
     assert "[trial 0] paused at rung 0 (160 samples)" in left["out"]
     first = left["trials"][0]
-    assert (first.state, first.user_attrs["reason"], first.user_attrs["rung"], first.user_attrs["samples"]) == (TrialState.PRUNED, "paused", 0, 160)
+    assert (first.state, first.user_attrs["reason"], first.user_attrs["rung"], first.user_attrs["samples"]) == (TrialState.PRUNED, PAUSED, 0, 160)
     row = next(line for line in left["table"].splitlines() if line.split()[:2] == ["0", "paused"])
     assert row.endswith("paused at rung 0 (160 samples)")
     run = left["runs"]["0"]
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in (STATE, REASON, "lbsearch.rung", "lbsearch.rung_samples")} == {
-        STATE: "paused", REASON: "paused", "lbsearch.rung": "0", "lbsearch.rung_samples": "160"}
+        STATE: "paused", REASON: PAUSED, "lbsearch.rung": "0", "lbsearch.rung_samples": "160"}
     assert left["checkpoints"] == ["step-00000005"]  # kept for its promotion
 
 
@@ -78,7 +79,7 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     trials = journal_study(root, "tiny-study").get_trials()
     by_number = {t.number: t for t in trials}
     (done,) = [t for t in trials if t.state == TrialState.COMPLETE]
-    paused = [t for t in trials if t.user_attrs.get("reason") == "paused"]
+    paused = [t for t in trials if t.user_attrs.get("reason") == PAUSED]
     winner = _root(done, by_number)
     # the configuration that ranks first at rung 0 goes on (a tie goes to the earlier one)
     a, b = trials[0].intermediate_values[160], next(t for t in paused if _root(t, by_number) != 0).intermediate_values[160]

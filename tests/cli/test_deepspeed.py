@@ -16,6 +16,8 @@ from optuna.trial import TrialState
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'lbsearch[deepspeed]')")
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
+from lbsearch.spec import INTERRUPTED
+
 DS = SPECS.parents[1] / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
 # B = 32 = micro-batch 8 x accumulation 2 x 2 processes; clipping at 0.05 acts on most steps; 30 steps, an evaluation every 10
 SETS = ["--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.launcher.processes=2",
@@ -52,7 +54,7 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     assert "gradient noise scale: not measured (DEEPSPEED reduces (and shards) the gradients itself" in seen
     root = tmp_path / "mlruns"
     first = journal_study(root, "tiny-study").get_trials()[0]
-    assert first.state == TrialState.FAIL and first.user_attrs["reason"] == "interrupted"
+    assert first.state == TrialState.FAIL and first.user_attrs["reason"] == INTERRUPTED
     (ckpt,) = root.glob("trials/tiny-study/0000-*/checkpoints/step-*")
     assert (ckpt / "pytorch_model" / "mp_rank_00_model_states.pt").is_file()  # DeepSpeed's engine wrote it (save_checkpoint)
     assert len(list((ckpt / "pytorch_model").glob("*zero_pp_rank_*optim_states.pt"))) == 2  # each rank's optimizer partition

@@ -13,7 +13,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
-from lbsearch.spec import SpecError
+from lbsearch.spec import INTERRUPTED, SpecError
 
 STUDY = str(SPECS / "tiny_study.yaml")
 CORES = sorted(os.sched_getaffinity(0))
@@ -71,7 +71,7 @@ def test_ctrl_c_stops_both_trials_with_checkpoints_and_the_next_run_resumes_both
     rest = proc.communicate(timeout=120)[0]
     assert proc.returncode == 130, rest
     first = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
-    assert [(t.state, t.user_attrs.get("reason")) for t in first] == [(TrialState.FAIL, "interrupted")] * 2, rest
+    assert [(t.state, t.user_attrs.get("reason")) for t in first] == [(TrialState.FAIL, INTERRUPTED)] * 2, rest
     out = run_cli(*args, cwd=tmp_path, check=True).stdout
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     retries = [t for t in trials if t.state == TrialState.COMPLETE]
@@ -120,4 +120,4 @@ def test_workers_stop_with_checkpoints_when_their_parent_is_killed(tmp_path):
     deadline = time.time() + 60
     while any(t.state == TrialState.RUNNING for t in study.get_trials()) and time.time() < deadline:
         time.sleep(0.5)
-    assert [(t.state, t.user_attrs.get("reason")) for t in study.get_trials()] == [(TrialState.FAIL, "interrupted")] * 2
+    assert [(t.state, t.user_attrs.get("reason")) for t in study.get_trials()] == [(TrialState.FAIL, INTERRUPTED)] * 2

@@ -18,6 +18,7 @@ import pytest
 from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.spec import WORKER_DIED
 from lbsearch.tracking import REASON, ROLE, STATE
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -54,10 +55,10 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     assert len(retry) == 1 and retry[0].params == trials[0].params and retry[0].state == TrialState.COMPLETE
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     status = cli("status", "tiny-study", "--storage", pg_url, cwd=tmp_path, check=True).stdout
-    assert "worker died" in status
+    assert WORKER_DIED in status
     client = mlflow_client(tmp_path / "mlruns")
     run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
-    assert run.info.status == "KILLED" and run.data.tags[REASON] == "worker died"
+    assert run.info.status == "KILLED" and run.data.tags[REASON] == WORKER_DIED
 
 
 @pytest.fixture

@@ -14,6 +14,8 @@ import pytest
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
+from lbsearch.spec import INTERRUPTED, WORKER_DIED
+
 # B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
 SETS = ["--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=1920",
         "--set=experiment.train.eval_every_samples=320"]
@@ -78,7 +80,7 @@ def test_sigkilled_trial_resumes_from_its_second_checkpoint_exactly(tmp_path, sp
     assert list(root.glob("trials/tiny-study/0000-*/checkpoints/step-*"))
     again = run_cli("run", spec, *SETS, EVERY_320, cwd=tmp_path, check=True)
     trials = journal_study(root, "tiny-study").get_trials()
-    assert trials[0].user_attrs["reason"] == "worker died"
+    assert trials[0].user_attrs["reason"] == WORKER_DIED
     _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
 
 
@@ -93,7 +95,7 @@ def test_a_trial_process_killed_under_a_living_study_is_re_run_there_from_its_ch
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, rest
     assert "[trial 0] failed (worker died)" in rest
-    assert journal_study(tmp_path / "mlruns", "tiny-study").get_trials()[0].user_attrs["reason"] == "worker died"
+    assert journal_study(tmp_path / "mlruns", "tiny-study").get_trials()[0].user_attrs["reason"] == WORKER_DIED
     _assert_resumed_exactly(tmp_path / "mlruns", uninterrupted, "".join(seen) + rest, at_least=20)
 
 
@@ -109,7 +111,7 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, spe
     assert "on SIGTERM" in rest and "interrupted; run the same command again to resume" in rest
     root = tmp_path / "mlruns"
     trials = journal_study(root, "tiny-study").get_trials()
-    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "interrupted"
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == INTERRUPTED
     (ckpt,) = root.glob("trials/tiny-study/0000-*/checkpoints/step-*")
     again = run_cli("run", spec, *SETS, cwd=tmp_path, check=True)
     step = _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)

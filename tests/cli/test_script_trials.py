@@ -15,6 +15,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.spec import INTERRUPTED
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -295,9 +296,9 @@ def test_ctrl_c_stops_a_script_trial_within_seconds(tmp_path):
     rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 130 and time.time() - t0 < 10, rest
     (left,) = (tmp_path / "mlruns" / "trials" / "s").glob("0000-*/result.json")  # the script heard SIGTERM through lbsearch.api
-    assert json.loads(left.read_text())["reason"] == "interrupted"
+    assert json.loads(left.read_text())["reason"] == INTERRUPTED
     (trial,) = journal_study(tmp_path / "mlruns", "s").get_trials()
-    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == "interrupted"
+    assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED
     assert mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path / "train.py"))]
 

@@ -17,6 +17,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import standby
+from lbsearch.spec import INTERRUPTED, WORKER_DIED
 
 STUDY = str(SPECS / "tiny_study.yaml")
 SETS = ["--set=pruner.name=none"]  # every trial complete, so each can be reproduced
@@ -37,7 +38,7 @@ def test_sigterm_stops_a_forked_trial_as_a_started_one(tmp_path):
     assert proc.returncode == 130, rest
     assert "on SIGTERM" in rest  # the forked trial wrote its checkpoint, as a started one does
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
-    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "interrupted"
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == INTERRUPTED
     run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.data.tags["lbsearch.start"].startswith("forked") and run.info.status == "KILLED"
     assert _gone(tmp_path, 10)
@@ -65,7 +66,7 @@ def test_a_trial_lost_with_its_standby_process_is_re_run_from_its_checkpoint(tmp
     assert proc.returncode == 0, out
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], out
-    assert trials[1].user_attrs["reason"] == "worker died"
+    assert trials[1].user_attrs["reason"] == WORKER_DIED
     assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs["resumed_from_step"] > 0, out
     assert _gone(tmp_path, 10)
 

@@ -17,6 +17,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
+from lbsearch.spec import INTERRUPTED, WORKER_DIED
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -206,7 +207,7 @@ def test_ctrl_c_then_resume(tmp_path, specs):
     root = tmp_path / "mlruns"
     trials = journal_study(root, "tiny-study").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
-    assert trials[1].user_attrs["reason"] == "interrupted"
+    assert trials[1].user_attrs["reason"] == INTERRUPTED
     client = mlflow_client(root)
     run = client.get_run(trials[1].user_attrs["mlflow_run_id"])
     assert run.info.status == "KILLED"
@@ -238,7 +239,7 @@ def test_killed_orchestrator_leaves_no_process_and_its_trial_is_failed_and_retri
     assert journal_study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
     run_cli("run", str(spec), "--set", "n_trials=2", cwd=tmp_path, check=True)
     trials = journal_study(root, "tiny-study").get_trials()
-    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == "worker died"
+    assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == WORKER_DIED
     assert trials[1].user_attrs.get("retry_of") == 0 and trials[1].params == trials[0].params
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     client = mlflow_client(root)

@@ -24,6 +24,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
+from lbsearch.spec import TRACKING_LOST
 from lbsearch.tracking import REASON, ROLE, STATE
 
 # one trial of 125 steps (B = 32): the server goes while it trains (it may finish meanwhile: its last calls then wait for MLflow)
@@ -120,7 +121,7 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     assert len(kept) == 1 and kept[0].read_text().strip()  # the rows and the run's end that MLflow did not take
     assert list((tmp_path / "mlruns" / "trials" / "tiny-study").glob("*/checkpoints/*"))  # the checkpoint written on stop
     study = journal_study(tmp_path / "mlruns", "tiny-study")
-    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["reason"] == "tracking unavailable"
+    assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["reason"] == TRACKING_LOST
 
     server.start()
     again = run_cli("run", str(SPECS / "tiny_study.yaml"), "--tracking-uri", server.url, *LONG, cwd=tmp_path)  # MLflow's own retries
@@ -133,6 +134,6 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     runs = {r.info.run_id: r for r in _trial_runs(server.url)}
     assert not [r for r in runs.values() if r.info.status == "RUNNING"], "no run left RUNNING"
     stopped = runs[study.trials[0].user_attrs["mlflow_run_id"]]
-    assert stopped.info.status == "KILLED" and stopped.data.tags[REASON] == "tracking unavailable"
+    assert stopped.info.status == "KILLED" and stopped.data.tags[REASON] == TRACKING_LOST
     resumed = _loss_steps(server.url, done[0].user_attrs["mlflow_run_id"])
     assert sorted(set(resumed)) == sorted(resumed) and len(resumed) == 125, "one curve: the copied steps up to the checkpoint, then the rest"

@@ -19,9 +19,10 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
-from lbsearch.spec import ExecutorConfig, bundles
-from lbsearch.tracking import RAY_GPUS, RAY_NODES
+from lbsearch.spec import WORKER_DIED, ExecutorConfig, bundles
+from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON
 
 ray_cluster = pytest.importorskip("ray.cluster_utils", reason="Ray is an optional extra: pip install lbsearch[ray] (scripts/install.sh installs it)")
 
@@ -83,8 +84,7 @@ def test_without_ray_run_ray_is_a_one_line_error(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code, "run", str(SPECS / "tiny_study.yaml"), "--ray", "auto"], cwd=tmp_path,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2, proc.stderr
-    assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {SPECS / 'tiny_study.yaml'}: executor: Ray is not installed here: "
-                                                "pip install lbsearch[ray]"]
+    assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {SPECS / 'tiny_study.yaml'}: executor: {RAY_INSTALL}"]
     assert not (tmp_path / "mlruns").exists()
 
 
@@ -167,11 +167,11 @@ def test_a_node_removed_mid_trial_fails_it_retryably_and_the_retry_resumes_from_
     out = "".join(seen) + rest
     assert proc.returncode == 0, out
     trials, runs = _runs(tmp_path / "mlruns", "ray-node-dies")
-    assert [(t.state, t.user_attrs.get("reason")) for t in trials] == [(TrialState.FAIL, "worker died"), (TrialState.COMPLETE, None)], out
+    assert [(t.state, t.user_attrs.get("reason")) for t in trials] == [(TrialState.FAIL, WORKER_DIED), (TrialState.COMPLETE, None)], out
     retry, run = trials[1], runs[1]
     assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs["resumed_from_step"] > 0, out
     assert int(run.data.tags["lbsearch.resumed_from_step"]) == retry.user_attrs["resumed_from_step"]
     assert run.data.tags[RAY_NODES] != node_id  # placed on the node that is left
-    assert runs[0].info.status == "KILLED" and runs[0].data.tags["lbsearch.reason"] == "worker died"
+    assert runs[0].info.status == "KILLED" and runs[0].data.tags[REASON] == WORKER_DIED
     assert "resumed from checkpoint at step" in out
     _nothing_running(tmp_path / "mlruns", "ray-node-dies")

@@ -4,7 +4,7 @@ reason, and the error goes on up."""
 import pytest
 
 from lbsearch.orchestrator.runner import TrialRun, ended_on_error, run_tracked
-from lbsearch.spec import ExperimentConfig, Session
+from lbsearch.spec import INTERRUPTED, ExperimentConfig, Session
 from lbsearch.tracking import REASON, STATE, tracker_for
 
 
@@ -30,7 +30,7 @@ def test_a_trial_that_cannot_start_leaves_its_run_failed_not_running(tmp_path, s
     assert only.data.tags[STATE] == "failed" and "Error" in only.data.tags[REASON]
 
 
-@pytest.mark.parametrize("error,status,reason,kept", [(KeyboardInterrupt(), "KILLED", "interrupted", True),
+@pytest.mark.parametrize("error,status,reason,kept", [(KeyboardInterrupt(), "KILLED", INTERRUPTED, True),
                                                       (ValueError("bad value\nsecond line"), "FAILED", "ValueError: bad value", False)])
 def test_an_error_ends_the_run_with_its_reason(tmp_path, store, error, status, reason, kept):
     """Ctrl-C keeps a resumable trial's checkpoints for its re-run; any other error deletes them."""

@@ -5,7 +5,7 @@ import math
 import torch
 
 from lbsearch.integrations import api
-from lbsearch.spec import diverged, failure, is_out_of_memory
+from lbsearch.spec import INTERRUPTED, diverged, failure, is_out_of_memory
 from lbsearch.trial import readings, worker
 
 
@@ -25,7 +25,7 @@ def test_out_of_memory_by_type_or_by_message():
 
 
 def test_failure_reasons():
-    assert failure(KeyboardInterrupt()).reason == "interrupted"
+    assert failure(KeyboardInterrupt()).reason == INTERRUPTED
     oom = failure(torch.OutOfMemoryError("out of memory"))
     assert (oom.reason, oom.oom, oom.state) == ("out of memory", True, "failed")
     assert failure(ValueError("bad shape\nmore lines")).reason == "ValueError: bad shape"

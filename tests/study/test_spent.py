@@ -10,6 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from lbsearch.spec import INTERRUPTED
 from lbsearch.study.views import budget_line, budget_used, spent, summary
 
 DIST = {"optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True)}
@@ -34,7 +35,7 @@ def _study(task: str = "single_label", budget: dict | None = None) -> optuna.Stu
     study = optuna.create_study(direction="maximize")
     study.set_user_attr("spec", json.dumps({"study": {"name": "s", "budget": budget}}))
     study.add_trial(_trial(TrialState.COMPLETE, 40, samples=960, wall_s=36.0, config=_config(task, processes=2)))
-    study.add_trial(_trial(TrialState.FAIL, 18, samples=0, reason="interrupted", config=_config(task), curve={320 * unit: 0.6}))
+    study.add_trial(_trial(TrialState.FAIL, 18, samples=0, reason=INTERRUPTED, config=_config(task), curve={320 * unit: 0.6}))
     study.add_trial(_trial(TrialState.COMPLETE, 25, samples=960, wall_s=20.0, retry_of=1, resumed_from_trial=1, resumed_from_samples=384,
                            config=_config(task), curve={320 * unit: 0.6, 640 * unit: 0.7, 960 * unit: 0.8}))
     study.add_trial(_trial(TrialState.PRUNED, 0, reason="constraint: optimizer.lr < 1e-2"))
@@ -48,7 +49,7 @@ def test_a_resumed_trial_counts_only_what_it_trained_after_its_checkpoint():
 
 def test_a_trial_without_a_re_run_counts_its_last_report():
     study = _study()
-    study.add_trial(_trial(TrialState.FAIL, 5, samples=0, reason="interrupted", config=_config(), curve={320: 0.5}))
+    study.add_trial(_trial(TrialState.FAIL, 5, samples=0, reason=INTERRUPTED, config=_config(), curve={320: 0.5}))
     assert spent(study, "samples") == 1920 + 320
 
 

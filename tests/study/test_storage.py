@@ -10,6 +10,7 @@ import pytest
 from conftest import SPECS
 from optuna.trial import TrialState
 
+from lbsearch.spec import WORKER_DIED
 from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
@@ -52,7 +53,7 @@ def test_a_dead_workers_trial_is_failed_closed_and_re_run_once(tmp_path, study_c
     recover(study, study_cfg.max_retries, lambda t: closed.append(t.number))
     trials = study.get_trials()
     assert [t.state for t in trials[:3]] == [TrialState.RUNNING, TrialState.FAIL, TrialState.RUNNING]
-    assert reason(trials[1]) == "worker died" and closed == [dead.number]
+    assert reason(trials[1]) == WORKER_DIED and closed == [dead.number]
     assert not counted(trials[1], max_retries=1)  # its re-run takes its place
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
     assert retry.params == dead.params and retry.user_attrs == {"retry_of": dead.number, "attempt": 1}
@@ -63,7 +64,7 @@ def test_a_dead_workers_trial_is_failed_closed_and_re_run_once(tmp_path, study_c
 def test_failed_retry_counts_once_retries_are_used_up(tmp_path, study_cfg):
     study = open_study(Session(tmp_path), study_cfg)
     trial = study.ask()
-    trial.set_user_attr("reason", "worker died")
+    trial.set_user_attr("reason", WORKER_DIED)
     trial.set_user_attr("attempt", 1)
     study.tell(trial, state=TrialState.FAIL)
     t = study.trials[0]

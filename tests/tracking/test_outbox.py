@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lbsearch.orchestrator.launch import free_port
-from lbsearch.spec import TrackingOutage
+from lbsearch.spec import TRACKING_LOST, TrackingOutage
 from lbsearch.tracking import OUTBOX_FILE, REASON, STATE, Outbox, Tracker, TrackingError, is_outage, replay_outboxes, save_outbox
 
 
@@ -81,7 +81,7 @@ def test_calls_kept_through_an_outage_are_replayed_in_order_and_the_file_goes(st
     tracker, run_id = store
     folder = tmp_path / "trials" / "s" / "0000-abc"
     save_outbox([["metric_rows", run_id, [["train/loss", 0.9, 1, 1]], 1], ["metric_rows", run_id, [["train/loss", 0.8, 2, 2]]]], folder)
-    save_outbox([["tags", run_id, {REASON: "tracking unavailable"}], ["end", run_id, "KILLED"]], folder)  # appended
+    save_outbox([["tags", run_id, {REASON: TRACKING_LOST}], ["end", run_id, "KILLED"]], folder)  # appended
     said: list[str] = []
     assert replay_outboxes(nowhere, [folder], said.append) == 0  # still down: kept for later
     assert (folder / OUTBOX_FILE).is_file() and "kept for later (4 left" in said[-1]
@@ -89,4 +89,4 @@ def test_calls_kept_through_an_outage_are_replayed_in_order_and_the_file_goes(st
     assert not (folder / OUTBOX_FILE).exists()
     assert _steps(tracker, run_id) == [1, 2]
     run = tracker.client.get_run(run_id)
-    assert run.info.status == "KILLED" and run.data.tags[REASON] == "tracking unavailable"
+    assert run.info.status == "KILLED" and run.data.tags[REASON] == TRACKING_LOST
