@@ -81,7 +81,7 @@ def curves(study) -> list[Curve]:
         L = plan.tokens_per_sample or 1
         step_of = {nominal: step for step, nominal in plan.evals}
         keys = sorted(k for k, v in t.intermediate_values.items() if math.isfinite(v))  # a diverged evaluation is no crossing
-        tokens = tuple(float(step_of.get(k // L, k / (plan.batch_size * L)) * plan.batch_size * L) for k in keys)
+        tokens = tuple(float(plan.samples_at(step_of[k // L]) * L if k // L in step_of else k) for k in keys)  # seen at the evaluation
         values = [t.intermediate_values[k] for k in keys]
         loss = tuple(math.log(v) if raw.get("metric", {}).get("name") == "perplexity" else float(v) for v in values)
         out.append(Curve(number=t.number, batch_size=plan.batch_size, seq_len=L, lr=plan.lr, seed=int(raw.get("seed", 0)),

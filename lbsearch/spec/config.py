@@ -9,6 +9,7 @@ from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lbsearch.spec.batch_schedule import WithBatchSchedule, check_batch_schedule
 from lbsearch.spec.branch import WithBranching
 from lbsearch.spec.distill import WithDistill
 from lbsearch.spec.executor import WithExecutor
@@ -98,7 +99,7 @@ class ScheduleConfig(_Strict):
         return self
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_Strict, WithBatchSchedule):  # `batch_schedule`: lbsearch.spec.batch_schedule
     batch_size: int = Field(32, ge=1)
     """The effective batch B = micro-batch x accumulation x processes."""
     budget_samples: int = Field(8000, ge=1)
@@ -187,12 +188,12 @@ class ExperimentConfig(_Strict, WithBranching, WithDistill):  # `branching`: lbs
 
     @model_validator(mode="after")
     def _batch_splits(self) -> "ExperimentConfig":
-        machines = self.launcher.num_machines or 1
-        if self.launcher.processes % machines:
+        if self.launcher.processes % (machines := self.launcher.num_machines or 1):
             raise ValueError(f"`launcher.processes` (on all machines) must be divisible by `launcher.num_machines`, got "
                              f"{self.launcher.processes} and {machines}")
         if self.train.batch_size % self.launcher.processes:
             raise ValueError(f"`train.batch_size` must be divisible by `launcher.processes`, got {self.train.batch_size} and {self.launcher.processes}")
+        check_batch_schedule(self.train, self.task in LM_TASKS, self.data.max_length, self.launcher.processes, self.branching is not None)
         return self
 
 
@@ -370,8 +371,7 @@ class StudyConfig(_Strict, WithExecutor):  # `executor`: lbsearch.spec.executor
         names = [o.name for o in objs]
         if len(set(names)) != len(names):
             raise ValueError(f"`objectives` must be distinct, got {names}")
-        needs_target = [n for n in names if n.endswith("_to_target")]
-        if needs_target and self.experiment.metric.target is None:
+        if (needs_target := [n for n in names if n.endswith("_to_target")]) and self.experiment.metric.target is None:
             raise ValueError(f"objective `{needs_target[0]}` needs `metric.target` in the experiment")
         for o in objs:
             natural = self.experiment.metric.direction if o.name == "metric" else "minimize"

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from lbsearch.spec.batch_schedule import scheduled
 from lbsearch.spec.config import LauncherConfig, OptimizerConfig, ScheduleConfig, StudyConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -91,6 +92,8 @@ class ScriptExperimentConfig(_Strict):
                              f"{self.train.batch_size} and {self.launcher.processes}")
         if self.launcher.max_micro_batch is None:
             raise ValueError("a script trial cannot probe its micro-batch: set `launcher.max_micro_batch`")
+        if scheduled(self.train):
+            raise ValueError("`train.batch_schedule` is for lbsearch's own training loop: a script trial runs one B")
         clash = sorted(set(self.params) & set(VALUE_NAMES))
         if clash:
             raise ValueError(f"`params` must not redefine the values lbsearch derives, got {clash}: set them in "

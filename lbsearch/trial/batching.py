@@ -16,21 +16,27 @@ from lbsearch.spec import BatchPlan
 __all__ = ["sample_stream", "step_micro_batches"]
 
 
-def sample_stream(n_train: int, batch_size: int, steps: int, seed: int, start: int = 0) -> np.ndarray:
+def sample_stream(n_train: int, batch_size: int, steps: int, seed: int, start: int = 0, phases=()) -> np.ndarray | list[np.ndarray]:
     """Indices for ``steps`` optimizer steps of ``batch_size``: seeded permutations, back to back.
 
     Returns an array of shape (steps, batch_size). Each epoch is a fresh permutation; an epoch's
     tail continues into the next batch, so there is no short batch and no dropped sample. The
     sequence of indices depends on the seed only; ``start`` (samples) is where this trial begins
     reading it: a branch reads the reference's stream on from its branch point (``lbsearch.spec.branch``).
+    With a batch schedule's ``phases`` ((first step, B, lr, steps) each) the same sequence is cut into
+    steps of each phase's B: a list of arrays, one per step.
     """
-    need = start + steps * batch_size
+    sizes = [B for _, B, _, n in phases for _ in range(n)] if phases else None
+    need = start + (sum(sizes) if sizes else steps * batch_size)
     rng = np.random.default_rng(seed)
     chunks, have = [], 0
     while have < need:
         chunks.append(rng.permutation(n_train))
         have += n_train
-    return np.concatenate(chunks)[start:need].reshape(steps, batch_size)
+    flat = np.concatenate(chunks)[start:need]
+    if sizes is None:
+        return flat.reshape(steps, batch_size)
+    return np.split(flat, np.cumsum(sizes)[:-1])
 
 
 def step_micro_batches(step_ids: np.ndarray, lengths: np.ndarray, plan: BatchPlan, rank: int, head: int = 0) -> list[np.ndarray]:

@@ -83,8 +83,8 @@ class Checkpoints:
 
     def due(self, step: int) -> bool:
         """Whether ``checkpoint_every_samples`` or a branch point falls due at ``step`` (a read point of the trial, as every checkpoint's step is)."""
-        B = self.trial.plan.batch_size
-        return bool(self.every) and step * B // self.every > (step - 1) * B // self.every and step < self.trial.plan.steps or step in self.keep
+        seen = self.trial.plan.samples_at
+        return bool(self.every) and seen(step) // self.every > seen(step - 1) // self.every and step < self.trial.plan.steps or step in self.keep
 
     def after_step(self, step: int, read: bool = True) -> bool:
         """Write a checkpoint if one is due; time and SIGTERM are looked at on read steps only (``read``)."""
@@ -114,7 +114,7 @@ class Checkpoints:
             return False
         self.t_last = time.time()
         t.rep.flush()  # the metric rows up to the checkpoint are in MLflow before a kill can lose them
-        t.say(f"checkpoint at step {step} ({step * t.plan.batch_size} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
+        t.say(f"checkpoint at step {step} ({t.plan.samples_at(step)} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
         return True
 
     def _write(self, step: int) -> None:
@@ -189,7 +189,7 @@ def _fsync(path: Path) -> None:
 
 def _position(t, step: int) -> dict[str, Any]:
     """The trial's own state at a step boundary (JSON floats round-trip exactly)."""
-    return {"step": step, "samples": step * t.plan.batch_size, **t.readings.state(), "last_eval": t.last_eval,
+    return {"step": step, "samples": t.plan.samples_at(step), **t.readings.state(), "last_eval": t.last_eval,
             "work": [float(w) for w in t.work], "train_s": t.t_train, "gns": t.gns.noise.state(), "result": {k: t.result[k] for k in _RESULT_KEYS if k in t.result}}
 
 

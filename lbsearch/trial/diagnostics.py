@@ -106,21 +106,30 @@ class GradientNoiseMonitor:
         kind = getattr(accelerator.distributed_type, "value", "")
         self.off_reason: str | None = None
         """Why a monitor that was asked for measures nothing (shown in the trial's log and MLflow tags)."""
-        if not enabled:  # off: every method does nothing, and steps keep the whole-sorted layout
-            self.mode, self.b = None, None
-        elif kind in ("FSDP", "DEEPSPEED"):
-            self.mode, self.b = None, None
+        self._single = enabled and kind not in ("FSDP", "DEEPSPEED") and processes == 1  # measures under accumulation only
+        self.mode: str | None = None
+        self.b: int | None = None
+        # off (``enabled=False``): every method does nothing, and steps keep the whole-sorted layout
+        if enabled and kind in ("FSDP", "DEEPSPEED"):
             self.off_reason = (f"{kind} reduces (and shards) the gradients itself: no rank's own gradient is there to read, "
                                "and the per-rank hook needs DDP")
-        elif processes > 1:
+        elif enabled and processes > 1:
             self.mode, self.b = "rank", batch_size // processes
             self._rank_sq = torch.zeros((), dtype=torch.float64, device=accelerator.device)
             model.register_comm_hook(state=self, hook=_norm_then_allreduce)
-        elif accumulation > 1:
-            self.mode, self.b = "micro", micro_batch * (accumulation // 2)
-        else:
-            self.mode, self.b = None, None
-            self.off_reason = "one process without accumulation sees one batch size"
+        elif enabled:
+            self.resize(batch_size, micro_batch, accumulation)
+
+    def resize(self, batch_size: int, micro_batch: int, accumulation: int) -> None:
+        """A new split of B (a batch schedule's change, between read points: nothing pending). One process measures
+        under accumulation only; the estimates (of |G|² and tr(Σ), which do not depend on B) carry on."""
+        self.big, self.accumulation = batch_size, accumulation
+        if self.mode == "rank":
+            self.b = batch_size // self.acc.num_processes
+        elif self._single:
+            on = accumulation > 1
+            self.mode, self.b = ("micro", micro_batch * (accumulation // 2)) if on else (None, None)
+            self.off_reason = None if on else "one process without accumulation sees one batch size"
 
     @property
     def active(self) -> bool:

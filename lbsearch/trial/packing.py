@@ -28,8 +28,9 @@ import numpy as np
 import torch
 
 from lbsearch.trial.batching import to_device
+from lbsearch.trial.distributed import sum_over_ranks
 
-__all__ = ["pack", "segment_mask", "pool_segments", "position_offset", "unsupported", "check"]
+__all__ = ["pack", "segment_mask", "pool_segments", "position_offset", "unsupported", "check", "packing_offset"]
 
 TOLERANCE = 1e-4
 """Largest difference of fp32 logits, relative to their scale, between packed and padded layouts."""
@@ -152,3 +153,23 @@ def check(model: torch.nn.Module, seqs: list[np.ndarray], width: int, pad_id: in
         model.train(was_training)
     diff = (packed - padded).abs().max().item() / max(padded.abs().max().item(), 1.0)
     return None if diff <= TOLERANCE else f"packed logits differ from padded ones by {diff:.1e} (relative)"
+
+
+def packing_offset(trial, model: torch.nn.Module, pooled: bool) -> int | None:
+    """Where packed positions start if ``trial``'s micro-batches are packed (``launcher.pack``, a classifier with
+    the pooled head (``pooled``), nothing in ``unsupported``, and ``check`` passed on short training samples on
+    every rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
+    if not trial.exp.launcher.pack or trial.lm:
+        return None
+    width = trial.exp.data.max_length
+    why = "pooling cls: the architecture's own head" if not pooled else unsupported(model.config, width)
+    if why is None:
+        train = trial.data["train"]
+        few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]
+        why = check(model, [train.ids[i] for i in few], width, trial.pad_id, [train.types[i] for i in few] if trial.use_types else None)
+        if sum_over_ranks(trial.acc, [float(why is not None)])[0] and why is None:  # every rank packs, or none
+            why = "the check failed on another process"
+        if why:
+            trial.say(f"packing: off ({why})")
+    trial.rep.tags({"lbsearch.packing": f"off: {why}" if why else "on"})
+    return None if why else position_offset(model)

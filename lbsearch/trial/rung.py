@@ -20,5 +20,5 @@ def pause_at_rung(trial, saver, step: int, code: int) -> int:
         trial.say(f"not paused at its rung ({at} samples): no checkpoint to resume from; it trains on")
         trial.spec.pause_at_samples = None
         return code
-    trial.say(f"paused at step {step} ({step * trial.plan.batch_size} samples), its rung ({at} samples)")
+    trial.say(f"paused at step {step} ({trial.plan.samples_at(step)} samples), its rung ({at} samples)")
     return PAUSE

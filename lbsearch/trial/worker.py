@@ -33,8 +33,9 @@ from lbsearch.trial.distill import make_loss
 from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, prepare, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
-from lbsearch.trial.packing import pack
+from lbsearch.trial.packing import pack, packing_offset
 from lbsearch.trial.readings import CONTINUE, DIVERGED, OVERFLOW, PAUSE, PRUNED, Readings
+from lbsearch.trial.resize import check_resizable, in_samples, phase_ends, replan
 from lbsearch.trial.rung import pause_at_rung
 from lbsearch.trial.standby import serve
 from lbsearch.trial.training import (
@@ -60,7 +61,7 @@ class Trial:
         from accelerate.utils import set_seed
 
         from lbsearch.data import load_arrays
-        from lbsearch.trial.model import build_model, uses_token_types
+        from lbsearch.trial.model import PooledClassifier, build_model, uses_token_types
 
         self.t_start, self.spec = time.time(), spec
         self.exp = exp = ExperimentConfig.model_validate(spec.experiment)
@@ -81,12 +82,12 @@ class Trial:
         self.unit = sample_unit(exp.task, exp.data.max_length)  # tokens per sample: pruning and targets in tokens for language models
         model = build_model(exp.model, exp.task, self.labels["names"], spec.vocab_size, spec.pad_id)
         self.use_types = uses_token_types(model) and self.data["train"].types is not None
-        self.pack_offset = self._packing(model)
-        limit = exp.launcher.max_micro_batch
-        if limit is None:
-            limit = probe_micro_batch(self.acc, model, exp, exp.train.batch_size // world, Path(spec.data_path).parent, self.say)
+        self.pack_offset = packing_offset(self, model, isinstance(model, PooledClassifier))  # None: padded
+        limit, plan = exp.launcher.max_micro_batch, make_plan(exp, world)
+        if limit is None:  # up to the largest B of a batch schedule
+            limit = probe_micro_batch(self.acc, model, exp, plan.largest_batch // world, Path(spec.data_path).parent, self.say)
             set_seed(exp.seed)  # the probe must not change what training sees
-        self.plan = make_plan(exp, world).with_limit(limit)
+        self.plan = plan.with_limit(limit)
         self.say(f"{self.plan}; device {self.acc.device}")
         self.count_flops = flop_count(model)
         if launcher.peak_tflops:
@@ -96,41 +97,23 @@ class Trial:
         self.say(f"MFU: {self.count_flops}; peak {self.peak / 1e12:.3g} TFLOP/s per process ({how})" if self.peak else f"MFU: {how}")
         self.rep.plan(self.plan.to_dict())
         self._build_optimization(model)
-        self.evals = dict(self.plan.evals)
+        self.evals, self.phase_ends = dict(self.plan.evals), phase_ends(self.plan)
         self.result: dict[str, Any] = {"state": "complete", "reason": None, "steps": 0, "samples": 0, "evals": []}
         self.last_eval: dict[str, float] | None = None
         self.t_train, self.t_first_step = 0.0, None
         self.t_mark, self.samples_mark = time.time(), 0
         self.work = np.zeros(4)  # this rank's FLOPs and tokens: since the last evaluation, then in all
 
-    def _packing(self, model: torch.nn.Module) -> int | None:
-        """Where packed positions start if micro-batches are packed (``launcher.pack``, a classifier with
-        the pooled head, nothing in ``packing.unsupported``, and ``packing.check`` passed on short
-        training samples on every rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
-        from lbsearch.trial.model import PooledClassifier
-        from lbsearch.trial.packing import check, position_offset, unsupported
-
-        if not self.exp.launcher.pack or self.lm:
-            return None
-        width = self.exp.data.max_length
-        why = "pooling cls: the architecture's own head" if not isinstance(model, PooledClassifier) else unsupported(model.config, width)
-        if why is None:
-            train = self.data["train"]
-            few = sorted(range(min(len(train.ids), 256)), key=lambda i: len(train.ids[i]))[:8]
-            why = check(model, [train.ids[i] for i in few], width, self.pad_id, [train.types[i] for i in few] if self.use_types else None)
-            if sum_over_ranks(self.acc, [float(why is not None)])[0] and why is None:  # every rank packs, or none
-                why = "the check failed on another process"
-            if why:
-                self.say(f"packing: off ({why})")
-        self.rep.tags({"lbsearch.packing": f"off: {why}" if why else "on"})
-        return None if why else position_offset(model)
-
     def _build_optimization(self, model: torch.nn.Module) -> None:
         exp, plan, acc = self.exp, self.plan, self.acc
-        self.batch = plan.batch  # the split every step lays out (built once, not per step)
+        self.batch = plan.batch  # the split every step lays out (built once, not per step; a batch schedule's change: resize.replan)
         acc.gradient_accumulation_steps = plan.accumulation
+        check_resizable(acc, plan)
         optimizer = make_optimizer(exp, model, plan.lr)
-        self.scheduler = make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
+        if plan.phases:  # a batch schedule: warmup and decay in samples, lr per phase
+            self.scheduler = in_samples(make_scheduler(exp.schedule, optimizer, plan.samples_at(plan.warmup_steps), plan.samples_at(plan.steps)), optimizer, plan)
+        else:
+            self.scheduler = make_scheduler(exp.schedule, optimizer, plan.warmup_steps, plan.steps)
         self.model, self.optimizer = prepare(acc, model, optimizer, plan.micro_batch, exp.train.clip_norm)  # DeepSpeed: its config gets B's split and clipping
         tr = exp.train
         self.readings = Readings(optimizer, acc.scaler, tr.divergence_factor, tr.max_skipped_steps, tr.clip_norm, tr.log_every_steps,
@@ -144,7 +127,7 @@ class Trial:
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
         self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))
         self.loss = make_loss(acc, self.spec, exp, train, self.labels, self.say, self.rep.tags)  # the task's, or distillation's (lbsearch.trial.distill)
-        self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed, stream_start(exp.branching))  # a branch: on from its point
+        self.stream = sample_stream(len(train.ids), plan.batch_size, plan.steps, exp.seed, stream_start(exp.branching), plan.phases)  # a branch: on from its point
         self.evaluate_val = self._evaluator("validation")
         maybe_inject_oom(plan.micro_batch)
         self.model.train()
@@ -162,17 +145,18 @@ class Trial:
         finiteness and divergence guard -> optimizer step (skipped on the device by the guard, or by the
         fp16 GradScaler) -> schedule -> at a read point (``read``: a checkpoint's step), log and decide.
         Returns CONTINUE, DIVERGED or OVERFLOW (the same on every rank); between read points, CONTINUE."""
+        replan(self, step)  # a batch schedule's change of B
         micro = self._layout(step)
         loss_sum = sum(self._accumulate(idx, step) for idx in micro)
         maybe_inject_overflow(self.model, step)
         norm = self._clip()
-        loss = average_over_ranks(self.acc, loss_sum / self.plan.accumulation)  # the loss of all B samples
-        self.loss.close_step(step, self.plan.accumulation)
+        loss = average_over_ranks(self.acc, loss_sum / self.batch.accumulation)  # the loss of all B samples
+        self.loss.close_step(step, self.batch.accumulation)
         code = self.readings.before_optimizer(step, loss, norm)
         if code == CONTINUE:
             self._optimizer_step()
         self.readings.after_optimizer(self.scheduler.get_last_lr()[0])
-        if self.readings.due(step, self.plan.steps, read or step in self.evals or self.t_first_step is None):
+        if self.readings.due(step, self.plan.steps, read or step in self.evals or step in self.phase_ends or self.t_first_step is None):
             code = self.read()
         return code
 
@@ -213,12 +197,12 @@ class Trial:
         rows, code, last = self.readings.read()
         fp16 = {"train/skipped_steps": self.readings.skipped} if self.acc.scaler is not None else {}  # fp16 reads every step
         for r, clip_frac in rows:
-            seen = r.step * self.plan.batch_size
+            seen, B = self.plan.samples_at(r.step), {"train/batch_size": self.plan.phase_at(r.step)[0]} if self.plan.phases else {}
             self.rep.metrics({"train/loss": r.loss, "train/lr": r.lr, "train/grad_norm": r.grad_norm, "train/clip_frac": clip_frac,
-                              "progress/samples": seen, "progress/step": r.step} | fp16 | self.loss.row(r.step), seen, r.ms)
+                              "progress/samples": seen, "progress/step": r.step} | fp16 | B | self.loss.row(r.step), seen, r.ms)
         self.gns.settle(last)
         self.t_first_step = self.t_first_step or time.time() - self.t_start
-        self.result["steps"], self.result["samples"] = last, last * self.plan.batch_size
+        self.result["steps"], self.result["samples"] = last, self.plan.samples_at(last)
         return code
 
     def _inputs(self, idx: np.ndarray, step: int) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
@@ -236,7 +220,7 @@ class Trial:
 
     def evaluate(self, step: int) -> int:
         """Validation at an evaluation point; returns CONTINUE or PRUNED (the same on every rank)."""
-        now, seen, metric = time.time(), step * self.plan.batch_size, self.exp.metric
+        now, seen, metric = time.time(), self.plan.samples_at(step), self.exp.metric
         self.t_train += now - self.t_mark
         sps = (seen - self.samples_mark) / max(now - self.t_mark, 1e-9)
         speed = self._speed(self.work[:2], now - self.t_mark)
