@@ -51,9 +51,13 @@ def _default(model: type[BaseModel], name: str):
 
 
 def _section_model(name: str) -> type[BaseModel]:
-    """The model of an experiment section; an optional section (``distill: DistillConfig | None``) gives its model."""
-    annotation = ExperimentConfig.model_fields[name].annotation
-    return next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+    """The model of an experiment section, dotted for a nested one (``train.batch_schedule``); an optional section
+    (``distill: DistillConfig | None``) gives its model."""
+    model: type[BaseModel] = ExperimentConfig
+    for part in name.split("."):
+        annotation = model.model_fields[part].annotation
+        model = next((a for a in get_args(annotation) if isinstance(a, type) and issubclass(a, BaseModel)), annotation)
+    return model
 
 
 def _experiment_rows() -> list[tuple[type[BaseModel], str, str | None, str]]:
@@ -85,7 +89,7 @@ ROWS = _experiment_rows() + _study_rows()
 def test_the_doc_tables_were_read():
     names = {(model.__name__, name) for model, name, _, _ in ROWS}
     assert ("TrainConfig", "budget_samples") in names and ("StudyConfig", "heartbeat_interval") in names
-    assert ("DistillConfig", "temperature") in names
+    assert ("DistillConfig", "temperature") in names and ("BatchSchedule", "lr_scaling") in names
     assert len(ROWS) > 60
 
 
