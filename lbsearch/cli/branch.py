@@ -28,6 +28,9 @@ def add_branch(ap: argparse.ArgumentParser, sub, common) -> argparse.ArgumentPar
     p.add_argument("--eps", type=float, default=None, help="the loss tolerance of CBS (default: a multiple of the pooled standard deviation of the seeds, lbsearch/science/cbs.py)")
     p.add_argument("--b-crit", type=float, default=None, metavar="B", help="the batch ladder's B_crit (tokens / samples), drawn beside CBS(t)")
     p.add_argument("--name", default=None, help="the branch study's name (default <study>-branch-<trial>)")
+    p.add_argument("--parallel", type=int, default=1, metavar="N", help="branches at once on this host, each on its own devices "
+                   "(cores on a CPU, `launcher.processes` GPUs each; default %(default)s; docs/scale_out.md)")
+    p.add_argument("--no-report", action="store_true", help=argparse.SUPPRESS)  # a --parallel worker: the report is its parent's
     common(p)
     return ap
 
@@ -35,5 +38,9 @@ def add_branch(ap: argparse.ArgumentParser, sub, common) -> argparse.ArgumentPar
 def cmd_branch(args, session) -> int:
     from lbsearch.orchestrator import BranchArgs, run_branches
 
+    from lbsearch.spec import SpecError
+
+    if args.parallel < 1:
+        raise SpecError(None, "--parallel", f"must be at least 1, got {args.parallel}")
     a = BranchArgs(trial=args.trial, k=args.k, delta=args.delta, seeds=args.seeds, rule=args.rule, eps=args.eps, b_crit=args.b_crit, name=args.name)
-    return run_branches(session, args.study, a)
+    return run_branches(session, args.study, a, parallel=args.parallel, argv=args.argv, report=not args.no_report)

@@ -188,7 +188,7 @@ def cmd_run(args) -> int:
 
 def _run_parallel(args, cfg, exp_raw, n: int) -> int:
     """``run --parallel N`` (or the study's ``parallel``): N placed workers of this study (``lbsearch.orchestrator.parallel``)."""
-    from lbsearch.orchestrator import run_parallel
+    from lbsearch.orchestrator import run_parallel, without_option
     from lbsearch.spec import experiment_model
 
     if n < 1:
@@ -196,15 +196,8 @@ def _run_parallel(args, cfg, exp_raw, n: int) -> int:
     if "launcher.processes" in cfg.search_space and cfg.executor.kind == "local":  # Ray places trials of any size
         raise SpecError(args.study, "--parallel", "places trials of one size: `launcher.processes` must not be searched with it")
     launcher = experiment_model(exp_raw).model_validate(exp_raw).launcher.model_dump()
-    argv, skip = [], False
-    for a in args.argv:  # the same command, without --parallel
-        if skip or a.startswith("--parallel="):
-            skip = False
-            continue
-        skip = a == "--parallel"
-        if not skip:
-            argv.append(a)
-    return run_parallel([*argv, "--parallel", "1"], n, launcher, str(args.study), local=cfg.executor.kind == "local")  # each worker runs its trials one at a time
+    argv = without_option(args.argv, "--parallel")  # each worker runs its trials one at a time
+    return run_parallel([*argv, "--parallel", "1"], n, launcher, str(args.study), local=cfg.executor.kind == "local")
 
 
 def cmd_train(args) -> int:

@@ -4,7 +4,7 @@ The branches of a reference trial are a study of their own, ``<study>-branch-<N>
 the reference's kept branch points x k·B x seeds (``spec.branch.SEARCHED``), each trial a branch
 (``spec.branch.branch_experiment``), run by the study loop like any other, so it is tracked in MLflow (tags
 ``lbsearch.branch.*``), resumable (the same command again runs what is left), reproducible (``lbsearch reproduce``)
-and can run ``--parallel``. At its end the CBS report (``science.cbs``, ``science.cbs_report``) is written under
+and runs ``--parallel N`` (N placed workers, ``orchestrator.parallel``; the report once all are done). At its end the CBS report (``science.cbs``, ``science.cbs_report``) is written under
 ``mlruns/reports/<branch study>/cbs`` and logged to the branch study's parent run (artifacts ``cbs_report/``)."""
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from typing import Any
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.loop import run_study
+from lbsearch.orchestrator.parallel import run_parallel, without_option
 from lbsearch.science import cbs_table, default_eps, write_cbs_report
 from lbsearch.spec import FOLDER, RULES, ExperimentConfig, Session, SpecError, StudyConfig, branch_experiment, branch_points_dir, fingerprint, kept_points, make_plan, sample_unit
 from lbsearch.study import load_existing_study, stored_study
@@ -113,9 +114,17 @@ def branch_study(session: Session, study_name: str, a: BranchArgs) -> tuple[Stud
     return cfg, raw
 
 
-def run_branches(session: Session, study_name: str, a: BranchArgs) -> int:
-    """Create or resume the branch study of ``a.trial``, run what is left of it, then write and log its CBS report."""
+def run_branches(session: Session, study_name: str, a: BranchArgs, parallel: int = 1, argv: list[str] | None = None, report: bool = True) -> int:
+    """Create or resume the branch study of ``a.trial``, run what is left of it, then write and log its CBS report.
+    ``parallel`` > 1: ``lbsearch ARGV`` (this command) as that many placed workers, each running branches one at a time
+    without a report (``report=False``); the report once all are done."""
     cfg, raw = branch_study(session, study_name, a)
+    if parallel > 1:
+        launcher = ExperimentConfig.model_validate(raw).launcher.model_dump()
+        code = run_parallel([*without_option(argv or [], "--parallel"), "--parallel", "1", "--no-report"], parallel, launcher, f"lbsearch branch {study_name}")
+        if code == 0:
+            cbs_report(session, cfg, a)
+        return code
     say = lambda text: session.out(f"[branch {cfg.name}] {text}")  # noqa: E731
     say(f"{cfg.n_trials} branches of {study_name}#{a.trial}: points {cfg.search_space['branching.source.at_samples'].choices} samples, "
         f"k {sorted(a.k)}, {a.seeds} seed(s), lr rule {a.rule}, Δ {a.delta:,}")
@@ -124,7 +133,7 @@ def run_branches(session: Session, study_name: str, a: BranchArgs) -> int:
     if ref_run:  # the reference's run names its branch study (whose runs name the reference: lbsearch.branch.reference)
         tracker_for(session, cfg).tags(ref_run, {"lbsearch.branch.study": cfg.name})
     code = run_study(session, cfg, raw)
-    if code != 0:
+    if code != 0 or not report:
         return code
     cbs_report(session, cfg, a)
     return 0

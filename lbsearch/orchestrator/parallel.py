@@ -30,7 +30,7 @@ from typing import Any, Callable
 
 from lbsearch.spec import SpecError
 
-__all__ = ["placements", "run_parallel"]
+__all__ = ["placements", "run_parallel", "without_option"]
 
 
 def _visible_gpus(cpu: bool) -> list[str]:
@@ -79,6 +79,19 @@ def _worker_setup(cores: list[int] | None) -> None:
 def _relay(proc: subprocess.Popen, prefix: str, say: Callable[[str], None]) -> None:
     for line in proc.stdout:
         say(f"{prefix} {line.rstrip()}")
+
+
+def without_option(argv: list[str], name: str) -> list[str]:
+    """``argv`` without the option ``name`` and its value (``--name V`` or ``--name=V``): the command each worker runs."""
+    out, skip = [], False
+    for a in argv:
+        if skip or a.startswith(f"{name}="):
+            skip = False
+            continue
+        skip = a == name
+        if not skip:
+            out.append(a)
+    return out
 
 
 def run_parallel(argv: list[str], n: int, launcher: dict[str, Any], where: str, say: Callable[[str], None] = print, local: bool = True) -> int:

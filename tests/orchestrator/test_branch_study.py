@@ -126,6 +126,22 @@ def test_a_branch_reproduces_exactly(branched):
     assert "branched from cbs-ref#0 at 2,048 tokens" in out  # from the reference's kept checkpoint again
 
 
+def test_branches_run_parallel_on_placed_workers_and_the_report_is_written_once(branched, env):
+    """``--parallel 2``: two workers (one core each) share the same 4 branches under the study lock, each runs its
+    own; the CBS report is written once, by the command after both are done, with the serial study's losses."""
+    proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05",
+                   "--name", "cbs-par", "--parallel", "2", cwd=branched, check=True, env=env)
+    out = proc.stdout
+    assert all(f"[worker {i}] [trial" in out for i in (0, 1)), out[-3000:]
+    assert out.count("[cbs cbs-par] ε 0.05 (set)") == 1 and "[worker 0] [cbs" not in out and "[worker 1] [cbs" not in out
+    par, serial = (journal_study(branched / "mlruns", name).get_trials() for name in ("cbs-par", "cbs-ref-branch-0"))
+    assert sorted(t.state.name for t in par) == ["COMPLETE"] * 4
+    key = lambda t: (t.params["branching.source.at_samples"], t.params["train.batch_size"])  # noqa: E731
+    losses = {key(t): t.user_attrs["validation_loss"] for t in serial}
+    assert {key(t): t.user_attrs["validation_loss"] for t in par} == pytest.approx(losses, rel=1e-4)  # one thread each, not bit for bit
+    assert (branched / "mlruns" / "reports" / "cbs-par" / "cbs" / "cbs.json").is_file()
+
+
 @pytest.mark.parametrize("args,field", [(["--k", "2,4"], "--k"), (["--k", "1,2", "--delta", "100"], "--delta"),
                                         (["--k", "1,2", "--delta", str(DELTA), "--rule", "cubic"], "--rule"),
                                         (["--trial", "7"], "--trial")])
