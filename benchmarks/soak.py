@@ -32,7 +32,7 @@ import optuna
 from _bench import ROOT, machine, write
 from mlflow.tracking import MlflowClient
 
-from lbsearch.tracking import ROLE
+from lbsearch.tracking import ROLE, TRIAL
 
 SPEC = ROOT / "tests" / "specs" / "tiny_study.yaml"
 
@@ -128,7 +128,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    child = Counter(r.data.tags.get("lbsearch.trial") for r in runs if r.data.tags.get(ROLE) == "trial")
+    child = Counter(r.data.tags.get(TRIAL) for r in runs if r.data.tags.get(ROLE) == "trial")
     counted = states["COMPLETE"] + states["PRUNED"]
     figures = {
         "soak.requested_trials": args.trials,

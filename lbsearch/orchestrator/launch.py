@@ -30,7 +30,10 @@ from lbsearch.spec import WORKER_DIED, TrialResult, machines, read_config, read_
 if TYPE_CHECKING:
     from lbsearch.spec import WorkerSpec
 
-__all__ = ["free_port", "launch_command", "trial_command", "with_machines", "run_trial_process", "failure_reason"]
+__all__ = ["TRIAL_LOG", "free_port", "launch_command", "trial_command", "with_machines", "run_trial_process", "failure_reason"]
+
+TRIAL_LOG = "stdout.log"
+"""A trial's output (every rank's stdout and stderr) in its working folder, attached to its MLflow run."""
 
 
 def free_port() -> int:
@@ -182,7 +185,7 @@ def run_trial_process(
     argv, extra = program(spec_file) if program else (None, {})
     cmd, env = trial_command(spec.experiment, spec_file, env | extra, argv)
     tail: deque[str] = deque(maxlen=100)  # two ranks' tracebacks and torchrun's summary
-    with open(workdir / "stdout.log", "w") as log:
+    with open(workdir / TRIAL_LOG, "w") as log:
         proc = standby.start(cmd, env, spec_file, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
                              cwd=workdir if program else None)  # inside standby.standby(): maybe forked from the standby process
         on_start(proc.pid)

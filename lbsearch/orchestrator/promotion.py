@@ -18,7 +18,7 @@ import optuna
 
 from lbsearch.spec import PAUSED, StudyConfig, TrialResult, adopt, sample_unit
 from lbsearch.study import configurations, is_multi, last_resort, promotable, rung_to_run, rungs
-from lbsearch.tracking import Tracker, TrackingError, promoted_tags, resumed_tags, rung_tags
+from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, Tracker, TrackingError, promoted_tags, resumed_tags, rung_tags
 
 __all__ = ["promote", "rung_plan", "resume", "started", "ended_line"]
 
@@ -88,11 +88,11 @@ def started(tracker: Tracker, trial: optuna.Trial, run_id: str, resumed: dict[st
     """The trial's MLflow run exists: the earlier trial's curves up to the checkpoint are copied into it (one curve in MLflow
     too), and a promoted trial's paused run names the trial and run that go on with it."""
     trial.set_user_attr("mlflow_run_id", run_id)
-    source = resumed.get("lbsearch.resumed_from_run")
+    source = resumed.get(RESUMED_FROM_RUN)
     if not source:
         return
     try:
-        tracker.copy_metrics(source, run_id, resumed["lbsearch.resumed_from_step"])
+        tracker.copy_metrics(source, run_id, resumed[RESUMED_FROM_STEP])
         if "resume_of" in trial.user_attrs and "retry_of" not in trial.user_attrs:
             tracker.tags(source, promoted_tags(trial.number, run_id))
     except TrackingError as err:

@@ -32,7 +32,7 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Callable
 
-from lbsearch.orchestrator.launch import failure_reason, free_port, trial_command
+from lbsearch.orchestrator.launch import TRIAL_LOG, failure_reason, free_port, trial_command
 from lbsearch.orchestrator.processes import grace_of, stop_group
 from lbsearch.spec import WORKER_DIED, ExecutorConfig, SpecError, TrialResult, WorkerSpec, bundles, message
 from lbsearch.tracking import RAY_GPUS, RAY_NODES
@@ -229,7 +229,7 @@ def _follow(machines: list[Any], workdir: Path, on_line: Callable[[str], None], 
     seen, codes, lost = [0] * len(machines), [None] * len(machines), None
     tail: deque[str] = deque(maxlen=100)
     ended = None
-    with open(workdir / "stdout.log", "w") as log:
+    with open(workdir / TRIAL_LOG, "w") as log:
         try:
             while lost is None and any(c is None for c in codes):
                 for i, m in enumerate(machines):

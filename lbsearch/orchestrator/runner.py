@@ -16,13 +16,16 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import lbsearch.terminal as console
-from lbsearch.orchestrator.launch import resolve_precision, run_trial_process
+from lbsearch.orchestrator.launch import TRIAL_LOG, resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
 from lbsearch.orchestrator.teacher import find_teacher
 from lbsearch.spec import FOLDER, PAUSED, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
 from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, dataset_inputs, distill_tags, end_tags, flatten, is_outage, label_tags, oom_retry_tags, save_outbox, versions
 
-__all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS"]
+__all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON"]
+
+CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "config.json", "reproduce.sh", "versions.json", "labels.json"
+"""A trial run's artifacts: its resolved config, the command that re-runs it, the versions, the label mapping (and ``TRIAL_LOG``)."""
 
 MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 """MLflow run status by trial state (an interrupted trial is a failed one whose run was killed)."""
@@ -45,10 +48,10 @@ def trial_files(session: Session, cfg: dict[str, Any], study: str | None, number
     if session.storage:
         cmd += f" --storage {shlex.quote(session.storage)}"
     return {
-        "config.json": json.dumps(cfg, indent=1),
-        "reproduce.sh": f"# re-run this trial from its resolved config and compare metrics\n{cmd}\n"
+        CONFIG_JSON: json.dumps(cfg, indent=1),
+        REPRODUCE_SH: f"# re-run this trial from its resolved config and compare metrics\n{cmd}\n"
         f"# or train the config alone: lbsearch train config.json\n",
-        "versions.json": json.dumps(versions(), indent=1),
+        VERSIONS_JSON: json.dumps(versions(), indent=1),
     }
 
 
@@ -121,7 +124,7 @@ def run_tracked(session: Session, tracker: Tracker, run: TrialRun, on_run: Calla
     teacher = find_teacher(session, run.exp)  # a distilled experiment's teacher: a SpecError before any run exists
     if teacher is not None:  # the version joins the saved config: a reproduce runs with this teacher or refuses
         run.exp.distill.teacher_version, run.teacher_dir = teacher.version, str(teacher.folder)
-        run.files = run.files | ({"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)} if "config.json" in run.files else {})
+        run.files = run.files | ({CONFIG_JSON: json.dumps(run.exp.model_dump(mode="json"), indent=1)} if CONFIG_JSON in run.files else {})
     plan = make_plan(run.exp)
     config = run.exp.model_dump(mode="json")
     tags = run.tags | distill_tags(teacher, run.exp.distill if teacher else None) | ({k: v for k, v in plan.split().items() if v is not None})
@@ -150,7 +153,7 @@ def ended_on_error(tracker: Tracker, run_id: str, workdir: Path, resumable: bool
 
 def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, plan: TrialPlan, config: dict[str, Any]) -> Outcome:
     labels = getattr(run.data, "labels", None) or {}
-    tracker.artifacts(run_id, run.files | ({"labels.json": json.dumps(labels, indent=1)} if labels else {}))
+    tracker.artifacts(run_id, run.files | ({LABELS_JSON: json.dumps(labels, indent=1)} if labels else {}))
     if labels.get("names"):  # the label mapping, as the model's id2label has it
         tracker.tags(run_id, label_tags(labels["task"], json.dumps(labels["names"])))
     try:  # the Datasets column is a view: a tracking error here never costs the trial
@@ -164,8 +167,8 @@ def _tracked(session: Session, tracker: Tracker, run: TrialRun, run_id: str, pla
     try:
         with tracker.system_metrics(run_id):
             result, plan = _run_with_oom_retries(session, box, run, run_id, plan)
-        if run.exp.model_dump(mode="json") != config and "config.json" in run.files:  # reproduce runs what ran
-            box.artifacts(run_id, {"config.json": json.dumps(run.exp.model_dump(mode="json"), indent=1)})
+        if run.exp.model_dump(mode="json") != config and CONFIG_JSON in run.files:  # reproduce runs what ran
+            box.artifacts(run_id, {CONFIG_JSON: json.dumps(run.exp.model_dump(mode="json"), indent=1)})
         if not box.flush() and run.resumable:  # MLflow still down at the end: re-run from the checkpoint, once it answers
             session.out(f"{run.prefix} MLflow unreachable past the limit at the trial's end: it is re-run from its last checkpoint")
             result = TrialResult(state="failed", reason=TRACKING_LOST)
@@ -196,9 +199,9 @@ def _keep_unsent(session: Session, box: Outbox, run: TrialRun, run_id: str, wait
 
 def _end(tracker: Tracker | Outbox, run_id: str, workdir: Path, result: TrialResult) -> None:
     tracker.tags(run_id, end_tags(result))
-    log = workdir / "stdout.log"
+    log = workdir / TRIAL_LOG
     if log.is_file():
-        tracker.artifacts(run_id, {"stdout.log": log.read_text()[-200_000:]})
+        tracker.artifacts(run_id, {TRIAL_LOG: log.read_text()[-200_000:]})
     tracker.end(run_id, MLFLOW_STATUS["interrupted" if result.reason in RETRYABLE else result.state])  # stopped from outside: KILLED
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 
 from lbsearch.spec import SpecError, models_dir
-from lbsearch.tracking.tags import ROLE, STUDY
+from lbsearch.tracking.tags import ROLE, STUDY, TRIAL
 
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["compressed_name", "variant_dir", "record_variant", "variant_rows", "find_variant", "VARIANT", "COMPRESS_ROLE"]
 
 VARIANT, COMPRESS_ROLE = "lbsearch.variant", "compress"
-_TRIAL, _FOLDER = "lbsearch.trial", "lbsearch.model"
+_TRIAL, _FOLDER = TRIAL, "lbsearch.model"
 
 
 def compressed_name(study: str) -> str:

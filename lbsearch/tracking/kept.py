@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lbsearch.spec import models_dir, trial_model_dir
-from lbsearch.tracking.tags import ROLE, STUDY
+from lbsearch.tracking.tags import ROLE, STUDY, TRIAL
 
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
@@ -54,8 +54,8 @@ def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_i
     else:
         shutil.rmtree(saved, ignore_errors=True)
     if best == number and kept:
-        model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}", folder, {STUDY: study, "lbsearch.trial": str(number)})
-        version = tracker.register_model(registered_name(study), model_id, run_id, {"lbsearch.trial": str(number)}, alias=BEST_ALIAS)
+        model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}", folder, {STUDY: study, TRIAL: str(number)})
+        version = tracker.register_model(registered_name(study), model_id, run_id, {TRIAL: str(number)}, alias=BEST_ALIAS)
         if policy == "best":  # the earlier bests' copies in MLflow go too: one model on disk
             tracker.drop_model_versions(registered_name(study), keep=version)
         tracker.tags(run_id, {"lbsearch.model": str(folder), "lbsearch.model_version": version})

@@ -11,25 +11,32 @@ from lbsearch.spec import PAUSED
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
 
-__all__ = ["STUDY", "ROLE", "STATE", "REASON", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
+__all__ = ["STUDY", "ROLE", "TRIAL", "STATE", "REASON", "RETRY_OF", "RESUMED_FROM_TRIAL", "RESUMED_FROM_STEP", "RESUMED_FROM_SAMPLES",
+           "RESUMED_FROM_RUN", "RUNG", "RUNG_SAMPLES", "PROMOTED_TO_TRIAL", "PROMOTED_TO_RUN", "OOM_RETRIES", "REPRODUCES",
+           "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
 
-STUDY, ROLE = "lbsearch.study", "lbsearch.role"
+STUDY, ROLE, TRIAL = "lbsearch.study", "lbsearch.role", "lbsearch.trial"
 STATE, REASON = "lbsearch.state", "lbsearch.reason"
 """How a run ended: its state (``complete``, ``pruned``, ``failed``, ``paused``, ...) and the reason, where there is one."""
+RETRY_OF = "lbsearch.retry_of"
+RESUMED_FROM_TRIAL, RESUMED_FROM_STEP, RESUMED_FROM_SAMPLES, RESUMED_FROM_RUN = (
+    "lbsearch.resumed_from_trial", "lbsearch.resumed_from_step", "lbsearch.resumed_from_samples", "lbsearch.resumed_from_run")
+RUNG, RUNG_SAMPLES, PROMOTED_TO_TRIAL, PROMOTED_TO_RUN = "lbsearch.rung", "lbsearch.rung_samples", "lbsearch.promoted_to_trial", "lbsearch.promoted_to_run"
+OOM_RETRIES = "lbsearch.oom_retries"
+REPRODUCES, REPRODUCES_TRIAL, REPRODUCED, TOLERANCE = "lbsearch.reproduces", "lbsearch.reproduces_trial", "lbsearch.reproduced", "lbsearch.tolerance"
 RAY_NODES, RAY_GPUS = "lbsearch.ray_nodes", "lbsearch.ray_gpus"
 """Where a Ray cluster ran a trial: each machine's node id (machine 0 first), and its GPU ids (``;`` between machines)."""
 
 
 def trial_tags(study: str, number: int, optuna_trial_id: int, commit: str | None, retry_of: int | None = None) -> dict[str, Any]:
     """A study's trial: its study, role, number and Optuna id, the code's commit (and the trial it re-runs)."""
-    tags: dict[str, Any] = {STUDY: study, ROLE: "trial", "lbsearch.trial": number, "optuna.trial_id": optuna_trial_id, "git.commit": commit}
-    return tags | ({"lbsearch.retry_of": retry_of} if retry_of is not None else {})
+    tags: dict[str, Any] = {STUDY: study, ROLE: "trial", TRIAL: number, "optuna.trial_id": optuna_trial_id, "git.commit": commit}
+    return tags | ({RETRY_OF: retry_of} if retry_of is not None else {})
 
 
 def resumed_tags(number: int, step: int, samples: int, run_id: str) -> dict[str, Any]:
     """A trial that resumed from the checkpoint of trial ``number`` (at ``step``, ``samples`` seen, in MLflow run ``run_id``)."""
-    return {"lbsearch.resumed_from_trial": number, "lbsearch.resumed_from_step": step, "lbsearch.resumed_from_samples": samples,
-            "lbsearch.resumed_from_run": run_id}
+    return {RESUMED_FROM_TRIAL: number, RESUMED_FROM_STEP: step, RESUMED_FROM_SAMPLES: samples, RESUMED_FROM_RUN: run_id}
 
 
 def end_tags(result: TrialResult) -> dict[str, str]:
@@ -41,26 +48,26 @@ def end_tags(result: TrialResult) -> dict[str, str]:
 
 def rung_tags(rung: int, samples: int | None) -> dict[str, Any]:
     """``pruner: asha_promote``: the rung a trial runs to and where it pauses (samples; none: it runs to its budget)."""
-    return {"lbsearch.rung": rung, "lbsearch.rung_samples": samples if samples is not None else "budget"}
+    return {RUNG: rung, RUNG_SAMPLES: samples if samples is not None else "budget"}
 
 
 def promoted_tags(number: int, run_id: str) -> dict[str, Any]:
     """On a paused trial's run, once it is promoted: the trial and the run that go on with it (from its checkpoint)."""
-    return {"lbsearch.promoted_to_trial": number, "lbsearch.promoted_to_run": run_id}
+    return {PROMOTED_TO_TRIAL: number, PROMOTED_TO_RUN: run_id}
 
 
 
 def oom_retry_tags(retries: int, split: dict[str, Any]) -> dict[str, Any]:
     """After an out-of-memory retry: how many so far, and the batch split it runs now."""
-    return {"lbsearch.oom_retries": retries} | split
+    return {OOM_RETRIES: retries} | split
 
 
 def reproduce_tags(study: str, run_id: str, number: int, commit: str | None) -> dict[str, Any]:
-    return {STUDY: study, ROLE: "reproduce", "lbsearch.reproduces": run_id, "lbsearch.reproduces_trial": number, "git.commit": commit}
+    return {STUDY: study, ROLE: "reproduce", REPRODUCES: run_id, REPRODUCES_TRIAL: number, "git.commit": commit}
 
 
 def reproduced_tags(same: bool, tolerance: float) -> dict[str, Any]:
-    return {"lbsearch.reproduced": "yes" if same else "no", "lbsearch.tolerance": tolerance}
+    return {REPRODUCED: "yes" if same else "no", TOLERANCE: tolerance}
 
 
 def train_tags(commit: str | None) -> dict[str, Any]:

@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from lbsearch.spec import PAUSED
 from lbsearch.study import spent
-from lbsearch.tracking import REASON, STATE
+from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
 # B = 32, 20 steps, an evaluation every 5 (160 samples); rungs at 160 and 320 samples (reduction factor 2), the budget 640
 SETS = ["--set=n_trials=2", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=640",
@@ -45,7 +45,7 @@ def study(tmp_path_factory):
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=120)[0]
     left = {"code": proc.returncode, "out": "".join(seen) + rest, "table": cli("status", "tiny-study", cwd=cwd, check=True).stdout,
-            "trials": journal_study(root, "tiny-study").get_trials(), "runs": {r.data.tags.get("lbsearch.trial"): r for r in runs_of(root, "tiny-study", "trial")},
+            "trials": journal_study(root, "tiny-study").get_trials(), "runs": {r.data.tags.get(TRIAL): r for r in runs_of(root, "tiny-study", "trial")},
             "checkpoints": sorted(p.name for p in root.glob("trials/tiny-study/0000-*/checkpoints/step-*"))}
     _nothing_running(root, "tiny-study", left["out"])
     again = run_cli("run", spec, *PROMOTE, cwd=cwd, check=True)
@@ -63,8 +63,8 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
     assert row.endswith("paused at rung 0 (160 samples)")
     run = left["runs"]["0"]
     assert run.info.status == "FINISHED"
-    assert {k: run.data.tags[k] for k in (STATE, REASON, "lbsearch.rung", "lbsearch.rung_samples")} == {
-        STATE: "paused", REASON: PAUSED, "lbsearch.rung": "0", "lbsearch.rung_samples": "160"}
+    assert {k: run.data.tags[k] for k in (STATE, REASON, RUNG, RUNG_SAMPLES)} == {
+        STATE: "paused", REASON: PAUSED, RUNG: "0", RUNG_SAMPLES: "160"}
     assert left["checkpoints"] == ["step-00000005"]  # kept for its promotion
 
 
@@ -95,8 +95,8 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     runs = {r.info.run_id: r for r in runs_of(root, "tiny-study", "trial")}
     (last_pause,) = [t for t in paused if _root(t, by_number) == winner and t.user_attrs["rung"] == 1]
     paused_run = runs[last_pause.user_attrs["mlflow_run_id"]]
-    assert paused_run.data.tags["lbsearch.promoted_to_run"] == done.user_attrs["mlflow_run_id"]
-    assert runs[done.user_attrs["mlflow_run_id"]].data.tags["lbsearch.resumed_from_run"] == paused_run.info.run_id
+    assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs["mlflow_run_id"]
+    assert runs[done.user_attrs["mlflow_run_id"]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id
     assert len(list(root.glob("trials/tiny-study/*/checkpoints"))) == 1  # only the paused trial that was not promoted keeps one
 
 

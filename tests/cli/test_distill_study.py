@@ -20,6 +20,7 @@ from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
+from lbsearch.tracking import TRIAL
 
 STUDENT = SPECS / "tiny_distill_study.yaml"
 TEMPERATURES = (0.1, 4.0)  # the tiny teacher is unsure (logit gaps ~0.1): only a low T leaves the near-T-free regime of T^2 KL
@@ -36,7 +37,7 @@ def studies(tmp_path_factory):
     for t in TEMPERATURES:
         s.enqueue_trial({"distill.temperature": t, "distill.weight": WEIGHT})
     proc = run_cli("run", str(STUDENT), cwd=cwd, check=True)
-    runs = {int(r.data.tags["lbsearch.trial"]): r for r in runs_of(root, "tiny-distill", role="trial")}
+    runs = {int(r.data.tags[TRIAL]): r for r in runs_of(root, "tiny-distill", role="trial")}
     return cwd, root, proc, runs
 
 

@@ -18,7 +18,7 @@ from mlflow.entities import LoggedModelStatus
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import BEST_ALIAS, registered_name
+from lbsearch.tracking import BEST_ALIAS, MODEL_ID_TAG, TRIAL, registered_name
 
 SETS = ["n_trials=2", "pruner.name=none", "experiment.metric.name=loss"]
 STUDY = "tiny-study"
@@ -105,8 +105,8 @@ def test_model_registry_lists_the_best_trial(study, tmp_path):
     versions = client.search_model_versions(f"name = '{registered_name(STUDY)}'")
     assert len(versions) == 1  # the first trial's version went with its model
     v = client.get_model_version_by_alias(registered_name(STUDY), BEST_ALIAS)
-    assert v.run_id == best.user_attrs["mlflow_run_id"] and v.tags["lbsearch.trial"] == "1"
-    logged = client.get_logged_model(v.tags["lbsearch.model_id"])
+    assert v.run_id == best.user_attrs["mlflow_run_id"] and v.tags[TRIAL] == "1"
+    logged = client.get_logged_model(v.tags[MODEL_ID_TAG])
     assert logged.source_run_id == best.user_attrs["mlflow_run_id"] and logged.status == LoggedModelStatus.READY
     files = {f.path for f in client.list_logged_model_artifacts(logged.model_id)}
     assert {"config.json", "model.safetensors"} <= files

@@ -17,7 +17,7 @@ import pytest
 from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
 from optuna.trial import TrialState
 
-from lbsearch.tracking import BEST_TAG, ROLE, TRIALS_CSV
+from lbsearch.tracking import BEST_TAG, ROLE, TRIAL, TRIALS_CSV
 
 
 def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
@@ -59,7 +59,7 @@ def ladder(tmp_path_factory):
     exp = client.get_experiment_by_name("tiny-ladder")
     runs = client.search_runs([exp.experiment_id])
     parent = next(r for r in runs if r.data.tags.get(ROLE) == "parent")
-    trials = {int(r.data.tags["lbsearch.trial"]): r for r in runs if r.data.tags.get(ROLE) == "trial"}
+    trials = {int(r.data.tags[TRIAL]): r for r in runs if r.data.tags.get(ROLE) == "trial"}
     return cwd, screen, client, exp, parent, trials
 
 

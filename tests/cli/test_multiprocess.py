@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import REASON, ROLE
+from lbsearch.tracking import REASON, ROLE, TRIAL
 
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
 
@@ -57,7 +57,7 @@ def test_two_process_study_prunes_and_logs_one_run_per_trial(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     assert trials[1].user_attrs["samples"] == 320  # every rank stopped at the pruning evaluation
     runs = mlflow_client(tmp_path / "mlruns").search_runs([mlflow_client(tmp_path / "mlruns").get_experiment_by_name("tiny-loss").experiment_id])
-    assert sorted(r.data.tags.get("lbsearch.trial") for r in runs if r.data.tags.get(ROLE) == "trial") == ["0", "1"]
+    assert sorted(r.data.tags.get(TRIAL) for r in runs if r.data.tags.get(ROLE) == "trial") == ["0", "1"]
     assert not worker_pids(tmp_path)  # no rank left behind
     assert time.time() - t0 < 300
 
@@ -96,7 +96,7 @@ def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
     assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
     client = mlflow_client(tmp_path / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("tiny-study").experiment_id])
-    assert sorted(int(r.data.tags["lbsearch.trial"]) for r in runs if r.data.tags.get(ROLE) == "trial") == [0, 1, 2, 3]
+    assert sorted(int(r.data.tags[TRIAL]) for r in runs if r.data.tags.get(ROLE) == "trial") == [0, 1, 2, 3]
 
 
 def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(tmp_path):

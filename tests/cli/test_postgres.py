@@ -19,7 +19,7 @@ from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
 from lbsearch.spec import WORKER_DIED
-from lbsearch.tracking import REASON, ROLE, STATE
+from lbsearch.tracking import REASON, ROLE, STATE, TRIAL
 
 psycopg2 = pytest.importorskip("psycopg2")
 
@@ -137,10 +137,10 @@ def test_three_machines_share_a_study_through_postgres_and_an_mlflow_server(tmp_
     parents = [r for r in runs if r.data.tags.get(ROLE) == "parent"]
     children = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
     assert len(parents) == 1
-    assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == [t.number for t in trials]
+    assert sorted(int(r.data.tags[TRIAL]) for r in children) == [t.number for t in trials]
     assert all(r.data.tags["mlflow.parentRunId"] == parents[0].info.run_id for r in children)
     assert all(r.info.status != "RUNNING" for r in children)
-    assert client.get_run([r for r in children if r.data.tags["lbsearch.trial"] == str(killed)][0].info.run_id).info.status == "KILLED"
+    assert client.get_run([r for r in children if r.data.tags[TRIAL] == str(killed)][0].info.run_id).info.status == "KILLED"
     good = next(r for r in children if r.data.tags[STATE] == "complete")
     assert len(client.get_metric_history(good.info.run_id, "eval/accuracy")) == 2
     assert "config.json" in {a.path for a in client.list_artifacts(good.info.run_id)}

@@ -15,6 +15,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.spec import INTERRUPTED, WORKER_DIED
+from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, RESUMED_FROM_TRIAL, RETRY_OF
 
 # B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
 SETS = ["--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=1920",
@@ -51,8 +52,8 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert f"[trial 1] resumes trial 0 from its checkpoint at step {step} ({step * 32} samples)" in out
     assert f"resumed from checkpoint at step {step}" in out
     tags = run.data.tags
-    assert (tags["lbsearch.resumed_from_step"], tags["lbsearch.resumed_from_trial"], tags["lbsearch.retry_of"]) == (str(step), "0", "0")
-    assert tags["lbsearch.resumed_from_run"] == trials[0].user_attrs["mlflow_run_id"]
+    assert (tags[RESUMED_FROM_STEP], tags[RESUMED_FROM_TRIAL], tags[RETRY_OF]) == (str(step), "0", "0")
+    assert tags[RESUMED_FROM_RUN] == trials[0].user_attrs["mlflow_run_id"]
     # bit for bit: the per-step loss after the resume point, every evaluation, the final validation and test metrics
     after = [(s, v) for s, v in hist["train/loss"] if s > step * 32]  # metrics are at samples seen
     assert len(after) == 60 - step and after == [(s, v) for s, v in base["train/loss"] if s > step * 32]

@@ -13,7 +13,7 @@ from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import REASON, ROLE, STATE
+from lbsearch.tracking import OOM_RETRIES, REASON, ROLE, STATE, TRIAL
 
 
 def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
@@ -48,7 +48,7 @@ def test_out_of_memory_halves_the_micro_batch_keeping_B(tmp_path):
     assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
     run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
     # the MLflow run says what ran, not what was planned before the retries
-    assert run.data.tags["lbsearch.oom_retries"] == "2"
+    assert run.data.tags[OOM_RETRIES] == "2"
     assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags["plan.max_micro_batch"]) == ("4", "8", "4")
     assert run.data.params["plan.batch_size"] == "32" and "probe" not in run.data.params.values()
 
@@ -62,7 +62,7 @@ def test_train_gets_the_out_of_memory_retry_too(tmp_path):
     assert "effective batch 32 = micro-batch 8 x accumulation 4 x processes 1" in proc.stdout
     (run,) = runs_of(tmp_path / "mlruns", "train-tiny")
     assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
-    assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags["lbsearch.oom_retries"]) == ("8", "4", "1")
+    assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags[OOM_RETRIES]) == ("8", "4", "1")
     config = mlflow_client(tmp_path / "mlruns").download_artifacts(run.info.run_id, "config.json", str(tmp_path))
     assert json.loads(Path(config).read_text())["launcher"]["max_micro_batch"] == 8  # `lbsearch train config.json` runs what ran
 
@@ -83,7 +83,7 @@ def test_four_concurrent_workers_share_one_study_and_never_repeat_the_start_up_d
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id])
     children = [r for r in runs if r.data.tags.get(ROLE) == "trial"]
-    assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == list(range(8))
+    assert sorted(int(r.data.tags[TRIAL]) for r in children) == list(range(8))
     assert len([r for r in runs if r.data.tags.get(ROLE) == "parent"]) == 1
     assert all(r.info.status != "RUNNING" for r in runs)
 

@@ -15,11 +15,12 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, tree, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.orchestrator import CONFIG_JSON, LABELS_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
 from lbsearch.spec import INTERRUPTED
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import REASON, ROLE, STATE
+from lbsearch.tracking import OOM_RETRIES, REASON, REPRODUCED, ROLE, STATE, TRIAL
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "accelerate" / "train.py"
 ENQUEUED = [{"train.batch_size": 32, "optimizer.lr": 3e-3},   # complete
@@ -65,7 +66,7 @@ def _shape(twin) -> dict:
     runs = runs_of(root, name)
     (parent,) = [r for r in runs if r.data.tags.get(ROLE) == "parent"]
     children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
-                      key=lambda r: int(r.data.tags["lbsearch.trial"]))
+                      key=lambda r: int(r.data.tags[TRIAL]))
     keep = ("lbsearch.", "plan.", "best.trial", "mlflow.parentRunId")
     return {
         "runs": len(runs),
@@ -76,7 +77,7 @@ def _shape(twin) -> dict:
             "tags": {k: v for k, v in c.data.tags.items() if k.startswith((STATE, REASON, "plan."))},
             "plan_params": {k: v for k, v in c.data.params.items() if k.startswith("plan.")},
             # labels.json is the label mapping of lbsearch's own data; a script loads its own data
-            "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id) if a.path != "labels.json"),
+            "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id) if a.path != LABELS_JSON),
             "eval_loss_steps": [m.step for m in client.get_metric_history(c.info.run_id, "eval/loss")],
             "samples": [m.value for m in client.get_metric_history(c.info.run_id, "progress/samples")][-1:],
             "final": sorted(k for k in c.data.metrics if k in ("val/loss", "val/accuracy", "test/loss", "test/accuracy")),
@@ -90,7 +91,7 @@ def test_the_same_mlflow_tree_shape(twins):
     assert script["runs"] == 4 and [c["status"] for c in script["children"]] == ["FINISHED"] * 3
     assert [c["tags"].get(REASON) for c in script["children"]] == [None, "pruned", "pruned"]
     assert script["children"][0]["eval_loss_steps"] == [320, 640, 960] and script["children"][2]["eval_loss_steps"] == [320]  # samples seen (B = 16: 20 steps)
-    assert {"config.json", "reproduce.sh", "versions.json", "stdout.log"} <= set(script["children"][0]["artifacts"])
+    assert {CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, TRIAL_LOG} <= set(script["children"][0]["artifacts"])
 
 
 @pytest.mark.parametrize("kind", list(TWINS))
@@ -100,7 +101,7 @@ def test_reproduce_is_exact_for_both(twins, kind):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "reproduced: metrics identical" in proc.stdout
     rep = [r for r in runs_of(root, name, "reproduce")]
-    assert rep and rep[-1].data.tags["lbsearch.reproduced"] == "yes"
+    assert rep and rep[-1].data.tags[REPRODUCED] == "yes"
 
 
 def _study(tmp_path: Path, script: str, *, params_as: str = "flags", extra: str = "", n_trials: int = 2,
@@ -169,7 +170,7 @@ def test_a_crashing_script_fails_its_trial_and_the_study_goes_on(tmp_path):
     client = mlflow_client(tmp_path / "mlruns")
     run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     assert run.info.status == "FAILED" and run.data.tags[REASON].startswith("ValueError")
-    assert "Traceback" in Path(client.download_artifacts(run.info.run_id, "stdout.log", str(tmp_path))).read_text()
+    assert "Traceback" in Path(client.download_artifacts(run.info.run_id, TRIAL_LOG, str(tmp_path))).read_text()
 
 
 def test_the_example_script_by_hand_behaves_as_without_lbsearch(tmp_path):
@@ -240,7 +241,7 @@ def test_a_script_out_of_memory_is_retried_with_a_smaller_micro_batch(tmp_path):
     assert trial.state == TrialState.COMPLETE and trial.value == 16, proc.stdout  # B unchanged: 4 x 4
     assert "out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 2" in proc.stdout
     run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
-    assert run.data.tags["lbsearch.oom_retries"] == "2" and run.data.tags["plan.micro_batch"] == "4"
+    assert run.data.tags[OOM_RETRIES] == "2" and run.data.tags["plan.micro_batch"] == "4"
     assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
 
 

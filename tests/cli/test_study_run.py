@@ -17,11 +17,12 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
+from lbsearch.orchestrator import CONFIG_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
 from lbsearch.spec import INTERRUPTED, WORKER_DIED
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import REASON, ROLE, STATE, TRIALS_CSV
+from lbsearch.tracking import REASON, REPRODUCED, REPRODUCES, ROLE, STATE, TRIAL, TRIALS_CSV
 
 LOSS = ["--set", "experiment.metric.name=loss"]
 
@@ -71,9 +72,9 @@ def test_mlflow_run_tree(finished):
     assert len(parents) == 1
     parent = parents[0]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    assert sorted(int(r.data.tags["lbsearch.trial"]) for r in children) == [0, 1, 2, 3]
+    assert sorted(int(r.data.tags[TRIAL]) for r in children) == [0, 1, 2, 3]
     assert all(r.info.status != "RUNNING" for r in runs)
-    by_trial = {int(r.data.tags["lbsearch.trial"]): r for r in children}
+    by_trial = {int(r.data.tags[TRIAL]): r for r in children}
     states = {t.number: t.state.name.lower() for t in journal_study(root, "tiny-loss").get_trials()}
     for n, run in by_trial.items():
         assert run.data.tags[STATE] == {"fail": "failed"}.get(states[n], states[n])
@@ -104,7 +105,7 @@ def test_mlflow_run_tree(finished):
     assert sps.keys() == tps.keys() and all(3 < tps[s] / sps[s] <= 48 for s in sps)  # reviews: a few to 48 tokens each
     # artifacts: resolved config, reproduce command, versions, the trial's output
     arts = {a.path for a in client.list_artifacts(good.info.run_id)}
-    assert {"config.json", "reproduce.sh", "versions.json", "stdout.log"} <= arts
+    assert {CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, TRIAL_LOG} <= arts
     local = client.download_artifacts(good.info.run_id, "config.json", str(cwd))
     assert json.loads(Path(local).read_text())["optimizer"]["lr"] == 3e-3
     assert "data.digest" in good.data.tags and "git.commit" in good.data.tags
@@ -149,9 +150,9 @@ def test_reproduce_is_exact_on_cpu(finished):
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-loss")
     rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "reproduce"]
-    assert rep and rep[-1].data.tags["lbsearch.reproduced"] == "yes"
+    assert rep and rep[-1].data.tags[REPRODUCED] == "yes"
     orig = journal_study(root, "tiny-loss").trials[0]
-    assert rep[-1].data.tags["lbsearch.reproduces"] == orig.user_attrs["mlflow_run_id"]
+    assert rep[-1].data.tags[REPRODUCES] == orig.user_attrs["mlflow_run_id"]
     assert client.get_metric_history(rep[-1].info.run_id, "val/loss")[0].value == orig.user_attrs["validation_loss"]
     # the original was forked from the standby process, the reproduction a started process: step for step the same
     assert rep[-1].data.tags["lbsearch.start"] == "launched"
@@ -182,8 +183,8 @@ def test_reproduce_of_a_rerun_that_differs_says_mismatch_and_exits_1(finished, t
     verdict = re.search(r"^\[reproduce 0\] MISMATCH \(MLflow run (\w+)\)$", proc.stdout, re.MULTILINE)
     assert verdict, proc.stdout
     rep = mlflow_client(root).get_run(verdict.group(1))
-    assert rep.data.tags[ROLE] == "reproduce" and rep.data.tags["lbsearch.reproduced"] == "no" and rep.info.status == "FINISHED"
-    assert rep.data.tags["lbsearch.reproduces"] == journal_study(root, "tiny-loss").trials[0].user_attrs["mlflow_run_id"]
+    assert rep.data.tags[ROLE] == "reproduce" and rep.data.tags[REPRODUCED] == "no" and rep.info.status == "FINISHED"
+    assert rep.data.tags[REPRODUCES] == journal_study(root, "tiny-loss").trials[0].user_attrs["mlflow_run_id"]
 
 
 def test_every_trial_is_forked_from_one_standby_process_that_ends_with_the_study(finished):

@@ -8,6 +8,7 @@ import pytest
 
 from lbsearch.spec.session import default_tracking_uri
 from lbsearch.spec.workdir import models_dir
+from lbsearch.tracking import MODEL_ID_TAG, TRIAL
 from lbsearch.tracking.kept import BEST_ALIAS, keep_trial_model, registered_name
 from lbsearch.tracking.tracker import Tracker
 
@@ -34,10 +35,10 @@ def test_keep_policy(tmp_path, policy):
     folders = sorted(p.name for p in models_dir(root, "s").iterdir())
     versions = {str(v.version): v for v in tracker.client.search_model_versions(f"name = '{registered_name('s')}'")}
     best = tracker.client.get_model_version_by_alias(registered_name("s"), BEST_ALIAS)
-    assert best.run_id == runs[2] and best.tags["lbsearch.trial"] == "2"
+    assert best.run_id == runs[2] and best.tags[TRIAL] == "2"
     if policy == "best":
         assert folders == ["trial-2"] and list(versions) == ["2"]
-        assert [p.parent.parent.name for p in (root / "artifacts" / "s" / "models").rglob("config.json")] == [best.tags["lbsearch.model_id"]]
+        assert [p.parent.parent.name for p in (root / "artifacts" / "s" / "models").rglob("config.json")] == [best.tags[MODEL_ID_TAG]]
     else:
         assert folders == ["trial-0", "trial-1", "trial-2"] and sorted(versions) == ["1", "2"]
     assert tracker.client.get_run(runs[2]).data.tags["lbsearch.model"] == str(models_dir(root, "s") / "trial-2")

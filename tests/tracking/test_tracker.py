@@ -2,6 +2,7 @@
 tags, metric rows and artifacts; never the environment."""
 
 
+from lbsearch.tracking import TRIAL
 from lbsearch.tracking.tracker import Tracker, flatten, versions
 
 
@@ -22,7 +23,7 @@ def test_parent_is_found_again_and_children_nest_under_it(tmp_path):
     tracker.end(parent, "KILLED")
     assert tracker.parent_run(exp, "s", {"n_trials": 3}) == parent == tracker.find_parent("s")
     assert tracker.client.get_run(parent).info.status == "RUNNING"  # resumed
-    child = tracker.child_run(exp, parent, "trial-0", {"lbsearch.trial": 0}, {"plan.evals": [320, 640], "optimizer.lr": 1e-3})
+    child = tracker.child_run(exp, parent, "trial-0", {TRIAL: 0}, {"plan.evals": [320, 640], "optimizer.lr": 1e-3})
     tracker.metric_rows(child, [["eval/loss", 0.7, 1000, 10], ["eval/loss", 0.6, 2000, 20]])
     tracker.artifacts(child, {"config.json": "{}"})
     tracker.tags(child, {"plan.micro_batch": 8})
