@@ -13,11 +13,17 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, trial_model_dir
+from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
 from lbsearch.tracking import find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
 __all__ = ["reproduce", "train_once", "predict"]
+
+
+def _home(study, name: str) -> str:
+    """The MLflow experiment of a study's runs (a branch study's is its reference's: ``spec.branch.tracking_home``)."""
+    stored = stored_study(study)
+    return tracking_home(stored)[0] if stored else name
 
 
 def _target(study, name: str, number: int | None) -> FrozenTrial:
@@ -51,7 +57,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
         os.environ["OMP_NUM_THREADS"] = tags["lbsearch.threads"]
     prefix = f"[reproduce {target.number}]"
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
-                   prefix=prefix, experiment_id=tracker.experiment(name), run_name=f"reproduce-trial-{target.number}", parent=parent,
+                   prefix=prefix, experiment_id=tracker.experiment(_home(study, name)), run_name=f"reproduce-trial-{target.number}", parent=parent,
                    tags=reproduce_tags(name, orig_run, target.number, git_commit()) | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), name, target.number))
     session.out(f"{prefix} re-running trial {target.number} of {name} from its saved config")

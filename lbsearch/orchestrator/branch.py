@@ -3,7 +3,8 @@
 The branches of a reference trial are a study of their own, ``<study>-branch-<N>`` (or ``--name``): a grid over
 the reference's kept branch points x k·B x seeds (``spec.branch.SEARCHED``), each trial a branch
 (``spec.branch.branch_experiment``), run by the study loop like any other, so it is tracked in MLflow (tags
-``lbsearch.branch.*``), resumable (the same command again runs what is left), reproducible (``lbsearch reproduce``)
+``lbsearch.branch.*``; in the reference study's experiment, its parent run under the reference trial's run:
+``spec.branch.tracking_home``), resumable (the same command again runs what is left), reproducible (``lbsearch reproduce``)
 and runs ``--parallel N`` (N placed workers, ``orchestrator.parallel``; the report once all are done). At its end the CBS report (``science.cbs``, ``science.cbs_report``) is written under
 ``mlruns/reports/<branch study>/cbs`` and logged to the branch study's parent run (artifacts ``cbs_report/``)."""
 
@@ -22,7 +23,7 @@ from optuna.trial import TrialState
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.parallel import run_parallel, without_option
 from lbsearch.science import cbs_table, default_eps, write_cbs_report
-from lbsearch.spec import FOLDER, RULES, ExperimentConfig, Session, SpecError, StudyConfig, branch_experiment, branch_points_dir, fingerprint, kept_points, make_plan, sample_unit
+from lbsearch.spec import FOLDER, RULES, ExperimentConfig, Session, SpecError, StudyConfig, branch_experiment, branch_points_dir, fingerprint, kept_points, make_plan, sample_unit, tracking_home
 from lbsearch.study import load_existing_study, stored_study
 from lbsearch.tracking import tracker_for
 
@@ -103,7 +104,7 @@ def branch_study(session: Session, study_name: str, a: BranchArgs) -> tuple[Stud
     ran = folder.parent / "spec.json"  # the experiment as the trial process hashed it (its launcher's machine settings filled in)
     key = fingerprint(json.loads(ran.read_text())["experiment"] if ran.is_file() else ref)
     source = {"checkpoints": str(folder.resolve()), "at_samples": points[0], "fingerprint": key, "reference": f"{study_name}#{a.trial}",
-              "reference_seed": exp.seed, "reference_batch_size": B}
+              "reference_seed": exp.seed, "reference_batch_size": B, "reference_run": trial.user_attrs.get("mlflow_run_id")}
     raw = branch_experiment(ref, make_plan(exp).lr, a.delta // unit, a.rule, source)
     space = {"branching.source.at_samples": points, "train.batch_size": [k * B for k in sorted(a.k)], "seed": [exp.seed + i for i in range(a.seeds)]}
     stored = stored_study(load_existing_study(session, study_name))
@@ -181,7 +182,7 @@ def cbs_report(session: Session, cfg: StudyConfig, a: BranchArgs) -> Path:
     page = write_cbs_report(summary, out, study=cfg.name, reference=src.reference, unit="tokens" if unit > 1 else "samples",
                             delta=exp.train.budget_samples * unit, b_simple=b_simple, b_crit=a.b_crit, machine=_machine())
     tracker = tracker_for(session, cfg)
-    parent = tracker.find_parent(cfg.name)
+    parent = tracker.find_parent(cfg.name, tracking_home(cfg)[0])
     if parent is not None:
         tracker.artifact_dir(parent, out, "cbs_report")
         for p in summary["points"]:

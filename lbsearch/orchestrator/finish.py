@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from lbsearch.spec import Session
+from lbsearch.spec import Session, tracking_home
 from lbsearch.study import load_existing_study, objectives, pareto, stored_study
 from lbsearch.tracking import study_plots, tracker_for
 
@@ -41,8 +41,9 @@ def report(session: Session, name: str, out: Path | None = None, targets: list[f
     study = load_existing_study(session, name)
     out = out or session.root / "reports" / name
     summary = write_report(study, out, targets)
-    tracker = tracker_for(session, stored_study(study))
-    parent = tracker.find_parent(name)
+    stored = stored_study(study)
+    tracker = tracker_for(session, stored)
+    parent = tracker.find_parent(name, tracking_home(stored)[0] if stored else None)
     sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
     if parent is not None:
         tracker.artifact_dir(parent, out, "report")

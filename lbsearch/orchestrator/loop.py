@@ -39,6 +39,7 @@ from lbsearch.spec import (
     data_cache_dir,
     discard,
     is_script,
+    tracking_home,
     trial_model_dir,
     validate_experiment,
 )
@@ -109,12 +110,14 @@ class _Search:
         self.study.set_user_attr("metric", cfg.experiment.metric.name)
         self.study.set_user_attr("spec", json.dumps({"study": cfg.model_dump(mode="json", exclude={"experiment"}), "experiment": exp_raw}))
         self.tracker: Tracker = tracker_for(session, cfg)
-        self.exp_id = self.tracker.experiment(cfg.name)
-        self.tracker.experiment_tags(self.exp_id, KIND | {"mlflow.note.content": description(cfg, exp_raw)})
+        home, nest_under = tracking_home(cfg)  # a branch study: the reference's experiment, under the reference trial's run
+        self.exp_id = self.tracker.experiment(home)
+        if home == cfg.name:  # a branch study leaves its reference's description alone
+            self.tracker.experiment_tags(self.exp_id, KIND | {"mlflow.note.content": description(cfg, exp_raw)})
         self.parent = self.tracker.parent_run(self.exp_id, cfg.name, {
             "n_trials": cfg.n_trials, "sampler": cfg.sampler.name, "sampler.seed": cfg.sampler.seed, "pruner": cfg.pruner.name,
             "metric": cfg.experiment.metric.name, "search_space": json.dumps({k: v.model_dump() for k, v in cfg.search_space.items()}),
-        })
+        }, nest_under)
         self.commit = git_commit(spec_file.parent if spec_file else None)
         self.tracker.tags(self.parent, {"optuna.version": optuna.__version__, "git.commit": self.commit} | self.digest)
 

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from lbsearch.spec.workdir import INFO, PREFIX
 
 __all__ = ["Branching", "BranchSource", "WithBranching", "BRANCH_POINTS", "keep_steps", "stream_start", "branch_points_dir", "branch_experiment",
-           "SEARCHED", "RULES", "kept_points"]
+           "SEARCHED", "RULES", "kept_points", "tracking_home"]
 
 BRANCH_POINTS = "branch_points"
 """The folder, beside a trial's ``checkpoints``, of the checkpoints it keeps at its branch points."""
@@ -53,6 +53,8 @@ class BranchSource(_Strict):
     """``<study>#<trial>``."""
     reference_seed: int
     reference_batch_size: int = Field(ge=1)
+    reference_run: str | None = None
+    """The reference trial's MLflow run: the branch study's parent run nests under it (``tracking_home``)."""
 
 
 class Branching(_Strict):
@@ -85,6 +87,14 @@ def keep_steps(branching: Branching | None, budget_samples: int, batch_size: int
     steps = budget_samples // batch_size
     points = [p * budget_samples if p <= 1 else p / unit for p in branching.keep_at]
     return {s for s in (max(1, math.ceil(p / batch_size - 1e-9)) for p in points) if s < steps}
+
+
+def tracking_home(cfg) -> tuple[str, str | None]:
+    """Where a study's MLflow runs go: (the experiment's name, the run its parent run nests under). A study's own
+    experiment, at the top; a branch study's (``lbsearch branch``) the reference study's, under the reference trial's run."""
+    branching = getattr(cfg.experiment, "branching", None)
+    src = branching.source if branching is not None else None
+    return (src.reference.rsplit("#", 1)[0], src.reference_run) if src is not None else (cfg.name, None)
 
 
 def stream_start(branching: Branching | None) -> int:

@@ -30,7 +30,7 @@ from lbsearch.tracking.tags import ROLE, STUDY
 if TYPE_CHECKING:
     from lbsearch.spec import Session, StudyConfig
 
-__all__ = ["MODEL_ID_TAG", "Tracker", "tracker_for", "experiment_links", "versions", "git_commit", "flatten"]
+__all__ = ["Tracker", "tracker_for", "experiment_links", "versions", "git_commit", "flatten"]
 
 TrackingError = MlflowException
 """What MLflow raises when the tracking store fails a call; callers outside this package catch this name."""
@@ -166,14 +166,15 @@ class Tracker:
         except MlflowException:  # created meanwhile by another worker
             return self.client.get_experiment_by_name(name).experiment_id
 
-    def parent_run(self, experiment_id: str, study: str, params: dict[str, Any]) -> str:
-        """Find the study's parent run, or create it. Under a race the oldest one wins."""
+    def parent_run(self, experiment_id: str, study: str, params: dict[str, Any], nest_under: str | None = None) -> str:
+        """Find the study's parent run, or create it (``nest_under``: as a child of that run). Under a race the oldest one wins."""
         query = f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'"
         found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
         if found:
             run_id = found[0].info.run_id
         else:
-            run = _retry(self.client.create_run, experiment_id, run_name=study, tags={ROLE: "parent", STUDY: study})
+            nest = {"mlflow.parentRunId": nest_under} if nest_under else {}
+            run = _retry(self.client.create_run, experiment_id, run_name=study, tags={ROLE: "parent", STUDY: study} | nest)
             _retry(self.client.log_batch, run.info.run_id, params=_params(params))
             found = self.client.search_runs([experiment_id], query, order_by=["attributes.start_time ASC"])
             run_id = found[0].info.run_id
@@ -183,8 +184,9 @@ class Tracker:
             _retry(self.client.update_run, run_id, status="RUNNING")
         return run_id
 
-    def find_parent(self, study: str) -> str | None:
-        exp = self.client.get_experiment_by_name(study)
+    def find_parent(self, study: str, experiment: str | None = None) -> str | None:
+        """The study's parent run, in the MLflow experiment ``experiment`` (default: the one named after the study)."""
+        exp = self.client.get_experiment_by_name(experiment or study)
         if exp is None:
             return None
         query = f"tags.`{ROLE}` = 'parent' and tags.`{STUDY}` = '{study}'"

@@ -16,6 +16,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
 from lbsearch.tracking import ROLE
+from lbsearch.tracking.tags import STUDY
 
 L, B = 32, 8
 STEPS = 16
@@ -110,14 +111,18 @@ def test_cbs_report_written_and_logged(branched):
     assert [p["point"] for p in facts["points"]] == [3 * B * L, 8 * B * L]
     assert all(p["cbs"] in (B * L, 2 * B * L) for p in facts["points"]) and facts["b_crit"] == 600
     client = mlflow_client(branched / "mlruns")
-    exp = client.get_experiment_by_name("cbs-ref-branch-0")
-    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "parent"]
+    exp = client.get_experiment_by_name("cbs-ref")  # the reference study's experiment: the branch study nests under the reference trial
+    assert client.get_experiment_by_name("cbs-ref-branch-0") is None
+    (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "parent" and r.data.tags.get(STUDY) == "cbs-ref-branch-0"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
     assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]
     assert parent.data.tags["lbsearch.branch.reference"] == "cbs-ref#0"
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
     assert client.get_run(ref_run).data.tags["lbsearch.branch.study"] == "cbs-ref-branch-0"  # the reference points to its branches
+    assert parent.data.tags["mlflow.parentRunId"] == ref_run and parent.info.experiment_id == client.get_run(ref_run).info.experiment_id
+    branches = journal_study(branched / "mlruns", "cbs-ref-branch-0").get_trials()
+    assert {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in branches} == {parent.info.run_id}
 
 
 def test_a_branch_reproduces_exactly(branched):
