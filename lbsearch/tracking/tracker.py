@@ -30,7 +30,7 @@ from lbsearch.tracking.tags import ROLE, STUDY
 if TYPE_CHECKING:
     from lbsearch.spec import Session, StudyConfig
 
-__all__ = ["Tracker", "tracker_for", "experiment_links", "versions", "git_commit", "flatten"]
+__all__ = ["MODEL_ID_TAG", "Tracker", "tracker_for", "experiment_links", "versions", "git_commit", "flatten"]
 
 TrackingError = MlflowException
 """What MLflow raises when the tracking store fails a call; callers outside this package catch this name."""
