@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 
 from lbsearch.spec import SpecError, models_dir
-from lbsearch.tracking.tags import ROLE, STUDY, TRIAL
+from lbsearch.tracking.tags import MACHINE, MODEL, MODEL_VERSION, ROLE, STUDY, TRIAL
 
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 __all__ = ["compressed_name", "variant_dir", "record_variant", "variant_rows", "find_variant", "VARIANT", "COMPRESS_ROLE"]
 
 VARIANT, COMPRESS_ROLE = "lbsearch.variant", "compress"
-_TRIAL, _FOLDER = TRIAL, "lbsearch.model"
+_TRIAL, _FOLDER = TRIAL, MODEL
 
 
 def compressed_name(study: str) -> str:
@@ -51,7 +51,7 @@ def record_variant(tracker: "Tracker", *, study: str, experiment_id: str, parent
             model_id = tracker.log_model(experiment_id, run_id, f"trial-{number}-{variant}", folder, {STUDY: study, VARIANT: variant})
             version_tags = {_TRIAL: str(number), VARIANT: variant, _FOLDER: str(folder)} | {k: f"{v:.6g}" for k, v in values.items()}
             version = tracker.register_model(name, model_id, run_id, version_tags, alias=variant)
-            tracker.tags(run_id, {"lbsearch.model_version": version, _FOLDER: str(folder)})
+            tracker.tags(run_id, {MODEL_VERSION: version, _FOLDER: str(folder)})
     except BaseException:
         tracker.end(run_id, "FAILED")
         raise
@@ -71,7 +71,7 @@ def variant_rows(tracker: "Tracker", study: str, number: int) -> list[dict[str, 
     for run in runs:
         if run.info.status == "FINISHED":
             newest.setdefault(run.data.tags[VARIANT], run)
-    rows = [{"variant": v, "version": r.data.tags.get("lbsearch.model_version"), "machine": r.data.tags.get("lbsearch.machine"),
+    rows = [{"variant": v, "version": r.data.tags.get(MODEL_VERSION), "machine": r.data.tags.get(MACHINE),
              "start": r.info.start_time} | r.data.metrics for v, r in newest.items()]
     return sorted(rows, key=lambda r: r.pop("start"))
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from lbsearch.spec import models_dir, trial_model_dir
-from lbsearch.tracking.tags import ROLE, STUDY, TRIAL
+from lbsearch.tracking.tags import MODEL, MODEL_VERSION, ROLE, STUDY, TRIAL
 
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
@@ -58,7 +58,7 @@ def keep_trial_model(tracker: "Tracker", root: Path, *, study: str, experiment_i
         version = tracker.register_model(registered_name(study), model_id, run_id, {TRIAL: str(number)}, alias=BEST_ALIAS)
         if policy == "best":  # the earlier bests' copies in MLflow go too: one model on disk
             tracker.drop_model_versions(registered_name(study), keep=version)
-        tracker.tags(run_id, {"lbsearch.model": str(folder), "lbsearch.model_version": version})
+        tracker.tags(run_id, {MODEL: str(folder), MODEL_VERSION: version})
     if policy == "best" and best is not None:  # only once the registry points at the best: never a moment with no model
         for other in models_dir(root, study).glob("trial-*"):
             if other.name != f"trial-{best}":
@@ -78,5 +78,5 @@ def keep_train_model(tracker: "Tracker", root: Path, *, name: str, experiment_id
         tracker.log_model(experiment_id, run_id, name, folder, {ROLE: "train"})
     except (OSError, MlflowException) as err:
         why = f"{type(err).__name__}: {str(err).splitlines()[0][:200] if str(err) else ''}"
-    tracker.tags(run_id, {"lbsearch.model": str(folder)})
+    tracker.tags(run_id, {MODEL: str(folder)})
     return folder, why

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 __all__ = ["STUDY", "ROLE", "TRIAL", "STATE", "REASON", "RETRY_OF", "RESUMED_FROM_TRIAL", "RESUMED_FROM_STEP", "RESUMED_FROM_SAMPLES",
            "RESUMED_FROM_RUN", "RUNG", "RUNG_SAMPLES", "PROMOTED_TO_TRIAL", "PROMOTED_TO_RUN", "OOM_RETRIES", "REPRODUCES",
-           "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
+           "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "MODEL", "MODEL_VERSION", "MACHINE", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
 
 STUDY, ROLE, TRIAL = "lbsearch.study", "lbsearch.role", "lbsearch.trial"
 STATE, REASON = "lbsearch.state", "lbsearch.reason"
@@ -23,6 +23,10 @@ RESUMED_FROM_TRIAL, RESUMED_FROM_STEP, RESUMED_FROM_SAMPLES, RESUMED_FROM_RUN = 
     "lbsearch.resumed_from_trial", "lbsearch.resumed_from_step", "lbsearch.resumed_from_samples", "lbsearch.resumed_from_run")
 RUNG, RUNG_SAMPLES, PROMOTED_TO_TRIAL, PROMOTED_TO_RUN = "lbsearch.rung", "lbsearch.rung_samples", "lbsearch.promoted_to_trial", "lbsearch.promoted_to_run"
 OOM_RETRIES = "lbsearch.oom_retries"
+MODEL, MODEL_VERSION = "lbsearch.model", "lbsearch.model_version"
+"""A kept model's folder and its registered version, on the run that made it."""
+MACHINE = "lbsearch.machine"
+"""Where a compressed variant was measured: the CPU's model name, family and units, its cores."""
 REPRODUCES, REPRODUCES_TRIAL, REPRODUCED, TOLERANCE = "lbsearch.reproduces", "lbsearch.reproduces_trial", "lbsearch.reproduced", "lbsearch.tolerance"
 RAY_NODES, RAY_GPUS = "lbsearch.ray_nodes", "lbsearch.ray_gpus"
 """Where a Ray cluster ran a trial: each machine's node id (machine 0 first), and its GPU ids (``;`` between machines)."""

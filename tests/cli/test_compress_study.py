@@ -10,7 +10,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 
 from lbsearch.cli.compress import pareto_variants
-from lbsearch.tracking import ROLE, VARIANT, compressed_name
+from lbsearch.tracking import MACHINE, ROLE, VARIANT, compressed_name
 
 STUDY = "tiny-study"
 SETS = ["--set", "n_trials=1", "--set", "pruner.name=none"]
@@ -42,7 +42,7 @@ def test_every_variant_is_a_registered_version_with_its_metrics(compressed):
                     "speed/latency_ms_p10", "speed/latency_ms_p90", "speed/throughput_per_s"):
             assert float(v.tags[key]) == pytest.approx(metrics[key], rel=1e-5), (variant, key)
         assert metrics["speed/latency_ms_p10"] <= metrics["speed/latency_ms_median"] <= metrics["speed/latency_ms_p90"]
-        assert "AMD" in client.get_run(v.run_id).data.tags["lbsearch.machine"] or "family" in client.get_run(v.run_id).data.tags["lbsearch.machine"]
+        assert "AMD" in client.get_run(v.run_id).data.tags[MACHINE] or "family" in client.get_run(v.run_id).data.tags[MACHINE]
     assert f"version {versions['int8'].version} of {compressed_name(STUDY)} (alias int8)" in proc.stdout
     assert "fine-tune step 2/2" in proc.stdout
 

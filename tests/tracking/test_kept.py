@@ -8,7 +8,7 @@ import pytest
 
 from lbsearch.spec.session import default_tracking_uri
 from lbsearch.spec.workdir import models_dir
-from lbsearch.tracking import MODEL_ID_TAG, TRIAL
+from lbsearch.tracking import MODEL, MODEL_ID_TAG, TRIAL
 from lbsearch.tracking.kept import BEST_ALIAS, keep_trial_model, registered_name
 from lbsearch.tracking.tracker import Tracker
 
@@ -41,7 +41,7 @@ def test_keep_policy(tmp_path, policy):
         assert [p.parent.parent.name for p in (root / "artifacts" / "s" / "models").rglob("config.json")] == [best.tags[MODEL_ID_TAG]]
     else:
         assert folders == ["trial-0", "trial-1", "trial-2"] and sorted(versions) == ["1", "2"]
-    assert tracker.client.get_run(runs[2]).data.tags["lbsearch.model"] == str(models_dir(root, "s") / "trial-2")
+    assert tracker.client.get_run(runs[2]).data.tags[MODEL] == str(models_dir(root, "s") / "trial-2")
 
 
 def test_the_previous_best_stays_until_the_registry_points_at_the_new_one(tmp_path):
