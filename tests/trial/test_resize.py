@@ -159,3 +159,18 @@ def test_a_constant_schedule_is_the_trial_without_one(prepared):
     plain = train(_spec(prepared, _experiment(None, budget_samples=320)), log=lambda *a: None)
     constant = train(_spec(prepared, _experiment({"kind": "constant"}, budget_samples=320)), log=lambda *a: None)
     assert (plain.steps, plain.samples, plain.validation) == (constant.steps, constant.samples, constant.validation)
+
+
+def test_the_noise_scale_follows_the_split_across_a_change(prepared):
+    """Micro-batch limit 32: at B 32 one micro-batch (one process, no accumulation: nothing to measure), at B 64 two
+    (the small batch is one micro-batch of 32), at B 128 four (two of 32): the monitor is told each split, and measures
+    from the first step with two batch sizes in it."""
+    exp = _experiment(noise_scale=True, noise_scale_every=1)
+    exp.launcher.max_micro_batch = 32
+    trial = in_process_trial(prepared, exp, tracking=False)
+    seen = []
+    for step in range(1, trial.plan.steps + 1):
+        trial.step(step, read=True)
+        seen.append((trial.gns.mode, trial.gns.b, trial.gns.big))
+    assert seen == [(None, None, 32)] * 3 + [("micro", 32, 64)] * 2 + [("micro", 64, 128)] * 2
+    assert trial.gns.noise.n == 4  # steps 4-7 measured (B_simple itself may not be positive yet after so few)
