@@ -39,11 +39,13 @@ class Search:
 
 def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
     """Every search, by name; ``default``: lbsearch's default sampler and pruner (a study that names neither)."""
-    tpe, pruner = default
+    sampler, pruner = default
+    tpe, median = SamplerConfig(name="tpe"), PrunerConfig(name="median")
     gp = SamplerConfig(name="gp", n_startup_trials=tpe.n_startup_trials)
     tpe10 = tpe.model_copy(update={"n_startup_trials": 10})
     return {
-        "default": Search(tpe, pruner, note=f"lbsearch's default: {tpe.name} + {pruner.name} pruning at equal samples seen"),
+        "default": Search(sampler, pruner, note=f"lbsearch's default: {sampler.name} sampler, {pruner.name} pruner"),
+        "tpe_median": Search(tpe, median, note="lbsearch TPE + median pruning at equal samples seen"),
         "tpe_asha": Search(tpe, PrunerConfig(name="asha"), note="lbsearch TPE + ASHA"),
         "tpe_hyperband": Search(tpe, PrunerConfig(name="hyperband"), note="lbsearch TPE + Hyperband"),
         "tpe_asha_promote": Search(tpe, PrunerConfig(name="asha_promote"), note="lbsearch TPE + asha_promote: paused at rungs, resumed when promoted (_promote.py)"),
@@ -57,7 +59,7 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
                                            ("tpe10_patient", tpe10, PrunerConfig(name="patient"), "lbsearch TPE (10 start-up trials) + patient median"),
                                            ("gp_median", gp, PrunerConfig(name="median"), "lbsearch GP (diverged trials informative) + median")]},
         "tpe10_patient": Search(tpe10, PrunerConfig(name="patient", protect_warmup=False), note="lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
-        "tpe_alpha": Search(tpe, pruner, alpha=True, note="lbsearch TPE + the default pruner over (B, base lr, alpha, warmup)"),
+        "tpe_alpha": Search(tpe, median, alpha=True, note="lbsearch TPE + median over (B, base lr, alpha, warmup)"),
         "tpe_nopruning": Search(tpe, PrunerConfig(name="none"), note="lbsearch TPE, no pruning"),
         "gp": Search(gp, PrunerConfig(name="none"), note="lbsearch GP (diverged trials informative), no pruning"),
         "gp_alpha": Search(gp, PrunerConfig(name="none"), alpha=True, note="lbsearch GP over (B, base lr, alpha, warmup), no pruning"),

@@ -1,7 +1,7 @@
 """Search efficiency: compute (training samples processed, summed over trials; tokens for a language model)
 until a search first completes a trial within a tolerance of the best known metric, and the share of seeds
-that get there, for lbsearch's default search (a study that names no sampler and no pruner: TPE + median
-pruning at equal samples seen) beside lbsearch's other searches and Optuna's samplers and pruners as they
+that get there, for lbsearch's default search (a study that names no sampler and no pruner: ``SamplerConfig()``
+and ``PrunerConfig()``) beside lbsearch's other searches and Optuna's samplers and pruners as they
 come (``_searches.py``), over several seeds. Goal: the default gets there in >= 90% of seeds, with <= 0.5x
 random search's and <= 0.3x the grid's samples (medians over seeds).
 

@@ -249,16 +249,16 @@ BATCH_KEY = "train.batch_size"
 
 
 class SamplerConfig(_Strict):
-    name: SamplerName = "tpe"
-    """One of ``registry.SAMPLERS``."""
+    name: SamplerName = "gp_ordinal"
+    """One of ``registry.SAMPLERS`` (the default: benchmarks/search_efficiency.py, docs/results.md)."""
     seed: int = 0
     """The study's seed. Each trial's draws come from (seed, trial number): reproducible, and never the same for two workers or for a resumed study (a Sobol sequence keeps one seed)."""
     n_startup_trials: int = Field(5, ge=0)
-    """TPE and GP: random trials before the model takes over."""
+    """TPE and GP: random trials (gp_ordinal: Sobol points) before the model takes over."""
 
 
 class PrunerConfig(_Strict):
-    name: PrunerName = "median"
+    name: PrunerName = "none"
     """One of ``registry.PRUNERS``."""
     n_startup_trials: int = Field(3, ge=0)
     """Median and percentile: trials that finish before pruning starts."""

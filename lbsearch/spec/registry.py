@@ -24,6 +24,7 @@ SAMPLERS = {
     "grid": "every point of a categorical grid",
     "qmc": "scrambled Sobol points (quasi-random search)",
     "gp": "Gaussian-process Bayesian optimisation (small budgets of expensive trials)",
+    "gp_ordinal": "Gaussian-process Bayesian optimisation after a Sobol start, numeric choices (B) searched as one log-scale dimension",
     "nsga2": "the genetic multi-objective sampler",
 }
 PRUNERS = {

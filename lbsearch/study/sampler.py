@@ -6,11 +6,12 @@ from typing import Any
 
 import numpy as np
 import optuna
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
 from lbsearch.spec import DIVERGED_REASON, CategoricalParam, FloatParam, IntParam, SamplerConfig
-from lbsearch.study.access import SamplerView, constraint_attr, trial_id
+from lbsearch.study.access import SamplerView, constraint_attr, set_trial_system_attrs, trial_id
 
 __all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "informed", "OFF", "DIVERGED"]
 
@@ -37,6 +38,7 @@ BUILDERS: dict[str, Any] = {  # one per name in spec.registry.SAMPLERS (tests/st
     "qmc": lambda cfg, seed, space, constraints: optuna.samplers.QMCSampler(scramble=True, seed=seed, warn_independent_sampling=False),
     "grid": lambda cfg, seed, space, constraints: _GridSampler({k: list(p.choices) for k, p in space.items()}, seed=seed, constraints=constraints),
     "gp": lambda cfg, seed, space, constraints: _GPSampler(seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False),
+    "gp_ordinal": lambda cfg, seed, space, constraints: _OrdinalGPSampler(cfg.seed, seed=seed, n_startup_trials=cfg.n_startup_trials, warn_independent_sampling=False),
     "nsga2": lambda cfg, seed, space, constraints: optuna.samplers.NSGAIISampler(seed=seed),
     # Optuna 5 changed TPE's defaults: state the ones lbsearch relies on.
     "tpe": lambda cfg, seed, space, constraints: _TPESampler(seed=seed, n_startup_trials=cfg.n_startup_trials, multivariate=True, constant_liar=True),
@@ -88,6 +90,65 @@ class _TPESampler(optuna.samplers.TPESampler):
 
     def sample_independent(self, study, trial, param_name, param_distribution):  # type: ignore[no-untyped-def]
         return super().sample_independent(_informed_view(study), trial, param_name, param_distribution)
+
+
+def _numeric(d: Any) -> bool:
+    """A categorical of three or more numbers (e.g. B in [16, 32, 64, 128]): ordered, so a model can share strength between its values."""
+    return isinstance(d, CategoricalDistribution) and len(d.choices) > 2 and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in d.choices)
+
+
+def _scale(d: CategoricalDistribution) -> tuple[Any, Any]:
+    """Log where every choice is > 0 (batch sizes double), else linear: (to the scale, back)."""
+    return (np.log, np.exp) if min(d.choices) > 0 else (float, float)
+
+
+def _as_range(d: CategoricalDistribution) -> FloatDistribution:
+    """Numeric choices as one range in which each owns the cell of the values nearest it (on its scale): the outer cells reach
+    half a gap beyond the outer choices, as the inner ones reach half a gap to each side."""
+    to, back = _scale(d)
+    v = sorted(to(c) for c in d.choices)
+    return FloatDistribution(float(back(v[0] - (v[1] - v[0]) / 2)), float(back(v[-1] + (v[-1] - v[-2]) / 2)), log=min(d.choices) > 0)
+
+
+def _nearest(d: CategoricalDistribution, x: float) -> Any:
+    to, _ = _scale(d)
+    return min(d.choices, key=lambda c: abs(to(c) - to(x)))
+
+
+DRAWN = "lbsearch.drawn:"
+"""Trial system attr (+ the param name): where in its choice's cell ``gp_ordinal`` drew the value (what its model sees)."""
+
+
+class _OrdinalGPSampler(_GPSampler):
+    """GP for (B, lr, warmup) spaces: numeric choices (B) are one log-scale dimension of the model, not unordered categories,
+    so what a trial says about the lr at one B informs the neighbouring Bs (the best lr moves smoothly with B): each choice owns a
+    cell of the range, a draw runs at the choice whose cell it falls in, and the model sees the drawn value, as it sees an lr drawn
+    from a range. The ``n_startup_trials`` before the model are scrambled Sobol points (one sequence per study seed: spread
+    evenly over the space, not clumped as random draws are). Diverged trials are informative as with ``gp``."""
+
+    def __init__(self, study_seed: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._sobol = optuna.samplers.QMCSampler(scramble=True, seed=study_seed, warn_independent_sampling=False)
+
+    def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
+        ranges = {k: _as_range(d) for k, d in search_space.items() if _numeric(d)}
+        view = SamplerView(study, lambda trials, directions, states: [_ranged(t, ranges) for t in informed(trials, directions, states)])
+        if not search_space or len(view.get_trials(states=(TrialState.COMPLETE,))) < self._n_startup_trials:
+            drawn = self._sobol.sample_relative(study, trial, search_space | ranges)
+        else:
+            drawn = optuna.samplers.GPSampler.sample_relative(self, view, trial, search_space | ranges)
+        set_trial_system_attrs(study, trial, {DRAWN + k: v for k, v in drawn.items() if k in ranges})
+        return {k: _nearest(search_space[k], v) if k in ranges else v for k, v in drawn.items()}
+
+
+def _ranged(t: FrozenTrial, ranges: dict[str, FloatDistribution]) -> FrozenTrial:
+    """The trial with its numeric choices as the values drawn in their ranges (the choice itself where it was not drawn: enqueued)."""
+    if not ranges.keys() & t.params.keys():
+        return t
+    params = {k: float(t.system_attrs.get(DRAWN + k, v)) if k in ranges else v for k, v in t.params.items()}
+    return FrozenTrial(number=t.number, trial_id=trial_id(t), state=t.state, value=None, values=t.values, datetime_start=t.datetime_start,
+                       datetime_complete=t.datetime_complete, params=params, distributions=t.distributions | {k: r for k, r in ranges.items() if k in params},
+                       user_attrs=t.user_attrs, intermediate_values=t.intermediate_values, system_attrs=t.system_attrs)
 
 
 GRID_POINT = "lbsearch_grid_point"

@@ -37,7 +37,7 @@ def test_batch_must_split_over_processes():
 
 
 def test_a_ladder_searches_batch_size_and_groups_pruning_by_it():
-    study = StudyConfig.model_validate({"name": "s", "experiment": {"name": "x"}, "n_trials": 4, "batch_ladder": [16, 64],
+    study = StudyConfig.model_validate({"name": "s", "experiment": {"name": "x"}, "n_trials": 4, "batch_ladder": [16, 64], "pruner": {"name": "median"},
                                         "search_space": {"optimizer.lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True}}})
     assert list(study.space) == ["train.batch_size", "optimizer.lr"]
     assert study.space["train.batch_size"].choices == [16, 64] and study.pruner.group_by == "train.batch_size"

@@ -35,7 +35,7 @@ def test_pruners_are_built_in_samples_seen():
     hb = make_pruner(PrunerConfig(name="hyperband"), train)
     assert isinstance(hb, optuna.pruners.HyperbandPruner)
     assert (hb._min_resource, hb._max_resource) == (800, 6400)
-    grouped = make_pruner(PrunerConfig(group_by="train.batch_size", n_warmup_samples=1600), train)
+    grouped = make_pruner(PrunerConfig(name="median", group_by="train.batch_size", n_warmup_samples=1600), train)
     assert isinstance(grouped, GroupedPruner) and grouped.inner._n_warmup_steps == 1600
     assert isinstance(make_pruner(PrunerConfig(name="none"), train), optuna.pruners.NopPruner)
 

@@ -1,0 +1,45 @@
+"""``gp_ordinal``: a Sobol start spread over the batch sizes, then a GP that sees B as one log-scale dimension (the value it
+drew in the B's cell) and proposes only the declared choices."""
+
+import math
+import warnings
+
+import optuna
+
+from lbsearch.spec.config import CategoricalParam, FloatParam, SamplerConfig
+from lbsearch.study.sampler import DRAWN, make_sampler, suggest
+
+B, LR = "train.batch_size", "optimizer.lr"
+SPACE = {B: CategoricalParam(type="categorical", choices=[16, 32, 64, 128]), LR: FloatParam(type="float", low=1e-4, high=1e-2, log=True),
+         "schedule.warmup_fraction": FloatParam(type="float", low=0.0, high=0.3)}
+
+
+def _value(b: int, lr: float) -> float:
+    """Best at B = 16 and an lr that grows as sqrt(B)."""
+    return -math.log(lr / (1e-3 * math.sqrt(b / 16))) ** 2 - 0.1 * math.log2(b / 16)
+
+
+def _run(seed: int, n: int) -> optuna.Study:
+    study = optuna.create_study(direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for number in range(n):
+            study.sampler = make_sampler(SamplerConfig(name="gp_ordinal", seed=seed, n_startup_trials=5), SPACE, number=number)
+            trial = study.ask()
+            p = suggest(trial, SPACE)
+            study.tell(trial, _value(p[B], p[LR]))
+    return study
+
+
+def test_start_covers_every_batch_size_then_the_model_proposes_choices_from_the_cells_it_drew():
+    for seed in range(3):
+        study = _run(seed, 9)
+        assert {t.params[B] for t in study.trials[1:5]} == {16, 32, 64, 128}, seed  # 4 Sobol points: one per B
+        for t in study.trials[1:]:
+            drawn = t.system_attrs[DRAWN + B]
+            assert t.params[B] in (16, 32, 64, 128) and abs(math.log(drawn / t.params[B])) <= math.log(2) / 2 + 1e-9
+            assert isinstance(t.distributions[B], optuna.distributions.CategoricalDistribution)  # stored as declared
+
+
+def test_same_seed_same_draws():
+    assert [t.params for t in _run(1, 7).trials] == [t.params for t in _run(1, 7).trials]
