@@ -37,7 +37,6 @@ def add_branch(ap: argparse.ArgumentParser, sub, common) -> argparse.ArgumentPar
 
 def cmd_branch(args, session) -> int:
     from lbsearch.orchestrator import BranchArgs, run_branches
-
     from lbsearch.spec import SpecError
 
     if args.parallel < 1:
