@@ -42,7 +42,7 @@ CASES = [
     ("choice-not-divisible", S, [("choices: [16, 32, 64]", "choices: [16, 33]"), ("n_trials: 3", "n_trials: 3\nlauncher: {processes: 2}")], [], "tiny_study.yaml: search_space.train.batch_size", "value 33 gives an invalid experiment"),
     ("duplicate-choices", S, [("choices: [16, 32, 64]", "choices: [16, 16]")], [], "tiny_study.yaml: search_space.train.batch_size", "must be unique"),
     ("unknown-param-type", S, [("{type: float,", "{type: uniform,")], [], "tiny_study.yaml: search_space.optimizer.lr", "type"),
-    ("unknown-sampler", S, [("name: tpe", "name: cmaes")], [], "tiny_study.yaml: sampler.name", "'tpe', 'random', 'grid', 'qmc', 'gp' or 'nsga2'"),
+    ("unknown-sampler", S, [("name: tpe", "name: cmaes")], [], "tiny_study.yaml: sampler.name", "'tpe', 'random', 'grid', 'qmc', 'gp', 'gp_ordinal' or 'nsga2'"),
     ("unknown-pruner", S, [("name: median", "name: successive")], [], "tiny_study.yaml: pruner.name", "'median', 'percentile', 'patient', 'asha', 'asha_promote', 'hyperband' or 'none'"),
     ("hyperband-group-by", S, [("name: median", "name: hyperband, group_by: train.batch_size")], [], "tiny_study.yaml: pruner", "`group_by` works with the median, percentile, patient and asha pruners"),
     ("multi-objective-pruned", S, [("n_trials: 3", "n_trials: 3\nobjectives: [metric, wall_time]")], [], "tiny_study.yaml", "set `pruner: {name: none}`"),

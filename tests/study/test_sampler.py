@@ -66,7 +66,7 @@ def test_each_trial_number_gets_its_own_seed():
 
 def test_gp_and_nsga2_samplers_run_multi_objective():
     space = {"optimizer.lr": FloatParam(type="float", low=1e-4, high=1e-2, log=True)}
-    for name in ("gp", "nsga2", "tpe"):
+    for name in ("gp", "gp_ordinal", "nsga2", "tpe"):
         study = optuna.create_study(directions=["maximize", "minimize"])
         for n in range(6):
             study.sampler = make_sampler(SamplerConfig(name=name, seed=0, n_startup_trials=3), space, number=n)
