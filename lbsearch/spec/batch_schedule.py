@@ -52,7 +52,8 @@ class BatchSchedule(_Strict):
     increment: int | None = Field(None, ge=1)
     """``ramp``: B grows by this much at a time; default ``train.batch_size``."""
     lr_scaling: LrScalingName = "sqrt"
-    """The lr at each B: lr(B0) x (B / B0)^alpha with alpha of this rule (``registry.LR_SCALING``; ``none`` keeps it)."""
+    """The lr at each B: lr(B0) x (B / B0)^alpha with alpha of this rule (``registry.LR_SCALING``; ``none`` keeps it). Its
+    docs/specs.md row is checked (tests/spec/test_specs_doc.py); the tests derive their lrs from this default."""
 
     @model_validator(mode="after")
     def _fields(self) -> "BatchSchedule":

@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from conftest import cli, journal_study, mlflow_client, run_cli
 
-STEPWISE = "32 from step 1 (lr 0.001), 64 from step 11 (lr 0.00141)"
-"""tiny.yaml's B 32 for 10 steps (320 samples), then 64 (sqrt rule) to the budget of 960: 10 more steps."""
+from lbsearch.spec.batch_schedule import BatchSchedule
+from lbsearch.spec.registry import LR_SCALING
+
+STEPWISE = f"32 from step 1 (lr 0.001), 64 from step 11 (lr {1e-3 * 2 ** LR_SCALING[BatchSchedule().lr_scaling]:.3g})"
+"""tiny.yaml's B 32 for 10 steps (320 samples), then 64 (the default lr rule) to the budget of 960: 10 more steps."""
 
 
 def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:

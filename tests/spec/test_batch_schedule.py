@@ -9,6 +9,11 @@ import yaml
 from conftest import SPECS
 
 from lbsearch.spec import ExperimentConfig, apply_params, load_study, make_plan
+from lbsearch.spec.batch_schedule import BatchSchedule
+from lbsearch.spec.registry import LR_SCALING
+
+ALPHA = LR_SCALING[BatchSchedule().lr_scaling]
+"""The default lr rule's exponent: lr x (B / B0)^ALPHA at each change."""
 
 
 def _plan(schedule: dict | None, lm: bool = False, **train):
@@ -24,7 +29,7 @@ def test_a_change_takes_effect_at_the_first_step_that_starts_at_or_after_its_poi
     """B 32 from 0; at 100 samples B 64: steps 1-4 at 32 (step 4 starts at 96 < 100), step 5 starts at 128. At 300: 128
     from the step starting at 320. The budget of 960 is then 128 + 3 x 64 + 5 x 128 = 960."""
     plan = _plan({"kind": "stepwise", "at_samples": [100, 300]})
-    assert plan.phases == ((1, 32, 1e-3, 4), (5, 64, pytest.approx(1e-3 * 2**0.5), 3), (8, 128, pytest.approx(2e-3), 5))
+    assert plan.phases == ((1, 32, 1e-3, 4), (5, 64, pytest.approx(1e-3 * 2**ALPHA), 3), (8, 128, pytest.approx(1e-3 * 4**ALPHA), 5))
     assert plan.steps == 12 and plan.samples_at(plan.steps) == 960
     assert [plan.samples_at(s) for s in (3, 4, 5, 7, 8)] == [96, 128, 192, 320, 448]
     assert [plan.phase_at(s)[0] for s in (1, 4, 5, 7, 8, 12)] == [32, 32, 64, 64, 128, 128]
@@ -54,7 +59,7 @@ def test_a_phase_no_step_starts_in_is_dropped():
 def test_a_language_model_places_changes_in_tokens():
     plan = _plan({"kind": "stepwise", "at_tokens": [6400]}, lm=True, budget_tokens=64 * 960, eval_every_tokens=64 * 320)
     assert plan.phases[1][:2] == (5, 64)  # 6,400 tokens = 100 sequences of 64
-    assert plan.params()["plan.batch_schedule"] == "32 from step 1 (lr 0.001), 64 from step 5 (lr 0.00141)"
+    assert plan.params()["plan.batch_schedule"] == f"32 from step 1 (lr 0.001), 64 from step 5 (lr {1e-3 * 2**ALPHA:.3g})"
 
 
 def test_without_a_change_the_plan_is_the_constant_one():

@@ -16,7 +16,9 @@ from conftest import SPECS, _harvest, _seed, in_process_trial
 
 from lbsearch.data import prepare_data
 from lbsearch.spec import PAUSED, ExperimentConfig, WorkerSpec
+from lbsearch.spec.batch_schedule import BatchSchedule
 from lbsearch.spec.protocol import parse_message
+from lbsearch.spec.registry import LR_SCALING
 from lbsearch.trial.batching import sample_stream
 from lbsearch.trial.checkpoint import StopSignal
 from lbsearch.trial.worker import train
@@ -102,7 +104,7 @@ def test_b_changes_at_the_promised_steps_and_each_loss_is_that_of_its_b_samples(
 
 
 def test_the_lr_follows_the_phases_and_the_schedule_in_samples(prepared, capsys):
-    """lr x (B / 32)^0.5 per phase, times linear warmup (10 % of 480 samples: the first 2 steps) and decay read at the samples
+    """lr x (B / 32)^alpha (the default rule) per phase, times linear warmup (10 % of 480 samples: the first 2 steps) and decay read at the samples
     seen before each step."""
     trial = in_process_trial(prepared, _experiment())
     plan = trial.plan
@@ -115,7 +117,7 @@ def test_the_lr_follows_the_phases_and_the_schedule_in_samples(prepared, capsys)
     for step in range(2, plan.steps + 2):
         seen = plan.samples_at(step - 1)
         shape = seen / warm if seen < warm else max(0.0, (total - seen) / (total - warm))
-        expected.append(1e-3 * (plan.phase_at(min(step, plan.steps))[0] / 32) ** 0.5 * shape)
+        expected.append(1e-3 * (plan.phase_at(min(step, plan.steps))[0] / 32) ** LR_SCALING[BatchSchedule().lr_scaling] * shape)
     assert lrs == pytest.approx(expected, rel=1e-9)
 
 
