@@ -36,6 +36,7 @@ import numpy as np
 import torch
 
 from lbsearch.data.cache import PreparedData, Split, load_arrays, prepare_data
+from lbsearch.spec import PACKING
 from lbsearch.spec.config import ExperimentConfig
 from lbsearch.spec.load import load_experiment, parse_set
 from lbsearch.spec.plan import make_plan
@@ -268,7 +269,7 @@ def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
     steady = {"tokens_per_s": sum(tps[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds),
               "mfu": sum(mfu[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds) if mfu else None}
     return {"samples_per_s": sum(samples) / sum(seconds), "samples_per_s_median_step": exp.train.batch_size / statistics.median(durations),
-            "losses": [losses[s] for s in sorted(losses)], "result": result, "packing": tags.get("lbsearch.packing")} | steady
+            "losses": [losses[s] for s in sorted(losses)], "result": result, "packing": tags.get(PACKING)} | steady
 
 
 # ----------------------------------------------------------------------------------------------

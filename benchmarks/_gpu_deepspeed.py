@@ -22,6 +22,8 @@ from typing import Any
 from _bench import ROOT
 from _gpu_study import _env
 
+from lbsearch.tracking import NOISE_SCALE
+
 DS_CONFIG = ROOT / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
@@ -69,7 +71,7 @@ def _trials(name: str, mlruns: Path) -> list[dict[str, Any]]:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         kept = mlruns / "models" / name / f"trial-{t.number}"
         out.append({"trial": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"), "value": t.value,
-                    "resumed_from_step": t.user_attrs.get("resumed_from_step"), "noise_scale": run.data.tags.get("lbsearch.noise_scale"),
+                    "resumed_from_step": t.user_attrs.get("resumed_from_step"), "noise_scale": run.data.tags.get(NOISE_SCALE),
                     "kept_model_files": sorted(p.name for p in kept.iterdir()) if kept.is_dir() else [],
                     "curves": {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in KEYS}})
     return out

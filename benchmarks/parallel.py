@@ -23,6 +23,8 @@ from typing import Any
 from _bench import RESULTS, ROOT, machine, run_study_cli, table, write
 from _stats import judged
 
+from lbsearch.tracking import CPUS, THREADS
+
 LB = [sys.executable, "-m", "lbsearch.cli"]
 GOAL = 0.75
 
@@ -45,7 +47,7 @@ def _placement(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if r.get("mlflow_run_id"):
             run = client.get_run(r["mlflow_run_id"])
             out.append({"trial": r["trial"], "start_ms": run.info.start_time, "end_ms": run.info.end_time,
-                        "cpus": run.data.tags.get("lbsearch.cpus"), "threads": run.data.tags.get("lbsearch.threads")})
+                        "cpus": run.data.tags.get(CPUS), "threads": run.data.tags.get(THREADS)})
     return out
 
 

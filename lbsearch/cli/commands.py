@@ -15,7 +15,7 @@ from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
 from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
-from lbsearch.tracking import find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
+from lbsearch.tracking import THREADS, find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
 __all__ = ["reproduce", "train_once", "predict"]
 
@@ -53,8 +53,8 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     orig_run = target.user_attrs.get("mlflow_run_id", "")
     tags = tracker.client.get_run(orig_run).data.tags if orig_run else {}
     parent = tags.get("mlflow.parentRunId")
-    if tags.get("lbsearch.threads") and (exp.launcher.cpu or not _cuda()):  # a CPU's sums depend on the thread count: the trial's own
-        os.environ["OMP_NUM_THREADS"] = tags["lbsearch.threads"]
+    if tags.get(THREADS) and (exp.launcher.cpu or not _cuda()):  # a CPU's sums depend on the thread count: the trial's own
+        os.environ["OMP_NUM_THREADS"] = tags[THREADS]
     prefix = f"[reproduce {target.number}]"
     run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
                    prefix=prefix, experiment_id=tracker.experiment(_home(study, name)), run_name=f"reproduce-trial-{target.number}", parent=parent,

@@ -17,7 +17,7 @@ from typing import Any
 from lbsearch.data import prepare_data
 from lbsearch.spec import LM_TASKS, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
-from lbsearch.tracking import MACHINE, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
+from lbsearch.tracking import MACHINE, THREADS, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
 
 __all__ = ["compress", "compress_table", "verify_variant", "pareto_variants", "variant_name", "check_sparsities"]
 
@@ -72,7 +72,7 @@ def _record(ctx: dict[str, Any], variant: str, model, folder: Path, recipe: dict
     if recipe is not None:
         save_variant(model, ctx["kept"], folder, recipe)
     values = _values(ctx, model, folder)
-    tags = {MACHINE: ctx["machine"], "lbsearch.threads": ctx["threads"], "lbsearch.recipe": json.dumps(recipe),
+    tags = {MACHINE: ctx["machine"], THREADS: ctx["threads"], "lbsearch.recipe": json.dumps(recipe),
             "lbsearch.load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
     version = record_variant(ctx["tracker"], study=ctx["name"], experiment_id=ctx["experiment_id"], parent=ctx["parent"], number=ctx["number"],
                              variant=variant, values=values, tags=tags, folder=folder if recipe is not None else None)
@@ -165,7 +165,7 @@ def verify_variant(session: Session, name: str, ref: str) -> int:
     folder, tags = find_variant(tracker, name, ref)
     logged = tracker.client.get_run(tags["run_id"]).data
     data = prepare_data(exp, data_cache_dir(session.root))
-    threads = int(logged.tags["lbsearch.threads"]) if "lbsearch.threads" in logged.tags else None
+    threads = int(logged.tags[THREADS]) if THREADS in logged.tags else None
     scores = evaluate(load_model(folder), data.path, data.pad_id, json.loads((folder / "lbsearch.json").read_text()), threads=threads)
     same = True
     for split, prefix in (("validation", "val"), ("test", "test")):

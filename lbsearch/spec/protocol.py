@@ -20,9 +20,15 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "parse_message", "write_result", "read_result"]
+__all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "parse_message", "write_result", "read_result",
+           "START", "CPUS", "THREADS", "GPUS", "PACKING", "NOISE_SCALE"]
 
 MARK = "@@lbsearch "
+START, CPUS, THREADS, GPUS = "lbsearch.start", "lbsearch.cpus", "lbsearch.threads", "lbsearch.gpus"
+"""Tags a trial process sends of itself: launched or forked from the standby process; its CPU cores, torch threads
+(``reproduce`` runs with as many) and GPUs. Their home with every other tag name is ``lbsearch.tracking.tags``."""
+PACKING, NOISE_SCALE = "lbsearch.packing", "lbsearch.noise_scale"
+"""``on`` or ``off: why`` for packed micro-batches; why the gradient noise scale is not measured."""
 
 
 class OptunaRef(BaseModel):

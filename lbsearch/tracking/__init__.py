@@ -6,10 +6,14 @@ from lbsearch.tracking.kept import BEST_ALIAS, drop_best, keep_train_model, keep
 from lbsearch.tracking.outbox import OUTBOX_FILE, Outbox, is_outage, outage_limit, replay_outboxes, save_outbox, wait_for_tracking
 from lbsearch.tracking.story import BEST_TAG, KIND, PARETO_CSV, TRIALS_CSV, dataset_inputs, description, mark_best, study_plots
 from lbsearch.tracking.tags import (
+    CPUS,
+    GPUS,
     MACHINE,
     MODEL,
     MODEL_VERSION,
+    NOISE_SCALE,
     OOM_RETRIES,
+    PACKING,
     PROMOTED_TO_RUN,
     PROMOTED_TO_TRIAL,
     RAY_GPUS,
@@ -26,7 +30,9 @@ from lbsearch.tracking.tags import (
     ROLE,
     RUNG,
     RUNG_SAMPLES,
+    START,
     STATE,
+    THREADS,
     TOLERANCE,
     TRIAL,
     distill_tags,
@@ -43,4 +49,4 @@ from lbsearch.tracking.tags import (
 )
 from lbsearch.tracking.tracker import MODEL_ID_TAG, Tracker, TrackingError, experiment_links, flatten, git_commit, tracker_for, versions
 
-__all__ = ['RAY_GPUS', 'RAY_NODES', 'REASON', 'ROLE', 'STATE', 'TRIAL', 'RETRY_OF', 'RESUMED_FROM_TRIAL', 'RESUMED_FROM_STEP', 'RESUMED_FROM_SAMPLES', 'RESUMED_FROM_RUN', 'RUNG', 'RUNG_SAMPLES', 'PROMOTED_TO_TRIAL', 'PROMOTED_TO_RUN', 'OOM_RETRIES', 'REPRODUCES', 'REPRODUCES_TRIAL', 'REPRODUCED', 'TOLERANCE', 'MODEL', 'MODEL_VERSION', 'MACHINE', 'VARIANT', 'BEST_TAG', 'compressed_name', 'find_variant', 'record_variant', 'variant_dir', 'variant_rows', 'end_tags', 'label_tags', 'oom_retry_tags', 'promoted_tags', 'rung_tags', 'reproduce_tags', 'reproduced_tags', 'resumed_tags', 'train_tags', 'trial_tags', 'MODEL_ID_TAG', 'Tracker', 'TrackingError', 'experiment_links', 'flatten', 'git_commit', 'tracker_for', 'versions', 'KIND', 'PARETO_CSV', 'TRIALS_CSV', 'dataset_inputs', 'description', 'mark_best', 'study_plots', 'BEST_ALIAS', 'drop_best', 'keep_train_model', 'keep_trial_model', 'registered_name', 'OUTBOX_FILE', 'Outbox', 'is_outage', 'outage_limit', 'replay_outboxes', 'save_outbox', 'wait_for_tracking', 'distill_tags']
+__all__ = ['START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'RAY_GPUS', 'RAY_NODES', 'REASON', 'ROLE', 'STATE', 'TRIAL', 'RETRY_OF', 'RESUMED_FROM_TRIAL', 'RESUMED_FROM_STEP', 'RESUMED_FROM_SAMPLES', 'RESUMED_FROM_RUN', 'RUNG', 'RUNG_SAMPLES', 'PROMOTED_TO_TRIAL', 'PROMOTED_TO_RUN', 'OOM_RETRIES', 'REPRODUCES', 'REPRODUCES_TRIAL', 'REPRODUCED', 'TOLERANCE', 'MODEL', 'MODEL_VERSION', 'MACHINE', 'VARIANT', 'BEST_TAG', 'compressed_name', 'find_variant', 'record_variant', 'variant_dir', 'variant_rows', 'end_tags', 'label_tags', 'oom_retry_tags', 'promoted_tags', 'rung_tags', 'reproduce_tags', 'reproduced_tags', 'resumed_tags', 'train_tags', 'trial_tags', 'MODEL_ID_TAG', 'Tracker', 'TrackingError', 'experiment_links', 'flatten', 'git_commit', 'tracker_for', 'versions', 'KIND', 'PARETO_CSV', 'TRIALS_CSV', 'dataset_inputs', 'description', 'mark_best', 'study_plots', 'BEST_ALIAS', 'drop_best', 'keep_train_model', 'keep_trial_model', 'registered_name', 'OUTBOX_FILE', 'Outbox', 'is_outage', 'outage_limit', 'replay_outboxes', 'save_outbox', 'wait_for_tracking', 'distill_tags']

@@ -6,14 +6,15 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lbsearch.spec import PAUSED
+from lbsearch.spec import CPUS, GPUS, NOISE_SCALE, PACKING, PAUSED, START, THREADS
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
 
 __all__ = ["STUDY", "ROLE", "TRIAL", "STATE", "REASON", "RETRY_OF", "RESUMED_FROM_TRIAL", "RESUMED_FROM_STEP", "RESUMED_FROM_SAMPLES",
            "RESUMED_FROM_RUN", "RUNG", "RUNG_SAMPLES", "PROMOTED_TO_TRIAL", "PROMOTED_TO_RUN", "OOM_RETRIES", "REPRODUCES",
-           "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "MODEL", "MODEL_VERSION", "MACHINE", "RAY_NODES", "RAY_GPUS", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
+           "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "MODEL", "MODEL_VERSION", "MACHINE", "RAY_NODES", "RAY_GPUS", "START", "CPUS", "THREADS", "GPUS", "PACKING",
+           "NOISE_SCALE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
 
 STUDY, ROLE, TRIAL = "lbsearch.study", "lbsearch.role", "lbsearch.trial"
 STATE, REASON = "lbsearch.state", "lbsearch.reason"

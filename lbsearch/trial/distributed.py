@@ -32,6 +32,8 @@ from pathlib import Path
 
 import torch
 
+from lbsearch.spec import CPUS, GPUS, THREADS
+
 __all__ = ["keep_until_exit", "make_accelerator", "prepare"]
 
 _NEVER_FREED: list = []
@@ -117,9 +119,9 @@ def placement(device: torch.device) -> dict[str, str]:
         if cur != prev + 1:
             spans.append(f"{start}-{prev}" if prev != start else str(start))
             start = cur
-    tags = {"lbsearch.cpus": ",".join(spans), "lbsearch.threads": str(torch.get_num_threads())}
+    tags = {CPUS: ",".join(spans), THREADS: str(torch.get_num_threads())}
     if device.type == "cuda":
-        tags["lbsearch.gpus"] = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
+        tags[GPUS] = os.environ.get("CUDA_VISIBLE_DEVICES", "all")
     return tags
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from lbsearch.spec import PACKING
 from lbsearch.trial.batching import to_device
 from lbsearch.trial.distributed import sum_over_ranks
 
@@ -171,5 +172,5 @@ def packing_offset(trial, model: torch.nn.Module, pooled: bool) -> int | None:
             why = "the check failed on another process"
         if why:
             trial.say(f"packing: off ({why})")
-    trial.rep.tags({"lbsearch.packing": f"off: {why}" if why else "on"})
+    trial.rep.tags({PACKING: f"off: {why}" if why else "on"})
     return None if why else position_offset(model)

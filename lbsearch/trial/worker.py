@@ -25,7 +25,7 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import DIVERGED_REASON, FLAG, PAUSED, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
+from lbsearch.spec import DIVERGED_REASON, FLAG, NOISE_SCALE, PAUSED, START, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
@@ -72,7 +72,7 @@ class Trial:
         self.pad_multiple = launcher.pad_to_multiple_of or (16 if launcher.compile else 1)
         self.say = log if self.acc.is_main_process else (lambda *a, **k: None)
         self.rep = Reporter(spec, self.acc.is_main_process)
-        self.rep.tags({"lbsearch.start": f"forked from standby process {standby.forked_from}" if standby.forked_from else "launched"}
+        self.rep.tags({START: f"forked from standby process {standby.forked_from}" if standby.forked_from else "launched"}
                       | placement(self.acc.device))
         set_seed(exp.seed)  # before the model: the classifier head (or the whole model) is random
         self.data = {s: load_arrays(spec.data_path, s) for s in ("train", "validation", "test")}
@@ -122,7 +122,7 @@ class Trial:
                                         tr.noise_scale_every, enabled=tr.noise_scale)
         if tr.noise_scale and not self.gns.active:
             self.say(f"gradient noise scale: not measured ({self.gns.off_reason})")
-            self.rep.tags({"lbsearch.noise_scale": f"off: {self.gns.off_reason}"})
+            self.rep.tags({NOISE_SCALE: f"off: {self.gns.off_reason}"})
         train = self.data["train"]
         self.lengths = np.fromiter((len(x) for x in train.ids), dtype=np.int64, count=len(train.ids))
         self.targets = None if self.lm else training_targets(train.labels, exp.task, self.labels.get("shift", 0.0), self.labels.get("scale", 1.0))

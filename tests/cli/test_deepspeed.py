@@ -17,6 +17,7 @@ pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
 from lbsearch.spec import INTERRUPTED
+from lbsearch.tracking import NOISE_SCALE
 
 DS = SPECS.parents[1] / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
 # B = 32 = micro-batch 8 x accumulation 2 x 2 processes; clipping at 0.05 acts on most steps; 30 steps, an evaluation every 10
@@ -66,7 +67,7 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     resumed = trial.user_attrs["resumed_from_step"]
     assert 10 <= resumed < 30 and f"resumed from checkpoint at step {resumed}" in again
     assert trial.state == TrialState.COMPLETE and trial.params == base_trial.params
-    assert run.data.tags["lbsearch.noise_scale"].startswith("off: DEEPSPEED")
+    assert run.data.tags[NOISE_SCALE].startswith("off: DEEPSPEED")
     assert "effective batch 32 = micro-batch 8 x accumulation 2 x processes 2" in again and run.data.params["plan.processes"] == "2"
     assert 0.5 < base["train/clip_frac"][960] < 1  # clipping acted on most steps, not all
     for key in KEYS:  # ZeRO-2's partitioned AdamW and DeepSpeed's clipping: DDP's numbers to float32 rounding

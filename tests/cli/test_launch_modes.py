@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, worker_pids
 
-from lbsearch.tracking import REASON
+from lbsearch.tracking import NOISE_SCALE, REASON
 
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
 FSDP = SPECS / "accelerate_fsdp.yaml"
@@ -33,7 +33,7 @@ def test_fsdp_trial_on_cpu_matches_ddp(tmp_path):
     assert "model saved in" in fsdp  # the shards are gathered for the kept model
     run_cli("train", str(SPECS / "tiny.yaml"), "--set=launcher.processes=2", *NO_DROPOUT, cwd=tmp_path, check=True)
     client, (a, b) = _runs(tmp_path / "mlruns")
-    assert a.data.tags["lbsearch.noise_scale"].startswith("off: FSDP") and "lbsearch.noise_scale" not in b.data.tags
+    assert a.data.tags[NOISE_SCALE].startswith("off: FSDP") and NOISE_SCALE not in b.data.tags
     assert a.data.params["plan.processes"] == b.data.params["plan.processes"] == "2"
     la, lb = _curve(client, a), _curve(client, b)
     assert len(la) == len(lb) == 30

@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
 from lbsearch.spec import INTERRUPTED, SpecError
+from lbsearch.tracking import CPUS, THREADS
 
 STUDY = str(SPECS / "tiny_study.yaml")
 CORES = sorted(os.sched_getaffinity(0))
@@ -43,12 +44,12 @@ def test_parallel_trials_overlap_on_their_own_cores_with_distinct_params(tmp_pat
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
     client = mlflow_client(tmp_path / "mlruns")
     runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
-    assert {r.data.tags["lbsearch.threads"] for r in runs} == {str(share)}
+    assert {r.data.tags[THREADS] for r in runs} == {str(share)}
     overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
                    if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]
     assert overlapping, [(r.info.start_time, r.info.end_time) for r in runs]
     for a, b in overlapping:
-        cores = [set(r.data.tags["lbsearch.cpus"].split(",")) for r in (a, b)]
+        cores = [set(r.data.tags[CPUS].split(",")) for r in (a, b)]
         assert not cores[0] & cores[1], cores
 
 

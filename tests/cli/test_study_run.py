@@ -22,7 +22,7 @@ from lbsearch.spec import INTERRUPTED, WORKER_DIED
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import REASON, REPRODUCED, REPRODUCES, ROLE, STATE, TRIAL, TRIALS_CSV
+from lbsearch.tracking import REASON, REPRODUCED, REPRODUCES, ROLE, START, STATE, TRIAL, TRIALS_CSV
 
 LOSS = ["--set", "experiment.metric.name=loss"]
 
@@ -155,7 +155,7 @@ def test_reproduce_is_exact_on_cpu(finished):
     assert rep[-1].data.tags[REPRODUCES] == orig.user_attrs["mlflow_run_id"]
     assert client.get_metric_history(rep[-1].info.run_id, "val/loss")[0].value == orig.user_attrs["validation_loss"]
     # the original was forked from the standby process, the reproduction a started process: step for step the same
-    assert rep[-1].data.tags["lbsearch.start"] == "launched"
+    assert rep[-1].data.tags[START] == "launched"
     for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/accuracy"):
         hist = [sorted((m.step, m.value) for m in client.get_metric_history(r, key)) for r in (rep[-1].info.run_id, orig.user_attrs["mlflow_run_id"])]
         assert hist[0] == hist[1] and hist[0], key
@@ -191,7 +191,7 @@ def test_every_trial_is_forked_from_one_standby_process_that_ends_with_the_study
     cwd, root, _ = finished
     client = mlflow_client(root)
     ran = [t for t in journal_study(root, "tiny-loss").get_trials() if t.state != TrialState.FAIL]
-    starts = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["lbsearch.start"] for t in ran}
+    starts = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags[START] for t in ran}
     assert len(ran) >= 2 and len(starts) == 1 and starts.pop().startswith("forked from standby process "), starts
     assert not worker_pids(cwd)
 

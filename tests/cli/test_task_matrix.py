@@ -14,6 +14,7 @@ from conftest import cli, mlflow_client, run_cli
 from lbsearch.data.sources import load_frames
 from lbsearch.spec.config import DataConfig
 from lbsearch.spec.tasks import METRICS
+from lbsearch.tracking import PACKING, START
 
 EXAMPLES = Path(__file__).parent.parent.parent / "experiments" / "data"
 COMMON = {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 160}
@@ -70,7 +71,7 @@ def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch, st
     name = _write_spec(workdir, task, family)
     proc = cli("train", f"{name}.yaml", cwd=workdir, check=True)
     assert "forked from standby process" in mlflow_client(workdir / "mlruns").search_runs(
-        [mlflow_client(workdir / "mlruns").get_experiment_by_name(f"train-{name}").experiment_id])[0].data.tags["lbsearch.start"]
+        [mlflow_client(workdir / "mlruns").get_experiment_by_name(f"train-{name}").experiment_id])[0].data.tags[START]
     assert f"validation {metric}" in proc.stdout
     client = mlflow_client(workdir / "mlruns")
     (run,) = client.search_runs([client.get_experiment_by_name(f"train-{name}").experiment_id])
@@ -81,7 +82,7 @@ def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch, st
     assert run.data.tags["data.task"] == kind
     # packing: on for the encoder's mean-pooled head; off for the architectures' own heads, and for the
     # decoder's last-token head (its causal mask is not the encoder's block mask: packing.unsupported)
-    packing = run.data.tags["lbsearch.packing"]
+    packing = run.data.tags[PACKING]
     assert packing == "on" if family == "distilbert" else packing.startswith("off: pooling cls" if FAMILIES[family][1] == "cls" else "off: "), packing
 
 
@@ -104,7 +105,7 @@ def test_regression_over_two_processes_matches_one_process(family, tmp_path, mon
     client = mlflow_client(tmp_path / "mlruns")
     runs = sorted(client.search_runs([client.get_experiment_by_name(f"train-{name}").experiment_id]), key=lambda r: r.info.start_time)
     assert [r.data.params["plan.processes"] for r in runs] == ["2", "1"]
-    assert [r.data.tags["lbsearch.packing"] for r in runs] == 2 * ["on" if family == "distilbert" else "off: pooling cls: the architecture's own head"]
+    assert [r.data.tags[PACKING] for r in runs] == 2 * ["on" if family == "distilbert" else "off: pooling cls: the architecture's own head"]
     two, one = (r.data.metrics for r in runs)
     for key in [k for k in one if k.startswith(("val/", "test/"))]:
         assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), key

@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
 from lbsearch.spec import WORKER_DIED, ExecutorConfig, bundles
-from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP
+from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, THREADS
 
 ray_cluster = pytest.importorskip("ray.cluster_utils", reason="Ray is an optional extra: pip install lbsearch[ray] (scripts/install.sh installs it)")
 
@@ -115,7 +115,7 @@ def test_trials_of_one_and_two_gpus_run_at_once_on_gpus_of_their_own(sizes):
         nodes, gpus = r.data.tags[RAY_NODES].split(","), r.data.tags[RAY_GPUS].split(";")
         assert len(nodes) == 1 and len(gpus[0].split(",")) == t.params["launcher.processes"], r.data.tags
         held.append({(nodes[0], g) for g in gpus[0].split(",")})
-        assert r.data.tags["lbsearch.threads"] == "1"  # executor.cpus_per_process: 1 thread per process
+        assert r.data.tags[THREADS] == "1"  # executor.cpus_per_process: 1 thread per process
     a, b = runs
     assert a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time, "the two trials did not overlap"
     assert not held[0] & held[1], held
