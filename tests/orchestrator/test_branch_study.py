@@ -45,7 +45,7 @@ def branched(tmp_path_factory, env) -> Path:
     (root / "ref.yaml").write_text(yaml.safe_dump({"name": "cbs-ref", "experiment": EXPERIMENT, "n_trials": 1, "pruner": {"name": "none"}}))
     run_cli("run", "ref.yaml", cwd=root, check=True, env=env)
     proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05",
-                   "--b-crit", "600", cwd=root, check=True, env=env)
+                   "--b-crit", "600", "--parallel", "1", cwd=root, check=True, env=env)  # serial: the baseline of the --parallel test
     (root / "branch.out").write_text(proc.stdout)
     study = journal_study(root / "mlruns", "cbs-ref-branch-0")
     (k2,) = [t.number for t in study.trials if t.params["train.batch_size"] == 2 * B and t.params["branching.source.at_samples"] == 8 * B]
