@@ -31,11 +31,11 @@ from transformers import AutoTokenizer
 
 from lbsearch.cli.main import SPARSITIES
 from lbsearch.data import load_arrays
-from lbsearch.spec import Session, load_study, parse_set, trial_model_dir
+from lbsearch.spec import KEPT_FILE, Session, load_study, parse_set, trial_model_dir
 from lbsearch.study import open_study
 from lbsearch.tracking import compressed_name, tracker_for, variant_dir, variant_rows
 from lbsearch.trial import load_model
-from lbsearch.trial.model import KEPT_FILE, predictions
+from lbsearch.trial.model import predictions
 
 STUDY = ROOT / "studies" / "quickstart.yaml"
 RECORD = RESULTS / "quickstart_speed.json"

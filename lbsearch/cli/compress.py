@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import LM_TASKS, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, trial_model_dir
+from lbsearch.spec import KEPT_FILE, LM_TASKS, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
 from lbsearch.tracking import MACHINE, THREADS, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
 
@@ -92,7 +92,7 @@ def compress(session: Session, name: str, sparsities: list[float], finetune_step
     study, target, kept, exp = _kept(session, name)
     data = prepare_data(exp, data_cache_dir(session.root))
     tracker = tracker_for(session, stored_study(study))
-    ctx = {"name": name, "number": target.number, "kept": kept, "data": data, "info": json.loads((kept / "lbsearch.json").read_text()),
+    ctx = {"name": name, "number": target.number, "kept": kept, "data": data, "info": json.loads((kept / KEPT_FILE).read_text()),
            "repeats": repeats, "tracker": tracker, "experiment_id": tracker.experiment(name), "parent": tracker.find_parent(name),
            "machine": machine_name(), "metric": exp.metric.name, "say": session.out}
     session.out(f"[compress] study {name}, trial {target.number}'s kept model {kept}; on {ctx['machine']}")
@@ -166,7 +166,7 @@ def verify_variant(session: Session, name: str, ref: str) -> int:
     logged = tracker.client.get_run(tags["run_id"]).data
     data = prepare_data(exp, data_cache_dir(session.root))
     threads = int(logged.tags[THREADS]) if THREADS in logged.tags else None
-    scores = evaluate(load_model(folder), data.path, data.pad_id, json.loads((folder / "lbsearch.json").read_text()), threads=threads)
+    scores = evaluate(load_model(folder), data.path, data.pad_id, json.loads((folder / KEPT_FILE).read_text()), threads=threads)
     same = True
     for split, prefix in (("validation", "val"), ("test", "test")):
         for k, v in scores[split].items():

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lbsearch.spec import DISTILL_TASKS, Session, SpecError, teacher_study, trial_model_dir
+from lbsearch.spec import DISTILL_TASKS, KEPT_FILE, Session, SpecError, teacher_study, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study
 
 __all__ = ["Teacher", "find_teacher", "folder_version"]
@@ -59,7 +59,7 @@ def find_teacher(session: Session, exp: Any, where: str = "distill") -> Teacher 
     if not (folder / "config.json").is_file():
         raise SpecError(None, f"{where}.teacher", f"no teacher {d.teacher!r}: the best trial {best.number} of study {name!r} has no kept "
                         f"model in {folder} (see that study's `save_model`)")
-    info_file = folder / "lbsearch.json"
+    info_file = folder / KEPT_FILE
     task = json.loads(info_file.read_text()).get("task", "single_label") if info_file.is_file() else "single_label"
     if task not in DISTILL_TASKS:
         raise SpecError(None, f"{where}.teacher", f"the teacher {d.teacher!r} is a `{task}` model; a teacher must be a {', '.join(DISTILL_TASKS)} classifier")

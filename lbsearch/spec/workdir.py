@@ -14,6 +14,10 @@ FOLDER = "checkpoints"
 
 
 INFO = "lbsearch.json"
+"""A checkpoint's own position (step, samples, readings), in each ``step-<S>`` folder."""
+KEPT_FILE = "lbsearch.json"
+"""A kept model's facts beside its weights (task, labels, max_length, metrics; a compressed variant's recipe): written by
+``trial.model.save_model``, read by ``load_model``, ``predict``, ``compress`` and a distillation teacher."""
 PREFIX = "step-"
 """A checkpoint's folder is ``step-<S>`` (S zero-padded to 8 digits, so that names sort as steps), written
 as ``.tmp-step-<S>`` and renamed when whole (``lbsearch.trial.checkpoint``)."""

@@ -20,9 +20,9 @@ from torch.nn.utils import prune
 from transformers import AutoTokenizer
 
 from lbsearch.data import load_arrays
-from lbsearch.spec import ExperimentConfig, make_plan
+from lbsearch.spec import KEPT_FILE, ExperimentConfig, make_plan
 from lbsearch.trial.batching import pad
-from lbsearch.trial.model import KEPT_FILE, load_model, predictions, uses_token_types
+from lbsearch.trial.model import load_model, predictions, uses_token_types
 from lbsearch.trial.training import Evaluator, make_optimizer, make_scheduler, task_loss, training_targets
 
 __all__ = ["prune_global", "pruned_share", "nonzero_params", "finetune", "evaluate", "timing", "machine_name", "THROUGHPUT_BATCH"]

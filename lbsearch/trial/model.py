@@ -12,12 +12,11 @@ from typing import Any
 import torch
 
 from lbsearch.data import OFFLINE_MODEL_HINT, load_tokenizer, model_source
-from lbsearch.spec import LM_TASKS, ModelConfig, SpecError
+from lbsearch.spec import KEPT_FILE, LM_TASKS, ModelConfig, SpecError
 
-__all__ = ["load_tokenizer", "build_model", "uses_token_types", "PooledClassifier", "save_model", "load_model", "classify", "predictions", "OFFLINE_MODEL_HINT", "KEPT_FILE",
+__all__ = ["load_tokenizer", "build_model", "uses_token_types", "PooledClassifier", "save_model", "load_model", "classify", "predictions", "OFFLINE_MODEL_HINT",
            "QUANTIZED_FILE", "quantize_int8", "save_variant", "weight_bytes"]
 
-KEPT_FILE = "lbsearch.json"
 """Beside a kept model's weights: how it was trained (max length, pooling, evaluation batch) and its source."""
 _HEAD_FILE = "mean_pool_head.safetensors"
 QUANTIZED_FILE = "quantized_int8.pt"

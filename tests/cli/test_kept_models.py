@@ -15,6 +15,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 from mlflow.entities import LoggedModelStatus
 
+from lbsearch.spec import KEPT_FILE
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -84,7 +85,7 @@ def test_only_the_best_model_remains(study):
 def test_kept_folder_is_hugging_face_layout_with_label_names(study):
     _, root, _ = study
     folder = root / "models" / STUDY / "trial-1"
-    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "lbsearch.json"} <= {p.name for p in folder.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", KEPT_FILE} <= {p.name for p in folder.iterdir()}
     config = json.loads((folder / "config.json").read_text())
     assert config["id2label"] == {"0": "rotten", "1": "fresh"}
     assert config["label2id"] == {"rotten": 0, "fresh": 1}

@@ -8,13 +8,13 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from lbsearch.orchestrator.branch import _points_folder
-from lbsearch.spec import kept_points
+from lbsearch.spec import INFO, kept_points
 
 
 def _kept(trials_dir: Path, folder: str, step: int, samples: int) -> None:
     point = trials_dir / folder / "branch_points" / f"step-{step:08d}"
     point.mkdir(parents=True)
-    (point / "lbsearch.json").write_text(json.dumps({"samples": samples}))
+    (point / INFO).write_text(json.dumps({"samples": samples}))
     (point / "model.safetensors").write_bytes(b"w")
 
 

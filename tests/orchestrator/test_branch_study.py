@@ -15,6 +15,7 @@ import yaml
 from conftest import cli, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
+from lbsearch.spec import INFO
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
 
@@ -62,7 +63,7 @@ def test_reference_keeps_its_branch_points(branched):
     (folder,) = (branched / "mlruns" / "trials" / "cbs-ref").glob("0000-*")
     kept = sorted(p.name for p in (folder / "branch_points").iterdir())
     assert kept == ["step-00000003", "step-00000008"]
-    assert json.loads((folder / "branch_points" / "step-00000003" / "lbsearch.json").read_text())["samples"] == 3 * B
+    assert json.loads((folder / "branch_points" / "step-00000003" / INFO).read_text())["samples"] == 3 * B
     assert not (folder / "checkpoints").exists() or not list((folder / "checkpoints").iterdir())  # a finished trial's own are gone
 
 

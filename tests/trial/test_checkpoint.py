@@ -11,7 +11,7 @@ import pytest
 
 from lbsearch.spec.config import ExperimentConfig, SpecError
 from lbsearch.spec.load import validate_experiment
-from lbsearch.spec.workdir import FOLDER, KEEP_CHECKPOINTS, adopt, discard, fingerprint, latest, superseded
+from lbsearch.spec.workdir import FOLDER, INFO, KEEP_CHECKPOINTS, adopt, discard, fingerprint, latest, superseded
 from lbsearch.trial.checkpoint import StopSignal
 
 
@@ -19,7 +19,7 @@ def _write(folder, step, whole=True):
     d = folder / f"step-{step:08d}"
     d.mkdir(parents=True)
     if whole:
-        (d / "lbsearch.json").write_text(json.dumps({"step": step, "samples": 32 * step, "result": {"evals": []}}))
+        (d / INFO).write_text(json.dumps({"step": step, "samples": 32 * step, "result": {"evals": []}}))
     return d
 
 
