@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lbsearch.spec.registry import LrScalingName
 
-__all__ = ["BatchSchedule", "WithBatchSchedule", "KINDS", "change_points", "check_batch_schedule", "scheduled"]
+__all__ = ["BatchSchedule", "WithBatchSchedule", "KINDS", "change_points", "check_batch_schedule", "increment", "scheduled"]
 
 KINDS = ("constant", "stepwise", "ramp")
 
@@ -50,7 +50,7 @@ class BatchSchedule(_Strict):
     ramp_tokens: int | None = Field(None, ge=1)
     """``ramp``, language models: the same in tokens (sets ``ramp_samples``)."""
     increment: int | None = Field(None, ge=1)
-    """``ramp``: B grows by this much at a time; default ``train.batch_size``."""
+    """``ramp``: B grows by this much at a time; unset: ``train.batch_size`` (the function ``increment``)."""
     lr_scaling: LrScalingName = "sqrt"
     """The lr at each B: lr(B0) x (B / B0)^alpha with alpha of this rule (``registry.LR_SCALING``; ``none`` keeps it). Its
     docs/specs.md row is checked (tests/spec/test_specs_doc.py); the tests derive their lrs from this default."""
@@ -83,6 +83,11 @@ def scheduled(train) -> BatchSchedule | None:
     return s if s is not None and s.kind != "constant" else None
 
 
+def increment(schedule: BatchSchedule, batch_size: int) -> int:
+    """How much a ramp grows B at a time: ``increment``, unset: ``train.batch_size`` (its one default)."""
+    return schedule.increment or batch_size
+
+
 def change_points(schedule: BatchSchedule | None, batch_size: int) -> list[tuple[int, int]]:
     """(samples seen, B from there on), the first at 0 with ``batch_size``; one entry for no schedule."""
     if schedule is None or schedule.kind == "constant":
@@ -90,7 +95,7 @@ def change_points(schedule: BatchSchedule | None, batch_size: int) -> list[tuple
     if schedule.kind == "stepwise":
         sizes = schedule.batch_sizes or [batch_size * schedule.factor ** (i + 1) for i in range(len(schedule.at_samples or []))]
         return [(0, batch_size)] + list(zip(schedule.at_samples or [], sizes))
-    inc = schedule.increment or batch_size
+    inc = increment(schedule, batch_size)
     n = (schedule.final_batch_size - batch_size) // inc
     return [(0, batch_size)] + [(round(i * schedule.ramp_samples / n), batch_size + i * inc) for i in range(1, n + 1)]
 
@@ -110,9 +115,9 @@ def check_batch_schedule(train, lm: bool, length: int, processes: int, branch: b
     if branch:
         raise ValueError("`train.batch_schedule` and `branching` do not go together: a branch point is a position at one B")
     B = train.batch_size
-    if s.kind == "ramp" and (s.final_batch_size <= B or (s.final_batch_size - B) % (s.increment or B)):
+    if s.kind == "ramp" and (s.final_batch_size <= B or (s.final_batch_size - B) % increment(s, B)):
         raise ValueError(f"`train.batch_schedule.final_batch_size` must be above `train.batch_size` ({B}) by a multiple of "
-                         f"`increment` ({s.increment or B}), got {s.final_batch_size}")
+                         f"`increment` ({increment(s, B)}), got {s.final_batch_size}")
     odd = [b for _, b in change_points(s, B) if b % processes]
     if odd:
         raise ValueError(f"every batch size of `train.batch_schedule` must be divisible by `launcher.processes` ({processes}), got {odd[0]}")
