@@ -208,11 +208,27 @@ def fresh_accelerator():
         state.GradientState._reset_state()
 
 
+def prepare_once(tmp_path_factory, name: str, exp):
+    """``exp``'s tokenized data, for a module's in-process trials (from the session's cache when another test prepared it)."""
+    from lbsearch.data import prepare_data
+
+    root = tmp_path_factory.mktemp(name) / "mlruns"
+    _seed(root)
+    data = prepare_data(exp, root / "cache")
+    _harvest(root)
+    return data
+
+
+def worker_spec(prepared, exp, **fields):
+    """The ``WorkerSpec`` the orchestrator would hand a trial of ``exp`` on ``prepared`` data (``fields``: the rest, e.g. ``checkpoint_dir``)."""
+    from lbsearch.spec import WorkerSpec
+
+    return WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(prepared.path), num_labels=prepared.num_labels,
+                      pad_id=prepared.pad_id, vocab_size=prepared.vocab_size, labels=prepared.labels, **fields)
+
+
 def in_process_trial(prepared, exp, tracking: bool = True):
     """A ``Trial`` (the trial process's training state) built in this process on ``prepared`` data, quiet."""
-    from lbsearch.spec import WorkerSpec
     from lbsearch.trial.worker import Trial
 
-    spec = WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(prepared.path), num_labels=prepared.num_labels,
-                      pad_id=prepared.pad_id, vocab_size=prepared.vocab_size, labels=prepared.labels, tracking=tracking)
-    return Trial(spec, log=lambda *a: None)
+    return Trial(worker_spec(prepared, exp, tracking=tracking), log=lambda *a: None)

@@ -39,9 +39,9 @@ def in_samples(shape: torch.optim.lr_scheduler.LambdaLR, optimizer: torch.optim.
 
 def replan(trial, step: int) -> None:
     """Before step ``step``: if its B is not the one the trial runs, the new split (see the module's docstring)."""
-    split = trial.plan.split_at(step)
-    if split == trial.batch:
+    if trial.plan.phase_at(step)[0] == trial.batch.batch_size:  # the B it runs: nothing to re-plan (most steps)
         return
+    split = trial.plan.split_at(step)
     trial.batch = split
     trial.acc.gradient_accumulation_steps = split.accumulation
     trial.acc.step = 0  # Accelerate syncs gradients when its micro-step count is a multiple of the accumulation

@@ -12,10 +12,9 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SPECS, _harvest, _seed, in_process_trial
+from conftest import SPECS, in_process_trial, prepare_once, worker_spec
 
-from lbsearch.data import prepare_data
-from lbsearch.spec import PAUSED, ExperimentConfig, WorkerSpec
+from lbsearch.spec import PAUSED, ExperimentConfig
 from lbsearch.spec.batch_schedule import BatchSchedule
 from lbsearch.spec.protocol import parse_message
 from lbsearch.spec.registry import LR_SCALING
@@ -39,17 +38,11 @@ def _experiment(schedule: dict | None = STEPWISE, **train) -> ExperimentConfig:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("resize") / "mlruns"
-    _seed(root)
-    data = prepare_data(_experiment(), root / "cache")
-    _harvest(root)
-    return data
+    return prepare_once(tmp_path_factory, "resize", _experiment())
 
 
-def _spec(prepared, exp: ExperimentConfig, folder=None, pause_at: int | None = None) -> WorkerSpec:
-    return WorkerSpec(experiment=exp.model_dump(mode="json"), data_path=str(prepared.path), num_labels=prepared.num_labels,
-                      pad_id=prepared.pad_id, vocab_size=prepared.vocab_size, labels=prepared.labels,
-                      checkpoint_dir=str(folder) if folder else None, pause_at_samples=pause_at)
+def _spec(prepared, exp: ExperimentConfig, folder=None, pause_at: int | None = None):
+    return worker_spec(prepared, exp, checkpoint_dir=str(folder) if folder else None, pause_at_samples=pause_at)
 
 
 def _rows(trial, capsys) -> dict[str, list[float]]:

@@ -9,10 +9,9 @@ import json
 
 import pytest
 import yaml
-from conftest import SPECS, _harvest, _seed
+from conftest import SPECS, prepare_once, worker_spec
 
-from lbsearch.data import prepare_data
-from lbsearch.spec import PAUSED, ExperimentConfig, WorkerSpec, latest
+from lbsearch.spec import PAUSED, ExperimentConfig, latest
 from lbsearch.trial.worker import train
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator")
@@ -27,17 +26,11 @@ def _experiment() -> ExperimentConfig:
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("rung") / "mlruns"
-    _seed(root)
-    data = prepare_data(_experiment(), root / "cache")
-    _harvest(root)
-    return data
+    return prepare_once(tmp_path_factory, "rung", _experiment())
 
 
-def _spec(prepared, folder, pause_at: int | None) -> WorkerSpec:
-    return WorkerSpec(experiment=_experiment().model_dump(mode="json"), data_path=str(prepared.path), num_labels=prepared.num_labels,
-                      pad_id=prepared.pad_id, vocab_size=prepared.vocab_size, labels=prepared.labels, checkpoint_dir=str(folder),
-                      pause_at_samples=pause_at)
+def _spec(prepared, folder, pause_at: int | None):
+    return worker_spec(prepared, _experiment(), checkpoint_dir=str(folder), pause_at_samples=pause_at)
 
 
 def test_a_trial_pauses_at_its_rung_with_a_checkpoint_of_that_step(prepared, tmp_path):

@@ -11,9 +11,8 @@ import numpy as np
 import pytest
 import torch
 import yaml
-from conftest import SPECS, _harvest, _seed, in_process_trial
+from conftest import SPECS, in_process_trial, prepare_once
 
-from lbsearch.data import prepare_data
 from lbsearch.spec import ExperimentConfig
 from lbsearch.spec.protocol import parse_message
 from lbsearch.trial.worker import CONTINUE, Trial
@@ -31,11 +30,7 @@ def _experiment(**launcher) -> ExperimentConfig:
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
     """tiny.yaml's tokenized data (the data of the CLI tests: from the session's cache when they ran first)."""
-    root = tmp_path_factory.mktemp("worker") / "mlruns"
-    _seed(root)
-    data = prepare_data(_experiment(), root / "cache")
-    _harvest(root)
-    return data
+    return prepare_once(tmp_path_factory, "worker", _experiment())
 
 
 def _trial(data, exp: ExperimentConfig) -> Trial:
