@@ -18,6 +18,8 @@ from lbsearch.spec.plan import lr_for_batch
 from lbsearch.study.pruner import make_pruner
 from lbsearch.study.sampler import make_sampler
 
+DEFAULT_CHOICES = "default_choices"
+"""The default search over the space declared as the table's choices (B, lr and warmup each a list), as a user declares a table."""
 GOALS = {"grid": 0.3, "random": 0.5}
 """The default search's median compute at most this share of each baseline's."""
 SUCCESS_GOAL = 0.9
@@ -35,6 +37,8 @@ class Search:
     pruner: PrunerConfig | Callable[[], optuna.pruners.BasePruner]
     alpha: bool = False
     note: str = ""
+    choices: bool = False
+    """The space as the table's choices (every dimension categorical) instead of ranges snapped to the table."""
 
 
 def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
@@ -45,6 +49,7 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
     tpe10 = tpe.model_copy(update={"n_startup_trials": 10})
     return {
         "default": Search(sampler, pruner, note=f"lbsearch's default: {sampler.name} sampler, {pruner.name} pruner"),
+        DEFAULT_CHOICES: Search(sampler, pruner, choices=True, note=f"lbsearch's default ({sampler.name}, {pruner.name}) with the space declared as the table's choices"),
         "tpe_median": Search(tpe, median, note="lbsearch TPE + median pruning at equal samples seen"),
         "tpe_asha": Search(tpe, PrunerConfig(name="asha"), note="lbsearch TPE + ASHA"),
         "tpe_hyperband": Search(tpe, PrunerConfig(name="hyperband"), note="lbsearch TPE + Hyperband"),
@@ -128,17 +133,18 @@ def ratio(tpe: float | None, other: float | None, goal: float) -> tuple[float | 
     return (None, True) if other is None else (tpe / other, tpe / other <= goal)
 
 
-def goals(sums: dict[str, dict[str, Any]], t: str) -> dict[str, Any]:
-    """The default search against GOALS (random and grid, medians) and SUCCESS_GOAL (share of seeds)."""
+def goals(sums: dict[str, dict[str, Any]], t: str, name: str = "default") -> dict[str, Any]:
+    """Search ``name`` (the default, or the default over choices: keys ``<t>.<name>.goal_*``) against GOALS (random and grid, medians) and SUCCESS_GOAL."""
     out: dict[str, Any] = {}
-    met = [sums["default"]["success_rate"] >= SUCCESS_GOAL]
-    out |= {f"{t}.goal_success_rate": SUCCESS_GOAL, f"{t}.goal_success_met": met[0]}
+    p = t if name == "default" else f"{t}.{name}"
+    met = [sums[name]["success_rate"] >= SUCCESS_GOAL]
+    out |= {f"{p}.goal_success_rate": SUCCESS_GOAL, f"{p}.goal_success_met": met[0]}
     for other, goal in GOALS.items():
         if other in sums:
-            r, ok = ratio(sums["default"]["samples_to_best_median"], sums[other]["samples_to_best_median"], goal)
-            out |= {f"{t}.ratio_default_over_{other}": r, f"{t}.goal_ratio_default_over_{other}": goal, f"{t}.goal_default_over_{other}_met": ok}
+            r, ok = ratio(sums[name]["samples_to_best_median"], sums[other]["samples_to_best_median"], goal)
+            out |= {f"{p}.ratio_{name}_over_{other}": r, f"{p}.goal_ratio_{name}_over_{other}": goal, f"{p}.goal_{name}_over_{other}_met": ok}
             met.append(ok)
-    out[f"{t}.goal_met"] = all(met)
+    out[f"{p}.goal_met"] = all(met)
     return out
 
 
@@ -151,8 +157,11 @@ def print_summary(sums: dict[str, dict[str, Any]], out: dict[str, Any], t: str, 
                   cell(s["samples_to_best_mean_of_successes"]), f"{s['success_rate']:.0%}",
                   " ".join(cell(v) for v in s["samples_to_best_runs"]), " ".join(cell(v) for v in s["trials_to_best_runs"]),
                   f"{s['pruned_trials_mean']:.1f}"] for m, s in sums.items()]))
-    if f"{t}.goal_met" in out:
-        print(f"default: found in {sums['default']['success_rate']:.0%} of seeds (goal >= {SUCCESS_GOAL:.0%}): {'met' if out[f'{t}.goal_success_met'] else 'not met'}")
+    for name in ("default", DEFAULT_CHOICES):
+        p = t if name == "default" else f"{t}.{name}"
+        if f"{p}.goal_met" not in out:
+            continue
+        print(f"{name}: found in {sums[name]['success_rate']:.0%} of seeds (goal >= {SUCCESS_GOAL:.0%}): {'met' if out[f'{p}.goal_success_met'] else 'not met'}")
         for other, goal in GOALS.items():
-            r = out.get(f"{t}.ratio_default_over_{other}")
-            print(f"default / {other}: {'n/a' if r is None else f'{r:.2f}'} (goal <= {goal}): {'met' if out.get(f'{t}.goal_default_over_{other}_met') else 'not met'}")
+            r = out.get(f"{p}.ratio_{name}_over_{other}")
+            print(f"{name} / {other}: {'n/a' if r is None else f'{r:.2f}'} (goal <= {goal}): {'met' if out.get(f'{p}.goal_{name}_over_{other}_met') else 'not met'}")

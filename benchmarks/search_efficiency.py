@@ -75,7 +75,7 @@ import torch
 import yaml
 from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, prepared, table, use_all_cores, worker_spec, write
 from _promote import replay_promote
-from _searches import Search, alpha_space, goals, print_summary, pruner_of, sampler_of, searches, summarize, to_lr
+from _searches import DEFAULT_CHOICES, Search, alpha_space, goals, print_summary, pruner_of, sampler_of, searches, summarize, to_lr
 
 from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
@@ -241,7 +241,7 @@ def draw(study: optuna.Study, number: int, search: Search, seed: int, searched: 
 def replay(search: Search, seed: int, configs: dict[str, Row], space: Space, base: ExperimentConfig, n_trials: int, target: float) -> dict[str, Any]:
     """One search of up to ``n_trials`` trials, stopped at its first trial within tolerance (the grid stops once its grid is done)."""
     grid = isinstance(search.sampler, SamplerConfig) and search.sampler.name == "grid"
-    searched = space if grid else as_ranges(space)
+    searched = space if grid or search.choices else as_ranges(space)
     searched = alpha_space(searched) if search.alpha else searched
     study = optuna.create_study(direction=base.metric.direction, pruner=pruner_of(search, base))
     spent: list[int] = []
@@ -378,8 +378,7 @@ def main() -> int:
     for m in names:
         out |= {f"{t}.{m}.{k}": v for k, v in sums[m].items()}
         out[f"{t}.{m}.runs"] = runs[m]
-    if "default" in sums:
-        out |= goals(sums, t)
+    out |= {k: v for name in ("default", DEFAULT_CHOICES) if name in sums for k, v in goals(sums, t, name).items()}
     print_summary(sums, out, t, tokens)
     write(out, args.out)
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
 import numpy as np
@@ -137,8 +138,40 @@ class _OrdinalGPSampler(_GPSampler):
             drawn = self._sobol.sample_relative(study, trial, search_space | ranges)
         else:
             drawn = optuna.samplers.GPSampler.sample_relative(self, view, trial, search_space | ranges)
+            drawn = _untried(study, trial, search_space, drawn, self._rng.rng) or drawn
         set_trial_system_attrs(study, trial, {DRAWN + k: v for k, v in drawn.items() if k in ranges})
         return {k: _nearest(search_space[k], v) if k in ranges else v for k, v in drawn.items()}
+
+
+TABLE_LIMIT = 100_000
+"""``gp_ordinal`` looks for an untried configuration in spaces of choices up to this many configurations."""
+
+
+def _untried(study: optuna.Study, trial: FrozenTrial, space: dict[str, Any], drawn: dict[str, Any], rng: np.random.RandomState) -> dict[str, Any] | None:
+    """In a space of choices only (a table), the model never spends a trial on a configuration already tried (finished,
+    running or paused: on the CPU it would only measure the same numbers again): a draw that lands on one moves to the
+    untried configuration nearest to it (each numeric dimension on its scale as a share of its span, any other choice 0 if
+    equal, else 1; ties broken at random). None: the draw is untried, or every configuration has been tried (drawn again, as a grid does)."""
+    if not space or set(drawn) != set(space) or not all(isinstance(d, CategoricalDistribution) for d in space.values()):
+        return None
+    keys = sorted(space)
+    chosen = tuple(_nearest(space[k], drawn[k]) if _numeric(space[k]) else drawn[k] for k in keys)
+    tried = {tuple(t.params[k] for k in keys) for t in study.get_trials(deepcopy=False) if t.number != trial.number and all(k in t.params for k in keys)}
+    if chosen not in tried or np.prod([len(space[k].choices) for k in keys]) > TABLE_LIMIT:
+        return None
+    free = [c for c in itertools.product(*(space[k].choices for k in keys)) if c not in tried]
+    if not free:
+        return None
+
+    def far(k: str, c: Any) -> float:
+        if not _numeric(space[k]):
+            return float(c != drawn[k])
+        to, _ = _scale(space[k])
+        span = max(to(x) for x in space[k].choices) - min(to(x) for x in space[k].choices)
+        return abs(to(c) - to(drawn[k])) / span
+
+    order = rng.permutation(len(free))
+    return dict(zip(keys, min((free[i] for i in order), key=lambda c: sum(far(k, v) for k, v in zip(keys, c)))))
 
 
 def _ranged(t: FrozenTrial, ranges: dict[str, FloatDistribution]) -> FrozenTrial:

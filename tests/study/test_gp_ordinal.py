@@ -43,3 +43,42 @@ def test_start_covers_every_batch_size_then_the_model_proposes_choices_from_the_
 
 def test_same_seed_same_draws():
     assert [t.params for t in _run(1, 7).trials] == [t.params for t in _run(1, 7).trials]
+
+
+TABLE = {B: CategoricalParam(type="categorical", choices=[16, 32, 64, 128]), LR: CategoricalParam(type="categorical", choices=[1e-4, 1e-3, 1e-2]),
+         "schedule.warmup_fraction": CategoricalParam(type="categorical", choices=[0.0, 0.3])}
+
+
+def _table_run(seed: int, n: int, state=optuna.trial.TrialState.COMPLETE) -> optuna.Study:
+    """A space of choices only (24 configurations) whose best the model keeps wanting: it would draw it again and again."""
+    study = optuna.create_study(direction="maximize")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for number in range(n):
+            study.sampler = make_sampler(SamplerConfig(name="gp_ordinal", seed=seed, n_startup_trials=5), TABLE, number=number)
+            trial = study.ask()
+            p = suggest(trial, TABLE)
+            study.tell(trial, _value(p[B], p[LR]) - p["schedule.warmup_fraction"], state=state) if state == optuna.trial.TrialState.COMPLETE else study.tell(trial, state=state)
+    return study
+
+
+def _config(t: optuna.trial.FrozenTrial) -> tuple:
+    return tuple(t.params[k] for k in sorted(TABLE))
+
+
+def test_in_a_table_the_model_never_draws_a_configuration_already_tried_and_moves_to_the_nearest_untried_one():
+    for seed in range(3):
+        trials = _table_run(seed, 24).trials
+        model = trials[5:]  # from the first model draw on (the Sobol start draws the categorical warmup independently)
+        for i, t in enumerate(model, start=5):
+            assert _config(t) not in {_config(u) for u in trials[:i]}, (seed, i)
+            drawn = t.system_attrs[DRAWN + B]
+            assert abs(math.log(drawn / t.params[B])) <= math.log(2) / 2 + 1e-9  # the model sees a value in the B actually run
+        assert len({_config(t) for t in trials}) >= 24 - 5, seed  # the table is all but used up in as many trials
+
+
+def test_a_used_up_table_is_drawn_again_and_a_space_with_a_range_is_left_to_the_model():
+    study = _table_run(0, 27)
+    assert len({_config(t) for t in study.trials}) == 24 and len(study.trials) == 27  # no error once every configuration was tried
+    ranged = _run(0, 12)  # lr a range: nothing to enumerate, the draws are the model's
+    assert len(ranged.trials) == 12
