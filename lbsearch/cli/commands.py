@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.spec import ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir
+from lbsearch.spec import GPU_TOLERANCE, ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
 from lbsearch.tracking import THREADS, find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
@@ -64,7 +64,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     out = run_tracked(session, tracker, run)
     r = out.result
     if tolerance is None:
-        tolerance = 0.0 if exp.launcher.cpu or not _cuda() else 0.01
+        tolerance = 0.0 if exp.launcher.cpu or not _cuda() else GPU_TOLERANCE
     m, ua = exp.metric.name, target.user_attrs
     rows = [("validation", m, ua.get(f"validation_{m}"), (r.validation or {}).get(m)),
             ("test", m, ua.get(f"test_{m}"), (r.test or {}).get(m)),

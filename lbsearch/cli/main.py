@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lbsearch.cli.branch import add_branch, cmd_branch
-from lbsearch.spec import SpecError, TrackingOutage
+from lbsearch.spec import GPU_TOLERANCE, SpecError, TrackingOutage
 
 EPILOG = """examples:
   lbsearch run studies/quickstart.yaml             create or resume a study
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="re-run a trial from its saved resolved config and compare metrics")
     p.add_argument("study", help="study name")
     p.add_argument("--trial", type=int, default=None, help="trial number (default: the best)")
-    p.add_argument("--tolerance", type=float, default=None, help="allowed |difference| (default: 0 on CPU, 0.01 on GPU)")
+    p.add_argument("--tolerance", type=float, default=None, help=f"allowed |difference| (default: 0 on CPU, {GPU_TOLERANCE} on GPU)")
     _common(p)
 
     p = sub.add_parser("report", help="batch-scaling report (HTML + PNGs, also logged to the study's parent MLflow run)")

@@ -76,7 +76,7 @@ class OptimizerConfig(_Strict):
 
     @model_validator(mode="after")
     def _one_alpha(self) -> "OptimizerConfig":
-        if self.lr_scaling_alpha is not None and self.lr_scaling != "none":
+        if self.lr_scaling_alpha is not None and "lr_scaling" in self.model_fields_set and self.lr_scaling != "none":  # α replaces the default rule
             raise ValueError(f"set only one of `lr_scaling` and `lr_scaling_alpha`, got {self.lr_scaling} and {self.lr_scaling_alpha}")
         return self
 
@@ -263,7 +263,7 @@ class PrunerConfig(_Strict):
     n_startup_trials: int = Field(3, ge=0)
     """Median and percentile: trials that finish before pruning starts."""
     n_warmup_samples: int = Field(0, ge=0)
-    """Every pruner: no trial is pruned before it has seen this many samples (ASHA and Hyperband: their first rung)."""
+    """One field for every pruner: no trial is pruned before it has seen this many samples (ASHA and Hyperband: their first rung)."""
     protect_warmup: bool = False  # every pruner: no trial is pruned before its own lr warmup is over (lbsearch.study.pruner.WarmupGuard)
     reduction_factor: int = Field(3, ge=2)
     """ASHA and Hyperband: 1/reduction_factor of the trials go on at each rung."""

@@ -37,7 +37,7 @@ def test_lr_scaling_rule():
     opt = OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="sqrt")
     assert lr_for_batch(opt, 128) == pytest.approx(2e-3)
     assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="linear"), 128) == pytest.approx(4e-3)
-    assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32), 128) == pytest.approx(1e-3)
+    assert lr_for_batch(OptimizerConfig(lr=1e-3, reference_batch_size=32, lr_scaling="none"), 128) == pytest.approx(1e-3)
 
 
 def _exp(**sections) -> ExperimentConfig:

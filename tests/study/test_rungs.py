@@ -34,7 +34,7 @@ def _study(direction: str = "maximize") -> optuna.Study:
 
 def test_rungs_are_the_first_evaluation_times_the_reduction_factor_below_the_budget():
     train = TrainConfig(batch_size=10, budget_samples=1000, eval_every_samples=100)
-    assert rungs(PrunerConfig(name="asha_promote", reduction_factor=3), train) == RUNGS
+    assert rungs(PrunerConfig(name="asha_promote", reduction_factor=3, n_warmup_samples=0), train) == RUNGS
     assert rungs(PrunerConfig(name="asha_promote", reduction_factor=2, n_warmup_samples=250), train) == [250, 500]
     assert rungs(PrunerConfig(name="asha_promote"), TrainConfig(batch_size=10, budget_samples=100, eval_every_samples=100)) == []
 

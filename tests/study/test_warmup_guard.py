@@ -27,7 +27,7 @@ def _plan(warmup_steps: int) -> TrialPlan:
 
 def _verdicts(protect: bool, warmup_steps: int, **pruner) -> list[bool]:
     """Four finished curves, each run live through the pruner (so ASHA records their rungs); then a bad trial with this warmup."""
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(PrunerConfig(protect_warmup=protect, **pruner), TRAIN))
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(PrunerConfig(protect_warmup=protect, n_warmup_samples=0, **pruner), TRAIN))
     for curve in CURVES:
         t = study.ask()
         for samples, value in curve.items():
