@@ -30,7 +30,9 @@ A tabular benchmark, as HPOBench and NAS-Bench-101/201 do it:
    where it diverged, with the reason ``diverged``, as the worker reports it (lbsearch's TPE and GP learn
    from it). TPE, GP and random search draw the lr and warmup from ranges, as ``studies/quickstart.yaml``
    declares them, snapped to the nearest tabulated value (``RANGES``); the ``*_alpha`` searches draw a base
-   lr and alpha in [0, 1] instead, lr = base lr x (B / reference_batch_size)^alpha, snapped the same way.
+   lr and alpha in [0, 1] instead, lr = base lr x (B / reference_batch_size)^alpha, snapped the same way;
+   ``default_choices`` is the default search over the space declared as the table's choices (each dimension a list),
+   where ``gp_ordinal`` never draws a configuration already tried.
 
 Why it is honest: on the CPU lbsearch's training is deterministic (``lbsearch reproduce`` checks that
 a re-run gives the same metrics), so the table is exactly what a live study would observe, and the
