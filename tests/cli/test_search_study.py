@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import TRIAL
+from lbsearch.tracking import PARETO_CSV, TRIAL
 
 QUICK = ["--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
 LOSS = ["--set=experiment.metric.name=loss"]
@@ -40,7 +40,7 @@ def test_two_objective_study_front_in_best_and_on_the_parent_run(tmp_path):
     assert bad.returncode == 2 and "--pick must be one of the study's objectives: metric, samples_to_target" in bad.stderr
     (parent,) = runs_of(tmp_path / "mlruns", "tiny-study", "parent")
     client = mlflow_client(tmp_path / "mlruns")
-    table = client.download_artifacts(parent.info.run_id, "pareto_front.csv", str(tmp_path))
+    table = client.download_artifacts(parent.info.run_id, PARETO_CSV, str(tmp_path))
     lines = open(table).read().splitlines()
     assert lines[0].startswith("trial,state,reason,metric,samples_to_target") and sorted(int(r.split(",")[0]) for r in lines[1:]) == front
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}

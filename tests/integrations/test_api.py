@@ -19,7 +19,8 @@ from lbsearch.study.storage import open_storage
 
 EXP = {"kind": "script", "name": "t", "script": {"command": "train.py"}, "params": {"dropout": 0.1},
        "train": {"batch_size": 32, "budget_samples": 960, "eval_every_samples": 320}, "optimizer": {"lr": 1e-3, "lr_scaling": "sqrt",
-       "reference_batch_size": 16}, "launcher": {"precision": "no", "max_micro_batch": 16}, "metric": {"name": "loss"}}
+       "reference_batch_size": 16}, "schedule": {"name": "linear", "warmup_fraction": 0.06},
+       "launcher": {"precision": "no", "max_micro_batch": 16}, "metric": {"name": "loss"}}
 
 
 @pytest.fixture(autouse=True)
