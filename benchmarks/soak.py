@@ -32,6 +32,7 @@ import optuna
 from _bench import ROOT, machine, write
 from mlflow.tracking import MlflowClient
 
+from lbsearch.spec import WORKER_DIED
 from lbsearch.tracking import ROLE, TRIAL
 
 SPEC = ROOT / "tests" / "specs" / "tiny_study.yaml"
@@ -123,7 +124,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
     storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(work / "mlruns" / "optuna.journal")))
     trials = optuna.load_study(study_name="tiny-study", storage=storage).get_trials()
     states = Counter(t.state.name for t in trials)
-    died = [t for t in trials if t.user_attrs.get("reason") == "worker died"]
+    died = [t for t in trials if t.user_attrs.get("reason") == WORKER_DIED]
     retry_of = Counter(t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs)
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-study")
@@ -161,7 +162,7 @@ def _retrained(client: MlflowClient, trials: list) -> dict:
     retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     per_kill = []
     for t in trials:
-        if t.user_attrs.get("reason") != "worker died" or "mlflow_run_id" not in t.user_attrs:
+        if t.user_attrs.get("reason") != WORKER_DIED or "mlflow_run_id" not in t.user_attrs:
             continue
         reached = max((m.value for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], "progress/samples")), default=0)
         resumed = retry[t.number].user_attrs.get("resumed_from_samples", 0) if t.number in retry else 0

@@ -98,7 +98,7 @@ def run_parallel(argv: list[str], n: int, launcher: dict[str, Any], where: str, 
     """Run ``lbsearch ARGV`` (a ``run`` without ``--parallel``) as ``n`` placed workers; 130 when interrupted,
     else the largest exit code of the workers. ``local=False``: the workers' trials are placed by Ray
     (``lbsearch.orchestrator.ray_executor``), not on this host's devices."""
-    processes = int(launcher.get("processes", 1))
+    processes = int(launcher["processes"])  # a whole launcher section (model_dump): its defaults are the model's
     plan = placements(n, processes, _visible_gpus(bool(launcher.get("cpu"))), sorted(os.sched_getaffinity(0)), where) if local else \
         [{"env": {}, "cores": None, "what": "its trials placed by Ray"}] * n
     workers, relays = [], []

@@ -5,7 +5,21 @@ trial process."""
 
 from lbsearch.spec.accelerate_file import machines, read_config
 from lbsearch.spec.branch import RULES, SEARCHED, branch_experiment, branch_points_dir, keep_steps, kept_points, stream_start, tracking_home
-from lbsearch.spec.config import BATCH_KEY, CategoricalParam, DataConfig, ExperimentConfig, FloatParam, IntParam, ModelConfig, PrunerConfig, SamplerConfig, SpecError, StudyConfig, TrainConfig
+from lbsearch.spec.config import (
+    BATCH_KEY,
+    CategoricalParam,
+    DataConfig,
+    ExperimentConfig,
+    FloatParam,
+    IntParam,
+    LauncherConfig,
+    ModelConfig,
+    PrunerConfig,
+    SamplerConfig,
+    SpecError,
+    StudyConfig,
+    TrainConfig,
+)
 from lbsearch.spec.constraints import Constraint, parse
 from lbsearch.spec.distill import DISTILL_TASKS, DistillConfig, teacher_logits_file, teacher_study
 from lbsearch.spec.executor import ExecutorConfig, bundles
@@ -19,4 +33,4 @@ from lbsearch.spec.session import Session, default_tracking_uri
 from lbsearch.spec.tasks import LM_TASKS, sample_unit
 from lbsearch.spec.workdir import FOLDER, INFO, KEPT_FILE, PREFIX, adopt, checkpoint_name, data_cache_dir, discard, fingerprint, latest, models_dir, superseded, trial_model_dir
 
-__all__ = ['DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'KEPT_FILE', 'PREFIX', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'superseded', 'trial_model_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']
+__all__ = ['DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'KEPT_FILE', 'PREFIX', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'superseded', 'trial_model_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']

@@ -64,7 +64,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
 
 def file_conflict(launcher: Mapping[str, Any], file: Mapping[str, Any]) -> tuple[str, str] | None:
     """``(field, message)`` where the spec and the file disagree on what a trial is, else None."""
-    procs = int(launcher.get("processes", 1))
+    procs = int(launcher["processes"])  # a whole launcher section (model_dump)
     if "num_processes" in file and int(file["num_processes"]) != procs:
         return "processes", (f"`launcher.processes` must equal the accelerate config's `num_processes` (all machines), "
                              f"got {procs} and {file['num_processes']}")

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, sample_unit
+from lbsearch.spec import INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
 
 __all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
@@ -165,7 +165,7 @@ def _own(t: FrozenTrial, unit: str, checkpointed: int) -> float:
     config = json.loads(t.user_attrs.get("config", "{}"))
     if unit == "device_hours":  # the trial's own clock (not the attempt it resumed), x the processes holding a device
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else 0.0
-        return (t.user_attrs.get("wall_s") or dur) * config.get("launcher", {}).get("processes", 1) / 3600
+        return (t.user_attrs.get("wall_s") or dur) * config.get("launcher", {}).get("processes", LauncherConfig.model_fields["processes"].default) / 3600
     per = sample_unit(config.get("task", "single_label"), config.get("data", {}).get("max_length", 0)) if config else 1
     seen = max(t.user_attrs.get("samples") or 0, (t.last_step or 0) // per, checkpointed)
     return max(0, seen - t.user_attrs.get("resumed_from_samples", 0)) * (per if unit == "tokens" else 1)

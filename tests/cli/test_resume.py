@@ -95,7 +95,7 @@ def test_a_trial_process_killed_under_a_living_study_is_re_run_there_from_its_ch
     os.kill(pid, signal.SIGKILL)
     rest = proc.communicate(timeout=300)[0]
     assert proc.returncode == 0, rest
-    assert "[trial 0] failed (worker died)" in rest
+    assert f"[trial 0] failed ({WORKER_DIED})" in rest
     assert journal_study(tmp_path / "mlruns", "tiny-study").get_trials()[0].user_attrs["reason"] == WORKER_DIED
     _assert_resumed_exactly(tmp_path / "mlruns", uninterrupted, "".join(seen) + rest, at_least=20)
 
