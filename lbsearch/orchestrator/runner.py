@@ -20,11 +20,28 @@ from lbsearch.orchestrator.launch import TRIAL_LOG, resolve_precision, run_trial
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
 from lbsearch.orchestrator.teacher import find_teacher
 from lbsearch.spec import FOLDER, PAUSED, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
-from lbsearch.tracking import OUTBOX_FILE, Outbox, Tracker, TrackingError, dataset_inputs, distill_tags, end_tags, flatten, is_outage, label_tags, oom_retry_tags, save_outbox, versions
+from lbsearch.tracking import (
+    CONFIG_JSON,
+    LABELS_JSON,
+    OUTBOX_FILE,
+    REPRODUCE_SH,
+    VERSIONS_JSON,
+    Outbox,
+    Tracker,
+    TrackingError,
+    dataset_inputs,
+    distill_tags,
+    end_tags,
+    flatten,
+    is_outage,
+    label_tags,
+    oom_retry_tags,
+    save_outbox,
+    versions,
+)
 
 __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLFLOW_STATUS", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON"]
 
-CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "config.json", "reproduce.sh", "versions.json", "labels.json"
 """A trial run's artifacts: its resolved config, the command that re-runs it, the versions, the label mapping (and ``TRIAL_LOG``)."""
 
 MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}

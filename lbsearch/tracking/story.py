@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lbsearch.spec import DataConfig, StudyConfig
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "description", "dataset_inputs", "mark_best", "study_plots"]
+__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
 
 KIND = EXPERIMENT_KIND
 """The experiment-kind tag (set on every experiment lbsearch creates; studies made before it get it on their next run)."""
@@ -34,6 +34,8 @@ CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 """Split -> the dataset's context (the input tag ``mlflow.data.context``)."""
 TRIALS_CSV, PARETO_CSV = "trials.csv", "pareto_front.csv"
 """The parent run's tables: every trial's row (``status --json``'s), and a multi-objective study's Pareto front."""
+CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "config.json", "reproduce.sh", "versions.json", "labels.json"
+"""A trial run's files (``lbsearch.orchestrator.runner.trial_files``): its resolved config, the command that re-runs it, the package versions, a classifier's labels."""
 BEST_TAG = "lbsearch.best"
 """``true`` on the best trial's run only; filter the runs table with ``tags.`lbsearch.best` = 'true'``."""
 
@@ -72,8 +74,8 @@ def description(cfg: "StudyConfig", exp_raw: dict[str, Any]) -> str:
         "| parameter | searched over |", "|---|---|", *(_space(k, v) for k, v in cfg.search_space.items()),
         "",
         f"The run `{cfg.name}` is the study: the trials table (`{TRIALS_CSV}`), Optuna's plots (`plots/`), the best trial "
-        "(tags `best.*`). Each nested run `trial-N` is one trial: its resolved config (`config.json`), the command that "
-        "re-runs it (`reproduce.sh`), `eval/*` and `train/*` metrics against the samples seen (tokens for a language model; "
+        f"(tags `best.*`). Each nested run `trial-N` is one trial: its resolved config (`{CONFIG_JSON}`), the command that "
+        f"re-runs it (`{REPRODUCE_SH}`), `eval/*` and `train/*` metrics against the samples seen (tokens for a language model; "
         f"the optimizer step is the metric `progress/step`), system metrics, and its datasets. The best trial has the tag `{BEST_TAG}` = `true`.",
         "",
         "The study as it ran (defaults filled in), then its experiment spec:",

@@ -25,7 +25,7 @@ from conftest import LBSEARCH, SPECS, mlflow_client, run_cli
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
-from lbsearch.tracking import BEST_TAG
+from lbsearch.tracking import BEST_TAG, CONFIG_JSON, REPRODUCE_SH
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -200,11 +200,11 @@ def test_walk_from_the_experiment_list_to_the_parent_plots(study, ui, browser, t
     _shot(d, tmp_path, "04-trial-system-metrics.png")
 
     _click(d, "Artifacts")
-    _until(d, "the trial's artifacts", lambda drv: "config.json" in _text(drv) and "reproduce.sh" in _text(drv))
+    _until(d, "the trial's artifacts", lambda drv: CONFIG_JSON in _text(drv) and REPRODUCE_SH in _text(drv))
     _click(d, "config.json")
     _until(d, "the resolved config", lambda drv: f'"budget_samples": {budget}' in _text(drv))
-    _click(d, "reproduce.sh")
-    _until(d, "reproduce.sh's path", lambda drv: "/artifacts/reproduce.sh" in _text(drv))
+    _click(d, REPRODUCE_SH)
+    _until(d, f"{REPRODUCE_SH}'s path", lambda drv: f"/artifacts/{REPRODUCE_SH}" in _text(drv))
     _shot(d, tmp_path, "05-trial-artifacts.png")
 
     _click(d, "Runs")  # the breadcrumb back to the study's runs, then the parent run itself

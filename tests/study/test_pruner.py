@@ -50,8 +50,8 @@ def test_patient_never_stops_a_trial_that_keeps_improving():
 def test_percentile_keeps_the_best_share_of_trials():
     """75 (the default): a trial goes on while it is above the bottom quarter (0.675 at 320 samples); the median
     (50) stops one below 0.75 there."""
-    assert _verdicts(_study(name="percentile", n_startup_trials=1), {320: 0.68})[0] is False
-    assert _verdicts(_study(name="percentile", n_startup_trials=1), {320: 0.65})[0] is True
+    assert _verdicts(_study(name="percentile", percentile=75.0, n_startup_trials=1), {320: 0.68})[0] is False
+    assert _verdicts(_study(name="percentile", percentile=75.0, n_startup_trials=1), {320: 0.65})[0] is True
     assert _verdicts(_study(name="percentile", percentile=50.0, n_startup_trials=1), {320: 0.68})[0] is True
 
 
