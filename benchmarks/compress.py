@@ -29,7 +29,7 @@ import torch
 from _bench import RESULTS, ROOT, machine, run_study_cli, write
 from transformers import AutoTokenizer
 
-from lbsearch.cli.main import SPARSITIES
+from lbsearch.cli.main import REPEATS, SPARSITIES
 from lbsearch.data import load_arrays
 from lbsearch.spec import KEPT_FILE, Session, load_study, parse_set, trial_model_dir
 from lbsearch.study import open_study
@@ -111,7 +111,7 @@ def main() -> None:
     ap.add_argument("--mlruns", type=Path, default=None, help="a state folder holding a finished quickstart study (default: train one)")
     ap.add_argument("--sparsity", nargs="+", default=[str(s) for s in SPARSITIES])
     ap.add_argument("--finetune-steps", type=int, default=50)
-    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=REPEATS)
     ap.add_argument("--verify", nargs="*", default=None, metavar="VARIANT",
                     help="the variants re-evaluated in a fresh process (default: every registered one)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/compress_<cpu family>.json")

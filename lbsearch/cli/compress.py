@@ -82,7 +82,7 @@ def _record(ctx: dict[str, Any], variant: str, model, folder: Path, recipe: dict
                f"{values['size/weight_bytes'] / 1e6:.3g} MB · latency {values['speed/latency_ms_median']:.1f} ms · {where}")
 
 
-def compress(session: Session, name: str, sparsities: list[float], finetune_steps: int = 0, repeats: int = 50) -> int:
+def compress(session: Session, name: str, sparsities: list[float], finetune_steps: int, repeats: int) -> int:
     """Quantize and prune the best trial's kept model of study ``name``, evaluate, measure and register each variant."""
     from lbsearch.trial import finetune, load_model, machine_name, prune_global, quantize_int8
 

@@ -35,6 +35,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 SPARSITIES = (0.3, 0.5, 0.7)
 """``lbsearch compress``'s default magnitude-pruning sparsities."""
+REPEATS = 50
+"""``lbsearch compress``'s default number of timed predict calls of one text per variant."""
 UI_PORT = 5000
 """``lbsearch ui``'s default port (MLflow's own)."""
 NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process trials are forked "
@@ -132,7 +134,7 @@ def _model_parsers(sub) -> None:
                    help=f"magnitude-pruning sparsities: the share of all nn.Linear weights set to zero, ranked globally (default: {' '.join(map(str, SPARSITIES))})")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
                    help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; default %(default)s: none)")
-    p.add_argument("--repeats", type=int, default=50, metavar="N", help="timed predict calls of one text per variant (default %(default)s)")
+    p.add_argument("--repeats", type=int, default=REPEATS, metavar="N", help="timed predict calls of one text per variant (default %(default)s)")
     p.add_argument("--table", action="store_true", help="only print the measured variants: metric, size, latency, the Pareto front")
     p.add_argument("--verify", default=None, metavar="VERSION", help="re-evaluate a registered variant (version or alias) from its folder; "
                    "exit 0 when its logged metrics are reproduced exactly")

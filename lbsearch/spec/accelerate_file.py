@@ -68,7 +68,7 @@ def file_conflict(launcher: Mapping[str, Any], file: Mapping[str, Any]) -> tuple
     if "num_processes" in file and int(file["num_processes"]) != procs:
         return "processes", (f"`launcher.processes` must equal the accelerate config's `num_processes` (all machines), "
                              f"got {procs} and {file['num_processes']}")
-    precision = launcher.get("precision", "auto")
+    precision = launcher["precision"]
     mp = file.get("mixed_precision")
     if mp is not None and precision != "auto" and str(mp) != precision:
         return "precision", f"`launcher.precision` must equal the accelerate config's `mixed_precision`, got {precision!r} and {mp!r}"

@@ -133,7 +133,7 @@ def _texts(folder: Path, data_path: str | Path, n: int) -> list[str]:
     return tok.batch_decode([list(x) for x in ids], skip_special_tokens=True)
 
 
-def timing(folder: Path, data_path: str | Path, repeats: int = 50, model: torch.nn.Module | None = None) -> dict[str, float]:
+def timing(folder: Path, data_path: str | Path, repeats: int, model: torch.nn.Module | None = None) -> dict[str, float]:
     """``predict``'s time on this machine (tokenizer, forward, label names; the model loaded once): per
     call of one text (``repeats`` calls over different test texts) and of ``THROUGHPUT_BATCH`` texts
     (``max(5, repeats // 5)`` calls); medians, 10th and 90th percentiles, after 3 warm-up calls of each."""

@@ -11,6 +11,7 @@ import pytest
 from conftest import SPECS
 
 from lbsearch.orchestrator.launch import launch_command, with_machines
+from lbsearch.spec import LauncherConfig
 from lbsearch.spec.accelerate_file import file_conflict, machines, read_config
 
 FSDP = SPECS / "accelerate_fsdp.yaml"
@@ -103,11 +104,14 @@ def test_spec_json_carries_the_resolved_machines(tmp_path, monkeypatch):
 
 def test_conflicts_between_spec_and_file(tmp_path):
     fsdp = read_config(FSDP)
-    assert file_conflict({"processes": 2, "precision": "auto"}, fsdp) is None
-    assert file_conflict({"processes": 2, "precision": "bf16"}, fsdp)[0] == "precision"
-    assert file_conflict({"processes": 4}, fsdp)[0] == "processes"
-    assert file_conflict({"processes": 2, "num_machines": 2}, {"num_machines": 1})[0] == "num_machines"
-    assert file_conflict({"processes": 2}, {"distributed_type": "NO"})[0] == "processes"
+    def launcher(**fields):  # a whole launcher section, as the spec's check passes it
+        return LauncherConfig(**fields).model_dump()
+
+    assert file_conflict(launcher(processes=2, precision="auto"), fsdp) is None
+    assert file_conflict(launcher(processes=2, precision="bf16"), fsdp)[0] == "precision"
+    assert file_conflict(launcher(processes=4), fsdp)[0] == "processes"
+    assert file_conflict(launcher(processes=2, num_machines=2), {"num_machines": 1})[0] == "num_machines"
+    assert file_conflict(launcher(processes=2), {"distributed_type": "NO"})[0] == "processes"
     (tmp_path / "list.yaml").write_text("- a\n")
     with pytest.raises(ValueError, match="must be a mapping"):
         read_config(tmp_path / "list.yaml")
