@@ -125,11 +125,23 @@ class _OrdinalGPSampler(_GPSampler):
     so what a trial says about the lr at one B informs the neighbouring Bs (the best lr moves smoothly with B): each choice owns a
     cell of the range, a draw runs at the choice whose cell it falls in, and the model sees the drawn value, as it sees an lr drawn
     from a range. The ``n_startup_trials`` before the model are scrambled Sobol points (one sequence per study seed: spread
-    evenly over the space, not clumped as random draws are). Diverged trials are informative as with ``gp``."""
+    evenly over the space, not clumped as random draws are). Diverged trials are informative as with ``gp``. In a space of
+    choices only (a table), each model draw is the untried configuration its acquisition function ranks first: no trial repeats one."""
 
     def __init__(self, study_seed: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._sobol = optuna.samplers.QMCSampler(scramble=True, seed=study_seed, warn_independent_sampling=False)
+
+    _pool: list[dict[str, Any]] | None = None
+    """While a model draw is made in a table: the configurations not yet tried, among which it is made."""
+
+    def _optimize_acqf(self, acqf, best_params):  # type: ignore[no-untyped-def]
+        """In a table, the untried configuration the acquisition function ranks first (a repeat would measure nothing new);
+        elsewhere, Optuna's optimisation over the whole space."""
+        if not self._pool:
+            return super()._optimize_acqf(acqf, best_params)
+        x = acqf.search_space.get_normalized_params(self._pool, trial_params=self._pool)
+        return x[int(np.argmax(acqf.eval_acqf_no_grad(x)))]
 
     def sample_relative(self, study, trial, search_space):  # type: ignore[no-untyped-def]
         ranges = {k: _as_range(d) for k, d in search_space.items() if _numeric(d)}
@@ -137,41 +149,28 @@ class _OrdinalGPSampler(_GPSampler):
         if not search_space or len(view.get_trials(states=(TrialState.COMPLETE,))) < self._n_startup_trials:
             drawn = self._sobol.sample_relative(study, trial, search_space | ranges)
         else:
-            drawn = optuna.samplers.GPSampler.sample_relative(self, view, trial, search_space | ranges)
-            drawn = _untried(study, trial, search_space, drawn, self._rng.rng) or drawn
+            self._pool = _untried(study, trial, search_space)
+            try:
+                drawn = optuna.samplers.GPSampler.sample_relative(self, view, trial, search_space | ranges)
+            finally:
+                self._pool = None
         set_trial_system_attrs(study, trial, {DRAWN + k: v for k, v in drawn.items() if k in ranges})
         return {k: _nearest(search_space[k], v) if k in ranges else v for k, v in drawn.items()}
 
 
 TABLE_LIMIT = 100_000
-"""``gp_ordinal`` looks for an untried configuration in spaces of choices up to this many configurations."""
+"""``gp_ordinal`` draws among the untried configurations of spaces of choices up to this many configurations."""
 
 
-def _untried(study: optuna.Study, trial: FrozenTrial, space: dict[str, Any], drawn: dict[str, Any], rng: np.random.RandomState) -> dict[str, Any] | None:
-    """In a space of choices only (a table), the model never spends a trial on a configuration already tried (finished,
-    running or paused: on the CPU it would only measure the same numbers again): a draw that lands on one moves to the
-    untried configuration nearest to it (each numeric dimension on its scale as a share of its span, any other choice 0 if
-    equal, else 1; ties broken at random). None: the draw is untried, or every configuration has been tried (drawn again, as a grid does)."""
-    if not space or set(drawn) != set(space) or not all(isinstance(d, CategoricalDistribution) for d in space.values()):
+def _untried(study: optuna.Study, trial: FrozenTrial, space: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """In a space of choices only (a table, up to ``TABLE_LIMIT`` configurations), the configurations no other trial has tried
+    (finished, running or paused: on the CPU a repeat would only measure the same numbers again), as param dicts. None: not a
+    table, or every configuration has been tried (the model then draws as in any space)."""
+    if not space or not all(isinstance(d, CategoricalDistribution) for d in space.values()) or np.prod([len(d.choices) for d in space.values()]) > TABLE_LIMIT:
         return None
-    keys = sorted(space)
-    chosen = tuple(_nearest(space[k], drawn[k]) if _numeric(space[k]) else drawn[k] for k in keys)
-    tried = {tuple(t.params[k] for k in keys) for t in study.get_trials(deepcopy=False) if t.number != trial.number and all(k in t.params for k in keys)}
-    if chosen not in tried or np.prod([len(space[k].choices) for k in keys]) > TABLE_LIMIT:
-        return None
-    free = [c for c in itertools.product(*(space[k].choices for k in keys)) if c not in tried]
-    if not free:
-        return None
-
-    def far(k: str, c: Any) -> float:
-        if not _numeric(space[k]):
-            return float(c != drawn[k])
-        to, _ = _scale(space[k])
-        span = max(to(x) for x in space[k].choices) - min(to(x) for x in space[k].choices)
-        return abs(to(c) - to(drawn[k])) / span
-
-    order = rng.permutation(len(free))
-    return dict(zip(keys, min((free[i] for i in order), key=lambda c: sum(far(k, v) for k, v in zip(keys, c)))))
+    keys = list(space)
+    tried = {tuple(t.params[k] for k in keys) for t in study.get_trials(deepcopy=False) if t.number != trial.number and set(keys) <= t.params.keys()}
+    return [dict(zip(keys, c)) for c in itertools.product(*(space[k].choices for k in keys)) if c not in tried] or None
 
 
 def _ranged(t: FrozenTrial, ranges: dict[str, FloatDistribution]) -> FrozenTrial:
