@@ -245,7 +245,8 @@ def replay(search: Search, seed: int, configs: dict[str, Row], space: Space, bas
     grid = isinstance(search.sampler, SamplerConfig) and search.sampler.name == "grid"
     searched = space if grid or search.choices else as_ranges(space)
     searched = alpha_space(searched) if search.alpha else searched
-    study = optuna.create_study(direction=base.metric.direction, pruner=pruner_of(search, base))
+    # a fixed name per seed: Optuna's Hyperband puts a trial in its bracket by a hash of the study name and trial number
+    study = optuna.create_study(study_name=f"replay-{seed}", direction=base.metric.direction, pruner=pruner_of(search, base))
     spent: list[int] = []
     shared: list = []
     sign = 1 if base.metric.direction == "maximize" else -1
