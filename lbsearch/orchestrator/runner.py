@@ -289,6 +289,7 @@ def _line_handler(session: Session, box: Outbox, run_id: str, prefix: str) -> tu
                 if isinstance(found, dict):
                     last["line"] = found
             if line.strip() and not line.startswith(_NOISE):
+                box.settle()  # what the console shows is in MLflow: the metric rows sent before the line went first
                 session.out(f"{prefix} {line}")
         elif msg[0] == "metrics":
             box.metric_rows(run_id, msg[1])

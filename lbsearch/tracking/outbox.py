@@ -108,6 +108,13 @@ class Outbox:
             self.cond.wait_for(lambda: not self.calls or self.error is not None or not self.thread.is_alive(), self._left(wait_s))
             return not self.calls
 
+    def settle(self, wait_s: float = 10.0) -> None:
+        """While the store answers, wait (at most ``wait_s``) until the calls queued so far went: a trial's line printed after
+        this shows nothing that MLflow lacks (a checkpoint announced on the console has its metric rows in MLflow, even if the
+        machine dies right after). During an outage it does not wait: the calls stay queued, the outbox's own limit applies."""
+        if self.down_since is None:
+            self.flush(wait_s)
+
     def _left(self, wait_s: float | None) -> float:
         if wait_s is not None:
             return max(0.0, wait_s)

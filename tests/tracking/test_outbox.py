@@ -90,3 +90,32 @@ def test_calls_kept_through_an_outage_are_replayed_in_order_and_the_file_goes(st
     assert _steps(tracker, run_id) == [1, 2]
     run = tracker.client.get_run(run_id)
     assert run.info.status == "KILLED" and run.data.tags[REASON] == TRACKING_LOST
+
+
+class _SlowStore(Tracker):
+    """The real SQLite store, each batch of rows half a second late (a store under load)."""
+
+    def metric_rows(self, run_id, rows):  # type: ignore[no-untyped-def]
+        time.sleep(0.5)
+        super().metric_rows(run_id, rows)
+
+
+def test_settle_waits_until_the_rows_queued_so_far_are_in_mlflow_and_not_through_an_outage(tmp_path, nowhere):
+    """The orchestrator settles the outbox before it prints a trial's line: a checkpoint announced on the console has its
+    metric rows in MLflow, even if the machine dies right after (tests/cli/test_resume.py kills it at that line)."""
+    slow = _SlowStore(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
+    run_id = slow.child_run(slow.experiment("outbox"), None, "trial-0", {}, {})
+    box = Outbox(slow, lambda _: None, limit_s=60)
+    box.metric_rows(run_id, [["train/loss", 0.5, 1000, 20]])
+    box.settle()
+    assert _steps(slow, run_id) == [20]  # at once, not half a second later
+    box.close()
+    down = Outbox(nowhere, lambda _: None, limit_s=60)
+    down.metric_rows("r1", [["train/loss", 1.0, 0, 1]])
+    deadline = time.time() + 20
+    while down.down_since is None and time.time() < deadline:
+        time.sleep(0.05)
+    t0 = time.time()
+    down.settle()
+    assert time.time() - t0 < 1.0  # an outage does not hold the console: the rows stay queued under the outbox's limit
+    down.close(wait_s=0)
