@@ -22,6 +22,7 @@ from typing import Any
 from _bench import ROOT
 from _gpu_study import _env
 
+from lbsearch.spec import INTERRUPTED
 from lbsearch.tracking import NOISE_SCALE
 
 DS_CONFIG = ROOT / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -95,7 +96,7 @@ def deepspeed_trial(spec: Path, work: Path, cpu: bool) -> dict[str, Any]:
     out["trials"] = [{k: v for k, v in t.items() if k != "curves"} for t in ds + [base]]
     out["max_abs_diff_from_baseline"] = {k: max((abs(done["curves"][k][s] - base["curves"][k][s]) for s in base["curves"][k]
                                                  if s in done["curves"][k]), default=None) for k in KEYS}
-    ok = (len(ds) == 2 and ds[0]["reason"] == "interrupted" and done["state"] == "complete" and done["resumed_from_step"]
+    ok = (len(ds) == 2 and ds[0]["reason"] == INTERRUPTED and done["state"] == "complete" and done["resumed_from_step"]
           and "model.safetensors" in done["kept_model_files"] and str(done["noise_scale"]).startswith("off: DEEPSPEED"))
     out["state"] = "complete" if ok else "not as expected"
     print(f"[deepspeed] {out['state']}: resumed from step {done['resumed_from_step']}, differences from the baseline "

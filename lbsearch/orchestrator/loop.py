@@ -25,6 +25,7 @@ from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracke
 from lbsearch.orchestrator.standby import standby
 from lbsearch.spec import (
     BATCH_KEY,
+    INTERRUPTED,
     TRACKING_LOST,
     WORKER_DIED,
     Constraint,
@@ -215,7 +216,7 @@ class _Search:
         try:
             out = run_tracked(self.session, self.tracker, run, on_run=lambda run_id: started(self.tracker, trial, run_id, resumed, self.session.out))
         except KeyboardInterrupt:
-            self._tell(trial, TrialResult(state="failed", reason="interrupted"))
+            self._tell(trial, TrialResult(state="failed", reason=INTERRUPTED))
             raise
         except TrackingError as err:  # the tracking server failed this trial, not the study
             self._tracking_failed(trial, err, prefix)
@@ -236,7 +237,7 @@ class _Search:
     def interrupted(self, trial: optuna.Trial) -> None:
         """Tell a trial this worker asked for as ``interrupted`` where it is still running (it is then re-run)."""
         if next(t for t in self.study.get_trials(deepcopy=False) if t.number == trial.number).state == TrialState.RUNNING:
-            self._tell(trial, TrialResult(state="failed", reason="interrupted"))
+            self._tell(trial, TrialResult(state="failed", reason=INTERRUPTED))
 
     def _tracking_failed(self, trial: optuna.Trial, err: TrackingError, prefix: str) -> None:
         """MLflow failed the trial outside its training. An outage: the trial is re-run from its checkpoint,

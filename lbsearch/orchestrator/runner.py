@@ -19,7 +19,24 @@ import lbsearch.terminal as console
 from lbsearch.orchestrator.launch import TRIAL_LOG, resolve_precision, run_trial_process
 from lbsearch.orchestrator.script_trial import result_from_output, script_program
 from lbsearch.orchestrator.teacher import find_teacher
-from lbsearch.spec import FOLDER, PAUSED, RETRYABLE, TRACKING_LOST, ExperimentConfig, OptunaRef, Session, TrackingOutage, TrialPlan, TrialResult, WorkerSpec, discard, failure, make_plan, parse_message
+from lbsearch.spec import (
+    FOLDER,
+    INTERRUPTED,
+    PAUSED,
+    RETRYABLE,
+    TRACKING_LOST,
+    ExperimentConfig,
+    OptunaRef,
+    Session,
+    TrackingOutage,
+    TrialPlan,
+    TrialResult,
+    WorkerSpec,
+    discard,
+    failure,
+    make_plan,
+    parse_message,
+)
 from lbsearch.tracking import (
     CONFIG_JSON,
     LABELS_JSON,
@@ -44,7 +61,7 @@ __all__ = ["TrialRun", "Outcome", "resolved", "run_tracked", "trial_files", "MLF
 
 """A trial run's artifacts: its resolved config, the command that re-runs it, the versions, the label mapping (and ``TRIAL_LOG``)."""
 
-MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
+MLFLOW_STATUS = {"complete": "FINISHED", "pruned": "FINISHED", "failed": "FAILED", INTERRUPTED: "KILLED"}
 """MLflow run status by trial state (an interrupted trial is a failed one whose run was killed)."""
 
 _NOISE = ("Loading weights", "The following values were not passed", "To avoid this warning")
@@ -219,7 +236,7 @@ def _end(tracker: Tracker | Outbox, run_id: str, workdir: Path, result: TrialRes
     log = workdir / TRIAL_LOG
     if log.is_file():
         tracker.artifacts(run_id, {TRIAL_LOG: log.read_text()[-200_000:]})
-    tracker.end(run_id, MLFLOW_STATUS["interrupted" if result.reason in RETRYABLE else result.state])  # stopped from outside: KILLED
+    tracker.end(run_id, MLFLOW_STATUS[INTERRUPTED if result.reason in RETRYABLE else result.state])  # stopped from outside: KILLED
 
 
 def _run_with_oom_retries(session: Session, box: Outbox, run: TrialRun, run_id: str, plan: TrialPlan) -> tuple[TrialResult, TrialPlan]:

@@ -25,7 +25,7 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import DIVERGED_REASON, FLAG, NOISE_SCALE, PAUSED, START, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
+from lbsearch.spec import DIVERGED_REASON, FLAG, INTERRUPTED, NOISE_SCALE, PAUSED, START, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
 from lbsearch.trial.diagnostics import GradientNoiseMonitor
@@ -329,7 +329,7 @@ def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> Tri
             trial.stop(code)
             break
         if saver.after_step(step, read=trial.readings.last_read == step):  # SIGTERM: a checkpoint was written; a re-run resumes from it
-            trial.result["state"], trial.result["reason"] = "failed", "interrupted"
+            trial.result["state"], trial.result["reason"] = "failed", INTERRUPTED
             break
     return trial.finish()
 

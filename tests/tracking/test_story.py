@@ -14,6 +14,7 @@ from lbsearch.data.cache import PreparedData
 from lbsearch.spec.config import DataConfig
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.tracking.story import BEST_TAG, KIND, dataset_inputs, description, mark_best, study_plots
+from lbsearch.tracking.tags import STUDY
 from lbsearch.tracking.tracker import Tracker
 
 
@@ -66,8 +67,8 @@ def test_dataset_inputs_of_a_hub_dataset_name_the_hub_id_and_split(tmp_path):
 
 def test_the_best_tag_moves_to_the_new_best_run(tracker):
     exp = tracker.experiment("s")
-    runs = [tracker.child_run(exp, None, f"trial-{i}", {"lbsearch.study": "s"}, {}) for i in range(2)]
-    other = tracker.child_run(exp, None, "trial-0", {"lbsearch.study": "another"}, {})
+    runs = [tracker.child_run(exp, None, f"trial-{i}", {STUDY: "s"}, {}) for i in range(2)]
+    other = tracker.child_run(exp, None, "trial-0", {STUDY: "another"}, {})
     tracker.tags(other, {BEST_TAG: "true"})  # another study's best stays
     mark_best(tracker, exp, "s", runs[0])
     mark_best(tracker, exp, "s", runs[0])
@@ -80,7 +81,7 @@ def test_the_best_tag_moves_to_the_new_best_run(tracker):
 def test_a_best_tag_another_worker_already_took_off_is_not_an_error(tracker):
     """Two workers of one study both see run a tagged best and both take the tag off: the second finds it gone."""
     exp = tracker.experiment("s")
-    a, b = (tracker.child_run(exp, None, f"trial-{i}", {"lbsearch.study": "s"}, {}) for i in range(2))
+    a, b = (tracker.child_run(exp, None, f"trial-{i}", {STUDY: "s"}, {}) for i in range(2))
     mark_best(tracker, exp, "s", a)
     tracker.untag(a, BEST_TAG)  # what the other worker did between this one's search and its untag
     tracker.untag(a, BEST_TAG)

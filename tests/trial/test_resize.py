@@ -14,7 +14,7 @@ import torch
 import yaml
 from conftest import SPECS, in_process_trial, prepare_once, worker_spec
 
-from lbsearch.spec import PAUSED, ExperimentConfig
+from lbsearch.spec import INTERRUPTED, PAUSED, ExperimentConfig
 from lbsearch.spec.batch_schedule import BatchSchedule
 from lbsearch.spec.protocol import parse_message
 from lbsearch.spec.registry import LR_SCALING
@@ -129,7 +129,7 @@ def test_a_trial_killed_across_a_change_resumes_exactly(prepared, tmp_path):
         killed = train(_spec(prepared, _experiment(), folder), log=kill_at_the_change, stop=StopSignal())
     finally:
         signal.signal(signal.SIGTERM, before)
-    assert (killed.state, killed.reason, killed.steps, killed.samples) == ("failed", "interrupted", 4, 160)
+    assert (killed.state, killed.reason, killed.steps, killed.samples) == ("failed", INTERRUPTED, 4, 160)
     lines: list[str] = []
     resumed = train(_spec(prepared, _experiment(), folder), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert any(line.startswith("resumed from checkpoint at step 4") for line in lines)
