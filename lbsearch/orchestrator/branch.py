@@ -115,7 +115,7 @@ def branch_study(session: Session, study_name: str, a: BranchArgs) -> tuple[Stud
     return cfg, raw
 
 
-def run_branches(session: Session, study_name: str, a: BranchArgs, parallel: int = 1, argv: list[str] | None = None, report: bool = True) -> int:
+def run_branches(session: Session, study_name: str, a: BranchArgs, parallel: int, argv: list[str] | None = None, report: bool = True) -> int:
     """Create or resume the branch study of ``a.trial``, run what is left of it, then write and log its CBS report.
     ``parallel`` > 1: ``lbsearch ARGV`` (this command) as that many placed workers, each running branches one at a time
     without a report (``report=False``); the report once all are done."""
