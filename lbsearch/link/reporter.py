@@ -60,6 +60,12 @@ class Reporter:
             print(message("metrics", self._buffer), flush=True)
             self._buffer.clear()
 
+    def sync(self) -> None:
+        """At a checkpoint: the orchestrator has every row sent so far in MLflow before it reads the next line (the one that
+        announces the checkpoint), so a machine that dies after it loses no row before the checkpoint."""
+        if self.tracking:
+            print(message("sync", None), flush=True)
+
     def should_prune(self, value: float, samples: int) -> bool:
         """Report an intermediate value at ``samples`` seen; True when the trial should be pruned."""
         if self.trial is None:

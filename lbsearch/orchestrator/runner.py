@@ -306,7 +306,6 @@ def _line_handler(session: Session, box: Outbox, run_id: str, prefix: str) -> tu
                 if isinstance(found, dict):
                     last["line"] = found
             if line.strip() and not line.startswith(_NOISE):
-                box.settle()  # what the console shows is in MLflow: the metric rows sent before the line went first
                 session.out(f"{prefix} {line}")
         elif msg[0] == "metrics":
             box.metric_rows(run_id, msg[1])
@@ -315,6 +314,8 @@ def _line_handler(session: Session, box: Outbox, run_id: str, prefix: str) -> tu
             box.tags(run_id, TrialPlan.from_dict(msg[1]).split())
         elif msg[0] == "tags":
             box.tags(run_id, msg[1])
+        elif msg[0] == "sync":  # a checkpoint: its rows in MLflow before the line that announces it is shown
+            box.settle()
         box.check()
 
     return on_line, last

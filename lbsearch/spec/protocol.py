@@ -5,7 +5,8 @@
   ``$LBSEARCH_TRIAL_SPEC``, read by the public ``lbsearch.api``);
 - during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, tags, and rows of
   metrics that the orchestrator writes to the trial's MLflow run (the trial never imports MLflow,
-  so each run has a single writer);
+  so each run has a single writer), and ``sync`` (at a checkpoint: the orchestrator has every row sent
+  before it in MLflow before it reads on);
 - out: ``result.json`` (a ``TrialResult``), written atomically by rank 0. The process exit code
   only says whether that file was written.
 """
@@ -106,7 +107,7 @@ class TrialResult(BaseModel):
     """``TrialPlan.to_dict()`` of what ran (micro-batch limit known)."""
 
 
-def message(kind: Literal["metrics", "plan", "tags"], payload: Any) -> str:
+def message(kind: Literal["metrics", "plan", "tags", "sync"], payload: Any) -> str:
     return MARK + json.dumps({kind: payload})
 
 

@@ -109,9 +109,9 @@ class Outbox:
             return not self.calls
 
     def settle(self, wait_s: float = 10.0) -> None:
-        """While the store answers, wait (at most ``wait_s``) until the calls queued so far went: a trial's line printed after
-        this shows nothing that MLflow lacks (a checkpoint announced on the console has its metric rows in MLflow, even if the
-        machine dies right after). During an outage it does not wait: the calls stay queued, the outbox's own limit applies."""
+        """While the store answers, wait (at most ``wait_s``) until the calls queued so far went (a trial's ``sync`` at a
+        checkpoint: the checkpoint announced on the console has its metric rows in MLflow, even if the machine dies right
+        after). During an outage it does not wait: the calls stay queued, the outbox's own limit applies."""
         if self.down_since is None:
             self.flush(wait_s)
 

@@ -19,15 +19,16 @@ def _value(b: int, lr: float) -> float:
     return -math.log(lr / (1e-3 * math.sqrt(b / 16))) ** 2 - 0.1 * math.log2(b / 16)
 
 
-def _run(seed: int, n: int) -> optuna.Study:
+def _run(seed: int, n: int, space: dict = SPACE, warmup_cost: float = 0.0) -> optuna.Study:
+    """``n`` trials of ``gp_ordinal`` on ``_value`` (less ``warmup_cost`` x the warmup fraction)."""
     study = optuna.create_study(direction="maximize")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         for number in range(n):
-            study.sampler = make_sampler(SamplerConfig(name="gp_ordinal", seed=seed, n_startup_trials=5), SPACE, number=number)
+            study.sampler = make_sampler(SamplerConfig(name="gp_ordinal", seed=seed, n_startup_trials=5), space, number=number)
             trial = study.ask()
-            p = suggest(trial, SPACE)
-            study.tell(trial, _value(p[B], p[LR]))
+            p = suggest(trial, space)
+            study.tell(trial, _value(p[B], p[LR]) - warmup_cost * p["schedule.warmup_fraction"])
     return study
 
 
@@ -49,17 +50,9 @@ TABLE = {B: CategoricalParam(type="categorical", choices=[16, 32, 64, 128]), LR:
          "schedule.warmup_fraction": CategoricalParam(type="categorical", choices=[0.0, 0.3])}
 
 
-def _table_run(seed: int, n: int, state=optuna.trial.TrialState.COMPLETE) -> optuna.Study:
+def _table_run(seed: int, n: int) -> optuna.Study:
     """A space of choices only (24 configurations) whose best the model keeps wanting: it would draw it again and again."""
-    study = optuna.create_study(direction="maximize")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for number in range(n):
-            study.sampler = make_sampler(SamplerConfig(name="gp_ordinal", seed=seed, n_startup_trials=5), TABLE, number=number)
-            trial = study.ask()
-            p = suggest(trial, TABLE)
-            study.tell(trial, _value(p[B], p[LR]) - p["schedule.warmup_fraction"], state=state) if state == optuna.trial.TrialState.COMPLETE else study.tell(trial, state=state)
-    return study
+    return _run(seed, n, TABLE, warmup_cost=1.0)
 
 
 def _config(t: optuna.trial.FrozenTrial) -> tuple:

@@ -101,7 +101,7 @@ class _SlowStore(Tracker):
 
 
 def test_settle_waits_until_the_rows_queued_so_far_are_in_mlflow_and_not_through_an_outage(tmp_path, nowhere):
-    """The orchestrator settles the outbox before it prints a trial's line: a checkpoint announced on the console has its
+    """At a trial's `sync` (a checkpoint) the orchestrator settles the outbox: the checkpoint announced on the console has its
     metric rows in MLflow, even if the machine dies right after (tests/cli/test_resume.py kills it at that line)."""
     slow = _SlowStore(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     run_id = slow.child_run(slow.experiment("outbox"), None, "trial-0", {}, {})
