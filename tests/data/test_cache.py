@@ -11,9 +11,12 @@ from lbsearch.data.cache import label_names, load_arrays, prepare_data
 from lbsearch.data.sources import load_frames
 from lbsearch.spec.config import DataConfig, ExperimentConfig, SpecError
 
+SPLIT = {"validation_fraction": 0.1, "test_fraction": 0.15, "split_seed": 0}
+"""The split the sizes below are for."""
+
 
 def test_rotten_tomatoes_split_is_deduped_disjoint_and_seeded():
-    frames, labels, info = load_frames(DataConfig())
+    frames, labels, info = load_frames(DataConfig(source="rotten_tomatoes", **SPLIT))
     assert info.names == ["rotten", "fresh"] and info.num_outputs == 2
     sizes = {s: len(f) for s, f in frames.items()}
     assert sum(sizes.values()) == 12752  # 12,808 reviews less 56 duplicate texts
@@ -21,9 +24,9 @@ def test_rotten_tomatoes_split_is_deduped_disjoint_and_seeded():
     texts = {s: set(f["text"]) for s, f in frames.items()}
     assert not texts["train"] & texts["validation"] and not texts["train"] & texts["test"] and not texts["validation"] & texts["test"]
     assert 0.55 < labels["train"].mean() < 0.61  # 57.8% fresh (label 1)
-    again, _, _ = load_frames(DataConfig())
+    again, _, _ = load_frames(DataConfig(source="rotten_tomatoes", **SPLIT))
     assert again["test"]["text"].tolist() == frames["test"]["text"].tolist()
-    other, _, _ = load_frames(DataConfig(split_seed=1))
+    other, _, _ = load_frames(DataConfig(source="rotten_tomatoes", **SPLIT | {"split_seed": 1}))
     assert other["test"]["text"].tolist() != frames["test"]["text"].tolist()
 
 
@@ -96,7 +99,7 @@ def test_saved_dataset_folder_with_named_splits_and_a_relative_path(tmp_path):
     rows = {"premise": [f"p{i}" for i in range(60)], "hypothesis": [f"h{i}" for i in range(60)], "label": [i % 3 + 1 for i in range(60)]}
     datasets.DatasetDict({"train": datasets.Dataset.from_dict(rows), "dev": datasets.Dataset.from_dict(rows)}).save_to_disk(tmp_path / "nli")
     (tmp_path / "exp.yaml").write_text("name: nli\ndata:\n  source: nli\n  splits: {validation: dev}\n"
-                                       "  text_column: premise\n  text_pair_column: hypothesis\n")
+                                       "  text_column: premise\n  text_pair_column: hypothesis\n  validation_fraction: 0.1\n")
     exp = load_experiment(tmp_path / "exp.yaml")
     assert exp.data.source == str(tmp_path / "nli")
     frames, labels, info = load_frames(exp.data)

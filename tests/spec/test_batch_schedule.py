@@ -9,16 +9,16 @@ import yaml
 from conftest import SPECS
 
 from lbsearch.spec import ExperimentConfig, apply_params, load_study, make_plan
-from lbsearch.spec.batch_schedule import BatchSchedule
 from lbsearch.spec.registry import LR_SCALING
 
-ALPHA = LR_SCALING[BatchSchedule().lr_scaling]
-"""The default lr rule's exponent: lr x (B / B0)^ALPHA at each change."""
+RULE, FACTOR = "sqrt", 2
+"""The lr rule and the stepwise factor each schedule here names: lr x (B / B0)^ALPHA at each change, B x FACTOR."""
+ALPHA = LR_SCALING[RULE]
 
 
 def _plan(schedule: dict | None, lm: bool = False, **train):
     raw = yaml.safe_load((SPECS / "tiny.yaml").read_text())
-    raw["train"] |= {"batch_schedule": schedule} | train
+    raw["train"] |= {"batch_schedule": schedule and {"lr_scaling": RULE, "factor": FACTOR} | schedule} | train
     if lm:
         raw |= {"task": "causal_lm", "metric": {"name": "loss"}}
         raw["data"] |= {"max_length": 64}
@@ -71,7 +71,7 @@ def test_the_kind_is_a_searchable_dimension(tmp_path):
     """A study searches ``train.batch_schedule.kind`` with the settings of both kinds in the experiment: each trial's
     experiment validates, and only the kind in force shapes its plan."""
     (tmp_path / "tiny.yaml").write_text((SPECS / "tiny.yaml").read_text().replace(
-        "clip_norm: 1.0}", "clip_norm: 1.0, batch_schedule: {at_samples: [320], final_batch_size: 96, ramp_samples: 320}}"))
+        "clip_norm: 1.0}", f"clip_norm: 1.0, batch_schedule: {{at_samples: [320], factor: {FACTOR}, final_batch_size: 96, ramp_samples: 320}}}}"))
     (tmp_path / "study.yaml").write_text(yaml.safe_dump({
         "name": "schedules", "experiment": "tiny.yaml", "n_trials": 3, "sampler": {"name": "grid"},
         "search_space": {"train.batch_schedule.kind": {"type": "categorical", "choices": ["constant", "stepwise", "ramp"]}}}))

@@ -7,14 +7,15 @@ from lbsearch.spec.config import ExperimentConfig, MetricConfig, ModelConfig, Sc
 from lbsearch.spec.load import as_recorded
 
 
+@pytest.mark.default
 def test_remote_code_is_off_unless_asked():
     assert ModelConfig().trust_remote_code is False
 
 
 def test_a_recorded_config_without_a_newer_field_runs_as_it_ran():
-    """Packing is on by default; a trial recorded without ``launcher.pack`` ran padded, and ``reproduce`` re-runs it so."""
-    now = ExperimentConfig(name="x").model_dump(mode="json")
-    assert now["launcher"]["pack"] is True and as_recorded(now) == now
+    """A trial recorded before ``launcher.pack`` existed ran padded, and ``reproduce`` re-runs it so."""
+    now = ExperimentConfig(name="x", launcher={"pack": True}).model_dump(mode="json")
+    assert as_recorded(now) == now
     old = {**now, "launcher": {k: v for k, v in now["launcher"].items() if k != "pack"}}
     assert ExperimentConfig.model_validate(as_recorded(old)).launcher.pack is False
     assert "pack" not in old["launcher"]  # the stored record itself is left as it was

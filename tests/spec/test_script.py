@@ -25,7 +25,8 @@ def test_the_test_specs_load_with_the_script_made_absolute():
 
 
 def _exp(**over) -> ScriptExperimentConfig:
-    raw = {"kind": "script", "name": "x", "script": {"command": "train.py --epochs 3"}, "params": {"dropout": 0.1, "tag": "a b"},
+    raw = {"kind": "script", "name": "x", "script": {"command": "train.py --epochs 3", "params_as": "flags"}, "params": {"dropout": 0.1, "tag": "a b"},
+           "optimizer": {"lr": 5e-5},
            "train": {"batch_size": 64, "budget_samples": 8000, "clip_norm": None}, "launcher": {"processes": 2, "max_micro_batch": 8}, "metric": {"name": "f1"}}
     for key, value in over.items():
         raw[key] = raw.get(key, {}) | value if isinstance(value, dict) else value

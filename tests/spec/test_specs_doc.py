@@ -15,6 +15,8 @@ from pydantic import BaseModel
 
 from lbsearch.spec import ExperimentConfig, StudyConfig
 
+pytestmark = pytest.mark.default  # the rows' defaults against the models': left out where tests/shifted/shift.py shifts them
+
 DOC = Path(__file__).resolve().parents[2] / "docs" / "specs.md"
 FIELD = re.compile(r"`(\w+)`(?: \(([^)]*)\))?")
 UNSET = {"unset", "null", "none"}

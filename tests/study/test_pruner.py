@@ -13,9 +13,13 @@ TRAIN = TrainConfig(batch_size=32, budget_samples=960, eval_every_samples=320)
 CURVES = ({320: 0.60, 640: 0.70, 960: 0.75}, {320: 0.70, 640: 0.78, 960: 0.82}, {320: 0.80, 640: 0.85, 960: 0.88}, {320: 0.90, 640: 0.91, 960: 0.92})
 
 
+SETTINGS = {"n_warmup_samples": 0, "protect_warmup": False, "wraps": "median", "min_delta": 0.0}
+"""What the verdicts below depend on beyond each test's own settings: no warm-up of any kind, patient wrapping median."""
+
+
 def _study(**pruner) -> optuna.Study:
-    """A maximising study with four finished learning curves (validation accuracy at samples seen); no warm-up in samples unless asked."""
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(PrunerConfig(**{"n_warmup_samples": 0} | pruner), TRAIN))
+    """A maximising study with four finished learning curves (validation accuracy at samples seen)."""
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(PrunerConfig(**SETTINGS | pruner), TRAIN))
     for curve in CURVES:
         study.add_trial(create_trial(value=curve[960], intermediate_values=curve, state=TrialState.COMPLETE))
     return study

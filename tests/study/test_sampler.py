@@ -32,12 +32,12 @@ def test_grouped_pruner_compares_only_trials_with_the_same_batch_size():
 
 def test_pruners_are_built_in_samples_seen():
     train = TrainConfig(batch_size=32, budget_samples=6400, eval_every_samples=800)
-    hb = make_pruner(PrunerConfig(name="hyperband"), train)
+    hb = make_pruner(PrunerConfig(name="hyperband", n_warmup_samples=0, protect_warmup=False), train)
     assert isinstance(hb, optuna.pruners.HyperbandPruner)
     assert (hb._min_resource, hb._max_resource) == (800, 6400)
-    grouped = make_pruner(PrunerConfig(name="median", group_by="train.batch_size", n_warmup_samples=1600), train)
+    grouped = make_pruner(PrunerConfig(name="median", group_by="train.batch_size", n_warmup_samples=1600, protect_warmup=False), train)
     assert isinstance(grouped, GroupedPruner) and grouped.inner._n_warmup_steps == 1600
-    assert isinstance(make_pruner(PrunerConfig(name="none"), train), optuna.pruners.NopPruner)
+    assert isinstance(make_pruner(PrunerConfig(name="none", protect_warmup=False), train), optuna.pruners.NopPruner)
 
 
 def test_seeded_tpe_repeats_its_draws_and_optional_floats_can_be_off():

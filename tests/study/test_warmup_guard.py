@@ -27,7 +27,8 @@ def _plan(warmup_steps: int) -> TrialPlan:
 
 def _verdicts(protect: bool, warmup_steps: int, **pruner) -> list[bool]:
     """Four finished curves, each run live through the pruner (so ASHA records their rungs); then a bad trial with this warmup."""
-    study = optuna.create_study(direction="maximize", pruner=make_pruner(PrunerConfig(protect_warmup=protect, n_warmup_samples=0, **pruner), TRAIN))
+    settings = {"n_warmup_samples": 0, "reduction_factor": 3, "percentile": 75.0, "wraps": "median", "min_delta": 0.0}
+    study = optuna.create_study(direction="maximize", pruner=make_pruner(PrunerConfig(**settings | pruner, protect_warmup=protect), TRAIN))
     for curve in CURVES:
         t = study.ask()
         for samples, value in curve.items():

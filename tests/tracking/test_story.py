@@ -44,7 +44,7 @@ def test_every_experiment_lbsearch_creates_is_a_model_training_one(tracker):
 
 def test_dataset_inputs_of_local_files_read_back_with_name_digest_source_and_context(tmp_path, tracker):
     files = {s: str(tmp_path / f"reviews_{s}.csv") for s in ("train", "validation")}  # test carved from train
-    data = DataConfig(files=files, text_column="review", label_column="stars")
+    data = DataConfig(files=files, text_column="review", label_column="stars", split_seed=0, max_length=64)
     run = tracker.child_run(tracker.experiment("x"), None, "trial-0", {}, {})
     tracker.datasets(run, dataset_inputs(data, _prepared(tmp_path)))
     got = {i.tags[0].value: i.dataset for i in tracker.client.get_run(run).inputs.dataset_inputs}

@@ -1,0 +1,114 @@
+"""The suite with every spec default shifted: finds a test that relies on a default without saying so.
+
+A spec field's default is written in its model and its docs/specs.md row only. For that to hold, no test
+may depend on a default it does not set: a test that does would break (or, worse, quietly test something
+else) the day the default changes. This runs the suite with every default of every spec model shifted to
+another valid value at once (the next allowed value, the other bool, an int doubled, a float x1.5), in the
+test process and in every process it starts (`sitecustomize.py` here, on PYTHONPATH)::
+
+    .venv/bin/python tests/shifted/shift.py            # the table of shifts, then the whole suite shifted
+    .venv/bin/python tests/shifted/shift.py --table    # the table only
+    .venv/bin/python tests/shifted/shift.py tests/spec # pytest's arguments: a part of the suite
+
+Tests marked ``default`` check a default itself (docs/specs.md's rows against the models) and are left out.
+A few fields are not shifted (``KEPT``, each with its reason). CI runs it after the suite (.ci/run)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import subprocess
+import sys
+import typing
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic_core import PydanticUndefined
+
+import lbsearch.spec
+
+ROOT = Path(__file__).resolve().parents[2]
+
+KEPT = {
+    "ExecutorConfig.kind": "`ray` needs a Ray cluster; the Ray executor's tests set it",
+    "LauncherConfig.compile": "torch.compile on every trial would take the suite from minutes to hours",
+    "ExperimentConfig.task": "a dataset is of one task: the next task refuses every spec's data",
+    "DataConfig.label_scaling": "regression only: any other task refuses it",
+    "FloatParam.optional": "an optional parameter may be drawn unset, which a required field (`optimizer.lr`) refuses",
+    "FloatParam.log": "a log range needs `low > 0`: a range from 0 is refused",
+    "IntParam.log": "a log range needs `low > 0`: a range from 0 is refused",
+    "BatchSchedule.kind": "each kind needs fields of its own (`at_samples`, `ramp_samples`, ...) that a spec sets with the kind",
+}
+
+
+def models() -> list[type[BaseModel]]:
+    """Every pydantic model a spec file is read into (the wire format's models are not spec fields)."""
+    found: dict[type, None] = {}
+    names = (f"lbsearch.spec.{m.name}" for m in pkgutil.iter_modules(lbsearch.spec.__path__) if m.name != "protocol")
+    for module in map(importlib.import_module, names):
+        for value in vars(module).values():
+            if isinstance(value, type) and issubclass(value, BaseModel) and value.__module__ == module.__name__:
+                found[value] = None
+    return sorted(found, key=lambda m: (m.__module__, m.__qualname__))
+
+
+def _candidates(default: Any, annotation: Any) -> list[Any]:
+    choices = [c for a in (annotation, *typing.get_args(annotation)) if typing.get_origin(a) is typing.Literal
+               for c in typing.get_args(a)]
+    if choices:
+        return [choices[(choices.index(default) + 1) % len(choices)]] if default in choices and len(choices) > 1 else []
+    if isinstance(default, bool):
+        return [not default]
+    if isinstance(default, int):
+        return [default * 2, default + 1] if default else [1]
+    if isinstance(default, float):
+        return [default * 1.5, default * 0.5] if default else [0.1, 0.01]
+    return []  # a free string (a model or dataset name, a column): no other value is known to be valid
+
+
+def shifts() -> dict[tuple[type[BaseModel], str], tuple[Any, Any]]:
+    """(model, field) -> (default, shifted value) for each field that has a scalar default and another valid value."""
+    out = {}
+    for model in models():
+        for name, field in model.model_fields.items():
+            if f"{model.__name__}.{name}" in KEPT or field.default in (PydanticUndefined, None) or field.default_factory:
+                continue
+            valid = TypeAdapter(Annotated[(field.annotation, *field.metadata)] if field.metadata else field.annotation)
+            for value in _candidates(field.default, field.annotation):
+                try:
+                    out[model, name] = field.default, valid.validate_python(value)
+                    break
+                except ValidationError:
+                    continue
+    return out
+
+
+def apply() -> None:
+    """Shift the defaults in this process: each model's field, then every model rebuilt (nested ones first)."""
+    table = shifts()
+    for (model, name), (_, value) in table.items():
+        model.model_fields[name].default = value
+    ordered = models()
+    for _ in range(4):  # a model's schema holds its nested models' schemas as they were when it was built
+        for model in ordered:
+            model.model_rebuild(force=True)
+
+
+def main(args: list[str]) -> int:
+    table = shifts()
+    for (model, name), (default, value) in table.items():
+        print(f"{model.__name__}.{name}: {default!r} -> {value!r}")
+    for field, why in KEPT.items():
+        print(f"{field}: not shifted ({why})")
+    if args[:1] == ["--table"]:
+        return 0
+    here = str(Path(__file__).parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    print(f"{len(table)} defaults shifted; the suite runs without the tests marked `default`", flush=True)
+    return subprocess.call(["bash", "scripts/test.sh", "-m", "not default", *args], cwd=ROOT, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,52 @@
+"""The shifted-defaults run (``shift.py``): every shift is valid and differs from its default, the fields it keeps
+exist, and a process started with this folder on PYTHONPATH builds every nested spec section with the shifted values."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import shift
+
+from lbsearch.spec import ExperimentConfig, StudyConfig
+
+HERE = Path(__file__).parent
+
+_DUMP = """
+import json
+from lbsearch.spec import StudyConfig
+print(json.dumps(StudyConfig.model_validate({"name": "s", "experiment": {"name": "x"}, "n_trials": 1}).model_dump(mode="json")))
+"""
+
+
+def _sections(dump: dict) -> dict[str, dict]:
+    """A minimal study's sections by model name (the nested ones built from their defaults)."""
+    exp = dump["experiment"]
+    return {"StudyConfig": dump, "SamplerConfig": dump["sampler"], "PrunerConfig": dump["pruner"], "ExecutorConfig": dump["executor"],
+            "ExperimentConfig": exp, **{type(getattr(ExperimentConfig(name="x"), k)).__name__: exp[k]
+                                        for k in ("model", "optimizer", "schedule", "train", "launcher", "data", "metric")}}
+
+
+def test_each_shift_is_another_valid_value_and_each_kept_field_exists():
+    table = shift.shifts()
+    assert len(table) >= 60
+    for (model, name), (default, value) in table.items():
+        assert value != default and model.model_fields[name].default == default
+    fields = {f"{m.__name__}.{n}" for m in shift.models() for n in m.model_fields}
+    assert set(shift.KEPT) <= fields
+    assert not {f"{m.__name__}.{n}" for m, n in table} & set(shift.KEPT)
+
+
+def test_a_process_started_with_the_folder_on_its_path_builds_every_section_shifted():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    shifted = _sections(json.loads(subprocess.run([sys.executable, "-c", _DUMP], env=env, capture_output=True, text=True, check=True).stdout))
+    plain = _sections(StudyConfig.model_validate({"name": "s", "experiment": {"name": "x"}, "n_trials": 1}).model_dump(mode="json"))
+    checked = 0
+    for (model, name), (default, value) in shift.shifts().items():
+        if model.__name__ in shifted:
+            assert plain[model.__name__][name] == default and shifted[model.__name__][name] == value, f"{model.__name__}.{name}"
+            checked += 1
+    assert checked >= 50
