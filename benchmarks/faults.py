@@ -60,6 +60,7 @@ from soak import SPEC, _retrained
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.spec import RETRYABLE
+from lbsearch.spec.workdir import KEPT_FILE
 from lbsearch.study import counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
 
@@ -377,7 +378,7 @@ def best_check(work: Path, url: str, label: str, serve: bool) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - no alias, or MLflow refused: the check says so
         registry, registry_run, registry_weights = None, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", None
     folder = work / "mlruns" / "models" / STUDY / f"trial-{best}"
-    served_info = json.loads((folder / "lbsearch.json").read_text()) if (folder / "lbsearch.json").is_file() else {}
+    served_info = json.loads((folder / KEPT_FILE).read_text()) if (folder / KEPT_FILE).is_file() else {}
     served = [t.number for t in trials if t.state.name == "COMPLETE" and served_info.get("validation")
               and all(t.user_attrs.get(f"validation_{k}") == v for k, v in served_info["validation"].items())]
     exp = client.get_experiment_by_name(STUDY)

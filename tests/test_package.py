@@ -6,8 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from lbsearch.spec import outcome
-from lbsearch.tracking import tags
+from lbsearch.orchestrator import launch
+from lbsearch.science import cbs_report, report
+from lbsearch.spec import outcome, protocol, workdir
+from lbsearch.tracking import outbox, story, tags
+from lbsearch.trial import model
 
 PACKAGE = Path(__file__).parent.parent / "lbsearch"
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -38,14 +41,25 @@ def test_the_flat_layout_is_gone():
     assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py", "api.py", "hf.py", "lightning.py"}
 
 
-def test_tag_names_and_retried_reasons_are_written_only_where_their_constant_is():
-    """Every ``lbsearch.*`` tag name and every reason a trial is re-run for is spelled once: code, tests and benchmarks
-    import the constant (a rename is one edit; a copy written out by hand would silently stop matching)."""
+FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
+              "TRIAL_LOG": launch, "REPORT_HTML": report, "CBS_HTML": cbs_report, "QUANTIZED_FILE": model, "KEPT_FILE": workdir,
+              "INFO": workdir, "OUTBOX_FILE": outbox}
+"""The file names lbsearch writes, each a constant in its module (``CONFIG_JSON`` is left out: a Hugging Face model folder's
+``config.json`` is another file of the same name)."""
+
+
+def test_tag_names_retried_reasons_and_file_names_are_written_only_where_their_constant_is():
+    """Every ``lbsearch.*`` tag name, every reason a trial is re-run for and every file name lbsearch writes is spelled once:
+    code, tests and benchmarks import the constant (a rename is one edit; a copy written out by hand would silently stop matching)."""
     facts = {getattr(tags, n): n for n in tags.__all__ if isinstance(getattr(tags, n), str) and getattr(tags, n).startswith("lbsearch.")}
     facts |= {getattr(outcome, n): n for n in ("WORKER_DIED", "INTERRUPTED", "TRACKING_LOST")}
-    homes = {PACKAGE / "tracking" / "tags.py", PACKAGE / "spec" / "protocol.py", PACKAGE / "spec" / "outcome.py"}
+    files = {}
+    for name, module in FILE_NAMES.items():
+        files.setdefault(getattr(module, name), []).append(name)
+    homes = {Path(m.__file__) for m in (tags, protocol, outcome, *FILE_NAMES.values())}
     root = PACKAGE.parent
-    files = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p not in homes]
-    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value!r} (use {facts[n.value]})" for p in files for n in ast.walk(ast.parse(p.read_text()))
-              if isinstance(n, ast.Constant) and isinstance(n.value, str) and n.value in facts]
+    paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
+    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value!r} (use {facts.get(n.value) or ' or '.join(files[n.value.rsplit('/', 1)[-1]])})"
+              for p in paths for n in ast.walk(ast.parse(p.read_text()))
+              if isinstance(n, ast.Constant) and isinstance(n.value, str) and (n.value in facts or n.value.rsplit("/", 1)[-1] in files)]
     assert not copies, "\n".join(copies)

@@ -93,7 +93,7 @@ def _table(summary: dict[str, Any], unit: str, b_simple: dict[float, float]) -> 
 
 def write_cbs_report(summary: dict[str, Any], out: Path, *, study: str, reference: str, unit: str = "tokens", delta: float | None = None,
                      b_simple: dict[float, float] | None = None, b_crit: float | None = None, machine: str = "") -> Path:
-    """Write ``cbs.json``, the two figures and ``index.html`` (``CBS_HTML``) into ``out``; returns the page's path.
+    """Write ``cbs.json``, the two figures and the page ``CBS_HTML`` into ``out``; returns the page's path.
 
     Args:
         summary: ``cbs_table``'s result.

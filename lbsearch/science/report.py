@@ -279,7 +279,7 @@ in <code>summary.json</code> beside this page.</p><dl>{dl}</dl>{extra}
 
 
 def write_report(study: optuna.Study, out: Path, targets: list[float] | None = None) -> dict[str, Any]:
-    """Write index.html, the PNGs and summary.json under ``out``; return the summary. A language-model
+    """Write the page (``REPORT_HTML``), the PNGs and summary.json under ``out``; return the summary. A language-model
     study also gets the token-level analysis at several loss ``targets`` (``lbsearch.science.lm_report``)."""
     configs = [json.loads(t.user_attrs["config"]) for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
     metric = study.user_attrs.get("metric", "accuracy")

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'lbsearch[deepspeed]')")
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
-from lbsearch.spec import INTERRUPTED
+from lbsearch.spec import FOLDER, INTERRUPTED, latest
 from lbsearch.tracking import NOISE_SCALE
 
 DS = SPECS.parents[1] / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -56,7 +56,8 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     root = tmp_path / "mlruns"
     first = journal_study(root, "tiny-study").get_trials()[0]
     assert first.state == TrialState.FAIL and first.user_attrs["reason"] == INTERRUPTED
-    (ckpt,) = root.glob("trials/tiny-study/0000-*/checkpoints/step-*")
+    (trial_dir,) = root.glob("trials/tiny-study/0000-*")
+    ckpt = latest(trial_dir / FOLDER)  # the newest: the one written on SIGTERM
     assert (ckpt / "pytorch_model" / "mp_rank_00_model_states.pt").is_file()  # DeepSpeed's engine wrote it (save_checkpoint)
     assert len(list((ckpt / "pytorch_model").glob("*zero_pp_rank_*optim_states.pt"))) == 2  # each rank's optimizer partition
 

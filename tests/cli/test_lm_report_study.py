@@ -13,6 +13,7 @@ import pytest
 import yaml
 from conftest import cli, journal_study, mlflow_client, run_cli
 
+from lbsearch.science import REPORT_HTML
 from lbsearch.science.lm_report import N_RESAMPLES
 from lbsearch.tracking import ROLE
 
@@ -70,6 +71,6 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     assert s["bootstrap"]["resamples"] == N_RESAMPLES
     # evaluations asked every 64 tokens, but B = 16 takes 256 tokens a step: 1/8 of its 8-step run apart, more than 2%
     assert any(w.startswith("B = 16: evaluations up to 12.5% of the run apart") for w in s["warnings"]), s["warnings"]
-    page = (report / "index.html").read_text()
+    page = (report / REPORT_HTML).read_text()
     assert "B_tokens (× 16)" in page and "B_simple median (tokens)" in page and "a diagnostic" in page and "a measurement" in page
     assert all((report / p).is_file() for p in ("lm_curves.png", "lm_steps_to_target.png", "lm_b_crit_vs_loss.png"))

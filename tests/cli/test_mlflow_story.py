@@ -17,6 +17,7 @@ import pytest
 from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
 from optuna.trial import TrialState
 
+from lbsearch.science import REPORT_HTML
 from lbsearch.tracking import BEST_TAG, ROLE, TRIAL, TRIALS_CSV
 
 
@@ -143,7 +144,7 @@ def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
     assert "plots/param_importances.png" in plots, readme
     assert "- `param_importances.png`: How much of the variation in validation loss each parameter explains (fANOVA)." in readme
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {"report/index.html", "report/summary.json", "report/steps_to_target.png"} <= report  # written without `lbsearch report`
+    assert {f"report/{REPORT_HTML}", "report/summary.json", "report/steps_to_target.png"} <= report  # written without `lbsearch report`
     assert "[report tiny-ladder]" in screen and "report/lr_alpha" in client.get_run(parent.info.run_id).data.metrics
 
 
@@ -182,9 +183,9 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     pngs = {p.name for p in report.glob("*.png")}
     assert {"best_metric_vs_batch.png", "lr_vs_batch.png", "steps_to_target.png", "noise_scale.png"} <= pngs
     assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
-    page = (report / "index.html").read_text()
+    page = (report / REPORT_HTML).read_text()
     assert all(f'src="{p}"' in page for p in pngs) and "critical batch size" in page
     parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], f"tags.`{ROLE}` = 'parent'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {f"report/{p}" for p in pngs | {"index.html", "summary.json"}} <= logged
+    assert {f"report/{p}" for p in pngs | {REPORT_HTML, "summary.json"}} <= logged
     assert parent.data.metrics["report/lr_alpha"] == pytest.approx(summary["lr_fit"]["alpha"])

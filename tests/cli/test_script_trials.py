@@ -16,6 +16,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of,
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, LABELS_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
+from lbsearch.science import REPORT_HTML
 from lbsearch.spec import INTERRUPTED
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
@@ -271,7 +272,7 @@ def test_status_best_and_report_of_a_script_study(tmp_path):
     assert status.count("complete") >= 4
     assert "lbsearch reproduce s --trial" in cli("best", "s", cwd=tmp_path, check=True).stdout
     report = cli("report", "s", cwd=tmp_path, check=True).stdout
-    assert "4 trials over batch sizes [16, 32]" in report and (tmp_path / "mlruns" / "reports" / "s" / "index.html").is_file()
+    assert "4 trials over batch sizes [16, 32]" in report and (tmp_path / "mlruns" / "reports" / "s" / REPORT_HTML).is_file()
 
 
 SLOW = """import time

@@ -15,6 +15,7 @@ import yaml
 from conftest import cli, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
+from lbsearch.science import CBS_HTML
 from lbsearch.spec import INFO
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
@@ -116,7 +117,7 @@ def test_cbs_report_written_and_logged(branched):
     assert client.get_experiment_by_name("cbs-ref-branch-0") is None
     (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "parent" and r.data.tags.get(STUDY) == "cbs-ref-branch-0"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
-    assert {"cbs_report/index.html", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
+    assert {f"cbs_report/{CBS_HTML}", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]
     assert parent.data.tags["lbsearch.branch.reference"] == "cbs-ref#0"
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]

@@ -3,8 +3,9 @@
 A spec field's default is written in its model and its docs/specs.md row only. For that to hold, no test
 may depend on a default it does not set: a test that does would break (or, worse, quietly test something
 else) the day the default changes. This runs the suite with every default of every spec model shifted to
-another valid value at once (the next allowed value, the other bool, an int doubled, a float x1.5), in the
-test process and in every process it starts (`sitecustomize.py` here, on PYTHONPATH)::
+another valid value at once (the next allowed value, the other bool, an int doubled, a float x1.5), and the module
+constants that are settings too (``CONSTANTS``), in the test process and in every process it starts (`sitecustomize.py`
+here, on PYTHONPATH)::
 
     .venv/bin/python tests/shifted/shift.py            # the table of shifts, then the whole suite shifted
     .venv/bin/python tests/shifted/shift.py --table    # the table only
@@ -16,12 +17,16 @@ A few fields are not shifted (``KEPT``, each with its reason). CI runs it after 
 from __future__ import annotations
 
 import importlib
+import importlib.abc
+import importlib.machinery
+import inspect
 import os
 import pkgutil
 import subprocess
 import sys
 import typing
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any
 
 from pydantic import BaseModel, TypeAdapter, ValidationError
@@ -41,6 +46,17 @@ KEPT = {
     "IntParam.log": "a log range needs `low > 0`: a range from 0 is refused",
     "BatchSchedule.kind": "each kind needs fields of its own (`at_samples`, `ramp_samples`, ...) that a spec sets with the kind",
 }
+
+CONSTANTS = {
+    "lbsearch.spec.workdir": {"KEEP_CHECKPOINTS": 2},
+    "lbsearch.spec.outcome": {"GPU_TOLERANCE": 0.02},
+    "lbsearch.tracking.outbox": {"OUTAGE_DEFAULT_S": 1350.0},
+    "lbsearch.science.cbs": {"N_BOOT": 1000, "CONFIDENCE": 0.9, "EPS_SPREADS": 3.0},
+    "lbsearch.science.lm_report": {"N_RESAMPLES": 500, "CONFIDENCE": 0.9},
+    "lbsearch.cli.main": {"SPARSITIES": (0.4, 0.6), "REPEATS": 25, "UI_PORT": 5001},
+}
+"""The module constants that are settings like a spec default (docs/architecture.md, "Common changes"), each with the other
+value it takes here: set in its module as that module is imported, and in the functions' keyword defaults that read it."""
 
 
 def models() -> list[type[BaseModel]]:
@@ -85,8 +101,36 @@ def shifts() -> dict[tuple[type[BaseModel], str], tuple[Any, Any]]:
     return out
 
 
+def _set(module: ModuleType, values: dict[str, Any]) -> None:
+    for name, value in values.items():
+        old = getattr(module, name)
+        setattr(module, name, value)
+        for fn in (f for f in vars(module).values() if inspect.isfunction(f) and f.__module__ == module.__name__):
+            fn.__kwdefaults__ = fn.__kwdefaults__ and {k: value if v is old else v for k, v in fn.__kwdefaults__.items()}
+            fn.__defaults__ = fn.__defaults__ and tuple(value if v is old else v for v in fn.__defaults__)
+        for other in (m for n, m in list(sys.modules.items()) if n.startswith("lbsearch") and m is not module):
+            if getattr(other, name, None) is old:  # a re-export bound before the shift
+                setattr(other, name, value)
+
+
+class _Constants(importlib.abc.MetaPathFinder):
+    """Sets a module's shifted constants as soon as the module has run."""
+
+    def find_spec(self, name, path, target=None):
+        spec = importlib.machinery.PathFinder.find_spec(name, path) if name in CONSTANTS else None
+        if spec is not None:
+            run = spec.loader.exec_module
+            spec.loader.exec_module = lambda module: (run(module), _set(module, CONSTANTS[name]))
+        return spec
+
+
 def apply() -> None:
-    """Shift the defaults in this process: each model's field, then every model rebuilt (nested ones first)."""
+    """Shift the defaults in this process: each model's field, then every model rebuilt (nested ones first); the constants
+    of modules already imported at once, the others as they are imported."""
+    for name, values in CONSTANTS.items():
+        if name in sys.modules:
+            _set(sys.modules[name], values)
+    sys.meta_path.insert(0, _Constants())
     table = shifts()
     for (model, name), (_, value) in table.items():
         model.model_fields[name].default = value
@@ -102,11 +146,13 @@ def main(args: list[str]) -> int:
         print(f"{model.__name__}.{name}: {default!r} -> {value!r}")
     for field, why in KEPT.items():
         print(f"{field}: not shifted ({why})")
+    for module, values in CONSTANTS.items():
+        print("\n".join(f"{module}.{name}: {getattr(importlib.import_module(module), name)!r} -> {value!r}" for name, value in values.items()))
     if args[:1] == ["--table"]:
         return 0
     here = str(Path(__file__).parent)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
-    print(f"{len(table)} defaults shifted; the suite runs without the tests marked `default`", flush=True)
+    print(f"{len(table)} defaults and {sum(map(len, CONSTANTS.values()))} constants shifted; the suite runs without the tests marked `default`", flush=True)
     return subprocess.call(["bash", "scripts/test.sh", "-m", "not default", *args], cwd=ROOT, env=env)
 
 

@@ -3,6 +3,7 @@ exist, and a process started with this folder on PYTHONPATH builds every nested 
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -16,6 +17,7 @@ from lbsearch.spec import ExperimentConfig, StudyConfig
 HERE = Path(__file__).parent
 
 _DUMP = """
+import importlib
 import json
 from lbsearch.spec import StudyConfig
 print(json.dumps(StudyConfig.model_validate({"name": "s", "experiment": {"name": "x"}, "n_trials": 1}).model_dump(mode="json")))
@@ -28,6 +30,27 @@ def _sections(dump: dict) -> dict[str, dict]:
     return {"StudyConfig": dump, "SamplerConfig": dump["sampler"], "PrunerConfig": dump["pruner"], "ExecutorConfig": dump["executor"],
             "ExperimentConfig": exp, **{type(getattr(ExperimentConfig(name="x"), k)).__name__: exp[k]
                                         for k in ("model", "optimizer", "schedule", "train", "launcher", "data", "metric")}}
+
+
+_CONSTANTS = """
+import importlib, inspect, json, shift
+from lbsearch.science.cbs import cbs_table
+seen = {f"{m}.{n}": getattr(importlib.import_module(m), n) for m, values in shift.CONSTANTS.items() for n in values}
+import lbsearch.spec
+seen |= {"n_boot": inspect.signature(cbs_table).parameters["n_boot"].default, "reexport": lbsearch.spec.GPU_TOLERANCE}
+print(json.dumps(seen))
+"""
+
+
+def test_a_process_started_with_the_folder_on_its_path_sees_every_constant_shifted_where_it_is_read():
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    seen = json.loads(subprocess.run([sys.executable, "-c", _CONSTANTS], env=env, capture_output=True, text=True, check=True).stdout)
+    for module, values in shift.CONSTANTS.items():
+        for name, value in values.items():
+            plain = getattr(importlib.import_module(module), name)
+            assert seen[f"{module}.{name}"] == (list(value) if isinstance(value, tuple) else value) != plain, f"{module}.{name}"
+    assert seen["n_boot"] == shift.CONSTANTS["lbsearch.science.cbs"]["N_BOOT"]  # a keyword default that read the constant
+    assert seen["reexport"] == shift.CONSTANTS["lbsearch.spec.outcome"]["GPU_TOLERANCE"]  # lbsearch.spec's re-export
 
 
 def test_each_shift_is_another_valid_value_and_each_kept_field_exists():

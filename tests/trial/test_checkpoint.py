@@ -70,8 +70,6 @@ def test_only_the_same_configuration_resumes():
 def test_checkpoint_fields_are_checked_with_file_and_field():
     with pytest.raises(SpecError, match=r"x.yaml: train.checkpoint_every_samples: .*greater than or equal to 1"):
         validate_experiment({"name": "x", "train": {"checkpoint_every_samples": 0}}, Path("x.yaml"))
-    exp = ExperimentConfig(name="x").train
-    assert (exp.checkpoint_every_samples, exp.checkpoint_every_minutes, exp.checkpoint_on_stop) == (None, 30.0, True)
 
 
 def test_sigterm_ends_a_trial_at_once_before_training_and_at_a_step_boundary_during_it():
@@ -93,7 +91,7 @@ def test_a_checkpoint_is_fsynced_file_by_file_before_its_rename_and_its_parent_a
 
     tmp = tmp_path / ".tmp-step-00000010"
     (tmp / "sub").mkdir(parents=True)
-    for name in ("model.safetensors", "sub/optimizer.bin", "lbsearch.json"):
+    for name in ("model.safetensors", "sub/optimizer.bin", INFO):
         (tmp / name).write_text(name)
     synced = []
     real = checkpoint._fsync
@@ -101,5 +99,5 @@ def test_a_checkpoint_is_fsynced_file_by_file_before_its_rename_and_its_parent_a
     checkpoint.durable_rename(tmp, tmp_path / "step-00000010")
     assert (tmp_path / "step-00000010" / "sub" / "optimizer.bin").is_file() and not tmp.exists()
     before = {p for p, existed in synced[:-1] if existed}
-    assert before == {tmp / "model.safetensors", tmp / "sub" / "optimizer.bin", tmp / "lbsearch.json", tmp / "sub", tmp}
+    assert before == {tmp / "model.safetensors", tmp / "sub" / "optimizer.bin", tmp / INFO, tmp / "sub", tmp}
     assert synced[-1] == (tmp_path, True)  # the rename itself, in the parent folder

@@ -92,11 +92,11 @@ def test_a_saved_model_keeps_its_label_names_and_another_task_gets_a_new_head(tm
     """What a kept model holds: the original label names as id2label / label2id in its config."""
     from transformers import AutoConfig
 
-    model = build_model(ModelConfig(source="random", config=TINY), "single_label", ["1", "2"], 30522, 0)
-    model.save_pretrained(tmp_path / "kept")
+    model = build_model(ModelConfig(source="random", pooling="cls", config=TINY), "single_label", ["1", "2"], 30522, 0)
+    model.save_pretrained(tmp_path / "kept")  # cls: the architecture's own head, a transformers model
     saved = AutoConfig.from_pretrained(tmp_path / "kept")
     assert saved.id2label == {0: "1", 1: "2"} and saved.label2id == {"1": 0, "2": 1}
-    again = build_model(ModelConfig(source=str(tmp_path / "kept")), "single_label", ["neg", "neu", "pos"], 30522, 0)
+    again = build_model(ModelConfig(source=str(tmp_path / "kept"), pooling="cls"), "single_label", ["neg", "neu", "pos"], 30522, 0)
     assert again.config.id2label == {0: "neg", 1: "neu", 2: "pos"} and again.classifier.weight.shape[0] == 3
 
 

@@ -26,11 +26,14 @@ from lbsearch.trial.worker import Trial
 ROOT = Path(__file__).parent.parent.parent
 pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 SYNCS = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+SETTINGS = {"launcher": {"peak_tflops": 1.0, "precision": "no"}, "optimizer": {"fused": True}, "train": {"noise_scale": True}}
+"""What the assertions depend on besides each spec: fused AdamW (the device guard, no host check per step), the noise scale on."""
 
 
 def _experiment(spec: Path, **changes) -> ExperimentConfig:
     raw = yaml.safe_load(spec.read_text())
-    raw.setdefault("launcher", {}).update({"peak_tflops": 1.0, "precision": "no"})
+    for section, values in SETTINGS.items():
+        raw.setdefault(section, {}).update(values)
     for key, value in changes.items():
         section, field = key.split("__")
         raw.setdefault(section, {})[field] = value
@@ -111,7 +114,7 @@ def test_no_host_read_between_read_points(data, case):
 def test_a_padded_classifier_reads_nothing_of_its_own(data):
     """Padded micro-batches carry an attention mask, and transformers reads it on the host (``padding_mask.all()``)
     to decide whether to drop it: one read per micro-batch from transformers' masking code, none from lbsearch."""
-    trial = _trial(data["tiny"], _experiment(SPECS / "tiny.yaml", train__log_every_steps=5))
+    trial = _trial(data["tiny"], _experiment(SPECS / "tiny.yaml", train__log_every_steps=5, launcher__pack=False))
     trial.evals = {}
     reads = _run(trial, 7)
     for step in (2, 3, 4, 6, 7):

@@ -5,7 +5,6 @@ checkpoint before a change resumes across it to the same result as one never sto
 
 from __future__ import annotations
 
-import os
 import signal
 
 import numpy as np
@@ -15,7 +14,6 @@ import yaml
 from conftest import SPECS, in_process_trial, prepare_once, worker_spec
 
 from lbsearch.spec import INTERRUPTED, PAUSED, ExperimentConfig
-from lbsearch.spec.batch_schedule import BatchSchedule
 from lbsearch.spec.protocol import parse_message
 from lbsearch.spec.registry import LR_SCALING
 from lbsearch.trial.batching import sample_stream
@@ -24,14 +22,17 @@ from lbsearch.trial.worker import train
 
 pytestmark = pytest.mark.usefixtures("fresh_accelerator")
 
-STEPWISE = {"kind": "stepwise", "at_samples": [96, 192]}
-"""B = 32 for 3 steps (96 samples), 64 for 2 (to 224), 128 for 2 (to 480): 7 steps, evaluations at steps 4, 6 and 7."""
+STEPWISE = {"kind": "stepwise", "at_samples": [96, 192], "factor": 2, "lr_scaling": "sqrt"}
+"""B = 32 for 3 steps (96 samples), 64 for 2 (to 224), 128 for 2 (to 480): 7 steps, evaluations at steps 4, 6 and 7;
+the lr scaled by (B / 32)^(1/2) in each."""
 
 
 def _experiment(schedule: dict | None = STEPWISE, **train) -> ExperimentConfig:
     raw = yaml.safe_load((SPECS / "tiny.yaml").read_text())
     raw["model"]["config"] |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-    raw["train"] |= {"budget_samples": 480, "eval_every_samples": 160, "noise_scale": False, "batch_schedule": schedule} | train
+    raw["train"] |= {"budget_samples": 480, "eval_every_samples": 160, "noise_scale": False, "checkpoint_on_stop": True,
+                     "batch_schedule": schedule} | train
+    raw["schedule"] |= {"min_lr_ratio": 0.0}  # the decay ends at 0
     raw["launcher"] |= {"peak_tflops": 1.0}  # no CPU peak measurement
     return ExperimentConfig.model_validate(raw)
 
@@ -97,7 +98,7 @@ def test_b_changes_at_the_promised_steps_and_each_loss_is_that_of_its_b_samples(
 
 
 def test_the_lr_follows_the_phases_and_the_schedule_in_samples(prepared, capsys):
-    """lr x (B / 32)^alpha (the default rule) per phase, times linear warmup (10 % of 480 samples: the first 2 steps) and decay read at the samples
+    """lr x (B / 32)^(1/2) (``lr_scaling: sqrt``) per phase, times linear warmup (10 % of 480 samples: the first 2 steps) and decay read at the samples
     seen before each step."""
     trial = in_process_trial(prepared, _experiment())
     plan = trial.plan
@@ -110,25 +111,27 @@ def test_the_lr_follows_the_phases_and_the_schedule_in_samples(prepared, capsys)
     for step in range(2, plan.steps + 2):
         seen = plan.samples_at(step - 1)
         shape = seen / warm if seen < warm else max(0.0, (total - seen) / (total - warm))
-        expected.append(1e-3 * (plan.phase_at(min(step, plan.steps))[0] / 32) ** LR_SCALING[BatchSchedule().lr_scaling] * shape)
+        expected.append(1e-3 * (plan.phase_at(min(step, plan.steps))[0] / 32) ** LR_SCALING["sqrt"] * shape)
     assert lrs == pytest.approx(expected, rel=1e-9)
 
 
 def test_a_trial_killed_across_a_change_resumes_exactly(prepared, tmp_path):
-    """A real SIGTERM as the trial re-plans for B 64 (step 4): it finishes that step, writes a checkpoint and ends
-    ``interrupted``. The re-run resumes at step 5, re-plans (B 64, then 128 at step 6) and ends with the evaluations,
-    samples and validation and test metrics of the same trial run through, bit for bit."""
+    """A SIGTERM as the trial re-plans for B 64 (step 4): it finishes that step, writes a checkpoint and ends
+    ``interrupted`` (``checkpoint_on_stop``). The re-run resumes at step 5, re-plans (B 64, then 128 at step 6) and ends
+    with the evaluations, samples and validation and test metrics of the same trial run through, bit for bit. The SIGTERM
+    is the handler called as the signal calls it, never a real signal: that would reach the test process itself (the
+    handler's KeyboardInterrupt ends a pytest session); a real one reaches a trial process in tests/cli/test_resume.py."""
     through = train(_spec(prepared, _experiment()), log=lambda *a: None)
-    folder, before = tmp_path / "checkpoints", signal.getsignal(signal.SIGTERM)
+    folder, stop = tmp_path / "checkpoints", StopSignal(install=False)
 
     def kill_at_the_change(*parts) -> None:
         if " ".join(map(str, parts)).startswith("step 4 ("):
-            os.kill(os.getpid(), signal.SIGTERM)
+            stop(signal.SIGTERM, None)
 
     try:
-        killed = train(_spec(prepared, _experiment(), folder), log=kill_at_the_change, stop=StopSignal())
-    finally:
-        signal.signal(signal.SIGTERM, before)
+        killed = train(_spec(prepared, _experiment(), folder), log=kill_at_the_change, stop=stop)
+    except KeyboardInterrupt as err:  # the handler's "end at once": a failure of this test, not the session's Ctrl-C
+        pytest.fail(f"SIGTERM ended the trial at once instead of after a checkpoint at the step boundary: {err!r}")
     assert (killed.state, killed.reason, killed.steps, killed.samples) == ("failed", INTERRUPTED, 4, 160)
     lines: list[str] = []
     resumed = train(_spec(prepared, _experiment(), folder), log=lambda *a: lines.append(" ".join(map(str, a))))
