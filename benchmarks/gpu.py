@@ -99,7 +99,7 @@ def size_of(args) -> dict[str, Any]:
 def overrides(model: str, size: dict[str, Any], steps: int, every: int) -> dict[str, Any]:
     """The lbsearch experiment of one model: ``steps`` optimizer steps, an evaluation every ``every``."""
     m, b = size[model], size[model]["batch"]
-    common = {"train.batch_size": b, "launcher.max_micro_batch": b, "train.divergence_factor": 1e6,  # a speed run: no stop on a spike
+    common = {"train.batch_size": b, "launcher.processes": 1, "launcher.max_micro_batch": b, "train.divergence_factor": 1e6,  # a speed run: no stop on a spike
               **({"launcher.cpu": True} if size["cpu"] else {})}
     if model == "bert":
         return common | {"model.source": "random", "model.num_layers": None, "model.pooling": "cls", "model.freeze_embeddings": False,

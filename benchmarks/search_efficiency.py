@@ -79,7 +79,7 @@ from _bench import RESULTS, ROOT, SPEC, experiment, fresh_accelerate, machine, p
 from _promote import replay_promote
 from _searches import DEFAULT_CHOICES, Search, alpha_space, goals, print_summary, pruner_of, sampler_of, searches, summarize, to_lr
 
-from lbsearch.spec import DIVERGED_REASON
+from lbsearch.spec import DIVERGED_REASON, apply_params
 from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam, PrunerConfig, SamplerConfig
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.plan import make_plan
@@ -125,7 +125,12 @@ def train_config(exp: ExperimentConfig, data) -> Row:
     }
 
 
-def build_table(path: Path, built: dict[str, Any], spec: Path, overrides: dict[str, Any], space: Space, data) -> None:
+def configured(settings: dict[str, Any], params: dict[str, Any]) -> ExperimentConfig:
+    """One cell's experiment: the table's recorded experiment (every field, so no default of today's code enters) with its params."""
+    return ExperimentConfig.model_validate(apply_params(settings["experiment"], params))
+
+
+def build_table(path: Path, built: dict[str, Any], space: Space, data) -> None:
     """Trains every configuration not yet in ``built["configs"]``, writing ``path`` after each one (a cell
     done is never recomputed: an interrupted build resumes), each row with the load average when it started."""
     rows: dict[str, Row] = built["configs"]
@@ -134,7 +139,7 @@ def build_table(path: Path, built: dict[str, Any], spec: Path, overrides: dict[s
         if key(params, space) in rows:
             continue
         load = list(os.getloadavg())
-        row = train_config(experiment(spec, overrides | params), data) | {"params": params, "load_average_at_start": load, "threads": torch.get_num_threads()}
+        row = train_config(configured(built["settings"], params), data) | {"params": params, "load_average_at_start": load, "threads": torch.get_num_threads()}
         rows[key(params, space)] = row
         built["build_s"] += row["wall_s"]
         write(built, path)
@@ -150,8 +155,9 @@ def same_settings(cached: Any, current: Any) -> bool:
     return cached == current
 
 
-def load_or_build(path: Path, settings: dict[str, Any], rebuild: bool, spec: Path, overrides: dict[str, Any], space: Space) -> dict[str, Any]:
-    """The table at ``path`` if it was built for ``settings``; a partial one (``partial: true``) is completed."""
+def load_or_build(path: Path, settings: dict[str, Any], rebuild: bool, space: Space) -> dict[str, Any]:
+    """The table at ``path`` if it was built for ``settings``; a partial one (``partial: true``) is completed from its own
+    recorded experiment."""
     settings = json.loads(json.dumps(settings))  # as it reads back from the file
     built = {"settings": settings, "build_s": 0.0, "threads": torch.get_num_threads(), "partial": True, "machine": machine(), "configs": {}}
     if path.is_file() and not rebuild:
@@ -165,12 +171,11 @@ def load_or_build(path: Path, settings: dict[str, Any], rebuild: bool, spec: Pat
             print(f"table: resuming {path} ({len(cached['configs'])} configurations done)")
         else:
             print(f"table: {path} was built for other settings: rebuilding")
-    base = experiment(spec, overrides)
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     try:
-        data = prepared(base, work)
+        data = prepared(configured(built["settings"], {}), work)
         print(f"table: training {math.prod(len(p.choices) for p in space.values())} configurations", flush=True)
-        build_table(path, built, spec, overrides, space, data)
+        build_table(path, built, space, data)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     built["partial"] = False
@@ -199,10 +204,10 @@ def observe(trial: optuna.Trial, row: Row, spent: list[int]) -> float:
     return row["value"]
 
 
-def with_plans(configs: dict[str, Row], spec: Path, overrides: dict[str, Any]) -> None:
+def with_plans(configs: dict[str, Row], settings: dict[str, Any]) -> None:
     """Each row's ``plan``: its configuration's ``make_plan``, as its trial derived it (``observe`` tells the pruner its warmup end)."""
     for r in configs.values():
-        r["plan"] = make_plan(experiment(spec, overrides | r["params"]))
+        r["plan"] = make_plan(configured(settings, r["params"]))
 
 
 def as_ranges(space: Space) -> dict[str, Any]:
@@ -342,9 +347,9 @@ def main() -> int:
         default = (default[0], default[1].model_copy(update={"n_warmup_samples": args.pruner_warmup}))
     found = searches(default)
     settings = {"experiment": base.model_dump(mode="json"), "space": {k: p.choices for k, p in space.items()}}
-    built = load_or_build(args.table, settings, args.rebuild, args.spec, overrides, space)
+    built = load_or_build(args.table, settings, args.rebuild, space)
     configs: dict[str, Row] = built["configs"]
-    with_plans(configs, args.spec, overrides)
+    with_plans(configs, built["settings"])
     sign = 1 if base.metric.direction == "maximize" else -1
     finals = [r["value"] for r in configs.values() if r["state"] == "complete"]
     if not finals:

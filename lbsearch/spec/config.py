@@ -90,7 +90,7 @@ class ScheduleConfig(_Strict):
     warmup_tokens: int | None = Field(None, ge=0)
     """Language models: warmup in tokens (sequences x ``data.max_length``); replaces the other two."""
     min_lr_ratio: float = Field(0.0, ge=0, lt=1)
-    """``linear`` / ``cosine``: decay to this fraction of the peak learning rate instead of to zero."""
+    """``linear`` / ``cosine``: decay to this fraction of the peak learning rate instead of to zero (its warmup starts from it too)."""
 
     @model_validator(mode="after")
     def _one_warmup(self) -> "ScheduleConfig":

@@ -21,10 +21,6 @@ from lbsearch.spec.config import CategoricalParam, PrunerConfig, SamplerConfig  
 
 LM = json.loads((BENCH / "results" / "search_table_lm.json").read_text())
 MINILM = json.loads((BENCH / "results" / "search_table.json").read_text())
-LM_SETS = {"train.budget_tokens": 32768, "train.eval_every_tokens": 4096, "data.eval_tokens": 2048, "train.noise_scale": False,
-           "train.budget_samples": 1600, "train.eval_every_samples": 400, "data.max_eval_samples": 400}
-LM_SPEC = BENCH.parent / "experiments" / "lm_tiny.yaml"
-MINILM_SETS = {"train.budget_samples": 1600, "train.eval_every_samples": 400, "data.max_eval_samples": 400, "launcher.max_micro_batch": 16}
 
 
 def space_of(table: dict) -> dict[str, CategoricalParam]:
@@ -51,7 +47,7 @@ def test_a_partial_table_trains_only_what_it_lacks_and_the_cell_comes_out_as_com
     threads = torch.get_num_threads()
     torch.set_num_threads(LM["configs"][missing]["threads"])
     try:
-        built = se.load_or_build(path, LM["settings"], False, LM_SPEC, LM_SETS, space)
+        built = se.load_or_build(path, LM["settings"], False, space)
     finally:
         torch.set_num_threads(threads)
     assert not built["partial"] and set(built["configs"]) == set(LM["configs"])
@@ -64,7 +60,7 @@ def test_a_partial_table_trains_only_what_it_lacks_and_the_cell_comes_out_as_com
 
 def test_a_diverged_configuration_ends_pruned_with_its_reason():
     diverged = next(r for r in MINILM["configs"].values() if r["state"] != "complete")
-    se.with_plans({"diverged": diverged}, se.SPEC, MINILM_SETS)
+    se.with_plans({"diverged": diverged}, MINILM["settings"])
     study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
     trial, spent = study.ask(), []
     with pytest.raises(optuna.TrialPruned):
@@ -75,8 +71,8 @@ def test_a_diverged_configuration_ends_pruned_with_its_reason():
 @pytest.mark.parametrize("name", ["grid", "default"])
 def test_a_replay_stops_at_its_first_trial_within_tolerance(name):
     space, configs = space_of(LM), LM["configs"]
-    base = se.experiment(LM_SPEC, LM_SETS)
-    se.with_plans(configs, LM_SPEC, LM_SETS)
+    base = se.configured(LM["settings"], {})
+    se.with_plans(configs, LM["settings"])
     best = min(r["value"] for r in configs.values() if r["state"] == "complete")
     search = se.searches((SamplerConfig(), PrunerConfig()))[name]
     runs = [se.replay(search, seed, configs, space, base, len(configs), best + 0.005) for seed in range(3)]

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from conftest import cli, journal_study, mlflow_client, run_cli
 
-from lbsearch.spec.batch_schedule import BatchSchedule
 from lbsearch.spec.registry import LR_SCALING
 
-STEPWISE = f"32 from step 1 (lr 0.001), 64 from step 11 (lr {1e-3 * 2 ** LR_SCALING[BatchSchedule().lr_scaling]:.3g})"
+STEPWISE = f"32 from step 1 (lr 0.001), 64 from step 11 (lr {1e-3 * 2 ** LR_SCALING['sqrt']:.3g})"  # B doubles at 320, lr by sqrt
 """tiny.yaml's B 32 for 10 steps (320 samples), then 64 (the default lr rule) to the budget of 960: 10 more steps."""
 
 
@@ -19,7 +18,7 @@ def _history(client, run_id: str, key: str) -> list[tuple[int, float]]:
 
 def test_a_study_searches_the_schedule_and_mlflow_shows_each_trial_s_b(tmp_path, specs):
     exp = specs / "tiny.yaml"
-    exp.write_text(exp.read_text().replace("clip_norm: 1.0}", "clip_norm: 1.0, batch_schedule: {at_samples: [320]}}"))
+    exp.write_text(exp.read_text().replace("clip_norm: 1.0}", "clip_norm: 1.0, batch_schedule: {at_samples: [320], factor: 2, lr_scaling: sqrt}}"))
     study = specs / "tiny_study.yaml"
     study.write_text(study.read_text().split("search_space:")[0].replace("n_trials: 3", "n_trials: 2") +
                      "search_space:\n  train.batch_schedule.kind: {type: categorical, choices: [constant, stepwise]}\n"
