@@ -79,6 +79,8 @@ def build_model(cfg: ModelConfig, task: str, label_names: list[str], vocab_size:
         raise SpecError(None, "model.pooling", f"{type(config).__name__} has no sequence-classification head in transformers: "
                         "set `pooling: mean` or `pooling: last`") from None
     if cfg.gradient_checkpointing:  # non-reentrant: works with frozen embeddings and under FSDP
+        if not model.supports_gradient_checkpointing:
+            raise SpecError(None, "model.gradient_checkpointing", f"{type(model).__name__} does not support it in transformers: set it to false")
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model = PooledClassifier(model, num_outputs, cfg.pooling) if cfg.pooling != "cls" else model
     if cfg.freeze_embeddings:

@@ -113,3 +113,10 @@ def test_predictions_read_as_the_task_reads_them():
     assert [m[0] for m in multi] == ["a,c", "-"]
     reg = _read_out(torch.tensor([[0.5], [-1.0]]), {0: "y"}, {"task": "regression", "labels": {"shift": 10.0, "scale": 2.0}})
     assert [r[1] for r in reg] == [11.0, 8.0]
+
+
+def test_gradient_checkpointing_on_a_family_without_it_is_a_spec_error_naming_the_field():
+    cfg = ModelConfig(source="random", model_type="albert", pooling="cls", gradient_checkpointing=True, config=TINY | {"embedding_size": 32})
+    with pytest.raises(SpecError, match="AlbertForSequenceClassification does not support it") as err:
+        build_model(cfg, "single_label", ["a", "b"], 30522, 0)
+    assert err.value.field == "model.gradient_checkpointing"
