@@ -44,7 +44,7 @@ NO_STANDBY = ("start every trial as a new process (default: where more than one 
 
 
 PARALLEL = ("run up to N trials at once on this host, each on its own devices: launcher.processes GPUs, or a disjoint set of CPU "
-            "cores with as many threads (default: the study's `parallel`, 1; docs/scale_out.md)")
+            "cores with as many threads (default: the study's `parallel`; docs/scale_out.md)")
 
 
 RAY = ("place each trial on the Ray cluster at ADDRESS (`auto`, HOST:6379, ray://HOST:10001) by the GPUs and CPUs it needs: "
@@ -170,20 +170,19 @@ class _named:
 
 
 def cmd_run(args) -> int:
-    from lbsearch.orchestrator import require_ray
-    from lbsearch.spec import ExecutorConfig, load_study, parse_set
+    from lbsearch.orchestrator import find_teacher, require_ray, run_study
+    from lbsearch.spec import load_study, parse_set
 
     cfg, exp_raw = load_study(args.study, parse_set(args.set))
     if args.ray:
-        cfg.executor = ExecutorConfig(kind="ray", address=args.ray)
+        cfg.executor = cfg.executor.model_copy(update={"kind": "ray", "address": args.ray})  # its per-process CPUs and GPUs kept
     if cfg.executor.kind == "ray":
         require_ray(args.study)  # exit 2 before anything starts
-    if (args.parallel or cfg.parallel) != 1:
-        return _run_parallel(args, cfg, exp_raw, args.parallel or cfg.parallel)
-    from lbsearch.orchestrator import find_teacher, run_study
-
     with _named(args.study):
         find_teacher(_session(args), cfg.experiment, "experiment.distill")  # a teacher that cannot be used: exit 2 before anything is created
+    if (args.parallel or cfg.parallel) != 1:
+        return _run_parallel(args, cfg, exp_raw, args.parallel or cfg.parallel)
+    with _named(args.study):
         return run_study(_session(args), cfg, exp_raw, spec_file=args.study.resolve(), max_trials=args.max_trials,
                          use_standby=args.standby)
 

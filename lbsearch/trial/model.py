@@ -175,12 +175,16 @@ def save_model(model: torch.nn.Module, folder: Path, label_names: list[str], cfg
 def load_model(folder: str | Path):
     """A kept model, in eval mode: ``AutoModelForSequenceClassification.from_pretrained(folder)``, or
     for a pooled head (``model.pooling: mean`` or ``last``) the bare model with its head. The label names are
-    ``model.config.id2label``."""
+    ``model.config.id2label``. Loading draws nothing from torch's generator (a pooled head's init would): a trial
+    that loads a teacher trains as one that does not."""
+    with torch.random.fork_rng(devices=[]):
+        return _load_model(Path(folder))
 
+
+def _load_model(folder: Path):
     from transformers import AutoModel, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
-    folder = Path(folder)
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
     if (folder / QUANTIZED_FILE).is_file():

@@ -31,7 +31,10 @@ WEIGHT = 0.5
 def studies(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("distill")
     root = cwd / "mlruns"
-    run_cli("run", str(SPECS / "tiny_study.yaml"), "--set", "n_trials=1", "--set", "pruner.name=none", cwd=cwd, check=True)
+    # the teacher, with a pooled head: loading it must draw nothing from a student trial's generator (the trial that caches
+    # its logits then trains as the one that reads them)
+    run_cli("run", str(SPECS / "tiny_study.yaml"), "--set", "n_trials=1", "--set", "pruner.name=none", "--set", "experiment.model.pooling=mean",
+            cwd=cwd, check=True)
     cfg, _ = load_study(STUDENT, {})
     s = open_study(Session(root=root), cfg)
     for t in TEMPERATURES:

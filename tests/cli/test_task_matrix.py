@@ -37,6 +37,8 @@ TASKS = {
                                   "label_column": "tomatometer", "label_scaling": "standard"}, "spearman"),
 }
 LABELS = {"labels_1_2": ["1", "2"], "pair": ["0", "1", "2"], "multi_label": ["fresh", "rotten"], "regression": ["tomatometer"]}
+LAUNCHER = {"processes": 1, "pack": True}
+"""What the assertions rely on: one process (a trial forked from the standby process, not `accelerate launch`), packing allowed."""
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +58,7 @@ def _write_spec(workdir: Path, task: str, family: str, **config) -> str:
             "data": data | {"max_length": 48, "max_train_samples": 128, "max_eval_samples": 48},
             "model": {"source": "random", "model_type": model_type, "pooling": pooling, "config": COMMON | extra | config},
             "optimizer": {"lr": 1e-3}, "train": {"batch_size": 32, "budget_samples": 64, "eval_every_samples": 64},
-            "launcher": {"precision": "no", "max_micro_batch": 32}, "metric": {"name": metric}}
+            "launcher": LAUNCHER | {"precision": "no", "max_micro_batch": 32}, "metric": {"name": metric}}
     (workdir / f"{name}.yaml").write_text(yaml.safe_dump(spec))
     return name
 

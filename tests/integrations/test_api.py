@@ -18,9 +18,9 @@ from lbsearch.study.access import trial_id
 from lbsearch.study.storage import open_storage
 
 EXP = {"kind": "script", "name": "t", "script": {"command": "train.py"}, "params": {"dropout": 0.1},
-       "train": {"batch_size": 32, "budget_samples": 960, "eval_every_samples": 320}, "optimizer": {"lr": 1e-3, "lr_scaling": "sqrt",
-       "reference_batch_size": 16}, "schedule": {"name": "linear", "warmup_fraction": 0.06},
-       "launcher": {"precision": "no", "max_micro_batch": 16}, "metric": {"name": "loss"}}
+       "train": {"batch_size": 32, "budget_samples": 960, "eval_every_samples": 320, "divergence_factor": 4.0},
+       "optimizer": {"lr": 1e-3, "lr_scaling": "sqrt", "reference_batch_size": 16}, "schedule": {"name": "linear", "warmup_fraction": 0.06},
+       "launcher": {"processes": 1, "precision": "no", "max_micro_batch": 16}, "metric": {"name": "loss"}}
 
 
 @pytest.fixture(autouse=True)
@@ -46,7 +46,7 @@ def _live(tmp_path, monkeypatch, pruner: str = "median", experiment: dict | None
     url = f"sqlite:///{tmp_path / 'optuna.db'}"
     study = optuna.create_study(study_name="s", storage=open_storage(url))
     t = study.ask()
-    ref = OptunaRef(storage=url, study_name="s", trial_id=trial_id(t), pruner=PrunerConfig(name=pruner, n_startup_trials=0).model_dump())
+    ref = OptunaRef(storage=url, study_name="s", trial_id=trial_id(t), pruner=PrunerConfig(name=pruner, n_startup_trials=0, n_warmup_samples=0).model_dump())
     spec = WorkerSpec(experiment=ScriptExperimentConfig.model_validate(experiment or EXP).model_dump(mode="json"), optuna=ref,
                       tracking=True, result=str(tmp_path / "result.json"))
     (tmp_path / "spec.json").write_text(spec.model_dump_json())

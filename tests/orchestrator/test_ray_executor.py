@@ -27,7 +27,8 @@ from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, TH
 ray_cluster = pytest.importorskip("ray.cluster_utils", reason="Ray is an optional extra: pip install lbsearch[ray] (scripts/install.sh installs it)")
 
 NODE = {"num_cpus": 2, "num_gpus": 2, "object_store_memory": 80 * 1024**2}
-GPU = ["--set=executor.gpus_per_process=1"]  # CPU training on nodes that declare GPUs: each process holds one
+# CPU training on nodes that declare GPUs: each process holds one GPU and one CPU (its 1 thread; a 2-process trial fits a node)
+GPU = ["--set=executor.gpus_per_process=1", "--set=executor.cpus_per_process=1"]
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +46,7 @@ def cluster():
 def _study(tmp: Path, name: str, space: str, extra: str = "") -> Path:
     path = tmp / f"{name}.yaml"
     path.write_text(f"name: {name}\nexperiment: {SPECS / 'tiny.yaml'}\nn_trials: 2\nsearch_space:\n{space}\nsampler: {{name: grid}}\n"
-                    f"pruner: {{name: none}}\nsave_model: none\n{extra}")
+                    f"pruner: {{name: none}}\nsave_model: none\nparallel: 1\n{extra}")  # one driver, unless --parallel says more
     return path
 
 
@@ -64,7 +65,7 @@ def _nothing_running(root: Path, study: str) -> None:
 
 
 def test_bundles_one_per_machine_and_a_cluster_too_small_is_said():
-    ray_ex = ExecutorConfig(kind="ray", address="auto")
+    ray_ex = ExecutorConfig(kind="ray", address="auto", cpus_per_process=1)
     assert bundles({"processes": 2}, ray_ex) == [{"CPU": 2, "GPU": 2}]
     assert bundles({"processes": 4, "num_machines": 2, "cpu": True}, ray_ex) == [{"CPU": 2}, {"CPU": 2}]
     assert bundles({"processes": 2, "num_machines": 2}, ExecutorConfig(kind="ray", cpus_per_process=4, gpus_per_process=0.5)) == [{"CPU": 4, "GPU": 0.5}] * 2
@@ -90,7 +91,7 @@ def test_without_ray_run_ray_is_a_one_line_error(tmp_path):
 
 def test_an_address_where_no_ray_cluster_answers_is_a_one_line_error(tmp_path):
     """Ray itself would retry such an address forever; nothing is written."""
-    proc = cli("run", str(SPECS / "tiny_study.yaml"), "--ray", "127.0.0.1:1", cwd=tmp_path)
+    proc = cli("run", str(SPECS / "tiny_study.yaml"), "--ray", "127.0.0.1:1", "--parallel", "1", cwd=tmp_path)  # one driver: its one error line
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {SPECS / 'tiny_study.yaml'}: executor.address: no Ray cluster answers at "
                                                 "127.0.0.1:1: Connection refused"]

@@ -150,7 +150,7 @@ def main(args: list[str]) -> int:
         print("\n".join(f"{module}.{name}: {getattr(importlib.import_module(module), name)!r} -> {value!r}" for name, value in values.items()))
     if args[:1] == ["--table"]:
         return 0
-    here = str(Path(__file__).parent)
+    here = str(Path(__file__).resolve().parent)  # absolute: the CLI runs the tests start have other working folders
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
     print(f"{len(table)} defaults and {sum(map(len, CONSTANTS.values()))} constants shifted; the suite runs without the tests marked `default`", flush=True)
     return subprocess.call(["bash", "scripts/test.sh", "-m", "not default", *args], cwd=ROOT, env=env)
