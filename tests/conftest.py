@@ -29,6 +29,21 @@ from lbsearch.tracking import ROLE
 SPECS = Path(__file__).parent / "specs"
 LBSEARCH = [sys.executable, "-m", "lbsearch.cli"]
 
+SETTLED = {"data": {"validation_fraction": 0.1, "test_fraction": 0.15, "split_seed": 0, "mlm_probability": 0.15},
+           "model": {"freeze_embeddings": False, "gradient_checkpointing": False},
+           "optimizer": {"name": "adamw", "lr_scaling": "none", "reference_batch_size": 32, "weight_decay": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8,
+                         "fused": True},
+           "train": {"clip_norm": 1.0, "divergence_factor": 4.0, "log_every_steps": 10, "noise_scale": True, "noise_scale_every": 4, "noise_scale_ema": 0.9,
+                     "checkpoint_on_stop": True},
+           "launcher": {"processes": 1, "pack": True}}
+"""The settings a test experiment's numbers and messages depend on, named rather than left to the defaults (tests/specs/tiny.yaml
+names the same; tests/shifted/shift.py shifts every default): ``settled`` fills them in where an experiment leaves them out."""
+
+
+def settled(exp: dict) -> dict:
+    """``exp`` (an experiment as a dict) with ``SETTLED`` under each section it sets itself."""
+    return exp | {k: v | exp.get(k, {}) for k, v in SETTLED.items()}
+
 
 _SHARED_CACHE: list[Path] = []  # this test session's folder of prepared cache entries (all xdist workers share it)
 _SHARED_KINDS = ("data-*", "peak-*.json")  # never probe-*: whether a probe ran is what some tests check

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import journal_study, mlflow_client, run_cli
+from conftest import journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
 L = 32
@@ -22,12 +22,12 @@ MODELS = {
 
 
 def _experiment(task: str, name: str) -> dict:
-    return {"name": name, "task": task, "seed": 0,
+    return settled({"name": name, "task": task, "seed": 0,
             "data": {"source": "speeches", "max_length": L, "tokenizer_vocab": 512, "max_train_samples": 120, "max_eval_samples": 20},
             "model": MODELS[task], "optimizer": {"lr": 3e-3, "decay_embeddings": False},
             "schedule": {"name": "cosine", "warmup_tokens": 256, "min_lr_ratio": 0.1},
             "train": {"batch_size": 16, "budget_tokens": 16 * L * 12, "eval_every_tokens": 16 * L * 4},
-            "launcher": {"precision": "no", "max_micro_batch": 8}, "metric": {"target": 100.0}}
+            "launcher": {"precision": "no", "max_micro_batch": 8}, "metric": {"target": 100.0}})
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +63,7 @@ def test_language_model_trains_in_tokens(task, tmp_path, env):
 
 def test_language_model_study_prunes_at_tokens_and_reproduces(tmp_path, env):
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(_experiment("causal_lm", "lm")))
-    study = {"name": "lm-study", "experiment": "lm.yaml", "n_trials": 3,
+    study = {"name": "lm-study", "experiment": "lm.yaml", "n_trials": 3, "parallel": 1,
              "search_space": {"train.batch_size": {"type": "categorical", "choices": [8, 16]},
                               "optimizer.lr": {"type": "float", "low": 1e-5, "high": 1e-2, "log": True}},
              "sampler": {"name": "random", "seed": 0}, "pruner": {"name": "median", "n_startup_trials": 1}}

@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 import yaml
-from conftest import cli, journal_study, mlflow_client, run_cli
+from conftest import cli, journal_study, mlflow_client, run_cli, settled
 
 from lbsearch.science import REPORT_HTML
 from lbsearch.science.lm_report import N_RESAMPLES
@@ -28,15 +28,15 @@ def _fit(batch_sizes, steps) -> tuple[float, float]:
 
 
 def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
-    exp = {"name": "lm", "task": "causal_lm", "seed": 0,
+    exp = settled({"name": "lm", "task": "causal_lm", "seed": 0,
            "data": {"source": "speeches", "max_length": L, "tokenizer_vocab": 512, "max_train_samples": 400, "max_eval_samples": 8,
                     "eval_tokens": 16 * L},
            "model": {"source": "random", "model_type": "gpt2", "config": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": L}},
            "optimizer": {"lr": 3e-3, "decay_embeddings": False, "lr_scaling": "sqrt", "reference_batch_size": 8},
            "schedule": {"name": "cosine", "warmup_tokens": 4 * L, "min_lr_ratio": 0.1},
            "train": {"batch_size": 8, "budget_tokens": 16 * L * 8, "eval_every_tokens": 4 * L},
-           "launcher": {"precision": "no", "max_micro_batch": 2}, "metric": {"name": "loss", "target": 5.7}}
-    study = {"name": "lm-ladder", "experiment": "lm.yaml", "n_trials": 6, "sampler": {"name": "grid", "seed": 0}, "pruner": {"name": "none"}, "save_model": "none",
+           "launcher": {"precision": "no", "max_micro_batch": 2}, "metric": {"name": "loss", "target": 5.7}})
+    study = {"name": "lm-ladder", "experiment": "lm.yaml", "n_trials": 6, "parallel": 1, "sampler": {"name": "grid", "seed": 0}, "pruner": {"name": "none"}, "save_model": "none",
              "search_space": {"train.batch_size": {"type": "categorical", "choices": [4, 8, 16]},
                               "optimizer.lr": {"type": "categorical", "choices": [3e-3, 1e-2]}}}
     (tmp_path / "lm.yaml").write_text(yaml.safe_dump(exp))

@@ -114,10 +114,12 @@ experiment:
   kind: script
   name: s
   script: {{command: train.py, params_as: {params_as}, values: [{values}]{extra}}}
+  optimizer: {{lr_scaling: none}}
   train: {{batch_size: 16, budget_samples: 64, eval_every_samples: 16}}
-  launcher: {{precision: "no", max_micro_batch: 16}}
+  launcher: {{processes: 1, precision: "no", max_micro_batch: 16}}
   metric: {{name: score}}
 n_trials: {n_trials}
+parallel: 1
 search_space:
   optimizer.lr: {{type: float, low: 1.0e-3, high: 1.0, log: true}}
 sampler: {{name: random, seed: 0}}
@@ -207,7 +209,7 @@ trial.finish()
 
 def test_every_rank_gets_the_same_stop_decision(tmp_path):
     spec = _study(tmp_path, RANKS, params_as="json", n_trials=2)
-    spec.write_text(spec.read_text().replace("max_micro_batch: 16}", "max_micro_batch: 8, processes: 2}")
+    spec.write_text(spec.read_text().replace("processes: 1, precision: \"no\", max_micro_batch: 16}", "processes: 2, precision: \"no\", max_micro_batch: 8}")
                     .replace("n_startup_trials: 0", "n_startup_trials: 1"))
     cfg, _ = load_study(spec)
     study = open_study(Session(root=tmp_path / "mlruns"), cfg)

@@ -11,7 +11,7 @@ import pytest
 from conftest import cli, journal_study, run_cli, start_cli, wait_for
 from optuna.trial import TrialState
 
-NO_PRUNING = ("pruner: {name: median, n_startup_trials: 1}", "pruner: {name: none}")  # every trial trains its 960 samples
+NO_PRUNING = ("pruner: {name: median, n_startup_trials: 1, n_warmup_samples: 0, protect_warmup: false}", "pruner: {name: none}")  # every trial trains its 960 samples
 
 
 def _spec(specs, budget: str, n_trials: int):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import cli, journal_study, mlflow_client, run_cli
+from conftest import cli, journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
 from lbsearch.science import CBS_HTML
@@ -22,7 +22,7 @@ from lbsearch.tracking.tags import STUDY
 
 L, B = 32, 8
 STEPS = 16
-EXPERIMENT = {
+EXPERIMENT = settled({
     "name": "cbs-ref", "task": "causal_lm", "seed": 0,
     "data": {"source": "speeches", "max_length": L, "tokenizer_vocab": 512, "max_train_samples": 200, "max_eval_samples": 16},
     "model": {"source": "random", "model_type": "gpt2", "config": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": L}},
@@ -31,7 +31,7 @@ EXPERIMENT = {
     "train": {"batch_size": B, "budget_tokens": STEPS * B * L, "eval_every_tokens": B * L, "log_every_steps": 1},
     "launcher": {"precision": "no", "max_micro_batch": 4},  # accumulation 2: B_simple is measured
     "branching": {"keep_at": [0.1875, 0.5]},  # steps 3 and 8
-}
+})
 DELTA = 4 * B * L  # 4 steps at k = 1, 2 at k = 2
 
 
@@ -44,7 +44,7 @@ def env() -> dict[str, str]:
 def branched(tmp_path_factory, env) -> Path:
     """The reference study (one trial) and its branch study, run once for the module."""
     root = tmp_path_factory.mktemp("branch")
-    (root / "ref.yaml").write_text(yaml.safe_dump({"name": "cbs-ref", "experiment": EXPERIMENT, "n_trials": 1, "pruner": {"name": "none"}}))
+    (root / "ref.yaml").write_text(yaml.safe_dump({"name": "cbs-ref", "experiment": EXPERIMENT, "n_trials": 1, "parallel": 1, "pruner": {"name": "none"}}))
     run_cli("run", "ref.yaml", cwd=root, check=True, env=env)
     proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05",
                    "--b-crit", "600", "--parallel", "1", cwd=root, check=True, env=env)  # serial: the baseline of the --parallel test

@@ -10,11 +10,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import shift
 
 from lbsearch.spec import ExperimentConfig, StudyConfig
 
 HERE = Path(__file__).parent
+pytestmark = pytest.mark.default  # they compare the shifted values with the plain defaults: left out of the shifted run itself
 
 _DUMP = """
 import importlib
