@@ -11,7 +11,7 @@ for the default cadence and for every step.
 
 Most of the cost is not in those calls but in the micro-batch layout of a measured step: its head
 (a random subset) and the rest are length-sorted apart, which pads more than sorting the whole step.
-The every-step runs show that cost in full; measuring every 4th step (the default) divides it by 4.
+The every-step runs show that cost in full; measuring every n-th step (``train.noise_scale_every``'s default, recorded in the JSON) divides it by n.
 
     python benchmarks/noise_scale.py        # 5 rounds of three ~8 s runs, MiniLM 2-layer, B=64 (16 x 4): ~3 min on 2 cores
 """

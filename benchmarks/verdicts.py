@@ -88,7 +88,7 @@ def tracking(name: str) -> list[dict[str, Any]]:
 def noise_scale(name: str) -> list[dict[str, Any]]:
     d, n = load(name), "noise_scale"
     return [ratio_entry(name, f"samples/s, estimator on / off, {label}", runs(d, f"{n}.samples_per_s_{mode}"), runs(d, f"{n}.samples_per_s_off"), 0.95)
-            for mode, label in (("on", "every 4th step (the default)"), ("every_step", "every step"))]
+            for mode, label in (("on", f"every {d[f'{n}.every']}-th step"), ("every_step", "every step"))]
 
 
 def quickstart(name: str, same_config: list[str]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ ratio of the averages. One process without accumulation sees a single batch size
 
 Under accumulation, keeping the head a random subset costs padding (the head and the rest are
 length-sorted apart, not the step as a whole): ~12% of step time at B = 16 x 4 on CPU. So the
-monitor measures every ``every``-th optimizer step only (``train.noise_scale_every``, default 4),
+monitor measures every ``every``-th optimizer step only (``train.noise_scale_every``),
 and only those steps take the head layout (``head_for_step``); the others are sorted whole.
 """
 
