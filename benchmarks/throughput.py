@@ -9,7 +9,7 @@ ratios (each repeat's lbsearch run over the bare run beside it) and on every rep
 The variants:
 
 - ``bare``: the bare loop with the micro-batches the trial uses: packed where the trial packs them
-  (``launcher.pack``, on by default for a classifier with a pooled head), else padded. It does the very
+  (``launcher.pack``, for a classifier with a pooled head), else padded. It does the very
   computation of the lbsearch loop: their per-step losses are compared
   (``throughput.max_loss_diff_lbsearch_vs_bare``) and the run fails above float noise (``LOSS_TOLERANCE``);
 - ``lbsearch``: the trial loop, as the spec configures it (e.g. with its gradient-noise-scale monitor,

@@ -38,7 +38,7 @@ PERMANENT = frozenset({"INVALID_PARAMETER_VALUE", "RESOURCE_DOES_NOT_EXIST", "RE
 
 
 def outage_limit() -> float:
-    """Seconds a trial trains on while MLflow is unreachable (``LBSEARCH_TRACKING_OUTAGE_S``, default 900)."""
+    """Seconds a trial trains on while MLflow is unreachable (``LBSEARCH_TRACKING_OUTAGE_S``, else ``OUTAGE_DEFAULT_S``)."""
     raw = os.environ.get(OUTAGE_ENV, "").strip()
     try:
         return max(0.0, float(raw)) if raw else OUTAGE_DEFAULT_S

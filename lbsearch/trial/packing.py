@@ -160,7 +160,10 @@ def packing_offset(trial, model: torch.nn.Module, pooled: bool) -> int | None:
     """Where packed positions start if ``trial``'s micro-batches are packed (``launcher.pack``, a classifier with
     the pooled head (``pooled``), nothing in ``unsupported``, and ``check`` passed on short training samples on
     every rank), else None. Tagged ``lbsearch.packing``: ``on`` or ``off: why``."""
-    if not trial.exp.launcher.pack or trial.lm:
+    if trial.lm:
+        return None
+    if not trial.exp.launcher.pack:
+        trial.rep.tags({PACKING: "off: launcher.pack is false"})
         return None
     width = trial.exp.data.max_length
     why = "pooling cls: the architecture's own head" if not pooled else unsupported(model.config, width)

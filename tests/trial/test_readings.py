@@ -19,7 +19,8 @@ import yaml
 from conftest import SPECS, _harvest, _seed, in_process_trial
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import DIVERGED_REASON, ExperimentConfig
+from lbsearch.spec import DIVERGED_REASON, PACKING, ExperimentConfig
+from lbsearch.spec.protocol import parse_message
 from lbsearch.trial.readings import CONTINUE, DIVERGED
 from lbsearch.trial.worker import Trial
 
@@ -120,6 +121,13 @@ def test_a_padded_classifier_reads_nothing_of_its_own(data):
     for step in (2, 3, 4, 6, 7):
         assert all("transformers/masking_utils.py" in where for where in reads.by_step[step]), reads.by_step[step]
         assert sum(reads.by_step[step].values()) <= trial.plan.accumulation
+
+
+def test_a_classifier_with_packing_turned_off_says_so_in_its_tag(data, capsys):
+    capsys.readouterr()
+    in_process_trial(data["tiny"], _experiment(SPECS / "tiny.yaml", model__pooling="mean", launcher__pack=False))  # tracked: tags printed
+    tags = [m[1] for m in map(parse_message, capsys.readouterr().out.splitlines()) if m and m[0] == "tags"]
+    assert {PACKING: "off: launcher.pack is false"} in tags, tags
 
 
 def _rows(trial: Trial, steps: int) -> tuple[list[tuple], int, int, dict]:
