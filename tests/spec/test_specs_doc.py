@@ -72,14 +72,15 @@ def _experiment_rows() -> list[tuple[type[BaseModel], str, str | None, str]]:
 
 
 def _study_rows() -> list[tuple[type[BaseModel], str, str | None, str]]:
-    """A study field, and for `sampler` and `pruner` their own fields in the meaning cell (the default is the
-    first thing in the parentheses: `patience` (2, patient) says 2)."""
+    """A study field, and for a section (`sampler`, `pruner`, `warm_start`, ...) its own fields in the meaning cell (the default
+    is the first thing in the parentheses: `patience` (2, patient) says 2)."""
     out = []
     for field, meaning, *_ in _table("Study fields"):
         (name, default), = _documented(field)[:1]
         out.append((StudyConfig, name, default, field))
-        if name in ("sampler", "pruner"):
-            model = StudyConfig.model_fields[name].annotation
+        model = next((a for a in (StudyConfig.model_fields[name].annotation, *get_args(StudyConfig.model_fields[name].annotation))
+                      if isinstance(a, type) and issubclass(a, BaseModel)), None) if name in StudyConfig.model_fields else None
+        if model is not None:  # a section (`sampler`, `pruner`, `warm_start`, ...): its own fields' defaults in the meaning cell
             out += [(model, sub, None if d is None else d.split(",")[0], f"{name} | {sub}")
                     for sub, d in _documented(meaning) if d is not None and sub in model.model_fields or sub == "name"]
     return out
