@@ -12,7 +12,7 @@ here, on PYTHONPATH)::
     .venv/bin/python tests/shifted/shift.py tests/spec # pytest's arguments: a part of the suite
 
 Tests marked ``default`` check a default itself (docs/specs.md's rows against the models) and are left out.
-A few fields are not shifted (``KEPT``, each with its reason)."""
+A few fields are not shifted (``KEPT``, each with its reason). CI runs it after the suite (.ci/run)."""
 
 from __future__ import annotations
 
