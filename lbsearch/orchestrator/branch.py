@@ -88,8 +88,8 @@ def _points_folder(trials_dir: Path, trials: list, number: int) -> Path | None:
         return None
     mine = found[0]
     for other in found[1:]:  # an earlier run of the same lineage: its points, not already kept by a later one
-        for p in other.iterdir():
-            if p.name.startswith("step-") and not (mine / p.name).exists():
+        for p in kept_points(other).values():  # whole checkpoints only, found by their prefix (spec.workdir.PREFIX)
+            if not (mine / p.name).exists():
                 shutil.copytree(p, mine / p.name, copy_function=os.link)
     return mine
 

@@ -37,7 +37,7 @@ def head_for_step(step: int, processes: int, accumulation: int, every: int) -> i
 class NoiseScale:
     """EMAs of the unbiased |G|² and tr(Σ) estimates, and their ratio B_simple."""
 
-    def __init__(self, beta: float = 0.9) -> None:
+    def __init__(self, beta: float) -> None:
         self.beta = beta
         self.n = 0
         self._g2 = self._trace = 0.0
@@ -89,7 +89,7 @@ class GradientNoiseMonitor:
     A monitor built with ``enabled=False`` (or that has nothing to measure) does nothing.
     """
 
-    def __init__(self, accelerator, model: torch.nn.Module, batch_size: int, micro_batch: int, accumulation: int, beta: float = 0.9,
+    def __init__(self, accelerator, model: torch.nn.Module, batch_size: int, micro_batch: int, accumulation: int, beta: float,
                  every: int = 1, enabled: bool = True) -> None:
         self.acc = accelerator
         self.every = every
