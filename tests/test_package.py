@@ -49,7 +49,7 @@ FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "REPRODUCE_SH": story, "
 
 
 def test_tag_names_retried_reasons_and_file_names_are_written_only_where_their_constant_is():
-    """Every ``lbsearch.*`` tag name, every reason a trial is re-run for and every file name lbsearch writes is spelled once:
+    """Every ``lbsearch.*`` tag name, every reason a trial is re-run for, every file name lbsearch writes and a checkpoint folder's prefix are spelled once:
     code, tests and benchmarks import the constant (a rename is one edit; a copy written out by hand would silently stop matching)."""
     facts = {getattr(tags, n): n for n in tags.__all__ if isinstance(getattr(tags, n), str) and getattr(tags, n).startswith("lbsearch.")}
     facts |= {getattr(outcome, n): n for n in ("WORKER_DIED", "INTERRUPTED", "TRACKING_LOST")}
@@ -59,7 +59,17 @@ def test_tag_names_retried_reasons_and_file_names_are_written_only_where_their_c
     homes = {Path(m.__file__) for m in (tags, protocol, outcome, *FILE_NAMES.values())}
     root = PACKAGE.parent
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
-    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value!r} (use {facts.get(n.value) or ' or '.join(files[n.value.rsplit('/', 1)[-1]])})"
+    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value!r} (use {_constant_for(n.value, facts, files)})"
               for p in paths for n in ast.walk(ast.parse(p.read_text()))
-              if isinstance(n, ast.Constant) and isinstance(n.value, str) and (n.value in facts or n.value.rsplit("/", 1)[-1] in files)]
+              if isinstance(n, ast.Constant) and isinstance(n.value, str) and _constant_for(n.value, facts, files)]
     assert not copies, "\n".join(copies)
+
+
+def _constant_for(text: str, facts: dict, files: dict) -> str:
+    """The constant a string literal should have imported, or '' (a checkpoint folder's name: ``workdir.PREFIX``, or
+    ``checkpoint_name(step)``, so that a path part ``step-00000005`` or a glob ``step-*`` follows a rename too; prose that
+    describes the layout, a string with a space, may name it)."""
+    last = text.rsplit("/", 1)[-1]
+    if not any(c.isspace() for c in text) and any(part.startswith((workdir.PREFIX, ".tmp-" + workdir.PREFIX)) for part in text.split("/")):
+        return "PREFIX or checkpoint_name"
+    return facts.get(text) or " or ".join(files.get(last, []))

@@ -41,7 +41,7 @@ class ModelConfig(_Strict):
     num_layers: int | None = Field(None, ge=1)
     """Keep only the first k transformer layers (pretrained weights are kept for those); mapped to each family's own field (``n_layers``, ``n_layer``, ...)."""
     tokenizer: str | None = None
-    """Tokenizer source; defaults to ``source`` (and to ``minilm-l6`` for ``random``)."""
+    """Tokenizer source; unset: ``source``'s (the builtin model's, ``BUILTIN_MODELS[0]``, for ``random``)."""
     model_type: str = "bert"
     pooling: Literal["cls", "mean", "last"] = "cls"
     """``cls``: the architecture's own sequence-classification head (a decoder's pools its last token); ``mean`` / ``last``: a linear

@@ -1,4 +1,4 @@
-"""Where a study's trials run: ``executor: {kind: local}`` (this host, the default) or ``{kind: ray, address: ...}``
+"""Where a study's trials run: ``executor: {kind: local}`` (this host) or ``{kind: ray, address: ...}``
 (each trial placed on a Ray cluster by the resources it asks for, ``lbsearch.orchestrator.ray_executor``), and
 what a trial asks Ray for: one bundle of GPUs and CPUs per machine it spans."""
 
@@ -34,7 +34,7 @@ class WithExecutor(BaseModel):
     """The study's field ``executor`` (``StudyConfig`` takes it from here)."""
 
     executor: ExecutorConfig = Field(default_factory=ExecutorConfig)
-    """Where trials run: this host (``kind: local``, the default) or a Ray cluster (``kind: ray``; docs/scale_out.md)."""
+    """Where trials run: this host (``kind: local``) or a Ray cluster (``kind: ray``; docs/scale_out.md)."""
 
 
 def bundles(launcher: dict[str, Any], executor: ExecutorConfig) -> list[dict[str, float]]:

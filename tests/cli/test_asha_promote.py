@@ -13,7 +13,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import PAUSED
+from lbsearch.spec import FOLDER, PAUSED, PREFIX, checkpoint_name
 from lbsearch.study import spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
@@ -46,7 +46,7 @@ def study(tmp_path_factory):
     rest = proc.communicate(timeout=120)[0]
     left = {"code": proc.returncode, "out": "".join(seen) + rest, "table": cli("status", "tiny-study", cwd=cwd, check=True).stdout,
             "trials": journal_study(root, "tiny-study").get_trials(), "runs": {r.data.tags.get(TRIAL): r for r in runs_of(root, "tiny-study", "trial")},
-            "checkpoints": sorted(p.name for p in root.glob("trials/tiny-study/0000-*/checkpoints/step-*"))}
+            "checkpoints": sorted(p.name for p in root.glob(f"trials/tiny-study/0000-*/{FOLDER}/{PREFIX}*"))}
     _nothing_running(root, "tiny-study", left["out"])
     again = run_cli("run", spec, *PROMOTE, cwd=cwd, check=True)
     run_cli("run", spec, *SETS, "--set=name=through", "--set=pruner.name=none", cwd=cwd, check=True)
@@ -65,7 +65,7 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in (STATE, REASON, RUNG, RUNG_SAMPLES)} == {
         STATE: "paused", REASON: PAUSED, RUNG: "0", RUNG_SAMPLES: "160"}
-    assert left["checkpoints"] == ["step-00000005"]  # kept for its promotion
+    assert left["checkpoints"] == [checkpoint_name(5)]  # kept for its promotion
 
 
 def _root(t, by_number):

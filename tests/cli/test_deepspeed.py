@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'lbsearch[deepspeed]')")
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
-from lbsearch.spec import FOLDER, INTERRUPTED, latest
+from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, latest
 from lbsearch.tracking import NOISE_SCALE
 
 DS = SPECS.parents[1] / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -62,7 +62,7 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     assert len(list((ckpt / "pytorch_model").glob("*zero_pp_rank_*optim_states.pt"))) == 2  # each rank's optimizer partition
 
     again = run_cli("run", spec, *SETS, f"--set=experiment.launcher.accelerate_config={DS}", cwd=tmp_path, check=True).stdout
-    assert not list(root.glob("trials/*/*/checkpoints/step-*"))  # a finished trial leaves no checkpoint
+    assert not list(root.glob(f"trials/*/*/{FOLDER}/{PREFIX}*"))  # a finished trial leaves no checkpoint
     trial, run, curves, weights = _trial(root, 1)
     base_trial, _, base, base_weights = ddp
     resumed = trial.user_attrs["resumed_from_step"]

@@ -12,6 +12,7 @@ import time
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
+from lbsearch.spec import PREFIX
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -135,4 +136,4 @@ def test_a_checkpoint_one_rank_cannot_write_costs_only_itself_over_two_processes
     assert "checkpoint at step 30 (960 samples)" in out
     (trial,) = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert trial.state == TrialState.COMPLETE and trial.user_attrs["steps"] == 40
-    assert not list((tmp_path / "mlruns").rglob(".tmp-step-*")) and not worker_pids(tmp_path)
+    assert not list((tmp_path / "mlruns").rglob(f".tmp-{PREFIX}*")) and not worker_pids(tmp_path)

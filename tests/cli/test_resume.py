@@ -14,7 +14,7 @@ import pytest
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from lbsearch.spec import INTERRUPTED, WORKER_DIED
+from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, WORKER_DIED, checkpoint_name
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, RESUMED_FROM_TRIAL, RETRY_OF
 
 # B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
@@ -78,7 +78,7 @@ def test_sigkilled_trial_resumes_from_its_second_checkpoint_exactly(tmp_path, sp
     proc.wait(timeout=10)
     root = tmp_path / "mlruns"
     assert journal_study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
-    assert list(root.glob("trials/tiny-study/0000-*/checkpoints/step-*"))
+    assert list(root.glob(f"trials/tiny-study/0000-*/{FOLDER}/{PREFIX}*"))
     again = run_cli("run", spec, *SETS, EVERY_320, cwd=tmp_path, check=True)
     trials = journal_study(root, "tiny-study").get_trials()
     assert trials[0].user_attrs["reason"] == WORKER_DIED
@@ -113,10 +113,10 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, spe
     root = tmp_path / "mlruns"
     trials = journal_study(root, "tiny-study").get_trials()
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == INTERRUPTED
-    (ckpt,) = root.glob("trials/tiny-study/0000-*/checkpoints/step-*")
+    (ckpt,) = root.glob(f"trials/tiny-study/0000-*/{FOLDER}/{PREFIX}*")
     again = run_cli("run", spec, *SETS, cwd=tmp_path, check=True)
     step = _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
-    assert ckpt.name == f"step-{step:08d}"
+    assert ckpt.name == checkpoint_name(step)
 
 
 def test_time_based_checkpoints_and_a_train_run_leaves_none(tmp_path):
@@ -137,4 +137,4 @@ def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, uninter
     base_trial, _, base = uninterrupted
     assert trial.state == TrialState.COMPLETE and trial.value == base_trial.value
     assert hist["train/loss"] == base["train/loss"]
-    assert not list((tmp_path / "mlruns").rglob(".tmp-step-*"))
+    assert not list((tmp_path / "mlruns").rglob(f".tmp-{PREFIX}*"))

@@ -16,7 +16,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
 from lbsearch.science import CBS_HTML
-from lbsearch.spec import INFO
+from lbsearch.spec import INFO, checkpoint_name
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
 
@@ -63,8 +63,8 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
 def test_reference_keeps_its_branch_points(branched):
     (folder,) = (branched / "mlruns" / "trials" / "cbs-ref").glob("0000-*")
     kept = sorted(p.name for p in (folder / "branch_points").iterdir())
-    assert kept == ["step-00000003", "step-00000008"]
-    assert json.loads((folder / "branch_points" / "step-00000003" / INFO).read_text())["samples"] == 3 * B
+    assert kept == [checkpoint_name(3), checkpoint_name(8)]
+    assert json.loads((folder / "branch_points" / checkpoint_name(3) / INFO).read_text())["samples"] == 3 * B
     assert not (folder / "checkpoints").exists() or not list((folder / "checkpoints").iterdir())  # a finished trial's own are gone
 
 

@@ -11,12 +11,12 @@ import pytest
 
 from lbsearch.spec.config import ExperimentConfig, SpecError
 from lbsearch.spec.load import validate_experiment
-from lbsearch.spec.workdir import FOLDER, INFO, KEEP_CHECKPOINTS, adopt, discard, fingerprint, latest, superseded
+from lbsearch.spec.workdir import FOLDER, INFO, KEEP_CHECKPOINTS, adopt, checkpoint_name, discard, fingerprint, latest, superseded
 from lbsearch.trial.checkpoint import StopSignal
 
 
 def _write(folder, step, whole=True):
-    d = folder / f"step-{step:08d}"
+    d = folder / checkpoint_name(step)
     d.mkdir(parents=True)
     if whole:
         (d / INFO).write_text(json.dumps({"step": step, "samples": 32 * step, "result": {"evals": []}}))
@@ -28,17 +28,17 @@ def test_the_newest_whole_checkpoint_counts(tmp_path):
     _write(tmp_path, 10)
     _write(tmp_path, 20)
     _write(tmp_path, 30, whole=False)  # killed while writing (a rename makes a folder whole; this one never was)
-    (tmp_path / ".tmp-step-00000040").mkdir()
-    assert latest(tmp_path).name == "step-00000020"
+    (tmp_path / checkpoint_name(40, tmp=True)).mkdir()
+    assert latest(tmp_path).name == checkpoint_name(20)
 
 
 def test_a_new_whole_checkpoint_supersedes_all_but_the_newest_kept(tmp_path):
     assert superseded(tmp_path / "none") == []
     for step in (5, 10, 120):
         _write(tmp_path, step)
-    (tmp_path / ".tmp-step-00000130").mkdir()  # one being written is never deleted by a writer of another
+    (tmp_path / checkpoint_name(130, tmp=True)).mkdir()  # one being written is never deleted by a writer of another
     names = [p.name for p in superseded(tmp_path)]
-    assert names == ["step-00000005", "step-00000010", "step-00000120"][:3 - KEEP_CHECKPOINTS]
+    assert names == [checkpoint_name(5), checkpoint_name(10), checkpoint_name(120)][:3 - KEEP_CHECKPOINTS]
     assert latest(tmp_path).name not in names
 
 
@@ -49,7 +49,7 @@ def test_a_retry_takes_over_the_checkpoints_of_the_trial_it_reruns(tmp_path):
     new = trials / "0007-ffffff"
     assert adopt(trials, None, new) is None and adopt(trials, 13, new) is None
     info = adopt(trials, 3, new)
-    assert info["step"] == 20 and latest(new / FOLDER).name == "step-00000020"
+    assert info["step"] == 20 and latest(new / FOLDER).name == checkpoint_name(20)
     assert not (trials / "0003-abc123" / FOLDER).exists()  # moved, not copied: one lineage, one folder
     assert adopt(trials, 7, trials / "0009-000000")["step"] == 20  # a retry of the retry finds it in turn
     discard(trials / "0009-000000")
@@ -89,15 +89,15 @@ def test_a_checkpoint_is_fsynced_file_by_file_before_its_rename_and_its_parent_a
     """A checkpoint folder is whole after a power loss too, not only after a killed process."""
     from lbsearch.trial import checkpoint
 
-    tmp = tmp_path / ".tmp-step-00000010"
+    tmp = tmp_path / checkpoint_name(10, tmp=True)
     (tmp / "sub").mkdir(parents=True)
     for name in ("model.safetensors", "sub/optimizer.bin", INFO):
         (tmp / name).write_text(name)
     synced = []
     real = checkpoint._fsync
     monkeypatch.setattr(checkpoint, "_fsync", lambda p: (synced.append((p, p.exists())), real(p)))
-    checkpoint.durable_rename(tmp, tmp_path / "step-00000010")
-    assert (tmp_path / "step-00000010" / "sub" / "optimizer.bin").is_file() and not tmp.exists()
+    checkpoint.durable_rename(tmp, tmp_path / checkpoint_name(10))
+    assert (tmp_path / checkpoint_name(10) / "sub" / "optimizer.bin").is_file() and not tmp.exists()
     before = {p for p, existed in synced[:-1] if existed}
     assert before == {tmp / "model.safetensors", tmp / "sub" / "optimizer.bin", tmp / INFO, tmp / "sub", tmp}
     assert synced[-1] == (tmp_path, True)  # the rename itself, in the parent folder

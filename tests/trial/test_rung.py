@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import SPECS, prepare_once, worker_spec
 
-from lbsearch.spec import PAUSED, ExperimentConfig, latest
+from lbsearch.spec import PAUSED, ExperimentConfig, checkpoint_name, latest
 from lbsearch.spec.workdir import INFO
 from lbsearch.trial.worker import train
 
@@ -39,7 +39,7 @@ def test_a_trial_pauses_at_its_rung_with_a_checkpoint_of_that_step(prepared, tmp
     result = train(_spec(prepared, tmp_path / "checkpoints", 100), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert (result.state, result.reason, result.steps, result.samples) == ("pruned", PAUSED, 5, 160)  # the first evaluation at or past 100
     found = latest(tmp_path / "checkpoints")
-    assert found is not None and found.name == "step-00000005"
+    assert found is not None and found.name == checkpoint_name(5)
     assert json.loads((found / INFO).read_text())["step"] == 5
     assert "paused at step 5 (160 samples), its rung (100 samples)" in lines
     assert [e["nominal_samples"] for e in result.evals] == [160]
