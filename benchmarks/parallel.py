@@ -30,7 +30,7 @@ GOAL = 0.75
 
 
 def run_study(name: str, sets: list[str], root: Path, parallel: int) -> dict[str, Any]:
-    args = [f"--set=name={name}"] + [f"--set={s}" for s in sets] + (["--parallel", str(parallel)] if parallel > 1 else [])
+    args = [f"--set=name={name}"] + [f"--set={s}" for s in sets] + ["--parallel", str(parallel)]  # named, also for 1: the serial baseline
     wall, rows, best = run_study_cli(ROOT / "studies" / "quickstart.yaml", name, root, args, timeout=5400)
     return {"wall_s": wall, "parallel": parallel, "trials": len(rows), "states": {s: sum(r["state"] == s for r in rows) for s in {r["state"] for r in rows}},
             "best_trial": best.get("trial"), "best_validation": best.get("value"), "best_test": best.get("test"),

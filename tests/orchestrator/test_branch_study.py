@@ -46,7 +46,7 @@ def branched(tmp_path_factory, env) -> Path:
     root = tmp_path_factory.mktemp("branch")
     (root / "ref.yaml").write_text(yaml.safe_dump({"name": "cbs-ref", "experiment": EXPERIMENT, "n_trials": 1, "parallel": 1, "pruner": {"name": "none"}}))
     run_cli("run", "ref.yaml", cwd=root, check=True, env=env)
-    proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05",
+    proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05", "--rule", "sqrt",
                    "--b-crit", "600", "--parallel", "1", cwd=root, check=True, env=env)  # serial: the baseline of the --parallel test
     (root / "branch.out").write_text(proc.stdout)
     study = journal_study(root / "mlruns", "cbs-ref-branch-0")
@@ -136,7 +136,7 @@ def test_a_branch_reproduces_exactly(branched):
 def test_branches_run_parallel_on_placed_workers_and_the_report_is_written_once(branched, env):
     """``--parallel 2``: two workers (one core each) share the same 4 branches under the study lock, each runs its
     own; the CBS report is written once, by the command after both are done, with the serial study's losses."""
-    proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05",
+    proc = run_cli("branch", "cbs-ref", "--trial", "0", "--k", "1,2", "--delta", str(DELTA), "--seeds", "1", "--eps", "0.05", "--rule", "sqrt",
                    "--name", "cbs-par", "--parallel", "2", cwd=branched, check=True, env=env)
     out = proc.stdout
     assert all(f"[worker {i}] [trial" in out for i in (0, 1)), out[-3000:]

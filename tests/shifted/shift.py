@@ -3,8 +3,8 @@
 A spec field's default is written in its model and its docs/specs.md row only. For that to hold, no test
 may depend on a default it does not set: a test that does would break (or, worse, quietly test something
 else) the day the default changes. This runs the suite with every default of every spec model shifted to
-another valid value at once (the next allowed value, the other bool, an int doubled, a float x1.5), and the module
-constants that are settings too (``CONSTANTS``), in the test process and in every process it starts (`sitecustomize.py`
+another valid value at once (the next allowed value, the other bool, an int doubled, a float x1.5), the module
+constants that are settings too (``CONSTANTS``) and the defaults of the command-line options (``option``), in the test process and in every process it starts (`sitecustomize.py`
 here, on PYTHONPATH)::
 
     .venv/bin/python tests/shifted/shift.py            # the table of shifts, then the whole suite shifted
@@ -16,6 +16,7 @@ A few fields are not shifted (``KEPT``, each with its reason). CI runs it after 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import importlib.abc
 import importlib.machinery
@@ -57,6 +58,52 @@ CONSTANTS = {
 }
 """The module constants that are settings like a spec default (docs/architecture.md, "Common changes"), each with the other
 value it takes here: set in its module as that module is imported, and in the functions' keyword defaults that read it."""
+
+
+OPTIONS = {"--rule": "linear", "--k": "1,2,4,8"}
+"""The command-line options (``lbsearch.cli``) whose default is a string, each with the other value it takes here; an option
+with an int default takes it doubled (1 for 0), a float x1.5 (``option``)."""
+
+KEPT_OPTIONS = {
+    "--mlruns": "the state folder: every test passes its own",
+    "--host": "another address would expose the UI beyond this machine",
+    "--port": "`UI_PORT`, shifted in CONSTANTS",
+    "--repeats": "`REPEATS`, shifted in CONSTANTS",
+    "--sparsity": "`SPARSITIES`, shifted in CONSTANTS",
+}
+
+
+def option(flags: list[str], default: Any) -> Any:
+    """The shifted default of the command-line option ``flags`` (unchanged: unset, a switch, a list or kept)."""
+    name = flags[-1] if flags else ""
+    if not name.startswith("--") or name in KEPT_OPTIONS or default in (None, argparse.SUPPRESS) or isinstance(default, (bool, list)):
+        return default
+    if name in OPTIONS:
+        return OPTIONS[name]
+    if isinstance(default, int):
+        return default * 2 or 1
+    return default * 1.5 or 0.1 if isinstance(default, float) else default
+
+
+def cli_defaults() -> list[tuple[str, list[str], Any]]:
+    """(command, option flags, default) of every option of every ``lbsearch`` command."""
+    from lbsearch.cli.main import build_parser  # here, not at the top: every process imports this module as it starts
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    return [(name, action.option_strings, action.default) for name, parser in commands.items() for action in parser._actions]
+
+
+def _shift_options() -> None:
+    """Every option that ``lbsearch.cli`` adds to a parser gets its shifted default (its help prints that one)."""
+    add = argparse._ActionsContainer.add_argument
+
+    def shifted(container, *args, **kwargs):
+        action = add(container, *args, **kwargs)
+        if sys._getframe(1).f_globals.get("__name__", "").startswith("lbsearch.cli"):
+            action.default = option(action.option_strings, action.default)
+        return action
+
+    argparse._ActionsContainer.add_argument = shifted
 
 
 def models() -> list[type[BaseModel]]:
@@ -126,11 +173,12 @@ class _Constants(importlib.abc.MetaPathFinder):
 
 def apply() -> None:
     """Shift the defaults in this process: each model's field, then every model rebuilt (nested ones first); the constants
-    of modules already imported at once, the others as they are imported."""
+    of modules already imported at once, the others as they are imported; the command-line options as they are added."""
     for name, values in CONSTANTS.items():
         if name in sys.modules:
             _set(sys.modules[name], values)
     sys.meta_path.insert(0, _Constants())
+    _shift_options()
     table = shifts()
     for (model, name), (_, value) in table.items():
         model.model_fields[name].default = value
@@ -148,6 +196,11 @@ def main(args: list[str]) -> int:
         print(f"{field}: not shifted ({why})")
     for module, values in CONSTANTS.items():
         print("\n".join(f"{module}.{name}: {getattr(importlib.import_module(module), name)!r} -> {value!r}" for name, value in values.items()))
+    for command, flags, default in cli_defaults():
+        if option(flags, default) != default:
+            print(f"lbsearch {command} {flags[-1]}: {default!r} -> {option(flags, default)!r}")
+    for name, why in KEPT_OPTIONS.items():
+        print(f"{name}: not shifted ({why})")
     if args[:1] == ["--table"]:
         return 0
     here = str(Path(__file__).resolve().parent)  # absolute: the CLI runs the tests start have other working folders

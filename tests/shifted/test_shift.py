@@ -3,6 +3,7 @@ exist, and a process started with this folder on PYTHONPATH builds every nested 
 
 from __future__ import annotations
 
+import argparse
 import importlib
 import json
 import os
@@ -75,3 +76,28 @@ def test_a_process_started_with_the_folder_on_its_path_builds_every_section_shif
             assert plain[model.__name__][name] == default and shifted[model.__name__][name] == value, f"{model.__name__}.{name}"
             checked += 1
     assert checked >= 50
+
+
+_OPTIONS = """
+import json, shift
+print(json.dumps([[command, flags, default] for command, flags, default in shift.cli_defaults()]))
+"""
+
+
+def test_every_command_line_default_is_shifted_or_kept_with_a_reason():
+    """An option's default is shifted in every process (its help prints the shifted one); a string default needs its other
+    value named in ``OPTIONS`` (or a reason in ``KEPT_OPTIONS``), so an option added later is not silently left out."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE), os.environ.get("PYTHONPATH")])))
+    seen = json.loads(subprocess.run([sys.executable, "-c", _OPTIONS], env=env, capture_output=True, text=True, check=True).stdout)
+    plain = shift.cli_defaults()
+    assert [(c, f) for c, f, _ in seen] == [(c, f) for c, f, _ in plain]
+    flags = {f[-1] for _, f, _ in plain if f}
+    assert set(shift.OPTIONS) | set(shift.KEPT_OPTIONS) <= flags
+    shifted = 0
+    for (command, flag, default), (_, _, value) in zip(plain, seen):
+        name = f"lbsearch {command} {flag[-1] if flag else ''}"
+        if not flag or default in (None, argparse.SUPPRESS) or isinstance(default, (bool, list)) or flag[-1] in shift.KEPT_OPTIONS:
+            continue  # unset, a switch, or kept (the constants' options are shifted through CONSTANTS)
+        assert value != default, f"{name}: its default {default!r} is not shifted (name another value in OPTIONS, or a reason in KEPT_OPTIONS)"
+        shifted += 1
+    assert shifted >= 6
