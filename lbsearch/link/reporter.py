@@ -61,8 +61,9 @@ class Reporter:
             self._buffer.clear()
 
     def sync(self) -> None:
-        """At a checkpoint: the orchestrator has every row sent so far in MLflow before it reads the next line (the one that
-        announces the checkpoint), so a machine that dies after it loses no row before the checkpoint."""
+        """At a checkpoint: the rows still buffered are sent, and the orchestrator has every row sent so far in MLflow before it
+        reads the next line (the one that announces the checkpoint), so a machine that dies after it loses no row before the checkpoint."""
+        self.flush()
         if self.tracking:
             print(message("sync", None), flush=True)
 

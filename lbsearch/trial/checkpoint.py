@@ -113,7 +113,6 @@ class Checkpoints:
             t.say(f"checkpoint at step {step} not written ({type(err).__name__}: {err}); the trial goes on, its last whole checkpoint kept")
             return False
         self.t_last = time.time()
-        t.rep.flush()
         t.rep.sync()  # the metric rows up to the checkpoint are in MLflow before the checkpoint is announced (and a kill can lose them)
         t.say(f"checkpoint at step {step} ({t.plan.samples_at(step)} samples) {why + ' ' if why else ''}in {time.time() - t0:.2f}s")
         return True

@@ -19,3 +19,15 @@ def test_metric_rows_are_at_samples_seen_and_tokens_for_a_language_model(capsys,
     (line,) = capsys.readouterr().out.splitlines()
     kind, rows = parse_message(line)
     assert kind == "metrics" and [(k, v, s) for k, v, _, s in rows] == [("eval/loss", 0.5, step), ("progress/step", 2.0, step)]
+
+
+def test_sync_sends_the_buffered_rows_before_it_asks_for_them_in_mlflow(capsys):
+    """A checkpoint's ``sync`` is one call: the rows still in the buffer go out first, so none is left behind the sync."""
+    spec = WorkerSpec(experiment={"task": "single_label", "data": {"max_length": 48}, "train": {}}, data_path="x", num_labels=2, pad_id=0,
+                      vocab_size=10, tracking=True)
+    rep = Reporter(spec, is_main=True)
+    rep.metrics({"train/loss": 0.7}, samples=32)
+    rep.sync()
+    rep.sync()  # nothing buffered: the sync alone
+    kinds = [parse_message(line)[0] for line in capsys.readouterr().out.splitlines()]
+    assert kinds == ["metrics", "sync", "sync"]
