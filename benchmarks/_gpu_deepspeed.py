@@ -23,6 +23,7 @@ from _bench import ROOT
 from _gpu_study import _env
 
 from lbsearch.spec import INTERRUPTED
+from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import NOISE_SCALE
 
 DS_CONFIG = ROOT / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -72,7 +73,7 @@ def _trials(name: str, mlruns: Path) -> list[dict[str, Any]]:
         run = client.get_run(t.user_attrs["mlflow_run_id"])
         kept = mlruns / "models" / name / f"trial-{t.number}"
         out.append({"trial": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"), "value": t.value,
-                    "resumed_from_step": t.user_attrs.get("resumed_from_step"), "noise_scale": run.data.tags.get(NOISE_SCALE),
+                    "resumed_from_step": t.user_attrs.get(RESUMED_FROM["step"]), "noise_scale": run.data.tags.get(NOISE_SCALE),
                     "kept_model_files": sorted(p.name for p in kept.iterdir()) if kept.is_dir() else [],
                     "curves": {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in KEYS}})
     return out

@@ -61,7 +61,7 @@ from soak import SPEC, _retrained
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.spec import RETRYABLE
 from lbsearch.spec.workdir import KEPT_FILE
-from lbsearch.study import counted
+from lbsearch.study import RESUMED_FROM, counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
 
 STUDY = "tiny-study"
@@ -449,7 +449,7 @@ def account(events: list[dict], checks: list[dict], work: Path, url: str, watch:
                "stale_best_models": next((c["stale"] for c in checks if c["check"] == e["check"]), None), "best_check": e["check"]}
         got = max(reached(client, victim, watch.get(victim.number).get("samples", 0)), worker_died.get(victim.number, {}).get("reached", 0))
         if rerun is not None:
-            resumed = int(rerun.user_attrs.get("resumed_from_samples", 0))
+            resumed = int(rerun.user_attrs.get(RESUMED_FROM["samples"], 0))
             row |= {"reached_samples": got, "resumed_from_samples": resumed, "samples_retrained": max(0, got - resumed),
                     "retrained_within_interval": max(0, got - resumed) <= every}
         else:  # finished by itself, or lost with the samples it had trained

@@ -37,7 +37,7 @@ SETTLED = {"data": {"validation_fraction": 0.1, "test_fraction": 0.15, "split_se
                      "checkpoint_on_stop": True},
            "launcher": {"processes": 1, "pack": True}}
 """The settings a test experiment's numbers and messages depend on, named rather than left to the defaults (tests/specs/tiny.yaml
-names the same; tests/shifted/shift.py shifts every default): ``settled`` fills them in where an experiment leaves them out."""
+names them for its classifier; tests/shifted/shift.py shifts every default): ``settled`` fills them in where an experiment leaves them out."""
 
 
 def settled(exp: dict) -> dict:

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import optuna
 
 from lbsearch.spec import PAUSED, StudyConfig, TrialResult, adopt, sample_unit
-from lbsearch.study import configurations, is_multi, last_resort, promotable, rung_to_run, rungs
+from lbsearch.study import RESUMED_FROM, configurations, is_multi, last_resort, promotable, rung_to_run, rungs
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, Tracker, TrackingError, promoted_tags, resumed_tags, rung_tags
 
 __all__ = ["promote", "rung_plan", "resume", "started", "ended_line"]
@@ -76,10 +76,11 @@ def resume(study: optuna.Study, trials_dir: Path, trial: optuna.Trial, workdir: 
             if samples in carried:
                 trial.report(value, samples)
     # the run that holds the curve: the earlier trial's, or where it got no run (MLflow was down) the one it resumed
-    source = old.user_attrs.get("mlflow_run_id") or old.user_attrs.get("resumed_from_run", "")
+    source = old.user_attrs.get("mlflow_run_id") or old.user_attrs.get(RESUMED_FROM["run"], "")
+    values = {"trial": number, "step": info["step"], "samples": info["samples"], "run": source}
+    for key, value in values.items():
+        trial.set_user_attr(RESUMED_FROM[key], value)
     tags = resumed_tags(number, info["step"], info["samples"], source)
-    for k, v in tags.items():
-        trial.set_user_attr(k.removeprefix("lbsearch."), v)
     say(f"[trial {trial.number}] resumes trial {number} from its checkpoint at step {info['step']} ({info['samples']} samples)")
     return tags
 

@@ -18,8 +18,14 @@ from optuna.trial import FrozenTrial, TrialState
 
 from lbsearch.spec import INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
 
-__all__ = ["reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
+__all__ = ["RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
+
+
+RESUMED_FROM = {"trial": "resumed_from_trial", "step": "resumed_from_step", "samples": "resumed_from_samples", "run": "resumed_from_run"}
+"""The user attributes of a trial resumed from an earlier trial's checkpoint (set by ``orchestrator.promotion.resume``): the
+trial, its checkpoint's step and samples, and the MLflow run that holds its curve. Named here, apart from the MLflow tags
+of the same facts (``tracking.resumed_tags``), so that renaming a tag leaves the studies already stored readable."""
 
 
 def reason(t: FrozenTrial) -> str:
@@ -168,7 +174,7 @@ def _own(t: FrozenTrial, unit: str, checkpointed: int) -> float:
         return (t.user_attrs.get("wall_s") or dur) * config.get("launcher", {}).get("processes", LauncherConfig.model_fields["processes"].default) / 3600
     per = sample_unit(config.get("task", "single_label"), config.get("data", {}).get("max_length", 0)) if config else 1
     seen = max(t.user_attrs.get("samples") or 0, (t.last_step or 0) // per, checkpointed)
-    return max(0, seen - t.user_attrs.get("resumed_from_samples", 0)) * (per if unit == "tokens" else 1)
+    return max(0, seen - t.user_attrs.get(RESUMED_FROM["samples"], 0)) * (per if unit == "tokens" else 1)
 
 
 def spent(study: optuna.Study, unit: str) -> float:
@@ -177,9 +183,9 @@ def spent(study: optuna.Study, unit: str) -> float:
     trials = study.get_trials(deepcopy=False)
     checkpointed: dict[int, int] = {}  # trial number -> the samples of the checkpoint a re-run took over from it
     for t in trials:
-        if "resumed_from_trial" in t.user_attrs:
-            n = t.user_attrs["resumed_from_trial"]
-            checkpointed[n] = max(checkpointed.get(n, 0), t.user_attrs.get("resumed_from_samples", 0))
+        if RESUMED_FROM["trial"] in t.user_attrs:
+            n = t.user_attrs[RESUMED_FROM["trial"]]
+            checkpointed[n] = max(checkpointed.get(n, 0), t.user_attrs.get(RESUMED_FROM["samples"], 0))
     return sum(_own(t, unit, checkpointed.get(t.number, 0)) for t in trials if t.state.is_finished())
 
 

@@ -119,7 +119,7 @@ def evaluate(model: torch.nn.Module, data_path: str | Path, pad_id: int, info: d
     state, out = PartialState(cpu=True), {}
     for split in ("validation", "test"):
         arrays = load_arrays(data_path, split)
-        evaluator = Evaluator(arrays, info["task"], info["labels"], info.get("threshold", 0.5), info["eval_batch_size"], 0, 1,
+        evaluator = Evaluator(arrays, info["task"], info["labels"], info["threshold"], info["eval_batch_size"], 0, 1,
                               uses_token_types(model) and arrays.types is not None)
         out[split] = evaluator(state, model, pad_id)
     model.eval()  # the Evaluator leaves a model in train mode

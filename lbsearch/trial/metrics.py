@@ -88,7 +88,7 @@ def _regression(logits: np.ndarray, y: np.ndarray, shift: float, scale: float) -
     }
 
 
-def task_metrics(task: str, logits: np.ndarray, labels: np.ndarray, *, threshold: float = 0.5, shift: float = 0.0,
+def task_metrics(task: str, logits: np.ndarray, labels: np.ndarray, *, threshold: float, shift: float = 0.0,
                  scale: float = 1.0) -> dict[str, float]:
     """Every metric of ``task`` for a whole split.
 
@@ -96,7 +96,7 @@ def task_metrics(task: str, logits: np.ndarray, labels: np.ndarray, *, threshold
         task: ``single_label``, ``multi_label`` or ``regression``.
         logits: The model's outputs, ``(n, outputs)``, as float64.
         labels: Class ids ``(n,)``, a 0/1 matrix ``(n, classes)`` or values ``(n,)`` in the labels' own units.
-        threshold: Multi-label: the probability at which a class is predicted.
+        threshold: Multi-label: the probability at which a class is predicted (the spec's ``metric.threshold``).
         shift, scale: Regression: the model's output o stands for ``o * scale + shift``.
     """
     logits = np.asarray(logits, dtype=np.float64)

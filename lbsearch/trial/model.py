@@ -232,7 +232,7 @@ def _read_out(logits: torch.Tensor, names: dict[int, str], info: dict[str, Any])
         return [(f"{v:.4g}", float(v)) for v in values.tolist()]
     if task == "multi_label":
         probs = logits.sigmoid()
-        chosen = [[names[j] for j, q in enumerate(row) if q >= info.get("threshold", 0.5)] for row in probs.tolist()]
+        chosen = [[names[j] for j, q in enumerate(row) if q >= info["threshold"]] for row in probs.tolist()]
         return [(",".join(c) or "-", float(row.max())) for c, row in zip(chosen, probs)]
     p, k = logits.softmax(-1).max(-1)
     return [(names[int(j)], float(q)) for q, j in zip(p, k)]

@@ -14,7 +14,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of,
 from optuna.trial import TrialState
 
 from lbsearch.spec import FOLDER, PAUSED, PREFIX, checkpoint_name
-from lbsearch.study import spent
+from lbsearch.study import RESUMED_FROM, spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
 # B = 32, 20 steps, an evaluation every 5 (160 samples); rungs at 160 and 320 samples (reduction factor 2), the budget 640
@@ -104,7 +104,7 @@ def test_a_promoted_trial_equals_the_same_trial_run_through_without_a_pause(stud
     root = study["root"]
     (done,) = journal_study(root, "tiny-study").get_trials(states=(TrialState.COMPLETE,))
     (through,) = [t for t in journal_study(root, "through").get_trials() if t.params == done.params]
-    assert done.user_attrs["resumed_from_samples"] == 320 and "resumed_from_samples" not in through.user_attrs
+    assert done.user_attrs[RESUMED_FROM["samples"]] == 320 and RESUMED_FROM["samples"] not in through.user_attrs
     mine, base = _history(root, done.user_attrs["mlflow_run_id"]), _history(root, through.user_attrs["mlflow_run_id"])
     assert len(base["train/loss"]) == 20 and set(mine) == set(base)
     assert mine == base  # every step's loss and every evaluation, the parts before each pause copied into the last run

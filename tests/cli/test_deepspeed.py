@@ -17,6 +17,7 @@ pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
 from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, latest
+from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import NOISE_SCALE
 
 DS = SPECS.parents[1] / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -65,7 +66,7 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     assert not list(root.glob(f"trials/*/*/{FOLDER}/{PREFIX}*"))  # a finished trial leaves no checkpoint
     trial, run, curves, weights = _trial(root, 1)
     base_trial, _, base, base_weights = ddp
-    resumed = trial.user_attrs["resumed_from_step"]
+    resumed = trial.user_attrs[RESUMED_FROM["step"]]
     assert 10 <= resumed < 30 and f"resumed from checkpoint at step {resumed}" in again
     assert trial.state == TrialState.COMPLETE and trial.params == base_trial.params
     assert run.data.tags[NOISE_SCALE].startswith("off: DEEPSPEED")

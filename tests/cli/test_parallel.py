@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
 from lbsearch.spec import INTERRUPTED, SpecError
+from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import CPUS, THREADS
 
 STUDY = str(SPECS / "tiny_study.yaml")
@@ -77,7 +78,7 @@ def test_ctrl_c_stops_both_trials_with_checkpoints_and_the_next_run_resumes_both
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     retries = [t for t in trials if t.state == TrialState.COMPLETE]
     assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1], out
-    assert all(t.user_attrs["resumed_from_step"] > 0 for t in retries), out
+    assert all(t.user_attrs[RESUMED_FROM["step"]] > 0 for t in retries), out
     assert {tuple(sorted(t.params.items())) for t in retries} == {tuple(sorted(t.params.items())) for t in first}
 
 

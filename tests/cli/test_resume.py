@@ -15,6 +15,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, WORKER_DIED, checkpoint_name
+from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, RESUMED_FROM_TRIAL, RETRY_OF
 
 # B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
@@ -47,8 +48,8 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE], out
     retry, run, hist = _trial(root, 1)
     assert retry.params == trials[0].params == base_trial.params
-    step = retry.user_attrs["resumed_from_step"]
-    assert at_least <= step < 60 and retry.user_attrs["resumed_from_trial"] == 0
+    step = retry.user_attrs[RESUMED_FROM["step"]]
+    assert at_least <= step < 60 and retry.user_attrs[RESUMED_FROM["trial"]] == 0
     assert f"[trial 1] resumes trial 0 from its checkpoint at step {step} ({step * 32} samples)" in out
     assert f"resumed from checkpoint at step {step}" in out
     tags = run.data.tags
@@ -104,7 +105,7 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, spe
     spec = str(specs / "tiny_study.yaml")
     proc = start_cli(tmp_path, "run", spec, *SETS)  # no periodic checkpoints: the trial is short
     seen = wait_for(proc, "[trial 0] samples 640", timeout=300)
-    assert not any("checkpoint at step" in line for line in seen)  # train.checkpoint_every_minutes (30): none in a short trial
+    assert not any("checkpoint at step" in line for line in seen)  # none in a short trial (train.checkpoint_every_minutes, named in tiny.yaml)
     t0 = time.time()
     proc.send_signal(signal.SIGTERM)  # a scheduler's pre-emption
     rest = proc.communicate(timeout=60)[0]

@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import standby
 from lbsearch.spec import INTERRUPTED, WORKER_DIED
+from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import START
 
 STUDY = str(SPECS / "tiny_study.yaml")
@@ -68,7 +69,7 @@ def test_a_trial_lost_with_its_standby_process_is_re_run_from_its_checkpoint(tmp
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], out
     assert trials[1].user_attrs["reason"] == WORKER_DIED
-    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs["resumed_from_step"] > 0, out
+    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs[RESUMED_FROM["step"]] > 0, out
     assert _gone(tmp_path, 10)
 
 

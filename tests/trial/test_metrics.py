@@ -18,6 +18,7 @@ from lbsearch.spec.tasks import METRICS
 from lbsearch.trial.metrics import task_metrics
 
 SCRIPT = Path(__file__).parent.parent / "scripts" / "evaluate_fixed.py"
+THRESHOLD = 0.5  # multi-label: the one tests/scripts/evaluate_fixed.py gives the Evaluator
 N = 37  # odd: the two ranks' shards differ in size
 
 
@@ -44,7 +45,7 @@ def _library(task: str, logits: np.ndarray, labels: np.ndarray, shift: float = 0
                 "f1_macro": f1["macro"], "f1_micro": f1["micro"], "f1_weighted": f1["weighted"],
                 "mcc": skm.matthews_corrcoef(labels, pred), "auroc": auroc}
     if task == "multi_label":
-        pred = (1 / (1 + np.exp(-logits)) >= 0.5).astype(int)
+        pred = (1 / (1 + np.exp(-logits)) >= THRESHOLD).astype(int)
         return {"loss": skm.log_loss(labels.ravel(), 1 / (1 + np.exp(-logits.ravel()))),
                 "f1_micro": skm.f1_score(labels, pred, average="micro", zero_division=0),
                 "f1_macro": skm.f1_score(labels, pred, average="macro", zero_division=0), "exact_match": skm.accuracy_score(labels, pred)}
@@ -61,7 +62,7 @@ CASES = [("single_label", 2), ("single_label", 4), ("multi_label", 3), ("regress
 def test_metrics_equal_the_librarys_functions(task, k):
     logits, labels = _fixed(task, k)
     shift, scale = (3.0, 2.0) if task == "regression" else (0.0, 1.0)
-    ours = task_metrics(task, logits, labels, shift=shift, scale=scale)
+    ours = task_metrics(task, logits, labels, threshold=THRESHOLD, shift=shift, scale=scale)
     assert set(ours) == set(METRICS[task])
     ref = _library(task, logits, labels, shift, scale)
     for name, value in ref.items():
@@ -72,7 +73,7 @@ def test_metrics_equal_the_librarys_functions(task, k):
 
 def test_labels_that_never_occur_keep_auroc_undefined_not_wrong():
     logits, labels = _fixed("single_label", 3)
-    ours = task_metrics("single_label", logits, np.where(labels == 2, 0, labels))  # class 2 absent
+    ours = task_metrics("single_label", logits, np.where(labels == 2, 0, labels), threshold=THRESHOLD)  # class 2 absent
     assert np.isnan(ours["auroc"]) and ours["accuracy"] == skm.accuracy_score(np.where(labels == 2, 0, labels), logits.argmax(1))
 
 
@@ -86,7 +87,7 @@ def test_two_processes_give_exactly_the_one_process_value(tmp_path):
         shift, scale = (3.0, 2.0) if task == "regression" else (0.0, 1.0)
         lengths = np.random.default_rng(2).integers(0, 9, N)  # the evaluator shards the length-sorted split
         np.savez(cases / f"{task}-{k}.npz", logits=logits, labels=labels, lengths=lengths, shift=shift, scale=scale)
-        expected[f"{task}-{k}"] = task_metrics(task, logits, labels, shift=shift, scale=scale)
+        expected[f"{task}-{k}"] = task_metrics(task, logits, labels, threshold=THRESHOLD, shift=shift, scale=scale)
     got = {}
     for procs in (2, 1):
         launch = ["--multi_gpu"] if procs > 1 else ["--cpu"]
