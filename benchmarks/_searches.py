@@ -44,25 +44,26 @@ class Search:
 def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
     """Every search, by name; ``default``: lbsearch's default sampler and pruner (a study that names neither)."""
     sampler, pruner = default
-    tpe, median = SamplerConfig(name="tpe"), PrunerConfig(name="median")
+    # every pruner below names protect_warmup (off; the *_protect searches turn it on), not the default's
+    tpe, median = SamplerConfig(name="tpe"), PrunerConfig(name="median", protect_warmup=False)
     gp = SamplerConfig(name="gp", n_startup_trials=tpe.n_startup_trials)
     tpe10 = tpe.model_copy(update={"n_startup_trials": 10})
     return {
         "default": Search(sampler, pruner, note=f"lbsearch's default: {sampler.name} sampler, {pruner.name} pruner"),
         DEFAULT_CHOICES: Search(sampler, pruner, choices=True, note=f"lbsearch's default ({sampler.name}, {pruner.name}) with the space declared as the table's choices"),
         "tpe_median": Search(tpe, median, note="lbsearch TPE + median pruning at equal samples seen"),
-        "tpe_asha": Search(tpe, PrunerConfig(name="asha"), note="lbsearch TPE + ASHA"),
-        "tpe_hyperband": Search(tpe, PrunerConfig(name="hyperband"), note="lbsearch TPE + Hyperband"),
-        "tpe_asha_promote": Search(tpe, PrunerConfig(name="asha_promote"), note="lbsearch TPE + asha_promote: paused at rungs, resumed when promoted (_promote.py)"),
-        "tpe_percentile": Search(tpe, PrunerConfig(name="percentile", percentile=75.0), note="lbsearch TPE + percentile pruner (75 %)"),
-        "tpe_patient": Search(tpe, PrunerConfig(name="patient", patience=2, min_delta=0.0), note="lbsearch TPE + patient median pruner (patience 2)"),
+        "tpe_asha": Search(tpe, PrunerConfig(name="asha", protect_warmup=False), note="lbsearch TPE + ASHA"),
+        "tpe_hyperband": Search(tpe, PrunerConfig(name="hyperband", protect_warmup=False), note="lbsearch TPE + Hyperband"),
+        "tpe_asha_promote": Search(tpe, PrunerConfig(name="asha_promote", protect_warmup=False), note="lbsearch TPE + asha_promote: paused at rungs, resumed when promoted (_promote.py)"),
+        "tpe_percentile": Search(tpe, PrunerConfig(name="percentile", percentile=75.0, protect_warmup=False), note="lbsearch TPE + percentile pruner (75 %)"),
+        "tpe_patient": Search(tpe, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), note="lbsearch TPE + patient median pruner (patience 2)"),
         # lbsearch's pruners never stopping a trial in its own lr warmup (pruner.protect_warmup), with the sampler choices that exist
         **{f"{name}_protect": Search(sampler, pc.model_copy(update={"protect_warmup": True}), note=f"{note}, no trial pruned in its lr warmup")
-           for name, sampler, pc, note in [("tpe_median", tpe, PrunerConfig(name="median"), "lbsearch TPE + median"),
-                                           ("tpe10_median", tpe10, PrunerConfig(name="median"), "lbsearch TPE (10 start-up trials) + median"),
-                                           ("tpe_patient", tpe, PrunerConfig(name="patient", patience=2, min_delta=0.0), "lbsearch TPE + patient median (patience 2)"),
-                                           ("tpe10_patient", tpe10, PrunerConfig(name="patient", patience=2, min_delta=0.0), "lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
-                                           ("gp_median", gp, PrunerConfig(name="median"), "lbsearch GP (diverged trials informative) + median")]},
+           for name, sampler, pc, note in [("tpe_median", tpe, PrunerConfig(name="median", protect_warmup=False), "lbsearch TPE + median"),
+                                           ("tpe10_median", tpe10, PrunerConfig(name="median", protect_warmup=False), "lbsearch TPE (10 start-up trials) + median"),
+                                           ("tpe_patient", tpe, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), "lbsearch TPE + patient median (patience 2)"),
+                                           ("tpe10_patient", tpe10, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), "lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
+                                           ("gp_median", gp, PrunerConfig(name="median", protect_warmup=False), "lbsearch GP (diverged trials informative) + median")]},
         "tpe10_patient": Search(tpe10, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), note="lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
         "tpe_alpha": Search(tpe, median, alpha=True, note="lbsearch TPE + median over (B, base lr, alpha, warmup)"),
         "tpe_nopruning": Search(tpe, PrunerConfig(name="none"), note="lbsearch TPE, no pruning"),

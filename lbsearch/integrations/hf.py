@@ -24,7 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 import lbsearch.integrations.api as api
-from lbsearch.spec import SCHEDULES
+from lbsearch.spec import DECAYING_SCHEDULES, SCHEDULES
 
 __all__ = ["LbsearchCallback", "training_arguments"]
 
@@ -43,8 +43,17 @@ def training_arguments(trial: api.Trial | None = None, defaults: dict[str, Any] 
         "per_device_train_batch_size": v["micro_batch"], "gradient_accumulation_steps": v["accumulation"],
         "per_device_eval_batch_size": 2 * v["micro_batch"], "learning_rate": v["lr"], "warmup_steps": v["warmup_steps"],
         "max_steps": v["steps"], "max_grad_norm": v["clip_norm"] or 0.0, "weight_decay": v["weight_decay"],
-        "lr_scheduler_type": SCHEDULES[v["schedule"]], "seed": v["seed"],
+        "seed": v["seed"], **_schedule(v, trial.config.get("schedule", {}).get("min_lr_ratio", 0.0)),
     }
+
+
+def _schedule(v: dict[str, Any], min_lr_ratio: float) -> dict[str, Any]:
+    """The built-in loop's schedule (``lbsearch.trial.training.make_scheduler``): a decay to ``min_lr_ratio`` of the peak
+    (the experiment's ``schedule.min_lr_ratio``) is transformers' warmup-stable-decay schedule with no stable phase."""
+    if min_lr_ratio and v["schedule"] in DECAYING_SCHEDULES:
+        return {"lr_scheduler_type": "warmup_stable_decay", "lr_scheduler_kwargs": {
+            "num_decay_steps": max(v["steps"] - v["warmup_steps"], 1), "decay_type": v["schedule"], "min_lr_ratio": min_lr_ratio}}
+    return {"lr_scheduler_type": SCHEDULES[v["schedule"]]}
 
 
 class LbsearchCallback(TrainerCallback):

@@ -47,7 +47,7 @@ sqrt: Malladi et al. 2022 (Adam), linear: Goyal et al. 2017 (SGD). Any other alp
 
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 """``schedule.name``, the learning rate after warmup, by name -> transformers' scheduler (``get_scheduler``), which the
-built-in loop (``lbsearch.trial.training.make_scheduler``) and the HF ``Trainer`` adapter (``lr_scheduler_type``) both build.
+built-in loop (``lbsearch.trial.training.make_scheduler``) and the HF ``Trainer`` adapter (``lbsearch.integrations.hf``) both build.
 A new schedule: a name here (transformers' own, or one that ``make_scheduler`` builds), and a row in docs/specs.md."""
 DECAYING_SCHEDULES = ("linear", "cosine")
 """The schedules that decay to ``schedule.min_lr_ratio`` of the peak where it is > 0 (transformers' warmup-stable-decay
