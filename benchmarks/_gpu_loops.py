@@ -34,8 +34,8 @@ from lbsearch.data import PreparedData, load_arrays
 from lbsearch.spec import ExperimentConfig, make_plan
 from lbsearch.trial.batching import sample_stream
 from lbsearch.trial.flops import FlopCount, flop_count, peak_flops
+from lbsearch.trial.readings import READ_AT_LEAST_EVERY_S  # one process reads at least this often, whatever log_every_steps says
 
-READ_EVERY_S = 2.0  # lbsearch.trial.readings: one process reads at least this often, whatever log_every_steps says
 HOST_READS = ("item", "tolist", "__bool__", "__float__", "__int__", "cpu", "numpy")
 SYNC_WARNING = "synchroniz"  # "called a synchronizing CUDA operation"
 
@@ -165,10 +165,10 @@ def _instrumented(counter: SyncCounter, device: torch.device, marks: list, per_s
 def _host_syncs(per_step: dict[int, tuple[int, bool]], evals: set[int], after: int, seconds: float, how: str, log_every: int | None) -> dict[str, Any]:
     """Host syncs of the steps after the first evaluation, against the read points lbsearch schedules:
     every ``train.log_every_steps`` steps, each evaluation, the last step, and at most one per
-    ``READ_EVERY_S`` of the window. Steps with syncs beyond that many mean per-step reads."""
+    ``READ_AT_LEAST_EVERY_S`` of the window. Steps with syncs beyond that many mean per-step reads."""
     window = [s for s in sorted(per_step) if s > after]
     scheduled = {s for s in window if (log_every and s % log_every == 0) or s in evals} | {window[-1]}
-    timed = int(seconds // READ_EVERY_S) + 1 if log_every else 0
+    timed = int(seconds // READ_AT_LEAST_EVERY_S) + 1 if log_every else 0
     with_syncs = [s for s in window if per_step[s][0] > 0]
     reads = [s for s in window if per_step[s][1] or s in evals]
     others = [per_step[s][0] for s in window if s not in reads]

@@ -59,7 +59,7 @@ from mlflow.tracking import MlflowClient
 from soak import SPEC, _retrained
 
 from lbsearch.orchestrator.launch import free_port
-from lbsearch.spec import RETRYABLE
+from lbsearch.spec import RETRYABLE, TRIALS
 from lbsearch.spec.workdir import KEPT_FILE
 from lbsearch.study import RESUMED_FROM, counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
@@ -479,7 +479,7 @@ def totals(trials: list, runs: dict, gaps: dict, rows: list[dict], checks: list[
         "metric_points_missing_by_key": {k: sum(g["missing_by_key"][k] for g in gaps.values()) for k in PER_STEP + PER_EVAL},
         "metric_points_expected": sum(g["expected"] for g in gaps.values()), "complete_trials_checked": len(gaps),
         "optuna_intermediate_values_missing": sum(g["optuna_intermediate_missing"] for g in gaps.values()),
-        "outbox_files_left": [str(p.relative_to(work)) for p in (work / "mlruns" / "trials").glob(f"*/*/{OUTBOX_FILE}")],
+        "outbox_files_left": [str(p.relative_to(work)) for p in (work / "mlruns" / TRIALS).glob(f"*/*/{OUTBOX_FILE}")],
         "trial_processes_left": leftover_workers(work),
     }
 

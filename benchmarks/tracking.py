@@ -34,6 +34,8 @@ from typing import Any
 from _bench import RESULTS, SPEC, experiment, machine, summary, table, timed, worker_spec, write
 from _stats import MET, judged, pairwise
 
+from lbsearch.spec import TRIALS
+
 
 def time_tracker_calls() -> dict[str, float]:
     """Wrap the Tracker's methods (and the git lookup for its tags): seconds spent, summed per name."""
@@ -96,7 +98,7 @@ def main() -> int:
             raise SystemExit("tracked trial failed")
 
     def off() -> None:
-        result = run_trial_process(worker_spec(resolved(exp), data), session.root / "trials" / "off" / uuid.uuid4().hex[:8])
+        result = run_trial_process(worker_spec(resolved(exp), data), session.root / TRIALS / "off" / uuid.uuid4().hex[:8])
         if result.state != "complete":
             raise SystemExit(f"untracked trial failed: {result.reason}")
 

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+import lbsearch.tracking as tracking
 from lbsearch.orchestrator import launch
 from lbsearch.science import cbs_report, report
-from lbsearch.spec import outcome, protocol, workdir
-from lbsearch.tracking import outbox, story, tags
+from lbsearch.spec import branch, outcome, protocol, workdir
+from lbsearch.tracking import compressed, outbox, story, tags, tracker
 from lbsearch.trial import model
 
 PACKAGE = Path(__file__).parent.parent / "lbsearch"
@@ -43,7 +44,7 @@ def test_the_flat_layout_is_gone():
 
 FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
               "TRIAL_LOG": launch, "REPORT_HTML": report, "CBS_HTML": cbs_report, "QUANTIZED_FILE": model, "KEPT_FILE": workdir,
-              "INFO": workdir, "OUTBOX_FILE": outbox}
+              "INFO": workdir, "OUTBOX_FILE": outbox, "BRANCH_POINTS": branch}
 """The file names lbsearch writes, each a constant in its module (``CONFIG_JSON`` is left out: a Hugging Face model folder's
 ``config.json`` is another file of the same name)."""
 
@@ -51,25 +52,51 @@ FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "REPRODUCE_SH": story, "
 def test_tag_names_retried_reasons_and_file_names_are_written_only_where_their_constant_is():
     """Every ``lbsearch.*`` tag name, every reason a trial is re-run for, every file name lbsearch writes and a checkpoint folder's prefix are spelled once:
     code, tests and benchmarks import the constant (a rename is one edit; a copy written out by hand would silently stop matching)."""
-    facts = {getattr(tags, n): n for n in tags.__all__ if isinstance(getattr(tags, n), str) and getattr(tags, n).startswith("lbsearch.")}
+    facts = {getattr(tracking, n): n for n in tracking.__all__ if isinstance(getattr(tracking, n), str) and getattr(tracking, n).startswith("lbsearch.")}
     facts |= {getattr(outcome, n): n for n in ("WORKER_DIED", "INTERRUPTED", "TRACKING_LOST")}
+    facts |= {tag: f"BRANCH_TAGS[{key!r}]" for key, tag in branch.BRANCH_TAGS.items()}
     files = {}
     for name, module in FILE_NAMES.items():
         files.setdefault(getattr(module, name), []).append(name)
-    homes = {Path(m.__file__) for m in (tags, protocol, outcome, *FILE_NAMES.values())}
+    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, *FILE_NAMES.values())}
     root = PACKAGE.parent
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
-    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value!r} (use {_constant_for(n.value, facts, files)})"
-              for p in paths for n in ast.walk(ast.parse(p.read_text()))
-              if isinstance(n, ast.Constant) and isinstance(n.value, str) and _constant_for(n.value, facts, files)]
+    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"
+              for p in paths for n in _literals(ast.parse(p.read_text())) if _constant_for(n.value, facts, files)]
     assert not copies, "\n".join(copies)
+
+
+def _literals(tree: ast.Module) -> list[ast.Constant]:
+    """The string literals of a module, without its docstrings (prose, which may name a reason or a file)."""
+    docs = {id(node.body[0].value) for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
+            and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
 
 
 def _constant_for(text: str, facts: dict, files: dict) -> str:
     """The constant a string literal should have imported, or '' (a checkpoint folder's name: ``workdir.PREFIX``, or
     ``checkpoint_name(step)``, so that a path part ``step-00000005`` or a glob ``step-*`` follows a rename too; prose that
-    describes the layout, a string with a space, may name it)."""
+    describes the layout, a string with a space, may name it; a script, a string of several lines, may not quote any of them)."""
     last = text.rsplit("/", 1)[-1]
+    if "\n" in text:  # a script a test runs: a name quoted inside it
+        quoted = [name for name in (*facts, *files) if f'"{name}"' in text or f"'{name}'" in text]
+        return " or ".join(facts.get(name) or " or ".join(files[name]) for name in quoted)
     if not any(c.isspace() for c in text) and any(part.startswith((workdir.PREFIX, ".tmp-" + workdir.PREFIX)) for part in text.split("/")):
         return "PREFIX or checkpoint_name"
     return facts.get(text) or " or ".join(files.get(last, []))
+
+
+def test_the_state_folders_are_named_once():
+    """The state folder's ``trials`` and ``reports`` folders are ``spec.workdir.TRIALS`` and ``REPORTS`` (``trials_dir``,
+    ``reports_dir``): no path built with ``/`` and no glob spells them
+    (a rename is one edit; a copy would find nothing, and a test of an empty glob would pass on it)."""
+    root, found, names = PACKAGE.parent, [], {workdir.TRIALS, workdir.REPORTS}
+    paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() != Path(workdir.__file__)]
+    for path in paths:
+        for n in ast.walk(ast.parse(path.read_text())):
+            joined = isinstance(n, ast.BinOp) and isinstance(n.op, ast.Div) and bool(names & {getattr(n.left, "value", None), getattr(n.right, "value", None)})
+            globbed = isinstance(n, ast.Call) and getattr(n.func, "attr", "") in ("glob", "rglob", "ignore_patterns") and any(
+                isinstance(c, ast.Constant) and isinstance(c.value, str) and bool(names & set(c.value.split("/"))) for a in n.args for c in ast.walk(a))
+            if joined or globbed:
+                found.append(f"{path.relative_to(root)}:{n.lineno} (use TRIALS / trials_dir or REPORTS / reports_dir)")
+    assert not found, "\n".join(found)

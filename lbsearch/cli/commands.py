@@ -13,7 +13,7 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.spec import GPU_TOLERANCE, ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir
+from lbsearch.spec import GPU_TOLERANCE, ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir, trials_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
 from lbsearch.tracking import THREADS, find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
@@ -56,7 +56,7 @@ def reproduce(session: Session, name: str, *, number: int | None = None, toleran
     if tags.get(THREADS) and (exp.launcher.cpu or not _cuda()):  # a CPU's sums depend on the thread count: the trial's own
         os.environ["OMP_NUM_THREADS"] = tags[THREADS]
     prefix = f"[reproduce {target.number}]"
-    run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / name / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
+    run = TrialRun(exp=exp, data=data, workdir=trials_dir(session.root, name) / f"reproduce-{target.number:04d}-{uuid.uuid4().hex[:6]}",
                    prefix=prefix, experiment_id=tracker.experiment(_home(study, name)), run_name=f"reproduce-trial-{target.number}", parent=parent,
                    tags=reproduce_tags(name, orig_run, target.number, git_commit()) | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), name, target.number))
@@ -93,7 +93,7 @@ def train_once(session: Session, exp: ExperimentConfig, *, spec_file: Path | Non
     exp = resolved(exp)
     data = None if is_script(exp) else prepare_data(exp, data_cache_dir(session.root))
     tracker = tracker_for(session)
-    run = TrialRun(exp=exp, data=data, workdir=session.root / "trials" / f"train-{exp.name}" / uuid.uuid4().hex[:8], prefix="[train]",
+    run = TrialRun(exp=exp, data=data, workdir=trials_dir(session.root, f"train-{exp.name}") / uuid.uuid4().hex[:8], prefix="[train]",
                    experiment_id=tracker.experiment(f"train-{exp.name}"), run_name=exp.name,
                    tags=train_tags(git_commit(spec_file.parent if spec_file else None)) | _digest(data),
                    files=trial_files(session, exp.model_dump(mode="json"), None, None), save_model=True)

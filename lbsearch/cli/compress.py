@@ -17,7 +17,7 @@ from typing import Any
 from lbsearch.data import prepare_data
 from lbsearch.spec import KEPT_FILE, LM_TASKS, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, trial_model_dir
 from lbsearch.study import best_trial, load_existing_study, stored_study
-from lbsearch.tracking import MACHINE, THREADS, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
+from lbsearch.tracking import MACHINE, THREADS, VARIANT, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
 
 __all__ = ["compress", "compress_table", "verify_variant", "pareto_variants", "variant_name", "check_sparsities"]
 
@@ -172,6 +172,6 @@ def verify_variant(session: Session, name: str, ref: str) -> int:
         for k, v in scores[split].items():
             old = logged.metrics.get(f"{prefix}/{k}")
             same &= old == v
-            session.out(f"[verify {tags.get('lbsearch.variant', ref)}] {split} {k}: logged {old!r} now {v!r}")
-    session.out(f"[verify {tags.get('lbsearch.variant', ref)}] " + ("identical" if same else "MISMATCH"))
+            session.out(f"[verify {tags.get(VARIANT, ref)}] {split} {k}: logged {old!r} now {v!r}")
+    session.out(f"[verify {tags.get(VARIANT, ref)}] " + ("identical" if same else "MISMATCH"))
     return 0 if same else 1

@@ -23,7 +23,24 @@ from optuna.trial import TrialState
 from lbsearch.orchestrator.loop import run_study
 from lbsearch.orchestrator.parallel import run_parallel, without_option
 from lbsearch.science import cbs_table, default_eps, write_cbs_report
-from lbsearch.spec import FOLDER, RULES, ExperimentConfig, Session, SpecError, StudyConfig, branch_experiment, branch_points_dir, fingerprint, kept_points, make_plan, sample_unit, tracking_home
+from lbsearch.spec import (
+    BRANCH_TAGS,
+    FOLDER,
+    RULES,
+    ExperimentConfig,
+    Session,
+    SpecError,
+    StudyConfig,
+    branch_experiment,
+    branch_points_dir,
+    fingerprint,
+    kept_points,
+    make_plan,
+    reports_dir,
+    sample_unit,
+    tracking_home,
+    trials_dir,
+)
 from lbsearch.study import load_existing_study, stored_study
 from lbsearch.tracking import tracker_for
 
@@ -69,20 +86,20 @@ def _reference(session: Session, study_name: str, number: int) -> tuple[Any, dic
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
     if not found or "config" not in found[0].user_attrs:
         raise SpecError(None, "--trial", f"study {study_name} has no trial {number} that ran")
-    folder = _points_folder(session.root / "trials" / study_name, study.get_trials(deepcopy=False), number)
+    folder = _points_folder(trials_dir(session.root, study_name), study.get_trials(deepcopy=False), number)
     if folder is None:
         raise SpecError(None, "--trial", f"trial {number} of {study_name} kept no branch points: set `experiment.branching.keep_at` "
                         "(fractions of the budget, or tokens) and run it (docs/critical_batch.md)")
     return found[0], json.loads(found[0].user_attrs["config"]), folder
 
 
-def _points_folder(trials_dir: Path, trials: list, number: int) -> Path | None:
+def _points_folder(folders_of: Path, trials: list, number: int) -> Path | None:
     """The ``branch_points`` folder of trial ``number``: where a trial re-run from another's checkpoint (``retry_of``,
     ``resume_of``) kept fewer points than the trials before it, theirs are linked into its folder so one folder holds them all."""
     by_number, lineage = {t.number: t for t in trials}, [number]
     while (t := by_number.get(lineage[-1])) is not None and (up := t.user_attrs.get("retry_of", t.user_attrs.get("resume_of"))) is not None:
         lineage.append(up)
-    folders = [branch_points_dir(p / FOLDER) for n in lineage for p in sorted(trials_dir.glob(f"{n:04d}-*"))]
+    folders = [branch_points_dir(p / FOLDER) for n in lineage for p in sorted(folders_of.glob(f"{n:04d}-*"))]
     found = [f for f in folders if kept_points(f)]
     if not found:
         return None
@@ -132,7 +149,7 @@ def run_branches(session: Session, study_name: str, a: BranchArgs, parallel: int
     ref_run = next((t.user_attrs.get("mlflow_run_id") for t in load_existing_study(session, study_name).get_trials(deepcopy=False)
                     if t.number == a.trial), None)
     if ref_run:  # the reference's run names its branch study (whose runs name the reference: lbsearch.branch.reference)
-        tracker_for(session, cfg).tags(ref_run, {"lbsearch.branch.study": cfg.name})
+        tracker_for(session, cfg).tags(ref_run, {BRANCH_TAGS["study"]: cfg.name})
     code = run_study(session, cfg, raw)
     if code != 0 or not report:
         return code
@@ -178,7 +195,7 @@ def cbs_report(session: Session, cfg: StudyConfig, a: BranchArgs) -> Path:
         summary = cbs_table(rows, a.eps)
     except ValueError as err:  # a point without its k = 1 branch (failed): the trials' lines say why
         raise SpecError(None, cfg.name, str(err)) from None
-    out = session.root / "reports" / cfg.name / "cbs"
+    out = reports_dir(session.root, cfg.name) / "cbs"
     page = write_cbs_report(summary, out, study=cfg.name, reference=src.reference, unit="tokens" if unit > 1 else "samples",
                             delta=exp.train.budget_samples * unit, b_simple=b_simple, b_crit=a.b_crit, machine=_machine())
     tracker = tracker_for(session, cfg)
@@ -187,7 +204,7 @@ def cbs_report(session: Session, cfg: StudyConfig, a: BranchArgs) -> Path:
         tracker.artifact_dir(parent, out, "cbs_report")
         for p in summary["points"]:
             tracker.metrics(parent, {"cbs/cbs": p["cbs"], "cbs/ci_low": p["cbs_ci"][0], "cbs/ci_high": p["cbs_ci"][1]}, int(p["point"]))
-        tracker.tags(parent, {"lbsearch.branch.reference": src.reference, "lbsearch.branch.rule": a.rule, "cbs.eps": summary["eps"],
+        tracker.tags(parent, {BRANCH_TAGS["reference"]: src.reference, BRANCH_TAGS["rule"]: a.rule, "cbs.eps": summary["eps"],
                               "cbs.trend": summary["trend"].get("verdict", summary["trend"].get("error"))})
     say = lambda text: session.out(f"[cbs {cfg.name}] {text}")  # noqa: E731
     say(f"ε {summary['eps']:.4g} ({summary['eps_how']})")

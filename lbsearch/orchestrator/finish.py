@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from lbsearch.spec import Session, tracking_home
+from lbsearch.spec import Session, reports_dir, tracking_home
 from lbsearch.study import load_existing_study, objectives, pareto, stored_study
 from lbsearch.tracking import study_plots, tracker_for
 
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 def finish_study(session: "Session", tracker: "Tracker", parent: str, study: optuna.Study, cfg: "StudyConfig") -> None:
     """At the end of a study: Optuna's plots on the parent run (``plots/``), and the batch-scaling
     report when the study has a batch ladder (``report/``, as ``lbsearch report`` writes it)."""
-    folder = session.root / "reports" / cfg.name / "plots"
+    folder = reports_dir(session.root, cfg.name) / "plots"
     made = study_plots(study, folder, cfg.experiment.metric.name)
     tracker.artifact_dir(parent, folder, "plots")
     drawn = [k.removesuffix(".png") for k, v in made.items() if not v.startswith("not drawn")]
@@ -39,7 +39,7 @@ def report(session: Session, name: str, out: Path | None = None, targets: list[f
     from lbsearch.science import REPORT_HTML, write_report
 
     study = load_existing_study(session, name)
-    out = out or session.root / "reports" / name
+    out = out or reports_dir(session.root, name)
     summary = write_report(study, out, targets)
     stored = stored_study(study)
     tracker = tracker_for(session, stored)

@@ -40,8 +40,10 @@ from lbsearch.spec import (
     data_cache_dir,
     discard,
     is_script,
+    reports_dir,
     tracking_home,
     trial_model_dir,
+    trials_dir,
     validate_experiment,
 )
 from lbsearch.spec import parse as parse_constraints
@@ -132,11 +134,11 @@ class _Search:
         Counting and asking happen under the study lock, so N workers never overshoot n_trials."""
         cfg, study = self.cfg, self.study
         with study_lock(self.session, cfg):
-            replay_outboxes(self.tracker, list((self.session.root / "trials" / cfg.name).glob("*")), self.session.out)  # an outage's calls
+            replay_outboxes(self.tracker, list(trials_dir(self.session.root, cfg.name).glob("*")), self.session.out)  # an outage's calls
             recover(study, cfg.max_retries, self._close_dead)
             for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):  # dead and not re-run: its checkpoints go
                 if reason(t) == WORKER_DIED and counted(t, cfg.max_retries):
-                    for folder in (self.session.root / "trials" / cfg.name).glob(f"{t.number:04d}-*"):
+                    for folder in trials_dir(self.session.root, cfg.name).glob(f"{t.number:04d}-*"):
                         discard(folder)
             if cfg.warm_start and not study.user_attrs.get("warm_started"):
                 self._warm_start()
@@ -202,8 +204,8 @@ class _Search:
         config = exp.model_dump(mode="json")
         trial.set_user_attr("config", json.dumps(config))
         tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get("retry_of")) | self.digest
-        workdir = self.session.root / "trials" / cfg.name / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
-        resumed = resume(self.study, self.session.root / "trials" / cfg.name, trial, workdir, self.session.out)
+        workdir = trials_dir(self.session.root, cfg.name) / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
+        resumed = resume(self.study, trials_dir(self.session.root, cfg.name), trial, workdir, self.session.out)
         rung, pause_at = rung_plan(self.study, cfg, trial, self.data is None)
         run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True, pause_at_samples=pause_at,
                        prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags | resumed | rung,
@@ -319,7 +321,7 @@ class _Search:
         rows = [r for r in trial_rows(self.study) if r["trial"] in {t.number for t in pareto(self.study)}]
         self.tracker.artifacts(self.parent, {PARETO_CSV: to_csv(rows)})
         self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
-        folder = self.session.root / "reports" / self.cfg.name / "pareto"
+        folder = reports_dir(self.session.root, self.cfg.name) / "pareto"
         if front_plot(self.study, folder / "pareto_front.png"):
             self.tracker.artifact_dir(self.parent, folder, "pareto")
 

@@ -4,7 +4,7 @@
 trial process."""
 
 from lbsearch.spec.accelerate_file import machines, read_config
-from lbsearch.spec.branch import RULES, SEARCHED, branch_experiment, branch_points_dir, keep_steps, kept_points, stream_start, tracking_home
+from lbsearch.spec.branch import BRANCH_POINTS, BRANCH_TAGS, RULES, SEARCHED, branch_experiment, branch_points_dir, keep_steps, kept_points, stream_start, tracking_home
 from lbsearch.spec.config import (
     BATCH_KEY,
     CategoricalParam,
@@ -31,6 +31,24 @@ from lbsearch.spec.registry import BUILTIN_DATASETS, BUILTIN_MODELS, DECAYING_SC
 from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig, experiment_model, is_script, trial_values
 from lbsearch.spec.session import Session, default_tracking_uri
 from lbsearch.spec.tasks import LM_TASKS, sample_unit
-from lbsearch.spec.workdir import FOLDER, INFO, KEPT_FILE, PREFIX, adopt, checkpoint_name, data_cache_dir, discard, fingerprint, latest, models_dir, superseded, trial_model_dir
+from lbsearch.spec.workdir import (
+    FOLDER,
+    INFO,
+    KEPT_FILE,
+    PREFIX,
+    REPORTS,
+    TRIALS,
+    adopt,
+    checkpoint_name,
+    data_cache_dir,
+    discard,
+    fingerprint,
+    latest,
+    models_dir,
+    reports_dir,
+    superseded,
+    trial_model_dir,
+    trials_dir,
+)
 
-__all__ = ['DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'KEPT_FILE', 'PREFIX', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'superseded', 'trial_model_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']
+__all__ = ['DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'KEPT_FILE', 'PREFIX', 'REPORTS', 'TRIALS', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'reports_dir', 'superseded', 'trial_model_dir', 'trials_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'BRANCH_POINTS', 'BRANCH_TAGS', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']

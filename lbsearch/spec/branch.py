@@ -25,11 +25,16 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lbsearch.spec.workdir import INFO, PREFIX
 
-__all__ = ["Branching", "BranchSource", "WithBranching", "BRANCH_POINTS", "keep_steps", "stream_start", "branch_points_dir", "branch_experiment",
+__all__ = ["Branching", "BranchSource", "WithBranching", "BRANCH_POINTS", "BRANCH_TAGS", "keep_steps", "stream_start", "branch_points_dir", "branch_experiment",
            "SEARCHED", "RULES", "kept_points", "tracking_home"]
 
 BRANCH_POINTS = "branch_points"
-"""The folder, beside a trial's ``checkpoints``, of the checkpoints it keeps at its branch points."""
+"""The folder, beside a trial's ``checkpoints``, of the checkpoints it keeps at its branch points (a rename leaves the points of
+reference trials already run unfound)."""
+BRANCH_TAGS = {key: f"lbsearch.branch.{key}" for key in ("reference", "point_samples", "point_tokens", "k", "rule", "lr", "study")}
+"""The MLflow tags of branching: a branch's run (``reference`` ``#trial``, its point in samples and tokens, ``k``, ``rule``, ``lr``:
+set by the trial, ``lbsearch.trial.branch``), the branch study's parent run (``reference``, ``rule``) and the reference trial's
+run (``study``: its branch study), set by ``lbsearch.orchestrator.branch``."""
 RULES = ("sqrt", "linear", "none")
 """A branch's lr rule: lr = η · k^α with α 0.5, 1 or 0 (``optimizer.lr_scaling`` of the branch, reference batch = B)."""
 SEARCHED = ("branching.source.at_samples", "train.batch_size", "seed")

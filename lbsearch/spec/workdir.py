@@ -83,6 +83,26 @@ def data_cache_dir(root: Path) -> Path:
     return root / "cache"
 
 
+TRIALS = "trials"
+"""The folder of the trials' working folders in the state folder: ``<mlruns>/trials/<study>/<NNNN>-<id>/`` (a rename leaves the
+checkpoints, outboxes and branch points of a state folder already used unfound)."""
+
+
+def trials_dir(root: Path, owner: str) -> Path:
+    """The working folders of a study's trials (or of ``lbsearch train``'s ``train-<name>``, of ``reproduce``'s runs)."""
+    return root / TRIALS / owner
+
+
+REPORTS = "reports"
+"""The folder of the studies' reports in the state folder: ``<mlruns>/reports/<study>/`` (the batch-scaling report, ``plots/``,
+``pareto/``, a branch study's ``cbs/``)."""
+
+
+def reports_dir(root: Path, owner: str) -> Path:
+    """Where a study's reports are written (each is also logged to the study's parent MLflow run)."""
+    return root / REPORTS / owner
+
+
 def models_dir(root: Path, owner: str) -> Path:
     """Where the models of a study (or of ``lbsearch train``'s ``train-<name>``) are kept."""
     return root / "models" / owner

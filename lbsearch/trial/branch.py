@@ -10,7 +10,7 @@ from pathlib import Path
 
 from accelerate.utils import set_seed
 
-from lbsearch.spec import INFO, branch_points_dir, checkpoint_name, keep_steps, kept_points
+from lbsearch.spec import BRANCH_TAGS, INFO, branch_points_dir, checkpoint_name, keep_steps, kept_points
 
 __all__ = ["kept_steps", "keep_point", "start_branch"]
 
@@ -63,8 +63,9 @@ def start_branch(t) -> int:
     if t.exp.seed != src.reference_seed:
         set_seed(t.exp.seed)
     k, tokens = t.plan.batch_size / src.reference_batch_size, src.at_samples * t.unit
-    t.rep.tags({"lbsearch.branch.reference": src.reference, "lbsearch.branch.point_samples": src.at_samples, "lbsearch.branch.point_tokens": tokens,
-                "lbsearch.branch.k": f"{k:g}", "lbsearch.branch.rule": t.exp.optimizer.lr_scaling, "lbsearch.branch.lr": t.plan.lr})
+    values = {"reference": src.reference, "point_samples": src.at_samples, "point_tokens": tokens, "k": f"{k:g}", "rule": t.exp.optimizer.lr_scaling,
+              "lr": t.plan.lr}
+    t.rep.tags({BRANCH_TAGS[key]: value for key, value in values.items()})
     t.say(f"branched from {src.reference} at {tokens:,} {'tokens' if t.unit > 1 else 'samples'} ({found.name}): k {k:g}, "
           f"B {t.plan.batch_size}, lr {t.plan.lr:.4g} ({t.exp.optimizer.lr_scaling}), seed {t.exp.seed}")
     return 0

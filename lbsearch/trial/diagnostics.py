@@ -24,7 +24,16 @@ import math
 
 import torch
 
-__all__ = ["NoiseScale", "GradientNoiseMonitor", "head_for_step"]
+__all__ = ["GNS", "B_SIMPLE", "B_SIMPLE_TOKENS", "NoiseScale", "GradientNoiseMonitor", "head_for_step"]
+
+GNS = "gns/"
+"""The MLflow prefix of the gradient-noise-scale metrics (``GradientNoiseMonitor.metrics``; a language model's ``B_SIMPLE_TOKENS``
+is added by ``lbsearch.trial.worker``)."""
+B_SIMPLE = GNS + "b_simple"
+"""The simple noise scale B_simple, in samples (also the trial's result ``b_simple``)."""
+B_SIMPLE_TOKENS = GNS + "b_simple_tokens"
+"""B_simple in tokens, for a language model."""
+
 
 
 def head_for_step(step: int, processes: int, accumulation: int, every: int) -> int:
@@ -195,7 +204,7 @@ class GradientNoiseMonitor:
 
     def metrics(self) -> dict[str, float | None]:
         n = self.noise
-        return {"gns/b_simple": n.b_simple, "gns/grad_sq": n.grad_sq, "gns/trace_sigma": n.trace} if self.active else {}
+        return {B_SIMPLE: n.b_simple, GNS + "grad_sq": n.grad_sq, GNS + "trace_sigma": n.trace} if self.active else {}
 
 
 def _sum_sq(tensors: list[torch.Tensor]) -> torch.Tensor:

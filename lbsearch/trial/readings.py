@@ -32,7 +32,7 @@ import torch
 
 from lbsearch.spec import diverged
 
-__all__ = ["CONTINUE", "DIVERGED", "OVERFLOW", "PRUNED", "PAUSE", "Readings", "Row"]
+__all__ = ["READ_AT_LEAST_EVERY_S", "CONTINUE", "DIVERGED", "OVERFLOW", "PRUNED", "PAUSE", "Readings", "Row"]
 
 CONTINUE, DIVERGED, PRUNED, OVERFLOW, PAUSE = 0, 1, 2, 3, 4  # PAUSE: at its rung (lbsearch.trial.rung)
 READ_AT_LEAST_EVERY_S = 2.0  # one process: a read point at least this often, whatever log_every_steps says

@@ -28,7 +28,7 @@ from lbsearch.link import Reporter, watch_parent
 from lbsearch.spec import DIVERGED_REASON, FLAG, INTERRUPTED, NOISE_SCALE, PAUSED, START, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
-from lbsearch.trial.diagnostics import GradientNoiseMonitor
+from lbsearch.trial.diagnostics import B_SIMPLE, B_SIMPLE_TOKENS, GradientNoiseMonitor
 from lbsearch.trial.distill import make_loss
 from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, prepare, stop_code, sum_over_ranks
 from lbsearch.trial.flops import flop_count, peak_flops, step_flops
@@ -227,15 +227,15 @@ class Trial:
         self.work[:2] = 0
         m = self.evaluate_val(self.acc, self.model, self.pad_id)
         self.last_eval, value, noise = m, m[metric.name], self.gns.metrics()
-        if self.lm and noise.get("gns/b_simple") is not None:
-            noise["gns/b_simple_tokens"] = noise["gns/b_simple"] * self.unit
+        if self.lm and noise.get(B_SIMPLE) is not None:
+            noise[B_SIMPLE_TOKENS] = noise[B_SIMPLE] * self.unit
         self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise
                          | ({"progress/tokens": seen * self.unit} if self.lm else {}), seen)
         self.rep.flush()
         self.result["evals"].append({"step": step, "samples": seen, "nominal_samples": self.evals[step], **m, **noise})
-        if noise.get("gns/b_simple") is not None:
-            self.result["b_simple"] = noise["gns/b_simple"]
-            self.result["b_simple_tokens"] = noise.get("gns/b_simple_tokens")
+        if noise.get(B_SIMPLE) is not None:
+            self.result["b_simple"] = noise[B_SIMPLE]
+            self.result["b_simple_tokens"] = noise.get(B_SIMPLE_TOKENS)
         sign = 1 if metric.direction == "maximize" else -1
         if metric.target is not None and "samples_to_target" not in self.result and sign * (value - metric.target) >= 0:
             self.result["samples_to_target"], self.result["steps_to_target"] = seen, step

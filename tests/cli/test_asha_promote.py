@@ -13,7 +13,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import FOLDER, PAUSED, PREFIX, checkpoint_name
+from lbsearch.spec import FOLDER, PAUSED, PREFIX, TRIALS, checkpoint_name
 from lbsearch.study import RESUMED_FROM, spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
@@ -46,7 +46,7 @@ def study(tmp_path_factory):
     rest = proc.communicate(timeout=120)[0]
     left = {"code": proc.returncode, "out": "".join(seen) + rest, "table": cli("status", "tiny-study", cwd=cwd, check=True).stdout,
             "trials": journal_study(root, "tiny-study").get_trials(), "runs": {r.data.tags.get(TRIAL): r for r in runs_of(root, "tiny-study", "trial")},
-            "checkpoints": sorted(p.name for p in root.glob(f"trials/tiny-study/0000-*/{FOLDER}/{PREFIX}*"))}
+            "checkpoints": sorted(p.name for p in root.glob(f"{TRIALS}/tiny-study/0000-*/{FOLDER}/{PREFIX}*"))}
     _nothing_running(root, "tiny-study", left["out"])
     again = run_cli("run", spec, *PROMOTE, cwd=cwd, check=True)
     run_cli("run", spec, *SETS, "--set=name=through", "--set=pruner.name=none", cwd=cwd, check=True)
@@ -97,7 +97,7 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     paused_run = runs[last_pause.user_attrs["mlflow_run_id"]]
     assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs["mlflow_run_id"]
     assert runs[done.user_attrs["mlflow_run_id"]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id
-    assert len(list(root.glob("trials/tiny-study/*/checkpoints"))) == 1  # only the paused trial that was not promoted keeps one
+    assert len(list(root.glob(f"{TRIALS}/tiny-study/*/checkpoints"))) == 1  # only the paused trial that was not promoted keeps one
 
 
 def test_a_promoted_trial_equals_the_same_trial_run_through_without_a_pause(study):

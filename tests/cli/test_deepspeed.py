@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'lbsearch[deepspeed]')")
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
-from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, latest
+from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, TRIALS, latest
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import NOISE_SCALE
 
@@ -57,13 +57,13 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     root = tmp_path / "mlruns"
     first = journal_study(root, "tiny-study").get_trials()[0]
     assert first.state == TrialState.FAIL and first.user_attrs["reason"] == INTERRUPTED
-    (trial_dir,) = root.glob("trials/tiny-study/0000-*")
+    (trial_dir,) = root.glob(f"{TRIALS}/tiny-study/0000-*")
     ckpt = latest(trial_dir / FOLDER)  # the newest: the one written on SIGTERM
     assert (ckpt / "pytorch_model" / "mp_rank_00_model_states.pt").is_file()  # DeepSpeed's engine wrote it (save_checkpoint)
     assert len(list((ckpt / "pytorch_model").glob("*zero_pp_rank_*optim_states.pt"))) == 2  # each rank's optimizer partition
 
     again = run_cli("run", spec, *SETS, f"--set=experiment.launcher.accelerate_config={DS}", cwd=tmp_path, check=True).stdout
-    assert not list(root.glob(f"trials/*/*/{FOLDER}/{PREFIX}*"))  # a finished trial leaves no checkpoint
+    assert not list(root.glob(f"{TRIALS}/*/*/{FOLDER}/{PREFIX}*"))  # a finished trial leaves no checkpoint
     trial, run, curves, weights = _trial(root, 1)
     base_trial, _, base, base_weights = ddp
     resumed = trial.user_attrs[RESUMED_FROM["step"]]
@@ -98,4 +98,4 @@ def test_a_deepspeed_file_that_sets_what_lbsearch_decides_is_a_spec_error(tmp_pa
     (line,) = proc.stderr.strip().splitlines()
     assert line.startswith("lbsearch: error: ") and "launcher.accelerate_config: " in line and line.endswith(f"({file})")
     assert said.format(json=ds_json) in line
-    assert not (tmp_path / "mlruns" / "trials").exists()
+    assert not (tmp_path / "mlruns" / TRIALS).exists()

@@ -31,6 +31,7 @@ import json, sys
 from pathlib import Path
 from accelerate import Accelerator
 from lbsearch.data.cache import load_arrays
+from lbsearch.spec import KEPT_FILE
 from lbsearch.trial.training import Evaluator
 folder, data, pad_id, how = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
 if how == "auto":
@@ -39,7 +40,7 @@ if how == "auto":
 else:
     from lbsearch.trial.model import load_model
     model = load_model(folder)
-info = json.loads((folder / "lbsearch.json").read_text())
+info = json.loads((folder / KEPT_FILE).read_text())
 acc = Accelerator(cpu=True)
 labels = json.loads((Path(data) / "lbsearch_meta.json").read_text())["labels"]
 m = Evaluator(load_arrays(data, "test"), labels["task"], labels, 0.5, info["eval_batch_size"], 0, 1)(acc, model, pad_id)

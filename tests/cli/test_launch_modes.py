@@ -8,6 +8,7 @@ import subprocess
 
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, worker_pids
 
+from lbsearch.spec import TRIALS
 from lbsearch.tracking import NOISE_SCALE, REASON
 
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
@@ -57,8 +58,8 @@ def test_fsdp_version_1_on_cpu_fails_with_the_reason(tmp_path):
 def test_two_machines_on_one_host(tmp_path):
     """Machine rank 0 is `lbsearch train` (one process); machine rank 1 is `lbsearch join` (one process),
     started separately; they meet on 127.0.0.1 at the port that rank 0 wrote into the trial's spec."""
-    (tmp_path / "mlruns" / "trials").mkdir(parents=True)
-    join = subprocess.Popen([*LBSEARCH, "join", str(tmp_path / "mlruns" / "trials"), "--machine-rank", "1", "--trials", "1"],
+    (tmp_path / "mlruns" / TRIALS).mkdir(parents=True)
+    join = subprocess.Popen([*LBSEARCH, "join", str(tmp_path / "mlruns" / TRIALS), "--machine-rank", "1", "--trials", "1"],
                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         out = run_cli("train", str(SPECS / "tiny.yaml"), "--set=launcher.processes=2", "--set=launcher.num_machines=2", *NO_DROPOUT,

@@ -13,6 +13,9 @@ import yaml
 from conftest import journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
+from lbsearch.spec import TRIALS
+from lbsearch.trial.diagnostics import B_SIMPLE, B_SIMPLE_TOKENS
+
 L = 32
 MODELS = {
     "causal_lm": {"source": "random", "model_type": "gpt2", "config": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": L}},
@@ -56,8 +59,8 @@ def test_language_model_trains_in_tokens(task, tmp_path, env):
     assert [p.step for p in client.get_metric_history(run.info.run_id, "eval/loss")] == tokens  # MLflow's step: tokens seen
     assert m["tokens_to_target"] == 16 * L * 4  # a loss of 100 is reached at the first evaluation
     # micro-batch 8 x accumulation 2: the noise scale is measured, in sequences and in tokens
-    b = client.get_metric_history(run.info.run_id, "gns/b_simple")
-    bt = client.get_metric_history(run.info.run_id, "gns/b_simple_tokens")
+    b = client.get_metric_history(run.info.run_id, B_SIMPLE)
+    bt = client.get_metric_history(run.info.run_id, B_SIMPLE_TOKENS)
     assert b and [p.value for p in bt] == pytest.approx([p.value * L for p in b])
 
 
@@ -86,4 +89,4 @@ def test_classifier_source_is_not_a_corpus(tmp_path, env):
     proc = run_cli("train", "x.yaml", cwd=tmp_path, env=env)
     assert proc.returncode == 2
     assert "data.source: `speeches` is a text corpus for `task: causal_lm`" in proc.stderr + proc.stdout
-    assert not (Path(tmp_path) / "mlruns" / "trials").exists()
+    assert not (Path(tmp_path) / "mlruns" / TRIALS).exists()

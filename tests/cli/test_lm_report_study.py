@@ -15,6 +15,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli, settled
 
 from lbsearch.science import REPORT_HTML
 from lbsearch.science.lm_report import N_RESAMPLES
+from lbsearch.spec import REPORTS
 from lbsearch.tracking import ROLE
 
 L = 16
@@ -47,7 +48,7 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
 
     out = cli("report", "lm-ladder", cwd=tmp_path, check=True).stdout
     assert "B_simple median per B (tokens, diagnostic): B=4 (64 tokens)" in out, out
-    report = tmp_path / "mlruns" / "reports" / "lm-ladder"
+    report = tmp_path / "mlruns" / REPORTS / "lm-ladder"
     s = json.loads((report / "summary.json").read_text())["tokens"]
     assert [(r["batch_size"], r["batch_tokens"], r["trials"]) for r in s["per_batch_size"]] == [(4, 64, 2), (8, 128, 2), (16, 256, 2)]
     assert all(r["b_simple_tokens_median"] > 0 and r["b_simple_trials"] == r["trials"] for r in s["per_batch_size"])  # micro-batch 2: measured in every trial

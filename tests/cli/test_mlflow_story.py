@@ -18,7 +18,9 @@ from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
 from optuna.trial import TrialState
 
 from lbsearch.science import REPORT_HTML
+from lbsearch.spec import REPORTS
 from lbsearch.tracking import BEST_TAG, ROLE, TRIAL, TRIALS_CSV
+from lbsearch.trial.diagnostics import GNS
 
 
 def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
@@ -157,7 +159,7 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     client = mlflow_client(root)
     for t in trials:
-        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], f"gns/{k}") for k in ("b_simple", "grad_sq", "trace_sigma")}
+        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], GNS + k) for k in ("b_simple", "grad_sq", "trace_sigma")}
         if t.params["train.batch_size"] == 16:  # micro-batch limit 16: one batch size per step, nothing to measure
             assert not any(hist.values()) and "b_simple" not in t.user_attrs
             continue
@@ -173,7 +175,7 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
 
     out = cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout
     assert "lr exponent" in out and "B_simple" in out
-    report = root / "reports" / "tiny-ladder"
+    report = root / REPORTS / "tiny-ladder"
     summary = json.loads((report / "summary.json").read_text())
     assert [r["batch_size"] for r in summary["per_batch_size"]] == [16, 32, 64]
     assert all(r["steps_to_target"] == 320 // r["batch_size"] for r in summary["per_batch_size"])  # first evaluation

@@ -13,7 +13,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
-from lbsearch.spec import INTERRUPTED, SpecError
+from lbsearch.spec import INTERRUPTED, TRIALS, SpecError
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import CPUS, THREADS
 
@@ -59,7 +59,7 @@ def test_a_host_with_too_few_cores_is_refused_before_anything_starts(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {STUDY}: --parallel: {len(CORES) + 1} trials at once of 1 "
                                                 f"process(es) each need {len(CORES) + 1} CPU cores; this host lets this process use {len(CORES)}"]
-    assert not (tmp_path / "mlruns" / "trials").exists()
+    assert not (tmp_path / "mlruns" / TRIALS).exists()
 
 
 def test_ctrl_c_stops_both_trials_with_checkpoints_and_the_next_run_resumes_both(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, WORKER_DIED, checkpoint_name
+from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, TRIALS, WORKER_DIED, checkpoint_name
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, RESUMED_FROM_TRIAL, RETRY_OF
 
@@ -62,7 +62,7 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert [p for p in hist["train/loss"] if p[0] <= step * 32] == [p for p in base["train/loss"] if p[0] <= step * 32]  # carried over from trial 0
     assert retry.value == base_trial.value and retry.user_attrs["test_accuracy"] == base_trial.user_attrs["test_accuracy"]
     assert retry.intermediate_values == base_trial.intermediate_values  # the pruner sees one curve
-    assert not list(root.glob("trials/*/*/checkpoints"))  # a finished trial leaves no checkpoint
+    assert not list(root.glob(f"{TRIALS}/*/*/checkpoints"))  # a finished trial leaves no checkpoint
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-study")
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
@@ -79,7 +79,7 @@ def test_sigkilled_trial_resumes_from_its_second_checkpoint_exactly(tmp_path, sp
     proc.wait(timeout=10)
     root = tmp_path / "mlruns"
     assert journal_study(root, "tiny-study").get_trials()[0].state == TrialState.RUNNING
-    assert list(root.glob(f"trials/tiny-study/0000-*/{FOLDER}/{PREFIX}*"))
+    assert list(root.glob(f"{TRIALS}/tiny-study/0000-*/{FOLDER}/{PREFIX}*"))
     again = run_cli("run", spec, *SETS, EVERY_320, cwd=tmp_path, check=True)
     trials = journal_study(root, "tiny-study").get_trials()
     assert trials[0].user_attrs["reason"] == WORKER_DIED
@@ -114,7 +114,7 @@ def test_sigterm_writes_a_checkpoint_and_the_rerun_resumes_exactly(tmp_path, spe
     root = tmp_path / "mlruns"
     trials = journal_study(root, "tiny-study").get_trials()
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == INTERRUPTED
-    (ckpt,) = root.glob(f"trials/tiny-study/0000-*/{FOLDER}/{PREFIX}*")
+    (ckpt,) = root.glob(f"{TRIALS}/tiny-study/0000-*/{FOLDER}/{PREFIX}*")
     again = run_cli("run", spec, *SETS, cwd=tmp_path, check=True)
     step = _assert_resumed_exactly(root, uninterrupted, again.stdout, at_least=20)
     assert ckpt.name == checkpoint_name(step)
@@ -124,7 +124,7 @@ def test_time_based_checkpoints_and_a_train_run_leaves_none(tmp_path):
     proc = run_cli("train", str(SPECS / "tiny.yaml"), "--set=train.checkpoint_every_minutes=0.0002", "--set=train.budget_samples=320",
                    "--set=train.eval_every_samples=320", cwd=tmp_path, check=True)
     assert "[train] checkpoint at step" in proc.stdout  # every 12 ms of training: after most steps
-    assert not list((tmp_path / "mlruns").glob("trials/**/checkpoints"))
+    assert not list((tmp_path / "mlruns").glob(f"{TRIALS}/**/checkpoints"))
 
 
 def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, uninterrupted):

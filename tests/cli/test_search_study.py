@@ -7,6 +7,7 @@ from __future__ import annotations
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
 from optuna.trial import TrialState
 
+from lbsearch.spec import TRIALS
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -100,7 +101,7 @@ def test_warm_start_runs_the_best_first_and_constraints_never_launch(tmp_path, s
     trials = journal_study(tmp_path / "mlruns", "tiny-warm").trials
     assert trials[0].state == TrialState.PRUNED and trials[0].user_attrs["reason"] == "constraint: optimizer.lr <= 2.0e-3"
     assert "[trial 0] skipped: violates constraint" in proc.stdout and "[trial 0] start" not in proc.stdout
-    assert not list((tmp_path / "mlruns" / "trials" / "tiny-warm").glob("0000-*"))  # ... and never launched a process
+    assert not list((tmp_path / "mlruns" / TRIALS / "tiny-warm").glob("0000-*"))  # ... and never launched a process
     assert 0 not in {int(r.data.tags[TRIAL]) for r in runs_of(tmp_path / "mlruns", "tiny-warm", "trial")}
     # the enqueued trial was asked first; the warm start's two follow, then one sampled trial
     assert [t.params for t in trials[1:3]] == [t.params for t in top2]

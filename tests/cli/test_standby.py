@@ -17,7 +17,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import standby
-from lbsearch.spec import INTERRUPTED, WORKER_DIED
+from lbsearch.spec import INTERRUPTED, TRIALS, WORKER_DIED
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import START
 
@@ -117,7 +117,7 @@ def test_a_standby_process_that_cannot_fork_says_why_once_and_its_trials_start_a
     (site / "sitecustomize.py").write_text("import threading, time\n"
                                            "threading.Thread(target=time.sleep, args=(600,), name='leftover-loader', daemon=True).start()\n")
     env = dict(os.environ, ACCELERATE_USE_CPU="True", PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    spec = tmp_path / "trials" / "s" / "0000" / "spec.json"
+    spec = tmp_path / TRIALS / "s" / "0000" / "spec.json"
     spec.parent.mkdir(parents=True)
     said: list[str] = []
     with standby.standby(said.append):

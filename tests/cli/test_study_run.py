@@ -18,7 +18,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cl
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
-from lbsearch.spec import INTERRUPTED, WORKER_DIED
+from lbsearch.spec import INTERRUPTED, TRIALS, WORKER_DIED
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -166,7 +166,7 @@ def test_reproduce_of_a_rerun_that_differs_says_mismatch_and_exits_1(finished, t
     its re-run starts from another initialisation and data order, and its metrics differ."""
     cwd, _, _ = finished
     root = tmp_path / "mlruns"
-    shutil.copytree(cwd / "mlruns", root, ignore=shutil.ignore_patterns("trials"))
+    shutil.copytree(cwd / "mlruns", root, ignore=shutil.ignore_patterns(TRIALS))
     journal = root / "optuna.journal"
     ops = [json.loads(line) for line in journal.read_text().splitlines()]
     edited = [op for op in ops if op.get("trial_id") == 0 and "config" in op.get("user_attr", {})]

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
-from lbsearch.spec import TRACKING_LOST
+from lbsearch.spec import TRACKING_LOST, TRIALS
 from lbsearch.tracking import OUTBOX_FILE, REASON, ROLE, STATE
 
 # one trial of 125 steps (B = 32): the server goes while it trains (it may finish meanwhile: its last calls then wait for MLflow)
@@ -103,7 +103,7 @@ def test_a_short_outage_costs_nothing_and_every_metric_arrives(tmp_path, server)
     assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
     steps = _loss_steps(server.url, run.info.run_id)
     assert len(steps) == len(set(steps)) == 125, "every step's train/loss reached MLflow, once"  # none lost in the outage
-    assert not list((tmp_path / "mlruns" / "trials").glob(f"*/*/{OUTBOX_FILE}"))
+    assert not list((tmp_path / "mlruns" / TRIALS).glob(f"*/*/{OUTBOX_FILE}"))
 
 
 def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_next_run_resumes_it(tmp_path, server):
@@ -117,9 +117,9 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     # mid-trial (it trains on for the limit, then stops) or, on a fast machine, at its end (its last calls wait for the limit)
     assert any("[trial 0] stopped: MLflow unreachable" in line or "[trial 0] MLflow unreachable past the limit at the trial's end" in line
                for line in lines), "\n".join(lines[-30:])
-    kept = list((tmp_path / "mlruns" / "trials" / "tiny-study").glob(f"*/{OUTBOX_FILE}"))
+    kept = list((tmp_path / "mlruns" / TRIALS / "tiny-study").glob(f"*/{OUTBOX_FILE}"))
     assert len(kept) == 1 and kept[0].read_text().strip()  # the rows and the run's end that MLflow did not take
-    assert list((tmp_path / "mlruns" / "trials" / "tiny-study").glob("*/checkpoints/*"))  # the checkpoint written on stop
+    assert list((tmp_path / "mlruns" / TRIALS / "tiny-study").glob("*/checkpoints/*"))  # the checkpoint written on stop
     study = journal_study(tmp_path / "mlruns", "tiny-study")
     assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["reason"] == TRACKING_LOST
 
@@ -127,7 +127,7 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     again = run_cli("run", str(SPECS / "tiny_study.yaml"), "--tracking-uri", server.url, *LONG, cwd=tmp_path)  # MLflow's own retries
     assert again.returncode == 0, again.stdout[-3000:]
     assert "resumes trial" in again.stdout and "from its checkpoint at step" in again.stdout
-    assert not list((tmp_path / "mlruns" / "trials").glob(f"*/*/{OUTBOX_FILE}"))  # sent, then removed
+    assert not list((tmp_path / "mlruns" / TRIALS).glob(f"*/*/{OUTBOX_FILE}"))  # sent, then removed
     study = journal_study(tmp_path / "mlruns", "tiny-study")
     done = [t for t in study.trials if t.state == TrialState.COMPLETE]
     assert len(done) == 1 and done[0].params == study.trials[0].params and done[0].user_attrs["steps"] == 125

@@ -8,11 +8,11 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from lbsearch.orchestrator.branch import _points_folder
-from lbsearch.spec import INFO, checkpoint_name, kept_points
+from lbsearch.spec import BRANCH_POINTS, INFO, checkpoint_name, kept_points
 
 
 def _kept(trials_dir: Path, folder: str, step: int, samples: int) -> None:
-    point = trials_dir / folder / "branch_points" / checkpoint_name(step)
+    point = trials_dir / folder / BRANCH_POINTS / checkpoint_name(step)
     point.mkdir(parents=True)
     (point / INFO).write_text(json.dumps({"samples": samples}))
     (point / "model.safetensors").write_bytes(b"w")
@@ -25,8 +25,8 @@ def test_points_of_a_rerun_and_of_the_run_it_continues(tmp_path):
     trials = [SimpleNamespace(number=0, user_attrs={}), SimpleNamespace(number=1, user_attrs={"retry_of": 0}),
               SimpleNamespace(number=2, user_attrs={})]
     folder = _points_folder(tmp_path, trials, 1)
-    assert folder == tmp_path / "0001-bbbbbb" / "branch_points"
+    assert folder == tmp_path / "0001-bbbbbb" / BRANCH_POINTS
     assert sorted(kept_points(folder)) == [32, 64]
-    assert (tmp_path / "0000-aaaaaa" / "branch_points" / checkpoint_name(4) / "model.safetensors").stat().st_nlink == 2  # linked, not copied
+    assert (tmp_path / "0000-aaaaaa" / BRANCH_POINTS / checkpoint_name(4) / "model.safetensors").stat().st_nlink == 2  # linked, not copied
     assert sorted(kept_points(_points_folder(tmp_path, trials, 2))) == [32]
     assert _points_folder(tmp_path, trials, 5) is None

@@ -16,7 +16,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
 from lbsearch.science import CBS_HTML
-from lbsearch.spec import INFO, checkpoint_name
+from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, INFO, REPORTS, TRIALS, checkpoint_name
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
 
@@ -61,10 +61,10 @@ def _history(client, run_id: str, key: str) -> dict[int, float]:
 
 
 def test_reference_keeps_its_branch_points(branched):
-    (folder,) = (branched / "mlruns" / "trials" / "cbs-ref").glob("0000-*")
-    kept = sorted(p.name for p in (folder / "branch_points").iterdir())
+    (folder,) = (branched / "mlruns" / TRIALS / "cbs-ref").glob("0000-*")
+    kept = sorted(p.name for p in (folder / BRANCH_POINTS).iterdir())
     assert kept == [checkpoint_name(3), checkpoint_name(8)]
-    assert json.loads((folder / "branch_points" / checkpoint_name(3) / INFO).read_text())["samples"] == 3 * B
+    assert json.loads((folder / BRANCH_POINTS / checkpoint_name(3) / INFO).read_text())["samples"] == 3 * B
     assert not (folder / "checkpoints").exists() or not list((folder / "checkpoints").iterdir())  # a finished trial's own are gone
 
 
@@ -92,8 +92,8 @@ def test_k2_branch_loads_the_checkpoint_and_runs_at_2B_with_sqrt2_lr(branched):
     assert run.data.params["plan.batch_size"] == str(2 * B) and run.data.params["plan.steps"] == "2"
     assert float(run.data.params["plan.lr"]) == pytest.approx(3e-3 * math.sqrt(2))
     tags = run.data.tags
-    assert tags["lbsearch.branch.k"] == "2" and tags["lbsearch.branch.rule"] == "sqrt" and tags["lbsearch.branch.reference"] == "cbs-ref#0"
-    assert tags["lbsearch.branch.point_tokens"] == str(3 * B * L)
+    assert tags[BRANCH_TAGS["k"]] == "2" and tags[BRANCH_TAGS["rule"]] == "sqrt" and tags[BRANCH_TAGS["reference"]] == "cbs-ref#0"
+    assert tags[BRANCH_TAGS["point_tokens"]] == str(3 * B * L)
     lr = _history(client, run.info.run_id, "train/lr")
     assert list(lr.values()) == pytest.approx([3e-3 * math.sqrt(2)] * 2)  # a constant schedule at the rule's lr, both steps
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
@@ -108,7 +108,7 @@ def test_cbs_report_written_and_logged(branched):
     out = (branched / "branch.out").read_text()
     assert "[cbs cbs-ref-branch-0] ε 0.05 (set)" in out
     assert f"t {3 * B * L:,}: CBS" in out and f"t {8 * B * L:,}: CBS" in out
-    folder = branched / "mlruns" / "reports" / "cbs-ref-branch-0" / "cbs"
+    folder = branched / "mlruns" / REPORTS / "cbs-ref-branch-0" / "cbs"
     facts = json.loads((folder / "cbs.json").read_text())
     assert [p["point"] for p in facts["points"]] == [3 * B * L, 8 * B * L]
     assert all(p["cbs"] in (B * L, 2 * B * L) for p in facts["points"]) and facts["b_crit"] == 600
@@ -119,9 +119,9 @@ def test_cbs_report_written_and_logged(branched):
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
     assert {f"cbs_report/{CBS_HTML}", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]
-    assert parent.data.tags["lbsearch.branch.reference"] == "cbs-ref#0"
+    assert parent.data.tags[BRANCH_TAGS["reference"]] == "cbs-ref#0"
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
-    assert client.get_run(ref_run).data.tags["lbsearch.branch.study"] == "cbs-ref-branch-0"  # the reference points to its branches
+    assert client.get_run(ref_run).data.tags[BRANCH_TAGS["study"]] == "cbs-ref-branch-0"  # the reference points to its branches
     assert parent.data.tags["mlflow.parentRunId"] == ref_run and parent.info.experiment_id == client.get_run(ref_run).info.experiment_id
     branches = journal_study(branched / "mlruns", "cbs-ref-branch-0").get_trials()
     assert {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in branches} == {parent.info.run_id}
@@ -146,7 +146,7 @@ def test_branches_run_parallel_on_placed_workers_and_the_report_is_written_once(
     key = lambda t: (t.params["branching.source.at_samples"], t.params["train.batch_size"])  # noqa: E731
     losses = {key(t): t.user_attrs["validation_loss"] for t in serial}
     assert {key(t): t.user_attrs["validation_loss"] for t in par} == pytest.approx(losses, rel=1e-4)  # one thread each, not bit for bit
-    assert (branched / "mlruns" / "reports" / "cbs-par" / "cbs" / "cbs.json").is_file()
+    assert (branched / "mlruns" / REPORTS / "cbs-par" / "cbs" / "cbs.json").is_file()
 
 
 @pytest.mark.parametrize("args,field", [(["--k", "2,4"], "--k"), (["--k", "1,2", "--delta", "100"], "--delta"),

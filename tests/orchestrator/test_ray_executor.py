@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
-from lbsearch.spec import WORKER_DIED, ExecutorConfig, bundles
+from lbsearch.spec import TRIALS, WORKER_DIED, ExecutorConfig, bundles
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, THREADS
 
@@ -96,7 +96,7 @@ def test_an_address_where_no_ray_cluster_answers_is_a_one_line_error(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"lbsearch: error: {SPECS / 'tiny_study.yaml'}: executor.address: no Ray cluster answers at "
                                                 "127.0.0.1:1: Connection refused"]
-    assert not (tmp_path / "mlruns" / "trials").exists() and not (tmp_path / "mlruns" / "optuna.journal").exists()
+    assert not (tmp_path / "mlruns" / TRIALS).exists() and not (tmp_path / "mlruns" / "optuna.journal").exists()
 
 
 @pytest.fixture(scope="module")
@@ -140,7 +140,7 @@ def test_a_trial_of_two_machines_runs_on_two_nodes_and_trains_as_on_one(cluster,
     assert len(nodes) == 2 and len(set(nodes)) == 2, run.data.tags
     assert run.data.tags[RAY_GPUS].count(";") == 1
     assert "on Ray: machine 1 of 2" in out
-    (workdir,) = (tmp_path / "mlruns" / "trials" / "ray-machines").iterdir()
+    (workdir,) = (tmp_path / "mlruns" / TRIALS / "ray-machines").iterdir()
     sides = [json.loads(f.read_text())["experiment"]["launcher"] for f in (workdir / "spec.json", workdir / "machine-1" / "spec.json")]
     assert [(s["num_machines"], s["machine_rank"]) for s in sides] == [(2, 0), (2, 1)]  # what each node's accelerate launch got
     assert sides[0]["main_process_ip"] == sides[1]["main_process_ip"] and sides[0]["main_process_port"] == sides[1]["main_process_port"]

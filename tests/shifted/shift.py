@@ -34,6 +34,7 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from pydantic_core import PydanticUndefined
 
 import lbsearch.spec
+from lbsearch.spec.registry import LR_SCALING
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -60,9 +61,13 @@ CONSTANTS = {
 value it takes here: set in its module as that module is imported, and in the functions' keyword defaults that read it."""
 
 
-OPTIONS = {"--rule": "linear", "--k": "1,2,4,8"}
-"""The command-line options (``lbsearch.cli``) whose default is a string, each with the other value it takes here; an option
-with an int default takes it doubled (1 for 0), a float x1.5 (``option``)."""
+OPTIONS = {"--rule": lambda rule: _next(list(LR_SCALING), rule), "--k": lambda ks: ks.rsplit(",", 1)[0] if "," in ks else f"{ks},2"}
+"""The command-line options (``lbsearch.cli``) whose default is a string, each with how it is shifted (the next lr-scaling rule;
+the multiples without the largest); an option with an int default takes it doubled (1 for 0), a float x1.5 (``option``)."""
+
+
+def _next(choices: list[Any], value: Any) -> Any:
+    return choices[(choices.index(value) + 1) % len(choices)]
 
 KEPT_OPTIONS = {
     "--mlruns": "the state folder: every test passes its own",
@@ -79,7 +84,7 @@ def option(flags: list[str], default: Any) -> Any:
     if not name.startswith("--") or name in KEPT_OPTIONS or default in (None, argparse.SUPPRESS) or isinstance(default, (bool, list)):
         return default
     if name in OPTIONS:
-        return OPTIONS[name]
+        return OPTIONS[name](default)
     if isinstance(default, int):
         return default * 2 or 1
     return default * 1.5 or 0.1 if isinstance(default, float) else default

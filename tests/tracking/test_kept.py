@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from lbsearch.spec import TRIALS
 from lbsearch.spec.session import default_tracking_uri
 from lbsearch.spec.workdir import models_dir
 from lbsearch.tracking import MODEL, MODEL_ID_TAG, TRIAL
@@ -14,7 +15,7 @@ from lbsearch.tracking.tracker import Tracker
 
 
 def _trial(tracker: Tracker, exp_id: str, root: Path, number: int) -> tuple[str, Path]:
-    saved = root / "trials" / f"{number:04d}" / "model"
+    saved = root / TRIALS / f"{number:04d}" / "model"
     saved.mkdir(parents=True)
     (saved / "config.json").write_text(f'{{"trial": {number}}}')
     return tracker.child_run(exp_id, None, f"trial-{number}", {}, {}), saved

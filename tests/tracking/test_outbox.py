@@ -9,7 +9,7 @@ import time
 import pytest
 
 from lbsearch.orchestrator.launch import free_port
-from lbsearch.spec import TRACKING_LOST, TrackingOutage
+from lbsearch.spec import TRACKING_LOST, TRIALS, TrackingOutage
 from lbsearch.tracking import OUTBOX_FILE, REASON, STATE, Outbox, Tracker, TrackingError, is_outage, replay_outboxes, save_outbox
 
 
@@ -79,7 +79,7 @@ def test_an_error_retrying_cannot_cure_is_raised_as_it_is(store):
 
 def test_calls_kept_through_an_outage_are_replayed_in_order_and_the_file_goes(store, nowhere, tmp_path):
     tracker, run_id = store
-    folder = tmp_path / "trials" / "s" / "0000-abc"
+    folder = tmp_path / TRIALS / "s" / "0000-abc"
     save_outbox([["metric_rows", run_id, [["train/loss", 0.9, 1, 1]], 1], ["metric_rows", run_id, [["train/loss", 0.8, 2, 2]]]], folder)
     save_outbox([["tags", run_id, {REASON: TRACKING_LOST}], ["end", run_id, "KILLED"]], folder)  # appended
     said: list[str] = []

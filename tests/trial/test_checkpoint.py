@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lbsearch.spec import TRIALS
 from lbsearch.spec.config import ExperimentConfig, SpecError
 from lbsearch.spec.load import validate_experiment
 from lbsearch.spec.workdir import FOLDER, INFO, KEEP_CHECKPOINTS, adopt, checkpoint_name, discard, fingerprint, latest, superseded
@@ -43,7 +44,7 @@ def test_a_new_whole_checkpoint_supersedes_all_but_the_newest_kept(tmp_path):
 
 
 def test_a_retry_takes_over_the_checkpoints_of_the_trial_it_reruns(tmp_path):
-    trials = tmp_path / "trials" / "s"
+    trials = tmp_path / TRIALS / "s"
     _write(trials / "0003-abc123" / FOLDER, 20)
     (trials / "0013-def456").mkdir(parents=True)  # another trial whose number starts alike
     new = trials / "0007-ffffff"
