@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lbsearch.cli.branch import add_branch, cmd_branch
-from lbsearch.spec import GPU_TOLERANCE, SpecError, TrackingOutage
+from lbsearch.spec import GPU_TOLERANCE, REPORTS, SpecError, TrackingOutage
 
 EPILOG = """examples:
   lbsearch run studies/quickstart.yaml             create or resume a study
@@ -91,7 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="batch-scaling report (HTML + PNGs, also logged to the study's parent MLflow run)")
     p.add_argument("study", help="study name")
-    p.add_argument("--out", type=Path, default=None, help="output folder (default: <mlruns>/reports/STUDY)")
+    p.add_argument("--out", type=Path, default=None, help=f"output folder (default: <mlruns>/{REPORTS}/STUDY)")
     p.add_argument("--targets", type=lambda v: [float(x) for x in v.split(",")], default=None,
                    help="language models: the validation-loss targets, comma-separated, e.g. 6.0,5.5,5.0 (default: chosen from the curves)")
     _common(p)
