@@ -29,7 +29,7 @@ def checkpoint_name(step: int, tmp: bool = False) -> str:
 
 
 KEEP_CHECKPOINTS = 1
-"""How many whole checkpoints a running trial keeps: the newest (a resume needs no other); the older ones are
+"""How many whole checkpoints a running trial keeps, the newest ones (a resume needs only the newest); the older ones are
 deleted once a new one is whole (``superseded``)."""
 
 
