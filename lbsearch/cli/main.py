@@ -38,7 +38,7 @@ SPARSITIES = (0.3, 0.5, 0.7)
 REPEATS = 50
 """``lbsearch compress``'s default number of timed predict calls of one text per variant."""
 UI_PORT = 5000
-"""``lbsearch ui``'s default port (MLflow's own)."""
+"""``lbsearch ui``'s default port (``--port``)."""
 NO_STANDBY = ("start every trial as a new process (default: where more than one trial is left, one-process trials are forked "
               "from a standby process that has done the imports once; docs/how_a_trial_runs.md)")
 
