@@ -42,7 +42,7 @@ def test_the_flat_layout_is_gone():
     assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py", "api.py", "hf.py", "lightning.py"}
 
 
-FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
+FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "PARETO_PNG": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
               "TRIAL_LOG": launch, "REPORT_HTML": report, "CBS_HTML": cbs_report, "QUANTIZED_FILE": model, "KEPT_FILE": workdir,
               "INFO": workdir, "OUTBOX_FILE": outbox, "BRANCH_POINTS": branch}
 """The file names lbsearch writes, each a constant in its module (``CONFIG_JSON`` is left out: a Hugging Face model folder's

@@ -40,7 +40,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--warmup_steps", type=int, default=None, help="default: 6%% of the steps")
     p.add_argument("--budget_samples", type=int, default=3000, help="samples seen in training")
     p.add_argument("--eval_every_samples", type=int, default=1000)
-    p.add_argument("--clip_norm", type=float, default=1.0, help="omit under lbsearch (clip_norm: null) to turn clipping off")
+    p.add_argument("--clip_norm", type=float, default=None, help="the gradient-clipping norm; left out: no clipping (lbsearch leaves it out for clip_norm: null)")
     p.add_argument("--weight_decay", type=float, default=0.01)
     p.add_argument("--model", default="minilm-l6", help="`minilm-l6` (pretrained, offline) or `tiny` (random init, for tests)")
     p.add_argument("--num_layers", type=int, default=2)

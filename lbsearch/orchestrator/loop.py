@@ -78,6 +78,7 @@ from lbsearch.tracking import (
     BEST_ALIAS,
     KIND,
     PARETO_CSV,
+    PARETO_PNG,
     TRIALS_CSV,
     Tracker,
     TrackingError,
@@ -322,7 +323,7 @@ class _Search:
         self.tracker.artifacts(self.parent, {PARETO_CSV: to_csv(rows)})
         self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
         folder = reports_dir(self.session.root, self.cfg.name) / "pareto"
-        if front_plot(self.study, folder / "pareto_front.png"):
+        if front_plot(self.study, folder / PARETO_PNG):
             self.tracker.artifact_dir(self.parent, folder, "pareto")
 
     @functools.cached_property

@@ -26,13 +26,14 @@ if TYPE_CHECKING:
     from lbsearch.spec import DataConfig, StudyConfig
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
+__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "PARETO_PNG", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
 
 KIND = EXPERIMENT_KIND
 """The experiment-kind tag (set on every experiment lbsearch creates; studies made before it get it on their next run)."""
 CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 """Split -> the dataset's context (the input tag ``mlflow.data.context``)."""
 TRIALS_CSV, PARETO_CSV = "trials.csv", "pareto_front.csv"
+PARETO_PNG = "pareto_front.png"
 """The parent run's tables: every trial's row (``status --json``'s), and a multi-objective study's Pareto front."""
 CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "config.json", "reproduce.sh", "versions.json", "labels.json"
 """A trial run's files (``lbsearch.orchestrator.runner.trial_files``): its resolved config, the command that re-runs it, the package versions, a classifier's labels."""

@@ -3,7 +3,9 @@ how they reach it, and its final metrics when it ignores the API."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -98,3 +100,15 @@ def test_searching_a_script_param(specs, tmp_path, capsys):
     study.write_text(study.read_text().replace("params.max_length:", "params.max_length.x:"))
     assert main(["run", str(study), "--mlruns", str(tmp_path / "m")]) == 2
     assert "not a field of the experiment" in capsys.readouterr().err
+
+
+def test_the_example_reads_a_null_clip_norm_left_out_of_its_flags_as_no_clipping(monkeypatch):
+    """A searched ``clip_norm: null`` (clipping off) is left out of a script's flags: the example must not clip then."""
+    spec = importlib.util.spec_from_file_location("example_train", SPECS.parents[1] / "examples" / "accelerate" / "train.py")
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    exp = load_experiment(SPECS.parents[1] / "examples" / "accelerate" / "experiment.yaml")
+    for clip, seen in ((None, None), (0.5, 0.5)):
+        off = exp.model_copy(update={"train": exp.train.model_copy(update={"clip_norm": clip})})
+        monkeypatch.setattr(sys, "argv", script_argv(off, trial_values(off, make_plan(off)), Path("params.json")))
+        assert example.parse_args().clip_norm == seen
