@@ -76,7 +76,7 @@ def resolved(exp: ExperimentConfig) -> ExperimentConfig:
 
 def trial_files(session: Session, cfg: dict[str, Any], study: str | None, number: int | None) -> dict[str, str]:
     """The artifacts that make a run re-runnable: its resolved config, the command, the versions."""
-    cmd = f"lbsearch reproduce {study} --trial {number}" if study else "lbsearch train config.json"
+    cmd = f"lbsearch reproduce {study} --trial {number}" if study else f"lbsearch train {CONFIG_JSON}"
     if session.root.resolve() != (Path.cwd() / "mlruns").resolve():
         cmd += f" --mlruns {shlex.quote(str(session.root))}"
     if session.storage:
@@ -84,7 +84,7 @@ def trial_files(session: Session, cfg: dict[str, Any], study: str | None, number
     return {
         CONFIG_JSON: json.dumps(cfg, indent=1),
         REPRODUCE_SH: f"# re-run this trial from its resolved config and compare metrics\n{cmd}\n"
-        f"# or train the config alone: lbsearch train config.json\n",
+        f"# or train the config alone: lbsearch train {CONFIG_JSON}\n",
         VERSIONS_JSON: json.dumps(versions(), indent=1),
     }
 

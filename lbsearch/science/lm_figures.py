@@ -75,7 +75,7 @@ def _plot_b_crit(s: dict[str, Any], out: Path) -> tuple[str, str]:
         lo = np.array([f["b_crit_tokens_ci"][0] if f["b_crit_tokens_ci"][0] is not None else v for f, v in zip(fits, bc)])
         hi = np.array([f["b_crit_tokens_ci"][1] if f["b_crit_tokens_ci"][1] is not None else v for f, v in zip(fits, bc)])
         ax.errorbar(loss, bc, yerr=[np.maximum(bc - lo, 0), np.maximum(hi - bc, 0)], fmt="o", color="C1", capsize=3,
-                    label="B_crit (measurement), 95% bootstrap interval")
+                    label=f"B_crit (measurement), {_pct(s)} bootstrap interval")
         e = s["exponent"]
         if "slope" in e:
             xs = np.geomspace(loss.min(), loss.max(), 20)
@@ -121,7 +121,7 @@ def _tables(s: dict[str, Any]) -> str:
         cells.append(_f(r["b_simple_tokens_median"]) + (f" ({r['b_simple_trials']} trials)" if r["b_simple_trials"] else ""))
         body += "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>"
     sizes = [r["batch_size"] for r in s["per_batch_size"]]
-    fhead = ["target loss", "B_crit (sequences)", "B_crit (tokens)", "95% interval (tokens)", "S_min (steps)", "E_min (tokens)",
+    fhead = ["target loss", "B_crit (sequences)", "B_crit (tokens)", f"{_pct(s)} interval (tokens)", "S_min (steps)", "E_min (tokens)",
              "relative residuals at B = " + ", ".join(map(str, sizes))]
     fbody = ""
     for f in s["fits"]:
@@ -138,12 +138,17 @@ def _tables(s: dict[str, Any]) -> str:
             f"<table><tr>{row(fhead)}</tr>{fbody}</table>")
 
 
-def _exponent_text(e: dict[str, Any]) -> str:
+def _pct(s: dict[str, Any]) -> str:
+    """The intervals' coverage as the analysis computed them (``bootstrap.confidence``), e.g. ``95%``."""
+    return f"{100 * s['bootstrap']['confidence']:g}%"
+
+
+def _exponent_text(e: dict[str, Any], pct: str) -> str:
     if "slope" not in e:
         return f"No exponent: {e['error']}."
     alpha = f"α_B = {e['alpha_b']:.2f}" if e["alpha_b"] is not None else "α_B undefined (slope 0)"
-    ci = f" (95% bootstrap interval {e['alpha_b_ci'][0]:.2f} to {e['alpha_b_ci'][1]:.2f})" if "alpha_b_ci" in e else " (no interval: the slope's interval includes 0 or the fit failed)"
-    return (f"log B_crit against log L has slope {e['slope']:.2f}, 95% interval {_ci(e['slope_ci'], '{:.2f}')}: {alpha}{ci}; "
+    ci = f" ({pct} bootstrap interval {e['alpha_b_ci'][0]:.2f} to {e['alpha_b_ci'][1]:.2f})" if "alpha_b_ci" in e else " (no interval: the slope's interval includes 0 or the fit failed)"
+    return (f"log B_crit against log L has slope {e['slope']:.2f}, {pct} interval {_ci(e['slope_ci'], '{:.2f}')}: {alpha}{ci}; "
             f"Kaplan et al. (2020) found α_B ≈ {e['kaplan_alpha_b']}. {e['trend'][0].upper() + e['trend'][1:]}.")
 
 
@@ -160,7 +165,7 @@ steps to target = tokens / B_tokens. At each B the envelope takes the trial with
 S = S_min (1 + B_crit / B) is fitted at each target, and log B_crit against log L over the targets. Intervals: {int(100 * boot['confidence'])}%
 percentile bootstrap over seeds and learning rates ({boot['resamples']} resamples, seed {boot['seed']}: each B's trials resampled with
 replacement, envelope and fits recomputed). Targets: {', '.join(f'{t:.4g}' for t in s['targets'])}.</p>
-<p><b>Exponent.</b> {html.escape(_exponent_text(s['exponent']))}</p>
+<p><b>Exponent.</b> {html.escape(_exponent_text(s['exponent'], _pct(s)))}</p>
 <p><b>B_simple and B_crit are different things.</b> B_simple = tr(Σ)/|G|² is a diagnostic computed from gradient statistics during
 training; B_crit is a measurement, from steps to a target. B_simple predicts B_crit under SGD-like assumptions (McCandlish et al.
 2018); Merrill et al. (2025) find that B_simple can underestimate the critical batch size under Adam, by orders of magnitude.</p>

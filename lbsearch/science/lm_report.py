@@ -14,7 +14,7 @@ classification report:
 4. **The envelope**: per B, the trial (over the lr grid and seeds) with the fewest steps to the target.
 5. **The fit** S = S_min (1 + B_crit / B) per target (``scaling.fit_steps``), and
    log B_crit = log B* - (1/alpha_B) log L over the targets (Kaplan et al. 2020: alpha_B ~ 0.21).
-6. **95% bootstrap intervals** over seeds and learning rates: each B's trials are resampled with
+6. **Bootstrap intervals** (``CONFIDENCE``) over seeds and learning rates: each B's trials are resampled with
    replacement, the envelope and both fits recomputed (``N_RESAMPLES``, seeded); percentile intervals.
 
 B_simple (the gradient noise scale, a diagnostic from gradient statistics) is reported beside

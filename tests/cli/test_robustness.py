@@ -13,7 +13,7 @@ from lbsearch.spec import DIVERGED_REASON
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import OOM_RETRIES, REASON, ROLE, STATE, TRIAL
+from lbsearch.tracking import CONFIG_JSON, OOM_RETRIES, REASON, ROLE, STATE, TRIAL
 
 
 def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
@@ -63,7 +63,7 @@ def test_train_gets_the_out_of_memory_retry_too(tmp_path):
     (run,) = runs_of(tmp_path / "mlruns", "train-tiny")
     assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
     assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags[OOM_RETRIES]) == ("8", "4", "1")
-    config = mlflow_client(tmp_path / "mlruns").download_artifacts(run.info.run_id, "config.json", str(tmp_path))
+    config = mlflow_client(tmp_path / "mlruns").download_artifacts(run.info.run_id, CONFIG_JSON, str(tmp_path))
     assert json.loads(Path(config).read_text())["launcher"]["max_micro_batch"] == 8  # `lbsearch train config.json` runs what ran
 
 

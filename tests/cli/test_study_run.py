@@ -106,7 +106,7 @@ def test_mlflow_run_tree(finished):
     # artifacts: resolved config, reproduce command, versions, the trial's output
     arts = {a.path for a in client.list_artifacts(good.info.run_id)}
     assert {CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, TRIAL_LOG} <= arts
-    local = client.download_artifacts(good.info.run_id, "config.json", str(cwd))
+    local = client.download_artifacts(good.info.run_id, CONFIG_JSON, str(cwd))
     assert json.loads(Path(local).read_text())["optimizer"]["lr"] == 3e-3
     assert "data.digest" in good.data.tags and "git.commit" in good.data.tags
     # parent: best params and metric, trials table

@@ -57,7 +57,7 @@ def study(tmp_path_factory):
     client = mlflow_client(root)
     runs = client.search_runs([client.get_experiment_by_name(name).experiment_id])
     best = next(r for r in runs if r.data.tags.get(BEST_TAG) == "true")
-    budget = json.loads(Path(client.download_artifacts(best.info.run_id, "config.json", str(tmp_path_factory.mktemp("cfg")))).read_text())
+    budget = json.loads(Path(client.download_artifacts(best.info.run_id, CONFIG_JSON, str(tmp_path_factory.mktemp("cfg")))).read_text())
     return root, name, best.info.run_name, budget["train"]["budget_samples"]
 
 
@@ -201,7 +201,7 @@ def test_walk_from_the_experiment_list_to_the_parent_plots(study, ui, browser, t
 
     _click(d, "Artifacts")
     _until(d, "the trial's artifacts", lambda drv: CONFIG_JSON in _text(drv) and REPRODUCE_SH in _text(drv))
-    _click(d, "config.json")
+    _click(d, CONFIG_JSON)
     _until(d, "the resolved config", lambda drv: f'"budget_samples": {budget}' in _text(drv))
     _click(d, REPRODUCE_SH)
     _until(d, f"{REPRODUCE_SH}'s path", lambda drv: f"/artifacts/{REPRODUCE_SH}" in _text(drv))

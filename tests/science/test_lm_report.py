@@ -8,6 +8,7 @@ import pytest
 from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
+from lbsearch.science.lm_figures import html_section
 from lbsearch.science.lm_report import Curve, _exponent, analyse, choose_targets, curves, tokens_to_target
 
 L = 64
@@ -111,3 +112,10 @@ def test_curves_place_evaluations_at_the_tokens_really_seen():
     assert (c.batch_size, c.seq_len, c.batch_tokens, c.seed, c.budget_tokens) == (128, L, 8192, 1, 32768)
     assert c.tokens == (8192.0, 16384.0, 24576.0, 32768.0)  # after steps 1, 2, 3, 4
     assert c.loss[0] == 7.0 and c.b_simple_tokens == 900.0
+
+
+def test_the_page_states_the_coverage_its_intervals_were_computed_at(tmp_path):
+    """The intervals' coverage in the table, the figure and the exponent text is the analysis's own, not a fixed 95%."""
+    s = analyse(_ladder(), TARGETS, n_boot=100, seed=0, confidence=0.8)
+    page = html_section(s)
+    assert "80% interval (tokens)" in page and "80% interval" in page.split("<b>Exponent.</b>", 1)[1] and "95%" not in page
