@@ -133,7 +133,7 @@ def _model_parsers(sub) -> None:
     p.add_argument("--sparsity", type=float, nargs="+", default=list(SPARSITIES), metavar="S",
                    help=f"magnitude-pruning sparsities: the share of all nn.Linear weights set to zero, ranked globally (default: {' '.join(map(str, SPARSITIES))})")
     p.add_argument("--finetune-steps", type=int, default=0, metavar="N",
-                   help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; default %(default)s: none)")
+                   help="also fine-tune each pruned model N steps with its zeros held (the trial's optimizer, lr and B; 0: none; default %(default)s)")
     p.add_argument("--repeats", type=int, default=REPEATS, metavar="N", help="timed predict calls of one text per variant (default %(default)s)")
     p.add_argument("--table", action="store_true", help="only print the measured variants: metric, size, latency, the Pareto front")
     p.add_argument("--verify", default=None, metavar="VERSION", help="re-evaluate a registered variant (version or alias) from its folder; "
