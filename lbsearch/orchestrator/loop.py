@@ -205,8 +205,9 @@ class _Search:
         config = exp.model_dump(mode="json")
         trial.set_user_attr("config", json.dumps(config))
         tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get("retry_of")) | self.digest
-        workdir = trials_dir(self.session.root, cfg.name) / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
-        resumed = resume(self.study, trials_dir(self.session.root, cfg.name), trial, workdir, self.session.out)
+        folders = trials_dir(self.session.root, cfg.name)
+        workdir = folders / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
+        resumed = resume(self.study, folders, trial, workdir, self.session.out)
         rung, pause_at = rung_plan(self.study, cfg, trial, self.data is None)
         run = TrialRun(exp=exp, data=self.data, workdir=workdir, resumable=True, pause_at_samples=pause_at,
                        prefix=prefix, experiment_id=self.exp_id, run_name=f"trial-{trial.number}", parent=self.parent, tags=tags | resumed | rung,
