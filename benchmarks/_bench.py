@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from lbsearch.data.cache import PreparedData, Split, load_arrays, prepare_data
-from lbsearch.spec import PACKING
+from lbsearch.spec import PACKING, PROGRESS_STEP, TRAIN_LOSS, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S
 from lbsearch.spec.config import ExperimentConfig
 from lbsearch.spec.load import load_experiment, parse_set
 from lbsearch.spec.plan import make_plan
@@ -252,20 +252,20 @@ def lbsearch_loop(exp: ExperimentConfig, data: PreparedData) -> dict[str, Any]:
     messages = [parse_message(line) for line in out.getvalue().splitlines()]
     rows = [r for m in messages if m is not None and m[0] == "metrics" for r in m[1]]
     # a row's step is the data seen where the worker also logs the optimizer step (`progress/step`), else that step
-    to_step = {at: int(v) for key, v, _, at in rows if key == "progress/step"}
+    to_step = {at: int(v) for key, v, _, at in rows if key == PROGRESS_STEP}
     rows = [(key, v, ts, to_step.get(at, at) if to_step else at) for key, v, ts, at in rows]
     tags = {k: v for m in messages if m is not None and m[0] == "tags" for k, v in m[1].items()}
-    rate = {step: v for key, v, _, step in rows if key == "train/samples_per_s"}  # per evaluation interval
-    losses = {step: v for key, v, _, step in rows if key == "train/loss"}
-    stamps = {step: ts / 1000 for key, _, ts, step in rows if key == "train/loss"}  # ms, taken after each step
+    rate = {step: v for key, v, _, step in rows if key == TRAIN_SAMPLES_PER_S}  # per evaluation interval
+    losses = {step: v for key, v, _, step in rows if key == TRAIN_LOSS}
+    stamps = {step: ts / 1000 for key, _, ts, step in rows if key == TRAIN_LOSS}  # ms, taken after each step
     ends = sorted(rate)
     samples = [exp.train.batch_size * (b - a) for a, b in zip(ends, ends[1:])]
     seconds = [n / rate[s] for n, s in zip(samples, ends[1:])]
     # step durations after the first evaluation, leaving out each step that follows an evaluation
     durations = [stamps[s] - stamps[s - 1] for s in range(ends[0] + 1, ends[-1] + 1) if s - 1 not in rate]
     # tokens/s and MFU over the same intervals (each interval weighted by its seconds)
-    tps = {step: v for key, v, _, step in rows if key == "train/tokens_per_s"}
-    mfu = {step: v for key, v, _, step in rows if key == "train/mfu"}
+    tps = {step: v for key, v, _, step in rows if key == TRAIN_TOKENS_PER_S}
+    mfu = {step: v for key, v, _, step in rows if key == TRAIN_MFU}
     steady = {"tokens_per_s": sum(tps[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds),
               "mfu": sum(mfu[s] * t for s, t in zip(ends[1:], seconds)) / sum(seconds) if mfu else None}
     return {"samples_per_s": sum(samples) / sum(seconds), "samples_per_s_median_step": exp.train.batch_size / statistics.median(durations),

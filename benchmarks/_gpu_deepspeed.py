@@ -22,14 +22,14 @@ from typing import Any
 from _bench import ROOT
 from _gpu_study import _env
 
-from lbsearch.spec import INTERRUPTED
+from lbsearch.spec import EVAL, INTERRUPTED, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import NOISE_SCALE
 
 DS_CONFIG = ROOT / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
 TINY = {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 128, "max_position_embeddings": 64,
         "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
-KEYS = ("train/loss", "train/grad_norm", "train/lr", "eval/loss")
+KEYS = (TRAIN_LOSS, TRAIN_GRAD_NORM, TRAIN_LR, EVAL + "loss")
 
 
 def _study(work: Path, name: str, spec: Path, cpu: bool, deepspeed: bool) -> Path:

@@ -31,7 +31,7 @@ import torch
 from _bench import fresh_accelerate, worker_spec
 
 from lbsearch.data import PreparedData, load_arrays
-from lbsearch.spec import ExperimentConfig, make_plan
+from lbsearch.spec import TRAIN_MFU, TRAIN_TOKENS_PER_S, ExperimentConfig, make_plan
 from lbsearch.trial.batching import sample_stream
 from lbsearch.trial.flops import FlopCount, flop_count, peak_flops
 from lbsearch.trial.readings import READ_AT_LEAST_EVERY_S  # one process reads at least this often, whatever log_every_steps says
@@ -202,13 +202,13 @@ def lbsearch_run(exp: ExperimentConfig, data: PreparedData, count: FlopCount, pe
         flops, tokens = work(steps)
         spans.append({"first_step": steps[0], "steps": len(steps), "seconds": b["start"] - a["end"], "flops": flops, "tokens": tokens})
     rows = [r for m in map(parse_message, out.getvalue().splitlines()) if m is not None and m[0] == "metrics" for r in m[1]]
-    reported = {key: [v for k, v, _, _ in rows if k == key] for key in ("train/mfu", "train/tokens_per_s")}
+    reported = {key: [v for k, v, _, _ in rows if k == key] for key in (TRAIN_MFU, TRAIN_TOKENS_PER_S)}
     summary = spans_summary(spans, peak, exp.train.batch_size)
     syncs = _host_syncs(per_step, {m["step"] for m in marks}, marks[0]["step"], summary["seconds"], counter.how, getattr(exp.train, "log_every_steps", None))
     return summary | {
         "spans": spans, "wall_s": wall, "first_step_s": result.first_step_s, "evaluations": len(marks),
         "eval_seconds": sum(m["end"] - m["start"] for m in marks), "flop_count": marks[0]["flop_count"], "host_syncs": syncs,
-        "lbsearch_reported": {"mfu_per_interval": reported["train/mfu"][1:], "tokens_per_s_per_interval": reported["train/tokens_per_s"][1:],
+        "lbsearch_reported": {"mfu_per_interval": reported[TRAIN_MFU][1:], "tokens_per_s_per_interval": reported[TRAIN_TOKENS_PER_S][1:],
                               "note": "the worker's own train/mfu over each evaluation interval after the first (its own clock)"},
         "validation_loss": (result.validation or {}).get("loss"), "skipped_steps": result.skipped_steps}
 

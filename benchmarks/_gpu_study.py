@@ -22,6 +22,8 @@ from typing import Any
 
 from _bench import ROOT
 
+from lbsearch.spec import PROGRESS_STEP, TRAIN_LOSS
+
 HF_SCRIPT = Path(__file__).resolve().parent / "_gpu_hf.py"
 LR = {"low": 3e-5, "high": 3e-4}
 
@@ -77,10 +79,10 @@ def trial_starts(name: str, mlruns: Path) -> list[dict[str, Any]]:
 
 def _first_step_row(client, run_id: str) -> tuple[int | None, bool]:
     """The time (ms) of the trial's first logged optimizer step, and whether that step is step 1."""
-    steps = sorted(client.get_metric_history(run_id, "progress/step"), key=lambda m: m.value)
+    steps = sorted(client.get_metric_history(run_id, PROGRESS_STEP), key=lambda m: m.value)
     if steps:
         return steps[0].timestamp, steps[0].value == 1
-    losses = sorted(client.get_metric_history(run_id, "train/loss"), key=lambda m: m.step)
+    losses = sorted(client.get_metric_history(run_id, TRAIN_LOSS), key=lambda m: m.step)
     return (losses[0].timestamp, False) if losses else (None, False)
 
 

@@ -31,7 +31,7 @@ from transformers import AutoTokenizer
 
 from lbsearch.cli.main import REPEATS, SPARSITIES
 from lbsearch.data import load_arrays
-from lbsearch.spec import KEPT_FILE, Session, load_study, parse_set, trial_model_dir
+from lbsearch.spec import KEPT_FILE, SIZE_WEIGHT_BYTES, SPEED_LATENCY_MS_MEDIAN, SPEED_THROUGHPUT_PER_S, TEST, Session, load_study, parse_set, trial_model_dir
 from lbsearch.study import open_study
 from lbsearch.tracking import compressed_name, tracker_for, variant_dir, variant_rows
 from lbsearch.trial import load_model
@@ -141,10 +141,10 @@ def main() -> None:
     rows = variant_rows(tracker_for(session), "quickstart", best["picked"]["trial"])
     original = next(r for r in rows if r["variant"] == "original")
     for r in rows:
-        r["vs_original"] = {"test_accuracy_points": 100 * (r["test/accuracy"] - original["test/accuracy"]),
-                            "weight_bytes_ratio": r["size/weight_bytes"] / original["size/weight_bytes"],
-                            "latency_ratio": r["speed/latency_ms_median"] / original["speed/latency_ms_median"],
-                            "throughput_ratio": r["speed/throughput_per_s"] / original["speed/throughput_per_s"]}
+        r["vs_original"] = {"test_accuracy_points": 100 * (r[TEST + "accuracy"] - original[TEST + "accuracy"]),
+                            "weight_bytes_ratio": r[SIZE_WEIGHT_BYTES] / original[SIZE_WEIGHT_BYTES],
+                            "latency_ratio": r[SPEED_LATENCY_MS_MEDIAN] / original[SPEED_LATENCY_MS_MEDIAN],
+                            "throughput_ratio": r[SPEED_THROUGHPUT_PER_S] / original[SPEED_THROUGHPUT_PER_S]}
     out["registered_model"] = compressed_name("quickstart")
     out["variants"] = rows
     out["verified_in_fresh_process"] = verify(root, args.verify if args.verify is not None else [r["variant"] for r in rows if r["version"]])

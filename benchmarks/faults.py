@@ -59,16 +59,16 @@ from mlflow.tracking import MlflowClient
 from soak import SPEC, _retrained
 
 from lbsearch.orchestrator.launch import free_port
-from lbsearch.spec import RETRYABLE, TRIALS
+from lbsearch.spec import EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, RETRYABLE, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS
 from lbsearch.spec.workdir import KEPT_FILE
 from lbsearch.study import RESUMED_FROM, counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
 
 STUDY = "tiny-study"
 LBSEARCH = [sys.executable, "-m", "lbsearch.cli"]
-PER_STEP = ("train/loss", "train/lr", "train/grad_norm", "train/clip_frac", "progress/samples", "progress/step")
+PER_STEP = (TRAIN_LOSS, TRAIN_LR, TRAIN_GRAD_NORM, TRAIN_CLIP_FRAC, PROGRESS_SAMPLES, PROGRESS_STEP)
 """Logged once per optimizer step."""
-PER_EVAL = ("eval/loss", "eval/accuracy")
+PER_EVAL = (EVAL + "loss", EVAL + "accuracy")
 """Logged once per evaluation (here every step)."""
 TEXT = "a warm and funny film"
 
@@ -421,7 +421,7 @@ def finisher(trials: list, number: int):
 
 def reached(client: MlflowClient, trial, seen: int) -> int:
     """Samples a stopped trial had reached: its last ``progress/samples`` in MLflow or its last line, the larger."""
-    history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], "progress/samples") if trial.user_attrs.get("mlflow_run_id") else []
+    history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], PROGRESS_SAMPLES) if trial.user_attrs.get("mlflow_run_id") else []
     return max([int(m.value) for m in history] + [seen])
 
 

@@ -39,6 +39,8 @@ from typing import Any
 from _bench import RESULTS, ROOT, SPEC, experiment, machine, prepared, summary, table, worker_spec, write
 from _stats import MET, judged
 
+from lbsearch.spec import TEST, TRAIN_LOSS
+
 STUDY = """name: overhead
 experiment: {spec}
 n_trials: {n}
@@ -96,8 +98,8 @@ def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str], name
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     for t, nxt in zip(trials, trials[1:] + [None]):
         run = client.get_run(t.user_attrs["mlflow_run_id"])
-        steps = sorted(client.get_metric_history(run.info.run_id, "train/loss"), key=lambda m: m.step)
-        test = client.get_metric_history(run.info.run_id, "test/accuracy")
+        steps = sorted(client.get_metric_history(run.info.run_id, TRAIN_LOSS), key=lambda m: m.step)
+        test = client.get_metric_history(run.info.run_id, TEST + "accuracy")
         ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
         first, last = steps[0].timestamp / 1000, steps[-1].timestamp / 1000
         start = first - t.user_attrs["first_step_s"]  # lbsearch.trial.worker.train began (imports done)
@@ -194,7 +196,7 @@ def _kind_rows(work: Path, name: str) -> list[dict[str, float]]:
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
-        steps = sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], "train/loss"), key=lambda m: m.step)
+        steps = sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], TRAIN_LOSS), key=lambda m: m.step)
         row = {"ask_to_tell_s": tell - ask}
         if steps:
             row |= {"ask_to_first_step_s": steps[0].timestamp / 1000 - ask, "last_step_to_tell_s": tell - steps[-1].timestamp / 1000,

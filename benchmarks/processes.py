@@ -20,6 +20,8 @@ from _bench import ROOT, machine, write
 from _stats import pairwise
 from mlflow.tracking import MlflowClient
 
+from lbsearch.spec import TRAIN_SAMPLES_PER_S
+
 
 def one(work: Path, spec: Path, procs: int, sets: list[str]) -> float:
     cmd = [sys.executable, "-m", "lbsearch.cli", "train", str(spec), f"--set=launcher.processes={procs}", *sets]
@@ -29,7 +31,7 @@ def one(work: Path, spec: Path, procs: int, sets: list[str]) -> float:
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp = next(e for e in client.search_experiments() if e.name.startswith("train-"))
     run = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"])[0]
-    hist = client.get_metric_history(run.info.run_id, "train/samples_per_s")
+    hist = client.get_metric_history(run.info.run_id, TRAIN_SAMPLES_PER_S)
     return statistics.median(m.value for m in hist)
 
 

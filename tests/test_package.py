@@ -9,7 +9,8 @@ import pytest
 import lbsearch.tracking as tracking
 from lbsearch.orchestrator import launch
 from lbsearch.science import cbs_report, report
-from lbsearch.spec import branch, outcome, protocol, workdir
+from lbsearch.spec import branch, metric_names, outcome, protocol, workdir
+from lbsearch.study import sampler
 from lbsearch.tracking import compressed, outbox, story, tags, tracker
 from lbsearch.trial import model
 
@@ -49,21 +50,28 @@ FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "PARETO_PNG": story, "RE
 ``config.json`` is another file of the same name)."""
 
 
-def test_tag_names_retried_reasons_and_file_names_are_written_only_where_their_constant_is():
-    """Every ``lbsearch.*`` tag name, every reason a trial is re-run for, every file name lbsearch writes and a checkpoint folder's prefix are spelled once:
+def test_tag_metric_reason_and_file_names_are_written_only_where_their_constant_is():
+    """Every ``lbsearch.*`` tag name, every metric name lbsearch logs (an evaluation metric's: ``EVAL`` + its name), every reason a trial is
+    re-run for, every file name lbsearch writes and a checkpoint folder's prefix are spelled once:
     code, tests and benchmarks import the constant (a rename is one edit; a copy written out by hand would silently stop matching)."""
     facts = {getattr(tracking, n): n for n in tracking.__all__ if isinstance(getattr(tracking, n), str) and getattr(tracking, n).startswith("lbsearch.")}
     facts |= {getattr(outcome, n): n for n in ("WORKER_DIED", "INTERRUPTED", "TRACKING_LOST")}
     facts |= {tag: f"BRANCH_TAGS[{key!r}]" for key, tag in branch.BRANCH_TAGS.items()}
+    facts |= {tag: f"CBS_TAGS[{key!r}]" for key, tag in branch.CBS_TAGS.items()}
+    facts |= {getattr(metric_names, n): n for n in metric_names.__all__} | {sampler.DIVERGED: "DIVERGED (lbsearch.study.sampler)"}
     files = {}
     for name, module in FILE_NAMES.items():
         files.setdefault(getattr(module, name), []).append(name)
-    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, *FILE_NAMES.values())}
+    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, *FILE_NAMES.values())}
     root = PACKAGE.parent
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
     copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"
               for p in paths for n in _literals(ast.parse(p.read_text())) if _constant_for(n.value, facts, files)]
     assert not copies, "\n".join(copies)
+
+
+PREFIXES = (metric_names.EVAL, metric_names.VAL, metric_names.TEST)
+"""The metric prefixes a task metric's name follows (``EVAL + "accuracy"``)."""
 
 
 def _literals(tree: ast.Module) -> list[ast.Constant]:
@@ -80,9 +88,16 @@ def _constant_for(text: str, facts: dict, files: dict) -> str:
     last = text.rsplit("/", 1)[-1]
     if "\n" in text:  # a script a test runs: a name quoted inside it
         quoted = [name for name in (*facts, *files) if f'"{name}"' in text or f"'{name}'" in text]
+        quoted += [p for p in PREFIXES if f'"{p}' in text or f"'{p}" in text]
         return " or ".join(facts.get(name) or " or ".join(files[name]) for name in quoted)
     if not any(c.isspace() for c in text) and any(part.startswith((workdir.PREFIX, ".tmp-" + workdir.PREFIX)) for part in text.split("/")):
         return "PREFIX or checkpoint_name"
+    prefix = next((p for p in PREFIXES if text.startswith(p) and text[len(p):].isidentifier()), None)
+    if prefix:
+        return f"{facts[prefix]} + the metric's name"
+    if text.startswith("lbsearch.") and text[len("lbsearch."):].isidentifier() and text not in facts and not (PACKAGE / text[len("lbsearch."):]).exists() \
+            and not (PACKAGE / f"{text[len('lbsearch.'):]}.py").exists():
+        return "a constant for this tag, in lbsearch/tracking/tags.py"
     return facts.get(text) or " or ".join(files.get(last, []))
 
 

@@ -144,7 +144,7 @@ def main() -> None:
         scheduler.step()
         optimizer.zero_grad()
         seen = step * args.batch_size
-        trial.log({"train/loss": loss_sum, "train/lr": scheduler.get_last_lr()[0], "train/grad_norm": grad_norm}, samples=seen)
+        trial.log({api.TRAIN_LOSS: loss_sum, api.TRAIN_LR: scheduler.get_last_lr()[0], api.TRAIN_GRAD_NORM: grad_norm}, samples=seen)
         if seen >= next_eval or step == steps:
             while next_eval <= seen:
                 next_eval += args.eval_every_samples

@@ -15,9 +15,28 @@ from pathlib import Path
 from typing import Any
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import KEPT_FILE, LM_TASKS, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, trial_model_dir
+from lbsearch.spec import (
+    KEPT_FILE,
+    LM_TASKS,
+    SIZE_LINEAR_ZERO_SHARE,
+    SIZE_PARAMS_NONZERO,
+    SIZE_WEIGHT_BYTES,
+    SPEED_LATENCY_MS_MEDIAN,
+    SPEED_LATENCY_MS_P10,
+    SPEED_LATENCY_MS_P90,
+    SPEED_THROUGHPUT_PER_S,
+    TEST,
+    VAL,
+    Session,
+    SpecError,
+    as_recorded,
+    data_cache_dir,
+    experiment_model,
+    is_script,
+    trial_model_dir,
+)
 from lbsearch.study import best_trial, load_existing_study, stored_study
-from lbsearch.tracking import MACHINE, THREADS, VARIANT, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
+from lbsearch.tracking import LOAD_AVERAGE, MACHINE, RECIPE, THREADS, VARIANT, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
 
 __all__ = ["compress", "compress_table", "verify_variant", "pareto_variants", "variant_name", "check_sparsities"]
 
@@ -61,9 +80,8 @@ def _values(ctx: dict[str, Any], model, folder: Path) -> dict[str, float]:
     speed = timing(folder, ctx["data"].path, ctx["repeats"], model=model)
     threads = speed.pop("threads")
     ctx["threads"] = threads
-    return ({f"val/{k}": v for k, v in scores["validation"].items()} | {f"test/{k}": v for k, v in scores["test"].items()}
-            | {"size/weight_bytes": weight_bytes(folder), "size/params_nonzero": nonzero_params(model),
-               "size/linear_zero_share": pruned_share(model)} | {f"speed/{k}": v for k, v in speed.items()})
+    return ({VAL + k: v for k, v in scores["validation"].items()} | {TEST + k: v for k, v in scores["test"].items()}
+            | {SIZE_WEIGHT_BYTES: weight_bytes(folder), SIZE_PARAMS_NONZERO: nonzero_params(model), SIZE_LINEAR_ZERO_SHARE: pruned_share(model)} | speed)
 
 
 def _record(ctx: dict[str, Any], variant: str, model, folder: Path, recipe: dict[str, Any] | None) -> None:
@@ -72,14 +90,14 @@ def _record(ctx: dict[str, Any], variant: str, model, folder: Path, recipe: dict
     if recipe is not None:
         save_variant(model, ctx["kept"], folder, recipe)
     values = _values(ctx, model, folder)
-    tags = {MACHINE: ctx["machine"], THREADS: ctx["threads"], "lbsearch.recipe": json.dumps(recipe),
-            "lbsearch.load_average": " ".join(f"{x:.2f}" for x in os.getloadavg())}
+    tags = {MACHINE: ctx["machine"], THREADS: ctx["threads"], RECIPE: json.dumps(recipe),
+            LOAD_AVERAGE: " ".join(f"{x:.2f}" for x in os.getloadavg())}
     version = record_variant(ctx["tracker"], study=ctx["name"], experiment_id=ctx["experiment_id"], parent=ctx["parent"], number=ctx["number"],
                              variant=variant, values=values, tags=tags, folder=folder if recipe is not None else None)
     m = ctx["metric"]
     where = f"version {version} of {compressed_name(ctx['name'])} (alias {variant})" if version else f"models:/{ctx['name']}@best"
-    ctx["say"](f"[compress] {variant}: validation {m} {values[f'val/{m}']:.4f} · test {m} {values[f'test/{m}']:.4f} · "
-               f"{values['size/weight_bytes'] / 1e6:.3g} MB · latency {values['speed/latency_ms_median']:.1f} ms · {where}")
+    ctx["say"](f"[compress] {variant}: validation {m} {values[VAL + m]:.4f} · test {m} {values[TEST + m]:.4f} · "
+               f"{values[SIZE_WEIGHT_BYTES] / 1e6:.3g} MB · latency {values[SPEED_LATENCY_MS_MEDIAN]:.1f} ms · {where}")
 
 
 def compress(session: Session, name: str, sparsities: list[float], finetune_steps: int, repeats: int) -> int:
@@ -125,7 +143,7 @@ def pareto_variants(rows: list[dict[str, Any]], metric: str, minimize: bool = Fa
     sign = -1.0 if minimize else 1.0
 
     def key(r: dict[str, Any]) -> tuple[float, float, float]:
-        return (sign * r[f"val/{metric}"], -r["size/weight_bytes"], -r["speed/latency_ms_median"])
+        return (sign * r[VAL + metric], -r[SIZE_WEIGHT_BYTES], -r[SPEED_LATENCY_MS_MEDIAN])
 
     keys = {r["variant"]: key(r) for r in rows}
     return {v for v, k in keys.items() if not any(all(a >= b for a, b in zip(o, k)) and o != k for o in keys.values())}
@@ -141,10 +159,10 @@ def compress_table(session: Session, name: str) -> int:
     m = exp.metric.name
     front = pareto_variants(rows, m, exp.metric.direction == "minimize")
     head = ["variant", "version", f"val {m}", f"test {m}", "weights MB", "non-zero M", "latency ms (p10-p90)", "texts/s (batch 32)"]
-    table = [[r["variant"] + ("*" if r["variant"] in front else ""), r["version"] or "-", f"{r[f'val/{m}']:.4f}", f"{r[f'test/{m}']:.4f}",
-              f"{r['size/weight_bytes'] / 1e6:.3g}", f"{r['size/params_nonzero'] / 1e6:.3g}",
-              f"{r['speed/latency_ms_median']:.1f} ({r['speed/latency_ms_p10']:.1f}-{r['speed/latency_ms_p90']:.1f})",
-              f"{r['speed/throughput_per_s']:.0f}"] for r in rows]
+    table = [[r["variant"] + ("*" if r["variant"] in front else ""), r["version"] or "-", f"{r[VAL + m]:.4f}", f"{r[TEST + m]:.4f}",
+              f"{r[SIZE_WEIGHT_BYTES] / 1e6:.3g}", f"{r[SIZE_PARAMS_NONZERO] / 1e6:.3g}",
+              f"{r[SPEED_LATENCY_MS_MEDIAN]:.1f} ({r[SPEED_LATENCY_MS_P10]:.1f}-{r[SPEED_LATENCY_MS_P90]:.1f})",
+              f"{r[SPEED_THROUGHPUT_PER_S]:.0f}"] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(head)]
     session.out(f"study {name}: trial {target.number}'s kept model and its variants ({compressed_name(name)}); * the Pareto front "
                 f"over validation {m}, weight bytes and latency")

@@ -13,7 +13,7 @@ step: trials of different B line up at equal data) and the evaluation metric to 
     trial = api.current(defaults={"batch_size": 32, "lr": 1e-3})
     for step in range(1, steps + 1):
         ...                                   # one optimizer step of B samples
-        trial.log({"train/loss": loss}, samples=step * B)
+        trial.log({api.TRAIN_LOSS: loss}, samples=step * B)  # "train/loss"
         if step in eval_steps:
             trial.report({"accuracy": acc, "loss": val_loss}, samples=step * B)
             if trial.should_stop():           # every rank, at the same step
@@ -34,12 +34,28 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from lbsearch.link import Reporter
-from lbsearch.spec import DIVERGED_REASON, INTERRUPTED, TrialResult, WorkerSpec, diverged, failure, write_result
+from lbsearch.spec import (
+    DIVERGED_REASON,
+    EVAL,
+    INTERRUPTED,
+    PROGRESS_SAMPLES,
+    PROGRESS_STEP,
+    TEST,
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    VAL,
+    TrialResult,
+    WorkerSpec,
+    diverged,
+    failure,
+    write_result,
+)
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialPlan
 
-__all__ = ["Trial", "current"]
+__all__ = ["Trial", "current", "TRAIN_LOSS", "TRAIN_LR", "TRAIN_GRAD_NORM"]
 
 _CONTINUE, _DIVERGED, _PRUNED, _INTERRUPTED = 0, 1, 2, 3
 _REASONS = {_DIVERGED: DIVERGED_REASON, _PRUNED: "pruned", _INTERRUPTED: INTERRUPTED}
@@ -102,12 +118,12 @@ class Trial:
         if not self.active:
             return
         step = self._at(samples, step)
-        loss = metrics.get("train/loss", metrics.get("loss"))
+        loss = metrics.get(TRAIN_LOSS, metrics.get("loss"))
         if loss is not None:
             self._first_loss = self._first_loss if self._first_loss is not None else loss
             if diverged(loss, self._first_loss, self._exp.train.divergence_factor):
                 self._code = max(self._code, _DIVERGED)
-        self._rep.metrics(dict(metrics) | {"progress/samples": samples, "progress/step": step}, samples)
+        self._rep.metrics(dict(metrics) | {PROGRESS_SAMPLES: samples, PROGRESS_STEP: step}, samples)
         self._rep.flush(at_least=200)  # one line per ~200 rows between evaluations
 
     def report(self, metrics: dict[str, float], *, samples: int, step: int | None = None) -> None:
@@ -119,7 +135,7 @@ class Trial:
         if not self.active:
             return
         step = self._at(samples, step)
-        self._rep.metrics({(k if "/" in k else f"eval/{k}"): v for k, v in metrics.items()}, samples)
+        self._rep.metrics({(k if "/" in k else EVAL + k): v for k, v in metrics.items()}, samples)
         value, m = self.last_eval.get(self._exp.metric.name), self._exp.metric
         # the evaluation points whose optimizer step has been reached (the last one is the budget itself)
         reached = [n for s, n in self.plan.evals if s * self.plan.batch_size <= samples and n not in self._reported]
@@ -167,7 +183,7 @@ class Trial:
             r |= {"state": "failed", "reason": f"finish() got no `{name}` (validation metrics: {sorted(val)})"}
         else:
             r |= {"validation": val, "test": test, "value": val[name]}
-            self._rep.metrics({f"val/{k}": v for k, v in val.items()} | {f"test/{k}": v for k, v in (test or {}).items()},
+            self._rep.metrics({VAL + k: v for k, v in val.items()} | {TEST + k: v for k, v in (test or {}).items()},
                               self._samples)
         self._rep.flush()
         if self.is_main and self._spec.result:

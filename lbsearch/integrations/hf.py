@@ -24,7 +24,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 import lbsearch.integrations.api as api
-from lbsearch.spec import DECAYING_SCHEDULES, SCHEDULES
+from lbsearch.spec import DECAYING_SCHEDULES, SCHEDULES, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR
 
 __all__ = ["LbsearchCallback", "training_arguments"]
 
@@ -72,7 +72,7 @@ class LbsearchCallback(TrainerCallback):
             control.should_evaluate = True
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        names = {"loss": "train/loss", "learning_rate": "train/lr", "grad_norm": "train/grad_norm"}
+        names = {"loss": TRAIN_LOSS, "learning_rate": TRAIN_LR, "grad_norm": TRAIN_GRAD_NORM}
         values = {names[k]: float(v) for k, v in (logs or {}).items() if k in names}
         if values and state.global_step:
             self.trial.log(values, samples=state.global_step * self._batch(args), step=state.global_step)

@@ -26,6 +26,7 @@ from typing import Any
 from lightning.pytorch.callbacks import Callback
 
 import lbsearch.integrations.api as api
+from lbsearch.spec import TRAIN_LOSS, VAL
 
 __all__ = ["LbsearchCallback", "trainer_arguments"]
 
@@ -52,12 +53,12 @@ class LbsearchCallback(Callback):
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         if self.trial.active and loss is not None and trainer.global_step and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
             seen = trainer.global_step * self.trial.plan.batch_size  # optimizer steps x B
-            self.trial.log({"train/loss": float(loss)}, samples=seen, step=trainer.global_step)
+            self.trial.log({TRAIN_LOSS: float(loss)}, samples=seen, step=trainer.global_step)
 
     def on_validation_end(self, trainer, pl_module):
         if trainer.sanity_checking or not self.trial.active or trainer.state.fn != "fit":  # not `trainer.validate()` after fit
             return
-        found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val_", "val/"))}
+        found = {k[4:]: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("val_", VAL))}
         self.trial.report(found, samples=trainer.global_step * self.trial.plan.batch_size, step=trainer.global_step)
         if self.trial.should_stop():
             trainer.should_stop = True

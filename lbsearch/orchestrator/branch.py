@@ -25,6 +25,10 @@ from lbsearch.orchestrator.parallel import run_parallel, without_option
 from lbsearch.science import cbs_table, default_eps, write_cbs_report
 from lbsearch.spec import (
     BRANCH_TAGS,
+    CBS_CBS,
+    CBS_CI_HIGH,
+    CBS_CI_LOW,
+    CBS_TAGS,
     FOLDER,
     RULES,
     ExperimentConfig,
@@ -203,9 +207,9 @@ def cbs_report(session: Session, cfg: StudyConfig, a: BranchArgs) -> Path:
     if parent is not None:
         tracker.artifact_dir(parent, out, "cbs_report")
         for p in summary["points"]:
-            tracker.metrics(parent, {"cbs/cbs": p["cbs"], "cbs/ci_low": p["cbs_ci"][0], "cbs/ci_high": p["cbs_ci"][1]}, int(p["point"]))
-        tracker.tags(parent, {BRANCH_TAGS["reference"]: src.reference, BRANCH_TAGS["rule"]: a.rule, "cbs.eps": summary["eps"],
-                              "cbs.trend": summary["trend"].get("verdict", summary["trend"].get("error"))})
+            tracker.metrics(parent, {CBS_CBS: p["cbs"], CBS_CI_LOW: p["cbs_ci"][0], CBS_CI_HIGH: p["cbs_ci"][1]}, int(p["point"]))
+        tracker.tags(parent, {BRANCH_TAGS["reference"]: src.reference, BRANCH_TAGS["rule"]: a.rule, CBS_TAGS["eps"]: summary["eps"],
+                              CBS_TAGS["trend"]: summary["trend"].get("verdict", summary["trend"].get("error"))})
     say = lambda text: session.out(f"[cbs {cfg.name}] {text}")  # noqa: E731
     say(f"ε {summary['eps']:.4g} ({summary['eps_how']})")
     for p in summary["points"]:

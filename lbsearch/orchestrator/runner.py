@@ -25,6 +25,7 @@ from lbsearch.spec import (
     PAUSED,
     RETRYABLE,
     TRACKING_LOST,
+    VAL,
     ExperimentConfig,
     OptunaRef,
     Session,
@@ -285,7 +286,7 @@ def _script_result(box: Outbox, run_id: str, run: TrialRun, code: int, last_json
     """A script that left no result: its final metrics (metrics file or last JSON line) when it exited 0."""
     result = result_from_output(run.exp, run.workdir, code, last_json)
     if result is not None and result.validation:
-        box.metrics(run_id, {f"val/{k}": v for k, v in result.validation.items()}, result.samples)  # MLflow's step: samples seen
+        box.metrics(run_id, {VAL + k: v for k, v in result.validation.items()}, result.samples)  # MLflow's step: samples seen
     return result
 
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from lbsearch.spec.workdir import INFO, PREFIX
 
-__all__ = ["Branching", "BranchSource", "WithBranching", "BRANCH_POINTS", "BRANCH_TAGS", "keep_steps", "stream_start", "branch_points_dir", "branch_experiment",
+__all__ = ["Branching", "BranchSource", "WithBranching", "BRANCH_POINTS", "BRANCH_TAGS", "CBS_TAGS", "keep_steps", "stream_start", "branch_points_dir", "branch_experiment",
            "SEARCHED", "RULES", "kept_points", "tracking_home"]
 
 BRANCH_POINTS = "branch_points"
@@ -35,6 +35,9 @@ BRANCH_TAGS = {key: f"lbsearch.branch.{key}" for key in ("reference", "point_sam
 """The MLflow tags of branching: a branch's run (``reference`` ``#trial``, its point in samples and tokens, ``k``, ``rule``, ``lr``:
 set by the trial, ``lbsearch.trial.branch``), the branch study's parent run (``reference``, ``rule``) and the reference trial's
 run (``study``: its branch study), set by ``lbsearch.orchestrator.branch``."""
+CBS_TAGS = {key: f"cbs.{key}" for key in ("eps", "trend")}
+"""The tags of a branch study's parent run that summarise its critical batch: ε and the trend's verdict (its metrics:
+``CBS_CBS``, ``CBS_CI_LOW``, ``CBS_CI_HIGH``, ``lbsearch.spec.metric_names``)."""
 RULES = ("sqrt", "linear", "none")
 """A branch's lr rule: lr = η · k^α with α 0.5, 1 or 0 (``optimizer.lr_scaling`` of the branch, reference batch = B)."""
 SEARCHED = ("branching.source.at_samples", "train.batch_size", "seed")

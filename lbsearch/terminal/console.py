@@ -19,6 +19,8 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import IO, Any, Callable
 
+from lbsearch.spec import EVAL, PROGRESS_SAMPLES, TRAIN_LOSS, TRAIN_MFU, TRAIN_SAMPLES_PER_S
+
 __all__ = ["fmt", "print_table", "Progress", "study_progress", "active"]
 
 
@@ -171,12 +173,12 @@ class _LiveProgress(Progress):
 
     def _trial_info(self) -> str:
         f = self.figures
-        parts = [f"loss {f['train/loss']:.4f}" if "train/loss" in f else "starting",
-                 f"{self.metric} {f['eval/' + self.metric]:.4f}" if "eval/" + self.metric in f else "",
-                 f"{f['train/samples_per_s']:.0f} samples/s" if f.get("train/samples_per_s") else "",
-                 f"MFU {f['train/mfu']:.1%}" if f.get("train/mfu") else ""]
-        if f.get("train/samples_per_s"):  # at the last evaluation's speed, counted down since; none once overdue
-            left = (self.budget - f.get("progress/samples", 0)) / f["train/samples_per_s"] - (time.monotonic() - f["at"])
+        parts = [f"loss {f[TRAIN_LOSS]:.4f}" if TRAIN_LOSS in f else "starting",
+                 f"{self.metric} {f[EVAL + self.metric]:.4f}" if EVAL + self.metric in f else "",
+                 f"{f[TRAIN_SAMPLES_PER_S]:.0f} samples/s" if f.get(TRAIN_SAMPLES_PER_S) else "",
+                 f"MFU {f[TRAIN_MFU]:.1%}" if f.get(TRAIN_MFU) else ""]
+        if f.get(TRAIN_SAMPLES_PER_S):  # at the last evaluation's speed, counted down since; none once overdue
+            left = (self.budget - f.get(PROGRESS_SAMPLES, 0)) / f[TRAIN_SAMPLES_PER_S] - (time.monotonic() - f["at"])
             parts.append(f"~{_clock(left)} left" if left >= 1 else "")
         return " · ".join(p for p in parts if p)
 
@@ -186,8 +188,8 @@ class _LiveProgress(Progress):
         for key, value, _ts, _step in sorted(rows, key=lambda r: r[3]):
             self.figures[key] = value
         self.figures["at"] = time.monotonic()
-        if "progress/samples" in self.figures:
-            self.bars.update(self.trial_task, completed=self.figures["progress/samples"])
+        if PROGRESS_SAMPLES in self.figures:
+            self.bars.update(self.trial_task, completed=self.figures[PROGRESS_SAMPLES])
 
     def trial_end(self) -> None:
         if self.trial_task is not None:

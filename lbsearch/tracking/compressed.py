@@ -19,9 +19,11 @@ from lbsearch.tracking.tags import MACHINE, MODEL, MODEL_VERSION, ROLE, STUDY, T
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["compressed_name", "variant_dir", "record_variant", "variant_rows", "find_variant", "VARIANT", "COMPRESS_ROLE"]
+__all__ = ["compressed_name", "variant_dir", "record_variant", "variant_rows", "find_variant", "VARIANT", "COMPRESS_ROLE", "RECIPE", "LOAD_AVERAGE"]
 
 VARIANT, COMPRESS_ROLE = "lbsearch.variant", "compress"
+RECIPE, LOAD_AVERAGE = "lbsearch.recipe", "lbsearch.load_average"
+"""A variant's run: how it was made (the recipe as JSON; null for the original) and the machine's load averages while it was measured."""
 _TRIAL, _FOLDER = TRIAL, MODEL
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from lbsearch.spec import PROGRESS_STEP
 from lbsearch.tracking.tags import ROLE, STUDY
 
 if TYPE_CHECKING:
@@ -230,7 +231,7 @@ class Tracker:
         trial's run: one curve). Metrics are logged at the data seen (samples, or tokens); ``src``'s
         own ``progress/step`` says which data that step had seen (a run without it counts in steps)."""
         keys = [key for key in self.client.get_run(src).data.metrics if not key.startswith("system/")]
-        at = [m.step for m in self.client.get_metric_history(src, "progress/step") if m.value <= max_step] if "progress/step" in keys else [max_step]
+        at = [m.step for m in self.client.get_metric_history(src, PROGRESS_STEP) if m.value <= max_step] if PROGRESS_STEP in keys else [max_step]
         upto = max(at, default=-1)
         rows = [[m.key, m.value, m.timestamp, m.step] for key in keys for m in self.client.get_metric_history(src, key) if m.step <= upto]
         self.metric_rows(dst, rows)

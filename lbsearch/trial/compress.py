@@ -20,7 +20,17 @@ from torch.nn.utils import prune
 from transformers import AutoTokenizer
 
 from lbsearch.data import load_arrays
-from lbsearch.spec import KEPT_FILE, ExperimentConfig, make_plan
+from lbsearch.spec import (
+    KEPT_FILE,
+    SPEED_LATENCY_MS_MEDIAN,
+    SPEED_LATENCY_MS_P10,
+    SPEED_LATENCY_MS_P90,
+    SPEED_THROUGHPUT_PER_S,
+    SPEED_THROUGHPUT_PER_S_P10,
+    SPEED_THROUGHPUT_PER_S_P90,
+    ExperimentConfig,
+    make_plan,
+)
 from lbsearch.trial.batching import pad
 from lbsearch.trial.model import load_model, predictions, uses_token_types
 from lbsearch.trial.training import Evaluator, make_optimizer, make_scheduler, task_loss, training_targets
@@ -152,9 +162,9 @@ def timing(folder: Path, data_path: str | Path, repeats: int, model: torch.nn.Mo
     one = np.array([clock([texts[i % len(texts)]]) for i in range(repeats)]) * 1e3
     many = np.array([clock(texts[:THROUGHPUT_BATCH]) for _ in range(max(5, repeats // 5))])
     rate = THROUGHPUT_BATCH / many
-    return {"latency_ms_median": float(np.median(one)), "latency_ms_p10": float(np.percentile(one, 10)),
-            "latency_ms_p90": float(np.percentile(one, 90)), "throughput_per_s": float(np.median(rate)),
-            "throughput_per_s_p10": float(np.percentile(rate, 10)), "throughput_per_s_p90": float(np.percentile(rate, 90)),
+    return {SPEED_LATENCY_MS_MEDIAN: float(np.median(one)), SPEED_LATENCY_MS_P10: float(np.percentile(one, 10)),
+            SPEED_LATENCY_MS_P90: float(np.percentile(one, 90)), SPEED_THROUGHPUT_PER_S: float(np.median(rate)),
+            SPEED_THROUGHPUT_PER_S_P10: float(np.percentile(rate, 10)), SPEED_THROUGHPUT_PER_S_P90: float(np.percentile(rate, 90)),
             "threads": torch.get_num_threads()}
 
 

@@ -24,16 +24,9 @@ import math
 
 import torch
 
-__all__ = ["GNS", "B_SIMPLE", "B_SIMPLE_TOKENS", "NoiseScale", "GradientNoiseMonitor", "head_for_step"]
+from lbsearch.spec import GNS_B_SIMPLE, GNS_B_SIMPLE_TOKENS, GNS_GRAD_SQ, GNS_TRACE_SIGMA
 
-GNS = "gns/"
-"""The MLflow prefix of the gradient-noise-scale metrics (``GradientNoiseMonitor.metrics``; a language model's ``B_SIMPLE_TOKENS``
-is added by ``lbsearch.trial.worker``)."""
-B_SIMPLE = GNS + "b_simple"
-"""The simple noise scale B_simple, in samples (also the trial's result ``b_simple``)."""
-B_SIMPLE_TOKENS = GNS + "b_simple_tokens"
-"""B_simple in tokens, for a language model."""
-
+__all__ = ["NoiseScale", "GradientNoiseMonitor", "head_for_step"]
 
 
 def head_for_step(step: int, processes: int, accumulation: int, every: int) -> int:
@@ -202,9 +195,13 @@ class GradientNoiseMonitor:
                 self.noise.update(s, norm**2, self.b, self.big)
         self._pending.clear()
 
-    def metrics(self) -> dict[str, float | None]:
+    def metrics(self, unit: int | None = None) -> dict[str, float | None]:
+        """The estimates so far; with a language model's ``unit`` (tokens per sample), B_simple in tokens too."""
         n = self.noise
-        return {B_SIMPLE: n.b_simple, GNS + "grad_sq": n.grad_sq, GNS + "trace_sigma": n.trace} if self.active else {}
+        if not self.active:
+            return {}
+        tokens = {GNS_B_SIMPLE_TOKENS: n.b_simple * unit} if unit and n.b_simple is not None else {}
+        return {GNS_B_SIMPLE: n.b_simple, GNS_GRAD_SQ: n.grad_sq, GNS_TRACE_SIGMA: n.trace} | tokens
 
 
 def _sum_sq(tensors: list[torch.Tensor]) -> torch.Tensor:

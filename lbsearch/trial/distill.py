@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lbsearch.spec import ExperimentConfig, WorkerSpec, teacher_logits_file
+from lbsearch.spec import TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT, ExperimentConfig, WorkerSpec, teacher_logits_file
 from lbsearch.trial.batching import pad, to_device
 from lbsearch.trial.distributed import average_over_ranks
 from lbsearch.trial.model import load_model, uses_token_types
@@ -89,7 +89,7 @@ class Distiller:
         if parts is None:
             return {}
         hard, soft = parts.tolist()
-        return {"train/loss_hard": hard, "train/loss_soft": soft}
+        return {TRAIN_LOSS_HARD: hard, TRAIN_LOSS_SOFT: soft}
 
 
 @torch.no_grad()

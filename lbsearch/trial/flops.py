@@ -24,7 +24,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["GPU_PEAK_TFLOPS", "FlopCount", "flop_count", "step_flops", "peak_flops", "matmul_flops"]
+from lbsearch.spec import TRAIN_MFU, TRAIN_TOKENS_PER_S
+
+__all__ = ["GPU_PEAK_TFLOPS", "FlopCount", "flop_count", "step_flops", "speed", "peak_flops", "matmul_flops"]
 
 # Dense (no sparsity) peak TFLOP/s by precision; "fp32" is the TF32 tensor-core rate where
 # PyTorch allows TF32 matmuls, else the plain fp32 rate ("fp32_strict").
@@ -84,6 +86,20 @@ def step_flops(count: FlopCount, lengths: np.ndarray, micro_batches: list[np.nda
     """FLOPs and real tokens of one rank's micro-batches (indices into ``lengths``)."""
     seqs = np.concatenate(micro_batches) if micro_batches else np.zeros(0, dtype=np.int64)
     return count(lengths[seqs]), int(lengths[seqs].sum())
+
+
+def speed(flops: float, tokens: float, seconds: float, processes: int, peak: float | None, say=print) -> tuple[dict[str, float], float | None]:
+    """The metrics of all ranks' ``flops`` and real ``tokens`` over ``seconds``: tokens/s, and MFU (FLOPs per process
+    over the peak of one) where the peak is known; and the peak, raised to what ran if a process did more than it
+    (the measured peak was low: MFU never exceeds 100%)."""
+    out = {TRAIN_TOKENS_PER_S: tokens / max(seconds, 1e-9)}
+    if peak:
+        per_process = flops / max(seconds, 1e-9) / processes
+        if per_process > peak:
+            say(f"MFU: {per_process / 1e12:.3g} TFLOP/s per process ran, above the peak of {peak / 1e12:.3g}: the peak is raised to it")
+            peak = per_process
+        out[TRAIN_MFU] = per_process / peak
+    return out, peak
 
 
 CPU_MATMUL_SIDE = 2048

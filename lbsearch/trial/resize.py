@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import torch
 
+from lbsearch.spec import PLAN_ACCUMULATION, PLAN_BATCH_SIZE, PLAN_LR, PLAN_MICRO_BATCH
+
 __all__ = ["check_resizable", "in_samples", "phase_ends", "replan"]
 
 
@@ -49,5 +51,5 @@ def replan(trial, step: int) -> None:
     seen, lr = trial.plan.samples_at(step - 1), trial.plan.phase_at(step)[1]
     tokens = f", {seen * trial.unit:,} tokens" if trial.lm else ""
     trial.say(f"step {step} ({seen:,} samples seen{tokens}): {split}; lr {lr:.3g}")
-    trial.rep.metrics({"plan/batch_size": split.batch_size, "plan/micro_batch": split.micro_batch, "plan/accumulation": split.accumulation,
-                       "plan/lr": lr}, seen)
+    trial.rep.metrics({PLAN_BATCH_SIZE: split.batch_size, PLAN_MICRO_BATCH: split.micro_batch, PLAN_ACCUMULATION: split.accumulation,
+                       PLAN_LR: lr}, seen)

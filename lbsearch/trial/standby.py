@@ -1,6 +1,5 @@
 """The standby server inside a trial process: import once, then fork one trial per request from the orchestrator."""
 
-
 from __future__ import annotations
 
 import contextlib
@@ -10,12 +9,32 @@ import socket
 import sys
 import threading
 import traceback
+from pathlib import Path
 from typing import Callable
 
-__all__ = ["preload", "serve", "forked_from", "os_threads", "refusal"]
+from lbsearch.data import local_model_type
+from lbsearch.spec import LM_TASKS, ExperimentConfig
+
+__all__ = ["ahead", "preload", "serve", "forked_from", "os_threads", "refusal"]
 
 forked_from: int | None = None
 """In a trial forked from the standby process: that process's pid (the trial tags ``lbsearch.start``)."""
+
+
+def ahead(spec_file: Path) -> list[str]:
+    """What a trial imports before its clock starts (``wall_s``, ``first_step_s``), and the standby
+    process imports ahead: transformers' modelling core and the model family's code, and for a
+    classifier the metrics' scikit-learn (``spec_file``: the trial's spec; the standby process's is
+    that of the trial it was started beside, which the later trials of a study most likely share)."""
+    names = ["transformers.modeling_utils", "transformers.masking_utils"]
+    try:
+        exp = ExperimentConfig.model_validate(json.loads(spec_file.read_text())["experiment"])
+    except Exception:  # noqa: BLE001 - only a guess at what to import ahead
+        return names
+    kind = (local_model_type(exp.model) or "").replace("-", "_")  # xlm-roberta: transformers.models.xlm_roberta
+    if kind.isidentifier():
+        names.append(f"transformers.models.{kind}.modeling_{kind}")
+    return names + ([] if exp.task in LM_TASKS else ["sklearn.metrics", "scipy.stats"])
 
 
 def preload(names: list[str]) -> None:

@@ -11,7 +11,6 @@ on the host only at read points (``lbsearch.trial.readings``): log and the stop 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -25,19 +24,51 @@ import torch
 
 import lbsearch.trial.standby as standby
 from lbsearch.link import Reporter, watch_parent
-from lbsearch.spec import DIVERGED_REASON, FLAG, INTERRUPTED, NOISE_SCALE, PAUSED, START, ExperimentConfig, TrialResult, WorkerSpec, failure, make_plan, sample_unit, stream_start, write_result
+from lbsearch.spec import (
+    DIVERGED_REASON,
+    EVAL,
+    FLAG,
+    GNS_B_SIMPLE,
+    GNS_B_SIMPLE_TOKENS,
+    INTERRUPTED,
+    NOISE_SCALE,
+    PAUSED,
+    PROGRESS_SAMPLES,
+    PROGRESS_STEP,
+    PROGRESS_TOKENS,
+    START,
+    TEST,
+    TRAIN_BATCH_SIZE,
+    TRAIN_CLIP_FRAC,
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    TRAIN_MFU,
+    TRAIN_SAMPLES_PER_S,
+    TRAIN_SKIPPED_STEPS,
+    TRAIN_TOKENS_PER_S,
+    VAL,
+    ExperimentConfig,
+    TrialResult,
+    WorkerSpec,
+    failure,
+    make_plan,
+    sample_unit,
+    stream_start,
+    write_result,
+)
 from lbsearch.trial.batching import pad, sample_stream, step_micro_batches, to_device
 from lbsearch.trial.checkpoint import Checkpoints, StopSignal
-from lbsearch.trial.diagnostics import B_SIMPLE, B_SIMPLE_TOKENS, GradientNoiseMonitor
+from lbsearch.trial.diagnostics import GradientNoiseMonitor
 from lbsearch.trial.distill import make_loss
 from lbsearch.trial.distributed import average_over_ranks, keep_until_exit, make_accelerator, max_over_ranks, placement, prepare, stop_code, sum_over_ranks
-from lbsearch.trial.flops import flop_count, peak_flops, step_flops
+from lbsearch.trial.flops import flop_count, peak_flops, speed, step_flops
 from lbsearch.trial.lm import LMEvaluator, lm_batch
 from lbsearch.trial.packing import pack, packing_offset
 from lbsearch.trial.readings import CONTINUE, DIVERGED, OVERFLOW, PAUSE, PRUNED, Readings
 from lbsearch.trial.resize import check_resizable, in_samples, phase_ends, replan
 from lbsearch.trial.rung import pause_at_rung
-from lbsearch.trial.standby import serve
+from lbsearch.trial.standby import ahead, serve
 from lbsearch.trial.training import (
     Evaluator,
     cpu_fp16,
@@ -195,11 +226,11 @@ class Trial:
         """A read point: the steps since the last one become metric rows (one per step, as if each had been
         read at once); returns the stop code, and the trial's steps are those up to the step that stops it."""
         rows, code, last = self.readings.read()
-        fp16 = {"train/skipped_steps": self.readings.skipped} if self.acc.scaler is not None else {}  # fp16 reads every step
+        fp16 = {TRAIN_SKIPPED_STEPS: self.readings.skipped} if self.acc.scaler is not None else {}  # fp16 reads every step
         for r, clip_frac in rows:
-            seen, B = self.plan.samples_at(r.step), {"train/batch_size": self.plan.phase_at(r.step)[0]} if self.plan.phases else {}
-            self.rep.metrics({"train/loss": r.loss, "train/lr": r.lr, "train/grad_norm": r.grad_norm, "train/clip_frac": clip_frac,
-                              "progress/samples": seen, "progress/step": r.step} | fp16 | B | self.loss.row(r.step), seen, r.ms)
+            seen, B = self.plan.samples_at(r.step), {TRAIN_BATCH_SIZE: self.plan.phase_at(r.step)[0]} if self.plan.phases else {}
+            self.rep.metrics({TRAIN_LOSS: r.loss, TRAIN_LR: r.lr, TRAIN_GRAD_NORM: r.grad_norm, TRAIN_CLIP_FRAC: clip_frac,
+                              PROGRESS_SAMPLES: seen, PROGRESS_STEP: r.step} | fp16 | B | self.loss.row(r.step), seen, r.ms)
         self.gns.settle(last)
         self.t_first_step = self.t_first_step or time.time() - self.t_start
         self.result["steps"], self.result["samples"] = last, self.plan.samples_at(last)
@@ -226,16 +257,13 @@ class Trial:
         speed = self._speed(self.work[:2], now - self.t_mark)
         self.work[:2] = 0
         m = self.evaluate_val(self.acc, self.model, self.pad_id)
-        self.last_eval, value, noise = m, m[metric.name], self.gns.metrics()
-        if self.lm and noise.get(B_SIMPLE) is not None:
-            noise[B_SIMPLE_TOKENS] = noise[B_SIMPLE] * self.unit
-        self.rep.metrics({"train/samples_per_s": sps} | speed | {f"eval/{k}": v for k, v in m.items()} | noise
-                         | ({"progress/tokens": seen * self.unit} if self.lm else {}), seen)
+        self.last_eval, value, noise = m, m[metric.name], self.gns.metrics(self.unit if self.lm else None)
+        self.rep.metrics({TRAIN_SAMPLES_PER_S: sps} | speed | {EVAL + k: v for k, v in m.items()} | noise
+                         | ({PROGRESS_TOKENS: seen * self.unit} if self.lm else {}), seen)
         self.rep.flush()
         self.result["evals"].append({"step": step, "samples": seen, "nominal_samples": self.evals[step], **m, **noise})
-        if noise.get(B_SIMPLE) is not None:
-            self.result["b_simple"] = noise[B_SIMPLE]
-            self.result["b_simple_tokens"] = noise.get(B_SIMPLE_TOKENS)
+        if noise.get(GNS_B_SIMPLE) is not None:
+            self.result |= {"b_simple": noise[GNS_B_SIMPLE], "b_simple_tokens": noise.get(GNS_B_SIMPLE_TOKENS)}
         sign = 1 if metric.direction == "maximize" else -1
         if metric.target is not None and "samples_to_target" not in self.result and sign * (value - metric.target) >= 0:
             self.result["samples_to_target"], self.result["steps_to_target"] = seen, step
@@ -243,8 +271,8 @@ class Trial:
             self.rep.metrics({"samples_to_target": seen, "steps_to_target": step} | ({"tokens_to_target": seen * self.unit} if self.lm else {}), seen)
         done = f"tokens {seen * self.unit:,}/{self.plan.budget_samples * self.unit:,}" if self.lm else f"samples {seen}/{self.plan.budget_samples}"
         self.say(f"{done} loss {self.readings.loss:.4f} eval {metric.name} {value:.4f} "
-                 f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed['train/tokens_per_s']:.0f} tokens/s"
-                 + (f" MFU {speed['train/mfu']:.1%}" if "train/mfu" in speed else ""))
+                 f"lr {self.scheduler.get_last_lr()[0]:.2e} {sps:.0f} samples/s {speed[TRAIN_TOKENS_PER_S]:.0f} tokens/s"
+                 + (f" MFU {speed[TRAIN_MFU]:.1%}" if TRAIN_MFU in speed else ""))
         code = PRUNED if self.rep.should_prune(value, self.evals[step] * self.unit) and step < self.plan.steps else CONTINUE
         code = stop_code(self.acc, code)
         self.t_mark, self.samples_mark = time.time(), seen
@@ -254,13 +282,7 @@ class Trial:
         """Tokens/s of all ranks and MFU (their FLOPs over ``seconds`` x each rank's peak) for ``work``
         = (FLOPs, tokens) of this rank. A collective: every rank calls it at the same point."""
         flops, tokens = sum_over_ranks(self.acc, [float(work[0]), float(work[1])])
-        out = {"train/tokens_per_s": tokens / max(seconds, 1e-9)}
-        if self.peak:
-            per_process = flops / max(seconds, 1e-9) / self.acc.num_processes
-            if per_process > self.peak:  # the device did more than its measured peak: the peak was low, never MFU > 100%
-                self.say(f"MFU: {per_process / 1e12:.3g} TFLOP/s per process ran, above the peak of {self.peak / 1e12:.3g}: the peak is raised to it")
-                self.peak = per_process
-            out["train/mfu"] = per_process / self.peak
+        out, self.peak = speed(flops, tokens, seconds, self.acc.num_processes, self.peak, self.say)
         return out
 
     def stop(self, code: int) -> None:
@@ -277,12 +299,12 @@ class Trial:
         r |= {"first_step_s": self.t_first_step, "train_s": self.t_train, "samples_per_s": r["samples"] / self.t_train if self.t_train else None}
         if self.t_train:  # over the evaluation intervals, as samples/s (a stop between evaluations leaves its steps out)
             speed = self._speed(self.work[2:] - self.work[:2], self.t_train)
-            r |= {"tokens_per_s": speed["train/tokens_per_s"], "mfu": speed.get("train/mfu")}
+            r |= {"tokens_per_s": speed[TRAIN_TOKENS_PER_S], "mfu": speed.get(TRAIN_MFU)}
         if r["state"] == "complete":
             r["validation"] = self.last_eval or self.evaluate_val(self.acc, self.model, self.pad_id)
             r["test"] = self._evaluator("test")(self.acc, self.model, self.pad_id)
             r["value"] = r["validation"][self.exp.metric.name]
-            self.rep.metrics({f"val/{k}": v for k, v in r["validation"].items()} | {f"test/{k}": v for k, v in r["test"].items()}, r["samples"])
+            self.rep.metrics({VAL + k: v for k, v in r["validation"].items()} | {TEST + k: v for k, v in r["test"].items()}, r["samples"])
             if self.spec.model_dir:
                 try:  # a model that cannot be saved does not undo a finished trial
                     r["model_dir"] = self._save(Path(self.spec.model_dir), r)
@@ -334,34 +356,15 @@ def train(spec: WorkerSpec, *, log=print, stop: StopSignal | None = None) -> Tri
     return trial.finish()
 
 
-def _preload(spec_file: Path) -> list[str]:
-    """What a trial imports before its clock starts (``wall_s``, ``first_step_s``), and the standby
-    process imports ahead: transformers' modelling core and the model family's code, and for a
-    classifier the metrics' scikit-learn (``spec_file``: the trial's spec; the standby process's is
-    that of the trial it was started beside, which the later trials of a study most likely share)."""
-    from lbsearch.data import local_model_type
-    from lbsearch.spec import LM_TASKS
-
-    names = ["transformers.modeling_utils", "transformers.masking_utils"]
-    try:
-        exp = ExperimentConfig.model_validate(json.loads(spec_file.read_text())["experiment"])
-    except Exception:  # noqa: BLE001 - only a guess at what to import ahead
-        return names
-    kind = (local_model_type(exp.model) or "").replace("-", "_")  # xlm-roberta: transformers.models.xlm_roberta
-    if kind.isidentifier():
-        names.append(f"transformers.models.{kind}.modeling_{kind}")
-    return names + ([] if exp.task in LM_TASKS else ["sklearn.metrics", "scipy.stats"])
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[0] == FLAG:  # the standby process (lbsearch.orchestrator.standby): the imports, then a child per trial
-        return serve(_preload(Path(argv[1])), main)
+        return serve(ahead(Path(argv[1])), main)
     spec = WorkerSpec.model_validate_json(Path(argv[0]).read_text())
     if spec.watch_pid:
         watch_parent(spec.watch_pid)
     if not standby.forked_from:  # a forked trial has them: imported here too, its times do not depend on how it started
-        standby.preload(_preload(Path(argv[0])))
+        standby.preload(ahead(Path(argv[0])))
     try:
         stop = StopSignal()  # SIGTERM from here on is the trial's result (interrupted), not a silent death
         result, code = train(spec, log=lambda *a: print(*a, flush=True), stop=stop), 0

@@ -13,7 +13,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import FOLDER, PAUSED, PREFIX, TRIALS, checkpoint_name
+from lbsearch.spec import EVAL, FOLDER, PAUSED, PREFIX, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
 from lbsearch.study import RESUMED_FROM, spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
@@ -26,7 +26,7 @@ PROMOTE = [*SETS, "--set=pruner.name=asha_promote", "--set=pruner.reduction_fact
 def _history(root, run_id: str) -> dict[str, list[tuple[int, float]]]:
     client = mlflow_client(root)
     keys = client.get_run(run_id).data.metrics
-    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys if k.startswith(("train/loss", "eval/", "val/", "test/"))}
+    return {k: sorted((m.step, m.value) for m in client.get_metric_history(run_id, k)) for k in keys if k.startswith((TRAIN_LOSS, EVAL, VAL, TEST))}
 
 
 def _nothing_running(root, study: str, out: str = "") -> None:
@@ -106,7 +106,7 @@ def test_a_promoted_trial_equals_the_same_trial_run_through_without_a_pause(stud
     (through,) = [t for t in journal_study(root, "through").get_trials() if t.params == done.params]
     assert done.user_attrs[RESUMED_FROM["samples"]] == 320 and RESUMED_FROM["samples"] not in through.user_attrs
     mine, base = _history(root, done.user_attrs["mlflow_run_id"]), _history(root, through.user_attrs["mlflow_run_id"])
-    assert len(base["train/loss"]) == 20 and set(mine) == set(base)
+    assert len(base[TRAIN_LOSS]) == 20 and set(mine) == set(base)
     assert mine == base  # every step's loss and every evaluation, the parts before each pause copied into the last run
     assert done.intermediate_values == through.intermediate_values and done.value == through.value
     assert done.user_attrs["test_accuracy"] == through.user_attrs["test_accuracy"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from conftest import cli, journal_study, mlflow_client, run_cli
 
+from lbsearch.spec import PLAN_ACCUMULATION, PROGRESS_STEP, TRAIN_BATCH_SIZE
 from lbsearch.spec.registry import LR_SCALING
 
 STEPWISE = f"32 from step 1 (lr 0.001), 64 from step 11 (lr {1e-3 * 2 ** LR_SCALING['sqrt']:.3g})"  # B doubles at 320, lr by sqrt
@@ -31,11 +32,11 @@ def test_a_study_searches_the_schedule_and_mlflow_shows_each_trial_s_b(tmp_path,
     client = mlflow_client(root)
     scheduled, constant = (client.get_run(trials[k].user_attrs["mlflow_run_id"]) for k in ("stepwise", "constant"))
     assert scheduled.data.params["plan.batch_schedule"] == STEPWISE and "plan.batch_schedule" not in constant.data.params
-    sizes = _history(client, scheduled.info.run_id, "train/batch_size")
+    sizes = _history(client, scheduled.info.run_id, TRAIN_BATCH_SIZE)
     assert sizes == [(32 * s, 32.0) for s in range(1, 11)] + [(320 + 64 * s, 64.0) for s in range(1, 11)]
-    assert _history(client, scheduled.info.run_id, "plan/accumulation") == [(320, 4.0)]  # micro-batch 16: 2 at B 32, 4 at 64
-    assert _history(client, scheduled.info.run_id, "progress/step")[-1] == (960, 20.0)
-    assert not _history(client, constant.info.run_id, "train/batch_size")
+    assert _history(client, scheduled.info.run_id, PLAN_ACCUMULATION) == [(320, 4.0)]  # micro-batch 16: 2 at B 32, 4 at 64
+    assert _history(client, scheduled.info.run_id, PROGRESS_STEP)[-1] == (960, 20.0)
+    assert not _history(client, constant.info.run_id, TRAIN_BATCH_SIZE)
     number = trials["stepwise"].number
     again = cli("reproduce", "tiny-study", "--trial", str(number), cwd=tmp_path)
     assert again.returncode == 0 and f"[reproduce {number}] reproduced: metrics identical" in again.stdout, again.stdout + again.stderr

@@ -10,6 +10,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 
 from lbsearch.cli.compress import pareto_variants
+from lbsearch.spec import SIZE_LINEAR_ZERO_SHARE, SIZE_PARAMS_NONZERO, SIZE_WEIGHT_BYTES, SPEED_LATENCY_MS_MEDIAN, SPEED_LATENCY_MS_P10, SPEED_LATENCY_MS_P90, SPEED_THROUGHPUT_PER_S, TEST, VAL
 from lbsearch.tracking import MACHINE, ROLE, VARIANT, compressed_name
 
 STUDY = "tiny-study"
@@ -38,10 +39,10 @@ def test_every_variant_is_a_registered_version_with_its_metrics(compressed):
     for variant, v in versions.items():
         assert client.get_model_version_by_alias(compressed_name(STUDY), variant).version == v.version
         metrics = client.get_run(v.run_id).data.metrics
-        for key in ("val/accuracy", "test/accuracy", "size/weight_bytes", "size/params_nonzero", "speed/latency_ms_median",
-                    "speed/latency_ms_p10", "speed/latency_ms_p90", "speed/throughput_per_s"):
+        for key in (VAL + "accuracy", TEST + "accuracy", SIZE_WEIGHT_BYTES, SIZE_PARAMS_NONZERO, SPEED_LATENCY_MS_MEDIAN,
+                    SPEED_LATENCY_MS_P10, SPEED_LATENCY_MS_P90, SPEED_THROUGHPUT_PER_S):
             assert float(v.tags[key]) == pytest.approx(metrics[key], rel=1e-5), (variant, key)
-        assert metrics["speed/latency_ms_p10"] <= metrics["speed/latency_ms_median"] <= metrics["speed/latency_ms_p90"]
+        assert metrics[SPEED_LATENCY_MS_P10] <= metrics[SPEED_LATENCY_MS_MEDIAN] <= metrics[SPEED_LATENCY_MS_P90]
         assert "AMD" in client.get_run(v.run_id).data.tags[MACHINE] or "family" in client.get_run(v.run_id).data.tags[MACHINE]
     assert f"version {versions['int8'].version} of {compressed_name(STUDY)} (alias int8)" in proc.stdout
     assert "fine-tune step 2/2" in proc.stdout
@@ -53,14 +54,14 @@ def test_the_original_is_evaluated_as_its_trial_was_and_pruning_keeps_its_zeros(
     client = mlflow_client(root)
     runs = {r.data.tags[VARIANT]: r.data.metrics for r in client.search_runs(
         [client.get_experiment_by_name(STUDY).experiment_id], f"tags.`{ROLE}` = 'compress'")}
-    assert runs["original"]["val/accuracy"] == trial.user_attrs["validation_accuracy"]  # fp32 trial: the same Evaluator, the same number
-    assert runs["original"]["test/accuracy"] == trial.user_attrs["test_accuracy"]
-    assert runs["original"]["size/linear_zero_share"] < 0.01
+    assert runs["original"][VAL + "accuracy"] == trial.user_attrs["validation_accuracy"]  # fp32 trial: the same Evaluator, the same number
+    assert runs["original"][TEST + "accuracy"] == trial.user_attrs["test_accuracy"]
+    assert runs["original"][SIZE_LINEAR_ZERO_SHARE] < 0.01
     for variant in ("prune50", "prune50-ft2"):
-        assert runs[variant]["size/linear_zero_share"] == pytest.approx(0.5, abs=1e-3)  # the fine-tune kept the zeros
-        assert runs[variant]["size/params_nonzero"] < runs["original"]["size/params_nonzero"]
-    assert runs["prune50-ft2"]["val/loss"] != runs["prune50"]["val/loss"]  # the fine-tune trained
-    assert runs["int8"]["size/weight_bytes"] < runs["original"]["size/weight_bytes"]
+        assert runs[variant][SIZE_LINEAR_ZERO_SHARE] == pytest.approx(0.5, abs=1e-3)  # the fine-tune kept the zeros
+        assert runs[variant][SIZE_PARAMS_NONZERO] < runs["original"][SIZE_PARAMS_NONZERO]
+    assert runs["prune50-ft2"][VAL + "loss"] != runs["prune50"][VAL + "loss"]  # the fine-tune trained
+    assert runs["int8"][SIZE_WEIGHT_BYTES] < runs["original"][SIZE_WEIGHT_BYTES]
 
 
 @pytest.mark.parametrize("variant", ["int8", "prune50-ft2"])
@@ -90,12 +91,12 @@ def test_the_table_marks_the_pareto_front(compressed):
 
 
 def test_the_front_is_the_undominated_variants():
-    rows = [{"variant": "a", "val/accuracy": 0.8, "size/weight_bytes": 100, "speed/latency_ms_median": 10.0},
-            {"variant": "b", "val/accuracy": 0.8, "size/weight_bytes": 25, "speed/latency_ms_median": 8.0},  # beats a
-            {"variant": "c", "val/accuracy": 0.7, "size/weight_bytes": 25, "speed/latency_ms_median": 5.0},
-            {"variant": "d", "val/accuracy": 0.7, "size/weight_bytes": 30, "speed/latency_ms_median": 5.0}]  # c beats d
+    rows = [{"variant": "a", VAL + "accuracy": 0.8, SIZE_WEIGHT_BYTES: 100, SPEED_LATENCY_MS_MEDIAN: 10.0},
+            {"variant": "b", VAL + "accuracy": 0.8, SIZE_WEIGHT_BYTES: 25, SPEED_LATENCY_MS_MEDIAN: 8.0},  # beats a
+            {"variant": "c", VAL + "accuracy": 0.7, SIZE_WEIGHT_BYTES: 25, SPEED_LATENCY_MS_MEDIAN: 5.0},
+            {"variant": "d", VAL + "accuracy": 0.7, SIZE_WEIGHT_BYTES: 30, SPEED_LATENCY_MS_MEDIAN: 5.0}]  # c beats d
     assert pareto_variants(rows, "accuracy") == {"b", "c"}
-    loss = [{**r, "val/loss": r["val/accuracy"]} for r in rows]
+    loss = [{**r, VAL + "loss": r[VAL + "accuracy"]} for r in rows]
     assert pareto_variants(loss, "loss", minimize=True) == {"c"}  # a lower loss is better: c now beats b too
 
 

@@ -16,7 +16,7 @@ from optuna.trial import TrialState
 pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install 'lbsearch[deepspeed]')")
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
-from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, TRIALS, latest
+from lbsearch.spec import EVAL, FOLDER, INTERRUPTED, PREFIX, TEST, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS, latest
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import NOISE_SCALE
 
@@ -26,7 +26,7 @@ SETS = ["--set=n_trials=1", "--set=search_space.train.batch_size.choices=[32]", 
         "--set=experiment.launcher.max_micro_batch=8", "--set=experiment.train.clip_norm=0.05",
         "--set=experiment.train.checkpoint_every_samples=320", "--set=experiment.model.config.hidden_dropout_prob=0.0",
         "--set=experiment.model.config.attention_probs_dropout_prob=0.0"]
-KEYS = ("train/loss", "train/grad_norm", "train/lr", "train/clip_frac", "eval/loss", "eval/accuracy", "test/accuracy")
+KEYS = (TRAIN_LOSS, TRAIN_GRAD_NORM, TRAIN_LR, TRAIN_CLIP_FRAC, EVAL + "loss", EVAL + "accuracy", TEST + "accuracy")
 
 
 def _trial(root, number):
@@ -71,7 +71,7 @@ def test_a_zero2_trial_checkpoints_resumes_and_equals_ddp(tmp_path, ddp):
     assert trial.state == TrialState.COMPLETE and trial.params == base_trial.params
     assert run.data.tags[NOISE_SCALE].startswith("off: DEEPSPEED")
     assert "effective batch 32 = micro-batch 8 x accumulation 2 x processes 2" in again and run.data.params["plan.processes"] == "2"
-    assert 0.5 < base["train/clip_frac"][960] < 1  # clipping acted on most steps, not all
+    assert 0.5 < base[TRAIN_CLIP_FRAC][960] < 1  # clipping acted on most steps, not all
     for key in KEYS:  # ZeRO-2's partitioned AdamW and DeepSpeed's clipping: DDP's numbers to float32 rounding
         assert curves[key].keys() == base[key].keys() and len(curves[key]), key
         assert max(abs(curves[key][s] - base[key][s]) for s in base[key]) <= 1e-6, key

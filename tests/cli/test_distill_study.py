@@ -16,6 +16,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
 
 from lbsearch.orchestrator.teacher import find_teacher
+from lbsearch.spec import TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT
 from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
@@ -52,7 +53,7 @@ def test_student_trials_complete_and_their_loss_holds_the_soft_term(studies):
     _, root, _, runs = studies
     assert [t.state.name for t in journal_study(root, "tiny-distill").get_trials()] == ["COMPLETE", "COMPLETE"]
     for r in runs.values():
-        loss, hard, soft = (_curve(root, r.info.run_id, k) for k in ("train/loss", "train/loss_hard", "train/loss_soft"))
+        loss, hard, soft = (_curve(root, r.info.run_id, k) for k in (TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT))
         assert len(loss) == len(hard) == len(soft) == 30  # a row per optimizer step
         assert all(s > 0 for s in soft)
         assert all(math.isclose(total, (1 - WEIGHT) * h + WEIGHT * s, rel_tol=1e-5) for total, h, s in zip(loss, hard, soft))
@@ -60,11 +61,11 @@ def test_student_trials_complete_and_their_loss_holds_the_soft_term(studies):
 
 def test_temperature_changes_the_soft_term_not_the_hard_term_of_the_first_step(studies):
     _, root, _, runs = studies
-    first = {n: {k: _curve(root, r.info.run_id, k)[0] for k in ("train/loss", "train/loss_hard", "train/loss_soft")} for n, r in runs.items()}
-    assert first[0]["train/loss_hard"] == first[1]["train/loss_hard"]  # the same student, batch and labels before any update
-    assert first[0]["train/loss_soft"] != pytest.approx(first[1]["train/loss_soft"], rel=1e-3)
-    change = first[0]["train/loss"] - first[1]["train/loss"]  # the loss moves by w x the soft term's change, and only by that
-    assert change != 0 and change == pytest.approx(WEIGHT * (first[0]["train/loss_soft"] - first[1]["train/loss_soft"]), abs=1e-6)  # fp32 sums
+    first = {n: {k: _curve(root, r.info.run_id, k)[0] for k in (TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT)} for n, r in runs.items()}
+    assert first[0][TRAIN_LOSS_HARD] == first[1][TRAIN_LOSS_HARD]  # the same student, batch and labels before any update
+    assert first[0][TRAIN_LOSS_SOFT] != pytest.approx(first[1][TRAIN_LOSS_SOFT], rel=1e-3)
+    change = first[0][TRAIN_LOSS] - first[1][TRAIN_LOSS]  # the loss moves by w x the soft term's change, and only by that
+    assert change != 0 and change == pytest.approx(WEIGHT * (first[0][TRAIN_LOSS_SOFT] - first[1][TRAIN_LOSS_SOFT]), abs=1e-6)  # fp32 sums
 
 
 def test_teacher_logits_are_computed_once_and_read_by_the_next_trial(studies):
@@ -146,6 +147,6 @@ def test_on_the_fly_targets_give_the_cached_soft_term(studies):
     run_cli("run", str(STUDENT), *[f"--set={s}" for s in sets], cwd=cwd, check=True)
     (otf,) = runs_of(root, "tiny-distill-otf", role="trial")
     assert otf.data.tags["distill.logits"] == "on the fly"
-    for key in ("train/loss_soft", "train/loss"):  # fp32 both ways: the teacher's logits on padded rows, once or at each step
+    for key in (TRAIN_LOSS_SOFT, TRAIN_LOSS):  # fp32 both ways: the teacher's logits on padded rows, once or at each step
         assert _curve(root, otf.info.run_id, key) == pytest.approx(_curve(root, runs[0].info.run_id, key), rel=1e-5)
     assert len(list((root / "cache").glob("teacher-*.npy"))) == 1  # nothing more cached

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from conftest import mlflow_client, run_cli
 
+from lbsearch.spec import TEST
 from lbsearch.spec.load import load_experiment
 from lbsearch.spec.tasks import LM_TASKS, METRICS
 
@@ -39,4 +40,4 @@ def test_example_trains_on_a_slice(path, workdir, monkeypatch):
     client = mlflow_client(workdir / "mlruns")
     (run,) = client.search_runs([client.get_experiment_by_name(f"train-{exp.name}").experiment_id])
     assert run.info.status == "FINISHED"
-    assert {k.split("/", 1)[1] for k in run.data.metrics if k.startswith("test/")} == set(METRICS[exp.task])
+    assert {k.split("/", 1)[1] for k in run.data.metrics if k.startswith(TEST)} == set(METRICS[exp.task])

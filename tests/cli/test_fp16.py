@@ -9,6 +9,7 @@ import os
 
 from conftest import SPECS, mlflow_client, run_cli
 
+from lbsearch.spec import TRAIN_GRAD_NORM, TRAIN_LR, TRAIN_SKIPPED_STEPS
 from lbsearch.tracking import REASON, STATE
 
 FP16 = ["--set", "launcher.precision=fp16"]
@@ -28,11 +29,11 @@ def test_an_overflow_is_a_skipped_step_not_divergence(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert run.data.tags[STATE] == "complete"
     assert run.data.params["plan.precision"] == "fp16"
-    skipped = client.get_metric_history(run.info.run_id, "train/skipped_steps")
+    skipped = client.get_metric_history(run.info.run_id, TRAIN_SKIPPED_STEPS)
     assert max(m.value for m in skipped) == 1 and {m.step for m in skipped if m.value == 1} >= {3 * 32}  # at samples seen (B = 32)
-    grad_norm = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/grad_norm")}
+    grad_norm = {m.step: m.value for m in client.get_metric_history(run.info.run_id, TRAIN_GRAD_NORM)}
     assert 3 * 32 not in grad_norm and 2 * 32 in grad_norm  # the infinite norm is not a metric value (MLflow takes finite ones)
-    lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/lr")}
+    lr = {m.step: m.value for m in client.get_metric_history(run.info.run_id, TRAIN_LR)}
     assert lr[3 * 32] == lr[2 * 32]  # a skipped step leaves the schedule where it was
     assert "fp16 overflow: step skipped by the GradScaler (1 in a row, 1 in all)" in proc.stdout
 

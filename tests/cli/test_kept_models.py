@@ -15,7 +15,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 from mlflow.entities import LoggedModelStatus
 
-from lbsearch.spec import KEPT_FILE
+from lbsearch.spec import KEPT_FILE, TEST
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -146,7 +146,7 @@ def test_train_keeps_and_logs_a_mean_pooling_model(tmp_path):
     run = client.get_run(folder.name)
     assert f"model kept in {folder}" in proc.stdout
     m = _evaluate(folder, root, "lbsearch", run.info.run_id)
-    assert m["accuracy"] == run.data.metrics["test/accuracy"]
+    assert m["accuracy"] == run.data.metrics[TEST + "accuracy"]
     (logged,) = client.search_logged_models(experiment_ids=[run.info.experiment_id])
     assert logged.source_run_id == run.info.run_id
 

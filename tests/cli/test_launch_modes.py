@@ -8,7 +8,7 @@ import subprocess
 
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli, worker_pids
 
-from lbsearch.spec import TRIALS
+from lbsearch.spec import EVAL, TRAIN_LOSS, TRIALS
 from lbsearch.tracking import NOISE_SCALE, REASON
 
 NO_DROPOUT = ["--set=model.config.hidden_dropout_prob=0.0", "--set=model.config.attention_probs_dropout_prob=0.0"]
@@ -21,7 +21,7 @@ def _runs(root):
     return client, sorted(runs, key=lambda r: r.info.start_time)
 
 
-def _curve(client, run, key="train/loss"):
+def _curve(client, run, key=TRAIN_LOSS):
     return {m.step: m.value for m in client.get_metric_history(run.info.run_id, key)}
 
 
@@ -39,7 +39,7 @@ def test_fsdp_trial_on_cpu_matches_ddp(tmp_path):
     la, lb = _curve(client, a), _curve(client, b)
     assert len(la) == len(lb) == 30
     assert max(abs(la[s] - lb[s]) for s in la) <= 1e-4
-    ea, eb = _curve(client, a, "eval/loss"), _curve(client, b, "eval/loss")
+    ea, eb = _curve(client, a, EVAL + "loss"), _curve(client, b, EVAL + "loss")
     assert ea.keys() == eb.keys() and max(abs(ea[s] - eb[s]) for s in ea) <= 1e-4
     assert not worker_pids(tmp_path)
 

@@ -7,6 +7,7 @@ import pytest
 from conftest import SPECS, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
+from lbsearch.spec import EVAL, PROGRESS_STEP, TEST, TRAIN_LOSS, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -32,8 +33,8 @@ def test_a_lightning_study_with_one_pruned_trial(tmp_path):
     good = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     # B = 32 reached Lightning as DataLoader batch_size 16 x accumulate_grad_batches 2 x 1 process
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"
-    assert [m.step for m in client.get_metric_history(good.info.run_id, "eval/loss")] == [320, 640, 960]  # samples seen
-    assert [m.value for m in client.get_metric_history(good.info.run_id, "progress/step")][-1] == 30  # Lightning's global_step
-    assert {"val/loss", "test/loss", "train/loss"} <= set(good.data.metrics)
+    assert [m.step for m in client.get_metric_history(good.info.run_id, EVAL + "loss")] == [320, 640, 960]  # samples seen
+    assert [m.value for m in client.get_metric_history(good.info.run_id, PROGRESS_STEP)][-1] == 30  # Lightning's global_step
+    assert {VAL + "loss", TEST + "loss", TRAIN_LOSS} <= set(good.data.metrics)
     again = run_cli("reproduce", "tiny-lightning", "--trial", "0", cwd=tmp_path)  # the seeded script re-runs to the same numbers on CPU
     assert again.returncode == 0 and "reproduced: metrics identical" in again.stdout, again.stdout

@@ -13,8 +13,7 @@ import yaml
 from conftest import journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
-from lbsearch.spec import TRIALS
-from lbsearch.trial.diagnostics import B_SIMPLE, B_SIMPLE_TOKENS
+from lbsearch.spec import EVAL, GNS_B_SIMPLE, GNS_B_SIMPLE_TOKENS, PROGRESS_TOKENS, TEST, TRIALS, VAL
 
 L = 32
 MODELS = {
@@ -49,18 +48,18 @@ def test_language_model_trains_in_tokens(task, tmp_path, env):
     assert run.info.status == "FINISHED"
     assert run.data.params["plan.batch_tokens"] == "512" and run.data.params["plan.budget_tokens"] == str(16 * L * 12)
     m = run.data.metrics
-    assert {"val/loss", "val/perplexity", "test/loss", "test/perplexity"} <= set(m)
-    assert m["val/perplexity"] == pytest.approx(math.exp(m["val/loss"]))
-    assert m["val/loss"] < math.log(512)  # better than uniform over the 512-token vocabulary
+    assert {VAL + "loss", VAL + "perplexity", TEST + "loss", TEST + "perplexity"} <= set(m)
+    assert m[VAL + "perplexity"] == pytest.approx(math.exp(m[VAL + "loss"]))
+    assert m[VAL + "loss"] < math.log(512)  # better than uniform over the 512-token vocabulary
     profile = json.loads(run.inputs.dataset_inputs[0].dataset.profile)  # the corpus as MLflow records it
     assert profile["train_tokens"] > 0 and 0 < profile["unigram_entropy"] < math.log(512)
-    tokens = [p.value for p in client.get_metric_history(run.info.run_id, "progress/tokens")]
+    tokens = [p.value for p in client.get_metric_history(run.info.run_id, PROGRESS_TOKENS)]
     assert tokens == [16 * L * 4, 16 * L * 8, 16 * L * 12]
-    assert [p.step for p in client.get_metric_history(run.info.run_id, "eval/loss")] == tokens  # MLflow's step: tokens seen
+    assert [p.step for p in client.get_metric_history(run.info.run_id, EVAL + "loss")] == tokens  # MLflow's step: tokens seen
     assert m["tokens_to_target"] == 16 * L * 4  # a loss of 100 is reached at the first evaluation
     # micro-batch 8 x accumulation 2: the noise scale is measured, in sequences and in tokens
-    b = client.get_metric_history(run.info.run_id, B_SIMPLE)
-    bt = client.get_metric_history(run.info.run_id, B_SIMPLE_TOKENS)
+    b = client.get_metric_history(run.info.run_id, GNS_B_SIMPLE)
+    bt = client.get_metric_history(run.info.run_id, GNS_B_SIMPLE_TOKENS)
     assert b and [p.value for p in bt] == pytest.approx([p.value * L for p in b])
 
 

@@ -18,9 +18,8 @@ from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
 from optuna.trial import TrialState
 
 from lbsearch.science import REPORT_HTML
-from lbsearch.spec import REPORTS
+from lbsearch.spec import EVAL, GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA, PROGRESS_SAMPLES, PROGRESS_STEP, REPORTS, TEST, TRAIN_LOSS, TRAIN_LR, VAL
 from lbsearch.tracking import BEST_TAG, ROLE, TRIAL, TRIALS_CSV
-from lbsearch.trial.diagnostics import GNS
 
 
 def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
@@ -114,18 +113,18 @@ def test_metrics_are_logged_at_samples_seen_and_the_optimizer_step_is_its_own_me
         b, run_id = int(run.data.params["plan.batch_size"]), run.info.run_id
         hist = {k: sorted(client.get_metric_history(run_id, k), key=lambda m: m.step) for k in run.data.metrics if not k.startswith("system/")}
         data_axis = {s * b for s in range(1, 960 // b + 1)}  # samples seen after each optimizer step
-        assert [(m.step, m.value) for m in hist["progress/step"]] == [(s * b, s) for s in range(1, 960 // b + 1)]
-        assert [(m.step, m.value) for m in hist["progress/samples"]] == [(s * b, s * b) for s in range(1, 960 // b + 1)]
-        assert [m.step for m in hist["train/loss"]] == [m.step for m in hist["train/lr"]] == sorted(data_axis)
+        assert [(m.step, m.value) for m in hist[PROGRESS_STEP]] == [(s * b, s) for s in range(1, 960 // b + 1)]
+        assert [(m.step, m.value) for m in hist[PROGRESS_SAMPLES]] == [(s * b, s * b) for s in range(1, 960 // b + 1)]
+        assert [m.step for m in hist[TRAIN_LOSS]] == [m.step for m in hist[TRAIN_LR]] == sorted(data_axis)
         for key, ms in hist.items():
             assert {m.step for m in ms} <= data_axis, key
             assert len({m.step for m in ms}) == len(ms), f"{key}: one point per step, none logged twice"
-        evaluations[b] = {k: [m.step for m in ms] for k, ms in hist.items() if k.startswith(("eval/", "val/", "test/"))}
+        evaluations[b] = {k: [m.step for m in ms] for k, ms in hist.items() if k.startswith((EVAL, VAL, TEST))}
         assert [(m.step, m.value) for m in hist["steps_to_target"]] == [(320, 320 // b)]
     assert set(evaluations) == {16, 32, 64}
     for b, steps in evaluations.items():  # every B evaluates at the same samples seen: one chart compares them
-        assert steps == evaluations[16] and steps["eval/loss"] == steps["eval/accuracy"] == [320, 640, 960], b
-        assert steps["val/loss"] == steps["test/accuracy"] == [960], b
+        assert steps == evaluations[16] and steps[EVAL + "loss"] == steps[EVAL + "accuracy"] == [320, 640, 960], b
+        assert steps[VAL + "loss"] == steps[TEST + "accuracy"] == [960], b
 
 
 def test_the_best_trial_is_tagged_and_only_it(ladder):
@@ -159,18 +158,18 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     client = mlflow_client(root)
     for t in trials:
-        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], GNS + k) for k in ("b_simple", "grad_sq", "trace_sigma")}
+        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], k) for k in (GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA)}
         if t.params["train.batch_size"] == 16:  # micro-batch limit 16: one batch size per step, nothing to measure
             assert not any(hist.values()) and "b_simple" not in t.user_attrs
             continue
         # accumulation 2 and 4: one value per evaluation. The unbiased |G|² estimate may be negative
         # while noise dominates (random init); B_simple is logged only where it is positive.
-        assert len(hist["grad_sq"]) == len(hist["trace_sigma"]) == 3
-        assert all(m.value > 0 for m in hist["trace_sigma"])
-        positive = [g.value > 0 for g in hist["grad_sq"]]
-        assert [m.step for m in hist["b_simple"]] == [g.step for g, ok in zip(hist["grad_sq"], positive) if ok]
-        if hist["b_simple"]:
-            assert t.user_attrs["b_simple"] == pytest.approx(hist["b_simple"][-1].value)
+        assert len(hist[GNS_GRAD_SQ]) == len(hist[GNS_TRACE_SIGMA]) == 3
+        assert all(m.value > 0 for m in hist[GNS_TRACE_SIGMA])
+        positive = [g.value > 0 for g in hist[GNS_GRAD_SQ]]
+        assert [m.step for m in hist[GNS_B_SIMPLE]] == [g.step for g, ok in zip(hist[GNS_GRAD_SQ], positive) if ok]
+        if hist[GNS_B_SIMPLE]:
+            assert t.user_attrs["b_simple"] == pytest.approx(hist[GNS_B_SIMPLE][-1].value)
             assert t.user_attrs["b_simple"] > 0
 
     out = cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout

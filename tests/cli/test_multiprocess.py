@@ -12,7 +12,7 @@ import time
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from lbsearch.spec import PREFIX
+from lbsearch.spec import EVAL, PREFIX, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -34,14 +34,14 @@ def test_two_processes_equal_one_process_with_accumulation(tmp_path):
     assert [r.data.params["plan.processes"] for r in runs] == ["2", "1"]
     # every one of the 30 steps: the same samples' gradients summed in another order (gloo's all-reduce vs
     # accumulation) differ in float32 rounding only (losses <= 6e-8 apart, grad norms <= 3e-8, on the 2-core EPYC)
-    for key in ("train/loss", "train/grad_norm"):
+    for key in (TRAIN_LOSS, TRAIN_GRAD_NORM):
         a, b = ([(m.step, m.value) for m in sorted(client.get_metric_history(r.info.run_id, key), key=lambda m: m.step)] for r in runs)
         assert len(a) == 30 and [s for s, _ in a] == [s for s, _ in b], key
         assert max(abs(x - y) for (_, x), (_, y) in zip(a, b)) <= 1e-6, key
-    for key in ("eval/accuracy", "test/accuracy"):
+    for key in (EVAL + "accuracy", TEST + "accuracy"):
         a, b = (client.get_metric_history(r.info.run_id, key) for r in runs)
         assert [m.value for m in a] == [m.value for m in b], key
-    a, b = (client.get_metric_history(r.info.run_id, "eval/loss") for r in runs)
+    a, b = (client.get_metric_history(r.info.run_id, EVAL + "loss") for r in runs)
     assert max(abs(x.value - y.value) for x, y in zip(a, b)) <= 1e-5
 
 

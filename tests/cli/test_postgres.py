@@ -18,7 +18,7 @@ import pytest
 from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import WORKER_DIED
+from lbsearch.spec import EVAL, WORKER_DIED
 from lbsearch.tracking import CONFIG_JSON, REASON, ROLE, STATE, TRIAL
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -142,5 +142,5 @@ def test_three_machines_share_a_study_through_postgres_and_an_mlflow_server(tmp_
     assert all(r.info.status != "RUNNING" for r in children)
     assert client.get_run([r for r in children if r.data.tags[TRIAL] == str(killed)][0].info.run_id).info.status == "KILLED"
     good = next(r for r in children if r.data.tags[STATE] == "complete")
-    assert len(client.get_metric_history(good.info.run_id, "eval/accuracy")) == 2
+    assert len(client.get_metric_history(good.info.run_id, EVAL + "accuracy")) == 2
     assert CONFIG_JSON in {a.path for a in client.list_artifacts(good.info.run_id)}

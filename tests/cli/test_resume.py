@@ -14,7 +14,7 @@ import pytest
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from lbsearch.spec import FOLDER, INTERRUPTED, PREFIX, TRIALS, WORKER_DIED, checkpoint_name
+from lbsearch.spec import EVAL, FOLDER, INTERRUPTED, PREFIX, TEST, TRAIN_LOSS, TRIALS, VAL, WORKER_DIED, checkpoint_name
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, RESUMED_FROM_TRIAL, RETRY_OF
 
@@ -30,7 +30,7 @@ def _trial(root: Path, number: int):
     client = mlflow_client(root)
     run = client.get_run(trial.user_attrs["mlflow_run_id"])
     history = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
-               for k in run.data.metrics if k.startswith(("train/loss", "eval/", "val/", "test/"))}
+               for k in run.data.metrics if k.startswith((TRAIN_LOSS, EVAL, VAL, TEST))}
     return trial, run, history
 
 
@@ -56,10 +56,10 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert (tags[RESUMED_FROM_STEP], tags[RESUMED_FROM_TRIAL], tags[RETRY_OF]) == (str(step), "0", "0")
     assert tags[RESUMED_FROM_RUN] == trials[0].user_attrs["mlflow_run_id"]
     # bit for bit: the per-step loss after the resume point, every evaluation, the final validation and test metrics
-    after = [(s, v) for s, v in hist["train/loss"] if s > step * 32]  # metrics are at samples seen
-    assert len(after) == 60 - step and after == [(s, v) for s, v in base["train/loss"] if s > step * 32]
+    after = [(s, v) for s, v in hist[TRAIN_LOSS] if s > step * 32]  # metrics are at samples seen
+    assert len(after) == 60 - step and after == [(s, v) for s, v in base[TRAIN_LOSS] if s > step * 32]
     assert set(hist) == set(base) and all(hist[k] == base[k] for k in hist if not k.startswith("train/"))
-    assert [p for p in hist["train/loss"] if p[0] <= step * 32] == [p for p in base["train/loss"] if p[0] <= step * 32]  # carried over from trial 0
+    assert [p for p in hist[TRAIN_LOSS] if p[0] <= step * 32] == [p for p in base[TRAIN_LOSS] if p[0] <= step * 32]  # carried over from trial 0
     assert retry.value == base_trial.value and retry.user_attrs["test_accuracy"] == base_trial.user_attrs["test_accuracy"]
     assert retry.intermediate_values == base_trial.intermediate_values  # the pruner sees one curve
     assert not list(root.glob(f"{TRIALS}/*/*/checkpoints"))  # a finished trial leaves no checkpoint
@@ -137,5 +137,5 @@ def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, uninter
     trial, _, hist = _trial(tmp_path / "mlruns", 0)
     base_trial, _, base = uninterrupted
     assert trial.state == TrialState.COMPLETE and trial.value == base_trial.value
-    assert hist["train/loss"] == base["train/loss"]
+    assert hist[TRAIN_LOSS] == base[TRAIN_LOSS]
     assert not list((tmp_path / "mlruns").rglob(f".tmp-{PREFIX}*"))

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, LABELS_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
 from lbsearch.science import REPORT_HTML
-from lbsearch.spec import INTERRUPTED, REPORTS, TRIALS
+from lbsearch.spec import EVAL, INTERRUPTED, PROGRESS_SAMPLES, REPORTS, TEST, TRIALS, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -79,9 +79,9 @@ def _shape(twin) -> dict:
             "plan_params": {k: v for k, v in c.data.params.items() if k.startswith("plan.")},
             # labels.json is the label mapping of lbsearch's own data; a script loads its own data
             "artifacts": sorted(a.path for a in client.list_artifacts(c.info.run_id) if a.path != LABELS_JSON),
-            "eval_loss_steps": [m.step for m in client.get_metric_history(c.info.run_id, "eval/loss")],
-            "samples": [m.value for m in client.get_metric_history(c.info.run_id, "progress/samples")][-1:],
-            "final": sorted(k for k in c.data.metrics if k in ("val/loss", "val/accuracy", "test/loss", "test/accuracy")),
+            "eval_loss_steps": [m.step for m in client.get_metric_history(c.info.run_id, EVAL + "loss")],
+            "samples": [m.value for m in client.get_metric_history(c.info.run_id, PROGRESS_SAMPLES)][-1:],
+            "final": sorted(k for k in c.data.metrics if k in (VAL + "loss", VAL + "accuracy", TEST + "loss", TEST + "accuracy")),
         } for c in children],
     }
 
@@ -152,7 +152,7 @@ def test_a_script_that_ignores_the_api_runs_and_is_never_pruned(tmp_path, case):
         assert t.intermediate_values == {}
         assert t.user_attrs["samples"] == 64
     run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
-    assert run.info.status == "FINISHED" and run.data.metrics["val/score"] == pytest.approx(trials[0].value)
+    assert run.info.status == "FINISHED" and run.data.metrics[VAL + "score"] == pytest.approx(trials[0].value)
     assert run.data.tags["plan.micro_batch"] == "16" and run.data.params["plan.batch_size"] == "16"
 
 
@@ -252,7 +252,7 @@ LADDER = """from lbsearch import api
 trial = api.current()
 B = trial.get("batch_size")
 for step in range(1, trial.get("steps") + 1):
-    trial.log({"train/loss": 1.0 / step}, samples=step * B)
+    trial.log({api.TRAIN_LOSS: 1.0 / step}, samples=step * B)
     if step * B % 32 == 0:
         trial.report({"score": step * B / 64 + trial.get("lr") / 10}, samples=step * B)
         if trial.should_stop():
@@ -282,7 +282,7 @@ from lbsearch import api
 trial = api.current()
 for step in range(1, 1000):
     time.sleep(0.2)
-    trial.log({"train/loss": 1.0}, samples=step * 16)
+    trial.log({api.TRAIN_LOSS: 1.0}, samples=step * 16)
     print(f"step {step}", flush=True)
     if trial.should_stop():
         print(f"stopping: {trial.stop_reason}", flush=True)

@@ -18,7 +18,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cl
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
-from lbsearch.spec import INTERRUPTED, TRIALS, WORKER_DIED
+from lbsearch.spec import EVAL, INTERRUPTED, PROGRESS_STEP, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S, TRIALS, VAL, WORKER_DIED
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -89,18 +89,18 @@ def test_mlflow_run_tree(finished):
     assert tags["plan.micro_batch"] == "16" and tags["plan.accumulation"] == "2" and tags["plan.max_micro_batch"] == "16"
     assert p["optimizer.lr"] == "0.003" and p["train.batch_size"] == "32"
     # per-evaluation histories at samples seen (MLflow's step), the optimizer step as a metric of its own
-    hist = client.get_metric_history(good.info.run_id, "eval/loss")
+    hist = client.get_metric_history(good.info.run_id, EVAL + "loss")
     assert [m.step for m in hist] == [320, 640, 960]
-    assert len(client.get_metric_history(good.info.run_id, "train/loss")) == 30
-    steps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "progress/step")}
+    assert len(client.get_metric_history(good.info.run_id, TRAIN_LOSS)) == 30
+    steps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, PROGRESS_STEP)}
     assert steps[320] == 10 and steps[960] == 30
-    for key in ("train/lr", "train/grad_norm", "train/samples_per_s", "val/loss", "test/loss", "test/accuracy"):
+    for key in (TRAIN_LR, TRAIN_GRAD_NORM, TRAIN_SAMPLES_PER_S, VAL + "loss", TEST + "loss", TEST + "accuracy"):
         assert client.get_metric_history(good.info.run_id, key), key
-    assert len(client.get_metric_history(by_trial[1].info.run_id, "eval/loss")) == 1
+    assert len(client.get_metric_history(by_trial[1].info.run_id, EVAL + "loss")) == 1
     # speed against the hardware: tokens/s of real tokens and model FLOPs utilisation at each evaluation
-    mfu = [m.value for m in client.get_metric_history(good.info.run_id, "train/mfu")]
-    sps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "train/samples_per_s")}
-    tps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, "train/tokens_per_s")}
+    mfu = [m.value for m in client.get_metric_history(good.info.run_id, TRAIN_MFU)]
+    sps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, TRAIN_SAMPLES_PER_S)}
+    tps = {m.step: m.value for m in client.get_metric_history(good.info.run_id, TRAIN_TOKENS_PER_S)}
     assert len(mfu) == 3 and all(0 < v < 1 for v in mfu)
     assert sps.keys() == tps.keys() and all(3 < tps[s] / sps[s] <= 48 for s in sps)  # reviews: a few to 48 tokens each
     # artifacts: resolved config, reproduce command, versions, the trial's output
@@ -153,10 +153,10 @@ def test_reproduce_is_exact_on_cpu(finished):
     assert rep and rep[-1].data.tags[REPRODUCED] == "yes"
     orig = journal_study(root, "tiny-loss").trials[0]
     assert rep[-1].data.tags[REPRODUCES] == orig.user_attrs["mlflow_run_id"]
-    assert client.get_metric_history(rep[-1].info.run_id, "val/loss")[0].value == orig.user_attrs["validation_loss"]
+    assert client.get_metric_history(rep[-1].info.run_id, VAL + "loss")[0].value == orig.user_attrs["validation_loss"]
     # the original was forked from the standby process, the reproduction a started process: step for step the same
     assert rep[-1].data.tags[START] == "launched"
-    for key in ("train/loss", "train/grad_norm", "eval/loss", "eval/accuracy"):
+    for key in (TRAIN_LOSS, TRAIN_GRAD_NORM, EVAL + "loss", EVAL + "accuracy"):
         hist = [sorted((m.step, m.value) for m in client.get_metric_history(r, key)) for r in (rep[-1].info.run_id, orig.user_attrs["mlflow_run_id"])]
         assert hist[0] == hist[1] and hist[0], key
 

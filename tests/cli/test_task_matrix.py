@@ -12,6 +12,7 @@ import yaml
 from conftest import cli, mlflow_client, run_cli
 
 from lbsearch.data.sources import load_frames
+from lbsearch.spec import TEST, VAL
 from lbsearch.spec.config import DataConfig
 from lbsearch.spec.tasks import METRICS
 from lbsearch.tracking import PACKING, START
@@ -78,7 +79,7 @@ def test_task_by_family_trains_end_to_end(task, family, workdir, monkeypatch, st
     client = mlflow_client(workdir / "mlruns")
     (run,) = client.search_runs([client.get_experiment_by_name(f"train-{name}").experiment_id])
     assert run.info.status == "FINISHED"
-    reported = {k.split("/", 1)[1] for k in run.data.metrics if k.startswith("val/")}
+    reported = {k.split("/", 1)[1] for k in run.data.metrics if k.startswith(VAL)}
     assert reported == set(METRICS[kind]), reported
     assert json.loads(run.data.tags["data.labels"]) == LABELS[task]  # labels 1 and 2 are 2 classes, not 3
     assert run.data.tags["data.task"] == kind
@@ -109,5 +110,5 @@ def test_regression_over_two_processes_matches_one_process(family, tmp_path, mon
     assert [r.data.params["plan.processes"] for r in runs] == ["2", "1"]
     assert [r.data.tags[PACKING] for r in runs] == 2 * ["on" if family == "distilbert" else "off: pooling cls: the architecture's own head"]
     two, one = (r.data.metrics for r in runs)
-    for key in [k for k in one if k.startswith(("val/", "test/"))]:
+    for key in [k for k in one if k.startswith((VAL, TEST))]:
         assert two[key] == pytest.approx(one[key], rel=1e-3, abs=1e-6), key

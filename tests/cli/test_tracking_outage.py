@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
-from lbsearch.spec import TRACKING_LOST, TRIALS
+from lbsearch.spec import TRACKING_LOST, TRAIN_LOSS, TRIALS
 from lbsearch.tracking import OUTBOX_FILE, REASON, ROLE, STATE
 
 # one trial of 125 steps (B = 32): the server goes while it trains (it may finish meanwhile: its last calls then wait for MLflow)
@@ -82,7 +82,7 @@ def _trial_runs(url: str) -> list:
 
 
 def _loss_steps(url: str, run_id: str) -> list[int]:
-    return [m.step for m in MlflowClient(tracking_uri=url).get_metric_history(run_id, "train/loss")]
+    return [m.step for m in MlflowClient(tracking_uri=url).get_metric_history(run_id, TRAIN_LOSS)]
 
 
 def test_a_short_outage_costs_nothing_and_every_metric_arrives(tmp_path, server):

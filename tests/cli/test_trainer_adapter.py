@@ -6,6 +6,7 @@ from __future__ import annotations
 from conftest import SPECS, journal_study, mlflow_client, run_cli
 from optuna.trial import TrialState
 
+from lbsearch.spec import EVAL, PROGRESS_SAMPLES, TEST, TRAIN_LOSS, TRAIN_LR, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -26,11 +27,11 @@ def test_a_trainer_study_with_one_pruned_trial(tmp_path):
     client = mlflow_client(tmp_path / "mlruns")
     pruned = client.get_run(trials[2].user_attrs["mlflow_run_id"])
     assert pruned.data.tags[STATE] == "pruned" and pruned.data.tags[REASON] == "pruned"
-    assert [m.step for m in client.get_metric_history(pruned.info.run_id, "eval/loss")] == [320]  # samples seen
+    assert [m.step for m in client.get_metric_history(pruned.info.run_id, EVAL + "loss")] == [320]  # samples seen
     good = client.get_run(trials[0].user_attrs["mlflow_run_id"])
     # B = 32 reached the Trainer as per_device_train_batch_size 16 x gradient_accumulation_steps 2 x 1 process
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"
-    assert [m.value for m in client.get_metric_history(good.info.run_id, "progress/samples")][-1] == 960
-    assert {"val/loss", "test/loss", "train/loss", "train/lr"} <= set(good.data.metrics)
+    assert [m.value for m in client.get_metric_history(good.info.run_id, PROGRESS_SAMPLES)][-1] == 960
+    assert {VAL + "loss", TEST + "loss", TRAIN_LOSS, TRAIN_LR} <= set(good.data.metrics)
     again = run_cli("reproduce", "tiny-trainer", "--trial", "0", cwd=tmp_path)  # the seeded script re-runs to the same numbers on CPU
     assert again.returncode == 0 and "reproduced: metrics identical" in again.stdout, again.stdout

@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from lbsearch.integrations import api
-from lbsearch.spec import DIVERGED_REASON
+from lbsearch.spec import DIVERGED_REASON, EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, TEST, TRAIN_LOSS, VAL
 from lbsearch.spec.config import PrunerConfig
 from lbsearch.spec.protocol import OptunaRef, WorkerSpec, parse_message, read_result
 from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig
@@ -34,7 +34,7 @@ def test_by_hand_every_call_does_nothing(tmp_path, capsys):
     trial = api.current(defaults={"lr": 0.1, "batch_size": 8})
     assert not trial.active and trial.is_main and trial.plan is None and trial.config == {}
     assert trial.values == {"lr": 0.1, "batch_size": 8} and trial.get("lr") == 0.1 and trial.get("nope", 3) == 3
-    trial.log({"train/loss": float("nan")}, samples=8)
+    trial.log({TRAIN_LOSS: float("nan")}, samples=8)
     trial.report({"loss": 0.5}, samples=8)
     assert trial.should_stop() is False and trial.stop_reason is None
     trial.finish({"loss": 0.5})
@@ -66,7 +66,7 @@ def test_a_live_trial_has_its_values_and_plan(tmp_path, monkeypatch, capsys):
 
 def test_reports_go_to_optuna_at_the_nominal_points_and_the_result_is_written(tmp_path, monkeypatch, capsys):
     trial, study = _live(tmp_path, monkeypatch)
-    trial.log({"train/loss": 0.7}, samples=32)
+    trial.log({TRAIN_LOSS: 0.7}, samples=32)
     trial.report({"loss": 0.69, "accuracy": 0.5}, samples=160)  # before the first evaluation point: logged only
     trial.report({"loss": 0.6, "accuracy": 0.6}, samples=320)
     trial.report({"loss": 0.59}, samples=352)  # the same point again: not reported twice
@@ -79,17 +79,17 @@ def test_reports_go_to_optuna_at_the_nominal_points_and_the_result_is_written(tm
     assert r.state == "complete" and r.value == 0.5 and r.samples == 960 and r.steps == 30 and r.test == {"loss": 0.55}
     rows = [(k, v, s) for line in capsys.readouterr().out.splitlines() if (m := parse_message(line)) and m[0] == "metrics" for k, v, _, s in m[1]]
     # MLflow's step is samples seen (trials of different B line up at equal data); the optimizer step is progress/step
-    assert {("eval/loss", 0.6, 320), ("eval/loss", 0.5, 960), ("val/loss", 0.5, 960), ("test/loss", 0.55, 960)} <= set(rows)
-    assert {("train/loss", 0.7, 32), ("progress/samples", 32.0, 32), ("progress/step", 1.0, 32)} <= set(rows)
+    assert {(EVAL + "loss", 0.6, 320), (EVAL + "loss", 0.5, 960), (VAL + "loss", 0.5, 960), (TEST + "loss", 0.55, 960)} <= set(rows)
+    assert {(TRAIN_LOSS, 0.7, 32), (PROGRESS_SAMPLES, 32.0, 32), (PROGRESS_STEP, 1.0, 32)} <= set(rows)
 
 
 def test_an_explicit_optimizer_step_is_a_metric_and_samples_stay_the_mlflow_step(tmp_path, monkeypatch, capsys):
     exp = EXP | {"metric": {"name": "loss", "target": 0.65}}
     trial, _ = _live(tmp_path, monkeypatch, experiment=exp)
-    trial.log({"train/loss": 0.7}, samples=40, step=3)  # e.g. an HF Trainer's global_step that B does not give
+    trial.log({TRAIN_LOSS: 0.7}, samples=40, step=3)  # e.g. an HF Trainer's global_step that B does not give
     trial.report({"loss": 0.6}, samples=320, step=11)
     rows = [(k, v, s) for line in capsys.readouterr().out.splitlines() if (m := parse_message(line)) and m[0] == "metrics" for k, v, _, s in m[1]]
-    assert {("progress/step", 3.0, 40), ("eval/loss", 0.6, 320), ("steps_to_target", 11.0, 320), ("samples_to_target", 320.0, 320)} <= set(rows)
+    assert {(PROGRESS_STEP, 3.0, 40), (EVAL + "loss", 0.6, 320), ("steps_to_target", 11.0, 320), ("samples_to_target", 320.0, 320)} <= set(rows)
 
 
 def test_pruned_and_diverged_stop_the_trial(tmp_path, monkeypatch):
@@ -105,11 +105,11 @@ def test_pruned_and_diverged_stop_the_trial(tmp_path, monkeypatch):
 
 def test_divergence(tmp_path, monkeypatch):
     trial, _ = _live(tmp_path, monkeypatch, pruner="none")
-    trial.log({"train/loss": 0.7}, samples=32)
+    trial.log({TRAIN_LOSS: 0.7}, samples=32)
     assert not trial.should_stop()
-    trial.log({"train/loss": 2.7}, samples=64)  # below divergence_factor (4) x the first loss
+    trial.log({TRAIN_LOSS: 2.7}, samples=64)  # below divergence_factor (4) x the first loss
     assert not trial.should_stop()
-    trial.log({"train/loss": float("inf")}, samples=96)
+    trial.log({TRAIN_LOSS: float("inf")}, samples=96)
     assert trial.should_stop() and trial.stop_reason == DIVERGED_REASON
     trial.finish()
     assert read_result(tmp_path / "result.json").reason == DIVERGED_REASON

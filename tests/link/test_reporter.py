@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from lbsearch.link import Reporter
+from lbsearch.spec import EVAL, PROGRESS_STEP, TRAIN_LOSS
 from lbsearch.spec.protocol import WorkerSpec, parse_message
 
 
@@ -14,11 +15,11 @@ from lbsearch.spec.protocol import WorkerSpec, parse_message
 def test_metric_rows_are_at_samples_seen_and_tokens_for_a_language_model(capsys, experiment, step):
     spec = WorkerSpec(experiment=experiment, data_path="x", num_labels=2, pad_id=0, vocab_size=10, tracking=True)
     rep = Reporter(spec, is_main=True)
-    rep.metrics({"eval/loss": 0.5, "progress/step": 2}, samples=64)  # B = 32, after optimizer step 2
+    rep.metrics({EVAL + "loss": 0.5, PROGRESS_STEP: 2}, samples=64)  # B = 32, after optimizer step 2
     rep.flush()
     (line,) = capsys.readouterr().out.splitlines()
     kind, rows = parse_message(line)
-    assert kind == "metrics" and [(k, v, s) for k, v, _, s in rows] == [("eval/loss", 0.5, step), ("progress/step", 2.0, step)]
+    assert kind == "metrics" and [(k, v, s) for k, v, _, s in rows] == [(EVAL + "loss", 0.5, step), (PROGRESS_STEP, 2.0, step)]
 
 
 def test_sync_sends_the_buffered_rows_before_it_asks_for_them_in_mlflow(capsys):
@@ -26,7 +27,7 @@ def test_sync_sends_the_buffered_rows_before_it_asks_for_them_in_mlflow(capsys):
     spec = WorkerSpec(experiment={"task": "single_label", "data": {"max_length": 48}, "train": {}}, data_path="x", num_labels=2, pad_id=0,
                       vocab_size=10, tracking=True)
     rep = Reporter(spec, is_main=True)
-    rep.metrics({"train/loss": 0.7}, samples=32)
+    rep.metrics({TRAIN_LOSS: 0.7}, samples=32)
     rep.sync()
     rep.sync()  # nothing buffered: the sync alone
     kinds = [parse_message(line)[0] for line in capsys.readouterr().out.splitlines()]

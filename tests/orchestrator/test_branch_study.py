@@ -16,7 +16,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
 from lbsearch.science import CBS_HTML
-from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, INFO, REPORTS, TRIALS, checkpoint_name
+from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, CBS_CBS, EVAL, INFO, REPORTS, TRAIN_LOSS, TRAIN_LR, TRIALS, checkpoint_name
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
 
@@ -74,12 +74,12 @@ def test_k1_branch_is_the_reference_continued_bit_for_bit(branched):
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4  # 2 points x k in {1, 2} x 1 seed
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
-    ref = _history(client, ref_run, "train/loss")  # MLflow step: tokens seen
+    ref = _history(client, ref_run, TRAIN_LOSS)  # MLflow step: tokens seen
     for t in trials:
         if t.params["train.batch_size"] != B:
             continue
         start = t.params["branching.source.at_samples"]
-        mine = _history(client, t.user_attrs["mlflow_run_id"], "train/loss")
+        mine = _history(client, t.user_attrs["mlflow_run_id"], TRAIN_LOSS)
         assert sorted(mine) == [B * L * i for i in range(1, 5)]
         assert [mine[s] for s in sorted(mine)] == [ref[start * L + s] for s in sorted(mine)]  # exact floats: the same weights, data and RNG
 
@@ -94,14 +94,14 @@ def test_k2_branch_loads_the_checkpoint_and_runs_at_2B_with_sqrt2_lr(branched):
     tags = run.data.tags
     assert tags[BRANCH_TAGS["k"]] == "2" and tags[BRANCH_TAGS["rule"]] == "sqrt" and tags[BRANCH_TAGS["reference"]] == "cbs-ref#0"
     assert tags[BRANCH_TAGS["point_tokens"]] == str(3 * B * L)
-    lr = _history(client, run.info.run_id, "train/lr")
+    lr = _history(client, run.info.run_id, TRAIN_LR)
     assert list(lr.values()) == pytest.approx([3e-3 * math.sqrt(2)] * 2)  # a constant schedule at the rule's lr, both steps
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
-    ref_loss = _history(client, ref_run, "eval/loss")[3 * B * L]  # the checkpoint's weights, evaluated
-    first = _history(client, run.info.run_id, "train/loss")[2 * B * L]
+    ref_loss = _history(client, ref_run, EVAL + "loss")[3 * B * L]  # the checkpoint's weights, evaluated
+    first = _history(client, run.info.run_id, TRAIN_LOSS)[2 * B * L]
     assert first < math.log(512) and abs(first - ref_loss) < 0.5  # it starts from the trained weights, not from a random init
     # and it trains: 2 steps of accumulation 4 from a checkpoint taken after 6 micro-batches of the reference's accumulation 2
-    assert _history(client, run.info.run_id, "eval/loss")[DELTA] != ref_loss
+    assert _history(client, run.info.run_id, EVAL + "loss")[DELTA] != ref_loss
 
 
 def test_cbs_report_written_and_logged(branched):
@@ -118,7 +118,7 @@ def test_cbs_report_written_and_logged(branched):
     (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "parent" and r.data.tags.get(STUDY) == "cbs-ref-branch-0"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
     assert {f"cbs_report/{CBS_HTML}", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
-    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, "cbs/cbs")) == [3 * B * L, 8 * B * L]
+    assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, CBS_CBS)) == [3 * B * L, 8 * B * L]
     assert parent.data.tags[BRANCH_TAGS["reference"]] == "cbs-ref#0"
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
     assert client.get_run(ref_run).data.tags[BRANCH_TAGS["study"]] == "cbs-ref-branch-0"  # the reference points to its branches

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
-from lbsearch.spec import TRIALS, WORKER_DIED, ExecutorConfig, bundles
+from lbsearch.spec import EVAL, TRAIN_LOSS, TRIALS, WORKER_DIED, ExecutorConfig, bundles
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, THREADS
 
@@ -147,7 +147,7 @@ def test_a_trial_of_two_machines_runs_on_two_nodes_and_trains_as_on_one(cluster,
     one = next(r for t, r in zip(*_runs(root, "ray-sizes")) if t.params["launcher.processes"] == 2)  # the same trial on one machine
     client = mlflow_client(tmp_path / "mlruns")
     ref = mlflow_client(root)
-    for key in ("train/loss", "eval/loss"):
+    for key in (TRAIN_LOSS, EVAL + "loss"):
         assert _final(client, run.info.run_id, key) == pytest.approx(_final(ref, one.info.run_id, key), rel=1e-4, abs=1e-5), key
     _nothing_running(tmp_path / "mlruns", "ray-machines")
 

@@ -7,12 +7,12 @@ import pytest
 from pydantic import ValidationError
 
 from lbsearch.link.reporter import Reporter
-from lbsearch.spec import DIVERGED_REASON
+from lbsearch.spec import DIVERGED_REASON, TRAIN_LOSS
 from lbsearch.spec.protocol import TrialResult, WorkerSpec, message, parse_message, read_result, write_result
 
 
 def test_messages_round_trip_and_plain_lines_are_not_messages():
-    rows = [["train/loss", 0.5, 1, 3]]
+    rows = [[TRAIN_LOSS, 0.5, 1, 3]]
     assert parse_message(message("metrics", rows)) == ("metrics", rows)
     assert parse_message(message("plan", {"micro_batch": 4})) == ("plan", {"micro_batch": 4})
     assert parse_message("samples 320/960 loss 0.69") is None

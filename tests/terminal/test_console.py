@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 
+from lbsearch.spec import PROGRESS_SAMPLES
 from lbsearch.terminal.console import Progress, active, fmt, print_table, study_progress
 
 ESC = "\x1b["
@@ -64,13 +65,14 @@ def test_fmt():
 
 _DRIVE = """
 import time
+from lbsearch.spec import EVAL, PROGRESS_SAMPLES, TRAIN_LOSS, TRAIN_MFU, TRAIN_SAMPLES_PER_S
 from lbsearch.terminal.console import active, study_progress
 with study_progress("s", 2) as shown:
     shown.study(counted=0, complete=0, pruned=0, failed=0, best=None)
     shown.trial_start("[trial 0]", 960, "accuracy")
     print("[trial 0] samples 320/960 loss 0.6900", flush=True)
-    active().trial_metrics([["progress/samples", 320, 0, 10], ["train/loss", 0.69, 0, 10], ["eval/accuracy", 0.59, 0, 10],
-                            ["train/samples_per_s", 100.0, 0, 10], ["train/mfu", 0.123, 0, 10]])
+    active().trial_metrics([[PROGRESS_SAMPLES, 320, 0, 10], [TRAIN_LOSS, 0.69, 0, 10], [EVAL + "accuracy", 0.59, 0, 10],
+                            [TRAIN_SAMPLES_PER_S, 100.0, 0, 10], [TRAIN_MFU, 0.123, 0, 10]])
     time.sleep(1.2)
     active().trial_end()
     shown.study(counted=1, complete=1, pruned=0, failed=0, best="0.5900 (trial 0)")
@@ -106,5 +108,5 @@ def test_outside_a_study_the_display_does_nothing():
     with study_progress("s", 1) as shown:  # pytest's captured stdout is no terminal
         assert shown is active() and type(shown) is Progress
         shown.trial_start("[trial 0]", 10, "loss")
-        shown.trial_metrics([["progress/samples", 5, 0, 1]])
+        shown.trial_metrics([[PROGRESS_SAMPLES, 5, 0, 1]])
         shown.trial_end()

@@ -2,6 +2,7 @@
 tags, metric rows and artifacts; never the environment."""
 
 
+from lbsearch.spec import EVAL, PROGRESS_STEP, TRAIN_LOSS
 from lbsearch.tracking import TRIAL
 from lbsearch.tracking.tracker import Tracker, flatten, versions
 
@@ -24,7 +25,7 @@ def test_parent_is_found_again_and_children_nest_under_it(tmp_path):
     assert tracker.parent_run(exp, "s", {"n_trials": 3}) == parent == tracker.find_parent("s")
     assert tracker.client.get_run(parent).info.status == "RUNNING"  # resumed
     child = tracker.child_run(exp, parent, "trial-0", {TRIAL: 0}, {"plan.evals": [320, 640], "optimizer.lr": 1e-3})
-    tracker.metric_rows(child, [["eval/loss", 0.7, 1000, 10], ["eval/loss", 0.6, 2000, 20]])
+    tracker.metric_rows(child, [[EVAL + "loss", 0.7, 1000, 10], [EVAL + "loss", 0.6, 2000, 20]])
     tracker.artifacts(child, {"config.json": "{}"})
     tracker.tags(child, {"plan.micro_batch": 8})
     tracker.tags(child, {"plan.micro_batch": 4})  # tags may change after a retry; params may not
@@ -32,7 +33,7 @@ def test_parent_is_found_again_and_children_nest_under_it(tmp_path):
     run = tracker.client.get_run(child)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["plan.micro_batch"] == "4"
     assert run.data.params == {"plan.evals": "[320, 640]", "optimizer.lr": "0.001"}
-    assert [(m.step, m.value) for m in tracker.client.get_metric_history(child, "eval/loss")] == [(10, 0.7), (20, 0.6)]
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(child, EVAL + "loss")] == [(10, 0.7), (20, 0.6)]
     assert [a.path for a in tracker.client.list_artifacts(child)] == ["config.json"]
     assert run.info.status == "FINISHED"
 
@@ -43,16 +44,16 @@ def test_copy_metrics_cuts_at_the_optimizer_step_in_samples_seen(tmp_path):
     tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path)
     exp = tracker.experiment("s")
     src, dst, old, old_dst = (tracker.child_run(exp, None, f"trial-{i}", {}, {}) for i in range(4))
-    tracker.metric_rows(src, [row for s in range(1, 7) for row in (["progress/step", s, 1000 + s, 32 * s], ["train/loss", 1.0 / s, 1000 + s, 32 * s])]
-                        + [["eval/loss", 0.5, 1003, 96], ["eval/loss", 0.4, 1006, 192], ["system/cpu_utilization_percentage", 9.0, 1001, 0]])
+    tracker.metric_rows(src, [row for s in range(1, 7) for row in ([PROGRESS_STEP, s, 1000 + s, 32 * s], [TRAIN_LOSS, 1.0 / s, 1000 + s, 32 * s])]
+                        + [[EVAL + "loss", 0.5, 1003, 96], [EVAL + "loss", 0.4, 1006, 192], ["system/cpu_utilization_percentage", 9.0, 1001, 0]])
     tracker.copy_metrics(src, dst, 3)  # a checkpoint at step 3: 96 samples seen
     hist = {k: [(m.step, m.value) for m in sorted(tracker.client.get_metric_history(dst, k), key=lambda m: m.step)]
-            for k in ("progress/step", "train/loss", "eval/loss", "system/cpu_utilization_percentage")}
-    assert hist == {"progress/step": [(32, 1), (64, 2), (96, 3)], "train/loss": [(32, 1.0), (64, 0.5), (96, 1 / 3)],
-                    "eval/loss": [(96, 0.5)], "system/cpu_utilization_percentage": []}
-    tracker.metric_rows(old, [["train/loss", 1.0 / s, 1000 + s, s] for s in range(1, 7)])  # a run logged at optimizer steps
+            for k in (PROGRESS_STEP, TRAIN_LOSS, EVAL + "loss", "system/cpu_utilization_percentage")}
+    assert hist == {PROGRESS_STEP: [(32, 1), (64, 2), (96, 3)], TRAIN_LOSS: [(32, 1.0), (64, 0.5), (96, 1 / 3)],
+                    EVAL + "loss": [(96, 0.5)], "system/cpu_utilization_percentage": []}
+    tracker.metric_rows(old, [[TRAIN_LOSS, 1.0 / s, 1000 + s, s] for s in range(1, 7)])  # a run logged at optimizer steps
     tracker.copy_metrics(old, old_dst, 2)
-    assert sorted(m.step for m in tracker.client.get_metric_history(old_dst, "train/loss")) == [1, 2]
+    assert sorted(m.step for m in tracker.client.get_metric_history(old_dst, TRAIN_LOSS)) == [1, 2]
 
 
 def test_workers_logging_one_dataset_at_once_all_succeed(tmp_path):

@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import SPECS, in_process_trial, prepare_once, worker_spec
 
-from lbsearch.spec import INTERRUPTED, PAUSED, ExperimentConfig
+from lbsearch.spec import INTERRUPTED, PAUSED, PLAN_ACCUMULATION, PLAN_MICRO_BATCH, PROGRESS_SAMPLES, TRAIN_BATCH_SIZE, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, ExperimentConfig
 from lbsearch.spec.protocol import parse_message
 from lbsearch.spec.registry import LR_SCALING
 from lbsearch.trial.batching import sample_stream
@@ -89,11 +89,11 @@ def test_b_changes_at_the_promised_steps_and_each_loss_is_that_of_its_b_samples(
         adam_steps.append(int(next(iter(trial.optimizer.optimizer.state.values()))["step"]))
     rows = _rows(trial, capsys)
     assert splits == [(32, 16, 2)] * 3 + [(64, 16, 4)] * 2 + [(128, 16, 8)] * 2
-    assert rows["train/batch_size"] == [32, 32, 32, 64, 64, 128, 128]
-    assert rows["progress/samples"] == [32, 64, 96, 160, 224, 352, 480]
-    assert rows["plan/accumulation"] == [4, 8] and rows["plan/micro_batch"] == [16, 16]
-    assert rows["train/loss"] == pytest.approx([loss for loss, _ in expected], rel=1e-5)
-    assert rows["train/grad_norm"] == pytest.approx([norm for _, norm in expected], rel=1e-4)
+    assert rows[TRAIN_BATCH_SIZE] == [32, 32, 32, 64, 64, 128, 128]
+    assert rows[PROGRESS_SAMPLES] == [32, 64, 96, 160, 224, 352, 480]
+    assert rows[PLAN_ACCUMULATION] == [4, 8] and rows[PLAN_MICRO_BATCH] == [16, 16]
+    assert rows[TRAIN_LOSS] == pytest.approx([loss for loss, _ in expected], rel=1e-5)
+    assert rows[TRAIN_GRAD_NORM] == pytest.approx([norm for _, norm in expected], rel=1e-4)
     assert adam_steps == list(range(1, 8))
 
 
@@ -105,7 +105,7 @@ def test_the_lr_follows_the_phases_and_the_schedule_in_samples(prepared, capsys)
     assert plan.warmup_steps == 2 and [(f, B) for f, B, _, _ in plan.phases] == [(1, 32), (4, 64), (6, 128)]
     for step in range(1, plan.steps + 1):
         trial.step(step, read=True)
-    lrs = _rows(trial, capsys)["train/lr"]  # after each step's scheduler step: the lr of the next step
+    lrs = _rows(trial, capsys)[TRAIN_LR]  # after each step's scheduler step: the lr of the next step
     warm, total = plan.samples_at(plan.warmup_steps), plan.samples_at(plan.steps)
     expected = []
     for step in range(2, plan.steps + 2):

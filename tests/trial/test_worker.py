@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import SPECS, in_process_trial, prepare_once
 
-from lbsearch.spec import ExperimentConfig
+from lbsearch.spec import TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, ExperimentConfig
 from lbsearch.spec.protocol import parse_message
 from lbsearch.trial.worker import CONTINUE, Trial
 
@@ -81,8 +81,8 @@ def test_grad_norm_is_the_norm_before_clipping_and_clip_frac_the_share_of_clippe
     clipped = [n > clip for n in expected]
     assert any(clipped) and not all(clipped), expected
     rows = _rows(trial, capsys)
-    assert rows["train/grad_norm"] == pytest.approx(expected, rel=1e-5)
-    assert rows["train/clip_frac"] == pytest.approx([sum(clipped[:k]) / k for k in range(1, 7)], abs=1e-12)
+    assert rows[TRAIN_GRAD_NORM] == pytest.approx(expected, rel=1e-5)
+    assert rows[TRAIN_CLIP_FRAC] == pytest.approx([sum(clipped[:k]) / k for k in range(1, 7)], abs=1e-12)
 
 
 @pytest.mark.parametrize("precision,dtype", [("bf16", torch.bfloat16), ("no", torch.float32)])
@@ -101,7 +101,7 @@ def test_a_trial_computes_in_the_precision_it_is_given(prepared, capsys, precisi
     assert len(linears) >= 10 and seen == {dtype}
     assert {p.dtype for p in trial.model.parameters()} == {torch.float32}
     assert all(not torch.equal(a, p.detach()) for a, p in zip(before, trial.model.parameters()))
-    assert all(math.isfinite(v) for v in _rows(trial, capsys)["train/loss"])
+    assert all(math.isfinite(v) for v in _rows(trial, capsys)[TRAIN_LOSS])
 
 
 @pytest.mark.parametrize("name,cls", [("lamb", "Lamb"), ("lars", "LARS")])
@@ -118,5 +118,5 @@ def test_lamb_and_lars_train_a_trial(prepared, capsys, name, cls):
     moved = [not torch.equal(a, p.detach()) for a, p in zip(before, trial.model.parameters())]
     assert all(moved), sum(moved)
     rows = _rows(trial, capsys)
-    assert all(math.isfinite(v) for v in rows["train/loss"]) and len(rows["train/loss"]) == 3
-    assert rows["train/lr"] == pytest.approx([trial.plan.lr * s / trial.plan.warmup_steps for s in (1, 2, 3)])
+    assert all(math.isfinite(v) for v in rows[TRAIN_LOSS]) and len(rows[TRAIN_LOSS]) == 3
+    assert rows[TRAIN_LR] == pytest.approx([trial.plan.lr * s / trial.plan.warmup_steps for s in (1, 2, 3)])
