@@ -31,11 +31,12 @@ from typing import Any
 
 from _bench import RESULTS, ROOT, experiment, fresh_accelerate, machine, prepared, table, worker_spec, write
 
+from lbsearch.science import CBS_JSON
 from lbsearch.spec.plan import make_plan
 from lbsearch.trial.worker import train
 
 SPEC = ROOT / "experiments" / "lm_tiny.yaml"
-CBS = ROOT / "docs" / "critical_batch_lm" / "cbs.json"
+CBS = ROOT / "docs" / "critical_batch_lm" / CBS_JSON
 REFERENCE = {"optimizer.lr": 2.0e-3, "optimizer.lr_scaling": "sqrt", "optimizer.reference_batch_size": 4, "schedule.name": "constant",
              "schedule.warmup_tokens": 2048, "schedule.min_lr_ratio": 0.0, "train.budget_tokens": 73728, "train.eval_every_tokens": 2048,
              "train.noise_scale": False, "data.eval_tokens": 4096, "launcher.max_micro_batch": 16}

@@ -59,7 +59,7 @@ from mlflow.tracking import MlflowClient
 from soak import SPEC, _retrained
 
 from lbsearch.orchestrator.launch import free_port
-from lbsearch.spec import EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, RETRYABLE, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS
+from lbsearch.spec import BEST_ALIAS, EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, RETRYABLE, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS, best_uri, registered_name
 from lbsearch.spec.workdir import KEPT_FILE
 from lbsearch.study import RESUMED_FROM, counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
@@ -370,10 +370,10 @@ def best_check(work: Path, url: str, label: str, serve: bool) -> dict[str, Any]:
     mlflow.set_tracking_uri(url)
     mlflow.set_registry_uri(url)
     try:
-        version = client.get_model_version_by_alias(STUDY, "best")
+        version = client.get_model_version_by_alias(registered_name(STUDY), BEST_ALIAS)
         registry, registry_run = by_run.get(version.run_id), version.run_id
         with tempfile.TemporaryDirectory() as tmp:
-            got = Path(mlflow.artifacts.download_artifacts(f"models:/{STUDY}@best", dst_path=tmp))
+            got = Path(mlflow.artifacts.download_artifacts(best_uri(STUDY), dst_path=tmp))
             registry_weights = _sha256(got / "model.safetensors")
     except Exception as err:  # noqa: BLE001 - no alias, or MLflow refused: the check says so
         registry, registry_run, registry_weights = None, f"{type(err).__name__}: {str(err).splitlines()[0][:160]}", None

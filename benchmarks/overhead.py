@@ -39,7 +39,7 @@ from typing import Any
 from _bench import RESULTS, ROOT, SPEC, experiment, machine, prepared, summary, table, worker_spec, write
 from _stats import MET, judged
 
-from lbsearch.spec import TEST, TRAIN_LOSS
+from lbsearch.spec import SPEC_JSON, TEST, TRAIN_LOSS
 
 STUDY = """name: overhead
 experiment: {spec}
@@ -297,7 +297,7 @@ def main() -> int:
                 [[k, out[f"{o}.{k}"]["median"], out.get(f"{o}_no_standby.{k}", {}).get("median", "-")] for k in keys]), flush=True)
 
     data = prepared(exp, work / "mlruns")  # the study's cache: already there
-    spec_file = work / "spec.json"
+    spec_file = work / SPEC_JSON
     spec_file.write_text(worker_spec(exp, data).model_dump_json())
     per_stage: dict[str, list[float]] = defaultdict(list)
     for _ in range(args.repeats):

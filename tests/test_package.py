@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 import lbsearch.tracking as tracking
+from lbsearch.data import cache
 from lbsearch.orchestrator import launch
-from lbsearch.science import cbs_report, report
+from lbsearch.science import cbs_report, lm_figures, report
 from lbsearch.spec import branch, metric_names, outcome, protocol, workdir
 from lbsearch.study import sampler
 from lbsearch.tracking import compressed, outbox, story, tags, tracker
@@ -45,7 +46,11 @@ def test_the_flat_layout_is_gone():
 
 FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "PARETO_PNG": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
               "TRIAL_LOG": launch, "REPORT_HTML": report, "CBS_HTML": cbs_report, "QUANTIZED_FILE": model, "KEPT_FILE": workdir,
-              "INFO": workdir, "OUTBOX_FILE": outbox, "BRANCH_POINTS": branch}
+              "INFO": workdir, "OUTBOX_FILE": outbox, "BRANCH_POINTS": branch, "SPEC_JSON": workdir, "RESULT_JSON": workdir,
+              "META_FILE": cache, "SUMMARY_JSON": report, "CBS_JSON": cbs_report}
+FILE_NAMES |= {name: report for name in ("BEST_PNG", "LR_PNG", "STEPS_PNG", "NOISE_PNG", "IMPORTANCES_PNG", "PARALLEL_PNG")} | {
+    name: lm_figures for name in ("LM_CURVES_PNG", "LM_STEPS_PNG", "LM_B_CRIT_PNG")} | {name: cbs_report for name in ("CBS_LOSSES_PNG", "CBS_OVER_TRAINING_PNG")} | {
+    name: story for name in ("HISTORY_PNG", "PARAM_IMPORTANCES_PNG", "PARALLEL_PLOT_PNG", "INTERMEDIATE_PNG")}
 """The file names lbsearch writes, each a constant in its module (``CONFIG_JSON`` is left out: a Hugging Face model folder's
 ``config.json`` is another file of the same name)."""
 
@@ -92,6 +97,8 @@ def _constant_for(text: str, facts: dict, files: dict) -> str:
         return " or ".join(facts.get(name) or " or ".join(files[name]) for name in quoted)
     if not any(c.isspace() for c in text) and any(part.startswith((workdir.PREFIX, ".tmp-" + workdir.PREFIX)) for part in text.split("/")):
         return "PREFIX or checkpoint_name"
+    if f"@{workdir.BEST_ALIAS}" in text and not any(c.isspace() for c in text):
+        return "best_uri or BEST_ALIAS"
     prefix = next((p for p in PREFIXES if text.startswith(p) and text[len(p):].isidentifier()), None)
     if prefix:
         return f"{facts[prefix]} + the metric's name"

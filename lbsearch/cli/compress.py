@@ -30,6 +30,7 @@ from lbsearch.spec import (
     Session,
     SpecError,
     as_recorded,
+    best_uri,
     data_cache_dir,
     experiment_model,
     is_script,
@@ -95,7 +96,7 @@ def _record(ctx: dict[str, Any], variant: str, model, folder: Path, recipe: dict
     version = record_variant(ctx["tracker"], study=ctx["name"], experiment_id=ctx["experiment_id"], parent=ctx["parent"], number=ctx["number"],
                              variant=variant, values=values, tags=tags, folder=folder if recipe is not None else None)
     m = ctx["metric"]
-    where = f"version {version} of {compressed_name(ctx['name'])} (alias {variant})" if version else f"models:/{ctx['name']}@best"
+    where = f"version {version} of {compressed_name(ctx['name'])} (alias {variant})" if version else best_uri(ctx["name"])
     ctx["say"](f"[compress] {variant}: validation {m} {values[VAL + m]:.4f} · test {m} {values[TEST + m]:.4f} · "
                f"{values[SIZE_WEIGHT_BYTES] / 1e6:.3g} MB · latency {values[SPEED_LATENCY_MS_MEDIAN]:.1f} ms · {where}")
 

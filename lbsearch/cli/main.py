@@ -12,7 +12,11 @@ from pathlib import Path
 from lbsearch.cli.branch import add_branch, cmd_branch
 from lbsearch.spec import GPU_TOLERANCE, REPORTS, SpecError, TrackingOutage
 
-EPILOG = """examples:
+UI_HOST = "127.0.0.1"
+"""``lbsearch ui``'s default bind address (``--host``): this machine only, on purpose (`tests/cli/test_security.py`).
+Another address exposes the UI and its artifacts to the network."""
+
+EPILOG = f"""examples:
   lbsearch run studies/quickstart.yaml             create or resume a study
   lbsearch status quickstart                       table of trials
   lbsearch best quickstart                         best params, metric, MLflow run, reproduce command
@@ -22,7 +26,7 @@ EPILOG = """examples:
   lbsearch train experiments/rt_minilm.yaml --set train.batch_size=256
   lbsearch predict quickstart "a warm, funny film"   classify texts with the best trial's kept model
   lbsearch compress quickstart                     int8 and pruned variants of the kept model: accuracy, size, latency
-  lbsearch ui                                      MLflow UI on 127.0.0.1 over mlruns/
+  lbsearch ui                                      MLflow UI on {UI_HOST} over mlruns/
   lbsearch join mlruns/trials --machine-rank 1     on node 1: the ranks of node 0's multi-machine trials
 state lives under --mlruns (default ./mlruns, or $LBSEARCH_MLRUNS)."""
 
@@ -107,8 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("folder", type=Path, help="the trials folder of the node-0 run, on a shared filesystem (e.g. mlruns/trials)")
     p.add_argument("--machine-rank", type=int, default=None, help="this node's rank (default: $SLURM_NODEID, else $NODE_RANK)")
     p.add_argument("--trials", type=int, default=None, help="stop after joining this many trials (default: until Ctrl-C)")
-    p = sub.add_parser("ui", help="MLflow UI over the state folder (binds 127.0.0.1)")
-    p.add_argument("--host", default="127.0.0.1", help="bind address (default %(default)s; anything else exposes the UI)")
+    p = sub.add_parser("ui", help=f"MLflow UI over the state folder (binds {UI_HOST})")
+    p.add_argument("--host", default=UI_HOST, help="bind address (default %(default)s; anything else exposes the UI)")
     p.add_argument("--port", type=int, default=UI_PORT, help="port (default %(default)s)")
     p.add_argument("--workers", type=int, default=1, help="server processes (default %(default)s: one person's viewer starts fastest)")
     _common(p)

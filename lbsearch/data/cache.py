@@ -27,7 +27,12 @@ if TYPE_CHECKING:
 
 from lbsearch.spec import LM_TASKS, ExperimentConfig
 
-__all__ = ["PreparedData", "Split", "load_frames", "prepare_data", "load_arrays", "label_names"]
+__all__ = ["PreparedData", "Split", "load_frames", "prepare_data", "load_arrays", "label_names", "META_FILE", "TOKENIZER_DIR"]
+
+META_FILE = "lbsearch_meta.json"
+"""A prepared data folder's facts (digest, labels, pad id, a corpus's mask id, ...), beside its arrays; a trial reads it too."""
+TOKENIZER_DIR = "tokenizer"
+"""A prepared data folder's tokenizer trained on the data (language models' ``data.tokenizer_vocab``), kept with a trial's model."""
 
 
 @dataclass
@@ -95,8 +100,8 @@ def _write(cache_root: Path, path: Path, ids: dict[str, list], labels: dict[str,
             extra = {"types": np.fromiter((t for x in types for t in x), dtype=np.int8, count=len(flat))} if types is not None else {}
             np.savez(tmp / f"{s}.npz", flat=flat, offsets=np.concatenate([[0], np.cumsum(lengths)]), labels=labels[s], **extra)
         if tokenizer is not None:  # trained on this data (language models' ``data.tokenizer_vocab``)
-            tokenizer.save_pretrained(tmp / "tokenizer")
-        (tmp / "lbsearch_meta.json").write_text(json.dumps(meta))
+            tokenizer.save_pretrained(tmp / TOKENIZER_DIR)
+        (tmp / META_FILE).write_text(json.dumps(meta))
         try:
             os.rename(tmp, path)
         except OSError:  # another process won the race: use its copy
@@ -116,7 +121,7 @@ def prepare_data(exp: ExperimentConfig, cache_root: str | Path) -> PreparedData:
     key_src = json.dumps({"task": exp.task, "data": exp.data.model_dump(mode="json"), "tok": tokenizer_identity(exp.model),
                           "pad": exp.model.pad_token}, sort_keys=True)
     path = Path(cache_root) / f"data-{hashlib.sha256(key_src.encode()).hexdigest()[:16]}"
-    meta_file = path / "lbsearch_meta.json"
+    meta_file = path / META_FILE
     if meta_file.is_file():
         return PreparedData(path, **json.loads(meta_file.read_text()))
     if exp.task in LM_TASKS:

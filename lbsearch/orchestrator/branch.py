@@ -31,6 +31,7 @@ from lbsearch.spec import (
     CBS_TAGS,
     FOLDER,
     RULES,
+    SPEC_JSON,
     ExperimentConfig,
     Session,
     SpecError,
@@ -122,7 +123,7 @@ def branch_study(session: Session, study_name: str, a: BranchArgs) -> tuple[Stud
     B, unit = exp.train.batch_size, sample_unit(exp.task, exp.data.max_length)
     _check(a, B, unit)
     points = sorted(kept_points(folder))
-    ran = folder.parent / "spec.json"  # the experiment as the trial process hashed it (its launcher's machine settings filled in)
+    ran = folder.parent / SPEC_JSON  # the experiment as the trial process hashed it (its launcher's machine settings filled in)
     key = fingerprint(json.loads(ran.read_text())["experiment"] if ran.is_file() else ref)
     source = {"checkpoints": str(folder.resolve()), "at_samples": points[0], "fingerprint": key, "reference": f"{study_name}#{a.trial}",
               "reference_seed": exp.seed, "reference_batch_size": B, "reference_run": trial.user_attrs.get("mlflow_run_id")}

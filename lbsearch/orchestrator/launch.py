@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import lbsearch.orchestrator.standby as standby
 from lbsearch.orchestrator.processes import grace_of, stop_group
-from lbsearch.spec import WORKER_DIED, TrialResult, machines, read_config, read_result
+from lbsearch.spec import RESULT_JSON, SPEC_JSON, WORKER_DIED, TrialResult, machines, read_config, read_result
 
 if TYPE_CHECKING:
     from lbsearch.spec import WorkerSpec
@@ -169,7 +169,7 @@ def run_trial_process(
     """
 
     workdir.mkdir(parents=True, exist_ok=True)
-    result_file = workdir / "result.json"
+    result_file = workdir / RESULT_JSON
     exp = with_machines(spec.experiment)
     if int(exp["launcher"]["processes"]) % int(exp["launcher"]["num_machines"]):
         return TrialResult(state="failed", reason=f"`launcher.processes` ({exp['launcher']['processes']}, on all machines) must be "
@@ -178,7 +178,7 @@ def run_trial_process(
         return TrialResult(state="failed", reason=f"this node is machine rank {exp['launcher']['machine_rank']}: a trial is "
                            "orchestrated from machine rank 0; run `lbsearch join` on the other nodes (docs/scale_out.md)")
     spec = spec.model_copy(update={"result": str(result_file), "watch_pid": os.getpid(), "experiment": exp})
-    spec_file = workdir / "spec.json"
+    spec_file = workdir / SPEC_JSON
     spec_file.write_text(spec.model_dump_json(indent=1))
     result_file.unlink(missing_ok=True)
     env = dict(os.environ, PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE=os.environ.get("HF_HUB_OFFLINE", "0"))

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from lbsearch.spec import SpecError
+from lbsearch.spec import SPEC_JSON, SpecError
 
 __all__ = ["join", "node_rank"]
 
@@ -39,7 +39,7 @@ def node_rank(given: int | None) -> int:
 def _new_specs(folder: Path, since: float, seen: set[tuple[str, int]]) -> list[Path]:
     """Trial specs under ``folder`` written after ``since`` and not joined yet, oldest first."""
     found = []
-    for path in folder.rglob("spec.json"):
+    for path in folder.rglob(SPEC_JSON):
         try:
             mtime = path.stat().st_mtime_ns
         except OSError:
@@ -88,7 +88,7 @@ def _run_rank(spec, rank: int, path: Path, out: Callable[[str], None]) -> int:
     exp = spec.experiment | {"launcher": launcher | {"machine_rank": rank}}
     local = spec.model_copy(update={"experiment": exp, "result": None, "watch_pid": os.getpid()})
     with tempfile.TemporaryDirectory(prefix="lbsearch-join-") as tmp:
-        spec_file = Path(tmp) / "spec.json"
+        spec_file = Path(tmp) / SPEC_JSON
         spec_file.write_text(local.model_dump_json(indent=1))
         out(f"[join] {path.parent.name}: machine rank {rank} of {launcher['num_machines']}, node 0 at "
             f"{launcher['main_process_ip']}:{launcher['main_process_port']}")

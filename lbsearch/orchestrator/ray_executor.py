@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from lbsearch.orchestrator.launch import TRIAL_LOG, failure_reason, free_port, trial_command
 from lbsearch.orchestrator.processes import grace_of, stop_group
-from lbsearch.spec import WORKER_DIED, ExecutorConfig, SpecError, TrialResult, WorkerSpec, bundles, message
+from lbsearch.spec import RESULT_JSON, SPEC_JSON, WORKER_DIED, ExecutorConfig, SpecError, TrialResult, WorkerSpec, bundles, message
 from lbsearch.tracking import RAY_GPUS, RAY_NODES
 
 __all__ = ["RAY_INSTALL", "connect", "require_ray", "run_on_ray", "placement_tags"]
@@ -208,12 +208,12 @@ def _start(machines: list[Any], where: list[dict[str, Any]], spec: WorkerSpec, w
     main = {"main_process_ip": where[0]["ip"] if len(where) > 1 else "127.0.0.1", "main_process_port": where[0]["port"]}
     env = {k: os.environ[k] for k in PASSED if k in os.environ} | {"PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
     started = []
-    (workdir / "result.json").unlink(missing_ok=True)
+    (workdir / RESULT_JSON).unlink(missing_ok=True)
     for i, (m, w) in enumerate(zip(machines, where)):
         exp = spec.experiment | {"launcher": launcher | {"num_machines": len(where), "machine_rank": i} | main}
-        spec_file = workdir / ("spec.json" if i == 0 else f"machine-{i}/spec.json")
+        spec_file = workdir / (SPEC_JSON if i == 0 else f"machine-{i}/{SPEC_JSON}")
         local = spec.model_copy(update={"experiment": exp, "watch_pid": w["pid"],
-                                        "result": str(workdir / "result.json") if i == 0 else None})
+                                        "result": str(workdir / RESULT_JSON) if i == 0 else None})
         argv, extra = program(spec_file) if program else (None, {})
         started.append(m.start.remote(local.model_dump_json(indent=1), str(spec_file), env | extra, threads, argv,
                                       str(workdir) if program else None))
@@ -280,7 +280,7 @@ def _outcome(first, workdir: Path, code: int | None, lost: str | None, tail, no_
     if lost is not None:
         return TrialResult(state="failed", reason=WORKER_DIED)
     try:
-        text = ray.get(first.result.remote(str(workdir / "result.json")), timeout=60)
+        text = ray.get(first.result.remote(str(workdir / RESULT_JSON)), timeout=60)
     except (RayActorError, ray.exceptions.GetTimeoutError):
         return TrialResult(state="failed", reason=WORKER_DIED)
     if text is not None:

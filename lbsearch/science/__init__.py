@@ -3,7 +3,7 @@
 from branches (``cbs``, ``cbs_report``)."""
 
 from lbsearch.science.cbs import CONFIDENCE, EPS_SPREADS, N_BOOT, cbs_table, critical_batch, default_eps
-from lbsearch.science.cbs_report import CBS_HTML, write_cbs_report
-from lbsearch.science.report import REPORT_HTML, write_report
+from lbsearch.science.cbs_report import CBS_HTML, CBS_JSON, write_cbs_report
+from lbsearch.science.report import REPORT_HTML, SUMMARY_JSON, write_report
 
-__all__ = ['REPORT_HTML', 'write_report', 'cbs_table', 'critical_batch', 'default_eps', 'N_BOOT', 'CONFIDENCE', 'EPS_SPREADS', 'CBS_HTML', 'write_cbs_report']
+__all__ = ['REPORT_HTML', 'SUMMARY_JSON', 'CBS_JSON', 'write_report', 'cbs_table', 'critical_batch', 'default_eps', 'N_BOOT', 'CONFIDENCE', 'EPS_SPREADS', 'CBS_HTML', 'write_cbs_report']

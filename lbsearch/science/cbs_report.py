@@ -14,9 +14,12 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["CBS_HTML", "write_cbs_report"]
+__all__ = ["CBS_HTML", "CBS_JSON", "CBS_FIGURES", "write_cbs_report"]
 
-CBS_HTML = "index.html"
+CBS_HTML, CBS_JSON = "index.html", "cbs.json"
+"""The CBS report's page, and its figures as JSON (CBS(t) with intervals, ε, the trend), beside its PNGs."""
+CBS_FIGURES = CBS_OVER_TRAINING_PNG, CBS_LOSSES_PNG = "cbs_over_training.png", "cbs_losses.png"
+"""The CBS report's figures: CBS(t) over training, and each branch's loss against k."""
 
 
 def _plt():
@@ -102,11 +105,11 @@ def write_cbs_report(summary: dict[str, Any], out: Path, *, study: str, referenc
     """
     out.mkdir(parents=True, exist_ok=True)
     b_simple = b_simple or {}
-    _losses_figure(summary, unit, out / "cbs_losses.png")
-    _over_training_figure(summary, unit, b_simple, b_crit, out / "cbs_over_training.png")
+    _losses_figure(summary, unit, out / CBS_LOSSES_PNG)
+    _over_training_figure(summary, unit, b_simple, b_crit, out / CBS_OVER_TRAINING_PNG)
     facts = {"study": study, "reference": reference, "unit": unit, "delta": delta, "b_crit": b_crit, "machine": machine,
              "b_simple": {str(k): v for k, v in b_simple.items()}} | summary
-    (out / "cbs.json").write_text(json.dumps(facts, indent=1))
+    (out / CBS_JSON).write_text(json.dumps(facts, indent=1))
     tr = summary["trend"]
     trend = f"CBS ∝ t^{tr['slope']:.2f}: {tr['verdict']}" if "slope" in tr else tr["error"]
     warn = "".join(f"<li>{html.escape(w)}</li>" for w in summary["warnings"])
@@ -116,7 +119,7 @@ def write_cbs_report(summary: dict[str, Any], out: Path, *, study: str, referenc
             f"ε = {summary['eps']:.4g} ({html.escape(summary['eps_how'])}); {summary['n_boot']} bootstrap replicates over seeds. "
             f"{html.escape(machine)}</p><p><b>Trend:</b> {html.escape(trend)}</p>"
             + (f"<ul>{warn}</ul>" if warn else "")
-            + f"<img src='cbs_over_training.png'><img src='cbs_losses.png'>{_table(summary, unit, b_simple)}"
+            + f"<img src='{CBS_OVER_TRAINING_PNG}'><img src='{CBS_LOSSES_PNG}'>{_table(summary, unit, b_simple)}"
             + (f"<p>Ladder B_crit: {b_crit:,.0f} {unit}.</p>" if b_crit else "") + "</body></html>")
     (out / CBS_HTML).write_text(page)
     return out / CBS_HTML

@@ -10,7 +10,10 @@ import numpy as np
 
 from lbsearch.science.lm_report import Curve
 
-__all__ = ["draw", "html_section"]
+__all__ = ["LM_FIGURES", "draw", "html_section"]
+
+LM_FIGURES = LM_CURVES_PNG, LM_STEPS_PNG, LM_B_CRIT_PNG = "lm_curves.png", "lm_steps_to_target.png", "lm_b_crit_vs_loss.png"
+"""A language model's report figures: validation loss against tokens, tokens to each target, B_crit against the target loss."""
 
 
 def _save(fig, out: Path, name: str, sizes: list[int] | None = None) -> str:
@@ -40,7 +43,7 @@ def _plot_curves(cs: list[Curve], s: dict[str, Any], out: Path) -> tuple[str, st
         ax.axhline(t, ls=":", color="gray", lw=0.8)
     ax.set(xscale="log", xlabel="tokens seen", ylabel="validation loss (nats / token)", title="Validation loss of every trial; dotted: the targets")
     ax.legend(fontsize=7)
-    return _save(fig, out, "lm_curves.png"), "Validation loss against tokens seen, every trial (colour: batch size in sequences); dotted lines: the loss targets."
+    return _save(fig, out, LM_CURVES_PNG), "Validation loss against tokens seen, every trial (colour: batch size in sequences); dotted lines: the loss targets."
 
 
 def _plot_steps(s: dict[str, Any], out: Path) -> tuple[str, str]:
@@ -60,7 +63,7 @@ def _plot_steps(s: dict[str, Any], out: Path) -> tuple[str, str]:
     ax.set(xscale="log", yscale="log", xlabel="batch size B (sequences per optimizer step)", ylabel="optimizer steps to the target",
            title="Steps to each target: envelope over lr and seeds")
     ax.legend(fontsize=7)
-    return _save(fig, out, "lm_steps_to_target.png", [int(b) for b in sizes]), (
+    return _save(fig, out, LM_STEPS_PNG, [int(b) for b in sizes]), (
         "Steps to reach each loss target (the fewest over each B's learning rates and seeds) and the fits S = S_min (1 + B_crit / B).")
 
 
@@ -87,7 +90,7 @@ def _plot_b_crit(s: dict[str, Any], out: Path) -> tuple[str, str]:
     ax.set(xscale="log", yscale="log", xlabel="target validation loss L (nats / token)", ylabel="tokens per batch",
            title="Critical batch size against the target loss")
     ax.legend(fontsize=7)
-    return _save(fig, out, "lm_b_crit_vs_loss.png"), (
+    return _save(fig, out, LM_B_CRIT_PNG), (
         "B_crit (in tokens) at each loss target with its bootstrap interval and the power law B_crit = B*·L^(−1/α_B); "
         "shaded: the range of the per-B medians of B_simple.")
 

@@ -28,10 +28,13 @@ from optuna.trial import TrialState
 from lbsearch.science.scaling import fit_power, fit_steps
 from lbsearch.spec import LM_TASKS, experiment_model, make_plan
 
-__all__ = ["REPORT_HTML", "TrialPoint", "collect", "summarize", "write_report"]
+__all__ = ["REPORT_HTML", "SUMMARY_JSON", "FIGURES", "TrialPoint", "collect", "summarize", "write_report"]
 
-REPORT_HTML = "index.html"
-"""The report's page, beside its PNGs and summary.json in the report folder."""
+REPORT_HTML, SUMMARY_JSON = "index.html", "summary.json"
+"""The report's page, beside its PNGs, and its figures as JSON (the fits, the best trial of each batch size), in the report folder."""
+FIGURES = BEST_PNG, LR_PNG, STEPS_PNG, NOISE_PNG, IMPORTANCES_PNG, PARALLEL_PNG = (
+    "best_metric_vs_batch.png", "lr_vs_batch.png", "steps_to_target.png", "noise_scale.png", "importances.png", "parallel_coordinates.png")
+"""The report's figures (each with a paragraph that reads it, ``_readings``); a language model's come from ``lm_figures``."""
 
 
 @dataclass(frozen=True)
@@ -137,7 +140,7 @@ class _Figures:
             ax.axhline(self.target, ls=":", color="gray", label=f"target {self.target:g}")
         ax.set(xscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel=f"validation {self.metric}", title=f"Best validation {self.metric} at each batch size")
         ax.legend(fontsize=8)
-        self.save(fig, "best_metric_vs_batch.png", f"Best validation {self.metric} at each batch size (dots: every complete trial).")
+        self.save(fig, BEST_PNG, f"Best validation {self.metric} at each batch size (dots: every complete trial).")
 
     def plot_lr(self) -> None:
         import numpy as np
@@ -151,7 +154,7 @@ class _Figures:
             ax.plot(xs, lf["coef"] * xs ** lf["alpha"], color="C3", label=f"lr ∝ B^{lf['alpha']:.2f} [{lf['ci_low']:.2f}, {lf['ci_high']:.2f}]")
         ax.set(xscale="log", yscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel="peak learning rate (after scaling)", title="Best learning rate at each batch size")
         ax.legend(fontsize=8)
-        self.save(fig, "lr_vs_batch.png", "Learning rate of every complete trial (colour: metric); circles: the best per B; line: the power-law fit "
+        self.save(fig, LR_PNG, "Learning rate of every complete trial (colour: metric); circles: the best per B; line: the power-law fit "
                   f"with its {int(100 * lf.get('confidence', 0.95))}% interval on the exponent.")
 
     def plot_steps(self) -> None:
@@ -169,7 +172,7 @@ class _Figures:
             ax.set_ylim(max(1, 0.5 * min(r["steps_to_target"] for r in hit)), 2 * max(r["steps_to_target"] for r in hit))
         ax.set(xscale="log", yscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel="optimizer steps to reach the target", title="Steps to reach the target vs batch size")
         ax.legend(fontsize=8)
-        self.save(fig, "steps_to_target.png", "Optimizer steps to first reach the target (the best trial of each B) and the fit S = S_min (1 + B_crit/B).")
+        self.save(fig, STEPS_PNG, "Optimizer steps to first reach the target (the best trial of each B) and the fit S = S_min (1 + B_crit/B).")
 
     def plot_noise(self) -> None:
         noisy = [p for p in self.points if p.b_simple is not None]
@@ -180,14 +183,14 @@ class _Figures:
             ax.axhline(sf["b_crit"], color="C1", ls="--", label=f"fitted B_crit {sf['b_crit']:.0f}")
         ax.set(xscale="log", yscale="log", xlabel="effective batch size B (samples per optimizer step)", ylabel="B_simple (samples)", title="Gradient noise scale B_simple vs fitted B_crit")
         ax.legend(fontsize=8)
-        self.save(fig, "noise_scale.png", "The gradient noise scale B_simple = tr(Σ)/|G|² measured in each trial, beside the B_crit of the steps fit.")
+        self.save(fig, NOISE_PNG, "The gradient noise scale B_simple = tr(Σ)/|G|² measured in each trial, beside the B_crit of the steps fit.")
 
     def plot_optuna(self, study: optuna.Study) -> None:
         from optuna.visualization import matplotlib as ovm
 
         for name, plot, title, caption in (
-            ("importances.png", ovm.plot_param_importances, "Parameter importances", "Optuna's parameter importances (fANOVA)."),
-            ("parallel_coordinates.png", ovm.plot_parallel_coordinate, "Parallel coordinates", "Optuna's parallel coordinates of the complete trials."),
+            (IMPORTANCES_PNG, ovm.plot_param_importances, "Parameter importances", "Optuna's parameter importances (fANOVA)."),
+            (PARALLEL_PNG, ovm.plot_parallel_coordinate, "Parallel coordinates", "Optuna's parallel coordinates of the complete trials."),
         ):
             try:
                 with warnings.catch_warnings():
@@ -219,29 +222,29 @@ def _readings(summary: dict[str, Any], metric: str, target: float | None) -> dic
     if best:
         lo, hi = min(best, key=lambda r: r["best_value"]), max(best, key=lambda r: r["best_value"])
         hit = sum(r["steps_to_target"] is not None for r in rows)
-        out["best_metric_vs_batch.png"] = (
+        out[BEST_PNG] = (
             f"Over {len(rows)} batch sizes ({rows[0]['batch_size']} to {rows[-1]['batch_size']}), the best validation {metric} lies between "
             f"{lo['best_value']:.4g} (B = {lo['batch_size']}) and {hi['best_value']:.4g} (B = {hi['batch_size']})"
             + (f"; {hit} of {len(rows)} batch sizes reached the target {target:g}" if target is not None else "") + ". "
             "A flat curve says large batches cost no quality at this budget; a fall at large B says their fewer steps did not converge "
             "in the budget of samples, or their learning rate is not yet tuned.")
-    out["lr_vs_batch.png"] = (
+    out[LR_PNG] = (
         f"The best learning rate scales as B^α with α = {lf['alpha']:.2f} ({int(100 * lf['confidence'])}% interval {lf['ci_low']:.2f} to "
         f"{lf['ci_high']:.2f}, from {lf['n']} batch sizes). α near 0.5 is the square-root rule, near 1 the linear rule; an interval "
         "that holds both means this study cannot tell them apart: more trials per batch size narrow it."
         if "alpha" in lf else f"No learning-rate fit: {lf['error']}.")
-    out["steps_to_target.png"] = (
+    out[STEPS_PNG] = (
         f"The fit S = S_min (1 + B_crit / B) gives S_min ≈ {sf['s_min']:.0f} steps and B_crit ≈ {sf['b_crit']:.0f}. Below B_crit, doubling B "
         "nearly halves the steps to the target (the dotted line is perfect scaling); above it, each doubling saves less and costs "
         "more samples (McCandlish et al., 2018). B_crit is the largest batch that still uses its samples well."
         if "b_crit" in sf else f"No steps-to-target fit: {sf['error']}.")
-    out["noise_scale.png"] = (
+    out[NOISE_PNG] = (
         f"The gradient noise scale B_simple, measured from gradient statistics alone, ranges from {rng[0]:.0f} to {rng[1]:.0f} samples; "
         "it predicts the critical batch size within a small factor and grows as training proceeds. Close agreement with the fitted "
         "B_crit is evidence that the fit is right." if rng else "B_simple was not measured (train.noise_scale off, or no accumulation).")
-    out["importances.png"] = (f"How much of the spread in validation {metric} each searched parameter explains (fANOVA over the "
+    out[IMPORTANCES_PNG] = (f"How much of the spread in validation {metric} each searched parameter explains (fANOVA over the "
                               "complete trials). A parameter near zero can be fixed in the next study.")
-    out["parallel_coordinates.png"] = (f"Each line is one complete trial, through its parameter values, coloured by validation {metric}: "
+    out[PARALLEL_PNG] = (f"Each line is one complete trial, through its parameter values, coloured by validation {metric}: "
                                        "bundles of good lines show the ranges worth keeping.")
     return out
 
@@ -303,5 +306,5 @@ def write_report(study: optuna.Study, out: Path, targets: list[float] | None = N
             f'<figure><img src="{f}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
             for f, c in (lm_figures.draw(curves, summary["tokens"], out) if curves else []))
     (out / REPORT_HTML).write_text(_html(study.study_name, metric, target, summary, figs.made, extra))
-    (out / "summary.json").write_text(json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n")
+    (out / SUMMARY_JSON).write_text(json.dumps(summary, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else v) + "\n")
     return summary

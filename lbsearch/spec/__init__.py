@@ -71,23 +71,28 @@ from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig, experiment_mo
 from lbsearch.spec.session import Session, default_tracking_uri
 from lbsearch.spec.tasks import LM_TASKS, sample_unit
 from lbsearch.spec.workdir import (
+    BEST_ALIAS,
     FOLDER,
     INFO,
     KEPT_FILE,
     PREFIX,
     REPORTS,
+    RESULT_JSON,
+    SPEC_JSON,
     TRIALS,
     adopt,
+    best_uri,
     checkpoint_name,
     data_cache_dir,
     discard,
     fingerprint,
     latest,
     models_dir,
+    registered_name,
     reports_dir,
     superseded,
     trial_model_dir,
     trials_dir,
 )
 
-__all__ = ['TRAIN_LOSS', 'TRAIN_LOSS_HARD', 'TRAIN_LOSS_SOFT', 'TRAIN_LR', 'TRAIN_GRAD_NORM', 'TRAIN_CLIP_FRAC', 'TRAIN_BATCH_SIZE', 'TRAIN_SKIPPED_STEPS', 'TRAIN_SAMPLES_PER_S', 'TRAIN_TOKENS_PER_S', 'TRAIN_MFU', 'PROGRESS_SAMPLES', 'PROGRESS_STEP', 'PROGRESS_TOKENS', 'EVAL', 'VAL', 'TEST', 'SIZE_WEIGHT_BYTES', 'SIZE_PARAMS_NONZERO', 'SIZE_LINEAR_ZERO_SHARE', 'SPEED_LATENCY_MS_MEDIAN', 'SPEED_LATENCY_MS_P10', 'SPEED_LATENCY_MS_P90', 'SPEED_THROUGHPUT_PER_S', 'SPEED_THROUGHPUT_PER_S_P10', 'SPEED_THROUGHPUT_PER_S_P90', 'PLAN_BATCH_SIZE', 'PLAN_MICRO_BATCH', 'PLAN_ACCUMULATION', 'PLAN_LR', 'GNS_B_SIMPLE', 'GNS_B_SIMPLE_TOKENS', 'GNS_GRAD_SQ', 'GNS_TRACE_SIGMA', 'CBS_CBS', 'CBS_CI_LOW', 'CBS_CI_HIGH', 'DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'INFO', 'KEPT_FILE', 'PREFIX', 'REPORTS', 'TRIALS', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'reports_dir', 'superseded', 'trial_model_dir', 'trials_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'BRANCH_POINTS', 'BRANCH_TAGS', 'CBS_TAGS', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']
+__all__ = ['TRAIN_LOSS', 'TRAIN_LOSS_HARD', 'TRAIN_LOSS_SOFT', 'TRAIN_LR', 'TRAIN_GRAD_NORM', 'TRAIN_CLIP_FRAC', 'TRAIN_BATCH_SIZE', 'TRAIN_SKIPPED_STEPS', 'TRAIN_SAMPLES_PER_S', 'TRAIN_TOKENS_PER_S', 'TRAIN_MFU', 'PROGRESS_SAMPLES', 'PROGRESS_STEP', 'PROGRESS_TOKENS', 'EVAL', 'VAL', 'TEST', 'SIZE_WEIGHT_BYTES', 'SIZE_PARAMS_NONZERO', 'SIZE_LINEAR_ZERO_SHARE', 'SPEED_LATENCY_MS_MEDIAN', 'SPEED_LATENCY_MS_P10', 'SPEED_LATENCY_MS_P90', 'SPEED_THROUGHPUT_PER_S', 'SPEED_THROUGHPUT_PER_S_P10', 'SPEED_THROUGHPUT_PER_S_P90', 'PLAN_BATCH_SIZE', 'PLAN_MICRO_BATCH', 'PLAN_ACCUMULATION', 'PLAN_LR', 'GNS_B_SIMPLE', 'GNS_B_SIMPLE_TOKENS', 'GNS_GRAD_SQ', 'GNS_TRACE_SIGMA', 'CBS_CBS', 'CBS_CI_LOW', 'CBS_CI_HIGH', 'DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'parse_message', 'read_result', 'write_result', 'FOLDER', 'BEST_ALIAS', 'best_uri', 'registered_name', 'INFO', 'KEPT_FILE', 'PREFIX', 'RESULT_JSON', 'SPEC_JSON', 'REPORTS', 'TRIALS', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'reports_dir', 'superseded', 'trial_model_dir', 'trials_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'BRANCH_POINTS', 'BRANCH_TAGS', 'CBS_TAGS', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']

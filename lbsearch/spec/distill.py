@@ -17,20 +17,22 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from lbsearch.spec.workdir import BEST_ALIAS, best_uri
+
 __all__ = ["DistillConfig", "WithDistill", "DISTILL_TASKS", "teacher_study", "teacher_logits_file"]
 
 DISTILL_TASKS = ("single_label",)
 """The tasks a student can be distilled for: soft targets are a distribution over classes. Multi-label (one sigmoid per
 label), regression (no distribution) and language models (a distribution per token, a cache of vocabulary x tokens) are refused."""
 
-_REF = re.compile(r"^(?:models:/)?(?P<study>[A-Za-z0-9_.-]+)(?:@best)?$")
+_REF = re.compile(rf"^(?:models:/)?(?P<study>[A-Za-z0-9_.-]+)(?:@{re.escape(BEST_ALIAS)})?$")
 
 
 def teacher_study(ref: str) -> str:
     """The study whose best trial's kept model ``ref`` names: ``models:/STUDY@best`` or ``STUDY``."""
     found = _REF.match(ref)
     if found is None:
-        raise ValueError(f"`teacher` must be `models:/STUDY@best` or a study name, got {ref!r}")
+        raise ValueError(f"`teacher` must be `{best_uri('STUDY')}` or a study name, got {ref!r}")
     return found["study"]
 
 

@@ -11,6 +11,10 @@ from typing import Any
 
 FOLDER = "checkpoints"
 """The checkpoints' folder inside a trial's working folder."""
+SPEC_JSON, RESULT_JSON = "spec.json", "result.json"
+"""The files of a trial's working folder that the orchestrator writes and reads: the ``WorkerSpec`` every rank reads
+(other machines' ``lbsearch join`` looks for it, ``lbsearch.orchestrator.nodes``; a branch study reads the reference
+trial's), and rank 0's ``TrialResult``."""
 
 
 INFO = "lbsearch.json"
@@ -18,6 +22,20 @@ INFO = "lbsearch.json"
 KEPT_FILE = "lbsearch.json"
 """A kept model's facts beside its weights (task, labels, max_length, metrics; a compressed variant's recipe): written by
 ``trial.model.save_model``, read by ``load_model``, ``predict``, ``compress`` and a distillation teacher."""
+BEST_ALIAS = "best"
+"""The registered model's alias of a study's best trial's version (``best_uri``); a distillation teacher may be named by it."""
+
+
+def registered_name(study: str) -> str:
+    """The name under which a study's best models are registered in MLflow's Model Registry: the study's own."""
+    return study
+
+
+def best_uri(study: str) -> str:
+    """The study's best kept model in the Model Registry: ``models:/<study>@best``."""
+    return f"models:/{registered_name(study)}@{BEST_ALIAS}"
+
+
 PREFIX = "step-"
 """A checkpoint's folder is ``step-<S>`` (S zero-padded to 8 digits, so that names sort as steps), written
 as ``.tmp-step-<S>`` and renamed when whole (``lbsearch.trial.checkpoint``)."""

@@ -12,22 +12,13 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lbsearch.spec import models_dir, trial_model_dir
+from lbsearch.spec import BEST_ALIAS, models_dir, registered_name, trial_model_dir
 from lbsearch.tracking.tags import MODEL, MODEL_VERSION, ROLE, STUDY, TRIAL
 
 if TYPE_CHECKING:
     from lbsearch.tracking.tracker import Tracker
 
 __all__ = ["keep_trial_model", "keep_train_model", "drop_best", "registered_name", "BEST_ALIAS"]
-
-BEST_ALIAS = "best"
-"""The registered model's alias of the best trial's version: ``models:/<study>@best``."""
-
-
-def registered_name(study: str) -> str:
-    """The name under which a study's best models are registered in MLflow's Model Registry: the study's own."""
-    return study
-
 
 def drop_best(tracker: "Tracker", study: str) -> bool:
     """Take the ``best`` alias off the study's registered model (its best trial's model is gone); True if there was one."""

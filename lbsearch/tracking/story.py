@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from lbsearch.spec import DataConfig, StudyConfig
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "PARETO_PNG", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
+__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "PARETO_PNG", "STUDY_PLOTS", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
 
 KIND = EXPERIMENT_KIND
 """The experiment-kind tag (set on every experiment lbsearch creates; studies made before it get it on their next run)."""
@@ -35,6 +35,9 @@ CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 TRIALS_CSV, PARETO_CSV = "trials.csv", "pareto_front.csv"
 PARETO_PNG = "pareto_front.png"
 """The parent run's tables: every trial's row (``status --json``'s), and a multi-objective study's Pareto front."""
+STUDY_PLOTS = HISTORY_PNG, PARAM_IMPORTANCES_PNG, PARALLEL_PLOT_PNG, INTERMEDIATE_PNG = (
+    "optimization_history.png", "param_importances.png", "parallel_coordinates.png", "intermediate_values.png")
+"""Optuna's plots of a study, in its parent run's ``plots/`` with a README of what each shows (``study_plots``)."""
 CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "config.json", "reproduce.sh", "versions.json", "labels.json"
 """A trial run's files (``lbsearch.orchestrator.runner.trial_files``): its resolved config, the command that re-runs it, the package versions, a classifier's labels."""
 BEST_TAG = "lbsearch.best"
@@ -150,13 +153,13 @@ def _plots(study: optuna.Study, metric: str) -> list[tuple[str, Any, str, dict[s
 
     value = f"validation {metric}"
     return [
-        ("optimization_history.png", ovm.plot_optimization_history, f"Each trial's validation {metric} and the best so far.",
+        (HISTORY_PNG, ovm.plot_optimization_history, f"Each trial's validation {metric} and the best so far.",
          {"title": f"Optimisation history: {value}", "xlabel": "trial number", "ylabel": value}),
-        ("param_importances.png", ovm.plot_param_importances, f"How much of the variation in validation {metric} each parameter explains (fANOVA).",
+        (PARAM_IMPORTANCES_PNG, ovm.plot_param_importances, f"How much of the variation in validation {metric} each parameter explains (fANOVA).",
          {"title": f"Parameter importances for {value}", "xlabel": "importance (share of the variance explained)"}),
-        ("parallel_coordinates.png", ovm.plot_parallel_coordinate, f"Every complete trial's parameters as one line, coloured by validation {metric}.",
+        (PARALLEL_PLOT_PNG, ovm.plot_parallel_coordinate, f"Every complete trial's parameters as one line, coloured by validation {metric}.",
          {"title": f"Parallel coordinates (colour: {value})"}),
-        ("intermediate_values.png", ovm.plot_intermediate_values, f"Validation {metric} at each evaluation, against samples seen: where pruning decided.",
+        (INTERMEDIATE_PNG, ovm.plot_intermediate_values, f"Validation {metric} at each evaluation, against samples seen: where pruning decided.",
          {"title": f"Intermediate values: {value} while training", "xlabel": "samples seen", "ylabel": value}),
     ]
 
@@ -193,7 +196,7 @@ def study_plots(study: optuna.Study, folder: Path, metric: str) -> dict[str, str
         ax = ax.flat[0] if hasattr(ax, "flat") else ax
         ax.set_title("", loc="left")  # Optuna titles the importances on the left: one title only
         ax.set(**labels)
-        if name == "optimization_history.png":
+        if name == HISTORY_PNG:
             ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.figure.set_size_inches(7, 4.2)
         ax.figure.tight_layout()

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lbsearch.data import META_FILE
 from lbsearch.spec import DECAYING_SCHEDULES, SCHEDULES, ExperimentConfig
 from lbsearch.trial.batching import pad
 
@@ -59,7 +60,7 @@ def lm_settings(exp: ExperimentConfig, spec) -> dict[str, Any] | None:
 
     if exp.task not in LM_TASKS:
         return None
-    corpus = json.loads((Path(spec.data_path) / "lbsearch_meta.json").read_text()).get("corpus", {})
+    corpus = json.loads((Path(spec.data_path) / META_FILE).read_text()).get("corpus", {})
     return {"probability": exp.data.mlm_probability, "mask_id": corpus.get("mask_id"), "vocab_size": spec.vocab_size}
 
 

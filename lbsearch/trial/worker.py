@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 import lbsearch.trial.standby as standby
+from lbsearch.data import TOKENIZER_DIR
 from lbsearch.link import Reporter, watch_parent
 from lbsearch.spec import (
     DIVERGED_REASON,
@@ -331,7 +332,7 @@ class Trial:
                     "validation": r["validation"], "test": r["test"], "task": self.exp.task, "labels": self.labels,
                     "threshold": self.exp.metric.threshold}
             maybe_inject_save_error()
-            trained = Path(self.spec.data_path) / "tokenizer"
+            trained = Path(self.spec.data_path) / TOKENIZER_DIR
             save_model(self.acc.unwrap_model(self.model, keep_fp32_wrapper=False, keep_torch_compile=False), folder, names, self.exp.model, info,
                        state_dict=full, tokenizer_dir=trained if trained.is_dir() else None)
             self.say(f"model saved in {folder}")

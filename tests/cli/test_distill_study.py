@@ -16,7 +16,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
 
 from lbsearch.orchestrator.teacher import find_teacher
-from lbsearch.spec import TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT
+from lbsearch.spec import TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT, best_uri
 from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
@@ -83,7 +83,7 @@ def test_student_runs_carry_the_teacher_and_the_searched_values(studies):
     kept = root / "models" / "tiny-study" / "trial-0"
     for n, r in runs.items():
         tags = r.data.tags
-        assert tags["distill.teacher"] == "models:/tiny-study@best" and tags["distill.teacher_trial"] == "tiny-study/0"
+        assert tags["distill.teacher"] == best_uri("tiny-study") and tags["distill.teacher_trial"] == "tiny-study/0"
         assert tags["distill.teacher_model"] == str(kept)
         assert float(tags["distill.temperature"]) == TEMPERATURES[n] and float(tags["distill.weight"]) == WEIGHT
         assert float(r.data.params["distill.temperature"]) == TEMPERATURES[n]  # searched as any other param
@@ -97,7 +97,7 @@ def test_reproduce_of_a_student_trial_gives_the_same_numbers(studies):
     assert "reproduced: metrics identical" in proc.stdout
 
 
-@pytest.mark.parametrize("teacher, why", [("models:/no-such-study@best", "unknown study 'no-such-study'"),
+@pytest.mark.parametrize("teacher, why", [(best_uri("no-such-study"), "unknown study 'no-such-study'"),
                                           ("empty-teacher", "study 'empty-teacher' has no complete trial, so no kept model")])
 def test_a_teacher_that_cannot_be_used_is_a_spec_error(studies, teacher, why):
     cwd, root, _, _ = studies

@@ -15,6 +15,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 from mlflow.entities import LoggedModelStatus
 
+from lbsearch.data import META_FILE
 from lbsearch.spec import KEPT_FILE, TEST
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
@@ -30,7 +31,7 @@ _EVAL = """
 import json, sys
 from pathlib import Path
 from accelerate import Accelerator
-from lbsearch.data.cache import load_arrays
+from lbsearch.data import META_FILE, load_arrays
 from lbsearch.spec import KEPT_FILE
 from lbsearch.trial.training import Evaluator
 folder, data, pad_id, how = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
@@ -42,7 +43,7 @@ else:
     model = load_model(folder)
 info = json.loads((folder / KEPT_FILE).read_text())
 acc = Accelerator(cpu=True)
-labels = json.loads((Path(data) / "lbsearch_meta.json").read_text())["labels"]
+labels = json.loads((Path(data) / META_FILE).read_text())["labels"]
 m = Evaluator(load_arrays(data, "test"), labels["task"], labels, 0.5, info["eval_batch_size"], 0, 1)(acc, model, pad_id)
 print(json.dumps(m))
 """
@@ -50,8 +51,8 @@ print(json.dumps(m))
 
 def _evaluate(folder: Path, root: Path, how: str, run_id: str) -> dict[str, float]:
     digest = mlflow_client(root).get_run(run_id).data.tags["data.digest"]  # the run's data, among those in the cache
-    data = next(d for d in (root / "cache").glob("data-*") if json.loads((d / "lbsearch_meta.json").read_text())["digest"] == digest)
-    pad_id = json.loads((data / "lbsearch_meta.json").read_text())["pad_id"]
+    data = next(d for d in (root / "cache").glob("data-*") if json.loads((d / META_FILE).read_text())["digest"] == digest)
+    pad_id = json.loads((data / META_FILE).read_text())["pad_id"]
     out = subprocess.run([sys.executable, "-c", _EVAL, str(folder), str(data), str(pad_id), how], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])

@@ -13,7 +13,8 @@ import pytest
 import yaml
 from conftest import cli, journal_study, mlflow_client, run_cli, settled
 
-from lbsearch.science import REPORT_HTML
+from lbsearch.science import REPORT_HTML, SUMMARY_JSON
+from lbsearch.science.lm_figures import LM_FIGURES
 from lbsearch.science.lm_report import N_RESAMPLES
 from lbsearch.spec import REPORTS
 from lbsearch.tracking import ROLE
@@ -49,7 +50,7 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     out = cli("report", "lm-ladder", cwd=tmp_path, check=True).stdout
     assert "B_simple median per B (tokens, diagnostic): B=4 (64 tokens)" in out, out
     report = tmp_path / "mlruns" / REPORTS / "lm-ladder"
-    s = json.loads((report / "summary.json").read_text())["tokens"]
+    s = json.loads((report / SUMMARY_JSON).read_text())["tokens"]
     assert [(r["batch_size"], r["batch_tokens"], r["trials"]) for r in s["per_batch_size"]] == [(4, 64, 2), (8, 128, 2), (16, 256, 2)]
     assert all(r["b_simple_tokens_median"] > 0 and r["b_simple_trials"] == r["trials"] for r in s["per_batch_size"])  # micro-batch 2: measured in every trial
     assert len(s["targets"]) >= 3 and len(s["fits"]) == len(s["targets"])
@@ -60,7 +61,7 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
         assert f["b_crit"] > 0 and f["b_crit_tokens"] == pytest.approx(f["b_crit"] * L)
         assert f"loss target {f['target']:.4g}: B_crit {f['b_crit_tokens']:,.0f} tokens" in out
     # the study's metric.target 5.7 (at evaluation points): fewer steps but more samples at each larger B
-    summary = json.loads((report / "summary.json").read_text())
+    summary = json.loads((report / SUMMARY_JSON).read_text())
     rows, fit = summary["per_batch_size"], summary["steps_fit"]
     steps, samples = [r["steps_to_target"] for r in rows], [r["samples_to_target"] for r in rows]
     assert all(steps) and steps[0] > steps[1] > steps[2] and samples[0] < samples[1] < samples[2], rows
@@ -74,4 +75,4 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     assert any(w.startswith("B = 16: evaluations up to 12.5% of the run apart") for w in s["warnings"]), s["warnings"]
     page = (report / REPORT_HTML).read_text()
     assert "B_tokens (× 16)" in page and "B_simple median (tokens)" in page and "a diagnostic" in page and "a measurement" in page
-    assert all((report / p).is_file() for p in ("lm_curves.png", "lm_steps_to_target.png", "lm_b_crit_vs_loss.png"))
+    assert all((report / p).is_file() for p in LM_FIGURES)

@@ -17,9 +17,11 @@ import pytest
 from conftest import LBSEARCH, SPECS, _seed, cli, journal_study, mlflow_client
 from optuna.trial import TrialState
 
-from lbsearch.science import REPORT_HTML
+from lbsearch.science import REPORT_HTML, SUMMARY_JSON
+from lbsearch.science.report import BEST_PNG, LR_PNG, NOISE_PNG, STEPS_PNG
 from lbsearch.spec import EVAL, GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA, PROGRESS_SAMPLES, PROGRESS_STEP, REPORTS, TEST, TRAIN_LOSS, TRAIN_LR, VAL
 from lbsearch.tracking import BEST_TAG, ROLE, TRIAL, TRIALS_CSV
+from lbsearch.tracking.story import HISTORY_PNG, INTERMEDIATE_PNG, PARALLEL_PLOT_PNG, PARAM_IMPORTANCES_PNG
 
 
 def _run_on_a_terminal(cwd, *args: str, timeout: float = 600) -> tuple[int, str]:
@@ -139,13 +141,13 @@ def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {TRIALS_CSV, "plots", "report"} <= arts
     plots = {a.path for a in client.list_artifacts(parent.info.run_id, "plots")}
-    assert {"plots/optimization_history.png", "plots/parallel_coordinates.png", "plots/intermediate_values.png", "plots/README.md"} <= plots
+    assert {f"plots/{p}" for p in (HISTORY_PNG, PARALLEL_PLOT_PNG, INTERMEDIATE_PNG, "README.md")} <= plots
     readme = Path(client.download_artifacts(parent.info.run_id, "plots/README.md", str(cwd))).read_text()
     # three complete trials whose losses differ: fANOVA has variance to share out, so the plot is drawn
-    assert "plots/param_importances.png" in plots, readme
+    assert f"plots/{PARAM_IMPORTANCES_PNG}" in plots, readme
     assert "- `param_importances.png`: How much of the variation in validation loss each parameter explains (fANOVA)." in readme
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {f"report/{REPORT_HTML}", "report/summary.json", "report/steps_to_target.png"} <= report  # written without `lbsearch report`
+    assert {f"report/{REPORT_HTML}", f"report/{SUMMARY_JSON}", f"report/{STEPS_PNG}"} <= report  # written without `lbsearch report`
     assert "[report tiny-ladder]" in screen and "report/lr_alpha" in client.get_run(parent.info.run_id).data.metrics
 
 
@@ -175,18 +177,18 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     out = cli("report", "tiny-ladder", cwd=tmp_path, check=True).stdout
     assert "lr exponent" in out and "B_simple" in out
     report = root / REPORTS / "tiny-ladder"
-    summary = json.loads((report / "summary.json").read_text())
+    summary = json.loads((report / SUMMARY_JSON).read_text())
     assert [r["batch_size"] for r in summary["per_batch_size"]] == [16, 32, 64]
     assert all(r["steps_to_target"] == 320 // r["batch_size"] for r in summary["per_batch_size"])  # first evaluation
     # 320 samples to target at every B is perfect scaling: the fit says B_crit lies beyond the ladder
     assert "above this range" in summary["steps_fit"]["error"]
     assert summary["lr_fit"]["ci_low"] <= summary["lr_fit"]["alpha"] <= summary["lr_fit"]["ci_high"]
     pngs = {p.name for p in report.glob("*.png")}
-    assert {"best_metric_vs_batch.png", "lr_vs_batch.png", "steps_to_target.png", "noise_scale.png"} <= pngs
+    assert {BEST_PNG, LR_PNG, STEPS_PNG, NOISE_PNG} <= pngs
     assert all((report / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
     page = (report / REPORT_HTML).read_text()
     assert all(f'src="{p}"' in page for p in pngs) and "critical batch size" in page
     parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], f"tags.`{ROLE}` = 'parent'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
-    assert {f"report/{p}" for p in pngs | {REPORT_HTML, "summary.json"}} <= logged
+    assert {f"report/{p}" for p in pngs | {REPORT_HTML, SUMMARY_JSON}} <= logged
     assert parent.data.metrics["report/lr_alpha"] == pytest.approx(summary["lr_fit"]["alpha"])

@@ -12,7 +12,7 @@ import time
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from lbsearch.spec import EVAL, PREFIX, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS
+from lbsearch.spec import EVAL, PREFIX, SPEC_JSON, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -105,7 +105,7 @@ def test_trial_command_starts_one_process_as_accelerates_simple_launcher_would(t
     here as Accelerate's own launcher prints it); several processes: `accelerate launch` (torchrun)."""
     from lbsearch.orchestrator.launch import launch_command, trial_command
 
-    spec = tmp_path / "spec.json"
+    spec = tmp_path / SPEC_JSON
     one = {"launcher": {"processes": 1, "precision": "no", "cpu": True}}
     cmd, env = trial_command(one, spec, dict(os.environ, KEEP="1"))
     assert cmd == [sys.executable, "-m", "lbsearch.trial.worker", str(spec)]

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, LABELS_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
 from lbsearch.science import REPORT_HTML
-from lbsearch.spec import EVAL, INTERRUPTED, PROGRESS_SAMPLES, REPORTS, TEST, TRIALS, VAL
+from lbsearch.spec import EVAL, INTERRUPTED, PROGRESS_SAMPLES, REPORTS, RESULT_JSON, TEST, TRIALS, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -299,7 +299,7 @@ def test_ctrl_c_stops_a_script_trial_within_seconds(tmp_path):
     proc.send_signal(signal.SIGINT)
     rest = proc.communicate(timeout=30)[0]
     assert proc.returncode == 130 and time.time() - t0 < 10, rest
-    (left,) = (tmp_path / "mlruns" / TRIALS / "s").glob("0000-*/result.json")  # the script heard SIGTERM through lbsearch.api
+    (left,) = (tmp_path / "mlruns" / TRIALS / "s").glob(f"0000-*/{RESULT_JSON}")  # the script heard SIGTERM through lbsearch.api
     assert json.loads(left.read_text())["reason"] == INTERRUPTED
     (trial,) = journal_study(tmp_path / "mlruns", "s").get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED

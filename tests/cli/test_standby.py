@@ -17,7 +17,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import standby
-from lbsearch.spec import INTERRUPTED, TRIALS, WORKER_DIED
+from lbsearch.spec import INTERRUPTED, SPEC_JSON, TRIALS, WORKER_DIED
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import START
 
@@ -75,7 +75,7 @@ def test_a_trial_lost_with_its_standby_process_is_re_run_from_its_checkpoint(tmp
 
 def test_a_trial_that_cannot_be_forked_starts_as_before(tmp_path):
     env = dict(os.environ, ACCELERATE_USE_CPU="True")
-    spec = tmp_path / "spec.json"
+    spec = tmp_path / SPEC_JSON
     with standby.standby():
         proc = standby.start([sys.executable, "-c", "print('hello')"], env, spec, stdout=subprocess.PIPE, text=True)
         assert isinstance(proc, subprocess.Popen) and proc.communicate(timeout=60)[0] == "hello\n"
@@ -117,7 +117,7 @@ def test_a_standby_process_that_cannot_fork_says_why_once_and_its_trials_start_a
     (site / "sitecustomize.py").write_text("import threading, time\n"
                                            "threading.Thread(target=time.sleep, args=(600,), name='leftover-loader', daemon=True).start()\n")
     env = dict(os.environ, ACCELERATE_USE_CPU="True", PYTHONPATH=os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")])))
-    spec = tmp_path / TRIALS / "s" / "0000" / "spec.json"
+    spec = tmp_path / TRIALS / "s" / "0000" / SPEC_JSON
     spec.parent.mkdir(parents=True)
     said: list[str] = []
     with standby.standby(said.append):

@@ -36,6 +36,8 @@ from selenium.common.exceptions import StaleElementReferenceException, WebDriver
 from selenium.webdriver.common.by import By  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
+from lbsearch.tracking.story import HISTORY_PNG, INTERMEDIATE_PNG
+
 WAIT = 60  # seconds, for any one thing to appear (a loaded 2-core machine renders slowly)
 BROWSER_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
                  "--disable-component-update", "--disable-sync", "--window-size=1280,800")
@@ -213,7 +215,7 @@ def test_walk_from_the_experiment_list_to_the_parent_plots(study, ui, browser, t
     d.find_element(By.XPATH, parent).click()
     _click(d, "Artifacts")
     _click(d, "plots")
-    for png in ("optimization_history.png", "intermediate_values.png"):
+    for png in (HISTORY_PNG, INTERMEDIATE_PNG):
         _click(d, png)
         _until(d, f"{png} drawn", lambda drv: drv.execute_script(
             "return Array.from(document.images).some(i => i.complete && i.naturalWidth > 300 && i.getBoundingClientRect().width > 200)"))

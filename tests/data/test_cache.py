@@ -7,6 +7,7 @@ import json
 import pandas as pd
 import pytest
 
+from lbsearch.data import META_FILE
 from lbsearch.data.cache import label_names, load_arrays, prepare_data
 from lbsearch.data.sources import load_frames
 from lbsearch.spec.config import DataConfig, ExperimentConfig, SpecError
@@ -77,7 +78,7 @@ def test_tokenized_once_then_cached(tmp_path):
     # a different tokenization setting is a different cache entry
     longer = prepare_data(exp.model_copy(update={"data": exp.data.model_copy(update={"max_length": 16})}), tmp_path)
     assert longer.path != first.path and longer.digest == first.digest
-    assert json.loads((first.path / "lbsearch_meta.json").read_text())["digest"] == first.digest
+    assert json.loads((first.path / META_FILE).read_text())["digest"] == first.digest
     assert not list(tmp_path.glob(".tmp-*"))
 
 

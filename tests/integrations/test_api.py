@@ -10,7 +10,7 @@ import optuna
 import pytest
 
 from lbsearch.integrations import api
-from lbsearch.spec import DIVERGED_REASON, EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, TEST, TRAIN_LOSS, VAL
+from lbsearch.spec import DIVERGED_REASON, EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, RESULT_JSON, SPEC_JSON, TEST, TRAIN_LOSS, VAL
 from lbsearch.spec.config import PrunerConfig
 from lbsearch.spec.protocol import OptunaRef, WorkerSpec, parse_message, read_result
 from lbsearch.spec.script import SPEC_ENV, ScriptExperimentConfig
@@ -48,9 +48,9 @@ def _live(tmp_path, monkeypatch, pruner: str = "median", experiment: dict | None
     t = study.ask()
     ref = OptunaRef(storage=url, study_name="s", trial_id=trial_id(t), pruner=PrunerConfig(name=pruner, n_startup_trials=0, n_warmup_samples=0).model_dump())
     spec = WorkerSpec(experiment=ScriptExperimentConfig.model_validate(experiment or EXP).model_dump(mode="json"), optuna=ref,
-                      tracking=True, result=str(tmp_path / "result.json"))
-    (tmp_path / "spec.json").write_text(spec.model_dump_json())
-    monkeypatch.setenv(SPEC_ENV, str(tmp_path / "spec.json"))
+                      tracking=True, result=str(tmp_path / RESULT_JSON))
+    (tmp_path / SPEC_JSON).write_text(spec.model_dump_json())
+    monkeypatch.setenv(SPEC_ENV, str(tmp_path / SPEC_JSON))
     return api.current(defaults={"dropout": 0.5, "mine": 1}), study
 
 
@@ -75,7 +75,7 @@ def test_reports_go_to_optuna_at_the_nominal_points_and_the_result_is_written(tm
     trial.finish(test={"loss": 0.55})
     frozen = study.trials[0]
     assert frozen.intermediate_values == {320: 0.6, 960: 0.5}
-    r = read_result(tmp_path / "result.json")
+    r = read_result(tmp_path / RESULT_JSON)
     assert r.state == "complete" and r.value == 0.5 and r.samples == 960 and r.steps == 30 and r.test == {"loss": 0.55}
     rows = [(k, v, s) for line in capsys.readouterr().out.splitlines() if (m := parse_message(line)) and m[0] == "metrics" for k, v, _, s in m[1]]
     # MLflow's step is samples seen (trials of different B line up at equal data); the optimizer step is progress/step
@@ -100,7 +100,7 @@ def test_pruned_and_diverged_stop_the_trial(tmp_path, monkeypatch):
     trial.report({"loss": 0.9}, samples=320)
     assert trial.should_stop() is True and trial.stop_reason == "pruned"
     trial.finish()
-    assert read_result(tmp_path / "result.json").state == "pruned"
+    assert read_result(tmp_path / RESULT_JSON).state == "pruned"
 
 
 def test_divergence(tmp_path, monkeypatch):
@@ -112,13 +112,13 @@ def test_divergence(tmp_path, monkeypatch):
     trial.log({TRAIN_LOSS: float("inf")}, samples=96)
     assert trial.should_stop() and trial.stop_reason == DIVERGED_REASON
     trial.finish()
-    assert read_result(tmp_path / "result.json").reason == DIVERGED_REASON
+    assert read_result(tmp_path / RESULT_JSON).reason == DIVERGED_REASON
 
 
 def test_finish_without_the_metric_fails_the_trial(tmp_path, monkeypatch):
     trial, _ = _live(tmp_path, monkeypatch)
     trial.finish({"accuracy": 0.8})
-    r = read_result(tmp_path / "result.json")
+    r = read_result(tmp_path / RESULT_JSON)
     assert r.state == "failed" and "finish() got no `loss`" in r.reason
 
 
@@ -127,7 +127,7 @@ def test_only_rank_0_writes(tmp_path, monkeypatch, capsys):
     trial, _ = _live(tmp_path, monkeypatch)
     trial.report({"loss": 0.5}, samples=960)
     trial.finish()
-    assert not (tmp_path / "result.json").exists()
+    assert not (tmp_path / RESULT_JSON).exists()
     assert "@@lbsearch" not in capsys.readouterr().out
 
 

@@ -15,7 +15,8 @@ import yaml
 from conftest import cli, journal_study, mlflow_client, run_cli, settled
 from optuna.trial import TrialState
 
-from lbsearch.science import CBS_HTML
+from lbsearch.science import CBS_HTML, CBS_JSON
+from lbsearch.science.cbs_report import CBS_FIGURES
 from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, CBS_CBS, EVAL, INFO, REPORTS, TRAIN_LOSS, TRAIN_LR, TRIALS, checkpoint_name
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
@@ -109,7 +110,7 @@ def test_cbs_report_written_and_logged(branched):
     assert "[cbs cbs-ref-branch-0] ε 0.05 (set)" in out
     assert f"t {3 * B * L:,}: CBS" in out and f"t {8 * B * L:,}: CBS" in out
     folder = branched / "mlruns" / REPORTS / "cbs-ref-branch-0" / "cbs"
-    facts = json.loads((folder / "cbs.json").read_text())
+    facts = json.loads((folder / CBS_JSON).read_text())
     assert [p["point"] for p in facts["points"]] == [3 * B * L, 8 * B * L]
     assert all(p["cbs"] in (B * L, 2 * B * L) for p in facts["points"]) and facts["b_crit"] == 600
     client = mlflow_client(branched / "mlruns")
@@ -117,7 +118,7 @@ def test_cbs_report_written_and_logged(branched):
     assert client.get_experiment_by_name("cbs-ref-branch-0") is None
     (parent,) = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "parent" and r.data.tags.get(STUDY) == "cbs-ref-branch-0"]
     names = {a.path for a in client.list_artifacts(parent.info.run_id, "cbs_report")}
-    assert {f"cbs_report/{CBS_HTML}", "cbs_report/cbs_over_training.png", "cbs_report/cbs_losses.png", "cbs_report/cbs.json"} <= names
+    assert {f"cbs_report/{CBS_HTML}", *(f"cbs_report/{p}" for p in CBS_FIGURES), f"cbs_report/{CBS_JSON}"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, CBS_CBS)) == [3 * B * L, 8 * B * L]
     assert parent.data.tags[BRANCH_TAGS["reference"]] == "cbs-ref#0"
     ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
@@ -146,7 +147,7 @@ def test_branches_run_parallel_on_placed_workers_and_the_report_is_written_once(
     key = lambda t: (t.params["branching.source.at_samples"], t.params["train.batch_size"])  # noqa: E731
     losses = {key(t): t.user_attrs["validation_loss"] for t in serial}
     assert {key(t): t.user_attrs["validation_loss"] for t in par} == pytest.approx(losses, rel=1e-4)  # one thread each, not bit for bit
-    assert (branched / "mlruns" / REPORTS / "cbs-par" / "cbs" / "cbs.json").is_file()
+    assert (branched / "mlruns" / REPORTS / "cbs-par" / "cbs" / CBS_JSON).is_file()
 
 
 @pytest.mark.parametrize("args,field", [(["--k", "2,4"], "--k"), (["--k", "1,2", "--delta", "100"], "--delta"),

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
-from lbsearch.spec import EVAL, TRAIN_LOSS, TRIALS, WORKER_DIED, ExecutorConfig, bundles
+from lbsearch.spec import EVAL, SPEC_JSON, TRAIN_LOSS, TRIALS, WORKER_DIED, ExecutorConfig, bundles
 from lbsearch.study import RESUMED_FROM
 from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, THREADS
 
@@ -141,7 +141,7 @@ def test_a_trial_of_two_machines_runs_on_two_nodes_and_trains_as_on_one(cluster,
     assert run.data.tags[RAY_GPUS].count(";") == 1
     assert "on Ray: machine 1 of 2" in out
     (workdir,) = (tmp_path / "mlruns" / TRIALS / "ray-machines").iterdir()
-    sides = [json.loads(f.read_text())["experiment"]["launcher"] for f in (workdir / "spec.json", workdir / "machine-1" / "spec.json")]
+    sides = [json.loads(f.read_text())["experiment"]["launcher"] for f in (workdir / SPEC_JSON, workdir / "machine-1" / SPEC_JSON)]
     assert [(s["num_machines"], s["machine_rank"]) for s in sides] == [(2, 0), (2, 1)]  # what each node's accelerate launch got
     assert sides[0]["main_process_ip"] == sides[1]["main_process_ip"] and sides[0]["main_process_port"] == sides[1]["main_process_port"]
     one = next(r for t, r in zip(*_runs(root, "ray-sizes")) if t.params["launcher.processes"] == 2)  # the same trial on one machine

@@ -8,7 +8,8 @@ import json
 import numpy as np
 import pytest
 
-from lbsearch.science import CBS_HTML, EPS_SPREADS, cbs_table, critical_batch, default_eps, write_cbs_report
+from lbsearch.science import CBS_HTML, CBS_JSON, EPS_SPREADS, cbs_table, critical_batch, default_eps, write_cbs_report
+from lbsearch.science.cbs_report import CBS_FIGURES
 
 B = 64  # tokens
 KS = [1, 2, 4, 8, 16, 32]
@@ -65,7 +66,7 @@ def test_report_files(tmp_path):
     out = cbs_table(_rows({1_000: 128, 4_000: 256}), n_boot=200)
     page = write_cbs_report(out, tmp_path, study="s-branch-0", reference="s#0", delta=4096, b_simple={1_000: 90.0}, b_crit=466.0, machine="Measured on X.")
     assert page == tmp_path / CBS_HTML
-    assert {CBS_HTML, "cbs.json", "cbs_losses.png", "cbs_over_training.png"} <= {p.name for p in tmp_path.iterdir()}
-    facts = json.loads((tmp_path / "cbs.json").read_text())
+    assert {CBS_HTML, CBS_JSON, *CBS_FIGURES} <= {p.name for p in tmp_path.iterdir()}
+    facts = json.loads((tmp_path / CBS_JSON).read_text())
     assert facts["b_crit"] == 466.0 and facts["b_simple"] == {"1000": 90.0} and [p["cbs"] for p in facts["points"]] == [128, 256]
     assert "grows" in page.read_text() or "no clear trend" in page.read_text()

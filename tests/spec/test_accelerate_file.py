@@ -11,7 +11,7 @@ import pytest
 from conftest import SPECS
 
 from lbsearch.orchestrator.launch import launch_command, with_machines
-from lbsearch.spec import LauncherConfig
+from lbsearch.spec import SPEC_JSON, LauncherConfig
 from lbsearch.spec.accelerate_file import file_conflict, machines, read_config
 
 FSDP = SPECS / "accelerate_fsdp.yaml"
@@ -36,7 +36,7 @@ def _parsed(cmd: list[str]):
 
 
 def test_fsdp_file_is_not_overridden(tmp_path):
-    spec = tmp_path / "spec.json"
+    spec = tmp_path / SPEC_JSON
     exp = {"launcher": {"processes": 2, "precision": "no", "cpu": True, "accelerate_config": str(FSDP), "main_process_port": 29555}}
     cmd = launch_command(exp, spec)
     assert cmd == [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(FSDP), "--num_machines", "1",
@@ -53,7 +53,7 @@ def test_omp_num_threads_where_set_is_each_processs_thread_count(tmp_path, monke
     """Tests in parallel or two studies on one machine set it; unset (or not a count), the cores are shared among the processes."""
     monkeypatch.setenv("OMP_NUM_THREADS", omp)
     exp = {"launcher": {"processes": 2, "precision": "no", "cpu": True, "main_process_port": 29555}}
-    cmd = launch_command(exp, tmp_path / "spec.json")
+    cmd = launch_command(exp, tmp_path / SPEC_JSON)
     assert cmd[cmd.index("--num_cpu_threads_per_process") + 1] == (threads or _threads(2))
     assert _parsed(cmd).num_cpu_threads_per_process == int(threads or _threads(2))
 
@@ -63,15 +63,15 @@ def test_a_file_that_sets_everything_gets_no_flags(tmp_path):
     full.write_text(FSDP.read_text() + "num_machines: 1\nmachine_rank: 0\nmain_process_ip: 127.0.0.2\nmain_process_port: 29001\n"
                     "dynamo_config: {dynamo_backend: EAGER}\n")
     exp = {"launcher": {"processes": 2, "precision": "no", "cpu": True, "accelerate_config": str(full)}}
-    cmd = launch_command(exp, tmp_path / "spec.json")
+    cmd = launch_command(exp, tmp_path / SPEC_JSON)
     assert cmd[3:] == ["--config_file", str(full), "--num_cpu_threads_per_process", _threads(2), "-m", "lbsearch.trial.worker",
-                       str(tmp_path / "spec.json")]
+                       str(tmp_path / SPEC_JSON)]
     args = _parsed(cmd)
     assert (args.main_process_ip, args.main_process_port, args.dynamo_backend) == ("127.0.0.2", 29001, "EAGER")
 
 
 def test_multi_node_spec(tmp_path):
-    spec = tmp_path / "spec.json"
+    spec = tmp_path / SPEC_JSON
     exp = {"launcher": {"processes": 4, "precision": "bf16", "cpu": True, "num_machines": 2, "machine_rank": 1,
                         "main_process_ip": "10.0.0.7", "main_process_port": 29555}}
     cmd = launch_command(exp, spec)

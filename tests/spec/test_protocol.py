@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from lbsearch.link.reporter import Reporter
-from lbsearch.spec import DIVERGED_REASON, TRAIN_LOSS
+from lbsearch.spec import DIVERGED_REASON, RESULT_JSON, TRAIN_LOSS
 from lbsearch.spec.protocol import TrialResult, WorkerSpec, message, parse_message, read_result, write_result
 
 
@@ -19,7 +19,7 @@ def test_messages_round_trip_and_plain_lines_are_not_messages():
 
 
 def test_result_is_written_atomically_and_typed(tmp_path):
-    path = tmp_path / "result.json"
+    path = tmp_path / RESULT_JSON
     write_result(path, TrialResult(state="pruned", reason=DIVERGED_REASON, steps=3, samples=96))
     assert read_result(path) == TrialResult(state="pruned", reason=DIVERGED_REASON, steps=3, samples=96)
     assert not list(tmp_path.glob("*.tmp"))
@@ -48,6 +48,6 @@ def test_an_undefined_metric_survives_the_result_file_as_nan(tmp_path):
     """AUROC of a split without both classes, or a correlation of constant predictions, is NaN."""
     import math
 
-    write_result(tmp_path / "result.json", TrialResult(state="complete", validation={"auroc": math.nan, "accuracy": 0.5}))
-    got = read_result(tmp_path / "result.json").validation
+    write_result(tmp_path / RESULT_JSON, TrialResult(state="complete", validation={"auroc": math.nan, "accuracy": 0.5}))
+    got = read_result(tmp_path / RESULT_JSON).validation
     assert math.isnan(got["auroc"]) and got["accuracy"] == 0.5

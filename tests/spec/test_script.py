@@ -13,6 +13,7 @@ from conftest import SPECS, tree
 
 from lbsearch.cli.main import main
 from lbsearch.orchestrator.script_trial import result_from_output, script_argv, script_env
+from lbsearch.spec import SPEC_JSON
 from lbsearch.spec.load import load_experiment, load_study
 from lbsearch.spec.plan import make_plan
 from lbsearch.spec.script import ScriptExperimentConfig, trial_values
@@ -47,8 +48,8 @@ def test_values_flags_and_environment():
     vals = trial_values(env_exp, make_plan(env_exp))
     assert vals == {"lr": 5e-05, "dropout": 0.1}
     assert script_argv(env_exp, vals, Path("/t/params.json")) == ["train.py", "--config", "/t/params.json"]
-    assert script_env(env_exp, vals, Path("/t/spec.json"), Path("/t/params.json")) == {
-        "LBSEARCH_TRIAL_SPEC": "/t/spec.json", "LBSEARCH_PARAMS_FILE": "/t/params.json", "LBSEARCH_LR": "5e-05", "LBSEARCH_DROPOUT": "0.1"}
+    assert script_env(env_exp, vals, Path("/t") / SPEC_JSON, Path("/t/params.json")) == {
+        "LBSEARCH_TRIAL_SPEC": f"/t/{SPEC_JSON}", "LBSEARCH_PARAMS_FILE": "/t/params.json", "LBSEARCH_LR": "5e-05", "LBSEARCH_DROPOUT": "0.1"}
 
 
 def test_final_metrics_of_a_script_that_ignores_the_api(tmp_path):

@@ -13,7 +13,7 @@ from conftest import SPECS
 from lbsearch.data.cache import PreparedData
 from lbsearch.spec.config import DataConfig
 from lbsearch.spec.load import load_study, parse_set
-from lbsearch.tracking.story import BEST_TAG, KIND, dataset_inputs, description, mark_best, study_plots
+from lbsearch.tracking.story import BEST_TAG, HISTORY_PNG, INTERMEDIATE_PNG, KIND, PARALLEL_PLOT_PNG, PARAM_IMPORTANCES_PNG, STUDY_PLOTS, dataset_inputs, description, mark_best, study_plots
 from lbsearch.tracking.tags import STUDY
 from lbsearch.tracking.tracker import Tracker
 
@@ -103,7 +103,7 @@ def _study(n: int) -> optuna.Study:
 
 def test_study_plots_are_pngs_with_the_metric_on_their_axes(tmp_path):
     made = study_plots(_study(6), tmp_path, "accuracy")
-    assert list(made) == ["optimization_history.png", "param_importances.png", "parallel_coordinates.png", "intermediate_values.png"]
+    assert list(made) == list(STUDY_PLOTS) == [HISTORY_PNG, PARAM_IMPORTANCES_PNG, PARALLEL_PLOT_PNG, INTERMEDIATE_PNG]
     assert not any(v.startswith("not drawn") for v in made.values()), made
     assert all((tmp_path / name).read_bytes()[:4] == b"\x89PNG" for name in made)
     assert "`intermediate_values.png`: Validation accuracy at each evaluation, against samples seen" in (tmp_path / "README.md").read_text()
@@ -111,5 +111,5 @@ def test_study_plots_are_pngs_with_the_metric_on_their_axes(tmp_path):
 
 def test_a_study_too_small_to_plot_says_why(tmp_path):
     made = study_plots(_study(1), tmp_path, "loss")
-    assert made["param_importances.png"].startswith("not drawn:")
-    assert (tmp_path / "optimization_history.png").is_file()
+    assert made[PARAM_IMPORTANCES_PNG].startswith("not drawn:")
+    assert (tmp_path / HISTORY_PNG).is_file()
