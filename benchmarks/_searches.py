@@ -48,6 +48,9 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
     tpe, median = SamplerConfig(name="tpe"), PrunerConfig(name="median", protect_warmup=False)
     gp = SamplerConfig(name="gp", n_startup_trials=tpe.n_startup_trials)
     tpe10 = tpe.model_copy(update={"n_startup_trials": 10})
+    patient = PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False)
+    percentile = PrunerConfig(name="percentile", percentile=75.0, protect_warmup=False)
+    tpe10_is, patient_is = f"TPE ({tpe10.n_startup_trials} start-up trials)", f"patient median (patience {patient.patience})"
     return {
         "default": Search(sampler, pruner, note=f"lbsearch's default: {sampler.name} sampler, {pruner.name} pruner"),
         DEFAULT_CHOICES: Search(sampler, pruner, choices=True, note=f"lbsearch's default ({sampler.name}, {pruner.name}) with the space declared as the table's choices"),
@@ -55,16 +58,16 @@ def searches(default: tuple[SamplerConfig, PrunerConfig]) -> dict[str, Search]:
         "tpe_asha": Search(tpe, PrunerConfig(name="asha", protect_warmup=False), note="lbsearch TPE + ASHA"),
         "tpe_hyperband": Search(tpe, PrunerConfig(name="hyperband", protect_warmup=False), note="lbsearch TPE + Hyperband"),
         "tpe_asha_promote": Search(tpe, PrunerConfig(name="asha_promote", protect_warmup=False), note="lbsearch TPE + asha_promote: paused at rungs, resumed when promoted (_promote.py)"),
-        "tpe_percentile": Search(tpe, PrunerConfig(name="percentile", percentile=75.0, protect_warmup=False), note="lbsearch TPE + percentile pruner (75 %)"),
-        "tpe_patient": Search(tpe, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), note="lbsearch TPE + patient median pruner (patience 2)"),
+        "tpe_percentile": Search(tpe, percentile, note=f"lbsearch TPE + percentile pruner ({percentile.percentile:g} %)"),
+        "tpe_patient": Search(tpe, patient, note=f"lbsearch TPE + {patient_is}"),
         # lbsearch's pruners never stopping a trial in its own lr warmup (pruner.protect_warmup), with the sampler choices that exist
         **{f"{name}_protect": Search(sampler, pc.model_copy(update={"protect_warmup": True}), note=f"{note}, no trial pruned in its lr warmup")
-           for name, sampler, pc, note in [("tpe_median", tpe, PrunerConfig(name="median", protect_warmup=False), "lbsearch TPE + median"),
-                                           ("tpe10_median", tpe10, PrunerConfig(name="median", protect_warmup=False), "lbsearch TPE (10 start-up trials) + median"),
-                                           ("tpe_patient", tpe, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), "lbsearch TPE + patient median (patience 2)"),
-                                           ("tpe10_patient", tpe10, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), "lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
-                                           ("gp_median", gp, PrunerConfig(name="median", protect_warmup=False), "lbsearch GP (diverged trials informative) + median")]},
-        "tpe10_patient": Search(tpe10, PrunerConfig(name="patient", patience=2, min_delta=0.0, protect_warmup=False), note="lbsearch TPE (10 start-up trials) + patient median (patience 2)"),
+           for name, sampler, pc, note in [("tpe_median", tpe, median, "lbsearch TPE + median"),
+                                           ("tpe10_median", tpe10, median, f"lbsearch {tpe10_is} + median"),
+                                           ("tpe_patient", tpe, patient, f"lbsearch TPE + {patient_is}"),
+                                           ("tpe10_patient", tpe10, patient, f"lbsearch {tpe10_is} + {patient_is}"),
+                                           ("gp_median", gp, median, "lbsearch GP (diverged trials informative) + median")]},
+        "tpe10_patient": Search(tpe10, patient, note=f"lbsearch {tpe10_is} + {patient_is}"),
         "tpe_alpha": Search(tpe, median, alpha=True, note="lbsearch TPE + median over (B, base lr, alpha, warmup)"),
         "tpe_nopruning": Search(tpe, PrunerConfig(name="none"), note="lbsearch TPE, no pruning"),
         "gp": Search(gp, PrunerConfig(name="none"), note="lbsearch GP (diverged trials informative), no pruning"),

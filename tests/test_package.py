@@ -10,7 +10,7 @@ import lbsearch.tracking as tracking
 from lbsearch.data import cache
 from lbsearch.orchestrator import launch
 from lbsearch.science import cbs_report, lm_figures, report
-from lbsearch.spec import branch, metric_names, outcome, protocol, workdir
+from lbsearch.spec import branch, metric_names, outcome, protocol, script, workdir
 from lbsearch.study import sampler
 from lbsearch.tracking import compressed, outbox, story, tags, tracker
 from lbsearch.trial import model
@@ -47,7 +47,7 @@ def test_the_flat_layout_is_gone():
 FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "PARETO_PNG": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
               "TRIAL_LOG": launch, "REPORT_HTML": report, "CBS_HTML": cbs_report, "QUANTIZED_FILE": model, "KEPT_FILE": workdir,
               "INFO": workdir, "OUTBOX_FILE": outbox, "BRANCH_POINTS": branch, "SPEC_JSON": workdir, "RESULT_JSON": workdir,
-              "META_FILE": cache, "SUMMARY_JSON": report, "CBS_JSON": cbs_report}
+              "META_FILE": cache, "SUMMARY_JSON": report, "CBS_JSON": cbs_report, "PARAMS_JSON": script}
 FILE_NAMES |= {name: report for name in ("BEST_PNG", "LR_PNG", "STEPS_PNG", "NOISE_PNG", "IMPORTANCES_PNG", "PARALLEL_PNG")} | {
     name: lm_figures for name in ("LM_CURVES_PNG", "LM_STEPS_PNG", "LM_B_CRIT_PNG")} | {name: cbs_report for name in ("CBS_LOSSES_PNG", "CBS_OVER_TRAINING_PNG")} | {
     name: story for name in ("HISTORY_PNG", "PARAM_IMPORTANCES_PNG", "PARALLEL_PLOT_PNG", "INTERMEDIATE_PNG")}

@@ -42,8 +42,9 @@ def _same(a: float | None, b: float | None, tol: float) -> bool:
     return a is not None and b is not None and math.isfinite(a) and abs(a - b) <= tol
 
 
-def reproduce(session: Session, name: str, *, number: int | None = None, tolerance: float | None = None) -> int:
-    """Re-run a trial from its saved resolved config as a new MLflow run; 0 when metrics agree."""
+def reproduce(session: Session, name: str, *, number: int | None, tolerance: float | None) -> int:
+    """Re-run trial ``number`` (None: the best) from its saved resolved config as a new MLflow run; 0 when metrics agree
+    within ``tolerance`` (None: 0 on the CPU, ``GPU_TOLERANCE`` on a GPU)."""
     study = load_existing_study(session, name)
     target = _target(study, name, number)
     raw = as_recorded(json.loads(target.user_attrs["config"]))

@@ -9,7 +9,7 @@ import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from lbsearch.spec import SPEC_ENV, ScriptExperimentConfig, trial_values
+from lbsearch.spec import PARAMS_ENV, PARAMS_JSON, SPEC_ENV, ScriptExperimentConfig, trial_values
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialPlan, TrialResult
@@ -29,7 +29,7 @@ def script_argv(exp: ScriptExperimentConfig, values: dict[str, Any], params_file
 
 
 def script_env(exp: ScriptExperimentConfig, values: dict[str, Any], spec_file: Path, params_file: Path) -> dict[str, str]:
-    env = {SPEC_ENV: str(spec_file), "LBSEARCH_PARAMS_FILE": str(params_file)}
+    env = {SPEC_ENV: str(spec_file), PARAMS_ENV: str(params_file)}
     if exp.script.params_as == "env":
         env |= {f"LBSEARCH_{k.upper()}": _text(v) for k, v in values.items() if v is not None}
     return env
@@ -76,7 +76,7 @@ def script_program(exp: ScriptExperimentConfig, plan: "TrialPlan", workdir: Path
 
     def program(spec_file: Path) -> tuple[list[str], dict[str, str]]:
         values = trial_values(exp, plan)
-        params_file = workdir / "params.json"
+        params_file = workdir / PARAMS_JSON
         params_file.write_text(json.dumps(values, indent=1))
         env = script_env(exp, values, spec_file, params_file) | cpu
         return ["-m", "lbsearch.integrations.run_script", *script_argv(exp, values, params_file)], env

@@ -21,10 +21,13 @@ from lbsearch.spec.config import LauncherConfig, OptimizerConfig, ScheduleConfig
 if TYPE_CHECKING:
     from lbsearch.spec.plan import TrialPlan
 
-__all__ = ["ScriptConfig", "ScriptMetricConfig", "ScriptExperimentConfig", "ScriptStudyConfig", "experiment_model", "is_script", "trial_values", "VALUE_NAMES", "SPEC_ENV"]
+__all__ = ["ScriptConfig", "ScriptMetricConfig", "ScriptExperimentConfig", "ScriptStudyConfig", "experiment_model", "is_script", "trial_values", "VALUE_NAMES", "SPEC_ENV", "PARAMS_ENV", "PARAMS_JSON"]
 
 SPEC_ENV = "LBSEARCH_TRIAL_SPEC"
 """The environment variable that tells a script trial (``lbsearch.api``) where its ``spec.json`` is."""
+PARAMS_JSON, PARAMS_ENV = "params.json", "LBSEARCH_PARAMS_FILE"
+"""The file of a script trial's values, in its folder (the script's working directory; ``params_as: json``), and the
+environment variable that names its path. User scripts open it by name: a rename breaks them."""
 
 VALUE_NAMES = ("seed", "batch_size", "micro_batch", "accumulation", "processes", "lr", "warmup_steps", "steps", "budget_samples",
                "eval_every_samples", "clip_norm", "weight_decay", "schedule", "precision")

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, LABELS_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
 from lbsearch.science import REPORT_HTML
-from lbsearch.spec import EVAL, INTERRUPTED, PROGRESS_SAMPLES, REPORTS, RESULT_JSON, TEST, TRIALS, VAL
+from lbsearch.spec import EVAL, INTERRUPTED, PARAMS_ENV, PARAMS_JSON, PROGRESS_SAMPLES, REPORTS, RESULT_JSON, TEST, TRIALS, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
@@ -135,7 +135,7 @@ IGNORES_API = {
     "metrics-file-env": ("env", ", metrics_file: out/metrics.json",
                          "import json, os, pathlib\nlr = float(os.environ['LBSEARCH_LR'])\npathlib.Path('out').mkdir()\n"
                          "pathlib.Path('out/metrics.json').write_text(json.dumps({'score': lr * 16}))\n"),
-    "last-json-line-json-file": ("json", "", "import json, os\nv = json.load(open('params.json'))\n"
+    "last-json-line-json-file": ("json", "", f"import json, os\nv = json.load(open({PARAMS_JSON!r}))\n"
                                  "print(json.dumps({'score': v['lr'] * v['batch_size']}))\n"),
 }
 
@@ -224,16 +224,16 @@ def test_every_rank_gets_the_same_stop_decision(tmp_path):
     assert run.data.params["plan.processes"] == "2" and run.data.tags["plan.micro_batch"] == "8"
 
 
-OOM = """import json, sys
-v = json.load(open('params.json'))
+OOM = f"""import json, os, sys
+v = json.load(open(os.environ[{PARAMS_ENV!r}]))
 
 class OutOfMemoryError(RuntimeError):  # what torch raises, without importing torch here
     pass
 
-print(f"micro-batch {v['micro_batch']} x accumulation {v['accumulation']}")
+print(f"micro-batch {{v['micro_batch']}} x accumulation {{v['accumulation']}}")
 if v["micro_batch"] > 4:
-    raise OutOfMemoryError(f"CUDA out of memory at micro-batch {v['micro_batch']}")
-print(json.dumps({"score": v["micro_batch"] * v["accumulation"]}))
+    raise OutOfMemoryError(f"CUDA out of memory at micro-batch {{v['micro_batch']}}")
+print(json.dumps({{"score": v["micro_batch"] * v["accumulation"]}}))
 """
 
 

@@ -13,7 +13,7 @@ from conftest import SPECS, tree
 
 from lbsearch.cli.main import main
 from lbsearch.orchestrator.script_trial import result_from_output, script_argv, script_env
-from lbsearch.spec import SPEC_JSON
+from lbsearch.spec import PARAMS_ENV, PARAMS_JSON, SPEC_ENV, SPEC_JSON
 from lbsearch.spec.load import load_experiment, load_study
 from lbsearch.spec.plan import make_plan
 from lbsearch.spec.script import ScriptExperimentConfig, trial_values
@@ -41,15 +41,15 @@ def test_values_flags_and_environment():
     values = trial_values(exp, make_plan(exp))
     assert values["batch_size"] == 64 and values["micro_batch"] == 8 and values["accumulation"] == 4 and values["processes"] == 2
     assert values["dropout"] == 0.1 and values["clip_norm"] is None
-    argv = script_argv(exp, values, Path("/t/params.json"))
+    argv = script_argv(exp, values, Path("/t") / PARAMS_JSON)
     assert argv[:3] == ["train.py", "--epochs", "3"]
     assert "--clip_norm" not in argv and argv[argv.index("--tag") + 1] == "a b" and argv[argv.index("--lr") + 1] == "5e-05"
     env_exp = _exp(script={"command": "train.py --config {params_file}", "params_as": "env", "values": ["lr", "dropout"]})
     vals = trial_values(env_exp, make_plan(env_exp))
     assert vals == {"lr": 5e-05, "dropout": 0.1}
-    assert script_argv(env_exp, vals, Path("/t/params.json")) == ["train.py", "--config", "/t/params.json"]
-    assert script_env(env_exp, vals, Path("/t") / SPEC_JSON, Path("/t/params.json")) == {
-        "LBSEARCH_TRIAL_SPEC": f"/t/{SPEC_JSON}", "LBSEARCH_PARAMS_FILE": "/t/params.json", "LBSEARCH_LR": "5e-05", "LBSEARCH_DROPOUT": "0.1"}
+    assert script_argv(env_exp, vals, Path("/t") / PARAMS_JSON) == ["train.py", "--config", f"/t/{PARAMS_JSON}"]
+    assert script_env(env_exp, vals, Path("/t") / SPEC_JSON, Path("/t") / PARAMS_JSON) == {
+        SPEC_ENV: f"/t/{SPEC_JSON}", PARAMS_ENV: f"/t/{PARAMS_JSON}", "LBSEARCH_LR": "5e-05", "LBSEARCH_DROPOUT": "0.1"}
 
 
 def test_final_metrics_of_a_script_that_ignores_the_api(tmp_path):
@@ -111,5 +111,5 @@ def test_the_example_reads_a_null_clip_norm_left_out_of_its_flags_as_no_clipping
     exp = load_experiment(SPECS.parents[1] / "examples" / "accelerate" / "experiment.yaml")
     for clip, seen in ((None, None), (0.5, 0.5)):
         off = exp.model_copy(update={"train": exp.train.model_copy(update={"clip_norm": clip})})
-        monkeypatch.setattr(sys, "argv", script_argv(off, trial_values(off, make_plan(off)), Path("params.json")))
+        monkeypatch.setattr(sys, "argv", script_argv(off, trial_values(off, make_plan(off)), Path(PARAMS_JSON)))
         assert example.parse_args().clip_norm == seen
