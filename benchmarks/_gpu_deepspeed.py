@@ -23,7 +23,7 @@ from _bench import ROOT
 from _gpu_study import _env
 
 from lbsearch.spec import EVAL, INTERRUPTED, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import NOISE_SCALE
 
 DS_CONFIG = ROOT / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -70,7 +70,7 @@ def _trials(name: str, mlruns: Path) -> list[dict[str, Any]]:
     client = MlflowClient(f"sqlite:///{(mlruns / 'mlflow.db').resolve()}")
     out = []
     for t in study.trials:
-        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        run = client.get_run(t.user_attrs[RUN_ID])
         kept = mlruns / "models" / name / f"trial-{t.number}"
         out.append({"trial": t.number, "state": t.state.name.lower(), "reason": t.user_attrs.get("reason"), "value": t.value,
                     "resumed_from_step": t.user_attrs.get(RESUMED_FROM["step"]), "noise_scale": run.data.tags.get(NOISE_SCALE),

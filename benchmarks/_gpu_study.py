@@ -23,6 +23,7 @@ from typing import Any
 from _bench import ROOT
 
 from lbsearch.spec import PROGRESS_STEP, TRAIN_LOSS
+from lbsearch.study import RUN_ID
 
 HF_SCRIPT = Path(__file__).resolve().parent / "_gpu_hf.py"
 LR = {"low": 3e-5, "high": 3e-4}
@@ -67,7 +68,7 @@ def trial_starts(name: str, mlruns: Path) -> list[dict[str, Any]]:
     client = MlflowClient(f"sqlite:///{(mlruns / 'mlflow.db').resolve()}")
     rows = []
     for t in study.trials:
-        run_id, ask = t.user_attrs.get("mlflow_run_id"), t.datetime_start.timestamp() if t.datetime_start else None
+        run_id, ask = t.user_attrs.get(RUN_ID), t.datetime_start.timestamp() if t.datetime_start else None
         first, exact = _first_step_row(client, run_id) if run_id else (None, False)
         rows.append({"trial": t.number, "state": t.state.name.lower(), "lr": t.params.get("optimizer.lr"),
                      "ask_to_first_step_s": first / 1000 - ask if first and ask else None, "exact": exact,

@@ -61,7 +61,7 @@ from soak import SPEC, _retrained
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.spec import BEST_ALIAS, EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, RETRYABLE, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS, best_uri, registered_name
 from lbsearch.spec.workdir import KEPT_FILE
-from lbsearch.study import RESUMED_FROM, counted
+from lbsearch.study import RESUMED_FROM, RUN_ID, counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
 
 STUDY = "tiny-study"
@@ -363,7 +363,7 @@ def _sha256(path: Path) -> str | None:
 def best_check(work: Path, url: str, label: str, serve: bool) -> dict[str, Any]:
     """Do the registry's ``best`` alias, ``lbsearch best`` and the model ``lbsearch predict`` serves name one trial?"""
     trials = journal(work).get_trials()
-    by_run = {t.user_attrs.get("mlflow_run_id"): t.number for t in trials}
+    by_run = {t.user_attrs.get(RUN_ID): t.number for t in trials}
     out = subprocess.run([*LBSEARCH, "best", STUDY], check=False, cwd=work, capture_output=True, text=True)
     best = next((int(line.split()[1]) for line in out.stdout.splitlines() if line.startswith("trial ")), None)
     client = MlflowClient(tracking_uri=url, registry_uri=url)
@@ -399,7 +399,7 @@ def metric_gaps(client: MlflowClient, trial) -> dict[str, int]:
     """Points missing from (and duplicated in) a complete trial's MLflow run: each per-step metric
     against the steps it trained, each evaluation metric against its evaluations (here one a step);
     and the evaluations Optuna has no intermediate value of."""
-    run_id, steps = trial.user_attrs["mlflow_run_id"], int(trial.user_attrs["steps"])
+    run_id, steps = trial.user_attrs[RUN_ID], int(trial.user_attrs["steps"])
     missing, duplicated = {}, {}
     for key in PER_STEP + PER_EVAL:
         history = client.get_metric_history(run_id, key)
@@ -421,7 +421,7 @@ def finisher(trials: list, number: int):
 
 def reached(client: MlflowClient, trial, seen: int) -> int:
     """Samples a stopped trial had reached: its last ``progress/samples`` in MLflow or its last line, the larger."""
-    history = client.get_metric_history(trial.user_attrs["mlflow_run_id"], PROGRESS_SAMPLES) if trial.user_attrs.get("mlflow_run_id") else []
+    history = client.get_metric_history(trial.user_attrs[RUN_ID], PROGRESS_SAMPLES) if trial.user_attrs.get(RUN_ID) else []
     return max([int(m.value) for m in history] + [seen])
 
 
@@ -444,7 +444,7 @@ def account(events: list[dict], checks: list[dict], work: Path, url: str, watch:
                "at_samples_seen": e["at_samples_seen"], "at_s": e["at_s"], "rerun_trial": rerun.number if rerun else None,
                "finished_by_trial": done.number, "finished_state": done.state.name,
                "trials_lost": int(done.state.name not in ("COMPLETE", "PRUNED")),
-               "runs_left_running": sum(runs[t.user_attrs["mlflow_run_id"]].info.status == "RUNNING" for t in chain if t.user_attrs.get("mlflow_run_id") in runs),
+               "runs_left_running": sum(runs[t.user_attrs[RUN_ID]].info.status == "RUNNING" for t in chain if t.user_attrs.get(RUN_ID) in runs),
                "metric_points_missing": gaps.get(done.number, {}).get("missing"), "metric_points_duplicated": gaps.get(done.number, {}).get("duplicated"),
                "stale_best_models": next((c["stale"] for c in checks if c["check"] == e["check"]), None), "best_check": e["check"]}
         got = max(reached(client, victim, watch.get(victim.number).get("samples", 0)), worker_died.get(victim.number, {}).get("reached", 0))

@@ -40,6 +40,7 @@ from _bench import RESULTS, ROOT, SPEC, experiment, machine, prepared, summary, 
 from _stats import MET, judged
 
 from lbsearch.spec import SPEC_JSON, TEST, TRAIN_LOSS
+from lbsearch.study import RUN_ID
 
 STUDY = """name: overhead
 experiment: {spec}
@@ -97,7 +98,7 @@ def study_timelines(work: Path, spec: Path, n_trials: int, sets: list[str], name
     rows = []
     trials = sorted(study.get_trials(deepcopy=False), key=lambda t: t.number)
     for t, nxt in zip(trials, trials[1:] + [None]):
-        run = client.get_run(t.user_attrs["mlflow_run_id"])
+        run = client.get_run(t.user_attrs[RUN_ID])
         steps = sorted(client.get_metric_history(run.info.run_id, TRAIN_LOSS), key=lambda m: m.step)
         test = client.get_metric_history(run.info.run_id, TEST + "accuracy")
         ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
@@ -196,7 +197,7 @@ def _kind_rows(work: Path, name: str) -> list[dict[str, float]]:
     rows = []
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         ask, tell = t.datetime_start.timestamp(), t.datetime_complete.timestamp()
-        steps = sorted(client.get_metric_history(t.user_attrs["mlflow_run_id"], TRAIN_LOSS), key=lambda m: m.step)
+        steps = sorted(client.get_metric_history(t.user_attrs[RUN_ID], TRAIN_LOSS), key=lambda m: m.step)
         row = {"ask_to_tell_s": tell - ask}
         if steps:
             row |= {"ask_to_first_step_s": steps[0].timestamp / 1000 - ask, "last_step_to_tell_s": tell - steps[-1].timestamp / 1000,

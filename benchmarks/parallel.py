@@ -23,6 +23,7 @@ from typing import Any
 from _bench import RESULTS, ROOT, machine, run_study_cli, table, write
 from _stats import judged
 
+from lbsearch.study import RUN_ID
 from lbsearch.tracking import CPUS, THREADS
 
 LB = [sys.executable, "-m", "lbsearch.cli"]
@@ -44,8 +45,8 @@ def _placement(root: Path, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
     out = []
     for r in rows:
-        if r.get("mlflow_run_id"):
-            run = client.get_run(r["mlflow_run_id"])
+        if r.get(RUN_ID):
+            run = client.get_run(r[RUN_ID])
             out.append({"trial": r["trial"], "start_ms": run.info.start_time, "end_ms": run.info.end_time,
                         "cpus": run.data.tags.get(CPUS), "threads": run.data.tags.get(THREADS)})
     return out

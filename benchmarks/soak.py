@@ -33,7 +33,7 @@ from _bench import ROOT, machine, write
 from mlflow.tracking import MlflowClient
 
 from lbsearch.spec import PROGRESS_SAMPLES, WORKER_DIED
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import ROLE, TRIAL
 
 SPEC = ROOT / "tests" / "specs" / "tiny_study.yaml"
@@ -163,9 +163,9 @@ def _retrained(client: MlflowClient, trials: list) -> dict:
     retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
     per_kill = []
     for t in trials:
-        if t.user_attrs.get("reason") != WORKER_DIED or "mlflow_run_id" not in t.user_attrs:
+        if t.user_attrs.get("reason") != WORKER_DIED or RUN_ID not in t.user_attrs:
             continue
-        reached = max((m.value for m in client.get_metric_history(t.user_attrs["mlflow_run_id"], PROGRESS_SAMPLES)), default=0)
+        reached = max((m.value for m in client.get_metric_history(t.user_attrs[RUN_ID], PROGRESS_SAMPLES)), default=0)
         resumed = retry[t.number].user_attrs.get(RESUMED_FROM["samples"], 0) if t.number in retry else 0
         per_kill.append({"trial": t.number, "reached": int(reached), "resumed_from": resumed, "retrained": max(0, int(reached) - resumed)})
     return {"soak.samples_retrained": sum(k["retrained"] for k in per_kill), "soak.samples_reached_by_killed": sum(k["reached"] for k in per_kill),

@@ -13,8 +13,22 @@ from optuna.trial import FrozenTrial
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator import TrialRun, resolved, run_tracked, trial_files
-from lbsearch.spec import GPU_TOLERANCE, ExperimentConfig, Session, SpecError, as_recorded, data_cache_dir, experiment_model, is_script, models_dir, tracking_home, trial_model_dir, trials_dir
-from lbsearch.study import best_trial, load_existing_study, stored_study
+from lbsearch.spec import (
+    CONFIG_ATTR,
+    GPU_TOLERANCE,
+    ExperimentConfig,
+    Session,
+    SpecError,
+    as_recorded,
+    data_cache_dir,
+    experiment_model,
+    is_script,
+    models_dir,
+    tracking_home,
+    trial_model_dir,
+    trials_dir,
+)
+from lbsearch.study import RUN_ID, best_trial, load_existing_study, stored_study
 from lbsearch.tracking import THREADS, find_variant, git_commit, keep_train_model, reproduce_tags, reproduced_tags, tracker_for, train_tags
 
 __all__ = ["reproduce", "train_once", "predict"]
@@ -33,7 +47,7 @@ def _target(study, name: str, number: int | None) -> FrozenTrial:
             raise SpecError(None, "study", f"study {name!r} has no complete trial to reproduce")
         return target
     matches = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if not matches or "config" not in matches[0].user_attrs:
+    if not matches or CONFIG_ATTR not in matches[0].user_attrs:
         raise SpecError(None, "--trial", f"study {name!r} has no trial {number} with a saved config")
     return matches[0]
 
@@ -47,11 +61,11 @@ def reproduce(session: Session, name: str, *, number: int | None, tolerance: flo
     within ``tolerance`` (None: 0 on the CPU, ``GPU_TOLERANCE`` on a GPU)."""
     study = load_existing_study(session, name)
     target = _target(study, name, number)
-    raw = as_recorded(json.loads(target.user_attrs["config"]))
+    raw = as_recorded(json.loads(target.user_attrs[CONFIG_ATTR]))
     exp = experiment_model(raw).model_validate(raw)
     data = None if is_script(exp) else prepare_data(exp, data_cache_dir(session.root))
     tracker = tracker_for(session, stored_study(study))
-    orig_run = target.user_attrs.get("mlflow_run_id", "")
+    orig_run = target.user_attrs.get(RUN_ID, "")
     tags = tracker.client.get_run(orig_run).data.tags if orig_run else {}
     parent = tags.get("mlflow.parentRunId")
     if tags.get(THREADS) and (exp.launcher.cpu or not _cuda()):  # a CPU's sums depend on the thread count: the trial's own

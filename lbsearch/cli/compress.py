@@ -16,6 +16,7 @@ from typing import Any
 
 from lbsearch.data import prepare_data
 from lbsearch.spec import (
+    CONFIG_ATTR,
     KEPT_FILE,
     LM_TASKS,
     SIZE_LINEAR_ZERO_SHARE,
@@ -66,7 +67,7 @@ def _kept(session: Session, name: str):
     folder = trial_model_dir(session.root, name, target.number)
     if not (folder / "config.json").is_file():
         raise SpecError(None, "study", f"study {name!r} has no kept model for its best trial {target.number} (see the study's `save_model`)")
-    raw = as_recorded(json.loads(target.user_attrs["config"]))
+    raw = as_recorded(json.loads(target.user_attrs[CONFIG_ATTR]))
     exp = experiment_model(raw).model_validate(raw)
     if is_script(exp) or exp.task in LM_TASKS:
         raise SpecError(None, "study", f"compress serves classifiers and regressors kept by lbsearch's own trials, not task {exp.task!r}")

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from lbsearch.cli.branch import add_branch, cmd_branch
 from lbsearch.spec import GPU_TOLERANCE, REPORTS, SpecError, TrackingOutage
+from lbsearch.study import RUN_ID
 
 UI_HOST = "127.0.0.1"
 """``lbsearch ui``'s default bind address (``--host``): this machine only, on purpose (`tests/cli/test_security.py`).
@@ -268,7 +269,7 @@ def cmd_best(args) -> int:
         print(f"test       {metric} {best.user_attrs[f'test_{metric}']:.4f}")
     for k, v in best.params.items():
         print(f"param      {k} = {v}")
-    print(f"mlflow run {best.user_attrs.get('mlflow_run_id', '-')}")
+    print(f"mlflow run {best.user_attrs.get(RUN_ID, '-')}")
     print(f"reproduce  lbsearch reproduce {args.study} --trial {best.number}")
     folder = trial_model_dir(Path(args.mlruns), args.study, best.number)
     if folder.is_dir():
@@ -279,7 +280,7 @@ def cmd_best(args) -> int:
 def _print_rows(rows: list[dict], cols: list[str], mark: int | None = None) -> None:
     from lbsearch.study import FACTS  # the row keys that are facts, not params (lbsearch.study.views)
 
-    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", "mlflow_run_id", *FACTS, *cols})
+    params = sorted({k for r in rows for k in r} - {"trial", "state", "reason", "value", RUN_ID, *FACTS, *cols})
     cols = cols + params
 
     def fmt(v) -> str:

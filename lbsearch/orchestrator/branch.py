@@ -29,6 +29,7 @@ from lbsearch.spec import (
     CBS_CI_HIGH,
     CBS_CI_LOW,
     CBS_TAGS,
+    CONFIG_ATTR,
     FOLDER,
     RULES,
     SPEC_JSON,
@@ -46,7 +47,7 @@ from lbsearch.spec import (
     tracking_home,
     trials_dir,
 )
-from lbsearch.study import load_existing_study, stored_study
+from lbsearch.study import RUN_ID, load_existing_study, stored_study
 from lbsearch.tracking import tracker_for
 
 __all__ = ["BranchArgs", "branch_study", "run_branches", "cbs_report"]
@@ -89,13 +90,13 @@ def _reference(session: Session, study_name: str, number: int) -> tuple[Any, dic
     """The reference trial, its resolved experiment and the folder of its kept branch points."""
     study = load_existing_study(session, study_name)
     found = [t for t in study.get_trials(deepcopy=False) if t.number == number]
-    if not found or "config" not in found[0].user_attrs:
+    if not found or CONFIG_ATTR not in found[0].user_attrs:
         raise SpecError(None, "--trial", f"study {study_name} has no trial {number} that ran")
     folder = _points_folder(trials_dir(session.root, study_name), study.get_trials(deepcopy=False), number)
     if folder is None:
         raise SpecError(None, "--trial", f"trial {number} of {study_name} kept no branch points: set `experiment.branching.keep_at` "
                         "(fractions of the budget, or tokens) and run it (docs/critical_batch.md)")
-    return found[0], json.loads(found[0].user_attrs["config"]), folder
+    return found[0], json.loads(found[0].user_attrs[CONFIG_ATTR]), folder
 
 
 def _points_folder(folders_of: Path, trials: list, number: int) -> Path | None:
@@ -126,7 +127,7 @@ def branch_study(session: Session, study_name: str, a: BranchArgs) -> tuple[Stud
     ran = folder.parent / SPEC_JSON  # the experiment as the trial process hashed it (its launcher's machine settings filled in)
     key = fingerprint(json.loads(ran.read_text())["experiment"] if ran.is_file() else ref)
     source = {"checkpoints": str(folder.resolve()), "at_samples": points[0], "fingerprint": key, "reference": f"{study_name}#{a.trial}",
-              "reference_seed": exp.seed, "reference_batch_size": B, "reference_run": trial.user_attrs.get("mlflow_run_id")}
+              "reference_seed": exp.seed, "reference_batch_size": B, "reference_run": trial.user_attrs.get(RUN_ID)}
     raw = branch_experiment(ref, make_plan(exp).lr, a.delta // unit, a.rule, source)
     space = {"branching.source.at_samples": points, "train.batch_size": [k * B for k in sorted(a.k)], "seed": [exp.seed + i for i in range(a.seeds)]}
     stored = stored_study(load_existing_study(session, study_name))
@@ -151,7 +152,7 @@ def run_branches(session: Session, study_name: str, a: BranchArgs, parallel: int
     say = lambda text: session.out(f"[branch {cfg.name}] {text}")  # noqa: E731
     say(f"{cfg.n_trials} branches of {study_name}#{a.trial}: points {cfg.search_space['branching.source.at_samples'].choices} samples, "
         f"k {sorted(a.k)}, {a.seeds} seed(s), lr rule {a.rule}, Δ {a.delta:,}")
-    ref_run = next((t.user_attrs.get("mlflow_run_id") for t in load_existing_study(session, study_name).get_trials(deepcopy=False)
+    ref_run = next((t.user_attrs.get(RUN_ID) for t in load_existing_study(session, study_name).get_trials(deepcopy=False)
                     if t.number == a.trial), None)
     if ref_run:  # the reference's run names its branch study (whose runs name the reference: lbsearch.branch.reference)
         tracker_for(session, cfg).tags(ref_run, {BRANCH_TAGS["study"]: cfg.name})

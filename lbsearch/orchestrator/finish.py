@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 import optuna
 
-from lbsearch.spec import Session, reports_dir, tracking_home
+from lbsearch.spec import REPORT_B_CRIT, REPORT_LR_ALPHA, REPORT_LR_ALPHA_CI_HIGH, REPORT_LR_ALPHA_CI_LOW, REPORT_S_MIN, Session, reports_dir, tracking_home
 from lbsearch.study import load_existing_study, objectives, pareto, stored_study
 from lbsearch.tracking import study_plots, tracker_for
 
@@ -47,8 +47,8 @@ def report(session: Session, name: str, out: Path | None = None, targets: list[f
     sf, lf, rng = summary["steps_fit"], summary["lr_fit"], summary["b_simple_range"]
     if parent is not None:
         tracker.artifact_dir(parent, out, "report")
-        tracker.metrics(parent, {"report/b_crit": sf.get("b_crit"), "report/s_min": sf.get("s_min"), "report/lr_alpha": lf.get("alpha"),
-                                 "report/lr_alpha_ci_low": lf.get("ci_low"), "report/lr_alpha_ci_high": lf.get("ci_high")})
+        tracker.metrics(parent, {REPORT_B_CRIT: sf.get("b_crit"), REPORT_S_MIN: sf.get("s_min"), REPORT_LR_ALPHA: lf.get("alpha"),
+                                 REPORT_LR_ALPHA_CI_LOW: lf.get("ci_low"), REPORT_LR_ALPHA_CI_HIGH: lf.get("ci_high")})
     say = lambda text: session.out(f"[report {name}] {text}")  # noqa: E731
     say(f"{summary['trials']} trials over batch sizes {[r['batch_size'] for r in summary['per_batch_size']]}")
     say(f"B_crit {sf['b_crit']:.0f}, S_min {sf['s_min']:.0f} steps" if "b_crit" in sf else f"B_crit: {sf['error']}")

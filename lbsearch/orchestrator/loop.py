@@ -25,8 +25,14 @@ from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracke
 from lbsearch.orchestrator.standby import standby
 from lbsearch.spec import (
     BATCH_KEY,
+    BEST_TEST,
+    BEST_VALUE,
+    CONFIG_ATTR,
     INTERRUPTED,
     TRACKING_LOST,
+    TRIALS_COMPLETE,
+    TRIALS_FAIL,
+    TRIALS_PRUNED,
     WORKER_DIED,
     Constraint,
     OptunaRef,
@@ -48,6 +54,7 @@ from lbsearch.spec import (
 )
 from lbsearch.spec import parse as parse_constraints
 from lbsearch.study import (
+    RUN_ID,
     best_trial,
     best_value,
     configurations,
@@ -82,6 +89,7 @@ from lbsearch.tracking import (
     TRIALS_CSV,
     Tracker,
     TrackingError,
+    best_tags,
     description,
     drop_best,
     end_tags,
@@ -126,9 +134,9 @@ class _Search:
         self.tracker.tags(self.parent, {"optuna.version": optuna.__version__, "git.commit": self.commit} | self.digest)
 
     def _close_dead(self, t: optuna.trial.FrozenTrial) -> None:
-        if t.user_attrs.get("mlflow_run_id"):
-            self.tracker.tags(t.user_attrs["mlflow_run_id"], end_tags(TrialResult(state="failed", reason=WORKER_DIED)))
-            self.tracker.end(t.user_attrs["mlflow_run_id"], "KILLED")
+        if t.user_attrs.get(RUN_ID):
+            self.tracker.tags(t.user_attrs[RUN_ID], end_tags(TrialResult(state="failed", reason=WORKER_DIED)))
+            self.tracker.end(t.user_attrs[RUN_ID], "KILLED")
 
     def ask(self) -> optuna.Trial | str:
         """The next trial, or ``DONE``, or ``WAIT`` while other machines' trials may yet die.
@@ -177,14 +185,13 @@ class _Search:
     def _update_parent(self, step: int) -> None:
         rows, best = trial_rows(self.study), best_trial(self.study)
         self.tracker.artifacts(self.parent, {TRIALS_CSV: to_csv(rows)})
-        self.tracker.metrics(self.parent, {f"trials/{s}": sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "fail")}, step)
+        self.tracker.metrics(self.parent, {name: sum(r["state"] == s for r in rows) for s, name in (("complete", TRIALS_COMPLETE), ("pruned", TRIALS_PRUNED), ("fail", TRIALS_FAIL))}, step)
         if best is not None:
             metric = self.cfg.experiment.metric.name
-            self.tracker.metrics(self.parent, {"best/value": best_value(self.study, best), "best/test": best.user_attrs.get(f"test_{metric}")}, step)
-            self.tracker.tags(self.parent, {"best.trial": best.number, "best.value": best_value(self.study, best), "best.mlflow_run_id": best.user_attrs.get("mlflow_run_id", "")}
-                              | {f"best.{k}": v for k, v in best.params.items()})
-            if best.user_attrs.get("mlflow_run_id"):
-                mark_best(self.tracker, self.exp_id, self.cfg.name, best.user_attrs["mlflow_run_id"])
+            self.tracker.metrics(self.parent, {BEST_VALUE: best_value(self.study, best), BEST_TEST: best.user_attrs.get(f"test_{metric}")}, step)
+            self.tracker.tags(self.parent, best_tags(best.number, best_value(self.study, best), best.user_attrs.get(RUN_ID, ""), best.params))
+            if best.user_attrs.get(RUN_ID):
+                mark_best(self.tracker, self.exp_id, self.cfg.name, best.user_attrs[RUN_ID])
 
     def run_one(self, trial: optuna.Trial, stopper: Stopper | None = None) -> None:
         cfg, prefix = self.cfg, f"[trial {trial.number}]"
@@ -203,7 +210,7 @@ class _Search:
             self.session.out(f"{prefix} skipped: violates constraint `{broken}` ({', '.join(f'{k}={_fmt(v)}' for k, v in params.items())})")
             return
         config = exp.model_dump(mode="json")
-        trial.set_user_attr("config", json.dumps(config))
+        trial.set_user_attr(CONFIG_ATTR, json.dumps(config))
         tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get("retry_of")) | self.digest
         folders = trials_dir(self.session.root, cfg.name)
         workdir = folders / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
@@ -228,7 +235,7 @@ class _Search:
         if stopper is not None and stopper.fired:  # re-run elsewhere: its checkpoints are of no use here
             discard(workdir)
         if exp.model_dump(mode="json") != config:  # the config that ran (probed or halved micro-batch), for reproduce
-            trial.set_user_attr("config", json.dumps(exp.model_dump(mode="json")))
+            trial.set_user_attr(CONFIG_ATTR, json.dumps(exp.model_dump(mode="json")))
         self._tell(trial, out.result, out.plan)
         r = out.result
         if r.model_dir:
@@ -248,11 +255,11 @@ class _Search:
         and the next one waits for MLflow (up to the outage limit; past it the study stops, resumable)."""
         why = f"tracking: {str(err).splitlines()[0][:200]}"
         self._tell(trial, TrialResult(state="failed", reason=TRACKING_LOST if is_outage(err) else why))
-        if "mlflow_run_id" in trial.user_attrs:  # a second try at ending it (ended_on_error tried and said if it could not)
+        if RUN_ID in trial.user_attrs:  # a second try at ending it (ended_on_error tried and said if it could not)
             try:
-                self.tracker.end(trial.user_attrs["mlflow_run_id"], "FAILED")
+                self.tracker.end(trial.user_attrs[RUN_ID], "FAILED")
             except TrackingError as again:
-                self.session.out(f"{prefix} MLflow run {trial.user_attrs['mlflow_run_id']} could not be ended: {str(again).splitlines()[0][:200]}")
+                self.session.out(f"{prefix} MLflow run {trial.user_attrs[RUN_ID]} could not be ended: {str(again).splitlines()[0][:200]}")
         self.session.out(f"{prefix} failed ({why})")
         if is_outage(err) and not wait_for_tracking(self.tracker, outage_limit(), self.session.out):
             raise TrackingOutage(f"MLflow ({self.tracker.uri}) unreachable for {outage_limit():.0f} s: the study stops here; run the same "

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import optuna
 
 from lbsearch.spec import PAUSED, StudyConfig, TrialResult, adopt, sample_unit
-from lbsearch.study import RESUMED_FROM, configurations, is_multi, last_resort, promotable, rung_to_run, rungs
+from lbsearch.study import RESUMED_FROM, RUN_ID, configurations, is_multi, last_resort, promotable, rung_to_run, rungs
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, Tracker, TrackingError, promoted_tags, resumed_tags, rung_tags
 
 __all__ = ["promote", "rung_plan", "resume", "started", "ended_line"]
@@ -76,7 +76,7 @@ def resume(study: optuna.Study, trials_dir: Path, trial: optuna.Trial, workdir: 
             if samples in carried:
                 trial.report(value, samples)
     # the run that holds the curve: the earlier trial's, or where it got no run (MLflow was down) the one it resumed
-    source = old.user_attrs.get("mlflow_run_id") or old.user_attrs.get(RESUMED_FROM["run"], "")
+    source = old.user_attrs.get(RUN_ID) or old.user_attrs.get(RESUMED_FROM["run"], "")
     values = {"trial": number, "step": info["step"], "samples": info["samples"], "run": source}
     for key, value in values.items():
         trial.set_user_attr(RESUMED_FROM[key], value)
@@ -88,7 +88,7 @@ def resume(study: optuna.Study, trials_dir: Path, trial: optuna.Trial, workdir: 
 def started(tracker: Tracker, trial: optuna.Trial, run_id: str, resumed: dict[str, Any], say: Callable[[str], None]) -> None:
     """The trial's MLflow run exists: the earlier trial's curves up to the checkpoint are copied into it (one curve in MLflow
     too), and a promoted trial's paused run names the trial and run that go on with it."""
-    trial.set_user_attr("mlflow_run_id", run_id)
+    trial.set_user_attr(RUN_ID, run_id)
     source = resumed.get(RESUMED_FROM_RUN)
     if not source:
         return

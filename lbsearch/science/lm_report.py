@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from lbsearch.science.scaling import fit_steps
+from lbsearch.spec import CONFIG_ATTR
 
 __all__ = ["Curve", "curves", "tokens_to_target", "choose_targets", "analyse", "MAX_EVAL_GAP", "KAPLAN_ALPHA_B", "N_RESAMPLES"]
 
@@ -74,9 +75,9 @@ def curves(study) -> list[Curve]:
 
     out = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if "config" not in t.user_attrs or not any(math.isfinite(v) for v in t.intermediate_values.values()):
+        if CONFIG_ATTR not in t.user_attrs or not any(math.isfinite(v) for v in t.intermediate_values.values()):
             continue
-        raw = json.loads(t.user_attrs["config"])
+        raw = json.loads(t.user_attrs[CONFIG_ATTR])
         plan = make_plan(experiment_model(raw).model_validate(raw))
         L = plan.tokens_per_sample or 1
         step_of = {nominal: step for step, nominal in plan.evals}

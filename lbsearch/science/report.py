@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lbsearch.science.scaling import fit_power, fit_steps
-from lbsearch.spec import LM_TASKS, experiment_model, make_plan
+from lbsearch.spec import CONFIG_ATTR, LM_TASKS, experiment_model, make_plan
 
 __all__ = ["REPORT_HTML", "SUMMARY_JSON", "FIGURES", "TrialPoint", "collect", "summarize", "write_report"]
 
@@ -52,9 +52,9 @@ def collect(study: optuna.Study) -> list[TrialPoint]:
     """Complete and pruned trials with what the report needs (B and lr from the config that ran)."""
     points, metric = [], study.user_attrs.get("metric", "accuracy")
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
-        if "config" not in t.user_attrs:
+        if CONFIG_ATTR not in t.user_attrs:
             continue
-        raw = json.loads(t.user_attrs["config"])
+        raw = json.loads(t.user_attrs[CONFIG_ATTR])
         plan = make_plan(experiment_model(raw).model_validate(raw))
         points.append(TrialPoint(
             number=t.number, state=t.state.name.lower(), batch_size=plan.batch_size, lr=plan.lr,
@@ -284,7 +284,7 @@ in <code>summary.json</code> beside this page.</p><dl>{dl}</dl>{extra}
 def write_report(study: optuna.Study, out: Path, targets: list[float] | None = None) -> dict[str, Any]:
     """Write the page (``REPORT_HTML``), the PNGs and summary.json under ``out``; return the summary. A language-model
     study also gets the token-level analysis at several loss ``targets`` (``lbsearch.science.lm_report``)."""
-    configs = [json.loads(t.user_attrs["config"]) for t in study.get_trials(deepcopy=False) if "config" in t.user_attrs]
+    configs = [json.loads(t.user_attrs[CONFIG_ATTR]) for t in study.get_trials(deepcopy=False) if CONFIG_ATTR in t.user_attrs]
     metric = study.user_attrs.get("metric", "accuracy")
     target = configs[-1]["metric"].get("target") if configs else None
     points = collect(study)

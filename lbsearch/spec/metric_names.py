@@ -10,7 +10,9 @@ __all__ = ["TRAIN_LOSS", "TRAIN_LOSS_HARD", "TRAIN_LOSS_SOFT", "TRAIN_LR", "TRAI
            "TRAIN_SKIPPED_STEPS", "TRAIN_SAMPLES_PER_S", "TRAIN_TOKENS_PER_S", "TRAIN_MFU", "PROGRESS_SAMPLES", "PROGRESS_STEP",
            "PROGRESS_TOKENS", "EVAL", "VAL", "TEST", "SIZE_WEIGHT_BYTES", "SIZE_PARAMS_NONZERO", "SIZE_LINEAR_ZERO_SHARE", "SPEED_LATENCY_MS_MEDIAN", "SPEED_LATENCY_MS_P10", "SPEED_LATENCY_MS_P90",
            "SPEED_THROUGHPUT_PER_S", "SPEED_THROUGHPUT_PER_S_P10", "SPEED_THROUGHPUT_PER_S_P90", "PLAN_BATCH_SIZE", "PLAN_MICRO_BATCH", "PLAN_ACCUMULATION", "PLAN_LR",
-           "GNS_B_SIMPLE", "GNS_B_SIMPLE_TOKENS", "GNS_GRAD_SQ", "GNS_TRACE_SIGMA", "CBS_CBS", "CBS_CI_LOW", "CBS_CI_HIGH"]
+           "GNS_B_SIMPLE", "GNS_B_SIMPLE_TOKENS", "GNS_GRAD_SQ", "GNS_TRACE_SIGMA", "CBS_CBS", "CBS_CI_LOW", "CBS_CI_HIGH",
+           "TRIALS_COMPLETE", "TRIALS_PRUNED", "TRIALS_FAIL", "BEST_VALUE", "BEST_TEST", "REPORT_B_CRIT", "REPORT_S_MIN", "REPORT_LR_ALPHA",
+           "REPORT_LR_ALPHA_CI_LOW", "REPORT_LR_ALPHA_CI_HIGH"]
 
 TRAIN_LOSS = "train/loss"
 """The training loss at each logged optimizer step: what the live bar shows and the trial API checks for divergence
@@ -52,3 +54,11 @@ GNS_GRAD_SQ, GNS_TRACE_SIGMA = "gns/grad_sq", "gns/trace_sigma"
 CBS_CBS, CBS_CI_LOW, CBS_CI_HIGH = "cbs/cbs", "cbs/ci_low", "cbs/ci_high"
 """A branch study's critical batch at each branch point, with its interval, on the study's parent run
 (``lbsearch.orchestrator``; step: tokens of the point)."""
+
+TRIALS_COMPLETE, TRIALS_PRUNED, TRIALS_FAIL = "trials/complete", "trials/pruned", "trials/fail"
+"""A study's parent run, after each trial: how many trials are complete, pruned, failed."""
+BEST_VALUE, BEST_TEST = "best/value", "best/test"
+"""A study's parent run, after each trial: the best trial's validation value and its test metric."""
+REPORT_B_CRIT, REPORT_S_MIN, REPORT_LR_ALPHA = "report/b_crit", "report/s_min", "report/lr_alpha"
+REPORT_LR_ALPHA_CI_LOW, REPORT_LR_ALPHA_CI_HIGH = "report/lr_alpha_ci_low", "report/lr_alpha_ci_high"
+"""A study's parent run, from its batch-scaling report: the fitted B_crit and S_min, and the lr exponent with its interval."""

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 __all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "parse_message", "write_result", "read_result",
-           "START", "CPUS", "THREADS", "GPUS", "PACKING", "NOISE_SCALE"]
+           "START", "CPUS", "THREADS", "GPUS", "PACKING", "NOISE_SCALE", "DISTILL_LOGITS"]
 
 MARK = "@@lbsearch "
 START, CPUS, THREADS, GPUS = "lbsearch.start", "lbsearch.cpus", "lbsearch.threads", "lbsearch.gpus"
@@ -30,6 +30,8 @@ START, CPUS, THREADS, GPUS = "lbsearch.start", "lbsearch.cpus", "lbsearch.thread
 (``reproduce`` runs with as many) and GPUs. Their home with every other tag name is ``lbsearch.tracking.tags``."""
 PACKING, NOISE_SCALE = "lbsearch.packing", "lbsearch.noise_scale"
 """``on`` or ``off: why`` for packed micro-batches; why the gradient noise scale is not measured."""
+DISTILL_LOGITS = "distill.logits"
+"""A distilled trial: where its teacher's logits came from (computed into the cache, read from it, or on the fly)."""
 
 
 class OptunaRef(BaseModel):

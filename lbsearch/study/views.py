@@ -16,11 +16,15 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
+from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
 
-__all__ = ["RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
+__all__ = ["RUN_ID", "RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
 
+
+RUN_ID = "mlflow_run_id"
+"""The user attribute of a trial's MLflow run id (set by ``orchestrator.loop`` when the run starts): how every command finds
+a trial's run. Studies already stored keep the old name: a rename leaves their runs unfound unless it is read too."""
 
 RESUMED_FROM = {"trial": "resumed_from_trial", "step": "resumed_from_step", "samples": "resumed_from_samples", "run": "resumed_from_run"}
 """The user attributes of a trial resumed from an earlier trial's checkpoint (set by ``orchestrator.promotion.resume``): the
@@ -100,7 +104,7 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
         assert tuple(facts) == FACTS
         state, why = _shown_state(t, onward)
         rows.append({"trial": t.number, "state": state, "reason": why, **_values(study, t), **facts, **dict(t.params),
-                     "mlflow_run_id": t.user_attrs.get("mlflow_run_id", "")})
+                     RUN_ID: t.user_attrs.get(RUN_ID, "")})
     return rows
 
 
@@ -168,7 +172,7 @@ def summary(study: optuna.Study, n_trials: int) -> str:
 def _own(t: FrozenTrial, unit: str, checkpointed: int) -> float:
     """What trial ``t`` itself trained, in ``unit``. A re-run resumed from a checkpoint counts only the samples after it;
     the trial it resumed counts at least up to that checkpoint (an interrupted trial is told with 0 samples)."""
-    config = json.loads(t.user_attrs.get("config", "{}"))
+    config = json.loads(t.user_attrs.get(CONFIG_ATTR, "{}"))
     if unit == "device_hours":  # the trial's own clock (not the attempt it resumed), x the processes holding a device
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else 0.0
         return (t.user_attrs.get("wall_s") or dur) * config.get("launcher", {}).get("processes", LauncherConfig.model_fields["processes"].default) / 3600

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lbsearch.spec import CPUS, GPUS, NOISE_SCALE, PACKING, PAUSED, START, THREADS
+from lbsearch.spec import CPUS, DISTILL_LOGITS, GPUS, NOISE_SCALE, PACKING, PAUSED, START, THREADS
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
@@ -14,7 +14,8 @@ if TYPE_CHECKING:
 __all__ = ["STUDY", "ROLE", "TRIAL", "STATE", "REASON", "RETRY_OF", "RESUMED_FROM_TRIAL", "RESUMED_FROM_STEP", "RESUMED_FROM_SAMPLES",
            "RESUMED_FROM_RUN", "RUNG", "RUNG_SAMPLES", "PROMOTED_TO_TRIAL", "PROMOTED_TO_RUN", "OOM_RETRIES", "REPRODUCES",
            "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "MODEL", "MODEL_VERSION", "MACHINE", "RAY_NODES", "RAY_GPUS", "START", "CPUS", "THREADS", "GPUS", "PACKING",
-           "NOISE_SCALE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags"]
+           "NOISE_SCALE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags",
+           "BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "best_tags", "DISTILL_LOGITS"]
 
 STUDY, ROLE, TRIAL = "lbsearch.study", "lbsearch.role", "lbsearch.trial"
 STATE, REASON = "lbsearch.state", "lbsearch.reason"
@@ -82,6 +83,15 @@ def train_tags(commit: str | None) -> dict[str, Any]:
 def label_tags(task: str, names_json: str) -> dict[str, str]:
     """The label mapping, as the model's ``id2label`` has it (cut to MLflow's tag length)."""
     return {"data.task": task, "data.labels": names_json[:5000]}
+
+
+BEST_TRIAL_TAG, BEST_VALUE_TAG, BEST_RUN_TAG = "best.trial", "best.value", "best.mlflow_run_id"
+"""A study's parent run: its best trial so far, its value and MLflow run; beside them ``best.<param>`` for each of its params."""
+
+
+def best_tags(number: int, value: float | None, run_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    """The parent run's tags of the best trial so far."""
+    return {BEST_TRIAL_TAG: number, BEST_VALUE_TAG: value, BEST_RUN_TAG: run_id} | {f"best.{k}": v for k, v in params.items()}
 
 
 def distill_tags(teacher: Any, distill: Any) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lbsearch.spec import TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT, ExperimentConfig, WorkerSpec, teacher_logits_file
+from lbsearch.spec import DISTILL_LOGITS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT, ExperimentConfig, WorkerSpec, teacher_logits_file
 from lbsearch.trial.batching import pad, to_device
 from lbsearch.trial.distributed import average_over_ranks
 from lbsearch.trial.model import load_model, uses_token_types
@@ -128,9 +128,9 @@ def _cached(acc, folder: Path, spec: WorkerSpec, exp: ExperimentConfig, train, s
         np.save(tmp, logits)
         os.replace(tmp, path)  # whole or absent; two trials at once write the same values
         say(f"distillation: the teacher's logits on {len(logits)} training samples computed in {time.time() - t0:.1f}s, kept in {path}")
-        tag({"distill.logits": f"computed: {path}"})
+        tag({DISTILL_LOGITS: f"computed: {path}"})
     elif acc.is_main_process:
-        tag({"distill.logits": f"read: {path}"})
+        tag({DISTILL_LOGITS: f"read: {path}"})
     acc.wait_for_everyone()
     return torch.from_numpy(np.load(path)).to(acc.device)
 
@@ -149,7 +149,7 @@ def make_loss(acc, spec: WorkerSpec, exp: ExperimentConfig, train, labels: dict[
     else:
         teacher = load_model(folder).to(acc.device).requires_grad_(False)
         use_types = uses_token_types(teacher) and train.types is not None
-        tag({"distill.logits": "on the fly"})
+        tag({DISTILL_LOGITS: "on the fly"})
     say(f"distillation: loss = {1 - exp.distill.weight:.3g} x CE + {exp.distill.weight:.3g} x T^2 KL at T = {exp.distill.temperature:.3g}, "
         f"teacher {folder} ({exp.distill.targets})")
     return Distiller(acc, exp, train, spec.pad_id, teacher, use_types)

@@ -14,7 +14,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of,
 from optuna.trial import TrialState
 
 from lbsearch.spec import EVAL, FOLDER, PAUSED, PREFIX, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
-from lbsearch.study import RESUMED_FROM, spent
+from lbsearch.study import RESUMED_FROM, RUN_ID, spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
 # B = 32, 20 steps, an evaluation every 5 (160 samples); rungs at 160 and 320 samples (reduction factor 2), the budget 640
@@ -94,9 +94,9 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     _nothing_running(root, "tiny-study")
     runs = {r.info.run_id: r for r in runs_of(root, "tiny-study", "trial")}
     (last_pause,) = [t for t in paused if _root(t, by_number) == winner and t.user_attrs["rung"] == 1]
-    paused_run = runs[last_pause.user_attrs["mlflow_run_id"]]
-    assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs["mlflow_run_id"]
-    assert runs[done.user_attrs["mlflow_run_id"]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id
+    paused_run = runs[last_pause.user_attrs[RUN_ID]]
+    assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs[RUN_ID]
+    assert runs[done.user_attrs[RUN_ID]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id
     assert len(list(root.glob(f"{TRIALS}/tiny-study/*/checkpoints"))) == 1  # only the paused trial that was not promoted keeps one
 
 
@@ -105,7 +105,7 @@ def test_a_promoted_trial_equals_the_same_trial_run_through_without_a_pause(stud
     (done,) = journal_study(root, "tiny-study").get_trials(states=(TrialState.COMPLETE,))
     (through,) = [t for t in journal_study(root, "through").get_trials() if t.params == done.params]
     assert done.user_attrs[RESUMED_FROM["samples"]] == 320 and RESUMED_FROM["samples"] not in through.user_attrs
-    mine, base = _history(root, done.user_attrs["mlflow_run_id"]), _history(root, through.user_attrs["mlflow_run_id"])
+    mine, base = _history(root, done.user_attrs[RUN_ID]), _history(root, through.user_attrs[RUN_ID])
     assert len(base[TRAIN_LOSS]) == 20 and set(mine) == set(base)
     assert mine == base  # every step's loss and every evaluation, the parts before each pause copied into the last run
     assert done.intermediate_values == through.intermediate_values and done.value == through.value

@@ -8,6 +8,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli
 
 from lbsearch.spec import PLAN_ACCUMULATION, PROGRESS_STEP, TRAIN_BATCH_SIZE
 from lbsearch.spec.registry import LR_SCALING
+from lbsearch.study import RUN_ID
 
 STEPWISE = f"32 from step 1 (lr 0.001), 64 from step 11 (lr {1e-3 * 2 ** LR_SCALING['sqrt']:.3g})"  # B doubles at 320, lr by sqrt
 """tiny.yaml's B 32 for 10 steps (320 samples), then 64 (the default lr rule) to the budget of 960: 10 more steps."""
@@ -30,7 +31,7 @@ def test_a_study_searches_the_schedule_and_mlflow_shows_each_trial_s_b(tmp_path,
     assert sorted(trials) == ["constant", "stepwise"] and all(t.state.name == "COMPLETE" for t in trials.values()), proc.stdout
     assert trials["constant"].user_attrs["samples"] == 960 and trials["stepwise"].user_attrs["samples"] == 960
     client = mlflow_client(root)
-    scheduled, constant = (client.get_run(trials[k].user_attrs["mlflow_run_id"]) for k in ("stepwise", "constant"))
+    scheduled, constant = (client.get_run(trials[k].user_attrs[RUN_ID]) for k in ("stepwise", "constant"))
     assert scheduled.data.params["plan.batch_schedule"] == STEPWISE and "plan.batch_schedule" not in constant.data.params
     sizes = _history(client, scheduled.info.run_id, TRAIN_BATCH_SIZE)
     assert sizes == [(32 * s, 32.0) for s in range(1, 11)] + [(320 + 64 * s, 64.0) for s in range(1, 11)]

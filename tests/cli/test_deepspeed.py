@@ -17,7 +17,7 @@ pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install
 from safetensors.torch import load_file  # noqa: E402 - after the skip
 
 from lbsearch.spec import EVAL, FOLDER, INTERRUPTED, PREFIX, TEST, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS, latest
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import NOISE_SCALE
 
 DS = SPECS.parents[1] / "experiments" / "accelerate" / "deepspeed_zero2.yaml"
@@ -33,7 +33,7 @@ def _trial(root, number):
     """(Optuna trial, its MLflow run, {metric key: {samples: value}}, the kept model's weights)."""
     trial = journal_study(root, "tiny-study").get_trials()[number]
     client = mlflow_client(root)
-    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    run = client.get_run(trial.user_attrs[RUN_ID])
     curves = {k: {m.step: m.value for m in client.get_metric_history(run.info.run_id, k)} for k in KEYS}
     kept = root / "models" / "tiny-study" / f"trial-{number}"
     return trial, run, curves, load_file(kept / "model.safetensors") if kept.is_dir() else None

@@ -21,7 +21,7 @@ from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import TRIAL
+from lbsearch.tracking import DISTILL_LOGITS, TRIAL
 
 STUDENT = SPECS / "tiny_distill_study.yaml"
 TEMPERATURES = (0.1, 4.0)  # the tiny teacher is unsure (logit gaps ~0.1): only a low T leaves the near-T-free regime of T^2 KL
@@ -72,8 +72,8 @@ def test_teacher_logits_are_computed_once_and_read_by_the_next_trial(studies):
     _, root, proc, runs = studies
     cached = list((root / "cache").glob("teacher-*.npy"))
     assert len(cached) == 1, cached
-    assert runs[0].data.tags["distill.logits"] == f"computed: {cached[0]}"
-    assert runs[1].data.tags["distill.logits"] == f"read: {cached[0]}"
+    assert runs[0].data.tags[DISTILL_LOGITS] == f"computed: {cached[0]}"
+    assert runs[1].data.tags[DISTILL_LOGITS] == f"read: {cached[0]}"
     assert cached[0].stat().st_mtime * 1000 < runs[1].info.start_time  # not rewritten by the second trial
     assert proc.stdout.count("logits on 1200 training samples computed") == 1
 
@@ -146,7 +146,7 @@ def test_on_the_fly_targets_give_the_cached_soft_term(studies):
     open_study(Session(root=root), cfg).enqueue_trial({"distill.temperature": TEMPERATURES[0], "distill.weight": WEIGHT})
     run_cli("run", str(STUDENT), *[f"--set={s}" for s in sets], cwd=cwd, check=True)
     (otf,) = runs_of(root, "tiny-distill-otf", role="trial")
-    assert otf.data.tags["distill.logits"] == "on the fly"
+    assert otf.data.tags[DISTILL_LOGITS] == "on the fly"
     for key in (TRAIN_LOSS_SOFT, TRAIN_LOSS):  # fp32 both ways: the teacher's logits on padded rows, once or at each step
         assert _curve(root, otf.info.run_id, key) == pytest.approx(_curve(root, runs[0].info.run_id, key), rel=1e-5)
     assert len(list((root / "cache").glob("teacher-*.npy"))) == 1  # nothing more cached

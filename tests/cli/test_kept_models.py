@@ -19,6 +19,7 @@ from lbsearch.data import META_FILE
 from lbsearch.spec import KEPT_FILE, TEST
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
+from lbsearch.study import RUN_ID
 from lbsearch.study.storage import open_study
 from lbsearch.tracking import BEST_ALIAS, MODEL_ID_TAG, TRIAL, registered_name
 
@@ -96,7 +97,7 @@ def test_kept_folder_is_hugging_face_layout_with_label_names(study):
 def test_kept_model_reproduces_the_logged_test_accuracy_in_a_fresh_process(study):
     _, root, _ = study
     best = journal_study(root, STUDY).get_trials()[1]
-    m = _evaluate(root / "models" / STUDY / "trial-1", root, "auto", best.user_attrs["mlflow_run_id"])
+    m = _evaluate(root / "models" / STUDY / "trial-1", root, "auto", best.user_attrs[RUN_ID])
     assert m["accuracy"] == best.user_attrs["test_accuracy"]
     assert m["loss"] == best.user_attrs["test_loss"]
 
@@ -108,9 +109,9 @@ def test_model_registry_lists_the_best_trial(study, tmp_path):
     versions = client.search_model_versions(f"name = '{registered_name(STUDY)}'")
     assert len(versions) == 1  # the first trial's version went with its model
     v = client.get_model_version_by_alias(registered_name(STUDY), BEST_ALIAS)
-    assert v.run_id == best.user_attrs["mlflow_run_id"] and v.tags[TRIAL] == "1"
+    assert v.run_id == best.user_attrs[RUN_ID] and v.tags[TRIAL] == "1"
     logged = client.get_logged_model(v.tags[MODEL_ID_TAG])
-    assert logged.source_run_id == best.user_attrs["mlflow_run_id"] and logged.status == LoggedModelStatus.READY
+    assert logged.source_run_id == best.user_attrs[RUN_ID] and logged.status == LoggedModelStatus.READY
     files = {f.path for f in client.list_logged_model_artifacts(logged.model_id)}
     assert {"config.json", "model.safetensors"} <= files
     mlflow.set_tracking_uri(client.tracking_uri)

@@ -16,7 +16,7 @@ from conftest import cli, journal_study, mlflow_client, run_cli, settled
 from lbsearch.science import REPORT_HTML, SUMMARY_JSON
 from lbsearch.science.lm_figures import LM_FIGURES
 from lbsearch.science.lm_report import N_RESAMPLES
-from lbsearch.spec import REPORTS
+from lbsearch.spec import REPORT_B_CRIT, REPORTS
 from lbsearch.tracking import ROLE
 
 L = 16
@@ -69,7 +69,7 @@ def test_lm_study_report_states_batches_and_noise_scale_in_tokens(tmp_path):
     assert f"B_crit {fit['b_crit']:.0f}, S_min {fit['s_min']:.0f} steps" in out
     client = mlflow_client(tmp_path / "mlruns")
     parent = client.search_runs([client.get_experiment_by_name("lm-ladder").experiment_id], f"tags.`{ROLE}` = 'parent'")[0]
-    assert parent.data.metrics["report/b_crit"] == pytest.approx(fit["b_crit"])
+    assert parent.data.metrics[REPORT_B_CRIT] == pytest.approx(fit["b_crit"])
     assert s["bootstrap"]["resamples"] == N_RESAMPLES
     # evaluations asked every 64 tokens, but B = 16 takes 256 tokens a step: 1/8 of its 8-step run apart, more than 2%
     assert any(w.startswith("B = 16: evaluations up to 12.5% of the run apart") for w in s["warnings"]), s["warnings"]

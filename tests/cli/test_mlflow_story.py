@@ -19,8 +19,9 @@ from optuna.trial import TrialState
 
 from lbsearch.science import REPORT_HTML, SUMMARY_JSON
 from lbsearch.science.report import BEST_PNG, LR_PNG, NOISE_PNG, STEPS_PNG
-from lbsearch.spec import EVAL, GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA, PROGRESS_SAMPLES, PROGRESS_STEP, REPORTS, TEST, TRAIN_LOSS, TRAIN_LR, VAL
-from lbsearch.tracking import BEST_TAG, ROLE, TRIAL, TRIALS_CSV
+from lbsearch.spec import EVAL, GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA, PROGRESS_SAMPLES, PROGRESS_STEP, REPORT_LR_ALPHA, REPORTS, TEST, TRAIN_LOSS, TRAIN_LR, VAL
+from lbsearch.study import RUN_ID
+from lbsearch.tracking import BEST_RUN_TAG, BEST_TAG, BEST_TRIAL_TAG, ROLE, TRIAL, TRIALS_CSV
 from lbsearch.tracking.story import HISTORY_PNG, INTERMEDIATE_PNG, PARALLEL_PLOT_PNG, PARAM_IMPORTANCES_PNG
 
 
@@ -131,9 +132,9 @@ def test_metrics_are_logged_at_samples_seen_and_the_optimizer_step_is_its_own_me
 
 def test_the_best_trial_is_tagged_and_only_it(ladder):
     _, _, _, _, parent, trials = ladder
-    best = int(parent.data.tags["best.trial"])
+    best = int(parent.data.tags[BEST_TRIAL_TAG])
     assert [n for n, r in trials.items() if r.data.tags.get(BEST_TAG) == "true"] == [best]
-    assert trials[best].info.run_id == parent.data.tags["best.mlflow_run_id"]
+    assert trials[best].info.run_id == parent.data.tags[BEST_RUN_TAG]
 
 
 def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
@@ -148,7 +149,7 @@ def test_the_parent_run_has_the_plots_the_table_and_the_report(ladder):
     assert "- `param_importances.png`: How much of the variation in validation loss each parameter explains (fANOVA)." in readme
     report = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{REPORT_HTML}", f"report/{SUMMARY_JSON}", f"report/{STEPS_PNG}"} <= report  # written without `lbsearch report`
-    assert "[report tiny-ladder]" in screen and "report/lr_alpha" in client.get_run(parent.info.run_id).data.metrics
+    assert "[report tiny-ladder]" in screen and REPORT_LR_ALPHA in client.get_run(parent.info.run_id).data.metrics
 
 
 def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
@@ -160,7 +161,7 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     assert all(t.state == TrialState.COMPLETE for t in trials)
     client = mlflow_client(root)
     for t in trials:
-        hist = {k: client.get_metric_history(t.user_attrs["mlflow_run_id"], k) for k in (GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA)}
+        hist = {k: client.get_metric_history(t.user_attrs[RUN_ID], k) for k in (GNS_B_SIMPLE, GNS_GRAD_SQ, GNS_TRACE_SIGMA)}
         if t.params["train.batch_size"] == 16:  # micro-batch limit 16: one batch size per step, nothing to measure
             assert not any(hist.values()) and "b_simple" not in t.user_attrs
             continue
@@ -191,4 +192,4 @@ def test_ladder_study_logs_noise_scale_and_writes_the_report(ladder):
     parent = client.search_runs([client.get_experiment_by_name("tiny-ladder").experiment_id], f"tags.`{ROLE}` = 'parent'")[0]
     logged = {a.path for a in client.list_artifacts(parent.info.run_id, "report")}
     assert {f"report/{p}" for p in pngs | {REPORT_HTML, SUMMARY_JSON}} <= logged
-    assert parent.data.metrics["report/lr_alpha"] == pytest.approx(summary["lr_fit"]["alpha"])
+    assert parent.data.metrics[REPORT_LR_ALPHA] == pytest.approx(summary["lr_fit"]["alpha"])

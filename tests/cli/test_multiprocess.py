@@ -15,6 +15,7 @@ from optuna.trial import TrialState
 from lbsearch.spec import EVAL, PREFIX, SPEC_JSON, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
+from lbsearch.study import RUN_ID
 from lbsearch.study.storage import open_study
 from lbsearch.tracking import REASON, ROLE, TRIAL
 
@@ -80,7 +81,7 @@ def test_killing_one_rank_fails_the_trial_fast_and_the_study_goes_on(tmp_path, s
     # either rank 0 saw its peer vanish (gloo read error) or torchrun stopped it first
     assert trials[0].state == TrialState.FAIL and any(s in reason for s in ("exited with code", "Read error", "Connection")), reason
     assert trials[1].state in (TrialState.COMPLETE, TrialState.PRUNED)
-    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs[RUN_ID])
     assert run.info.status == "FAILED" and run.data.tags[REASON] == reason
     assert not worker_pids(tmp_path)
 

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
 from lbsearch.spec import INTERRUPTED, TRIALS, SpecError
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import CPUS, THREADS
 
 STUDY = str(SPECS / "tiny_study.yaml")
@@ -44,7 +44,7 @@ def test_parallel_trials_overlap_on_their_own_cores_with_distinct_params(tmp_pat
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials), out
     assert len({tuple(sorted(t.params.items())) for t in trials}) == 4
     client = mlflow_client(tmp_path / "mlruns")
-    runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
+    runs = [client.get_run(t.user_attrs[RUN_ID]) for t in trials]
     assert {r.data.tags[THREADS] for r in runs} == {str(share)}
     overlapping = [(a, b) for i, a in enumerate(runs) for b in runs[i + 1:]
                    if a.info.start_time < b.info.end_time and b.info.start_time < a.info.end_time]

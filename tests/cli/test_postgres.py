@@ -19,6 +19,7 @@ from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
 from lbsearch.spec import EVAL, WORKER_DIED
+from lbsearch.study import RUN_ID
 from lbsearch.tracking import CONFIG_JSON, REASON, ROLE, STATE, TRIAL
 
 psycopg2 = pytest.importorskip("psycopg2")
@@ -57,7 +58,7 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     status = cli("status", "tiny-study", "--storage", pg_url, cwd=tmp_path, check=True).stdout
     assert WORKER_DIED in status
     client = mlflow_client(tmp_path / "mlruns")
-    run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
+    run = client.get_run(trials[0].user_attrs[RUN_ID])
     assert run.info.status == "KILLED" and run.data.tags[REASON] == WORKER_DIED
 
 

@@ -15,7 +15,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.spec import EVAL, FOLDER, INTERRUPTED, PREFIX, TEST, TRAIN_LOSS, TRIALS, VAL, WORKER_DIED, checkpoint_name
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, RESUMED_FROM_TRIAL, RETRY_OF
 
 # B = 32 fixed, 60 steps, an evaluation every 10 steps; the lr is TPE's first draw (seeded), the same in every folder
@@ -28,7 +28,7 @@ def _trial(root: Path, number: int):
     """(Optuna trial, its MLflow run, {metric key: [(step, value)]}) of trial ``number``."""
     trial = journal_study(root, "tiny-study").get_trials()[number]
     client = mlflow_client(root)
-    run = client.get_run(trial.user_attrs["mlflow_run_id"])
+    run = client.get_run(trial.user_attrs[RUN_ID])
     history = {k: [(m.step, m.value) for m in sorted(client.get_metric_history(run.info.run_id, k), key=lambda m: m.step)]
                for k in run.data.metrics if k.startswith((TRAIN_LOSS, EVAL, VAL, TEST))}
     return trial, run, history
@@ -54,7 +54,7 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert f"resumed from checkpoint at step {step}" in out
     tags = run.data.tags
     assert (tags[RESUMED_FROM_STEP], tags[RESUMED_FROM_TRIAL], tags[RETRY_OF]) == (str(step), "0", "0")
-    assert tags[RESUMED_FROM_RUN] == trials[0].user_attrs["mlflow_run_id"]
+    assert tags[RESUMED_FROM_RUN] == trials[0].user_attrs[RUN_ID]
     # bit for bit: the per-step loss after the resume point, every evaluation, the final validation and test metrics
     after = [(s, v) for s, v in hist[TRAIN_LOSS] if s > step * 32]  # metrics are at samples seen
     assert len(after) == 60 - step and after == [(s, v) for s, v in base[TRAIN_LOSS] if s > step * 32]

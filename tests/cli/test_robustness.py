@@ -9,9 +9,10 @@ from pathlib import Path
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli
 from optuna.trial import TrialState
 
-from lbsearch.spec import DIVERGED_REASON
+from lbsearch.spec import CONFIG_ATTR, DIVERGED_REASON
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
+from lbsearch.study import RUN_ID
 from lbsearch.study.storage import open_study
 from lbsearch.tracking import CONFIG_JSON, OOM_RETRIES, REASON, ROLE, STATE, TRIAL
 
@@ -32,7 +33,7 @@ def test_divergence_is_pruned_with_reason_and_never_best(tmp_path):
     assert DIVERGED_REASON in status
     best = cli("best", "tiny-study", cwd=tmp_path, check=True).stdout
     assert "trial      0" in best
-    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs[RUN_ID])
     assert run.data.tags[REASON] == DIVERGED_REASON and run.info.status == "FINISHED"
 
 
@@ -45,8 +46,8 @@ def test_out_of_memory_halves_the_micro_batch_keeping_B(tmp_path):
     assert "effective batch 32 = micro-batch 4 x accumulation 8 x processes 1" in proc.stdout
     trial = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()[0]
     assert trial.state == TrialState.COMPLETE
-    assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
-    run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
+    assert json.loads(trial.user_attrs[CONFIG_ATTR])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
+    run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs[RUN_ID])
     # the MLflow run says what ran, not what was planned before the retries
     assert run.data.tags[OOM_RETRIES] == "2"
     assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"], run.data.tags["plan.max_micro_batch"]) == ("4", "8", "4")
@@ -100,7 +101,7 @@ def test_micro_batch_limit_is_probed_once_and_cached(tmp_path):
     client = mlflow_client(tmp_path / "mlruns")
     for trial in journal_study(tmp_path / "mlruns", "tiny-study").get_trials():
         assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)
-        assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 8  # reproduce runs what ran
-        run = client.get_run(trial.user_attrs["mlflow_run_id"])
+        assert json.loads(trial.user_attrs[CONFIG_ATTR])["launcher"]["max_micro_batch"] == 8  # reproduce runs what ran
+        run = client.get_run(trial.user_attrs[RUN_ID])
         assert (run.data.tags["plan.micro_batch"], run.data.tags["plan.accumulation"]) == ("8", "4")
         assert "probe" not in run.data.params.values() and "plan.micro_batch" not in run.data.params

@@ -17,11 +17,12 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, LABELS_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
 from lbsearch.science import REPORT_HTML
-from lbsearch.spec import EVAL, INTERRUPTED, PARAMS_ENV, PARAMS_JSON, PROGRESS_SAMPLES, REPORTS, RESULT_JSON, TEST, TRIALS, VAL
+from lbsearch.spec import CONFIG_ATTR, EVAL, INTERRUPTED, PARAMS_ENV, PARAMS_JSON, PROGRESS_SAMPLES, REPORTS, RESULT_JSON, TEST, TRIALS, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
+from lbsearch.study import RUN_ID
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import OOM_RETRIES, REASON, REPRODUCED, ROLE, STATE, TRIAL
+from lbsearch.tracking import BEST_TRIAL_TAG, OOM_RETRIES, REASON, REPRODUCED, ROLE, STATE, TRIAL
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "accelerate" / "train.py"
 ENQUEUED = [{"train.batch_size": 32, "optimizer.lr": 3e-3},   # complete
@@ -68,7 +69,7 @@ def _shape(twin) -> dict:
     (parent,) = [r for r in runs if r.data.tags.get(ROLE) == "parent"]
     children = sorted((r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id),
                       key=lambda r: int(r.data.tags[TRIAL]))
-    keep = ("lbsearch.", "plan.", "best.trial", "mlflow.parentRunId")
+    keep = ("lbsearch.", "plan.", BEST_TRIAL_TAG, "mlflow.parentRunId")
     return {
         "runs": len(runs),
         "parent_tags": sorted(k for k in parent.data.tags if k.startswith(keep)),
@@ -151,7 +152,7 @@ def test_a_script_that_ignores_the_api_runs_and_is_never_pruned(tmp_path, case):
         assert t.value == pytest.approx(t.params["optimizer.lr"] * 16)
         assert t.intermediate_values == {}
         assert t.user_attrs["samples"] == 64
-    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs[RUN_ID])
     assert run.info.status == "FINISHED" and run.data.metrics[VAL + "score"] == pytest.approx(trials[0].value)
     assert run.data.tags["plan.micro_batch"] == "16" and run.data.params["plan.batch_size"] == "16"
 
@@ -171,7 +172,7 @@ def test_a_crashing_script_fails_its_trial_and_the_study_goes_on(tmp_path):
     assert trials[0].user_attrs["reason"] == "ValueError: lr 0.5 is too large for this script"
     assert "[trial 0] failed (ValueError: lr 0.5 is too large" in proc.stdout and "[study s] done" in proc.stdout
     client = mlflow_client(tmp_path / "mlruns")
-    run = client.get_run(trials[0].user_attrs["mlflow_run_id"])
+    run = client.get_run(trials[0].user_attrs[RUN_ID])
     assert run.info.status == "FAILED" and run.data.tags[REASON].startswith("ValueError")
     assert "Traceback" in Path(client.download_artifacts(run.info.run_id, TRIAL_LOG, str(tmp_path))).read_text()
 
@@ -220,7 +221,7 @@ def test_every_rank_gets_the_same_stop_decision(tmp_path):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.PRUNED], proc.stdout
     assert list(trials[1].intermediate_values) == [16]
     assert "[trial 1] rank 0 stopped at step 1: pruned" in proc.stdout and "[trial 1] rank 1 stopped at step 1: pruned" in proc.stdout
-    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[1].user_attrs[RUN_ID])
     assert run.data.params["plan.processes"] == "2" and run.data.tags["plan.micro_batch"] == "8"
 
 
@@ -243,9 +244,9 @@ def test_a_script_out_of_memory_is_retried_with_a_smaller_micro_batch(tmp_path):
     (trial,) = journal_study(tmp_path / "mlruns", "s").get_trials()
     assert trial.state == TrialState.COMPLETE and trial.value == 16, proc.stdout  # B unchanged: 4 x 4
     assert "out of memory at micro-batch 16: retrying with micro-batch 8 x accumulation 2" in proc.stdout
-    run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs[RUN_ID])
     assert run.data.tags[OOM_RETRIES] == "2" and run.data.tags["plan.micro_batch"] == "4"
-    assert json.loads(trial.user_attrs["config"])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
+    assert json.loads(trial.user_attrs[CONFIG_ATTR])["launcher"]["max_micro_batch"] == 4  # reproduce runs what ran
 
 
 LADDER = """from lbsearch import api
@@ -303,7 +304,7 @@ def test_ctrl_c_stops_a_script_trial_within_seconds(tmp_path):
     assert json.loads(left.read_text())["reason"] == INTERRUPTED
     (trial,) = journal_study(tmp_path / "mlruns", "s").get_trials()
     assert trial.state == TrialState.FAIL and trial.user_attrs["reason"] == INTERRUPTED
-    assert mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert mlflow_client(tmp_path / "mlruns").get_run(trial.user_attrs[RUN_ID]).info.status == "KILLED"
     assert not [p for p in Path("/proc").iterdir() if p.name.isdigit() and _cmdline_has(p, str(tmp_path / "train.py"))]
 
 

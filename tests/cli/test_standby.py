@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import standby
 from lbsearch.spec import INTERRUPTED, SPEC_JSON, TRIALS, WORKER_DIED
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import START
 
 STUDY = str(SPECS / "tiny_study.yaml")
@@ -41,7 +41,7 @@ def test_sigterm_stops_a_forked_trial_as_a_started_one(tmp_path):
     assert "on SIGTERM" in rest  # the forked trial wrote its checkpoint, as a started one does
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == INTERRUPTED
-    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs["mlflow_run_id"])
+    run = mlflow_client(tmp_path / "mlruns").get_run(trials[0].user_attrs[RUN_ID])
     assert run.data.tags[START].startswith("forked") and run.info.status == "KILLED"
     assert _gone(tmp_path, 10)
 
@@ -90,7 +90,7 @@ def test_no_standby_starts_every_trial_as_a_new_process(tmp_path):
     run_cli("run", STUDY, *SETS, "--set=n_trials=2", "--no-standby", cwd=tmp_path, check=True)
     root = tmp_path / "mlruns"
     client = mlflow_client(root)
-    runs = [client.get_run(t.user_attrs["mlflow_run_id"]) for t in journal_study(root, "tiny-study").get_trials()]
+    runs = [client.get_run(t.user_attrs[RUN_ID]) for t in journal_study(root, "tiny-study").get_trials()]
     assert [r.data.tags[START] for r in runs] == ["launched", "launched"]
 
 
@@ -104,7 +104,7 @@ def test_trials_of_two_precisions_keep_a_standby_process_each(tmp_path):
     trials = journal_study(root, "tiny-study").get_trials()
     starts: dict[str, list[str]] = {}
     for t in trials:
-        starts.setdefault(t.params["launcher.precision"], []).append(client.get_run(t.user_attrs["mlflow_run_id"]).data.tags[START])
+        starts.setdefault(t.params["launcher.precision"], []).append(client.get_run(t.user_attrs[RUN_ID]).data.tags[START])
     assert sorted(starts) == ["bf16", "no"] and all(len(s) == 2 for s in starts.values())  # the grid: each precision twice
     assert all(s[0].startswith("forked from standby process ") and s[1] == s[0] for s in starts.values())
     assert starts["bf16"][1] != starts["no"][1]  # one standby process per environment, both kept

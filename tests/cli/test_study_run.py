@@ -18,11 +18,12 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cl
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
-from lbsearch.spec import EVAL, INTERRUPTED, PROGRESS_STEP, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S, TRIALS, VAL, WORKER_DIED
+from lbsearch.spec import CONFIG_ATTR, EVAL, INTERRUPTED, PROGRESS_STEP, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S, TRIALS, VAL, WORKER_DIED
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
+from lbsearch.study import RUN_ID
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import REASON, REPRODUCED, REPRODUCES, ROLE, START, STATE, TRIAL, TRIALS_CSV
+from lbsearch.tracking import BEST_TRIAL_TAG, REASON, REPRODUCED, REPRODUCES, ROLE, START, STATE, TRIAL, TRIALS_CSV
 
 LOSS = ["--set", "experiment.metric.name=loss"]
 
@@ -110,7 +111,7 @@ def test_mlflow_run_tree(finished):
     assert json.loads(Path(local).read_text())["optimizer"]["lr"] == 3e-3
     assert "data.digest" in good.data.tags and "git.commit" in good.data.tags
     # parent: best params and metric, trials table
-    assert parent.data.tags["best.trial"] == "0"  # the one complete trial
+    assert parent.data.tags[BEST_TRIAL_TAG] == "0"  # the one complete trial
     assert "best.optimizer.lr" in parent.data.tags
     table = Path(client.download_artifacts(parent.info.run_id, TRIALS_CSV, str(cwd))).read_text().splitlines()
     assert len(table) == 5 and table[0].startswith("trial,state")
@@ -152,12 +153,12 @@ def test_reproduce_is_exact_on_cpu(finished):
     rep = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get(ROLE) == "reproduce"]
     assert rep and rep[-1].data.tags[REPRODUCED] == "yes"
     orig = journal_study(root, "tiny-loss").trials[0]
-    assert rep[-1].data.tags[REPRODUCES] == orig.user_attrs["mlflow_run_id"]
+    assert rep[-1].data.tags[REPRODUCES] == orig.user_attrs[RUN_ID]
     assert client.get_metric_history(rep[-1].info.run_id, VAL + "loss")[0].value == orig.user_attrs["validation_loss"]
     # the original was forked from the standby process, the reproduction a started process: step for step the same
     assert rep[-1].data.tags[START] == "launched"
     for key in (TRAIN_LOSS, TRAIN_GRAD_NORM, EVAL + "loss", EVAL + "accuracy"):
-        hist = [sorted((m.step, m.value) for m in client.get_metric_history(r, key)) for r in (rep[-1].info.run_id, orig.user_attrs["mlflow_run_id"])]
+        hist = [sorted((m.step, m.value) for m in client.get_metric_history(r, key)) for r in (rep[-1].info.run_id, orig.user_attrs[RUN_ID])]
         assert hist[0] == hist[1] and hist[0], key
 
 
@@ -169,11 +170,11 @@ def test_reproduce_of_a_rerun_that_differs_says_mismatch_and_exits_1(finished, t
     shutil.copytree(cwd / "mlruns", root, ignore=shutil.ignore_patterns(TRIALS))
     journal = root / "optuna.journal"
     ops = [json.loads(line) for line in journal.read_text().splitlines()]
-    edited = [op for op in ops if op.get("trial_id") == 0 and "config" in op.get("user_attr", {})]
+    edited = [op for op in ops if op.get("trial_id") == 0 and CONFIG_ATTR in op.get("user_attr", {})]
     assert len(edited) == 1
-    config = json.loads(edited[0]["user_attr"]["config"])
+    config = json.loads(edited[0]["user_attr"][CONFIG_ATTR])
     assert config["seed"] == 0
-    edited[0]["user_attr"]["config"] = json.dumps(config | {"seed": 1})
+    edited[0]["user_attr"][CONFIG_ATTR] = json.dumps(config | {"seed": 1})
     journal.write_text("".join(json.dumps(op) + "\n" for op in ops))
     proc = cli("reproduce", "tiny-loss", "--trial", "0", cwd=tmp_path)
     assert proc.returncode == 1, proc.stdout + proc.stderr
@@ -184,14 +185,14 @@ def test_reproduce_of_a_rerun_that_differs_says_mismatch_and_exits_1(finished, t
     assert verdict, proc.stdout
     rep = mlflow_client(root).get_run(verdict.group(1))
     assert rep.data.tags[ROLE] == "reproduce" and rep.data.tags[REPRODUCED] == "no" and rep.info.status == "FINISHED"
-    assert rep.data.tags[REPRODUCES] == journal_study(root, "tiny-loss").trials[0].user_attrs["mlflow_run_id"]
+    assert rep.data.tags[REPRODUCES] == journal_study(root, "tiny-loss").trials[0].user_attrs[RUN_ID]
 
 
 def test_every_trial_is_forked_from_one_standby_process_that_ends_with_the_study(finished):
     cwd, root, _ = finished
     client = mlflow_client(root)
     ran = [t for t in journal_study(root, "tiny-loss").get_trials() if t.state != TrialState.FAIL]
-    starts = {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags[START] for t in ran}
+    starts = {client.get_run(t.user_attrs[RUN_ID]).data.tags[START] for t in ran}
     assert len(ran) >= 2 and len(starts) == 1 and starts.pop().startswith("forked from standby process "), starts
     assert not worker_pids(cwd)
 
@@ -210,7 +211,7 @@ def test_ctrl_c_then_resume(tmp_path, specs):
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL]
     assert trials[1].user_attrs["reason"] == INTERRUPTED
     client = mlflow_client(root)
-    run = client.get_run(trials[1].user_attrs["mlflow_run_id"])
+    run = client.get_run(trials[1].user_attrs[RUN_ID])
     assert run.info.status == "KILLED"
     assert not any(p.poll() is None for p in [proc])
     # the same command resumes: the interrupted params run again, and the study ends at n_trials
@@ -244,6 +245,6 @@ def test_killed_orchestrator_leaves_no_process_and_its_trial_is_failed_and_retri
     assert trials[1].user_attrs.get("retry_of") == 0 and trials[1].params == trials[0].params
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     client = mlflow_client(root)
-    assert client.get_run(trials[0].user_attrs["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(trials[0].user_attrs[RUN_ID]).info.status == "KILLED"
     exp = client.get_experiment_by_name("tiny-study")
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))

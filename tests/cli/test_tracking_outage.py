@@ -25,6 +25,7 @@ from optuna.trial import TrialState
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
 from lbsearch.spec import TRACKING_LOST, TRAIN_LOSS, TRIALS
+from lbsearch.study import RUN_ID
 from lbsearch.tracking import OUTBOX_FILE, REASON, ROLE, STATE
 
 # one trial of 125 steps (B = 32): the server goes while it trains (it may finish meanwhile: its last calls then wait for MLflow)
@@ -133,7 +134,7 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
     assert len(done) == 1 and done[0].params == study.trials[0].params and done[0].user_attrs["steps"] == 125
     runs = {r.info.run_id: r for r in _trial_runs(server.url)}
     assert not [r for r in runs.values() if r.info.status == "RUNNING"], "no run left RUNNING"
-    stopped = runs[study.trials[0].user_attrs["mlflow_run_id"]]
+    stopped = runs[study.trials[0].user_attrs[RUN_ID]]
     assert stopped.info.status == "KILLED" and stopped.data.tags[REASON] == TRACKING_LOST
-    resumed = _loss_steps(server.url, done[0].user_attrs["mlflow_run_id"])
+    resumed = _loss_steps(server.url, done[0].user_attrs[RUN_ID])
     assert sorted(set(resumed)) == sorted(resumed) and len(resumed) == 125, "one curve: the copied steps up to the checkpoint, then the rest"

@@ -9,6 +9,7 @@ from optuna.trial import TrialState
 from lbsearch.spec import EVAL, PROGRESS_SAMPLES, TEST, TRAIN_LOSS, TRAIN_LR, VAL
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
+from lbsearch.study import RUN_ID
 from lbsearch.study.storage import open_study
 from lbsearch.tracking import REASON, STATE
 
@@ -25,10 +26,10 @@ def test_a_trainer_study_with_one_pruned_trial(tmp_path):
     assert [list(t.intermediate_values) for t in trials] == [[320, 640, 960], [320, 640, 960], [320]]
     assert trials[2].user_attrs["reason"] == "pruned" and trials[2].user_attrs["samples"] == 320
     client = mlflow_client(tmp_path / "mlruns")
-    pruned = client.get_run(trials[2].user_attrs["mlflow_run_id"])
+    pruned = client.get_run(trials[2].user_attrs[RUN_ID])
     assert pruned.data.tags[STATE] == "pruned" and pruned.data.tags[REASON] == "pruned"
     assert [m.step for m in client.get_metric_history(pruned.info.run_id, EVAL + "loss")] == [320]  # samples seen
-    good = client.get_run(trials[0].user_attrs["mlflow_run_id"])
+    good = client.get_run(trials[0].user_attrs[RUN_ID])
     # B = 32 reached the Trainer as per_device_train_batch_size 16 x gradient_accumulation_steps 2 x 1 process
     assert good.data.tags["plan.micro_batch"] == "16" and good.data.tags["plan.accumulation"] == "2"
     assert [m.value for m in client.get_metric_history(good.info.run_id, PROGRESS_SAMPLES)][-1] == 960

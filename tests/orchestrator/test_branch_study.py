@@ -18,6 +18,7 @@ from optuna.trial import TrialState
 from lbsearch.science import CBS_HTML, CBS_JSON
 from lbsearch.science.cbs_report import CBS_FIGURES
 from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, CBS_CBS, EVAL, INFO, REPORTS, TRAIN_LOSS, TRAIN_LR, TRIALS, checkpoint_name
+from lbsearch.study import RUN_ID
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
 
@@ -74,13 +75,13 @@ def test_k1_branch_is_the_reference_continued_bit_for_bit(branched):
     study = journal_study(branched / "mlruns", "cbs-ref-branch-0")
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert len(trials) == 4  # 2 points x k in {1, 2} x 1 seed
-    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
+    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs[RUN_ID]
     ref = _history(client, ref_run, TRAIN_LOSS)  # MLflow step: tokens seen
     for t in trials:
         if t.params["train.batch_size"] != B:
             continue
         start = t.params["branching.source.at_samples"]
-        mine = _history(client, t.user_attrs["mlflow_run_id"], TRAIN_LOSS)
+        mine = _history(client, t.user_attrs[RUN_ID], TRAIN_LOSS)
         assert sorted(mine) == [B * L * i for i in range(1, 5)]
         assert [mine[s] for s in sorted(mine)] == [ref[start * L + s] for s in sorted(mine)]  # exact floats: the same weights, data and RNG
 
@@ -89,7 +90,7 @@ def test_k2_branch_loads_the_checkpoint_and_runs_at_2B_with_sqrt2_lr(branched):
     client = mlflow_client(branched / "mlruns")
     study = journal_study(branched / "mlruns", "cbs-ref-branch-0")
     (t,) = [t for t in study.trials if t.params["train.batch_size"] == 2 * B and t.params["branching.source.at_samples"] == 3 * B]
-    run = client.get_run(t.user_attrs["mlflow_run_id"])
+    run = client.get_run(t.user_attrs[RUN_ID])
     assert run.data.params["plan.batch_size"] == str(2 * B) and run.data.params["plan.steps"] == "2"
     assert float(run.data.params["plan.lr"]) == pytest.approx(3e-3 * math.sqrt(2))
     tags = run.data.tags
@@ -97,7 +98,7 @@ def test_k2_branch_loads_the_checkpoint_and_runs_at_2B_with_sqrt2_lr(branched):
     assert tags[BRANCH_TAGS["point_tokens"]] == str(3 * B * L)
     lr = _history(client, run.info.run_id, TRAIN_LR)
     assert list(lr.values()) == pytest.approx([3e-3 * math.sqrt(2)] * 2)  # a constant schedule at the rule's lr, both steps
-    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
+    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs[RUN_ID]
     ref_loss = _history(client, ref_run, EVAL + "loss")[3 * B * L]  # the checkpoint's weights, evaluated
     first = _history(client, run.info.run_id, TRAIN_LOSS)[2 * B * L]
     assert first < math.log(512) and abs(first - ref_loss) < 0.5  # it starts from the trained weights, not from a random init
@@ -121,11 +122,11 @@ def test_cbs_report_written_and_logged(branched):
     assert {f"cbs_report/{CBS_HTML}", *(f"cbs_report/{p}" for p in CBS_FIGURES), f"cbs_report/{CBS_JSON}"} <= names
     assert sorted(m.step for m in client.get_metric_history(parent.info.run_id, CBS_CBS)) == [3 * B * L, 8 * B * L]
     assert parent.data.tags[BRANCH_TAGS["reference"]] == "cbs-ref#0"
-    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs["mlflow_run_id"]
+    ref_run = journal_study(branched / "mlruns", "cbs-ref").trials[0].user_attrs[RUN_ID]
     assert client.get_run(ref_run).data.tags[BRANCH_TAGS["study"]] == "cbs-ref-branch-0"  # the reference points to its branches
     assert parent.data.tags["mlflow.parentRunId"] == ref_run and parent.info.experiment_id == client.get_run(ref_run).info.experiment_id
     branches = journal_study(branched / "mlruns", "cbs-ref-branch-0").get_trials()
-    assert {client.get_run(t.user_attrs["mlflow_run_id"]).data.tags["mlflow.parentRunId"] for t in branches} == {parent.info.run_id}
+    assert {client.get_run(t.user_attrs[RUN_ID]).data.tags["mlflow.parentRunId"] for t in branches} == {parent.info.run_id}
 
 
 def test_a_branch_reproduces_exactly(branched):

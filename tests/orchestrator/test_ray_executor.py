@@ -22,7 +22,7 @@ from optuna.trial import TrialState
 from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
 from lbsearch.spec import EVAL, SPEC_JSON, TRAIN_LOSS, TRIALS, WORKER_DIED, ExecutorConfig, bundles
-from lbsearch.study import RESUMED_FROM
+from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, THREADS
 
 ray_cluster = pytest.importorskip("ray.cluster_utils", reason="Ray is an optional extra: pip install lbsearch[ray] (scripts/install.sh installs it)")
@@ -54,7 +54,7 @@ def _study(tmp: Path, name: str, space: str, extra: str = "") -> Path:
 def _runs(root: Path, study: str) -> list:
     trials = journal_study(root, study).get_trials()
     client = mlflow_client(root)
-    return trials, [client.get_run(t.user_attrs["mlflow_run_id"]) for t in trials]
+    return trials, [client.get_run(t.user_attrs[RUN_ID]) for t in trials]
 
 
 def _nothing_running(root: Path, study: str) -> None:

@@ -10,6 +10,7 @@ from optuna.trial import create_trial
 
 from lbsearch.science.lm_figures import html_section
 from lbsearch.science.lm_report import Curve, _exponent, analyse, choose_targets, curves, tokens_to_target
+from lbsearch.spec import CONFIG_ATTR
 
 L = 64
 TARGETS = [4.0, 3.5, 3.0]
@@ -107,7 +108,7 @@ def test_curves_place_evaluations_at_the_tokens_really_seen():
     study = optuna.create_study()
     values = {4096: 7.0, 12288: 6.0, 20480: 5.5, 32768: 5.0}  # the plan's nominal points (1, 3, 5 x 4096) and the budget
     study.add_trial(create_trial(params={"train.batch_size": 128}, distributions={"train.batch_size": CategoricalDistribution([128])},
-                                 value=5.0, intermediate_values=values, user_attrs={"config": json.dumps(cfg), "b_simple_tokens": 900.0}))
+                                 value=5.0, intermediate_values=values, user_attrs={CONFIG_ATTR: json.dumps(cfg), "b_simple_tokens": 900.0}))
     (c,) = curves(study)
     assert (c.batch_size, c.seq_len, c.batch_tokens, c.seed, c.budget_tokens) == (128, L, 8192, 1, 32768)
     assert c.tokens == (8192.0, 16384.0, 24576.0, 32768.0)  # after steps 1, 2, 3, 4

@@ -7,6 +7,7 @@ from optuna.distributions import CategoricalDistribution
 from optuna.trial import create_trial
 
 from lbsearch.science.report import TrialPoint, collect, summarize
+from lbsearch.spec import CONFIG_ATTR
 
 
 def _points() -> list[TrialPoint]:
@@ -39,7 +40,7 @@ def test_collect_reads_batch_size_and_scaled_lr_from_the_config_that_ran():
     study = optuna.create_study(direction="maximize")
     cfg = {"name": "x", "train": {"batch_size": 128}, "optimizer": {"lr": 1e-3, "lr_scaling": "sqrt", "reference_batch_size": 32}}
     study.add_trial(create_trial(params={"train.batch_size": 128}, distributions={"train.batch_size": CategoricalDistribution([32, 128])},
-                                 value=0.7, user_attrs={"config": json.dumps(cfg), "steps_to_target": 5}))
+                                 value=0.7, user_attrs={CONFIG_ATTR: json.dumps(cfg), "steps_to_target": 5}))
     (p,) = collect(study)
     assert (p.batch_size, p.value, p.steps_to_target) == (128, 0.7, 5)
     assert abs(p.lr - 2e-3) < 1e-12  # the plan's lr: base lr scaled by sqrt(128 / 32)

@@ -5,6 +5,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from lbsearch.study import RUN_ID
 from lbsearch.study.views import best_trial, counted, pareto, pick, reason, trial_rows
 
 DIST = {"optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True)}
@@ -59,4 +60,4 @@ def test_status_shows_every_key_of_a_row_once(objectives):
                                               values=[0.5] * len(objectives), user_attrs={"samples": 10}))
     cols = status_columns(study)
     assert len(cols) == len(set(cols))
-    assert set(cols) == set(trial_rows(study)[0]) - {"mlflow_run_id"}
+    assert set(cols) == set(trial_rows(study)[0]) - {RUN_ID}
