@@ -160,7 +160,7 @@ def compress_table(session: Session, name: str) -> int:
         return 1
     m = exp.metric.name
     front = pareto_variants(rows, m, exp.metric.direction == "minimize")
-    head = ["variant", "version", f"val {m}", f"test {m}", "weights MB", "non-zero M", "latency ms (p10-p90)", "texts/s (batch 32)"]
+    head = ["variant", "version", f"val {m}", f"test {m}", "weights MB", "non-zero M", "latency ms (p10-p90)", "texts/s (batched)"]
     table = [[r["variant"] + ("*" if r["variant"] in front else ""), r["version"] or "-", f"{r[VAL + m]:.4f}", f"{r[TEST + m]:.4f}",
               f"{r[SIZE_WEIGHT_BYTES] / 1e6:.3g}", f"{r[SIZE_PARAMS_NONZERO] / 1e6:.3g}",
               f"{r[SPEED_LATENCY_MS_MEDIAN]:.1f} ({r[SPEED_LATENCY_MS_P10]:.1f}-{r[SPEED_LATENCY_MS_P90]:.1f})",

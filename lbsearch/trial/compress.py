@@ -35,10 +35,12 @@ from lbsearch.trial.batching import pad
 from lbsearch.trial.model import load_model, predictions, uses_token_types
 from lbsearch.trial.training import Evaluator, make_optimizer, make_scheduler, task_loss, training_targets
 
-__all__ = ["prune_global", "pruned_share", "nonzero_params", "finetune", "evaluate", "timing", "machine_name", "THROUGHPUT_BATCH"]
+__all__ = ["prune_global", "pruned_share", "nonzero_params", "finetune", "evaluate", "timing", "machine_name", "THROUGHPUT_BATCH", "WARMUP_CALLS"]
 
 THROUGHPUT_BATCH = 32
 """Texts per ``predict`` call when throughput is measured (latency: one text per call)."""
+WARMUP_CALLS = 3
+"""Untimed ``predict`` calls of each kind (one text, ``THROUGHPUT_BATCH`` texts) before the timed ones."""
 
 
 def _prunable(model: torch.nn.Module) -> list[tuple[torch.nn.Module, str]]:
@@ -146,7 +148,7 @@ def _texts(folder: Path, data_path: str | Path, n: int) -> list[str]:
 def timing(folder: Path, data_path: str | Path, repeats: int, model: torch.nn.Module | None = None) -> dict[str, float]:
     """``predict``'s time on this machine (tokenizer, forward, label names; the model loaded once): per
     call of one text (``repeats`` calls over different test texts) and of ``THROUGHPUT_BATCH`` texts
-    (``max(5, repeats // 5)`` calls); medians, 10th and 90th percentiles, after 3 warm-up calls of each."""
+    (``max(5, repeats // 5)`` calls); medians, 10th and 90th percentiles, after ``WARMUP_CALLS`` of each."""
     folder = Path(folder)
     info = json.loads((folder / KEPT_FILE).read_text())
     tok, model = AutoTokenizer.from_pretrained(folder), model if model is not None else load_model(folder)
@@ -157,7 +159,7 @@ def timing(folder: Path, data_path: str | Path, repeats: int, model: torch.nn.Mo
         predictions(tok, model, info, batch, batch_size=THROUGHPUT_BATCH)
         return time.perf_counter() - t0
 
-    for _ in range(3):
+    for _ in range(WARMUP_CALLS):
         clock(texts[:1]), clock(texts[:THROUGHPUT_BATCH])
     one = np.array([clock([texts[i % len(texts)]]) for i in range(repeats)]) * 1e3
     many = np.array([clock(texts[:THROUGHPUT_BATCH]) for _ in range(max(5, repeats // 5))])

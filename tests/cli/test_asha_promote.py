@@ -97,7 +97,7 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     paused_run = runs[last_pause.user_attrs[RUN_ID]]
     assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs[RUN_ID]
     assert runs[done.user_attrs[RUN_ID]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id
-    assert len(list(root.glob(f"{TRIALS}/tiny-study/*/checkpoints"))) == 1  # only the paused trial that was not promoted keeps one
+    assert len(list(root.glob(f"{TRIALS}/tiny-study/*/{FOLDER}"))) == 1  # only the paused trial that was not promoted keeps one
 
 
 def test_a_promoted_trial_equals_the_same_trial_run_through_without_a_pause(study):

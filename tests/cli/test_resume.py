@@ -62,7 +62,7 @@ def _assert_resumed_exactly(root: Path, uninterrupted, out: str, at_least: int) 
     assert [p for p in hist[TRAIN_LOSS] if p[0] <= step * 32] == [p for p in base[TRAIN_LOSS] if p[0] <= step * 32]  # carried over from trial 0
     assert retry.value == base_trial.value and retry.user_attrs["test_accuracy"] == base_trial.user_attrs["test_accuracy"]
     assert retry.intermediate_values == base_trial.intermediate_values  # the pruner sees one curve
-    assert not list(root.glob(f"{TRIALS}/*/*/checkpoints"))  # a finished trial leaves no checkpoint
+    assert not list(root.glob(f"{TRIALS}/*/*/{FOLDER}"))  # a finished trial leaves no checkpoint
     client = mlflow_client(root)
     exp = client.get_experiment_by_name("tiny-study")
     assert all(r.info.status != "RUNNING" for r in client.search_runs([exp.experiment_id]))
@@ -124,7 +124,7 @@ def test_time_based_checkpoints_and_a_train_run_leaves_none(tmp_path):
     proc = run_cli("train", str(SPECS / "tiny.yaml"), "--set=train.checkpoint_every_minutes=0.0002", "--set=train.budget_samples=320",
                    "--set=train.eval_every_samples=320", cwd=tmp_path, check=True)
     assert "[train] checkpoint at step" in proc.stdout  # every 12 ms of training: after most steps
-    assert not list((tmp_path / "mlruns").glob(f"{TRIALS}/**/checkpoints"))
+    assert not list((tmp_path / "mlruns").glob(f"{TRIALS}/**/{FOLDER}"))
 
 
 def test_a_checkpoint_that_cannot_be_written_costs_only_itself(tmp_path, uninterrupted):

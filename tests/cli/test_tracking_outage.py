@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
-from lbsearch.spec import TRACKING_LOST, TRAIN_LOSS, TRIALS
+from lbsearch.spec import FOLDER, TRACKING_LOST, TRAIN_LOSS, TRIALS
 from lbsearch.study import RUN_ID
 from lbsearch.tracking import OUTBOX_FILE, REASON, ROLE, STATE
 
@@ -120,7 +120,7 @@ def test_an_outage_past_the_limit_stops_the_trial_with_its_checkpoint_and_the_ne
                for line in lines), "\n".join(lines[-30:])
     kept = list((tmp_path / "mlruns" / TRIALS / "tiny-study").glob(f"*/{OUTBOX_FILE}"))
     assert len(kept) == 1 and kept[0].read_text().strip()  # the rows and the run's end that MLflow did not take
-    assert list((tmp_path / "mlruns" / TRIALS / "tiny-study").glob("*/checkpoints/*"))  # the checkpoint written on stop
+    assert list((tmp_path / "mlruns" / TRIALS / "tiny-study").glob(f"*/{FOLDER}/*"))  # the checkpoint written on stop
     study = journal_study(tmp_path / "mlruns", "tiny-study")
     assert study.trials[0].state == TrialState.FAIL and study.trials[0].user_attrs["reason"] == TRACKING_LOST
 

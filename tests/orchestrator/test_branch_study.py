@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 
 from lbsearch.science import CBS_HTML, CBS_JSON
 from lbsearch.science.cbs_report import CBS_FIGURES
-from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, CBS_CBS, EVAL, INFO, REPORTS, TRAIN_LOSS, TRAIN_LR, TRIALS, checkpoint_name
+from lbsearch.spec import BRANCH_POINTS, BRANCH_TAGS, CBS_CBS, EVAL, FOLDER, INFO, REPORTS, TRAIN_LOSS, TRAIN_LR, TRIALS, checkpoint_name
 from lbsearch.study import RUN_ID
 from lbsearch.tracking import ROLE
 from lbsearch.tracking.tags import STUDY
@@ -67,7 +67,7 @@ def test_reference_keeps_its_branch_points(branched):
     kept = sorted(p.name for p in (folder / BRANCH_POINTS).iterdir())
     assert kept == [checkpoint_name(3), checkpoint_name(8)]
     assert json.loads((folder / BRANCH_POINTS / checkpoint_name(3) / INFO).read_text())["samples"] == 3 * B
-    assert not (folder / "checkpoints").exists() or not list((folder / "checkpoints").iterdir())  # a finished trial's own are gone
+    assert not (folder / FOLDER).exists() or not list((folder / FOLDER).iterdir())  # a finished trial's own are gone
 
 
 def test_k1_branch_is_the_reference_continued_bit_for_bit(branched):

@@ -4,7 +4,7 @@ reason, and the error goes on up."""
 import pytest
 
 from lbsearch.orchestrator.runner import TrialRun, ended_on_error, run_tracked
-from lbsearch.spec import INTERRUPTED, ExperimentConfig, Session, checkpoint_name
+from lbsearch.spec import FOLDER, INTERRUPTED, ExperimentConfig, Session, checkpoint_name
 from lbsearch.tracking import REASON, STATE, tracker_for
 
 
@@ -37,13 +37,13 @@ def test_an_error_ends_the_run_with_its_reason(tmp_path, store, error, status, r
     _, tracker, exp_id, said = store
     run_id = tracker.child_run(exp_id, None, "trial-0", {}, {})
     workdir = tmp_path / "trial"
-    (workdir / "checkpoints" / checkpoint_name(1)).mkdir(parents=True)
+    (workdir / FOLDER / checkpoint_name(1)).mkdir(parents=True)
     with pytest.raises(type(error)):
         with ended_on_error(tracker, run_id, workdir, True, said.append):
             raise error
     run = tracker.client.get_run(run_id)
     assert (run.info.status, run.data.tags[REASON]) == (status, reason)
-    assert (workdir / "checkpoints").is_dir() == kept
+    assert (workdir / FOLDER).is_dir() == kept
     assert said == []
 
 

@@ -13,7 +13,7 @@ import torch
 import yaml
 from conftest import SPECS, in_process_trial, prepare_once, worker_spec
 
-from lbsearch.spec import INTERRUPTED, PAUSED, PLAN_ACCUMULATION, PLAN_MICRO_BATCH, PROGRESS_SAMPLES, TRAIN_BATCH_SIZE, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, ExperimentConfig
+from lbsearch.spec import FOLDER, INTERRUPTED, PAUSED, PLAN_ACCUMULATION, PLAN_MICRO_BATCH, PROGRESS_SAMPLES, TRAIN_BATCH_SIZE, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, ExperimentConfig
 from lbsearch.spec.protocol import parse_message
 from lbsearch.spec.registry import LR_SCALING
 from lbsearch.trial.batching import sample_stream
@@ -122,7 +122,7 @@ def test_a_trial_killed_across_a_change_resumes_exactly(prepared, tmp_path):
     is the handler called as the signal calls it, never a real signal: that would reach the test process itself (the
     handler's KeyboardInterrupt ends a pytest session); a real one reaches a trial process in tests/cli/test_resume.py."""
     through = train(_spec(prepared, _experiment()), log=lambda *a: None)
-    folder, stop = tmp_path / "checkpoints", StopSignal(install=False)
+    folder, stop = tmp_path / FOLDER, StopSignal(install=False)
 
     def kill_at_the_change(*parts) -> None:
         if " ".join(map(str, parts)).startswith("step 4 ("):
@@ -145,7 +145,7 @@ def test_a_trial_killed_across_a_change_resumes_exactly(prepared, tmp_path):
 
 def test_a_trial_paused_at_a_rung_in_a_later_phase_resumes_there(prepared, tmp_path):
     """asha_promote's pause (a checkpoint at the rung, step 4 at 160 samples) and the resume of a promoted trial."""
-    folder = tmp_path / "checkpoints"
+    folder = tmp_path / FOLDER
     paused = train(_spec(prepared, _experiment(), folder, pause_at=100), log=lambda *a: None)
     assert (paused.state, paused.reason, paused.steps, paused.samples) == ("pruned", PAUSED, 4, 160)
     resumed = train(_spec(prepared, _experiment(), folder), log=lambda *a: None)

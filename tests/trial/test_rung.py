@@ -11,7 +11,7 @@ import pytest
 import yaml
 from conftest import SPECS, prepare_once, worker_spec
 
-from lbsearch.spec import PAUSED, ExperimentConfig, checkpoint_name, latest
+from lbsearch.spec import FOLDER, PAUSED, ExperimentConfig, checkpoint_name, latest
 from lbsearch.spec.workdir import INFO
 from lbsearch.trial.worker import train
 
@@ -36,9 +36,9 @@ def _spec(prepared, folder, pause_at: int | None):
 
 def test_a_trial_pauses_at_its_rung_with_a_checkpoint_of_that_step(prepared, tmp_path):
     lines: list[str] = []
-    result = train(_spec(prepared, tmp_path / "checkpoints", 100), log=lambda *a: lines.append(" ".join(map(str, a))))
+    result = train(_spec(prepared, tmp_path / FOLDER, 100), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert (result.state, result.reason, result.steps, result.samples) == ("pruned", PAUSED, 5, 160)  # the first evaluation at or past 100
-    found = latest(tmp_path / "checkpoints")
+    found = latest(tmp_path / FOLDER)
     assert found is not None and found.name == checkpoint_name(5)
     assert json.loads((found / INFO).read_text())["step"] == 5
     assert "paused at step 5 (160 samples), its rung (100 samples)" in lines
@@ -48,7 +48,7 @@ def test_a_trial_pauses_at_its_rung_with_a_checkpoint_of_that_step(prepared, tmp
 def test_a_rung_whose_checkpoint_cannot_be_written_is_trained_through(prepared, tmp_path, monkeypatch):
     monkeypatch.setenv("LBSEARCH_INJECT_CHECKPOINT_ERROR_AT", "5")
     lines: list[str] = []
-    result = train(_spec(prepared, tmp_path / "checkpoints", 160), log=lambda *a: lines.append(" ".join(map(str, a))))
+    result = train(_spec(prepared, tmp_path / FOLDER, 160), log=lambda *a: lines.append(" ".join(map(str, a))))
     assert (result.state, result.steps) == ("complete", 10)
     assert "not paused at its rung (160 samples): no checkpoint to resume from; it trains on" in lines
-    assert latest(tmp_path / "checkpoints") is None
+    assert latest(tmp_path / FOLDER) is None
