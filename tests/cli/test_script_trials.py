@@ -192,7 +192,7 @@ def test_the_example_script_by_hand_behaves_as_without_lbsearch(tmp_path):
     assert tree(tmp_path) == {}
 
 
-RANKS = """import json
+RANKS = """import json, sys
 from accelerate import Accelerator
 from lbsearch import api
 
@@ -202,7 +202,10 @@ score = 1.0 if trial.get("lr") > 0.01 else 0.1
 for step in range(1, 5):
     trial.report({"score": score}, samples=step * trial.get("batch_size"))
     if trial.should_stop():  # rank 0 holds the Optuna trial; every rank must take its decision
-        print(f"rank {acc.process_index} stopped at step {step}: {trial.stop_reason}", flush=True)
+        # one write of the whole line: two ranks printing at once (print writes the text and its newline apart under
+        # PYTHONUNBUFFERED) could otherwise run their lines together
+        sys.stdout.write(f"rank {acc.process_index} stopped at step {step}: {trial.stop_reason}\\n")
+        sys.stdout.flush()
         break
 trial.finish()
 """
