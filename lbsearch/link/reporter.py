@@ -8,10 +8,11 @@ batch sizes up at equal data; the optimizer step is a metric of its own (``progr
 from __future__ import annotations
 
 import math
+import sys
 import time
 from typing import Any
 
-from lbsearch.spec import TrialPlan, WorkerSpec, message, sample_unit
+from lbsearch.spec import TrialPlan, WorkerSpec, message, metric_messages, sample_unit
 
 
 class Reporter:
@@ -38,12 +39,12 @@ class Reporter:
 
             note_warmup(self.trial, TrialPlan.from_dict(plan))
         if self.tracking:
-            print(message("plan", plan), flush=True)
+            _send(message("plan", plan))
 
     def tags(self, tags: dict[str, str]) -> None:
         """Tags for the trial's MLflow run (e.g. why a diagnostic is off)."""
         if self.tracking:
-            print(message("tags", tags), flush=True)
+            _send(message("tags", tags))
 
     def metrics(self, values: dict[str, float | None], samples: int, ms: int | None = None) -> None:
         """Metric rows at ``samples`` seen: their MLflow step is the data seen, ``samples x unit``
@@ -57,7 +58,8 @@ class Reporter:
     def flush(self, at_least: int = 1) -> None:
         """Send the buffered metric rows, when there are ``at_least`` of them."""
         if self.tracking and len(self._buffer) >= max(1, at_least):
-            print(message("metrics", self._buffer), flush=True)
+            for line in metric_messages(self._buffer):
+                _send(line)
             self._buffer.clear()
 
     def sync(self) -> None:
@@ -65,7 +67,7 @@ class Reporter:
         reads the next line (the one that announces the checkpoint), so a machine that dies after it loses no row before the checkpoint."""
         self.flush()
         if self.tracking:
-            print(message("sync", None), flush=True)
+            _send(message("sync", None))
 
     def should_prune(self, value: float, samples: int) -> bool:
         """Report an intermediate value at ``samples`` seen; True when the trial should be pruned."""
@@ -75,3 +77,9 @@ class Reporter:
         return self.trial.should_prune()
 
 
+def _send(line: str) -> None:
+    """One marked line in one write (``print`` writes the text and its newline apart, and under ``PYTHONUNBUFFERED``, as trials
+    run, each is a write of its own, so another rank's output could land between them); what this rank printed before goes first."""
+    sys.stdout.flush()
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()

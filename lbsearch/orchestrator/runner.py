@@ -36,7 +36,7 @@ from lbsearch.spec import (
     discard,
     failure,
     make_plan,
-    parse_message,
+    split_message,
 )
 from lbsearch.tracking import (
     CONFIG_JSON,
@@ -297,25 +297,28 @@ def _line_handler(session: Session, box: Outbox, run_id: str, prefix: str) -> tu
     last: dict[str, Any] = {}
 
     def on_line(line: str) -> None:
-        msg = parse_message(line)
-        if msg is None:
-            if line.startswith("{"):
-                try:
-                    found = json.loads(line)
-                except ValueError:
-                    found = None
-                if isinstance(found, dict):
-                    last["line"] = found
-            if line.strip() and not line.startswith(_NOISE):
-                session.out(f"{prefix} {line}")
-        elif msg[0] == "metrics":
-            box.metric_rows(run_id, msg[1])
-            console.active().trial_metrics(msg[1])
-        elif msg[0] == "plan":
-            box.tags(run_id, TrialPlan.from_dict(msg[1]).split())
-        elif msg[0] == "tags":
-            box.tags(run_id, msg[1])
-        elif msg[0] == "sync":  # a checkpoint: its rows in MLflow before the line that announces it is shown
+        try:
+            line, msg = split_message(line)  # text another rank wrote before the message is its own line
+        except ValueError as err:  # cut: what it carried is lost, and said so
+            line, msg = f"lbsearch: a message from the trial could not be read, and what it carried is not in MLflow ({err}): {line[:200]}", None
+        if line.startswith("{"):
+            try:
+                found = json.loads(line)
+            except ValueError:
+                found = None
+            if isinstance(found, dict):
+                last["line"] = found
+        if line.strip() and not line.startswith(_NOISE):
+            session.out(f"{prefix} {line}")
+        kind, payload = msg or (None, None)
+        if kind == "metrics":
+            box.metric_rows(run_id, payload)
+            console.active().trial_metrics(payload)
+        elif kind == "plan":
+            box.tags(run_id, TrialPlan.from_dict(payload).split())
+        elif kind == "tags":
+            box.tags(run_id, payload)
+        elif kind == "sync":  # a checkpoint: its rows in MLflow before the line that announces it is shown
             box.settle()
         box.check()
 

@@ -3,7 +3,7 @@
 - in: ``spec.json`` (a ``WorkerSpec``): the resolved experiment, the tokenized-data cache, the
   Optuna trial to report to (or none), where to write the result (a script trial finds it through
   ``$LBSEARCH_TRIAL_SPEC``, read by the public ``lbsearch.api``);
-- during: marked stdout lines (``message`` / ``parse_message``): the plan that runs, tags, and rows of
+- during: marked stdout lines (``message`` / ``split_message``), each written in one call of at most ``PIPE_BUF`` bytes: the plan that runs, tags, and rows of
   metrics that the orchestrator writes to the trial's MLflow run (the trial never imports MLflow,
   so each run has a single writer), and ``sync`` (at a checkpoint: the orchestrator has every row sent
   before it in MLflow before it reads on);
@@ -17,14 +17,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from select import PIPE_BUF
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict
 
-__all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "parse_message", "write_result", "read_result",
+__all__ = ["OptunaRef", "WorkerSpec", "TrialResult", "message", "metric_messages", "parse_message", "split_message", "write_result", "read_result",
            "START", "CPUS", "THREADS", "GPUS", "PACKING", "NOISE_SCALE", "DISTILL_LOGITS"]
 
 MARK = "@@lbsearch "
+_DECODER = json.JSONDecoder()
 START, CPUS, THREADS, GPUS = "lbsearch.start", "lbsearch.cpus", "lbsearch.threads", "lbsearch.gpus"
 """Tags a trial process sends of itself: launched or forked from the standby process; its CPU cores, torch threads
 (``reproduce`` runs with as many) and GPUs. Their home with every other tag name is ``lbsearch.tracking.tags``."""
@@ -113,12 +115,38 @@ def message(kind: Literal["metrics", "plan", "tags", "sync"], payload: Any) -> s
     return MARK + json.dumps({kind: payload})
 
 
+def metric_messages(rows: list[list[Any]]) -> list[str]:
+    """``rows`` as ``metrics`` messages of at most ``PIPE_BUF`` bytes each, newline included: a write that size to a
+    pipe is never broken up by another rank's output (the ranks share the orchestrator's pipe). A row is kept whole."""
+    out: list[list[list[Any]]] = [[]]
+    size = base = len(message("metrics", [])) + 1
+    for row in rows:
+        n = len(json.dumps(row)) + 2  # ", " between rows
+        if out[-1] and size + n > PIPE_BUF:
+            out.append([])
+            size = base
+        out[-1].append(row)
+        size += n
+    return [message("metrics", chunk) for chunk in out if chunk]
+
+
+def split_message(line: str) -> tuple[str, tuple[str, Any] | None]:
+    """A line of the trial's output as its plain text and its ``(kind, payload)`` (None where it has no message).
+    The mark may follow text that another rank wrote without its newline yet, and the message keeps nothing of it:
+    the text around the message's JSON is the plain text. A marked line whose JSON is cut raises ``ValueError``."""
+    at = line.find(MARK)
+    if at < 0:
+        return line, None
+    found, end = _DECODER.raw_decode(line, at + len(MARK))
+    if not isinstance(found, dict) or len(found) != 1:
+        raise ValueError(f"not one message: {line[at:at + 80]!r}")
+    ((kind, payload),) = found.items()
+    return line[:at] + line[end:], (kind, payload)
+
+
 def parse_message(line: str) -> tuple[str, Any] | None:
-    """``(kind, payload)`` for a marked line, else None."""
-    if not line.startswith(MARK):
-        return None
-    ((kind, payload),) = json.loads(line[len(MARK) :]).items()
-    return kind, payload
+    """``(kind, payload)`` for a line with a message, else None (``split_message``)."""
+    return split_message(line)[1]
 
 
 def write_result(path: str | Path, result: TrialResult) -> None:

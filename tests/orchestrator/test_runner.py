@@ -3,9 +3,9 @@ reason, and the error goes on up."""
 
 import pytest
 
-from lbsearch.orchestrator.runner import TrialRun, ended_on_error, run_tracked
-from lbsearch.spec import FOLDER, INTERRUPTED, ExperimentConfig, Session, checkpoint_name
-from lbsearch.tracking import REASON, STATE, tracker_for
+from lbsearch.orchestrator.runner import TrialRun, _line_handler, ended_on_error, run_tracked
+from lbsearch.spec import FOLDER, INTERRUPTED, TRAIN_LOSS, ExperimentConfig, Session, checkpoint_name, message
+from lbsearch.tracking import REASON, STATE, Outbox, tracker_for
 
 
 @pytest.fixture()
@@ -74,3 +74,21 @@ def test_a_stopper_sigterms_the_running_trials_group_and_nothing_once_it_ended()
     assert other.poll() is None
     other.kill()
     other.wait()
+
+
+def test_the_trials_lines_reach_mlflow_and_the_screen_however_the_ranks_wrote_them(store):
+    """Ranks share the pipe: a message may follow another rank's unfinished line (both are kept); a message cut short
+    is said, not dropped in silence; the other lines are shown and the last JSON object kept (a script's final metrics)."""
+    session, tracker, exp_id, said = store
+    run_id = tracker.child_run(exp_id, None, "trial-0", {}, {})
+    box = Outbox(tracker, said.append, limit_s=60)
+    on_line, last = _line_handler(session, box, run_id, "[t]")
+    rows = [[TRAIN_LOSS, 0.5, 1000, 32], [TRAIN_LOSS, 0.4, 1001, 64]]
+    for line in ["rank 1 says hi" + message("metrics", rows[:1]), message("metrics", rows[1:]), message("metrics", rows)[:40],
+                 '{"accuracy": 0.9}', message("tags", {REASON: "x"})]:
+        on_line(line)
+    assert box.close() == []
+    assert [(m.step, m.value) for m in tracker.client.get_metric_history(run_id, TRAIN_LOSS)] == [(32, 0.5), (64, 0.4)]
+    assert tracker.client.get_run(run_id).data.tags[REASON] == "x"
+    assert said[0] == "[t] rank 1 says hi" and "could not be read" in said[1] and said[2] == '[t] {"accuracy": 0.9}' and len(said) == 3
+    assert last["line"] == {"accuracy": 0.9}
