@@ -68,8 +68,8 @@ def main() -> int:
     args = TrainingArguments(output_dir=s["output_dir"], per_device_train_batch_size=b, per_device_eval_batch_size=2 * b, max_steps=s["steps"],
                              eval_strategy="steps", eval_steps=s["eval_steps"], save_strategy="no", logging_strategy="no", report_to="none",
                              bf16=s["precision"] == "bf16", fp16=s["precision"] == "fp16", use_cpu=s["cpu"], seed=s["seed"],
-                             lr_scheduler_type="linear", warmup_steps=max(1, round(0.06 * s["steps"])), weight_decay=0.01, max_grad_norm=1.0,
-                             disable_tqdm=True, optim="adamw_torch_fused")  # warmup as experiments/rt_tomatometer.yaml sets it; decay as lbsearch's default
+                             lr_scheduler_type="linear", warmup_steps=max(1, round(0.06 * s["steps"])), weight_decay=s["weight_decay"], max_grad_norm=1.0,
+                             disable_tqdm=True, optim="adamw_torch_fused")  # warmup and clipping as experiments/rt_tomatometer.yaml sets them; decay: lbsearch's default, passed in
     trainer = Trainer(model_init=model_init, args=args, train_dataset=train, eval_dataset=val, compute_metrics=metrics)
     t_search = time.perf_counter()
     best = trainer.hyperparameter_search(direction="maximize", backend="optuna", n_trials=s["n_trials"],

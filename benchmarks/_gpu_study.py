@@ -22,7 +22,7 @@ from typing import Any
 
 from _bench import ROOT
 
-from lbsearch.spec import PROGRESS_STEP, TRAIN_LOSS
+from lbsearch.spec import PROGRESS_STEP, TRAIN_LOSS, OptimizerConfig
 from lbsearch.study import RUN_ID
 
 HF_SCRIPT = Path(__file__).resolve().parent / "_gpu_hf.py"
@@ -90,7 +90,7 @@ def _first_step_row(client, run_id: str) -> tuple[int | None, bool]:
 def hf_search(settings: dict[str, Any], work: Path) -> dict[str, Any]:
     """``benchmarks/_gpu_hf.py`` in a process of its own: HF Trainer.hyperparameter_search, Optuna backend."""
     t0 = time.perf_counter()
-    run = subprocess.run([sys.executable, str(HF_SCRIPT), json.dumps(settings | {"lr": LR, "output_dir": str(work / "hf")})],
+    run = subprocess.run([sys.executable, str(HF_SCRIPT), json.dumps(settings | {"lr": LR, "weight_decay": OptimizerConfig().weight_decay, "output_dir": str(work / "hf")})],
                          capture_output=True, text=True, cwd=work, env=_env())
     wall = time.perf_counter() - t0
     lines = [line for line in run.stdout.splitlines() if line.startswith("{")]

@@ -29,6 +29,7 @@ import torch
 from _bench import RESULTS, ROOT, machine, run_study_cli, write
 from transformers import AutoTokenizer
 
+from lbsearch.cli.compress import INT8, ORIGINAL, variant_name
 from lbsearch.cli.main import REPEATS, SPARSITIES
 from lbsearch.data import load_arrays
 from lbsearch.spec import KEPT_FILE, SIZE_WEIGHT_BYTES, SPEED_LATENCY_MS_MEDIAN, SPEED_THROUGHPUT_PER_S, TEST, Session, load_study, parse_set, trial_model_dir
@@ -72,10 +73,10 @@ def paired(root: Path, trial: int, variants: list[str], rounds: int) -> dict:
     interleaved (round i times each variant on text i, the order rotated each round), so that a change of
     the machine's load falls on every variant alike; per variant the median and 10th-90th percentiles,
     and the median over rounds of each variant's time over the original's."""
-    folders = {v: trial_model_dir(root, "quickstart", trial) if v == "original" else variant_dir(root, "quickstart", trial, v) for v in variants}
+    folders = {v: trial_model_dir(root, "quickstart", trial) if v == ORIGINAL else variant_dir(root, "quickstart", trial, v) for v in variants}
     models = {v: load_model(f) for v, f in folders.items()}
-    tok = AutoTokenizer.from_pretrained(folders["original"])
-    info = json.loads((folders["original"] / KEPT_FILE).read_text())
+    tok = AutoTokenizer.from_pretrained(folders[ORIGINAL])
+    info = json.loads((folders[ORIGINAL] / KEPT_FILE).read_text())
     cache = next(p for p in (root / "cache").glob("data-*") if (p / "test.npz").is_file())
     texts = tok.batch_decode([list(x) for x in load_arrays(cache, "test").ids[: max(rounds, 32)]], skip_special_tokens=True)
     out: dict = {"threads": torch.get_num_threads(), "rounds": rounds, "load_average_before": list(os.getloadavg())}
@@ -90,7 +91,7 @@ def paired(root: Path, trial: int, variants: list[str], rounds: int) -> dict:
                 predictions(tok, models[v], info, texts[i % len(texts): i % len(texts) + 1] if batch == 1 else texts[:32], batch_size=32)
                 times[v].append((time.perf_counter() - t0) * 1e3)
         out[label] = {v: {"median": statistics.median(t), "p10": float(np.percentile(t, 10)), "p90": float(np.percentile(t, 90)),
-                          "ratio_to_original_median": statistics.median(a / b for a, b in zip(t, times["original"]))}
+                          "ratio_to_original_median": statistics.median(a / b for a, b in zip(t, times[ORIGINAL]))}
                       for v, t in times.items()}
     out["load_average_after"] = list(os.getloadavg())
     return out
@@ -115,16 +116,17 @@ def main() -> None:
     ap.add_argument("--verify", nargs="*", default=None, metavar="VARIANT",
                     help="the variants re-evaluated in a fresh process (default: every registered one)")
     ap.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/compress_<cpu family>.json")
-    ap.add_argument("--paired", type=int, default=100, metavar="ROUNDS", help="interleaved latency rounds of original, int8 and prune50 (0: none)")
+    ap.add_argument("--paired", type=int, default=100, metavar="ROUNDS", help="interleaved latency rounds of the original, int8 and the middle --sparsity, not fine-tuned (0: none)")
     ap.add_argument("--paired-only", action="store_true", help="with --mlruns: only the interleaved latency of the variants already there")
     args = ap.parse_args()
+    middle = variant_name(float(sorted(args.sparsity, key=float)[len(args.sparsity) // 2]))  # prune50 for the default sparsities
     out: dict = {"machine": machine()}
     root = args.mlruns.resolve() if args.mlruns else Path(tempfile.mkdtemp(prefix="compress-bench-")) / "mlruns"
     family = out["machine"]["cpu"].split("family ")[-1].split(",")[0] if "family" in out["machine"]["cpu"] else "cpu"
     if args.paired_only:
         best = json.loads(subprocess.run(LB + ["best", "quickstart", "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)
         out["model"] = reused(root)
-        out["paired_latency"] = paired(root, best["picked"]["trial"], ["original", "int8", "prune50"], args.paired)
+        out["paired_latency"] = paired(root, best["picked"]["trial"], [ORIGINAL, INT8, middle], args.paired)
         write(out, args.out or RESULTS / f"compress_epyc_family{family}_paired.json")
         return
     out["model"] = best_study(root) if args.mlruns is None else reused(root)
@@ -139,7 +141,7 @@ def main() -> None:
     session = Session(root=root)
     best = json.loads(subprocess.run(LB + ["best", "quickstart", "--json", "--mlruns", str(root)], capture_output=True, text=True, check=True).stdout)
     rows = variant_rows(tracker_for(session), "quickstart", best["picked"]["trial"])
-    original = next(r for r in rows if r["variant"] == "original")
+    original = next(r for r in rows if r["variant"] == ORIGINAL)
     for r in rows:
         r["vs_original"] = {"test_accuracy_points": 100 * (r[TEST + "accuracy"] - original[TEST + "accuracy"]),
                             "weight_bytes_ratio": r[SIZE_WEIGHT_BYTES] / original[SIZE_WEIGHT_BYTES],
@@ -149,7 +151,7 @@ def main() -> None:
     out["variants"] = rows
     out["verified_in_fresh_process"] = verify(root, args.verify if args.verify is not None else [r["variant"] for r in rows if r["version"]])
     if args.paired:
-        out["paired_latency"] = paired(root, best["picked"]["trial"], ["original", "int8", "prune50"], args.paired)
+        out["paired_latency"] = paired(root, best["picked"]["trial"], [ORIGINAL, INT8, middle], args.paired)
     write(out, args.out or RESULTS / f"compress_epyc_family{family}.json")
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 import lbsearch.tracking as tracking
+from lbsearch.cli import compress as compress_cli
 from lbsearch.data import cache
 from lbsearch.orchestrator import launch
 from lbsearch.science import cbs_report, lm_figures, report
@@ -44,7 +45,7 @@ def test_the_flat_layout_is_gone():
     assert {p.name for p in PACKAGE.glob("*.py")} == {"__init__.py", "api.py", "hf.py", "lightning.py"}
 
 
-FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "PARETO_PNG": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
+FILE_NAMES = {"TRIALS_CSV": story, "PARETO_CSV": story, "PARETO_PNG": story, "PARETO_DIR": story, "REPRODUCE_SH": story, "VERSIONS_JSON": story, "LABELS_JSON": story,
               "TRIAL_LOG": launch, "REPORT_HTML": report, "CBS_HTML": cbs_report, "QUANTIZED_FILE": model, "KEPT_FILE": workdir,
               "INFO": workdir, "OUTBOX_FILE": outbox, "BRANCH_POINTS": branch, "SPEC_JSON": workdir, "RESULT_JSON": workdir,
               "META_FILE": cache, "SUMMARY_JSON": report, "CBS_JSON": cbs_report, "PARAMS_JSON": script}
@@ -60,15 +61,17 @@ def test_tag_metric_reason_and_file_names_are_written_only_where_their_constant_
     re-run for, every file name lbsearch writes and a checkpoint folder's prefix are spelled once:
     code, tests and benchmarks import the constant (a rename is one edit; a copy written out by hand would silently stop matching)."""
     facts = {getattr(tracking, n): n for n in tracking.__all__ if isinstance(getattr(tracking, n), str) and getattr(tracking, n).startswith("lbsearch.")}
-    facts |= {getattr(outcome, n): n for n in ("WORKER_DIED", "INTERRUPTED", "TRACKING_LOST")}
+    facts |= {getattr(outcome, n): n for n in ("WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "PROMOTED_STATE")}
+    facts |= {outcome.PAUSED: "PAUSED (the reason) or PAUSED_STATE (the state a row and the lbsearch.state tag show)"}
+    facts |= {compress_cli.ORIGINAL: "ORIGINAL (lbsearch.cli.compress)", compress_cli.INT8: "INT8 (lbsearch.cli.compress)"}
     facts |= {tag: f"BRANCH_TAGS[{key!r}]" for key, tag in branch.BRANCH_TAGS.items()}
     facts |= {tag: f"CBS_TAGS[{key!r}]" for key, tag in branch.CBS_TAGS.items()}
     facts |= {getattr(metric_names, n): n for n in metric_names.__all__} | {sampler.DIVERGED: "DIVERGED (lbsearch.study.sampler)"}
-    facts |= {getattr(tags, n): n for n in ("BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "DISTILL_LOGITS")} | {views.RUN_ID: "RUN_ID"}
+    facts |= {getattr(tags, n): n for n in ("BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "DISTILL_LOGITS", "PARETO_TRIALS_TAG")} | {views.RUN_ID: "RUN_ID"}
     files = {}
     for name, module in FILE_NAMES.items():
         files.setdefault(getattr(module, name), []).append(name)
-    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, *FILE_NAMES.values())}
+    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, compress_cli, *FILE_NAMES.values())}
     root = PACKAGE.parent
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
     copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"
@@ -81,9 +84,11 @@ PREFIXES = (metric_names.EVAL, metric_names.VAL, metric_names.TEST)
 
 
 def _literals(tree: ast.Module) -> list[ast.Constant]:
-    """The string literals of a module, without its docstrings (prose, which may name a reason or a file)."""
+    """The string literals of a module, without its docstrings (prose, which may name a reason or a file) and its ``__all__`` (names)."""
     docs = {id(node.body[0].value) for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
             and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    docs |= {id(n) for node in tree.body if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
+             for n in ast.walk(node.value)}
     return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
 
 

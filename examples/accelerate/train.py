@@ -41,7 +41,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--budget_samples", type=int, default=3000, help="samples seen in training")
     p.add_argument("--eval_every_samples", type=int, default=1000)
     p.add_argument("--clip_norm", type=float, default=None, help="the gradient-clipping norm; left out: no clipping (lbsearch leaves it out for clip_norm: null)")
-    p.add_argument("--weight_decay", type=float, default=0.01)
+    p.add_argument("--weight_decay", type=float, default=0.01, help="this script's own default; a trial passes the experiment's optimizer.weight_decay")
     p.add_argument("--model", default="minilm-l6", help="`minilm-l6` (pretrained, offline) or `tiny` (random init, for tests)")
     p.add_argument("--num_layers", type=int, default=2)
     p.add_argument("--max_length", type=int, default=64)

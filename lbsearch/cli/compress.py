@@ -40,13 +40,16 @@ from lbsearch.spec import (
 from lbsearch.study import best_trial, load_existing_study, stored_study
 from lbsearch.tracking import LOAD_AVERAGE, MACHINE, RECIPE, THREADS, VARIANT, compressed_name, find_variant, record_variant, tracker_for, variant_dir, variant_rows
 
-__all__ = ["compress", "compress_table", "verify_variant", "pareto_variants", "variant_name", "check_sparsities"]
+__all__ = ["ORIGINAL", "INT8", "compress", "compress_table", "verify_variant", "pareto_variants", "variant_name", "check_sparsities"]
+
+ORIGINAL, INT8 = "original", "int8"
+"""The names of the kept model itself and of its int8 variant (a pruned one's: ``variant_name``)."""
 
 
 def variant_name(sparsity: float | None, finetune_steps: int = 0) -> str:
     """A variant's name, also its registry alias: ``original``, ``int8``, ``prune50``, ``prune50-ft20`` (sparsity in percent)."""
     if sparsity is None:
-        return "int8"
+        return INT8
     pct = f"{sparsity * 100:.4g}".replace(".", "p")
     return f"prune{pct}" + (f"-ft{finetune_steps}" if finetune_steps else "")
 
@@ -116,8 +119,8 @@ def compress(session: Session, name: str, sparsities: list[float], finetune_step
            "repeats": repeats, "tracker": tracker, "experiment_id": tracker.experiment(name), "parent": tracker.find_parent(name),
            "machine": machine_name(), "metric": exp.metric.name, "say": session.out}
     session.out(f"[compress] study {name}, trial {target.number}'s kept model {kept}; on {ctx['machine']}")
-    _record(ctx, "original", load_model(kept), kept, None)
-    plans: list[tuple[str, Any, dict[str, Any]]] = [("int8", None, {"kind": "int8_dynamic", "layers": "nn.Linear", "dtype": "qint8"})]
+    _record(ctx, ORIGINAL, load_model(kept), kept, None)
+    plans: list[tuple[str, Any, dict[str, Any]]] = [(INT8, None, {"kind": "int8_dynamic", "layers": "nn.Linear", "dtype": "qint8"})]
     for s in sparsities:
         plans.append((variant_name(s), s, {"kind": "magnitude_pruning", "scope": "global", "layers": "nn.Linear", "sparsity": s}))
         if finetune_steps:

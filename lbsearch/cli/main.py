@@ -11,7 +11,7 @@ from pathlib import Path
 
 from lbsearch.cli.branch import add_branch, cmd_branch
 from lbsearch.spec import GPU_TOLERANCE, REPORTS, SpecError, TrackingOutage
-from lbsearch.study import RUN_ID
+from lbsearch.study import ROW_STATES, RUN_ID
 
 UI_HOST = "127.0.0.1"
 """``lbsearch ui``'s default bind address (``--host``): this machine only, on purpose (`tests/cli/test_security.py`).
@@ -231,7 +231,7 @@ def cmd_status(args) -> int:
     cols, values = status_columns(study), value_columns(study)
     best = best_trial(study)
     mark = lambda r, c: f"{r[c]:.4g}*" if best and r["trial"] == best.number and values and c == values[0] else r.get(c)  # noqa: E731
-    counts = {s: sum(r["state"] == s for r in rows) for s in ("complete", "pruned", "paused", "promoted", "fail", "running", "waiting")}
+    counts = {s: sum(r["state"] == s for r in rows) for s in ROW_STATES}
     caption = " · ".join(f"{k} {v}" for k, v in counts.items() if v) + (f" · best trial {best.number} (*)" if best else "")
     print_table(cols, [[mark(r, c) for c in cols] for r in rows], title=f"study {args.study}", caption=caption)
     if used := budget_used(study):

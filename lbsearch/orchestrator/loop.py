@@ -85,6 +85,7 @@ from lbsearch.tracking import (
     BEST_ALIAS,
     KIND,
     PARETO_CSV,
+    PARETO_DIR,
     PARETO_PNG,
     TRIALS_CSV,
     Tracker,
@@ -98,6 +99,7 @@ from lbsearch.tracking import (
     keep_trial_model,
     mark_best,
     outage_limit,
+    pareto_tags,
     replay_outboxes,
     tracker_for,
     trial_tags,
@@ -329,10 +331,10 @@ class _Search:
         """The Pareto front on the parent run: a table and, from 2 front trials on, Optuna's plot."""
         rows = [r for r in trial_rows(self.study) if r["trial"] in {t.number for t in pareto(self.study)}]
         self.tracker.artifacts(self.parent, {PARETO_CSV: to_csv(rows)})
-        self.tracker.tags(self.parent, {"pareto.trials": ",".join(str(r["trial"]) for r in rows)})
-        folder = reports_dir(self.session.root, self.cfg.name) / "pareto"
+        self.tracker.tags(self.parent, pareto_tags([r["trial"] for r in rows]))
+        folder = reports_dir(self.session.root, self.cfg.name) / PARETO_DIR
         if front_plot(self.study, folder / PARETO_PNG):
-            self.tracker.artifact_dir(self.parent, folder, "pareto")
+            self.tracker.artifact_dir(self.parent, folder, PARETO_DIR)
 
     @functools.cached_property
     def constraints(self) -> list[Constraint]:

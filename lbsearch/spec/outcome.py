@@ -8,7 +8,7 @@ import math
 
 from lbsearch.spec.protocol import TrialResult
 
-__all__ = ["diverged", "DIVERGED_REASON", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "PAUSED", "TrackingOutage", "GPU_TOLERANCE"]
+__all__ = ["diverged", "DIVERGED_REASON", "is_out_of_memory", "failure", "WORKER_DIED", "INTERRUPTED", "TRACKING_LOST", "RETRYABLE", "PAUSED", "PAUSED_STATE", "PROMOTED_STATE", "TrackingOutage", "GPU_TOLERANCE"]
 
 WORKER_DIED, INTERRUPTED, TRACKING_LOST = "worker died", "interrupted", "tracking unavailable"
 RETRYABLE = (INTERRUPTED, WORKER_DIED, TRACKING_LOST)
@@ -23,6 +23,10 @@ the samplers (which learn from diverged trials, ``lbsearch.study.sampler.informe
 PAUSED = "paused"
 """The reason of a trial that successive halving with promotion (``pruner: asha_promote``) stopped at its rung: told as
 pruned, its checkpoint kept; a promotion resumes it from there (``lbsearch.study.rungs``)."""
+
+PAUSED_STATE, PROMOTED_STATE = "paused", "promoted"
+"""The state a trial paused at its rung shows (a ``status`` row and its run's ``lbsearch.state`` tag), and the state its row shows
+once a trial goes on from its checkpoint (``lbsearch.study.views``). The same word as the reason ``PAUSED``, but another fact."""
 
 GPU_TOLERANCE = 0.01
 """How far each metric of a re-run (``lbsearch reproduce``) may differ from the trial's on a GPU by default; on the CPU: 0, bit for bit."""

@@ -16,9 +16,9 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, PAUSED, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
+from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, PAUSED, PAUSED_STATE, PROMOTED_STATE, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
 
-__all__ = ["RUN_ID", "RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
+__all__ = ["RUN_ID", "ROW_STATES", "RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
 
 
@@ -81,6 +81,10 @@ def status_columns(study: optuna.Study) -> list[str]:
     return ["trial", "state", *value_columns(study), *FACTS, *params, "reason"]
 
 
+ROW_STATES = ("complete", "pruned", PAUSED_STATE, PROMOTED_STATE, "fail", "running", "waiting")
+"""The states a row shows (Optuna's, lower-case, and a paused trial's), in the order ``status`` counts them."""
+
+
 def _shown_state(t: FrozenTrial, onward: dict[int, int]) -> tuple[str, str]:
     """A trial's state and reason as a row shows them: one paused at its rung (``asha_promote``) is ``paused``, or ``promoted``
     once a trial goes on with it (``onward``: paused trial -> the trial that resumed it)."""
@@ -88,7 +92,7 @@ def _shown_state(t: FrozenTrial, onward: dict[int, int]) -> tuple[str, str]:
     if t.state != TrialState.PRUNED or why != PAUSED:
         return t.state.name.lower(), why
     where = f"rung {t.user_attrs.get('rung', 0)} ({t.user_attrs.get('samples')} samples)"
-    return ("promoted", f"paused at {where}; goes on as trial {onward[t.number]}") if t.number in onward else ("paused", f"paused at {where}")
+    return (PROMOTED_STATE, f"paused at {where}; goes on as trial {onward[t.number]}") if t.number in onward else (PAUSED_STATE, f"paused at {where}")
 
 
 def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:

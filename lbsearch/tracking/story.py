@@ -26,15 +26,16 @@ if TYPE_CHECKING:
     from lbsearch.spec import DataConfig, StudyConfig
     from lbsearch.tracking.tracker import Tracker
 
-__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "PARETO_PNG", "STUDY_PLOTS", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
+__all__ = ["KIND", "CONTEXTS", "BEST_TAG", "TRIALS_CSV", "PARETO_CSV", "PARETO_PNG", "PARETO_DIR", "STUDY_PLOTS", "CONFIG_JSON", "REPRODUCE_SH", "VERSIONS_JSON", "LABELS_JSON", "description", "dataset_inputs", "mark_best", "study_plots"]
 
 KIND = EXPERIMENT_KIND
 """The experiment-kind tag (set on every experiment lbsearch creates; studies made before it get it on their next run)."""
 CONTEXTS = {"train": "training", "validation": "validation", "test": "test"}
 """Split -> the dataset's context (the input tag ``mlflow.data.context``)."""
 TRIALS_CSV, PARETO_CSV = "trials.csv", "pareto_front.csv"
-PARETO_PNG = "pareto_front.png"
-"""The parent run's tables: every trial's row (``status --json``'s), and a multi-objective study's Pareto front."""
+PARETO_PNG, PARETO_DIR = "pareto_front.png", "pareto"
+"""The parent run's tables: every trial's row (``status --json``'s), and a multi-objective study's Pareto front; its plot, in the folder
+``PARETO_DIR`` of the study's reports and of the parent run's artifacts."""
 STUDY_PLOTS = HISTORY_PNG, PARAM_IMPORTANCES_PNG, PARALLEL_PLOT_PNG, INTERMEDIATE_PNG = (
     "optimization_history.png", "param_importances.png", "parallel_coordinates.png", "intermediate_values.png")
 """Optuna's plots of a study, in its parent run's ``plots/`` with a README of what each shows (``study_plots``)."""

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lbsearch.spec import CPUS, DISTILL_LOGITS, GPUS, NOISE_SCALE, PACKING, PAUSED, START, THREADS
+from lbsearch.spec import CPUS, DISTILL_LOGITS, GPUS, NOISE_SCALE, PACKING, PAUSED, PAUSED_STATE, START, THREADS
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
@@ -15,7 +15,7 @@ __all__ = ["STUDY", "ROLE", "TRIAL", "STATE", "REASON", "RETRY_OF", "RESUMED_FRO
            "RESUMED_FROM_RUN", "RUNG", "RUNG_SAMPLES", "PROMOTED_TO_TRIAL", "PROMOTED_TO_RUN", "OOM_RETRIES", "REPRODUCES",
            "REPRODUCES_TRIAL", "REPRODUCED", "TOLERANCE", "MODEL", "MODEL_VERSION", "MACHINE", "RAY_NODES", "RAY_GPUS", "START", "CPUS", "THREADS", "GPUS", "PACKING",
            "NOISE_SCALE", "trial_tags", "resumed_tags", "end_tags", "oom_retry_tags", "reproduce_tags", "reproduced_tags", "train_tags", "label_tags", "rung_tags", "promoted_tags", "distill_tags",
-           "BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "best_tags", "DISTILL_LOGITS"]
+           "BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "best_tags", "DISTILL_LOGITS", "PARETO_TRIALS_TAG", "pareto_tags"]
 
 STUDY, ROLE, TRIAL = "lbsearch.study", "lbsearch.role", "lbsearch.trial"
 STATE, REASON = "lbsearch.state", "lbsearch.reason"
@@ -48,7 +48,7 @@ def resumed_tags(number: int, step: int, samples: int, run_id: str) -> dict[str,
 def end_tags(result: TrialResult) -> dict[str, str]:
     """How a run ended: ``lbsearch.state`` (``paused`` for a trial paused at its rung, whose run ends FINISHED) and, where
     there is one, ``lbsearch.reason``."""
-    state = "paused" if result.reason == PAUSED else result.state
+    state = PAUSED_STATE if result.reason == PAUSED else result.state
     return {STATE: state, **({REASON: result.reason} if result.reason else {})}
 
 
@@ -83,6 +83,14 @@ def train_tags(commit: str | None) -> dict[str, Any]:
 def label_tags(task: str, names_json: str) -> dict[str, str]:
     """The label mapping, as the model's ``id2label`` has it (cut to MLflow's tag length)."""
     return {"data.task": task, "data.labels": names_json[:5000]}
+
+
+PARETO_TRIALS_TAG = "pareto.trials"
+"""A multi-objective study's parent run: the trials on its Pareto front, comma-separated (``pareto_tags``)."""
+
+
+def pareto_tags(numbers: list[int]) -> dict[str, str]:
+    return {PARETO_TRIALS_TAG: ",".join(str(n) for n in numbers)}
 
 
 BEST_TRIAL_TAG, BEST_VALUE_TAG, BEST_RUN_TAG = "best.trial", "best.value", "best.mlflow_run_id"

@@ -13,7 +13,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import EVAL, FOLDER, PAUSED, PREFIX, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
+from lbsearch.spec import EVAL, FOLDER, PAUSED, PAUSED_STATE, PREFIX, PROMOTED_STATE, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
 from lbsearch.study import RESUMED_FROM, RUN_ID, spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
@@ -59,12 +59,12 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
     assert "[trial 0] paused at rung 0 (160 samples)" in left["out"]
     first = left["trials"][0]
     assert (first.state, first.user_attrs["reason"], first.user_attrs["rung"], first.user_attrs["samples"]) == (TrialState.PRUNED, PAUSED, 0, 160)
-    row = next(line for line in left["table"].splitlines() if line.split()[:2] == ["0", "paused"])
+    row = next(line for line in left["table"].splitlines() if line.split()[:2] == ["0", PAUSED_STATE])
     assert row.endswith("paused at rung 0 (160 samples)")
     run = left["runs"]["0"]
     assert run.info.status == "FINISHED"
     assert {k: run.data.tags[k] for k in (STATE, REASON, RUNG, RUNG_SAMPLES)} == {
-        STATE: "paused", REASON: PAUSED, RUNG: "0", RUNG_SAMPLES: "160"}
+        STATE: PAUSED_STATE, REASON: PAUSED, RUNG: "0", RUNG_SAMPLES: "160"}
     assert left["checkpoints"] == [checkpoint_name(5)]  # kept for its promotion
 
 
@@ -85,7 +85,7 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     a, b = trials[0].intermediate_values[160], next(t for t in paused if _root(t, by_number) != 0).intermediate_values[160]
     assert winner == (0 if a >= b else 1), out
     rows = {r["trial"]: r for r in json.loads(cli("status", "tiny-study", "--json", cwd=study["cwd"], check=True).stdout)}
-    assert {t.number: rows[t.number]["state"] for t in paused} == {t.number: "promoted" if _root(t, by_number) == winner else "paused" for t in paused}
+    assert {t.number: rows[t.number]["state"] for t in paused} == {t.number: PROMOTED_STATE if _root(t, by_number) == winner else PAUSED_STATE for t in paused}
     assert sorted(t.user_attrs["rung"] for t in paused if _root(t, by_number) == winner) == [0, 1] and done.user_attrs["rung"] == 2
     if winner == 0:  # the trial paused before the interruption is resumed by the next run, from its checkpoint
         assert "[study tiny-study] trial 0 promoted (#1 of 2 at rung 0 (160 samples), in the top 1): it goes on from its checkpoint" in out

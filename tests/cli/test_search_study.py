@@ -11,7 +11,7 @@ from lbsearch.spec import TRIALS
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study.storage import open_study
-from lbsearch.tracking import PARETO_CSV, PARETO_PNG, TRIAL
+from lbsearch.tracking import PARETO_CSV, PARETO_DIR, PARETO_PNG, PARETO_TRIALS_TAG, TRIAL
 
 QUICK = ["--set=experiment.train.budget_samples=320", "--set=experiment.train.eval_every_samples=160"]
 LOSS = ["--set=experiment.metric.name=loss"]
@@ -44,8 +44,9 @@ def test_two_objective_study_front_in_best_and_on_the_parent_run(tmp_path):
     table = client.download_artifacts(parent.info.run_id, PARETO_CSV, str(tmp_path))
     lines = open(table).read().splitlines()
     assert lines[0].startswith("trial,state,reason,metric,samples_to_target") and sorted(int(r.split(",")[0]) for r in lines[1:]) == front
-    plots = {a.path for a in client.list_artifacts(parent.info.run_id, "pareto")}
-    assert (f"pareto/{PARETO_PNG}" in plots) == (len(front) >= 2)
+    plots = {a.path for a in client.list_artifacts(parent.info.run_id, PARETO_DIR)}
+    assert (f"{PARETO_DIR}/{PARETO_PNG}" in plots) == (len(front) >= 2)
+    assert sorted(int(n) for n in parent.data.tags[PARETO_TRIALS_TAG].split(",")) == front
 
 
 def test_a_resumed_study_does_not_draw_its_first_trial_again(tmp_path):

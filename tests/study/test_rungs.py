@@ -8,7 +8,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.spec import PAUSED, PrunerConfig, TrainConfig
+from lbsearch.spec import PAUSED, PAUSED_STATE, PROMOTED_STATE, PrunerConfig, TrainConfig
 from lbsearch.study import configurations, last_resort, promotable, rung_to_run, rungs, trial_rows
 from lbsearch.study.sampler import informed
 
@@ -111,7 +111,7 @@ def test_status_shows_paused_and_promoted_trials_and_samplers_leave_promoted_one
     cont.report(0.5, 100)
     study.tell(cont, 0.8)
     rows = {r["trial"]: r for r in trial_rows(study)}
-    assert (rows[first]["state"], rows[first]["reason"]) == ("promoted", f"paused at rung 0 (100 samples); goes on as trial {cont.number}")
-    assert (rows[second]["state"], rows[second]["reason"]) == ("paused", "paused at rung 0 (100 samples)")
+    assert (rows[first]["state"], rows[first]["reason"]) == (PROMOTED_STATE, f"paused at rung 0 (100 samples); goes on as trial {cont.number}")
+    assert (rows[second]["state"], rows[second]["reason"]) == (PAUSED_STATE, "paused at rung 0 (100 samples)")
     seen = [t.number for t in informed(study.get_trials(), study.directions)]
     assert seen == [second, cont.number]  # the promoted paused trial is its continuation now

@@ -61,24 +61,24 @@ def test_an_int8_variant_loads_back_with_identical_outputs_and_is_smaller(kept, 
     q = quantize_int8(model)
     assert any(isinstance(m, torch.ao.nn.quantized.dynamic.Linear) for m in q.modules())
     assert not any(type(m) is torch.nn.Linear for m in q.modules())
-    save_variant(q, kept, tmp_path / "int8", {"kind": "int8_dynamic"})
-    assert (tmp_path / "int8" / QUANTIZED_FILE).is_file() and not list((tmp_path / "int8").glob("*.safetensors"))
-    back = load_model(tmp_path / "int8")
+    save_variant(q, kept, tmp_path / "quantized", {"kind": "int8_dynamic"})
+    assert (tmp_path / "quantized" / QUANTIZED_FILE).is_file() and not list((tmp_path / "quantized").glob("*.safetensors"))
+    back = load_model(tmp_path / "quantized")
     with torch.no_grad():
         assert torch.equal(back(**batch).logits, q(**batch).logits)
         assert not torch.equal(q(**batch).logits, model(**batch).logits)  # it is quantized, not the float model again
     assert back.config.id2label == {0: "rotten", 1: "fresh"}
-    assert weight_bytes(tmp_path / "int8") < weight_bytes(kept)
+    assert weight_bytes(tmp_path / "quantized") < weight_bytes(kept)
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
-    assert weight_bytes(kept) - weight_bytes(tmp_path / "int8") > 2.5 * linear  # ~3 of 4 bytes saved per linear weight
+    assert weight_bytes(kept) - weight_bytes(tmp_path / "quantized") > 2.5 * linear  # ~3 of 4 bytes saved per linear weight
     assert nonzero_params(back) == nonzero_params(q) > 0.9 * nonzero_params(model)
 
 
 def test_a_pruned_variant_loads_back_with_its_zeros_and_outputs(kept, batch, tmp_path):
     model = prune_global(load_model(kept), 0.5)
-    save_variant(model, kept, tmp_path / "prune50", {"kind": "magnitude_pruning", "sparsity": 0.5})
-    back = load_model(tmp_path / "prune50")
+    save_variant(model, kept, tmp_path / "pruned", {"kind": "magnitude_pruning", "sparsity": 0.5})
+    back = load_model(tmp_path / "pruned")
     assert pruned_share(back) == pruned_share(model)
     with torch.no_grad():
         assert torch.equal(back(**batch).logits, model(**batch).logits)
-    assert weight_bytes(tmp_path / "prune50") == pytest.approx(weight_bytes(kept), rel=0.01)  # dense on disk: zeros take room
+    assert weight_bytes(tmp_path / "pruned") == pytest.approx(weight_bytes(kept), rel=0.01)  # dense on disk: zeros take room
