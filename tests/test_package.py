@@ -11,7 +11,7 @@ from lbsearch.cli import compress as compress_cli
 from lbsearch.data import cache
 from lbsearch.orchestrator import launch
 from lbsearch.science import cbs_report, lm_figures, report
-from lbsearch.spec import CONFIG_ATTR, branch, metric_names, outcome, protocol, script, workdir
+from lbsearch.spec import CONFIG_ATTR, branch, load, metric_names, outcome, protocol, script, workdir
 from lbsearch.study import sampler, views
 from lbsearch.tracking import compressed, outbox, story, tags, tracker
 from lbsearch.trial import model
@@ -67,11 +67,11 @@ def test_tag_metric_reason_and_file_names_are_written_only_where_their_constant_
     facts |= {tag: f"BRANCH_TAGS[{key!r}]" for key, tag in branch.BRANCH_TAGS.items()}
     facts |= {tag: f"CBS_TAGS[{key!r}]" for key, tag in branch.CBS_TAGS.items()}
     facts |= {getattr(metric_names, n): n for n in metric_names.__all__} | {sampler.DIVERGED: "DIVERGED (lbsearch.study.sampler)"}
-    facts |= {getattr(tags, n): n for n in ("BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "DISTILL_LOGITS", "PARETO_TRIALS_TAG")} | {views.RUN_ID: "RUN_ID"}
+    facts |= {getattr(tags, n): n for n in ("BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "DISTILL_LOGITS", "PARETO_TRIALS_TAG")} | {load.RUN_ID: "RUN_ID"}
     files = {}
     for name, module in FILE_NAMES.items():
         files.setdefault(getattr(module, name), []).append(name)
-    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, compress_cli, *FILE_NAMES.values())}
+    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, load, compress_cli, *FILE_NAMES.values())}
     root = PACKAGE.parent
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
     copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"

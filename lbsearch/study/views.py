@@ -16,15 +16,11 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, PAUSED, PAUSED_STATE, PROMOTED_STATE, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
+from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, PAUSED, PAUSED_STATE, PROMOTED_STATE, RUN_ID, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
 
 __all__ = ["RUN_ID", "ROW_STATES", "RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
 
-
-RUN_ID = "mlflow_run_id"
-"""The user attribute of a trial's MLflow run id (set by ``orchestrator.loop`` when the run starts): how every command finds
-a trial's run. Studies already stored keep the old name: a rename leaves their runs unfound unless it is read too."""
 
 RESUMED_FROM = {"trial": "resumed_from_trial", "step": "resumed_from_step", "samples": "resumed_from_samples", "run": "resumed_from_run"}
 """The user attributes of a trial resumed from an earlier trial's checkpoint (set by ``orchestrator.promotion.resume``): the

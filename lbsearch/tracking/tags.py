@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from lbsearch.spec import CPUS, DISTILL_LOGITS, GPUS, NOISE_SCALE, PACKING, PAUSED, PAUSED_STATE, START, THREADS
+from lbsearch.spec import CPUS, DISTILL_LOGITS, GPUS, NOISE_SCALE, PACKING, PAUSED, PAUSED_STATE, RUN_ID, START, THREADS
 
 if TYPE_CHECKING:
     from lbsearch.spec import TrialResult
@@ -93,7 +93,7 @@ def pareto_tags(numbers: list[int]) -> dict[str, str]:
     return {PARETO_TRIALS_TAG: ",".join(str(n) for n in numbers)}
 
 
-BEST_TRIAL_TAG, BEST_VALUE_TAG, BEST_RUN_TAG = "best.trial", "best.value", "best.mlflow_run_id"
+BEST_TRIAL_TAG, BEST_VALUE_TAG, BEST_RUN_TAG = "best.trial", "best.value", "best." + RUN_ID
 """A study's parent run: its best trial so far, its value and MLflow run; beside them ``best.<param>`` for each of its params."""
 
 
