@@ -11,7 +11,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.spec import DIVERGED_REASON, PAUSED
+from lbsearch.spec import DIVERGED_REASON, PAUSED, RESUME_OF_ATTR, RUNG_ATTR
 from lbsearch.spec.config import ExperimentConfig, PrunerConfig
 from lbsearch.study.rungs import last_resort, promotable, rung_to_run, rungs
 
@@ -45,11 +45,11 @@ def replay_promote(pruner: PrunerConfig, base: ExperimentConfig, n_trials: int, 
         if found is None and tried >= n_trials:
             break
         if found is not None:
-            study.enqueue_trial(found[0].params, user_attrs={"resume_of": found[0].number})
+            study.enqueue_trial(found[0].params, user_attrs={RESUME_OF_ATTR: found[0].number})
         trial, row = ask(study, len(study.trials))
         tried += found is None
         k = rung_to_run(study.trials, trial)
-        trial.set_user_attr("rung", k)
+        trial.set_user_attr(RUNG_ATTR, k)
         start = found[0].user_attrs["samples"] if found is not None else 0
         seen, value = _run_to_rung(trial, row, points[k] if k < len(points) else None, start)
         spent.append(seen - start)
@@ -59,7 +59,7 @@ def replay_promote(pruner: PrunerConfig, base: ExperimentConfig, n_trials: int, 
         study.tell(trial, value)
         if sign * (value - target) >= 0:
             first = trial.number
-    trials = [{"params": t.params, "state": t.state.name.lower(), "samples": n, "resume_of": t.user_attrs.get("resume_of")}
+    trials = [{"params": t.params, "state": t.state.name.lower(), "samples": n, "resume_of": t.user_attrs.get(RESUME_OF_ATTR)}
               for t, n in zip(study.trials, spent)]
     return {"seed": seed, "samples_to_best": None if first is None else sum(spent), "trials_to_best": None if first is None else first + 1,
             "samples_total": sum(spent), "pruned": sum(t["state"] != "complete" for t in trials), "trials": trials}

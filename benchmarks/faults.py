@@ -59,7 +59,22 @@ from mlflow.tracking import MlflowClient
 from soak import SPEC, _retrained
 
 from lbsearch.orchestrator.launch import free_port
-from lbsearch.spec import BEST_ALIAS, EVAL, PROGRESS_SAMPLES, PROGRESS_STEP, RETRYABLE, TRAIN_CLIP_FRAC, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRIALS, best_uri, registered_name
+from lbsearch.spec import (
+    BEST_ALIAS,
+    EVAL,
+    PROGRESS_SAMPLES,
+    PROGRESS_STEP,
+    RETRY_OF_ATTR,
+    RETRYABLE,
+    SPEC_ATTR,
+    TRAIN_CLIP_FRAC,
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    TRIALS,
+    best_uri,
+    registered_name,
+)
 from lbsearch.spec.workdir import KEPT_FILE
 from lbsearch.study import RESUMED_FROM, RUN_ID, counted
 from lbsearch.tracking import BEST_TAG, OUTBOX_FILE, ROLE
@@ -248,7 +263,7 @@ def await_victim(run: Orchestrator, watch: Watch, work: Path, after: int, sample
                 trial = next((t for t in journal(work).get_trials(deepcopy=False) if t.number == number), None)
                 if trial is None:
                     continue
-                fresh[number] = "retry_of" not in trial.user_attrs
+                fresh[number] = RETRY_OF_ATTR not in trial.user_attrs
             info = watch.get(number)
             if fresh[number] and "end" not in info and info.get("samples", 0) >= samples:
                 return number, info["samples"]
@@ -412,7 +427,7 @@ def metric_gaps(client: MlflowClient, trial) -> dict[str, int]:
 
 def finisher(trials: list, number: int):
     """The trial that finished ``number``'s work: itself, or the end of its chain of re-runs."""
-    by_retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    by_retry = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
     t = next(t for t in trials if t.number == number)
     while t.state.name not in ("COMPLETE", "PRUNED") and t.number in by_retry:
         t = by_retry[t.number]
@@ -433,7 +448,7 @@ def account(events: list[dict], checks: list[dict], work: Path, url: str, watch:
     runs = {r.info.run_id: r for r in client.search_runs([exp.experiment_id], max_results=1000)}
     worker_died = {k["trial"]: k for k in _retrained(client, trials)["soak.retrained_per_kill"]}  # soak's rule: MLflow's reach
     gaps = {t.number: metric_gaps(client, t) for t in trials if t.state.name == "COMPLETE"}
-    retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    retry = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
     rows = []
     for e in events:
         victim = next(t for t in trials if t.number == e["victim_trial"])
@@ -460,10 +475,10 @@ def account(events: list[dict], checks: list[dict], work: Path, url: str, watch:
 
 
 def totals(trials: list, runs: dict, gaps: dict, rows: list[dict], checks: list[dict], work: Path) -> dict[str, Any]:
-    retried = {t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs}
+    retried = {t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs}
     lost = [t.number for t in trials if (t.state.name == "FAIL" and not (t.user_attrs.get("reason") in RETRYABLE and t.number in retried))
             or t.state.name in ("RUNNING", "WAITING")]
-    n_trials = json.loads(journal(work).user_attrs["spec"])["study"]["n_trials"]
+    n_trials = json.loads(journal(work).user_attrs[SPEC_ATTR])["study"]["n_trials"]
     roles = {r.info.run_id: r.data.tags.get(ROLE) for r in runs.values()}
     return {
         "optuna_trials": len(trials), "states": {s: sum(t.state.name == s for t in trials) for s in ("COMPLETE", "PRUNED", "FAIL", "RUNNING", "WAITING")},

@@ -32,7 +32,7 @@ import optuna
 from _bench import ROOT, machine, write
 from mlflow.tracking import MlflowClient
 
-from lbsearch.spec import PROGRESS_SAMPLES, WORKER_DIED
+from lbsearch.spec import PROGRESS_SAMPLES, RETRY_OF_ATTR, WORKER_DIED
 from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import ROLE, TRIAL
 
@@ -126,7 +126,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
     trials = optuna.load_study(study_name="tiny-study", storage=storage).get_trials()
     states = Counter(t.state.name for t in trials)
     died = [t for t in trials if t.user_attrs.get("reason") == WORKER_DIED]
-    retry_of = Counter(t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs)
+    retry_of = Counter(t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs)
     client = MlflowClient(tracking_uri=f"sqlite:///{work / 'mlruns' / 'mlflow.db'}")
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
@@ -160,7 +160,7 @@ def soak(args, sets: list[str], kill_tree: bool = False) -> tuple[dict, bool]:
 def _retrained(client: MlflowClient, trials: list) -> dict:
     """Samples that re-runs trained again: per killed trial, how far it got (its last logged
     ``progress/samples``) less where its re-run resumed (0 without a checkpoint)."""
-    retry = {t.user_attrs["retry_of"]: t for t in trials if "retry_of" in t.user_attrs}
+    retry = {t.user_attrs[RETRY_OF_ATTR]: t for t in trials if RETRY_OF_ATTR in t.user_attrs}
     per_kill = []
     for t in trials:
         if t.user_attrs.get("reason") != WORKER_DIED or RUN_ID not in t.user_attrs:

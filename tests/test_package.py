@@ -11,7 +11,7 @@ from lbsearch.cli import compress as compress_cli
 from lbsearch.data import cache
 from lbsearch.orchestrator import launch
 from lbsearch.science import cbs_report, lm_figures, report
-from lbsearch.spec import CONFIG_ATTR, branch, load, metric_names, outcome, protocol, script, workdir
+from lbsearch.spec import attributes, branch, metric_names, outcome, protocol, script, workdir
 from lbsearch.study import sampler, views
 from lbsearch.tracking import compressed, outbox, story, tags, tracker
 from lbsearch.trial import model
@@ -67,11 +67,11 @@ def test_tag_metric_reason_and_file_names_are_written_only_where_their_constant_
     facts |= {tag: f"BRANCH_TAGS[{key!r}]" for key, tag in branch.BRANCH_TAGS.items()}
     facts |= {tag: f"CBS_TAGS[{key!r}]" for key, tag in branch.CBS_TAGS.items()}
     facts |= {getattr(metric_names, n): n for n in metric_names.__all__} | {sampler.DIVERGED: "DIVERGED (lbsearch.study.sampler)"}
-    facts |= {getattr(tags, n): n for n in ("BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "DISTILL_LOGITS", "PARETO_TRIALS_TAG")} | {load.RUN_ID: "RUN_ID"}
+    facts |= {getattr(tags, n): n for n in ("BEST_TRIAL_TAG", "BEST_VALUE_TAG", "BEST_RUN_TAG", "DISTILL_LOGITS", "PARETO_TRIALS_TAG")} | {attributes.RUN_ID: "RUN_ID"}
     files = {}
     for name, module in FILE_NAMES.items():
         files.setdefault(getattr(module, name), []).append(name)
-    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, load, compress_cli, *FILE_NAMES.values())}
+    homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, attributes, compress_cli, *FILE_NAMES.values())}
     root = PACKAGE.parent
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
     copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"
@@ -130,16 +130,31 @@ def test_the_state_folders_are_named_once():
     assert not found, "\n".join(found)
 
 
-def test_the_recorded_config_attribute_is_named_once():
-    """A trial's resolved config is the user attribute ``spec.CONFIG_ATTR``: no ``user_attrs["config"]``, ``.get("config")``,
-    ``"config" in ....user_attrs`` or ``set_user_attr("config", ...)`` spells it (a word too common for the literal guard above)."""
+ATTRIBUTES = {getattr(attributes, n): n for n in attributes.__all__ if isinstance(getattr(attributes, n), str)} | {
+    v: f"RESUMED_FROM[{k!r}]" for k, v in attributes.RESUMED_FROM.items()}
+"""The Optuna user attributes lbsearch keeps on trials and studies, by name (``lbsearch.spec.attributes``)."""
+
+
+def _attribute_keys(tree: ast.Module) -> list[ast.Constant]:
+    """The string literals a module uses as a user attribute's name: ``user_attrs["x"]``, ``user_attrs.get("x")``,
+    ``"x" in ....user_attrs``, ``set_user_attr("x", ...)`` and ``user_attrs={"x": ...}``."""
+    keys = []
+    for n in ast.walk(tree):
+        owner = n.value if isinstance(n, ast.Subscript) else n.func.value if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
+            and n.func.attr == "get" else n.comparators[0] if isinstance(n, ast.Compare) else n.func if isinstance(n, ast.Call) else None
+        key = n.slice if isinstance(n, ast.Subscript) else n.left if isinstance(n, ast.Compare) else (n.args or [None])[0] if isinstance(n, ast.Call) else None
+        if getattr(owner, "attr", "") in ("user_attrs", "set_user_attr") and isinstance(key, ast.Constant):
+            keys.append(key)
+        if isinstance(n, ast.keyword) and n.arg == "user_attrs" and isinstance(n.value, ast.Dict):
+            keys += [k for k in n.value.keys if isinstance(k, ast.Constant)]
+    return keys
+
+
+def test_the_user_attributes_are_named_once():
+    """A trial's or a study's user attribute is read and set by its constant (``lbsearch.spec.attributes``), never by its
+    name written out (``"rung"``, ``"config"``: words too common for the literal guard above), so a rename is one edit."""
     root, found = PACKAGE.parent, []
     for path in [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py"))]:
-        for n in ast.walk(ast.parse(path.read_text())):
-            owner = n.value if isinstance(n, ast.Subscript) else n.func.value if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
-                and n.func.attr == "get" else n.comparators[0] if isinstance(n, ast.Compare) else n.func if isinstance(n, ast.Call) else None
-            key = n.slice if isinstance(n, ast.Subscript) else n.left if isinstance(n, ast.Compare) else (n.args or [None])[0] if isinstance(n, ast.Call) else None
-            named = getattr(owner, "attr", "") in ("user_attrs", "set_user_attr")
-            if named and isinstance(key, ast.Constant) and key.value == CONFIG_ATTR:
-                found.append(f"{path.relative_to(root)}:{n.lineno} (use CONFIG_ATTR)")
+        found += [f"{path.relative_to(root)}:{k.lineno}: {k.value!r} (use {ATTRIBUTES[k.value]})" for k in _attribute_keys(ast.parse(path.read_text()))
+                  if k.value in ATTRIBUTES]
     assert not found, "\n".join(found)

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lbsearch.cli.branch import add_branch, cmd_branch
-from lbsearch.spec import GPU_TOLERANCE, REPORTS, SpecError, TrackingOutage
+from lbsearch.spec import GPU_TOLERANCE, METRIC_ATTR, REPORTS, SpecError, TrackingOutage
 from lbsearch.study import ROW_STATES, RUN_ID
 
 UI_HOST = "127.0.0.1"
@@ -251,7 +251,7 @@ def cmd_best(args) -> int:
     if best is None:
         print(f"study {args.study}: no complete trial yet", file=sys.stderr)
         return 1
-    metric = study.user_attrs.get("metric", "value")
+    metric = study.user_attrs.get(METRIC_ATTR, "value")
     front = {t.number for t in pareto(study)} if is_multi(study) else set()
     if args.json:
         rows = {r["trial"]: r for r in trial_rows(study)}

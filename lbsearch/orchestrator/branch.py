@@ -31,6 +31,8 @@ from lbsearch.spec import (
     CBS_TAGS,
     CONFIG_ATTR,
     FOLDER,
+    RESUME_OF_ATTR,
+    RETRY_OF_ATTR,
     RULES,
     SPEC_JSON,
     ExperimentConfig,
@@ -103,7 +105,7 @@ def _points_folder(folders_of: Path, trials: list, number: int) -> Path | None:
     """The ``branch_points`` folder of trial ``number``: where a trial re-run from another's checkpoint (``retry_of``,
     ``resume_of``) kept fewer points than the trials before it, theirs are linked into its folder so one folder holds them all."""
     by_number, lineage = {t.number: t for t in trials}, [number]
-    while (t := by_number.get(lineage[-1])) is not None and (up := t.user_attrs.get("retry_of", t.user_attrs.get("resume_of"))) is not None:
+    while (t := by_number.get(lineage[-1])) is not None and (up := t.user_attrs.get(RETRY_OF_ATTR, t.user_attrs.get(RESUME_OF_ATTR))) is not None:
         lineage.append(up)
     folders = [branch_points_dir(p / FOLDER) for n in lineage for p in sorted(folders_of.glob(f"{n:04d}-*"))]
     found = [f for f in folders if kept_points(f)]

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING
 import optuna
 
 from lbsearch.spec import REPORT_B_CRIT, REPORT_LR_ALPHA, REPORT_LR_ALPHA_CI_HIGH, REPORT_LR_ALPHA_CI_LOW, REPORT_S_MIN, Session, reports_dir, tracking_home
-from lbsearch.study import load_existing_study, objectives, pareto, stored_study
-from lbsearch.tracking import study_plots, tracker_for
+from lbsearch.study import load_existing_study, objectives, pareto, stored_study, to_csv, trial_rows
+from lbsearch.tracking import PARETO_CSV, PARETO_DIR, PARETO_PNG, pareto_tags, study_plots, tracker_for
 
 if TYPE_CHECKING:
     from lbsearch.spec import Session, StudyConfig
@@ -77,6 +77,15 @@ def _say_tokens(say, s: dict) -> None:
         for r in s["per_batch_size"]))
     for w in s["warnings"]:
         say(f"warning: {w}")
+
+
+def update_front(study: optuna.Study, tracker: "Tracker", parent: str, reports: Path) -> None:
+    """The Pareto front on the parent run: a table, its trials as a tag and, from 2 front trials on, Optuna's plot."""
+    rows = [r for r in trial_rows(study) if r["trial"] in {t.number for t in pareto(study)}]
+    tracker.artifacts(parent, {PARETO_CSV: to_csv(rows)})
+    tracker.tags(parent, pareto_tags([r["trial"] for r in rows]))
+    if front_plot(study, reports / PARETO_DIR / PARETO_PNG):
+        tracker.artifact_dir(parent, reports / PARETO_DIR, PARETO_DIR)
 
 
 def front_plot(study: optuna.Study, path: Path) -> bool:

@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from lbsearch.data import prepare_data
 from lbsearch.orchestrator.budget import budget_reached, trials_left
-from lbsearch.orchestrator.finish import finish_study, front_plot
+from lbsearch.orchestrator.finish import finish_study, update_front
 from lbsearch.orchestrator.promotion import ended_line, promote, resume, rung_plan, started
 from lbsearch.orchestrator.ray_executor import connect
 from lbsearch.orchestrator.runner import Stopper, TrialRun, resolved, run_tracked, trial_files
@@ -28,11 +28,17 @@ from lbsearch.spec import (
     BEST_TEST,
     BEST_VALUE,
     CONFIG_ATTR,
+    HOST_ATTR,
     INTERRUPTED,
+    METRIC_ATTR,
+    PID_ATTR,
+    RETRY_OF_ATTR,
+    SPEC_ATTR,
     TRACKING_LOST,
     TRIALS_COMPLETE,
     TRIALS_FAIL,
     TRIALS_PRUNED,
+    WARM_STARTED_ATTR,
     WORKER_DIED,
     Constraint,
     OptunaRef,
@@ -84,9 +90,6 @@ from lbsearch.terminal import Progress, study_progress
 from lbsearch.tracking import (
     BEST_ALIAS,
     KIND,
-    PARETO_CSV,
-    PARETO_DIR,
-    PARETO_PNG,
     TRIALS_CSV,
     Tracker,
     TrackingError,
@@ -99,7 +102,6 @@ from lbsearch.tracking import (
     keep_trial_model,
     mark_best,
     outage_limit,
-    pareto_tags,
     replay_outboxes,
     tracker_for,
     trial_tags,
@@ -121,8 +123,8 @@ class _Search:
         self.data = None if is_script(cfg.experiment) else prepare_data(cfg.experiment, data_cache_dir(session.root))
         self.digest = {"data.digest": self.data.digest} if self.data else {}
         self.study = open_study(session, cfg)
-        self.study.set_user_attr("metric", cfg.experiment.metric.name)
-        self.study.set_user_attr("spec", json.dumps({"study": cfg.model_dump(mode="json", exclude={"experiment"}), "experiment": exp_raw}))
+        self.study.set_user_attr(METRIC_ATTR, cfg.experiment.metric.name)
+        self.study.set_user_attr(SPEC_ATTR, json.dumps({"study": cfg.model_dump(mode="json", exclude={"experiment"}), "experiment": exp_raw}))
         self.tracker: Tracker = tracker_for(session, cfg)
         home, nest_under = tracking_home(cfg)  # a branch study: the reference's experiment, under the reference trial's run
         self.exp_id = self.tracker.experiment(home)
@@ -151,7 +153,7 @@ class _Search:
                 if reason(t) == WORKER_DIED and counted(t, cfg.max_retries):
                     for folder in trials_dir(self.session.root, cfg.name).glob(f"{t.number:04d}-*"):
                         discard(folder)
-            if cfg.warm_start and not study.user_attrs.get("warm_started"):
+            if cfg.warm_start and not study.user_attrs.get(WARM_STARTED_ATTR):
                 self._warm_start()
             trials = study.get_trials(deepcopy=False)
             running = sum(t.state == TrialState.RUNNING and not continuation(t) for t in trials)  # n_trials counts configurations
@@ -173,8 +175,8 @@ class _Search:
             number = min((t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))), default=len(trials))
             study.sampler = make_sampler(cfg.sampler, cfg.space, number=number, constraints=cfg.constraints)
             trial = study.ask()
-            trial.set_user_attr("host", host())
-            trial.set_user_attr("pid", os.getpid())
+            trial.set_user_attr(HOST_ATTR, host())
+            trial.set_user_attr(PID_ATTR, os.getpid())
             return trial
 
     def update_parent(self, step: int) -> None:
@@ -213,7 +215,7 @@ class _Search:
             return
         config = exp.model_dump(mode="json")
         trial.set_user_attr(CONFIG_ATTR, json.dumps(config))
-        tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get("retry_of")) | self.digest
+        tags = trial_tags(cfg.name, trial.number, trial_id(trial), self.commit, trial.user_attrs.get(RETRY_OF_ATTR)) | self.digest
         folders = trials_dir(self.session.root, cfg.name)
         workdir = folders / f"{trial.number:04d}-{uuid.uuid4().hex[:6]}"
         resumed = resume(self.study, folders, trial, workdir, self.session.out)
@@ -280,7 +282,7 @@ class _Search:
                         key=lambda t: [(1 if d == optuna.study.StudyDirection.MINIMIZE else -1) * v for d, v in zip(source.directions, t.values)])
         for t in ranked[: ws.top_k]:
             self.study.enqueue_trial({k: v for k, v in t.params.items() if k in space}, user_attrs={"warm_start_of": f"{ws.study}#{t.number}"})
-        self.study.set_user_attr("warm_started", ws.study)
+        self.study.set_user_attr(WARM_STARTED_ATTR, ws.study)
         self.session.out(f"[study {self.cfg.name}] warm start: the best {min(ws.top_k, len(ranked))} trials of {ws.study} run first")
 
     def _tell(self, trial: optuna.Trial, r: TrialResult, plan: TrialPlan | None = None) -> None:
@@ -300,7 +302,7 @@ class _Search:
             self.session.out(f"[trial {trial.number}] was finished meanwhile by another worker (this one's heartbeat was lost; "
                              f"it re-runs the trial): this result ({r.state}) is not told")
         elif r.state == "complete" and is_multi(self.study):
-            self._update_front()
+            update_front(self.study, self.tracker, self.parent, reports_dir(self.session.root, self.cfg.name))
 
     def _no_model(self, number: int) -> None:
         """A complete trial without its model: where it is the best, the registry's ``best`` alias (an
@@ -326,15 +328,6 @@ class _Search:
                 return
         if folder is not None:
             self.session.out(f"[trial {number}] model kept in {folder}" + (" (the best so far; registered in MLflow)" if best and best.number == number else ""))
-
-    def _update_front(self) -> None:
-        """The Pareto front on the parent run: a table and, from 2 front trials on, Optuna's plot."""
-        rows = [r for r in trial_rows(self.study) if r["trial"] in {t.number for t in pareto(self.study)}]
-        self.tracker.artifacts(self.parent, {PARETO_CSV: to_csv(rows)})
-        self.tracker.tags(self.parent, pareto_tags([r["trial"] for r in rows]))
-        folder = reports_dir(self.session.root, self.cfg.name) / PARETO_DIR
-        if front_plot(self.study, folder / PARETO_PNG):
-            self.tracker.artifact_dir(self.parent, folder, PARETO_DIR)
 
     @functools.cached_property
     def constraints(self) -> list[Constraint]:

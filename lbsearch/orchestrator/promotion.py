@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import optuna
 
-from lbsearch.spec import PAUSED, StudyConfig, TrialResult, adopt, sample_unit
+from lbsearch.spec import PAUSED, RESUME_OF_ATTR, RETRY_OF_ATTR, RUNG_ATTR, StudyConfig, TrialResult, adopt, sample_unit
 from lbsearch.study import RESUMED_FROM, RUN_ID, configurations, is_multi, last_resort, promotable, rung_to_run, rungs
 from lbsearch.tracking import RESUMED_FROM_RUN, RESUMED_FROM_STEP, Tracker, TrackingError, promoted_tags, resumed_tags, rung_tags
 
@@ -42,7 +42,7 @@ def promote(study: optuna.Study, cfg: StudyConfig, say: Callable[[str], None]) -
     if found is None:
         return False
     paused, why = found
-    study.enqueue_trial(paused.params, user_attrs={"resume_of": paused.number})
+    study.enqueue_trial(paused.params, user_attrs={RESUME_OF_ATTR: paused.number})
     say(f"[study {cfg.name}] trial {paused.number} promoted ({why}): it goes on from its checkpoint")
     return True
 
@@ -54,7 +54,7 @@ def rung_plan(study: optuna.Study, cfg: StudyConfig, trial: optuna.Trial, script
         return {}, None
     points = rungs(cfg.pruner, cfg.experiment.train)
     k = rung_to_run(study.get_trials(deepcopy=False), trial)
-    trial.set_user_attr("rung", k)
+    trial.set_user_attr(RUNG_ATTR, k)
     at = points[k] if k < len(points) else None
     return rung_tags(k, at), at
 
@@ -63,10 +63,10 @@ def resume(study: optuna.Study, trials_dir: Path, trial: optuna.Trial, workdir: 
     """A re-run (``retry_of``) or a promoted trial's continuation (``resume_of``) takes over the checkpoints of the trial it goes
     on from and the intermediate values that trial reported up to them, so that the pruner and the rungs see one curve.
     Returns the MLflow tags that say so."""
-    number = trial.user_attrs.get("retry_of", trial.user_attrs.get("resume_of"))
+    number = trial.user_attrs.get(RETRY_OF_ATTR, trial.user_attrs.get(RESUME_OF_ATTR))
     info = adopt(trials_dir, number, workdir)
     if info is None:
-        if "resume_of" in trial.user_attrs:
+        if RESUME_OF_ATTR in trial.user_attrs:
             say(f"[trial {trial.number}] trial {number}'s checkpoint is not on this machine: it trains from the start")
         return {}
     old = next(t for t in study.get_trials(deepcopy=False) if t.number == number)
@@ -94,7 +94,7 @@ def started(tracker: Tracker, trial: optuna.Trial, run_id: str, resumed: dict[st
         return
     try:
         tracker.copy_metrics(source, run_id, resumed[RESUMED_FROM_STEP])
-        if "resume_of" in trial.user_attrs and "retry_of" not in trial.user_attrs:
+        if RESUME_OF_ATTR in trial.user_attrs and RETRY_OF_ATTR not in trial.user_attrs:
             tracker.tags(source, promoted_tags(trial.number, run_id))
     except TrackingError as err:
         say(f"[trial {trial.number}] earlier metrics not copied: {str(err).splitlines()[0][:200]}")
@@ -103,5 +103,5 @@ def started(tracker: Tracker, trial: optuna.Trial, run_id: str, resumed: dict[st
 def ended_line(r: TrialResult, trial: optuna.Trial) -> str:
     """How a trial ended, for its last line: ``paused at rung k (N samples)``, or its state and reason."""
     if r.reason == PAUSED:
-        return f"paused at rung {trial.user_attrs.get('rung', 0)} ({r.samples} samples)"
+        return f"paused at rung {trial.user_attrs.get(RUNG_ATTR, 0)} ({r.samples} samples)"
     return r.state + (f" ({r.reason})" if r.reason and r.reason != "pruned" else "")

@@ -26,7 +26,7 @@ import optuna
 from optuna.trial import TrialState
 
 from lbsearch.science.scaling import fit_power, fit_steps
-from lbsearch.spec import CONFIG_ATTR, LM_TASKS, experiment_model, make_plan
+from lbsearch.spec import CONFIG_ATTR, LM_TASKS, METRIC_ATTR, experiment_model, make_plan
 
 __all__ = ["REPORT_HTML", "SUMMARY_JSON", "FIGURES", "TrialPoint", "collect", "summarize", "write_report"]
 
@@ -50,7 +50,7 @@ class TrialPoint:
 
 def collect(study: optuna.Study) -> list[TrialPoint]:
     """Complete and pruned trials with what the report needs (B and lr from the config that ran)."""
-    points, metric = [], study.user_attrs.get("metric", "accuracy")
+    points, metric = [], study.user_attrs.get(METRIC_ATTR, "accuracy")
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if CONFIG_ATTR not in t.user_attrs:
             continue
@@ -285,7 +285,7 @@ def write_report(study: optuna.Study, out: Path, targets: list[float] | None = N
     """Write the page (``REPORT_HTML``), the PNGs and summary.json under ``out``; return the summary. A language-model
     study also gets the token-level analysis at several loss ``targets`` (``lbsearch.science.lm_report``)."""
     configs = [json.loads(t.user_attrs[CONFIG_ATTR]) for t in study.get_trials(deepcopy=False) if CONFIG_ATTR in t.user_attrs]
-    metric = study.user_attrs.get("metric", "accuracy")
+    metric = study.user_attrs.get(METRIC_ATTR, "accuracy")
     target = configs[-1]["metric"].get("target") if configs else None
     points = collect(study)
     summary = summarize(points, study.directions[0] == optuna.study.StudyDirection.MAXIMIZE)

@@ -4,6 +4,21 @@
 trial process."""
 
 from lbsearch.spec.accelerate_file import machines, read_config
+from lbsearch.spec.attributes import (
+    ATTEMPT_ATTR,
+    CONFIG_ATTR,
+    HOST_ATTR,
+    METRIC_ATTR,
+    OBJECTIVES_ATTR,
+    PID_ATTR,
+    RESUME_OF_ATTR,
+    RESUMED_FROM,
+    RETRY_OF_ATTR,
+    RUN_ID,
+    RUNG_ATTR,
+    SPEC_ATTR,
+    WARM_STARTED_ATTR,
+)
 from lbsearch.spec.branch import BRANCH_POINTS, BRANCH_TAGS, CBS_TAGS, RULES, SEARCHED, branch_experiment, branch_points_dir, keep_steps, kept_points, stream_start, tracking_home
 from lbsearch.spec.config import (
     BATCH_KEY,
@@ -24,7 +39,7 @@ from lbsearch.spec.config import (
 from lbsearch.spec.constraints import Constraint, parse
 from lbsearch.spec.distill import DISTILL_TASKS, DistillConfig, teacher_logits_file, teacher_study
 from lbsearch.spec.executor import ExecutorConfig, bundles
-from lbsearch.spec.load import CONFIG_ATTR, RUN_ID, apply_params, as_recorded, load_experiment, load_study, parse_set, validate_experiment
+from lbsearch.spec.load import apply_params, as_recorded, load_experiment, load_study, parse_set, validate_experiment
 from lbsearch.spec.metric_names import (
     BEST_TEST,
     BEST_VALUE,
@@ -138,4 +153,4 @@ from lbsearch.spec.workdir import (
     trials_dir,
 )
 
-__all__ = ['TRIALS_COMPLETE', 'TRIALS_PRUNED', 'TRIALS_FAIL', 'BEST_VALUE', 'BEST_TEST', 'REPORT_B_CRIT', 'REPORT_S_MIN', 'REPORT_LR_ALPHA', 'REPORT_LR_ALPHA_CI_LOW', 'REPORT_LR_ALPHA_CI_HIGH', 'TRAIN_LOSS', 'TRAIN_LOSS_HARD', 'TRAIN_LOSS_SOFT', 'TRAIN_LR', 'TRAIN_GRAD_NORM', 'TRAIN_CLIP_FRAC', 'TRAIN_BATCH_SIZE', 'TRAIN_SKIPPED_STEPS', 'TRAIN_SAMPLES_PER_S', 'TRAIN_TOKENS_PER_S', 'TRAIN_MFU', 'PROGRESS_SAMPLES', 'PROGRESS_STEP', 'PROGRESS_TOKENS', 'EVAL', 'VAL', 'TEST', 'SIZE_WEIGHT_BYTES', 'SIZE_PARAMS_NONZERO', 'SIZE_LINEAR_ZERO_SHARE', 'SPEED_LATENCY_MS_MEDIAN', 'SPEED_LATENCY_MS_P10', 'SPEED_LATENCY_MS_P90', 'SPEED_THROUGHPUT_PER_S', 'SPEED_THROUGHPUT_PER_S_P10', 'SPEED_THROUGHPUT_PER_S_P90', 'PLAN_BATCH_SIZE', 'PLAN_MICRO_BATCH', 'PLAN_ACCUMULATION', 'PLAN_LR', 'GNS_B_SIMPLE', 'GNS_B_SIMPLE_TOKENS', 'GNS_GRAD_SQ', 'GNS_TRACE_SIGMA', 'CBS_CBS', 'CBS_CI_LOW', 'CBS_CI_HIGH', 'DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'PAUSED_STATE', 'PROMOTED_STATE', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'OptimizerConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'CONFIG_ATTR', 'RUN_ID', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'PARAMS_ENV', 'PARAMS_JSON', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'DISTILL_LOGITS', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'metric_messages', 'parse_message', 'read_result', 'split_message', 'write_result', 'FOLDER', 'BEST_ALIAS', 'best_uri', 'registered_name', 'INFO', 'KEPT_FILE', 'PREFIX', 'RESULT_JSON', 'SPEC_JSON', 'REPORTS', 'TRIALS', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'reports_dir', 'superseded', 'trial_model_dir', 'trials_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'BRANCH_POINTS', 'BRANCH_TAGS', 'CBS_TAGS', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']
+__all__ = ['RUN_ID', 'CONFIG_ATTR', 'RESUMED_FROM', 'RETRY_OF_ATTR', 'ATTEMPT_ATTR', 'RESUME_OF_ATTR', 'RUNG_ATTR', 'HOST_ATTR', 'PID_ATTR', 'METRIC_ATTR', 'OBJECTIVES_ATTR', 'SPEC_ATTR', 'WARM_STARTED_ATTR', 'TRIALS_COMPLETE', 'TRIALS_PRUNED', 'TRIALS_FAIL', 'BEST_VALUE', 'BEST_TEST', 'REPORT_B_CRIT', 'REPORT_S_MIN', 'REPORT_LR_ALPHA', 'REPORT_LR_ALPHA_CI_LOW', 'REPORT_LR_ALPHA_CI_HIGH', 'TRAIN_LOSS', 'TRAIN_LOSS_HARD', 'TRAIN_LOSS_SOFT', 'TRAIN_LR', 'TRAIN_GRAD_NORM', 'TRAIN_CLIP_FRAC', 'TRAIN_BATCH_SIZE', 'TRAIN_SKIPPED_STEPS', 'TRAIN_SAMPLES_PER_S', 'TRAIN_TOKENS_PER_S', 'TRAIN_MFU', 'PROGRESS_SAMPLES', 'PROGRESS_STEP', 'PROGRESS_TOKENS', 'EVAL', 'VAL', 'TEST', 'SIZE_WEIGHT_BYTES', 'SIZE_PARAMS_NONZERO', 'SIZE_LINEAR_ZERO_SHARE', 'SPEED_LATENCY_MS_MEDIAN', 'SPEED_LATENCY_MS_P10', 'SPEED_LATENCY_MS_P90', 'SPEED_THROUGHPUT_PER_S', 'SPEED_THROUGHPUT_PER_S_P10', 'SPEED_THROUGHPUT_PER_S_P90', 'PLAN_BATCH_SIZE', 'PLAN_MICRO_BATCH', 'PLAN_ACCUMULATION', 'PLAN_LR', 'GNS_B_SIMPLE', 'GNS_B_SIMPLE_TOKENS', 'GNS_GRAD_SQ', 'GNS_TRACE_SIGMA', 'CBS_CBS', 'CBS_CI_LOW', 'CBS_CI_HIGH', 'DIVERGED_REASON', 'GPU_TOLERANCE', 'INTERRUPTED', 'PAUSED', 'PAUSED_STATE', 'PROMOTED_STATE', 'RETRYABLE', 'TRACKING_LOST', 'WORKER_DIED', 'TrackingOutage', 'diverged', 'failure', 'is_out_of_memory', 'BATCH_KEY', 'BUILTIN_DATASETS', 'BUILTIN_MODELS', 'DECAYING_SCHEDULES', 'SCHEDULES', 'CategoricalParam', 'DataConfig', 'ExperimentConfig', 'FloatParam', 'IntParam', 'LauncherConfig', 'ModelConfig', 'OptimizerConfig', 'PrunerConfig', 'SamplerConfig', 'SpecError', 'StudyConfig', 'TrainConfig', 'LM_TASKS', 'sample_unit', 'Constraint', 'parse', 'BatchPlan', 'TrialPlan', 'make_plan', 'apply_params', 'as_recorded', 'load_experiment', 'load_study', 'parse_set', 'validate_experiment', 'SPEC_ENV', 'PARAMS_ENV', 'PARAMS_JSON', 'ScriptExperimentConfig', 'experiment_model', 'is_script', 'trial_values', 'FLAG', 'START', 'CPUS', 'THREADS', 'GPUS', 'PACKING', 'NOISE_SCALE', 'DISTILL_LOGITS', 'OptunaRef', 'TrialResult', 'WorkerSpec', 'message', 'metric_messages', 'parse_message', 'read_result', 'split_message', 'write_result', 'FOLDER', 'BEST_ALIAS', 'best_uri', 'registered_name', 'INFO', 'KEPT_FILE', 'PREFIX', 'RESULT_JSON', 'SPEC_JSON', 'REPORTS', 'TRIALS', 'adopt', 'checkpoint_name', 'data_cache_dir', 'discard', 'fingerprint', 'latest', 'models_dir', 'reports_dir', 'superseded', 'trial_model_dir', 'trials_dir', 'Session', 'default_tracking_uri', 'machines', 'read_config', 'BRANCH_POINTS', 'BRANCH_TAGS', 'CBS_TAGS', 'RULES', 'SEARCHED', 'branch_experiment', 'branch_points_dir', 'keep_steps', 'kept_points', 'stream_start', 'tracking_home', 'ExecutorConfig', 'bundles', 'DISTILL_TASKS', 'DistillConfig', 'teacher_logits_file', 'teacher_study']

@@ -20,7 +20,7 @@ from lbsearch.spec.config import CategoricalParam, ExperimentConfig, FloatParam,
 from lbsearch.spec.registry import BUILTIN_DATASETS, BUILTIN_MODELS
 from lbsearch.spec.script import ScriptExperimentConfig, ScriptStudyConfig, experiment_model, is_script
 
-__all__ = ["RUN_ID", "CONFIG_ATTR", "parse_set", "apply_params", "validate_experiment", "load_experiment_raw", "load_experiment", "load_study"]
+__all__ = ["parse_set", "apply_params", "validate_experiment", "load_experiment_raw", "load_experiment", "load_study"]
 
 _DATA_SUFFIXES = (".csv", ".jsonl", ".json", ".parquet", ".bz2", ".gz")
 _EXPONENT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
@@ -314,15 +314,6 @@ def load_study(path: str | Path, overrides: dict[str, Any] | None = None) -> tup
     _check_search_space(path, study, exp_raw)
     return study, exp_raw
 
-
-RUN_ID = "mlflow_run_id"
-"""The Optuna user attribute of a trial's MLflow run id (set by ``orchestrator.loop`` when the run starts): how every command finds
-a trial's run; the parent run's ``best.`` tag of the best trial's says it too (``lbsearch.tracking.tags``). Studies already stored
-keep the old name: a rename leaves their runs unfound unless it is read too. ``lbsearch.study`` re-exports it."""
-
-CONFIG_ATTR = "config"
-"""The Optuna user attribute of a trial's resolved experiment as it ran, as JSON (set by ``orchestrator.loop``; read by
-``reproduce``, ``compress``, the reports, a branch study and ``status``). Studies already stored keep the old name."""
 
 RECORDED_DEFAULTS: dict[tuple[str, str], Any] = {("launcher", "pack"): False}
 """Fields added with a new default behaviour, and the value a config recorded without them ran with."""

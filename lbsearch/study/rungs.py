@@ -19,7 +19,7 @@ from typing import Iterable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import PAUSED, PrunerConfig, TrainConfig
+from lbsearch.spec import PAUSED, RESUME_OF_ATTR, RETRY_OF_ATTR, RUNG_ATTR, PrunerConfig, TrainConfig
 from lbsearch.study.views import counted, reason
 
 __all__ = ["rungs", "is_paused", "promoted", "continuation", "configurations", "rung_to_run", "promotable", "last_resort"]
@@ -35,7 +35,7 @@ def rungs(cfg: PrunerConfig, train: TrainConfig) -> list[int]:
 
 def continuation(t: FrozenTrial) -> bool:
     """A trial that goes on with a configuration paused earlier (or re-runs such a trial): it is not a new configuration."""
-    return "resume_of" in t.user_attrs
+    return RESUME_OF_ATTR in t.user_attrs
 
 
 def configurations(trials: Iterable[FrozenTrial], max_retries: int) -> int:
@@ -46,7 +46,7 @@ def configurations(trials: Iterable[FrozenTrial], max_retries: int) -> int:
 
 def promoted(trials: Iterable[FrozenTrial]) -> set[int]:
     """The numbers of the paused trials that a continuation (waiting, running or finished) goes on with."""
-    return {t.user_attrs["resume_of"] for t in trials if "resume_of" in t.user_attrs}
+    return {t.user_attrs[RESUME_OF_ATTR] for t in trials if RESUME_OF_ATTR in t.user_attrs}
 
 
 def is_paused(t: FrozenTrial) -> bool:
@@ -59,15 +59,15 @@ def rung_to_run(trials: list[FrozenTrial], trial: FrozenTrial | optuna.Trial) ->
     after its paused trial's, a new configuration's 0."""
     by_number = {t.number: t for t in trials}
     attrs = trial.user_attrs
-    if "retry_of" in attrs and attrs["retry_of"] in by_number:
-        return by_number[attrs["retry_of"]].user_attrs.get("rung", 0)
-    if "resume_of" in attrs and attrs["resume_of"] in by_number:
-        return by_number[attrs["resume_of"]].user_attrs.get("rung", 0) + 1
+    if RETRY_OF_ATTR in attrs and attrs[RETRY_OF_ATTR] in by_number:
+        return by_number[attrs[RETRY_OF_ATTR]].user_attrs.get(RUNG_ATTR, 0)
+    if RESUME_OF_ATTR in attrs and attrs[RESUME_OF_ATTR] in by_number:
+        return by_number[attrs[RESUME_OF_ATTR]].user_attrs.get(RUNG_ATTR, 0) + 1
     return 0
 
 
 def _root(t: FrozenTrial, by_number: dict[int, FrozenTrial]) -> int:
-    while (parent := t.user_attrs.get("retry_of", t.user_attrs.get("resume_of"))) in by_number:
+    while (parent := t.user_attrs.get(RETRY_OF_ATTR, t.user_attrs.get(RESUME_OF_ATTR))) in by_number:
         t = by_number[parent]
     return t.number
 
@@ -91,7 +91,7 @@ def _order(values: dict[int, float], direction: optuna.study.StudyDirection) -> 
 def _waiting(trials: list[FrozenTrial], rung_samples: list[int]) -> list[FrozenTrial]:
     """The paused trials not promoted yet (a paused trial always has a rung below the budget)."""
     gone = promoted(trials)
-    return [t for t in trials if is_paused(t) and t.number not in gone and t.user_attrs.get("rung", 0) < len(rung_samples)]
+    return [t for t in trials if is_paused(t) and t.number not in gone and t.user_attrs.get(RUNG_ATTR, 0) < len(rung_samples)]
 
 
 def promotable(study: optuna.Study, rung_samples: list[int], eta: int, unit: int = 1) -> tuple[FrozenTrial, str] | None:
@@ -101,7 +101,7 @@ def promotable(study: optuna.Study, rung_samples: list[int], eta: int, unit: int
     trials = study.get_trials(deepcopy=False)
     by_number, best = {t.number: t for t in trials}, None
     for t in _waiting(trials, rung_samples):
-        k = t.user_attrs.get("rung", 0)
+        k = t.user_attrs.get(RUNG_ATTR, 0)
         order = _order(_values_at(trials, rung_samples[k] * unit), study.direction)
         rank = order.index(_root(t, by_number)) if _root(t, by_number) in order else len(order)
         if rank < len(order) // eta and (best is None or (-k, rank) < (-best[0], best[1])):
@@ -121,8 +121,8 @@ def last_resort(study: optuna.Study, rung_samples: list[int], unit: int = 1) -> 
     by_number, paused = {t.number: t for t in trials}, _waiting(trials, rung_samples)
     if not paused:
         return None
-    k = max(t.user_attrs.get("rung", 0) for t in paused)
+    k = max(t.user_attrs.get(RUNG_ATTR, 0) for t in paused)
     order = _order(_values_at(trials, rung_samples[k] * unit), study.direction)
-    at_k = [t for t in paused if t.user_attrs.get("rung", 0) == k]
+    at_k = [t for t in paused if t.user_attrs.get(RUNG_ATTR, 0) == k]
     t = min(at_k, key=lambda t: order.index(_root(t, by_number)) if _root(t, by_number) in order else len(order))
     return t, f"best paused at the highest rung {k} ({rung_samples[k]} samples), as no trial is complete"

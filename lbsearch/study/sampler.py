@@ -11,7 +11,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.study import StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import DIVERGED_REASON, CategoricalParam, FloatParam, IntParam, SamplerConfig
+from lbsearch.spec import DIVERGED_REASON, RESUME_OF_ATTR, CategoricalParam, FloatParam, IntParam, SamplerConfig
 from lbsearch.study.access import SamplerView, constraint_attr, set_trial_system_attrs, trial_id
 
 __all__ = ["trial_seed", "make_sampler", "suggest", "objective_values", "informed", "OFF", "DIVERGED"]
@@ -58,7 +58,7 @@ def informed(trials: list[FrozenTrial], directions: list[StudyDirection], states
     TPE counts it as infeasible (never among its good trials); for GP's ``n_startup_trials`` it counts as complete. A paused
     trial that was promoted (``asha_promote``) is left out: the trial that goes on with it holds its curve. Only
     the samplers see this: the stored trial stays pruned and is never the best. Before any trial is complete, nothing changes."""
-    promoted = {t.user_attrs["resume_of"] for t in trials if "resume_of" in t.user_attrs}  # asha_promote: its continuation stands for it
+    promoted = {t.user_attrs[RESUME_OF_ATTR] for t in trials if RESUME_OF_ATTR in t.user_attrs}  # asha_promote: its continuation stands for it
     trials = [t for t in trials if t.number not in promoted]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     worst = [(max if d == StudyDirection.MINIMIZE else min)(t.values[i] for t in complete) for i, d in enumerate(directions)] if complete else None

@@ -22,7 +22,22 @@ from typing import TYPE_CHECKING, Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import RETRYABLE, WORKER_DIED, Session, SpecError, StudyConfig, TrainConfig, sample_unit
+from lbsearch.spec import (
+    ATTEMPT_ATTR,
+    HOST_ATTR,
+    OBJECTIVES_ATTR,
+    PID_ATTR,
+    RESUME_OF_ATTR,
+    RETRY_OF_ATTR,
+    RETRYABLE,
+    SPEC_ATTR,
+    WORKER_DIED,
+    Session,
+    SpecError,
+    StudyConfig,
+    TrainConfig,
+    sample_unit,
+)
 from lbsearch.study.access import storage_of, trial_id
 from lbsearch.study.pruner import make_pruner
 from lbsearch.study.sampler import make_sampler
@@ -78,9 +93,9 @@ def open_study(session: Session, cfg: StudyConfig, *, create: bool = True) -> op
     objectives = cfg.objective_list
     study = optuna.create_study(directions=[o.direction for o in objectives], load_if_exists=True, **kwargs)
     names = [o.name for o in objectives]
-    if study.user_attrs.get("objectives", names) != names:
-        raise SpecError(None, "objectives", f"study {cfg.name!r} exists with objectives {study.user_attrs['objectives']}, not {names}")
-    study.set_user_attr("objectives", names)
+    if study.user_attrs.get(OBJECTIVES_ATTR, names) != names:
+        raise SpecError(None, "objectives", f"study {cfg.name!r} exists with objectives {study.user_attrs[OBJECTIVES_ATTR]}, not {names}")
+    study.set_user_attr(OBJECTIVES_ATTR, names)
     return study
 
 
@@ -100,7 +115,7 @@ def load_existing_study(session: Session, name: str) -> optuna.Study:
 def stored_study(study: optuna.Study) -> StudyConfig | None:
     """The study's own config as stored at creation (for its tracking URI), or None."""
     try:
-        stored = json.loads(study.user_attrs["spec"])
+        stored = json.loads(study.user_attrs[SPEC_ATTR])
         return StudyConfig.model_validate(stored["study"] | {"experiment": stored["experiment"]})
     except (KeyError, ValueError):
         return None
@@ -255,7 +270,7 @@ def recover(study: optuna.Study, max_retries: int, on_dead: Callable[[FrozenTria
                 on_dead(t)
     me = host()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        if t.user_attrs.get("host") != me or _alive(int(t.user_attrs.get("pid", 0))):
+        if t.user_attrs.get(HOST_ATTR) != me or _alive(int(t.user_attrs.get(PID_ATTR, 0))):
             continue
         storage_of(study).set_trial_user_attr(trial_id(t), "reason", WORKER_DIED)
         try:
@@ -264,10 +279,10 @@ def recover(study: optuna.Study, max_retries: int, on_dead: Callable[[FrozenTria
             continue  # finished meanwhile by another worker
         on_dead(t)
     trials = study.get_trials(deepcopy=False)
-    retried = {t.user_attrs.get("retry_of") for t in trials if "retry_of" in t.user_attrs}
+    retried = {t.user_attrs.get(RETRY_OF_ATTR) for t in trials if RETRY_OF_ATTR in t.user_attrs}
     for t in trials:
         if t.state != TrialState.FAIL or t.number in retried or counted(t, max_retries) or reason(t) not in RETRYABLE:
             continue
-        attempt = t.user_attrs.get("attempt", 0) + (reason(t) == WORKER_DIED)
-        carried = {k: t.user_attrs[k] for k in ("resume_of",) if k in t.user_attrs}  # a re-run of a promoted trial goes on with its configuration
-        study.enqueue_trial(t.params, user_attrs={"retry_of": t.number, "attempt": attempt} | carried)
+        attempt = t.user_attrs.get(ATTEMPT_ATTR, 0) + (reason(t) == WORKER_DIED)
+        carried = {k: t.user_attrs[k] for k in (RESUME_OF_ATTR,) if k in t.user_attrs}  # a re-run of a promoted trial goes on with its configuration
+        study.enqueue_trial(t.params, user_attrs={RETRY_OF_ATTR: t.number, ATTEMPT_ATTR: attempt} | carried)

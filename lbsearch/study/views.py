@@ -16,16 +16,28 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, PAUSED, PAUSED_STATE, PROMOTED_STATE, RUN_ID, TRACKING_LOST, WORKER_DIED, LauncherConfig, sample_unit
+from lbsearch.spec import (
+    ATTEMPT_ATTR,
+    CONFIG_ATTR,
+    INTERRUPTED,
+    METRIC_ATTR,
+    OBJECTIVES_ATTR,
+    PAUSED,
+    PAUSED_STATE,
+    PROMOTED_STATE,
+    RESUME_OF_ATTR,
+    RESUMED_FROM,
+    RUN_ID,
+    RUNG_ATTR,
+    SPEC_ATTR,
+    TRACKING_LOST,
+    WORKER_DIED,
+    LauncherConfig,
+    sample_unit,
+)
 
 __all__ = ["RUN_ID", "ROW_STATES", "RESUMED_FROM", "reason", "counted", "objectives", "trial_rows", "status_columns", "value_columns", "is_multi", "pareto", "pick", "best_trial", "best_value", "to_csv",
            "summary", "spent", "budget_used", "budget_line"]
-
-
-RESUMED_FROM = {"trial": "resumed_from_trial", "step": "resumed_from_step", "samples": "resumed_from_samples", "run": "resumed_from_run"}
-"""The user attributes of a trial resumed from an earlier trial's checkpoint (set by ``orchestrator.promotion.resume``): the
-trial, its checkpoint's step and samples, and the MLflow run that holds its curve. Named here, apart from the MLflow tags
-of the same facts (``tracking.resumed_tags``), so that renaming a tag leaves the studies already stored readable."""
 
 
 def reason(t: FrozenTrial) -> str:
@@ -45,16 +57,16 @@ def counted(t: FrozenTrial, max_retries: int) -> bool:
     why = reason(t)
     if why in (INTERRUPTED, TRACKING_LOST):  # stopped from outside: re-run, never the trial's own fault
         return False
-    return not (why == WORKER_DIED and t.user_attrs.get("attempt", 0) < max_retries)
+    return not (why == WORKER_DIED and t.user_attrs.get(ATTEMPT_ATTR, 0) < max_retries)
 
 
 def _metric(study: optuna.Study) -> str:
-    return study.user_attrs.get("metric", "accuracy")
+    return study.user_attrs.get(METRIC_ATTR, "accuracy")
 
 
 def objectives(study: optuna.Study) -> list[str]:
     """The study's objective names (``metric`` for a study made before objectives were named)."""
-    return study.user_attrs.get("objectives") or ["metric"]
+    return study.user_attrs.get(OBJECTIVES_ATTR) or ["metric"]
 
 
 def value_columns(study: optuna.Study) -> list[str]:
@@ -87,7 +99,7 @@ def _shown_state(t: FrozenTrial, onward: dict[int, int]) -> tuple[str, str]:
     why = reason(t)
     if t.state != TrialState.PRUNED or why != PAUSED:
         return t.state.name.lower(), why
-    where = f"rung {t.user_attrs.get('rung', 0)} ({t.user_attrs.get('samples')} samples)"
+    where = f"rung {t.user_attrs.get(RUNG_ATTR, 0)} ({t.user_attrs.get('samples')} samples)"
     return (PROMOTED_STATE, f"paused at {where}; goes on as trial {onward[t.number]}") if t.number in onward else (PAUSED_STATE, f"paused at {where}")
 
 
@@ -95,8 +107,8 @@ def trial_rows(study: optuna.Study) -> list[dict[str, Any]]:
     rows, trials = [], study.get_trials(deepcopy=False)
     onward: dict[int, int] = {}
     for t in trials:
-        if "resume_of" in t.user_attrs:
-            onward.setdefault(t.user_attrs["resume_of"], t.number)
+        if RESUME_OF_ATTR in t.user_attrs:
+            onward.setdefault(t.user_attrs[RESUME_OF_ATTR], t.number)
     for t in trials:
         dur = (t.datetime_complete - t.datetime_start).total_seconds() if t.datetime_complete and t.datetime_start else None
         facts = {"test": t.user_attrs.get(f"test_{_metric(study)}"), "samples": t.user_attrs.get("samples"),
@@ -160,7 +172,7 @@ def summary(study: optuna.Study, n_trials: int) -> str:
     b = f"best {best_value(study, best):.4f} (trial {best.number})" if best else "best -"
     used = budget_used(study)
     budget = f" · {budget_line(*used)}" if used else ""
-    gone, stops = {t.user_attrs["resume_of"] for t in trials if "resume_of" in t.user_attrs}, [t for t in trials if t.state == TrialState.PRUNED and reason(t) == PAUSED]
+    gone, stops = {t.user_attrs[RESUME_OF_ATTR] for t in trials if RESUME_OF_ATTR in t.user_attrs}, [t for t in trials if t.state == TrialState.PRUNED and reason(t) == PAUSED]
     waits = f" · paused {sum(t.number not in gone for t in stops)}" if stops else ""  # pruned: for good; a paused trial may yet go on
     return f"[study {study.study_name}] done {c[TrialState.COMPLETE]} · pruned {c[TrialState.PRUNED] - len(stops)}{waits} · failed {c[TrialState.FAIL]} of {n_trials} · {b}{budget}"
 
@@ -195,7 +207,7 @@ def spent(study: optuna.Study, unit: str) -> float:
 
 def budget_used(study: optuna.Study) -> tuple[float, float, str] | None:
     """``(used, limit, unit)`` of the ``budget`` in the study's stored spec (set by each ``run``); None without one."""
-    budget = json.loads(study.user_attrs.get("spec", "{}")).get("study", {}).get("budget") or {}
+    budget = json.loads(study.user_attrs.get(SPEC_ATTR, "{}")).get("study", {}).get("budget") or {}
     unit, limit = next(((k, v) for k, v in budget.items() if v is not None), (None, None))
     return None if unit is None else (spent(study, unit), float(limit), unit)
 

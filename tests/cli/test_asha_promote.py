@@ -13,7 +13,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import EVAL, FOLDER, PAUSED, PAUSED_STATE, PREFIX, PROMOTED_STATE, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
+from lbsearch.spec import EVAL, FOLDER, PAUSED, PAUSED_STATE, PREFIX, PROMOTED_STATE, RESUME_OF_ATTR, RETRY_OF_ATTR, RUNG_ATTR, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
 from lbsearch.study import RESUMED_FROM, RUN_ID, spent
 from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
@@ -58,7 +58,7 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
     assert left["code"] == 130, left["out"]
     assert "[trial 0] paused at rung 0 (160 samples)" in left["out"]
     first = left["trials"][0]
-    assert (first.state, first.user_attrs["reason"], first.user_attrs["rung"], first.user_attrs["samples"]) == (TrialState.PRUNED, PAUSED, 0, 160)
+    assert (first.state, first.user_attrs["reason"], first.user_attrs[RUNG_ATTR], first.user_attrs["samples"]) == (TrialState.PRUNED, PAUSED, 0, 160)
     row = next(line for line in left["table"].splitlines() if line.split()[:2] == ["0", PAUSED_STATE])
     assert row.endswith("paused at rung 0 (160 samples)")
     run = left["runs"]["0"]
@@ -69,7 +69,7 @@ def test_an_interrupted_study_leaves_its_paused_trial_paused_and_nothing_running
 
 
 def _root(t, by_number):
-    while (parent := t.user_attrs.get("retry_of", t.user_attrs.get("resume_of"))) is not None:
+    while (parent := t.user_attrs.get(RETRY_OF_ATTR, t.user_attrs.get(RESUME_OF_ATTR))) is not None:
         t = by_number[parent]
     return t.number
 
@@ -86,14 +86,14 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     assert winner == (0 if a >= b else 1), out
     rows = {r["trial"]: r for r in json.loads(cli("status", "tiny-study", "--json", cwd=study["cwd"], check=True).stdout)}
     assert {t.number: rows[t.number]["state"] for t in paused} == {t.number: PROMOTED_STATE if _root(t, by_number) == winner else PAUSED_STATE for t in paused}
-    assert sorted(t.user_attrs["rung"] for t in paused if _root(t, by_number) == winner) == [0, 1] and done.user_attrs["rung"] == 2
+    assert sorted(t.user_attrs[RUNG_ATTR] for t in paused if _root(t, by_number) == winner) == [0, 1] and done.user_attrs[RUNG_ATTR] == 2
     if winner == 0:  # the trial paused before the interruption is resumed by the next run, from its checkpoint
         assert "[study tiny-study] trial 0 promoted (#1 of 2 at rung 0 (160 samples), in the top 1): it goes on from its checkpoint" in out
         assert "resumes trial 0 from its checkpoint at step 5 (160 samples)" in out
     assert "promoted (best paused at the highest rung 1 (320 samples), as no trial is complete)" in out
     _nothing_running(root, "tiny-study")
     runs = {r.info.run_id: r for r in runs_of(root, "tiny-study", "trial")}
-    (last_pause,) = [t for t in paused if _root(t, by_number) == winner and t.user_attrs["rung"] == 1]
+    (last_pause,) = [t for t in paused if _root(t, by_number) == winner and t.user_attrs[RUNG_ATTR] == 1]
     paused_run = runs[last_pause.user_attrs[RUN_ID]]
     assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs[RUN_ID]
     assert runs[done.user_attrs[RUN_ID]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id

@@ -12,7 +12,7 @@ import time
 from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wait_for, worker_pids
 from optuna.trial import TrialState
 
-from lbsearch.spec import EVAL, PREFIX, SPEC_JSON, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS
+from lbsearch.spec import EVAL, PID_ATTR, PREFIX, SPEC_JSON, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study import RUN_ID
@@ -95,7 +95,7 @@ def test_two_workers_with_two_processes_each_share_a_study(tmp_path):
     assert "address already in use" not in "\n".join(outs).lower()
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert len(trials) == 4 and all(t.state == TrialState.COMPLETE for t in trials)
-    assert len({t.user_attrs["pid"] for t in trials}) == 2  # both workers ran trials
+    assert len({t.user_attrs[PID_ATTR] for t in trials}) == 2  # both workers ran trials
     client = mlflow_client(tmp_path / "mlruns")
     runs = client.search_runs([client.get_experiment_by_name("tiny-study").experiment_id])
     assert sorted(int(r.data.tags[TRIAL]) for r in runs if r.data.tags.get(ROLE) == "trial") == [0, 1, 2, 3]

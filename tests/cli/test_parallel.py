@@ -13,7 +13,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator.parallel import placements
-from lbsearch.spec import INTERRUPTED, TRIALS, SpecError
+from lbsearch.spec import INTERRUPTED, RETRY_OF_ATTR, TRIALS, SpecError
 from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import CPUS, THREADS
 
@@ -77,7 +77,7 @@ def test_ctrl_c_stops_both_trials_with_checkpoints_and_the_next_run_resumes_both
     out = run_cli(*args, cwd=tmp_path, check=True).stdout
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     retries = [t for t in trials if t.state == TrialState.COMPLETE]
-    assert sorted(t.user_attrs["retry_of"] for t in retries) == [0, 1], out
+    assert sorted(t.user_attrs[RETRY_OF_ATTR] for t in retries) == [0, 1], out
     assert all(t.user_attrs[RESUMED_FROM["step"]] > 0 for t in retries), out
     assert {tuple(sorted(t.params.items())) for t in retries} == {tuple(sorted(t.params.items())) for t in first}
 

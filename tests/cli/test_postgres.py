@@ -18,7 +18,7 @@ import pytest
 from conftest import LBSEARCH, SPECS, cli, mlflow_client, run_cli, wait_for
 from optuna.trial import TrialState
 
-from lbsearch.spec import EVAL, WORKER_DIED
+from lbsearch.spec import EVAL, HOST_ATTR, RETRY_OF_ATTR, WORKER_DIED
 from lbsearch.study import RUN_ID
 from lbsearch.tracking import CONFIG_JSON, REASON, ROLE, STATE, TRIAL
 
@@ -52,7 +52,7 @@ def test_dead_worker_elsewhere_is_found_by_heartbeat_and_retried(tmp_path, pg_ur
     run_cli("run", *args, cwd=tmp_path, check=True)
     trials = optuna.load_study(study_name="tiny-study", storage=storage).get_trials()
     assert trials[0].state == TrialState.FAIL and "reason" not in trials[0].user_attrs  # failed by the heartbeat check
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == 0]
+    retry = [t for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == 0]
     assert len(retry) == 1 and retry[0].params == trials[0].params and retry[0].state == TrialState.COMPLETE
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     status = cli("status", "tiny-study", "--storage", pg_url, cwd=tmp_path, check=True).stdout
@@ -116,7 +116,7 @@ def test_three_machines_share_a_study_through_postgres_and_an_mlflow_server(tmp_
             trials = optuna.load_study(study_name="tiny-study", storage=storage).get_trials()
         except KeyError:
             trials = []
-        mine = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get("host") == "machine-0" and t.intermediate_values]
+        mine = [t for t in trials if t.state == TrialState.RUNNING and t.user_attrs.get(HOST_ATTR) == "machine-0" and t.intermediate_values]
         if mine:
             workers[0].kill()
             killed = mine[0].number
@@ -130,8 +130,8 @@ def test_three_machines_share_a_study_through_postgres_and_an_mlflow_server(tmp_
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(counted) == 9
     assert trials[killed].state == TrialState.FAIL
-    assert [t.user_attrs["retry_of"] for t in trials if "retry_of" in t.user_attrs] == [killed]
-    assert {t.user_attrs["host"] for t in counted} >= {"machine-1", "machine-2"}
+    assert [t.user_attrs[RETRY_OF_ATTR] for t in trials if RETRY_OF_ATTR in t.user_attrs] == [killed]
+    assert {t.user_attrs[HOST_ATTR] for t in counted} >= {"machine-1", "machine-2"}
     client = MlflowClient(tracking_uri=mlflow_server)
     exp = client.get_experiment_by_name("tiny-study")
     runs = client.search_runs([exp.experiment_id])

@@ -17,7 +17,7 @@ from conftest import SPECS, journal_study, mlflow_client, run_cli, start_cli, wa
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import standby
-from lbsearch.spec import INTERRUPTED, SPEC_JSON, TRIALS, WORKER_DIED
+from lbsearch.spec import INTERRUPTED, RETRY_OF_ATTR, SPEC_JSON, TRIALS, WORKER_DIED
 from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import START
 
@@ -69,7 +69,7 @@ def test_a_trial_lost_with_its_standby_process_is_re_run_from_its_checkpoint(tmp
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], out
     assert trials[1].user_attrs["reason"] == WORKER_DIED
-    assert trials[2].user_attrs["retry_of"] == 1 and trials[2].user_attrs[RESUMED_FROM["step"]] > 0, out
+    assert trials[2].user_attrs[RETRY_OF_ATTR] == 1 and trials[2].user_attrs[RESUMED_FROM["step"]] > 0, out
     assert _gone(tmp_path, 10)
 
 

@@ -18,7 +18,23 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, start_cl
 from optuna.trial import TrialState
 
 from lbsearch.orchestrator import CONFIG_JSON, REPRODUCE_SH, TRIAL_LOG, VERSIONS_JSON
-from lbsearch.spec import CONFIG_ATTR, EVAL, INTERRUPTED, PROGRESS_STEP, TEST, TRAIN_GRAD_NORM, TRAIN_LOSS, TRAIN_LR, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S, TRIALS, VAL, WORKER_DIED
+from lbsearch.spec import (
+    CONFIG_ATTR,
+    EVAL,
+    INTERRUPTED,
+    PROGRESS_STEP,
+    RETRY_OF_ATTR,
+    TEST,
+    TRAIN_GRAD_NORM,
+    TRAIN_LOSS,
+    TRAIN_LR,
+    TRAIN_MFU,
+    TRAIN_SAMPLES_PER_S,
+    TRAIN_TOKENS_PER_S,
+    TRIALS,
+    VAL,
+    WORKER_DIED,
+)
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study import RUN_ID
@@ -219,7 +235,7 @@ def test_ctrl_c_then_resume(tmp_path, specs):
     trials = journal_study(root, "tiny-study").get_trials()
     counted = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     assert len(counted) == 3, again.stdout
-    retry = [t for t in trials if t.user_attrs.get("retry_of") == 1]
+    retry = [t for t in trials if t.user_attrs.get(RETRY_OF_ATTR) == 1]
     assert len(retry) == 1 and retry[0].params == trials[1].params
     assert f"[trial {retry[0].number}] resumes trial 1 from its checkpoint at step" in again.stdout  # written on the way out
     exp = client.get_experiment_by_name("tiny-study")
@@ -242,7 +258,7 @@ def test_killed_orchestrator_leaves_no_process_and_its_trial_is_failed_and_retri
     run_cli("run", str(spec), "--set", "n_trials=2", cwd=tmp_path, check=True)
     trials = journal_study(root, "tiny-study").get_trials()
     assert trials[0].state == TrialState.FAIL and trials[0].user_attrs["reason"] == WORKER_DIED
-    assert trials[1].user_attrs.get("retry_of") == 0 and trials[1].params == trials[0].params
+    assert trials[1].user_attrs.get(RETRY_OF_ATTR) == 0 and trials[1].params == trials[0].params
     assert sum(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials) == 2
     client = mlflow_client(root)
     assert client.get_run(trials[0].user_attrs[RUN_ID]).info.status == "KILLED"

@@ -8,7 +8,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 from lbsearch.orchestrator.branch import _points_folder
-from lbsearch.spec import BRANCH_POINTS, INFO, checkpoint_name, kept_points
+from lbsearch.spec import BRANCH_POINTS, INFO, RETRY_OF_ATTR, checkpoint_name, kept_points
 
 
 def _kept(trials_dir: Path, folder: str, step: int, samples: int) -> None:
@@ -22,7 +22,7 @@ def test_points_of_a_rerun_and_of_the_run_it_continues(tmp_path):
     _kept(tmp_path, "0000-aaaaaa", 4, 32)   # trial 0 kept step 4, then was killed
     _kept(tmp_path, "0001-bbbbbb", 8, 64)   # trial 1 (retry_of 0) resumed and kept step 8
     _kept(tmp_path, "0002-cccccc", 4, 32)   # another trial's: not in the lineage
-    trials = [SimpleNamespace(number=0, user_attrs={}), SimpleNamespace(number=1, user_attrs={"retry_of": 0}),
+    trials = [SimpleNamespace(number=0, user_attrs={}), SimpleNamespace(number=1, user_attrs={RETRY_OF_ATTR: 0}),
               SimpleNamespace(number=2, user_attrs={})]
     folder = _points_folder(tmp_path, trials, 1)
     assert folder == tmp_path / "0001-bbbbbb" / BRANCH_POINTS

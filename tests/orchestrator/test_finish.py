@@ -5,13 +5,14 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import create_trial
 
 from lbsearch.orchestrator.finish import front_plot
+from lbsearch.spec import OBJECTIVES_ATTR
 
 DIST = {"optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True)}
 
 
 def _two_objective_study() -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.set_user_attr("objectives", ["metric", "samples_to_target"])
+    study.set_user_attr(OBJECTIVES_ATTR, ["metric", "samples_to_target"])
     for lr, acc, samples in ((1e-4, 0.80, 3000), (1e-3, 0.78, 1000), (1e-2, 0.70, 2000)):
         study.add_trial(create_trial(params={"optimizer.lr": lr}, distributions=DIST, values=[acc, samples]))
     return study

@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 
 from lbsearch.orchestrator import RAY_INSTALL
 from lbsearch.orchestrator.ray_executor import _unplaceable
-from lbsearch.spec import EVAL, SPEC_JSON, TRAIN_LOSS, TRIALS, WORKER_DIED, ExecutorConfig, bundles
+from lbsearch.spec import EVAL, RETRY_OF_ATTR, SPEC_JSON, TRAIN_LOSS, TRIALS, WORKER_DIED, ExecutorConfig, bundles
 from lbsearch.study import RESUMED_FROM, RUN_ID
 from lbsearch.tracking import RAY_GPUS, RAY_NODES, REASON, RESUMED_FROM_STEP, THREADS
 
@@ -171,7 +171,7 @@ def test_a_node_removed_mid_trial_fails_it_retryably_and_the_retry_resumes_from_
     trials, runs = _runs(tmp_path / "mlruns", "ray-node-dies")
     assert [(t.state, t.user_attrs.get("reason")) for t in trials] == [(TrialState.FAIL, WORKER_DIED), (TrialState.COMPLETE, None)], out
     retry, run = trials[1], runs[1]
-    assert retry.user_attrs["retry_of"] == 0 and retry.user_attrs[RESUMED_FROM["step"]] > 0, out
+    assert retry.user_attrs[RETRY_OF_ATTR] == 0 and retry.user_attrs[RESUMED_FROM["step"]] > 0, out
     assert int(run.data.tags[RESUMED_FROM_STEP]) == retry.user_attrs[RESUMED_FROM["step"]]
     assert run.data.tags[RAY_NODES] != node_id  # placed on the node that is left
     assert runs[0].info.status == "KILLED" and runs[0].data.tags[REASON] == WORKER_DIED

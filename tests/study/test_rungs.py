@@ -8,7 +8,7 @@ from __future__ import annotations
 import optuna
 from optuna.trial import TrialState
 
-from lbsearch.spec import PAUSED, PAUSED_STATE, PROMOTED_STATE, PrunerConfig, TrainConfig
+from lbsearch.spec import PAUSED, PAUSED_STATE, PROMOTED_STATE, RESUME_OF_ATTR, RETRY_OF_ATTR, RUNG_ATTR, PrunerConfig, TrainConfig
 from lbsearch.study import configurations, last_resort, promotable, rung_to_run, rungs, trial_rows
 from lbsearch.study.sampler import informed
 
@@ -18,7 +18,7 @@ RUNGS = [100, 300, 900]  # eval every 100, reduction factor 3, budget 1000
 def _paused(study: optuna.Study, curve: dict[int, float], rung: int) -> int:
     """A new configuration that reported ``curve`` and was paused at ``rung`` (as the loop tells it); its number."""
     trial = study.ask({"lr": optuna.distributions.FloatDistribution(1e-5, 1e-1, log=True)})
-    trial.set_user_attr("rung", rung)
+    trial.set_user_attr(RUNG_ATTR, rung)
     for step, value in curve.items():
         trial.report(value, step)
     trial.set_user_attr("reason", PAUSED)
@@ -46,9 +46,9 @@ def test_a_paused_trial_in_the_top_third_of_its_rung_is_promoted_and_only_once()
     found = promotable(study, RUNGS, 3)
     assert found is not None and found[0].number == numbers[1]  # the best of 6; the top 2 go on
     assert "#1 of 6 at rung 0 (100 samples), in the top 2" == found[1]
-    study.enqueue_trial(found[0].params, user_attrs={"resume_of": found[0].number})
+    study.enqueue_trial(found[0].params, user_attrs={RESUME_OF_ATTR: found[0].number})
     assert promotable(study, RUNGS, 3)[0].number == numbers[4]  # the second best; the first is taken
-    study.enqueue_trial(study.trials[numbers[4]].params, user_attrs={"resume_of": numbers[4]})
+    study.enqueue_trial(study.trials[numbers[4]].params, user_attrs={RESUME_OF_ATTR: numbers[4]})
     assert promotable(study, RUNGS, 3) is None  # the third best is outside the top 2: a new configuration starts
 
 
@@ -59,10 +59,10 @@ def test_the_highest_rung_goes_first_and_a_minimised_metric_ranks_low_values_fir
     assert promotable(study, RUNGS, 3)[0].number == 1
     # a configuration paused at rung 1, reached through a promotion: its continuation carries the curve
     low = _paused(study, {100: 0.5}, 0)
-    study.enqueue_trial(study.trials[low].params, user_attrs={"resume_of": low})
+    study.enqueue_trial(study.trials[low].params, user_attrs={RESUME_OF_ATTR: low})
     cont = study.ask()
-    cont.set_user_attr("resume_of", low)
-    cont.set_user_attr("rung", 1)
+    cont.set_user_attr(RESUME_OF_ATTR, low)
+    cont.set_user_attr(RUNG_ATTR, 1)
     for step, value in {100: 0.5, 300: 0.2}.items():
         cont.report(value, step)
     cont.set_user_attr("reason", PAUSED)
@@ -76,12 +76,12 @@ def test_the_highest_rung_goes_first_and_a_minimised_metric_ranks_low_values_fir
 def test_configurations_count_each_lineage_once_and_rung_to_run_follows_it():
     study = _study()
     first = _paused(study, {100: 0.5}, 0)
-    study.enqueue_trial(study.trials[first].params, user_attrs={"resume_of": first})
+    study.enqueue_trial(study.trials[first].params, user_attrs={RESUME_OF_ATTR: first})
     cont = study.ask()
     assert rung_to_run(study.trials, cont) == 1
-    cont.set_user_attr("rung", 1)
+    cont.set_user_attr(RUNG_ATTR, 1)
     study.tell(cont, state=TrialState.FAIL)  # interrupted: its re-run goes on to the same rung
-    study.enqueue_trial(cont.params, user_attrs={"retry_of": cont.number, "resume_of": first})
+    study.enqueue_trial(cont.params, user_attrs={RETRY_OF_ATTR: cont.number, RESUME_OF_ATTR: first})
     retry = study.ask()
     assert rung_to_run(study.trials, retry) == 1
     study.tell(retry, 0.7)
@@ -96,7 +96,7 @@ def test_the_last_resort_promotes_the_best_of_the_highest_rung_until_a_trial_is_
     assert promotable(study, RUNGS, 3) is None
     found = last_resort(study, RUNGS)
     assert found[0].number == 1 and "highest rung 0" in found[1]
-    study.enqueue_trial(found[0].params, user_attrs={"resume_of": 1})
+    study.enqueue_trial(found[0].params, user_attrs={RESUME_OF_ATTR: 1})
     assert last_resort(study, RUNGS) is None  # one waits
     study.tell(study.ask(), 0.9)
     assert last_resort(study, RUNGS) is None  # a trial is complete: the study may end
@@ -106,7 +106,7 @@ def test_status_shows_paused_and_promoted_trials_and_samplers_leave_promoted_one
     study = _study()
     first = _paused(study, {100: 0.5}, 0)
     second = _paused(study, {100: 0.4}, 0)
-    study.enqueue_trial(study.trials[first].params, user_attrs={"resume_of": first})
+    study.enqueue_trial(study.trials[first].params, user_attrs={RESUME_OF_ATTR: first})
     cont = study.ask()
     cont.report(0.5, 100)
     study.tell(cont, 0.8)

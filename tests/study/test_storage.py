@@ -10,7 +10,7 @@ import pytest
 from conftest import SPECS
 from optuna.trial import TrialState
 
-from lbsearch.spec import WORKER_DIED
+from lbsearch.spec import ATTEMPT_ATTR, HOST_ATTR, PID_ATTR, WORKER_DIED
 from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
@@ -41,14 +41,14 @@ def test_a_dead_workers_trial_is_failed_closed_and_re_run_once(tmp_path, study_c
     session = Session(tmp_path)
     study = open_study(session, study_cfg)
     alive = study.ask()
-    alive.set_user_attr("host", host())
-    alive.set_user_attr("pid", os.getpid())
+    alive.set_user_attr(HOST_ATTR, host())
+    alive.set_user_attr(PID_ATTR, os.getpid())
     dead = study.ask()
-    dead.set_user_attr("host", host())
-    dead.set_user_attr("pid", _dead_pid())
+    dead.set_user_attr(HOST_ATTR, host())
+    dead.set_user_attr(PID_ATTR, _dead_pid())
     elsewhere = study.ask()
-    elsewhere.set_user_attr("host", "another-machine")
-    elsewhere.set_user_attr("pid", _dead_pid())  # not this host's to judge (its heartbeat would tell, on RDB storage)
+    elsewhere.set_user_attr(HOST_ATTR, "another-machine")
+    elsewhere.set_user_attr(PID_ATTR, _dead_pid())  # not this host's to judge (its heartbeat would tell, on RDB storage)
     closed = []
     recover(study, 1, lambda t: closed.append(t.number))  # max_retries 1
     trials = study.get_trials()
@@ -65,7 +65,7 @@ def test_failed_retry_counts_once_retries_are_used_up(tmp_path, study_cfg):
     study = open_study(Session(tmp_path), study_cfg)
     trial = study.ask()
     trial.set_user_attr("reason", WORKER_DIED)
-    trial.set_user_attr("attempt", 1)
+    trial.set_user_attr(ATTEMPT_ATTR, 1)
     study.tell(trial, state=TrialState.FAIL)
     t = study.trials[0]
     assert counted(t, max_retries=1) and not counted(t, max_retries=2)

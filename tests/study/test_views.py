@@ -5,6 +5,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState, create_trial
 
+from lbsearch.spec import METRIC_ATTR, OBJECTIVES_ATTR
 from lbsearch.study import RUN_ID
 from lbsearch.study.views import best_trial, counted, pareto, pick, reason, trial_rows
 
@@ -13,8 +14,8 @@ DIST = {"optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True)}
 
 def _two_objective_study() -> optuna.Study:
     study = optuna.create_study(directions=["maximize", "minimize"])
-    study.set_user_attr("objectives", ["metric", "samples_to_target"])
-    study.set_user_attr("metric", "accuracy")
+    study.set_user_attr(OBJECTIVES_ATTR, ["metric", "samples_to_target"])
+    study.set_user_attr(METRIC_ATTR, "accuracy")
     for lr, acc, samples in ((1e-4, 0.80, 3000), (1e-3, 0.78, 1000), (1e-2, 0.70, 2000), (3e-4, 0.80, 3000)):
         study.add_trial(create_trial(params={"optimizer.lr": lr}, distributions=DIST, values=[acc, samples],
                                      user_attrs={"validation_accuracy": acc, "test_accuracy": acc - 0.01}))
@@ -55,7 +56,7 @@ def test_status_shows_every_key_of_a_row_once(objectives):
     from lbsearch.study import status_columns, trial_rows
 
     study = optuna.create_study(directions=["maximize"] * len(objectives))
-    study.set_user_attr("objectives", objectives)
+    study.set_user_attr(OBJECTIVES_ATTR, objectives)
     study.add_trial(optuna.trial.create_trial(params={"optimizer.lr": 1e-3}, distributions={"optimizer.lr": optuna.distributions.FloatDistribution(1e-4, 1e-2)},
                                               values=[0.5] * len(objectives), user_attrs={"samples": 10}))
     cols = status_columns(study)
