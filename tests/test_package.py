@@ -137,7 +137,7 @@ ATTRIBUTES = {getattr(attributes, n): n for n in attributes.__all__ if isinstanc
 
 def _attribute_keys(tree: ast.Module) -> list[ast.Constant]:
     """The string literals a module uses as a user attribute's name: ``user_attrs["x"]``, ``user_attrs.get("x")``,
-    ``"x" in ....user_attrs``, ``set_user_attr("x", ...)`` and ``user_attrs={"x": ...}``."""
+    ``"x" in ....user_attrs``, ``set_user_attr("x", ...)``, ``user_attrs={"x": ...}`` and ``user_attrs == {"x": ...}``."""
     keys = []
     for n in ast.walk(tree):
         owner = n.value if isinstance(n, ast.Subscript) else n.func.value if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) \
@@ -147,6 +147,8 @@ def _attribute_keys(tree: ast.Module) -> list[ast.Constant]:
             keys.append(key)
         if isinstance(n, ast.keyword) and n.arg == "user_attrs" and isinstance(n.value, ast.Dict):
             keys += [k for k in n.value.keys if isinstance(k, ast.Constant)]
+        if isinstance(n, ast.Compare) and any(getattr(o, "attr", "") == "user_attrs" for o in [n.left, *n.comparators]):
+            keys += [k for o in [n.left, *n.comparators] if isinstance(o, ast.Dict) for k in o.keys if isinstance(k, ast.Constant)]
     return keys
 
 

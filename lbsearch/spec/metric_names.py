@@ -47,7 +47,7 @@ PLAN_BATCH_SIZE, PLAN_MICRO_BATCH, PLAN_ACCUMULATION, PLAN_LR = "plan/batch_size
 """A phase's layout when a batch schedule resizes the batch (``lbsearch.trial.resize``)."""
 
 GNS_B_SIMPLE, GNS_B_SIMPLE_TOKENS = "gns/b_simple", "gns/b_simple_tokens"
-"""The gradient noise scale (``lbsearch.trial.diagnostics``): the simple noise scale B_simple, in samples (also the trial's result ``b_simple``), and in tokens for a language model."""
+"""The gradient noise scale (``lbsearch.trial.diagnostics``): the simple noise scale B_simple, in samples, and in tokens for a language model."""
 GNS_GRAD_SQ, GNS_TRACE_SIGMA = "gns/grad_sq", "gns/trace_sigma"
 """The estimates B_simple is the ratio of: the squared true gradient norm and the trace of the per-sample covariance."""
 

@@ -33,7 +33,7 @@ from lbsearch.trial.distributed import sum_over_ranks
 
 __all__ = ["pack", "segment_mask", "pool_segments", "position_offset", "unsupported", "check", "packing_offset"]
 
-TOLERANCE = 1e-4
+PACKED_LOGITS_TOLERANCE = 1e-4
 """Largest difference of fp32 logits, relative to their scale, between packed and padded layouts."""
 
 
@@ -153,7 +153,7 @@ def check(model: torch.nn.Module, seqs: list[np.ndarray], width: int, pad_id: in
     finally:
         model.train(was_training)
     diff = (packed - padded).abs().max().item() / max(padded.abs().max().item(), 1.0)
-    return None if diff <= TOLERANCE else f"packed logits differ from padded ones by {diff:.1e} (relative)"
+    return None if diff <= PACKED_LOGITS_TOLERANCE else f"packed logits differ from padded ones by {diff:.1e} (relative)"
 
 
 def packing_offset(trial, model: torch.nn.Module, pooled: bool) -> int | None:

@@ -10,7 +10,7 @@ import pytest
 from conftest import SPECS
 from optuna.trial import TrialState
 
-from lbsearch.spec import ATTEMPT_ATTR, HOST_ATTR, PID_ATTR, WORKER_DIED
+from lbsearch.spec import ATTEMPT_ATTR, HOST_ATTR, PID_ATTR, RETRY_OF_ATTR, WORKER_DIED
 from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study
 from lbsearch.spec.session import Session
@@ -56,7 +56,7 @@ def test_a_dead_workers_trial_is_failed_closed_and_re_run_once(tmp_path, study_c
     assert reason(trials[1]) == WORKER_DIED and closed == [dead.number]
     assert not counted(trials[1], max_retries=1)  # its re-run takes its place
     (retry,) = study.get_trials(states=(TrialState.WAITING,))
-    assert retry.params == dead.params and retry.user_attrs == {"retry_of": dead.number, "attempt": 1}
+    assert retry.params == dead.params and retry.user_attrs == {RETRY_OF_ATTR: dead.number, ATTEMPT_ATTR: 1}
     recover(study, 1, closed.append)  # idempotent: one re-run only
     assert len(study.get_trials(states=(TrialState.WAITING,))) == 1 and closed == [dead.number]
 
