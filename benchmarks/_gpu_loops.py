@@ -209,7 +209,7 @@ def lbsearch_run(exp: ExperimentConfig, data: PreparedData, count: FlopCount, pe
         "spans": spans, "wall_s": wall, "first_step_s": result.first_step_s, "evaluations": len(marks),
         "eval_seconds": sum(m["end"] - m["start"] for m in marks), "flop_count": marks[0]["flop_count"], "host_syncs": syncs,
         "lbsearch_reported": {"mfu_per_interval": reported[TRAIN_MFU][1:], "tokens_per_s_per_interval": reported[TRAIN_TOKENS_PER_S][1:],
-                              "note": "the worker's own train/mfu over each evaluation interval after the first (its own clock)"},
+                              "note": f"the worker's own {TRAIN_MFU} over each evaluation interval after the first (its own clock)"},
         "validation_loss": (result.validation or {}).get("loss"), "skipped_steps": result.skipped_steps}
 
 

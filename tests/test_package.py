@@ -2,6 +2,7 @@
 attributes reached in one module only, and the views a person asks for first free of torch."""
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -73,10 +74,20 @@ def test_tag_metric_reason_and_file_names_are_written_only_where_their_constant_
         files.setdefault(getattr(module, name), []).append(name)
     homes = {Path(m.__file__) for m in (tags, protocol, outcome, compressed, tracker, metric_names, sampler, views, attributes, compress_cli, *FILE_NAMES.values())}
     root = PACKAGE.parent
-    paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() not in homes]
-    copies = [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"
-              for p in paths for n in _literals(ast.parse(p.read_text())) if _constant_for(n.value, facts, files)]
+    paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py"))]
+    copies = []
+    for p in paths:
+        tree = ast.parse(p.read_text())
+        defined = _definitions(tree) if p.resolve() in homes else set()  # a constant's own module spells it where it defines it
+        copies += [f"{p.relative_to(root)}:{n.lineno}: {n.value[:80]!r} (use {_constant_for(n.value, facts, files)})"
+                   for n in _literals(tree) if id(n) not in defined and _constant_for(n.value, facts, files)]
     assert not copies, "\n".join(copies)
+
+
+def _definitions(tree: ast.Module) -> set[int]:
+    """The literals of a module's constants as it defines them (``TRAIN_LOSS = "train/loss"``, ``A, B = "a", "b"``)."""
+    upper = lambda t: t.id.isupper() if isinstance(t, ast.Name) else isinstance(t, ast.Tuple) and all(upper(e) for e in t.elts)  # noqa: E731
+    return {id(n) for node in tree.body if isinstance(node, ast.Assign) and all(upper(t) for t in node.targets) for n in ast.walk(node.value)}
 
 
 PREFIXES = (metric_names.EVAL, metric_names.VAL, metric_names.TEST)
@@ -84,9 +95,11 @@ PREFIXES = (metric_names.EVAL, metric_names.VAL, metric_names.TEST)
 
 
 def _literals(tree: ast.Module) -> list[ast.Constant]:
-    """The string literals of a module, without its docstrings (prose, which may name a reason or a file) and its ``__all__`` (names)."""
+    """The string literals of a module, without its docstrings and the docstrings of its attributes (prose, which may name a
+    reason or a file) and its ``__all__`` (names)."""
     docs = {id(node.body[0].value) for node in ast.walk(tree) if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef))
             and node.body and isinstance(node.body[0], ast.Expr) and isinstance(node.body[0].value, ast.Constant)}
+    docs |= {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}  # a bare string: prose
     docs |= {id(n) for node in tree.body if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "__all__" for t in node.targets)
              for n in ast.walk(node.value)}
     return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs]
@@ -97,6 +110,10 @@ def _constant_for(text: str, facts: dict, files: dict) -> str:
     ``checkpoint_name(step)``, so that a path part ``step-00000005`` or a glob ``step-*`` follows a rename too; prose that
     describes the layout, a string with a space, may name it; a script, a string of several lines, may not quote any of them)."""
     last = text.rsplit("/", 1)[-1]
+    if any(c.isspace() for c in text) and "\n" not in text:  # a sentence (a message, a description): a metric's name inside it
+        named = [facts[name] for name in facts if "/" in name and re.search(rf"(?<![\w/]){re.escape(name)}(?![\w/])", text)]
+        if named:
+            return " or ".join(named) + " in an f-string"
     if "\n" in text:  # a script a test runs: a name quoted inside it
         quoted = [name for name in (*facts, *files) if f'"{name}"' in text or f"'{name}'" in text]
         quoted += [p for p in PREFIXES if f'"{p}' in text or f"'{p}" in text]

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
+from lbsearch.spec import EVAL, PROGRESS_STEP
 from lbsearch.tracking.tags import STUDY
 from lbsearch.tracking.tracker import EXPERIMENT_KIND
 
@@ -80,8 +81,8 @@ def description(cfg: "StudyConfig", exp_raw: dict[str, Any]) -> str:
         "",
         f"The run `{cfg.name}` is the study: the trials table (`{TRIALS_CSV}`), Optuna's plots (`plots/`), the best trial "
         f"(tags `best.*`). Each nested run `trial-N` is one trial: its resolved config (`{CONFIG_JSON}`), the command that "
-        f"re-runs it (`{REPRODUCE_SH}`), `eval/*` and `train/*` metrics against the samples seen (tokens for a language model; "
-        f"the optimizer step is the metric `progress/step`), system metrics, and its datasets. The best trial has the tag `{BEST_TAG}` = `true`.",
+        f"re-runs it (`{REPRODUCE_SH}`), `{EVAL}*` and `train/*` metrics against the samples seen (tokens for a language model; "
+        f"the optimizer step is the metric `{PROGRESS_STEP}`), system metrics, and its datasets. The best trial has the tag `{BEST_TAG}` = `true`.",
         "",
         "The study as it ran (defaults filled in), then its experiment spec:",
         "```yaml", _yaml(cfg.model_dump(mode="json", exclude={"experiment"}, exclude_none=True))[:1800], "```",

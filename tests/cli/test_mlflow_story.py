@@ -82,7 +82,7 @@ def test_experiment_kind_and_description(ladder):
     note = exp.tags["mlflow.note.content"]
     assert note.startswith("**lbsearch study `tiny-ladder`**: 3 trials of `tiny`") and "validation **loss** (minimize)" in note
     assert "batch ladder [16, 32, 64]" in note and "| `optimizer.lr` | float 0.001 .. 0.01 (log) |" in note
-    assert "metrics against the samples seen (tokens for a language model; the optimizer step is the metric `progress/step`)" in note
+    assert f"metrics against the samples seen (tokens for a language model; the optimizer step is the metric `{PROGRESS_STEP}`)" in note
 
 
 def test_each_trial_logs_its_datasets(ladder):

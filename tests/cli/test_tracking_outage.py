@@ -103,7 +103,7 @@ def test_a_short_outage_costs_nothing_and_every_metric_arrives(tmp_path, server)
     (run,) = _trial_runs(server.url)
     assert run.info.status == "FINISHED" and run.data.tags[STATE] == "complete"
     steps = _loss_steps(server.url, run.info.run_id)
-    assert len(steps) == len(set(steps)) == 125, "every step's train/loss reached MLflow, once"  # none lost in the outage
+    assert len(steps) == len(set(steps)) == 125, f"every step's {TRAIN_LOSS} reached MLflow, once"  # none lost in the outage
     assert not list((tmp_path / "mlruns" / TRIALS).glob(f"*/*/{OUTBOX_FILE}"))
 
 
