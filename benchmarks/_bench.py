@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from lbsearch.data.cache import PreparedData, Split, load_arrays, prepare_data
-from lbsearch.spec import PACKING, PROGRESS_STEP, TRAIN_LOSS, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S
+from lbsearch.spec import PACKING, PROGRESS_STEP, TRAIN_LOSS, TRAIN_MFU, TRAIN_SAMPLES_PER_S, TRAIN_TOKENS_PER_S, data_cache_dir
 from lbsearch.spec.config import ExperimentConfig
 from lbsearch.spec.load import load_experiment, parse_set
 from lbsearch.spec.plan import make_plan
@@ -75,7 +75,7 @@ def experiment(spec: Path, overrides: dict[str, Any], sets: list[str] | None = N
 
 
 def prepared(exp: ExperimentConfig, work: Path) -> PreparedData:
-    return prepare_data(exp, work / "cache")
+    return prepare_data(exp, data_cache_dir(work))  # as a study in work would, so the two share it
 
 
 def device_of(exp: ExperimentConfig) -> torch.device:

@@ -32,7 +32,7 @@ from transformers import AutoTokenizer
 from lbsearch.cli.compress import INT8, ORIGINAL, variant_name
 from lbsearch.cli.main import REPEATS, SPARSITIES
 from lbsearch.data import load_arrays
-from lbsearch.spec import KEPT_FILE, SIZE_WEIGHT_BYTES, SPEED_LATENCY_MS_MEDIAN, SPEED_THROUGHPUT_PER_S, TEST, Session, load_study, parse_set, trial_model_dir
+from lbsearch.spec import KEPT_FILE, SIZE_WEIGHT_BYTES, SPEED_LATENCY_MS_MEDIAN, SPEED_THROUGHPUT_PER_S, TEST, Session, data_cache_dir, load_study, parse_set, trial_model_dir
 from lbsearch.study import open_study
 from lbsearch.tracking import compressed_name, tracker_for, variant_dir, variant_rows
 from lbsearch.trial import load_model
@@ -77,7 +77,7 @@ def paired(root: Path, trial: int, variants: list[str], rounds: int) -> dict:
     models = {v: load_model(f) for v, f in folders.items()}
     tok = AutoTokenizer.from_pretrained(folders[ORIGINAL])
     info = json.loads((folders[ORIGINAL] / KEPT_FILE).read_text())
-    cache = next(p for p in (root / "cache").glob("data-*") if (p / "test.npz").is_file())
+    cache = next(p for p in data_cache_dir(root).glob("data-*") if (p / "test.npz").is_file())
     texts = tok.batch_decode([list(x) for x in load_arrays(cache, "test").ids[: max(rounds, 32)]], skip_special_tokens=True)
     out: dict = {"threads": torch.get_num_threads(), "rounds": rounds, "load_average_before": list(os.getloadavg())}
     for label, batch, n in (("one_text_ms", 1, rounds), ("batch32_ms", 32, max(5, rounds // 5))):

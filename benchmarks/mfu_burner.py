@@ -39,6 +39,8 @@ import optuna
 from _bench import RESULTS, ROOT, machine, table, write
 from _stats import judged, pairwise
 
+from lbsearch.spec import data_cache_dir
+
 EXPERIMENT = """\
 name: mfu-burner
 seed: 0
@@ -97,7 +99,7 @@ def run_study(burner: bool) -> dict:
             raise SystemExit("study failed:\n" + "\n".join(lines[-30:]))
         storage = optuna.storages.journal.JournalStorage(optuna.storages.journal.JournalFileBackend(str(work / "mlruns" / "optuna.journal")))
         trials = optuna.load_study(study_name="mfu-burner", storage=storage).trials
-        peaks = {p.name: json.loads(p.read_text()) for p in (work / "mlruns" / "cache").glob("peak-*.json")}
+        peaks = {p.name: json.loads(p.read_text()) for p in data_cache_dir(work / "mlruns").glob("peak-*.json")}
         return {"variant": "burner" if burner else "idle", "mfu": [t.user_attrs.get("mfu") for t in trials], "peak_used_tflops": _peaks_used(lines, 3),
                 "samples_per_s": [t.user_attrs.get("samples_per_s") for t in trials], "peak_cache_at_end": peaks,
                 "burner_s": burned_s, "wall_s": time.time() - t0, "peak_lines": [l for l in lines if "peak" in l.lower()][:12]}

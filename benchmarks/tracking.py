@@ -34,7 +34,7 @@ from typing import Any
 from _bench import RESULTS, SPEC, experiment, machine, summary, table, timed, worker_spec, write
 from _stats import MET, judged, pairwise
 
-from lbsearch.spec import TRIALS
+from lbsearch.spec import TRIALS, data_cache_dir
 
 
 def time_tracker_calls() -> dict[str, float]:
@@ -90,7 +90,7 @@ def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="lbsearch-bench-"))
     session = Session(root=work / "mlruns", out=lambda line: None)
     tracker_for(session).experiment(f"train-{exp.name}")  # the store exists before the first timed trial, as in a study
-    data = prepare_data(resolved(exp), session.root / "cache")
+    data = prepare_data(resolved(exp), data_cache_dir(session.root))
     spent, monitor = time_tracker_calls(), time_monitor_calls()
 
     def on() -> None:

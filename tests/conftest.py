@@ -24,6 +24,7 @@ import optuna
 import pytest
 
 from lbsearch.cli.main import main as lbsearch_main
+from lbsearch.spec import data_cache_dir
 from lbsearch.tracking import ROLE
 
 SPECS = Path(__file__).parent / "specs"
@@ -58,9 +59,9 @@ def _shared_cache(tmp_path_factory, worker_id):
 
 
 def _seed(root: Path) -> None:
-    """Copy the session's prepared cache entries into ``root/cache`` (those not there yet)."""
+    """Copy the session's prepared cache entries into ``root``'s cache folder (those not there yet)."""
     for src in chain(*(_SHARED_CACHE[0].glob(k) for k in _SHARED_KINDS)) if _SHARED_CACHE else ():
-        dst = root / "cache" / src.name
+        dst = data_cache_dir(root) / src.name
         if not dst.exists():
             dst.parent.mkdir(parents=True, exist_ok=True)
             shutil.copytree(src, dst) if src.is_dir() else shutil.copy2(src, dst)
@@ -68,7 +69,7 @@ def _seed(root: Path) -> None:
 
 def _harvest(root: Path) -> None:
     """Keep the cache entries a run prepared for the runs after it (each lands whole, by rename)."""
-    for src in chain(*((root / "cache").glob(k) for k in _SHARED_KINDS)) if _SHARED_CACHE else ():
+    for src in chain(*(data_cache_dir(root).glob(k) for k in _SHARED_KINDS)) if _SHARED_CACHE else ():
         dst = _SHARED_CACHE[0] / src.name
         if dst.exists() or ".tmp" in src.name:
             continue
@@ -229,7 +230,7 @@ def prepare_once(tmp_path_factory, name: str, exp):
 
     root = tmp_path_factory.mktemp(name) / "mlruns"
     _seed(root)
-    data = prepare_data(exp, root / "cache")
+    data = prepare_data(exp, data_cache_dir(root))
     _harvest(root)
     return data
 

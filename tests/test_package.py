@@ -132,10 +132,10 @@ def _constant_for(text: str, facts: dict, files: dict) -> str:
 
 
 def test_the_state_folders_are_named_once():
-    """The state folder's ``trials`` and ``reports`` folders are ``spec.workdir.TRIALS`` and ``REPORTS`` (``trials_dir``,
-    ``reports_dir``), and a trial's checkpoints folder is ``FOLDER``: no path built with ``/`` and no glob spells them
+    """The state folder's ``trials``, ``reports`` and ``cache`` folders are ``spec.workdir.TRIALS``, ``REPORTS`` and ``CACHE`` (``trials_dir``,
+    ``reports_dir``, ``data_cache_dir``), and a trial's checkpoints folder is ``FOLDER``: no path built with ``/`` and no glob spells them
     (a rename is one edit; a copy would find nothing, and a test of an empty glob would pass on it)."""
-    root, found, names = PACKAGE.parent, [], {workdir.TRIALS, workdir.REPORTS, workdir.FOLDER}
+    root, found, names = PACKAGE.parent, [], {workdir.TRIALS, workdir.REPORTS, workdir.FOLDER, workdir.CACHE}
     paths = [p for d in ("lbsearch", "tests", "benchmarks", "examples") for p in sorted((root / d).rglob("*.py")) if p.resolve() != Path(workdir.__file__)]
     for path in paths:
         for n in ast.walk(ast.parse(path.read_text())):
@@ -143,7 +143,7 @@ def test_the_state_folders_are_named_once():
             globbed = isinstance(n, ast.Call) and getattr(n.func, "attr", "") in ("glob", "rglob", "ignore_patterns") and any(
                 isinstance(c, ast.Constant) and isinstance(c.value, str) and bool(names & set(c.value.split("/"))) for a in n.args for c in ast.walk(a))
             if joined or globbed:
-                found.append(f"{path.relative_to(root)}:{n.lineno} (use TRIALS / trials_dir, REPORTS / reports_dir or FOLDER)")
+                found.append(f"{path.relative_to(root)}:{n.lineno} (use TRIALS / trials_dir, REPORTS / reports_dir, CACHE / data_cache_dir or FOLDER)")
     assert not found, "\n".join(found)
 
 

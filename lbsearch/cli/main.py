@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 
 from lbsearch.cli.branch import add_branch, cmd_branch
-from lbsearch.spec import GPU_TOLERANCE, METRIC_ATTR, REPORTS, SpecError, TrackingOutage
+from lbsearch.spec import CONFIG_JSON, GPU_TOLERANCE, METRIC_ATTR, REPORTS, SpecError, TrackingOutage
 from lbsearch.study import ROW_STATES, RUN_ID
 
 UI_HOST = "127.0.0.1"
@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     _common(p)
 
     p = sub.add_parser("train", help="one training run of an experiment, no search")
-    p.add_argument("experiment", type=Path, help="experiment YAML (experiments/*.yaml) or a trial's config.json")
+    p.add_argument("experiment", type=Path, help=f"experiment YAML (experiments/*.yaml) or a trial's {CONFIG_JSON}")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a field, e.g. train.batch_size=256")
     _common(p)
 

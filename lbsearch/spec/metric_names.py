@@ -1,8 +1,8 @@
 """The names of the MLflow metrics lbsearch logs, each written here once: the trial process logs them
 (``lbsearch.trial``, the trial API and the adapters of ``lbsearch.integrations``), the orchestrator, the terminal and
 the tracker read some back, tests import them. A constant is named after its metric, upper-cased with ``/`` as ``_``
-(``train/loss``: ``TRAIN_LOSS``); ``EVAL``, ``VAL`` and ``TEST`` are prefixes. Runs already stored keep the names
-they were logged under."""
+(``train/loss``: ``TRAIN_LOSS``); ``EVAL``, ``VAL`` and ``TEST`` are prefixes. Renaming a metric is its string here: the
+constant may keep its name (``git grep -nw`` lists its users where it follows). Runs already stored keep the names they were logged under."""
 
 from __future__ import annotations
 

@@ -11,6 +11,9 @@ from typing import Any
 
 FOLDER = "checkpoints"
 """The checkpoints' folder inside a trial's working folder."""
+CONFIG_JSON = "config.json"
+"""A trial's resolved config as a file: an artifact of its MLflow run (``lbsearch.orchestrator.runner.trial_files``), which
+``lbsearch train`` takes as an experiment. In ``spec`` because the CLI's help names it and the CLI imports no MLflow to start."""
 SPEC_JSON, RESULT_JSON = "spec.json", "result.json"
 """The files of a trial's working folder that the orchestrator writes and reads: the ``WorkerSpec`` every rank reads
 (other machines' ``lbsearch join`` looks for it, ``lbsearch.orchestrator.nodes``; a branch study reads the reference
@@ -95,10 +98,16 @@ def fingerprint(experiment: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(exp, sort_keys=True).encode()).hexdigest()[:16]
 
 
+CACHE = "cache"
+"""The state folder's folder of prepared data (``data_cache_dir``). A trial finds it as its data folder's parent. State folders
+already used keep theirs under the old name: after a rename their data is prepared again, and their cached teacher logits,
+probed micro-batches and measured CPU peaks are measured again."""
+
+
 def data_cache_dir(root: Path) -> Path:
     """Where the tokenized data (``data-<digest>`` folders), the corpora, the probed micro-batches and the measured
     CPU peaks are kept: ``<mlruns>/cache``."""
-    return root / "cache"
+    return root / CACHE
 
 
 TRIALS = "trials"

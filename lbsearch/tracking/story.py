@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 
-from lbsearch.spec import EVAL, PROGRESS_STEP
+from lbsearch.spec import CONFIG_JSON, EVAL, PROGRESS_STEP
 from lbsearch.tracking.tags import STUDY
 from lbsearch.tracking.tracker import EXPERIMENT_KIND
 
@@ -40,8 +40,9 @@ PARETO_PNG, PARETO_DIR = "pareto_front.png", "pareto"
 STUDY_PLOTS = HISTORY_PNG, PARAM_IMPORTANCES_PNG, PARALLEL_PLOT_PNG, INTERMEDIATE_PNG = (
     "optimization_history.png", "param_importances.png", "parallel_coordinates.png", "intermediate_values.png")
 """Optuna's plots of a study, in its parent run's ``plots/`` with a README of what each shows (``study_plots``)."""
-CONFIG_JSON, REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "config.json", "reproduce.sh", "versions.json", "labels.json"
-"""A trial run's files (``lbsearch.orchestrator.runner.trial_files``): its resolved config, the command that re-runs it, the package versions, a classifier's labels."""
+REPRODUCE_SH, VERSIONS_JSON, LABELS_JSON = "reproduce.sh", "versions.json", "labels.json"
+"""A trial run's files (``lbsearch.orchestrator.runner.trial_files``) beside its resolved config (``CONFIG_JSON``, ``lbsearch.spec.workdir``):
+the command that re-runs it, the package versions, a classifier's labels."""
 BEST_TAG = "lbsearch.best"
 """``true`` on the best trial's run only; filter the runs table with ``tags.`lbsearch.best` = 'true'``."""
 

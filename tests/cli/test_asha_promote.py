@@ -15,7 +15,7 @@ from optuna.trial import TrialState
 
 from lbsearch.spec import EVAL, FOLDER, PAUSED, PAUSED_STATE, PREFIX, PROMOTED_STATE, RESUME_OF_ATTR, RETRY_OF_ATTR, RUNG_ATTR, TEST, TRAIN_LOSS, TRIALS, VAL, checkpoint_name
 from lbsearch.study import RESUMED_FROM, RUN_ID, spent
-from lbsearch.tracking import PROMOTED_TO_RUN, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
+from lbsearch.tracking import PROMOTED_TO_RUN, PROMOTED_TO_TRIAL, REASON, RESUMED_FROM_RUN, RUNG, RUNG_SAMPLES, STATE, TRIAL
 
 # B = 32, 20 steps, an evaluation every 5 (160 samples); rungs at 160 and 320 samples (reduction factor 2), the budget 640
 SETS = ["--set=n_trials=2", "--set=search_space.train.batch_size.choices=[32]", "--set=experiment.train.budget_samples=640",
@@ -95,7 +95,7 @@ def test_the_next_run_promotes_the_paused_trials_and_ends_with_nothing_running(s
     runs = {r.info.run_id: r for r in runs_of(root, "tiny-study", "trial")}
     (last_pause,) = [t for t in paused if _root(t, by_number) == winner and t.user_attrs[RUNG_ATTR] == 1]
     paused_run = runs[last_pause.user_attrs[RUN_ID]]
-    assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs[RUN_ID]
+    assert paused_run.data.tags[PROMOTED_TO_RUN] == done.user_attrs[RUN_ID] and paused_run.data.tags[PROMOTED_TO_TRIAL] == str(done.number)
     assert runs[done.user_attrs[RUN_ID]].data.tags[RESUMED_FROM_RUN] == paused_run.info.run_id
     assert len(list(root.glob(f"{TRIALS}/tiny-study/*/{FOLDER}"))) == 1  # only the paused trial that was not promoted keeps one
 

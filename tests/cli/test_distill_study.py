@@ -16,7 +16,7 @@ import pytest
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of
 
 from lbsearch.orchestrator.teacher import find_teacher
-from lbsearch.spec import TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT, best_uri
+from lbsearch.spec import TRAIN_LOSS, TRAIN_LOSS_HARD, TRAIN_LOSS_SOFT, best_uri, data_cache_dir
 from lbsearch.spec.config import SpecError
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
@@ -70,7 +70,7 @@ def test_temperature_changes_the_soft_term_not_the_hard_term_of_the_first_step(s
 
 def test_teacher_logits_are_computed_once_and_read_by_the_next_trial(studies):
     _, root, proc, runs = studies
-    cached = list((root / "cache").glob("teacher-*.npy"))
+    cached = list(data_cache_dir(root).glob("teacher-*.npy"))
     assert len(cached) == 1, cached
     assert runs[0].data.tags[DISTILL_LOGITS] == f"computed: {cached[0]}"
     assert runs[1].data.tags[DISTILL_LOGITS] == f"read: {cached[0]}"
@@ -149,4 +149,4 @@ def test_on_the_fly_targets_give_the_cached_soft_term(studies):
     assert otf.data.tags[DISTILL_LOGITS] == "on the fly"
     for key in (TRAIN_LOSS_SOFT, TRAIN_LOSS):  # fp32 both ways: the teacher's logits on padded rows, once or at each step
         assert _curve(root, otf.info.run_id, key) == pytest.approx(_curve(root, runs[0].info.run_id, key), rel=1e-5)
-    assert len(list((root / "cache").glob("teacher-*.npy"))) == 1  # nothing more cached
+    assert len(list(data_cache_dir(root).glob("teacher-*.npy"))) == 1  # nothing more cached

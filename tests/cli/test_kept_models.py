@@ -16,7 +16,7 @@ from conftest import SPECS, cli, journal_study, mlflow_client, run_cli
 from mlflow.entities import LoggedModelStatus
 
 from lbsearch.data import META_FILE
-from lbsearch.spec import KEPT_FILE, TEST
+from lbsearch.spec import KEPT_FILE, TEST, data_cache_dir
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study import RUN_ID
@@ -52,7 +52,7 @@ print(json.dumps(m))
 
 def _evaluate(folder: Path, root: Path, how: str, run_id: str) -> dict[str, float]:
     digest = mlflow_client(root).get_run(run_id).data.tags["data.digest"]  # the run's data, among those in the cache
-    data = next(d for d in (root / "cache").glob("data-*") if json.loads((d / META_FILE).read_text())["digest"] == digest)
+    data = next(d for d in data_cache_dir(root).glob("data-*") if json.loads((d / META_FILE).read_text())["digest"] == digest)
     pad_id = json.loads((data / META_FILE).read_text())["pad_id"]
     out = subprocess.run([sys.executable, "-c", _EVAL, str(folder), str(data), str(pad_id), how], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]

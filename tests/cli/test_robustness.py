@@ -9,7 +9,7 @@ from pathlib import Path
 from conftest import SPECS, cli, journal_study, mlflow_client, run_cli, runs_of, start_cli
 from optuna.trial import TrialState
 
-from lbsearch.spec import CONFIG_ATTR, DIVERGED_REASON
+from lbsearch.spec import CONFIG_ATTR, DIVERGED_REASON, data_cache_dir
 from lbsearch.spec.load import load_study, parse_set
 from lbsearch.spec.session import Session
 from lbsearch.study import RUN_ID
@@ -97,7 +97,7 @@ def test_micro_batch_limit_is_probed_once_and_cached(tmp_path):
     assert "[trial 0] micro-batch limit 8 (probed)" in proc.stdout
     assert "[trial 1] micro-batch limit 8 (cached in probe-" in proc.stdout
     assert proc.stdout.count("effective batch 32 = micro-batch 8 x accumulation 4 x processes 1") == 2
-    assert len(list((tmp_path / "mlruns" / "cache").glob("probe-*.json"))) == 1
+    assert len(list(data_cache_dir(tmp_path / "mlruns").glob("probe-*.json"))) == 1
     client = mlflow_client(tmp_path / "mlruns")
     for trial in journal_study(tmp_path / "mlruns", "tiny-study").get_trials():
         assert trial.state in (TrialState.COMPLETE, TrialState.PRUNED)

@@ -86,7 +86,7 @@ def test_label_names_in_output_order(tmp_path):
     df = pd.DataFrame({"text": [f"text {i}" for i in range(60)], "label": ["pos" if i % 3 else "neg" for i in range(60)]})
     df.to_csv(tmp_path / "s.csv", index=False)
     df.assign(label=[i % 3 for i in range(60)]).to_csv(tmp_path / "i.csv", index=False)
-    cache = tmp_path / "cache"
+    cache = tmp_path / "prepared"
     names = lambda source: label_names(prepare_data(ExperimentConfig(name="x", data={"source": source}), cache))  # noqa: E731
     assert names(str(tmp_path / "s.csv")) == ["neg", "pos"]  # sorted, as the ids were given
     assert names(str(tmp_path / "i.csv")) == ["0", "1", "2"]
@@ -120,13 +120,13 @@ def test_text_pairs_are_tokenized_as_pairs_truncated_longest_first(tmp_path):
     exp = ExperimentConfig(name="p", data={"source": str(tmp_path / "pairs.csv"), "text_column": "a", "text_pair_column": "b", "max_length": 16,
                                            "max_train_samples": 30, "max_eval_samples": 5},
                            model={"source": "random", "config": {"hidden_size": 32}})
-    train = load_arrays(prepare_data(exp, tmp_path / "cache").path, "train")
+    train = load_arrays(prepare_data(exp, tmp_path / "prepared").path, "train")
     ids = train.ids[0].tolist()
     assert len(ids) == 16 and ids.count(102) == 2  # [CLS] a [SEP] b [SEP]
     assert ids[1:4] != [2773] * 3 and ids[-2] == 2773  # the short text kept whole, the long one cut ("word" is 2773)
     first = ids.index(102) + 1
     assert train.types[0].tolist() == [0] * first + [1] * (16 - first)  # segment ids: BERT's token_type_ids
-    assert load_arrays(prepare_data(ExperimentConfig(name="s", model=exp.model), tmp_path / "cache").path, "train").types is None
+    assert load_arrays(prepare_data(ExperimentConfig(name="s", model=exp.model), tmp_path / "prepared").path, "train").types is None
 
 
 def test_hub_subset_offline_keeps_the_clear_message(monkeypatch):

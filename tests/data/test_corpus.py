@@ -29,7 +29,7 @@ def _lm(tmp_path, **data) -> ExperimentConfig:
 @pytest.mark.parametrize("trained", [False, True])
 def test_packing_keeps_every_token_once_and_splits_apart(tmp_path, trained):
     exp = _lm(tmp_path, **({"tokenizer_vocab": 300} if trained else {}))
-    prepared = prepare_data(exp, tmp_path / "cache")
+    prepared = prepare_data(exp, tmp_path / "prepared")
     docs = load_documents(exp.data)
     assert sum(len(d) for d in docs.values()) == 120 and not set(docs["train"]) & set(docs["validation"])
     tok = train_tokenizer(docs["train"], 300) if trained else load_tokenizer(exp.model)

@@ -95,9 +95,9 @@ def test_a_new_store_is_a_copy_of_mlflows_own_empty_store(tmp_path, monkeypatch)
 
     import mlflow
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg-cache"))
     monkeypatch.chdir(tmp_path)
-    template = tmp_path / "cache" / "lbsearch" / f"mlflow-{mlflow.__version__}-empty.db"
+    template = tmp_path / "xdg-cache" / "lbsearch" / f"mlflow-{mlflow.__version__}-empty.db"
     stores = []
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

@@ -19,7 +19,7 @@ import yaml
 from conftest import SPECS, _harvest, _seed, in_process_trial
 
 from lbsearch.data import prepare_data
-from lbsearch.spec import DIVERGED_REASON, PACKING, ExperimentConfig
+from lbsearch.spec import DIVERGED_REASON, PACKING, ExperimentConfig, data_cache_dir
 from lbsearch.spec.protocol import parse_message
 from lbsearch.trial.readings import CONTINUE, DIVERGED
 from lbsearch.trial.worker import Trial
@@ -46,7 +46,7 @@ def data(tmp_path_factory):
     """The tokenized data of tests/specs/tiny.yaml (reviews) and experiments/lm_tiny.yaml (speeches)."""
     root = tmp_path_factory.mktemp("readings") / "mlruns"
     _seed(root)
-    out = {name: prepare_data(_experiment(spec), root / "cache") for name, spec in (("tiny", SPECS / "tiny.yaml"), ("lm", ROOT / "experiments" / "lm_tiny.yaml"))}
+    out = {name: prepare_data(_experiment(spec), data_cache_dir(root)) for name, spec in (("tiny", SPECS / "tiny.yaml"), ("lm", ROOT / "experiments" / "lm_tiny.yaml"))}
     _harvest(root)
     return out
 
