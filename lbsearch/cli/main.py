@@ -14,7 +14,7 @@ from lbsearch.spec import CONFIG_JSON, GPU_TOLERANCE, METRIC_ATTR, REPORTS, Spec
 from lbsearch.study import ROW_STATES, RUN_ID
 
 UI_HOST = "127.0.0.1"
-"""``lbsearch ui``'s default bind address (``--host``): this machine only, on purpose (`tests/cli/test_security.py`).
+"""``lbsearch ui``'s default bind address (``--host``): this machine only, on purpose (`tests/cli/test_security.py`; `tests/cli/test_ui_browser.py` opens it).
 Another address exposes the UI and its artifacts to the network."""
 
 EPILOG = f"""examples:

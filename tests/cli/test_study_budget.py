@@ -11,6 +11,7 @@ import pytest
 from conftest import cli, journal_study, run_cli, start_cli, wait_for
 from optuna.trial import TrialState
 
+from lbsearch.spec import RETRY_OF_ATTR
 from lbsearch.study import RESUMED_FROM
 
 NO_PRUNING = ("pruner: {name: median, n_startup_trials: 1, n_warmup_samples: 0, protect_warmup: false}", "pruner: {name: none}")  # every trial trains its 960 samples
@@ -57,7 +58,7 @@ def test_a_resumed_study_counts_what_it_spent_before_and_a_resumed_trial_once(tm
     trials = journal_study(tmp_path / "mlruns", "tiny-study").get_trials()
     assert [t.state for t in trials] == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE], again.stdout
     resumed = trials[2].user_attrs
-    assert resumed["retry_of"] == 1 and resumed[RESUMED_FROM["trial"]] == 1 and 320 <= resumed[RESUMED_FROM["samples"]] < 960
+    assert resumed[RETRY_OF_ATTR] == 1 and resumed[RESUMED_FROM["trial"]] == 1 and 320 <= resumed[RESUMED_FROM["samples"]] < 960
     assert resumed["samples"] == 960  # the whole curve, the checkpoint's part included: counted as 960 - C
     assert "[study tiny-study] budget: 2,880 / 2,100 samples (137%) reached: no new trial starts" in again.stdout
     assert "budget: 1,920 / 2,100 samples (91%)" in again.stdout  # the summary after the re-run: 960 + C + (960 - C)

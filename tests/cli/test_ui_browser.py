@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import LBSEARCH, SPECS, mlflow_client, run_cli
 
+from lbsearch.cli.main import UI_HOST
 from lbsearch.orchestrator.launch import free_port
 from lbsearch.orchestrator.processes import stop_group
 from lbsearch.tracking import BEST_TAG, CONFIG_JSON, REPRODUCE_SH
@@ -70,7 +71,7 @@ def ui(study):
     port = free_port()
     proc = subprocess.Popen([*LBSEARCH, "ui", "--port", str(port), "--mlruns", str(root)], cwd=root.parent, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
+    base = f"http://{UI_HOST}:{port}"
     try:
         deadline = time.time() + 120
         while True:

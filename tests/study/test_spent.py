@@ -10,7 +10,7 @@ import pytest
 from optuna.distributions import FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
-from lbsearch.spec import INTERRUPTED, SPEC_ATTR
+from lbsearch.spec import CONFIG_ATTR, INTERRUPTED, RESUMED_FROM, RETRY_OF_ATTR, SPEC_ATTR
 from lbsearch.study.views import budget_line, budget_used, spent, summary
 
 DIST = {"optimizer.lr": FloatDistribution(1e-5, 1e-1, log=True)}
@@ -34,10 +34,10 @@ def _study(task: str = "single_label", budget: dict | None = None) -> optuna.Stu
     unit = 64 if task == "causal_lm" else 1
     study = optuna.create_study(direction="maximize")
     study.set_user_attr(SPEC_ATTR, json.dumps({"study": {"name": "s", "budget": budget}}))
-    study.add_trial(_trial(TrialState.COMPLETE, 40, samples=960, wall_s=36.0, config=_config(task, processes=2)))
-    study.add_trial(_trial(TrialState.FAIL, 18, samples=0, reason=INTERRUPTED, config=_config(task), curve={320 * unit: 0.6}))
-    study.add_trial(_trial(TrialState.COMPLETE, 25, samples=960, wall_s=20.0, retry_of=1, resumed_from_trial=1, resumed_from_samples=384,
-                           config=_config(task), curve={320 * unit: 0.6, 640 * unit: 0.7, 960 * unit: 0.8}))
+    study.add_trial(_trial(TrialState.COMPLETE, 40, samples=960, wall_s=36.0, **{CONFIG_ATTR: _config(task, processes=2)}))
+    study.add_trial(_trial(TrialState.FAIL, 18, samples=0, reason=INTERRUPTED, curve={320 * unit: 0.6}, **{CONFIG_ATTR: _config(task)}))
+    study.add_trial(_trial(TrialState.COMPLETE, 25, samples=960, wall_s=20.0, curve={320 * unit: 0.6, 640 * unit: 0.7, 960 * unit: 0.8},
+                           **{RETRY_OF_ATTR: 1, RESUMED_FROM["trial"]: 1, RESUMED_FROM["samples"]: 384, CONFIG_ATTR: _config(task)}))
     study.add_trial(_trial(TrialState.PRUNED, 0, reason="constraint: optimizer.lr < 1e-2"))
     return study
 
